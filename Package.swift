@@ -1,0 +1,63 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+// Dependencies, each for one reason (CI builds them from scratch on 2 cores):
+// - swift-argument-parser: the `slimsplit` command line and its --help.
+// - swift-log: structured logging, the API every Swift server library logs through.
+// - Yams: YAML configs (the format of Configs/); libyaml-based, builds in seconds.
+let strict: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "SlimSplit",
+    products: [
+        .executable(name: "slimsplit", targets: ["slimsplit"]),
+        .library(name: "SlimWire", targets: ["SlimWire"]),
+        .library(name: "SlimTransport", targets: ["SlimTransport"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+    ],
+    targets: [
+        // System libraries, reached through pkg-config.
+        .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq",
+                       providers: [.apt(["libzmq3-dev"]), .brew(["zeromq"])]),
+        .systemLibrary(name: "CLZ4", pkgConfig: "liblz4",
+                       providers: [.apt(["liblz4-dev"]), .brew(["lz4"])]),
+        // Small C kernels with architecture-specific paths and portable fallbacks.
+        .target(name: "CKernels"),
+
+        // Wire format: messages, CRC-32C, bit packing, feature payloads (Protocol/PROTOCOL.md).
+        .target(name: "SlimWire", dependencies: ["CKernels", "CLZ4"], swiftSettings: strict),
+        // ZeroMQ transport: single-owner socket threads, CurveZMQ + ZAP, zero-copy sends.
+        .target(name: "SlimTransport",
+                dependencies: ["CZeroMQ", "SlimWire", .product(name: "Logging", package: "swift-log")],
+                swiftSettings: strict),
+        // YAML configuration files, validated with errors that name file and key.
+        .target(name: "SlimConfig", dependencies: ["Yams", "SlimWire", "SlimTransport"], swiftSettings: strict),
+        // Fusion server: sessions, validation, per-agent accounting.
+        .target(name: "SlimServer",
+                dependencies: ["SlimWire", "SlimTransport", .product(name: "Logging", package: "swift-log")],
+                swiftSettings: strict),
+        // Edge agent: session, newest-frame-wins sending, RTT and goodput bookkeeping.
+        .target(name: "SlimAgent",
+                dependencies: ["SlimWire", "SlimTransport", .product(name: "Logging", package: "swift-log")],
+                swiftSettings: strict),
+        .executableTarget(
+            name: "slimsplit",
+            dependencies: [
+                "SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "CZeroMQ",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+
+        .testTarget(name: "SlimWireTests", dependencies: ["SlimWire"], swiftSettings: strict),
+        .testTarget(name: "SlimTransportTests",
+                    dependencies: ["SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "CZeroMQ"],
+                    swiftSettings: strict),
+    ]
+)

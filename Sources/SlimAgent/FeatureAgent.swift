@@ -1,0 +1,170 @@
+import Logging
+import SlimTransport
+import SlimWire
+
+/// An agent's own view of its link: what it sent, what the server acknowledged, and how long
+/// acknowledgements took.
+public struct AgentLinkStats: Sendable, Equatable {
+    public var framesSubmitted = 0
+    /// Frames replaced in the newest-wins slot before they were sent (link slower than sensor).
+    public var framesReplaced = 0
+    /// Frames dropped because every send buffer was still in libzmq's hands.
+    public var framesNoBuffer = 0
+    public var acks = 0
+    public var bytesSubmitted = 0
+    public var bytesAcked = 0
+    public var controlEpoch: UInt32 = 0
+    public var control: Control?
+    public var results = 0
+    public var connects = 0
+    /// Round-trip times (submit → Ack) of the last `rttWindow` acknowledged frames, in ns.
+    public var rttNs: [UInt64] = []
+
+    public func rttPercentileMs(_ p: Double) -> Double? {
+        guard !rttNs.isEmpty else { return nil }
+        let s = rttNs.sorted()
+        let i = min(s.count - 1, max(0, Int((p / 100 * Double(s.count)).rounded(.up)) - 1))
+        return Double(s[i]) / 1e6
+    }
+}
+
+/// The agent's protocol identity and capabilities, announced in its Hello.
+public struct AgentIdentity: Sendable {
+    public var agentID: String
+    public var modelID: String
+    public var modelHash: [UInt8]
+    public var widths: [UInt16]
+    public var bitsMask: UInt8
+
+    public init(agentID: String, modelID: String, modelHash: [UInt8] = .init(repeating: 0, count: 32),
+                widths: [UInt16] = [250, 500, 750, 1000], bitsMask: UInt8 = 0xFF) {
+        self.agentID = agentID
+        self.modelID = modelID
+        self.modelHash = modelHash
+        self.widths = widths
+        self.bitsMask = bitsMask
+    }
+
+    public var hello: Hello {
+        Hello(agentID: agentID, modelID: modelID, modelHash: modelHash, sensorKind: .lidar, widths: widths, bitsMask: bitsMask)
+    }
+}
+
+/// The sending side of an edge agent: says Hello on every (re)connection, encodes frames into
+/// pooled buffers and hands them to the socket without copying, newest frame first, and keeps
+/// RTT and goodput bookkeeping from Acks.
+///
+/// `submit` is called from the agent's pipeline (one thread at a time); `run()` consumes the
+/// socket's events on its own task.
+public final class FeatureAgent: Sendable {
+    public let identity: AgentIdentity
+    public let endpoint: DealerEndpoint
+    private let pool: SendBufferPool
+    private let encoder = Locked(EncoderBox())
+    private let state = Locked(State())
+    private let logger: Logger
+    static let rttWindow = 1024
+
+    private struct State {
+        var stats = AgentLinkStats()
+        var sequence: UInt64 = 0
+        /// Submit times by sequence, for RTT (bounded ring).
+        var sentAt: [UInt64] = .init(repeating: 0, count: 4096)
+        var sentSeq: [UInt64] = .init(repeating: 0, count: 4096)
+        var rttNext = 0
+    }
+
+    private final class EncoderBox: @unchecked Sendable { let encoder = FeatureFrameEncoder() }
+
+    /// - Parameter maxFrameBytes: size of each send buffer; frames that do not fit are a
+    ///   programming error.
+    public init(identity: AgentIdentity, endpoint: DealerEndpoint, maxFrameBytes: Int, buffers: Int = 4, logger: Logger) {
+        self.identity = identity
+        self.endpoint = endpoint
+        self.logger = logger
+        pool = SendBufferPool(count: buffers, bufferSize: maxFrameBytes)
+        state.withLock { $0.stats.rttNs.reserveCapacity(Self.rttWindow) }
+        endpoint.setGreeting(identity.hello.encoded())
+    }
+
+    public var stats: AgentLinkStats {
+        var s = state.value.stats
+        s.framesReplaced = endpoint.counters.framesReplaced
+        return s
+    }
+
+    /// The caps of the server's latest Control, if any.
+    public var control: Control? { state.value.stats.control }
+
+    /// Encodes and submits one frame. `header.sequence` and `agentID` are filled in here.
+    /// - Returns: the encoded length, or nil when no send buffer was free (the frame is
+    ///   dropped and counted).
+    @discardableResult
+    public func submit(_ header: FeatureFrameHeader, dense: UnsafeBufferPointer<UInt8>, mask: UnsafeRawBufferPointer?) -> Int? {
+        guard let buffer = pool.take() else {
+            state.withLock { $0.stats.framesNoBuffer += 1 }
+            return nil
+        }
+        var h = header
+        h.agentID = identity.agentID
+        h.sequence = state.withLock { s in s.sequence += 1; return s.sequence }
+        let length = encoder.withLock { $0.encoder.encode(h, dense: dense, mask: mask, into: buffer.bytes).length }
+        let now = Clock.monotonicNs()
+        state.withLock { s in
+            let slot = Int(h.sequence % UInt64(s.sentAt.count))
+            s.sentAt[slot] = now
+            s.sentSeq[slot] = h.sequence
+            s.stats.framesSubmitted += 1
+            s.stats.bytesSubmitted += length
+        }
+        endpoint.submitFrame(buffer, length: length)
+        return length
+    }
+
+    /// Consumes the server's messages until the endpoint closes.
+    public func run() async {
+        for await event in endpoint.events {
+            switch event {
+            case .connected:
+                state.withLock { $0.stats.connects += 1 }
+                logger.debug("connected", metadata: ["endpoint": "\(endpoint.endpoint)"])
+            case .disconnected:
+                logger.info("disconnected; reconnecting", metadata: ["endpoint": "\(endpoint.endpoint)"])
+            case .message(let m):
+                handle(m)
+            }
+        }
+    }
+
+    private func handle(_ m: ReceivedMessage) {
+        let now = Clock.monotonicNs()
+        do throws(WireError) {
+            switch try Message.decode(m.message.bytes) {
+            case .ack(let ack):
+                state.withLock { s in
+                    s.stats.acks += 1
+                    s.stats.bytesAcked += Int(ack.bytesReceived)
+                    let slot = Int(ack.sequence % UInt64(s.sentAt.count))
+                    if s.sentSeq[slot] == ack.sequence {
+                        let rtt = now &- s.sentAt[slot]
+                        if s.stats.rttNs.count < Self.rttWindow { s.stats.rttNs.append(rtt) } else { s.stats.rttNs[s.rttNext] = rtt }
+                        s.rttNext = (s.rttNext + 1) % Self.rttWindow
+                    }
+                }
+            case .control(let c):
+                state.withLock { s in
+                    if c.epoch > s.stats.controlEpoch || c.reason == 0 {
+                        s.stats.controlEpoch = c.epoch
+                        s.stats.control = c
+                    }
+                }
+            case .result:
+                state.withLock { $0.stats.results += 1 }
+            case .hello, .featureFrame:
+                throw WireError(.unexpectedKind, "servers do not send Hello or FeatureFrame")
+            }
+        } catch {
+            logger.warning("rejected message from server", metadata: ["reason": "\(error.reason.rawValue)", "detail": "\(error.detail)"])
+        }
+    }
+}

@@ -1,0 +1,148 @@
+import SlimTransport
+import SlimWire
+
+/// `Configs/server.yaml`. Every key is documented in that file.
+public struct ServerConfig: Sendable {
+    public var endpoint: String
+    public var curve: CurveFiles?
+    public var limits: WireLimits
+    public var socket: SocketOptions
+    public var rejectLogInterval: Double
+
+    /// Key files of a Curve server: its secret key and a folder of allowed agents' `.pub` files.
+    public struct CurveFiles: Sendable {
+        public var secretKey: String
+        public var allowedKeys: String
+    }
+
+    public static func load(file: String) throws(ConfigError) -> ServerConfig {
+        let root = try ConfigSection.load(file: file)
+        let c = try ServerConfig(root)
+        try root.finish()
+        return c
+    }
+
+    public init(_ root: ConfigSection) throws(ConfigError) {
+        endpoint = try endpointValue(root, "endpoint")
+        let curve = try root.section("curve")
+        if try curve.bool("enabled", default: true) {
+            self.curve = CurveFiles(secretKey: curve.resolvePath(try curve.string("secret_key")),
+                                    allowedKeys: curve.resolvePath(try curve.string("allowed_keys")))
+        } else {
+            self.curve = nil
+            _ = try curve.optionalString("secret_key")
+            _ = try curve.optionalString("allowed_keys")
+        }
+        let l = try root.section("limits")
+        var limits = WireLimits()
+        limits.maxMessageBytes = try l.int("max_message_bytes", default: limits.maxMessageBytes, in: 64...(1 << 30))
+        limits.maxChannels = try l.int("max_channels", default: limits.maxChannels, in: 1...65535)
+        limits.maxHeight = try l.int("max_height", default: limits.maxHeight, in: 1...65535)
+        limits.maxWidth = try l.int("max_width", default: limits.maxWidth, in: 1...65535)
+        limits.maxValues = try l.int("max_values", default: limits.maxValues, in: 1...(1 << 30))
+        self.limits = limits
+        socket = try socketOptions(try root.section("socket"))
+        socket.maxMessageBytes = limits.maxMessageBytes * 2
+        rejectLogInterval = try root.section("log").double("reject_interval_s", default: 5, in: 0...3600)
+    }
+}
+
+/// `Configs/agent.yaml`. Every key is documented in that file.
+public struct AgentConfig: Sendable {
+    public var agentID: String
+    public var server: String
+    public var curve: CurveFiles?
+    public var socket: SocketOptions
+    public var synthetic: SyntheticSource
+
+    public struct CurveFiles: Sendable {
+        public var serverKey: String
+        public var secretKey: String
+    }
+
+    /// Synthetic feature maps: the stand-in source of the transport layer until the encoder
+    /// pipeline produces real features.
+    public struct SyntheticSource: Sendable {
+        public var frames: Int
+        public var rateHz: Double
+        public var channels: Int
+        public var height: Int
+        public var width: Int
+        public var bits: Int
+        public var widthIndex: Int
+        public var occupancy: Double
+        public var mask: Bool
+        public var lz4: Bool
+
+        public init(frames: Int, rateHz: Double, channels: Int, height: Int, width: Int, bits: Int,
+                    widthIndex: Int, occupancy: Double, mask: Bool, lz4: Bool) {
+            self.frames = frames
+            self.rateHz = rateHz
+            self.channels = channels
+            self.height = height
+            self.width = width
+            self.bits = bits
+            self.widthIndex = widthIndex
+            self.occupancy = occupancy
+            self.mask = mask
+            self.lz4 = lz4
+        }
+    }
+
+    public static func load(file: String) throws(ConfigError) -> AgentConfig {
+        let root = try ConfigSection.load(file: file)
+        let c = try AgentConfig(root)
+        try root.finish()
+        return c
+    }
+
+    public init(_ root: ConfigSection) throws(ConfigError) {
+        agentID = try root.string("agent_id")
+        guard Identifier.isValid(agentID) else {
+            throw ConfigError(file: root.file, key: "agent_id", problem: "'\(agentID)' must be 1-64 characters of A-Z a-z 0-9 . _ -")
+        }
+        server = try endpointValue(root, "server")
+        let curve = try root.section("curve")
+        if try curve.bool("enabled", default: true) {
+            self.curve = CurveFiles(serverKey: curve.resolvePath(try curve.string("server_key")),
+                                    secretKey: curve.resolvePath(try curve.string("secret_key")))
+        } else {
+            self.curve = nil
+            _ = try curve.optionalString("server_key")
+            _ = try curve.optionalString("secret_key")
+        }
+        socket = try socketOptions(try root.section("socket"))
+        let s = try root.section("synthetic")
+        synthetic = SyntheticSource(
+            frames: try s.int("frames", default: 0, in: 0...Int(Int32.max)),
+            rateHz: try s.double("rate_hz", default: 10, in: 0.01...10_000),
+            channels: try s.int("channels", default: 64, in: 1...1024),
+            height: try s.int("height", default: 32, in: 1...1024),
+            width: try s.int("width", default: 32, in: 1...1024),
+            bits: try s.int("bits", default: 8, in: 1...8),
+            widthIndex: try s.int("width_index", default: 3, in: 0...3),
+            occupancy: try s.double("occupancy", default: 0.3, in: 0...1),
+            mask: try s.bool("mask", default: false),
+            lz4: try s.bool("lz4", default: true))
+    }
+}
+
+private func endpointValue(_ s: ConfigSection, _ key: String) throws(ConfigError) -> String {
+    let v = try s.string(key)
+    guard v.hasPrefix("tcp://") || v.hasPrefix("ipc://") else {
+        throw ConfigError(file: s.file, key: s.keyPath(key), problem: "'\(v)' must be tcp://HOST:PORT or ipc:///PATH")
+    }
+    return v
+}
+
+private func socketOptions(_ s: ConfigSection) throws(ConfigError) -> SocketOptions {
+    var o = SocketOptions()
+    o.sendHWM = Int32(try s.int("send_hwm", default: Int(o.sendHWM), in: 1...100_000))
+    o.receiveHWM = Int32(try s.int("receive_hwm", default: Int(o.receiveHWM), in: 1...100_000))
+    o.heartbeatIntervalMs = Int32(try s.int("heartbeat_ms", default: Int(o.heartbeatIntervalMs), in: 10...600_000))
+    o.heartbeatTimeoutMs = Int32(try s.int("heartbeat_timeout_ms", default: Int(o.heartbeatTimeoutMs), in: 10...600_000))
+    o.reconnectMs = Int32(try s.int("reconnect_ms", default: Int(o.reconnectMs), in: 1...600_000))
+    o.reconnectMaxMs = Int32(try s.int("reconnect_max_ms", default: Int(o.reconnectMaxMs), in: 1...600_000))
+    o.inboundCapacity = try s.int("inbound_capacity", default: o.inboundCapacity, in: 1...1_000_000)
+    return o
+}

@@ -1,0 +1,180 @@
+import Logging
+import SlimTransport
+import SlimWire
+
+/// What the server knows of one connected agent (one routing id).
+public struct AgentStats: Sendable, Equatable {
+    public var agentID: String?
+    /// Name of the agent's Curve key in the allow-list, when Curve is on.
+    public var keyName: String?
+    public var frames = 0
+    public var bytes = 0
+    public var rawBytes = 0
+    public var lastSequence: UInt64 = 0
+    public var widthPerMille: UInt16 = 0
+    public var bits: UInt8 = 0
+    public var sentCells = 0
+    public var cells = 0
+    /// Rejected messages by reason code.
+    public var rejected: [RejectReason: Int] = [:]
+
+    public var rejectedTotal: Int { rejected.values.reduce(0, +) }
+}
+
+/// Server settings that concern the protocol (transport settings live in `SocketOptions`).
+public struct ServerOptions: Sendable {
+    public var limits = WireLimits()
+    /// Seconds between two log lines for the same agent and reject reason.
+    public var rejectLogInterval: Double = 5
+    public init() {}
+}
+
+/// Receives features from many agents: validates every message, keeps one session per routing
+/// id, acknowledges accepted frames and hands them to `onFrame`.
+///
+/// A bad message is rejected with a `WireError`, counted per agent and reason, and logged at
+/// most once per interval per agent and reason; nothing else is affected. Runs on one task
+/// (`run()`), so per-agent state needs no locking; `stats` may be read from any thread.
+public final class FeatureServer: Sendable {
+    public typealias FrameHandler = @Sendable (_ agent: String, _ frame: FeatureFrameDecoder.Decoded) -> Void
+
+    private struct Session {
+        var hello: Hello?
+        var lastSequence: UInt64?
+    }
+
+    public let endpoint: RouterEndpoint
+    public let options: ServerOptions
+    private let logger: Logger
+    private let rejectLog: RateLimitedLog
+    private let statsByRoute = Locked<[RoutingID: AgentStats]>([:])
+    private let onFrame: FrameHandler?
+
+    public init(endpoint: RouterEndpoint, options: ServerOptions = ServerOptions(), logger: Logger, onFrame: FrameHandler? = nil) {
+        self.endpoint = endpoint
+        self.options = options
+        self.logger = logger
+        self.onFrame = onFrame
+        rejectLog = RateLimitedLog(logger: logger, interval: options.rejectLogInterval)
+    }
+
+    /// A snapshot of every agent seen, keyed by agent id (or key name, or routing id before a
+    /// valid Hello).
+    public var stats: [String: AgentStats] {
+        var out: [String: AgentStats] = [:]
+        for (route, s) in statsByRoute.value {
+            let key = s.agentID ?? s.keyName ?? "route-\(route)"
+            if var existing = out[key] {  // an agent that reconnected under a new routing id
+                existing.frames += s.frames
+                existing.bytes += s.bytes
+                existing.rawBytes += s.rawBytes
+                existing.rejected.merge(s.rejected, uniquingKeysWith: +)
+                if s.lastSequence > existing.lastSequence {
+                    existing.lastSequence = s.lastSequence
+                    existing.widthPerMille = s.widthPerMille
+                    existing.bits = s.bits
+                }
+                out[key] = existing
+            } else {
+                out[key] = s
+            }
+        }
+        return out
+    }
+
+    /// Total rejections by reason, all agents together, including refused Curve handshakes.
+    public var rejections: [RejectReason: Int] {
+        var out: [RejectReason: Int] = [:]
+        for s in statsByRoute.value.values { out.merge(s.rejected, uniquingKeysWith: +) }
+        let unauth = endpoint.unauthenticated.values.reduce(0, +)
+        if unauth > 0 { out[.unauthenticated] = unauth }
+        return out
+    }
+
+    /// Serves until the endpoint is closed.
+    public func run() async {
+        var sessions: [RoutingID: Session] = [:]
+        let decoder = FeatureFrameDecoder(limits: options.limits)
+        var controlEpoch: UInt32 = 0
+        for await event in endpoint.events {
+            guard case .message(let m) = event else { continue }
+            let route = m.routingID
+            var session = sessions[route] ?? Session()
+            do throws(WireError) {
+                let bytes = m.message.bytes
+                guard m.extraParts == 0 else {
+                    throw WireError(.lengthMismatch, "multi-part message (\(m.extraParts + 1) parts); the protocol uses single-part messages")
+                }
+                let env = try Envelope.open(bytes, limits: options.limits)
+                switch env.kind {
+                case .hello:
+                    var r = WireReader(env.body)
+                    let hello = try Hello(body: &r, payload: env.payload, limits: options.limits)
+                    session = Session(hello: hello, lastSequence: nil)
+                    sessions[route] = session
+                    statsByRoute.withLock { s in
+                        s[route, default: AgentStats()].agentID = hello.agentID
+                        s[route]!.keyName = m.peerName
+                    }
+                    controlEpoch &+= 1
+                    let control = Control(epoch: controlEpoch, reason: 0)
+                    endpoint.send(to: route, length: control.encodedLength) { control.encode(into: $0) }
+                    logger.info("agent joined", metadata: ["agent": "\(hello.agentID)", "model": "\(hello.modelID)",
+                                                           "key": "\(m.peerName ?? "-")"])
+                case .featureFrame:
+                    guard let hello = session.hello else {
+                        throw WireError(.helloRequired, "FeatureFrame before Hello on this connection")
+                    }
+                    let frame = try decoder.decode(env, messageLength: bytes.count)
+                    let h = frame.header
+                    guard h.agentID == hello.agentID else {
+                        throw WireError(.agentMismatch, "frame says agent \(h.agentID), session is \(hello.agentID)")
+                    }
+                    guard Int(h.widthIndex) < hello.widths.count else {
+                        throw WireError(.fieldOutOfRange, "width_index \(h.widthIndex) but Hello announced \(hello.widths.count) widths")
+                    }
+                    guard hello.bitsMask & (1 << (h.bits - 1)) != 0 else {
+                        throw WireError(.fieldOutOfRange, "bits \(h.bits) not announced in Hello's bits_mask")
+                    }
+                    if let last = session.lastSequence, h.sequence <= last {
+                        throw WireError(.staleSequence, "sequence \(h.sequence) not after \(last)")
+                    }
+                    session.lastSequence = h.sequence
+                    sessions[route] = session
+                    let now = Clock.monotonicNs()
+                    let ack = Ack(sequence: h.sequence, receiveTimeNs: Clock.wallNs() &- (now &- m.receivedAtNs),
+                                  bytesReceived: UInt32(bytes.count),
+                                  queueDelayNs: UInt32(clamping: now &- m.receivedAtNs))
+                    endpoint.send(to: route, length: ack.encodedLength) { ack.encode(into: $0) }
+                    statsByRoute.withLock { s in
+                        var st = s[route, default: AgentStats()]
+                        st.frames += 1
+                        st.bytes += bytes.count
+                        st.rawBytes += h.rawLength
+                        st.lastSequence = h.sequence
+                        st.widthPerMille = hello.widths[Int(h.widthIndex)]
+                        st.bits = h.bits
+                        st.sentCells = frame.sentCells
+                        st.cells = h.cells
+                        s[route] = st
+                    }
+                    onFrame?(hello.agentID, frame)
+                case .ack, .result, .control:
+                    throw WireError(.unexpectedKind, "\(env.kind) is sent by servers, not agents")
+                }
+            } catch {
+                reject(error, route: route, session: session, peerName: m.peerName)
+            }
+        }
+    }
+
+    private func reject(_ error: WireError, route: RoutingID, session: Session, peerName: String?) {
+        let who = session.hello?.agentID ?? peerName ?? "route-\(route)"
+        statsByRoute.withLock { s in
+            s[route, default: AgentStats()].rejected[error.reason, default: 0] += 1
+            if s[route]!.keyName == nil { s[route]!.keyName = peerName }
+        }
+        rejectLog.warning(key: "\(who):\(error.reason.rawValue)", "rejected message",
+                          metadata: ["agent": "\(who)", "reason": "\(error.reason.rawValue)", "detail": "\(error.detail)"])
+    }
+}

@@ -1,0 +1,160 @@
+import CZeroMQ
+import Logging
+import Synchronization
+
+/// Socket settings shared by both ends. Defaults suit a LAN or a cellular uplink.
+public struct SocketOptions: Sendable, Equatable {
+    /// ZMTP heartbeat interval; a peer silent for `heartbeatTimeoutMs` is dropped.
+    public var heartbeatIntervalMs: Int32 = 1000
+    public var heartbeatTimeoutMs: Int32 = 3000
+    /// Reconnection back-off: starts at `reconnectMs`, doubles up to `reconnectMaxMs`.
+    public var reconnectMs: Int32 = 100
+    public var reconnectMaxMs: Int32 = 5000
+    public var sendHWM: Int32 = 64
+    public var receiveHWM: Int32 = 64
+    /// Largest message accepted. libzmq drops a connection that announces a bigger one before
+    /// allocating it; messages up to this size reach the protocol's own checks.
+    public var maxMessageBytes: Int = 32 << 20
+    /// Events buffered for the consumer before new ones are dropped and counted.
+    public var inboundCapacity: Int = 1024
+
+    public init() {}
+}
+
+/// Curve settings of a server.
+public struct CurveServer: Sendable {
+    public var keyPair: CurveKeyPair
+    public var allowList: CurveAllowList
+    public init(keyPair: CurveKeyPair, allowList: CurveAllowList) {
+        self.keyPair = keyPair
+        self.allowList = allowList
+    }
+}
+
+/// Curve settings of a client (agent).
+public struct CurveClient: Sendable {
+    public var keyPair: CurveKeyPair
+    public var serverKey: CurveKey
+    public init(keyPair: CurveKeyPair, serverKey: CurveKey) {
+        self.keyPair = keyPair
+        self.serverKey = serverKey
+    }
+}
+
+private let monitorCounter = Atomic<Int>(0)
+
+/// The server end: a ROUTER socket bound to an endpoint, on its own thread.
+///
+/// Received messages arrive on `events` in arrival order (libzmq fair-queues between agents).
+/// `send` may be called from any thread.
+public final class RouterEndpoint: Sendable {
+    private let loop: SocketLoop
+    private let zapRejections: Locked<[String: Int]>
+    /// The bound endpoint, with the port resolved when bound to port 0.
+    public let endpoint: String
+    public var events: AsyncStream<TransportEvent> { loop.events }
+
+    /// Binds. With `curve`, only clients whose keys are in its allow-list get through.
+    public init(bind endpoint: String, curve: CurveServer?, options: SocketOptions = SocketOptions(), logger: Logger) throws(ZMQError) {
+        let context = ZMQContext()
+        let rejections = Locked<[String: Int]>([:])
+        var zap: ZAPHandler?
+        let socket = try ZMQSocket(context, type: ZMQ_ROUTER)
+        try socket.set(ZMQ_LINGER, 0)
+        try socket.set(ZMQ_ROUTER_MANDATORY, 1)
+        try socket.set(ZMQ_ROUTER_HANDOVER, 1)  // a reconnecting agent with a fixed id takes over
+        try Self.apply(options, to: socket)
+        if let curve {
+            zap = try ZAPHandler(context: context, allowList: curve.allowList, rejected: rejections,
+                                 log: RateLimitedLog(logger: logger))
+            try socket.set(ZMQ_CURVE_SERVER, 1)
+            try socket.set(ZMQ_CURVE_SECRETKEY, bytes: curve.keyPair.secretKey.bytes)
+            try socket.set(ZMQ_ZAP_DOMAIN, bytes: Array("slimsplit".utf8))
+        }
+        try socket.bind(endpoint)
+        self.endpoint = socket.lastEndpoint
+        zapRejections = rejections
+        loop = try SocketLoop(socket: socket, isRouter: true, zap: zap, monitorEndpoint: nil, inboundCapacity: options.inboundCapacity)
+        loop.start(name: "slimsplit-router")
+    }
+
+    static func apply(_ o: SocketOptions, to s: ZMQSocket) throws(ZMQError) {
+        try s.set(ZMQ_HEARTBEAT_IVL, o.heartbeatIntervalMs)
+        try s.set(ZMQ_HEARTBEAT_TIMEOUT, o.heartbeatTimeoutMs)
+        try s.set(ZMQ_HEARTBEAT_TTL, o.heartbeatTimeoutMs)
+        try s.set(ZMQ_RECONNECT_IVL, o.reconnectMs)
+        try s.set(ZMQ_RECONNECT_IVL_MAX, o.reconnectMaxMs)
+        try s.set(ZMQ_SNDHWM, o.sendHWM)
+        try s.set(ZMQ_RCVHWM, o.receiveHWM)
+        try s.set(ZMQ_MAXMSGSIZE, int64: Int64(o.maxMessageBytes))
+    }
+
+    /// Sends `length` bytes written by `write` straight into libzmq's message buffer. Never
+    /// blocks: if the agent is gone or its queue is full the message is dropped and counted.
+    public func send(to routingID: RoutingID, length: Int, _ write: (UnsafeMutableRawBufferPointer) -> Void) {
+        let m = ZMQMessage(size: length)
+        write(m.mutableBytes)
+        loop.enqueue(m, to: routingID)
+    }
+
+    public var counters: TransportCounters { loop.counters }
+    /// Refused Curve handshakes by client public key (Z85).
+    public var unauthenticated: [String: Int] { zapRejections.withLock { $0 } }
+
+    /// Closes the socket and finishes `events`. Idempotent.
+    public func close() { loop.stop() }
+    deinit { loop.stop() }
+}
+
+/// The agent end: a DEALER socket connected to the server, on its own thread.
+///
+/// Frames go through a newest-wins slot: while the link is busy (or down), a newer frame
+/// replaces the one waiting, and the replaced one is counted in `framesReplaced`. Control
+/// messages (Hello) are queued in order and sent before frames.
+public final class DealerEndpoint: Sendable {
+    private let loop: SocketLoop
+    public let endpoint: String
+    public var events: AsyncStream<TransportEvent> { loop.events }
+
+    public init(connect endpoint: String, curve: CurveClient?, options: SocketOptions = SocketOptions(), routingID: [UInt8]? = nil) throws(ZMQError) {
+        let context = ZMQContext()
+        let socket = try ZMQSocket(context, type: ZMQ_DEALER)
+        try socket.set(ZMQ_LINGER, 0)
+        try socket.set(ZMQ_IMMEDIATE, 1)  // queue nothing while disconnected: the slot holds the newest frame
+        var o = options
+        o.sendHWM = min(options.sendHWM, 4)
+        try RouterEndpoint.apply(o, to: socket)
+        if let routingID { try socket.set(ZMQ_ROUTING_ID, bytes: routingID) }
+        if let curve {
+            try socket.set(ZMQ_CURVE_SERVERKEY, bytes: curve.serverKey.bytes)
+            try socket.set(ZMQ_CURVE_PUBLICKEY, bytes: curve.keyPair.publicKey.bytes)
+            try socket.set(ZMQ_CURVE_SECRETKEY, bytes: curve.keyPair.secretKey.bytes)
+        }
+        let monitor = "inproc://slimsplit-monitor-\(monitorCounter.add(1, ordering: .relaxed).newValue)"
+        loop = try SocketLoop(socket: socket, isRouter: false, zap: nil, monitorEndpoint: monitor, inboundCapacity: options.inboundCapacity)
+        try socket.connect(endpoint)
+        self.endpoint = endpoint
+        loop.start(name: "slimsplit-dealer")
+    }
+
+    /// Sets the message sent first on every (re)connection: the agent's Hello.
+    public func setGreeting(_ bytes: [UInt8]) { loop.setGreeting(bytes) }
+
+    /// Queues a small message to be sent in order, ahead of frames.
+    public func send(_ bytes: [UInt8]) {
+        let m = ZMQMessage(size: bytes.count)
+        bytes.withUnsafeBytes { m.mutableBytes.copyMemory(from: $0) }
+        loop.enqueue(m, to: nil)
+    }
+
+    /// Puts a frame in the newest-wins slot; `buffer` is sent without copying and given back
+    /// to its pool once libzmq is done with it. Returns true if an older frame was replaced.
+    @discardableResult
+    public func submitFrame(_ buffer: SendBuffer, length: Int) -> Bool {
+        loop.replaceFrame(buffer.makeMessage(length: length))
+    }
+
+    public var counters: TransportCounters { loop.counters }
+    public func close() { loop.stop() }
+    deinit { loop.stop() }
+}

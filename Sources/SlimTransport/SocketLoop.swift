@@ -1,0 +1,299 @@
+import CZeroMQ
+import Glibc
+import Synchronization
+
+/// What a socket thread hands to its consumer.
+public enum TransportEvent: Sendable {
+    /// A complete single-part message; on the server with the sender's routing id.
+    case message(ReceivedMessage)
+    /// A connection completed its handshake (the agent then sends Hello).
+    case connected
+    /// A connection was lost; libzmq reconnects by itself.
+    case disconnected
+}
+
+public struct ReceivedMessage: Sendable {
+    /// The sender's routing id (server side only).
+    public let routingID: RoutingID
+    public let message: ZMQMessage
+    /// Monotonic clock at receipt, for queue-delay measurement.
+    public let receivedAtNs: UInt64
+    /// The authenticated peer's name from the allow-list (ZAP "User-Id"), if Curve is on.
+    public let peerName: String?
+    /// Parts beyond the first (the protocol uses single-part messages; extra parts were
+    /// read and discarded, and the receiver rejects the message).
+    public let extraParts: Int
+}
+
+/// A ZeroMQ routing id (the server's handle for one connected agent).
+public struct RoutingID: Hashable, Sendable, CustomStringConvertible {
+    public let bytes: [UInt8]
+    public init(_ bytes: [UInt8]) { self.bytes = bytes }
+    public static let none = RoutingID([])
+    public var description: String { bytes.map { String($0, radix: 16) }.joined() }
+}
+
+/// Counters kept by a socket thread.
+public struct TransportCounters: Sendable, Equatable {
+    public var received = 0
+    public var sent = 0
+    /// Inbound messages dropped because the consumer fell `inboundCapacity` behind.
+    public var inboundDropped = 0
+    /// Outbound messages dropped: peer gone (`EHOSTUNREACH`) or its queue full.
+    public var unroutable = 0
+    public var sendQueueFull = 0
+    /// Agent only: frames replaced by a newer one before they reached the socket.
+    public var framesReplaced = 0
+    /// Extra parts of multi-part messages (the protocol uses single-part messages only).
+    public var multipartDiscarded = 0
+}
+
+/// Owns one ZeroMQ socket (plus its ZAP handler and monitor) on a dedicated thread.
+///
+/// libzmq sockets are not thread-safe; every call on them happens on this thread. Other threads
+/// talk to it through a locked queue and a wake-up pipe that `zmq_poll` watches with the
+/// socket, so the thread sleeps until there is work: no busy polling. Inbound messages go to an
+/// `AsyncStream`.
+final class SocketLoop: @unchecked Sendable {
+    private struct Outgoing {
+        var routingID: RoutingID?
+        var message: ZMQMessage
+    }
+
+    private struct Shared {
+        var outbox: [Outgoing] = []
+        var frame: ZMQMessage?  // newest-wins slot (agent frames)
+        var stopping = false
+        var greeting: [UInt8]?
+        var counters = TransportCounters()
+    }
+
+    private let socket: ZMQSocket
+    private let zap: ZAPHandler?
+    private let monitor: ZMQSocket?
+    private let isRouter: Bool
+    private let shared = Mutex(Shared())
+    private let wakeRead: Int32
+    private let wakeWrite: Int32
+    private let continuation: AsyncStream<TransportEvent>.Continuation
+    let events: AsyncStream<TransportEvent>
+    private var thread: pthread_t?
+    private let done = Mutex(false)
+
+    init(socket: ZMQSocket, isRouter: Bool, zap: ZAPHandler?, monitorEndpoint: String?, inboundCapacity: Int) throws(ZMQError) {
+        self.socket = socket
+        self.isRouter = isRouter
+        self.zap = zap
+        if let monitorEndpoint {
+            try check(zmq_socket_monitor(socket.handle, monitorEndpoint,
+                                         ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED), "zmq_socket_monitor")
+            let m = try ZMQSocket(socket.context, type: ZMQ_PAIR)
+            try m.connect(monitorEndpoint)
+            monitor = m
+        } else {
+            monitor = nil
+        }
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { throw ZMQError("pipe", code: errno) }
+        wakeRead = fds[0]
+        wakeWrite = fds[1]
+        _ = fcntl(wakeRead, F_SETFL, O_NONBLOCK)
+        _ = fcntl(wakeWrite, F_SETFL, O_NONBLOCK)
+        (events, continuation) = AsyncStream.makeStream(of: TransportEvent.self, bufferingPolicy: .bufferingOldest(inboundCapacity))
+    }
+
+    func start(name: String) {
+        let box = Unmanaged.passRetained(self)
+        var t = pthread_t()
+        pthread_create(&t, nil, { arg in
+            let loop = Unmanaged<SocketLoop>.fromOpaque(arg!).takeRetainedValue()
+            loop.run()
+            return nil
+        }, box.toOpaque())
+        thread = t
+        _ = name
+    }
+
+    var counters: TransportCounters { shared.withLock { $0.counters } }
+
+    /// Queues a message for sending, in order. `routingID` is required on a router.
+    func enqueue(_ message: ZMQMessage, to routingID: RoutingID?) {
+        shared.withLock { $0.outbox.append(Outgoing(routingID: routingID, message: message)) }
+        wake()
+    }
+
+    /// Puts a frame in the newest-wins slot. Returns true when it replaced an unsent frame.
+    @discardableResult
+    func replaceFrame(_ message: ZMQMessage) -> Bool {
+        let replaced = shared.withLock { s -> Bool in
+            let had = s.frame != nil
+            if had { s.counters.framesReplaced += 1 }
+            s.frame = message
+            return had
+        }
+        wake()
+        return replaced
+    }
+
+    /// Sets the message sent first on every new connection (the agent's Hello), before any
+    /// queued frame, so a server that restarted hears it before the next frame.
+    func setGreeting(_ bytes: [UInt8]) {
+        shared.withLock { $0.greeting = bytes }
+    }
+
+    /// Stops the thread, closes the sockets and finishes the event stream. Idempotent; waits
+    /// for the thread to end.
+    func stop() {
+        let first = shared.withLock { s -> Bool in
+            defer { s.stopping = true }
+            return !s.stopping
+        }
+        guard first, let t = thread else { return }
+        wake()
+        pthread_join(t, nil)
+    }
+
+    private func wake() {
+        var b: UInt8 = 1
+        _ = write(wakeWrite, &b, 1)  // EAGAIN means a wake-up is already pending
+    }
+
+    private func drainWake() {
+        var buf = [UInt8](repeating: 0, count: 64)
+        while read(wakeRead, &buf, buf.count) > 0 {}
+    }
+
+    private func run() {
+        var items = [zmq_pollitem_t](repeating: zmq_pollitem_t(), count: 4)
+        var outbox: [Outgoing] = []
+        var frame: ZMQMessage?
+        while true {
+            let stopping = shared.withLock { s -> Bool in
+                outbox.append(contentsOf: s.outbox)
+                s.outbox.removeAll(keepingCapacity: true)
+                return s.stopping
+            }
+            if stopping { break }
+            let hasFrame = frame != nil || shared.withLock { $0.frame != nil }
+            items[0] = zmq_pollitem_t(socket: socket.handle, fd: 0,
+                                      events: Int16(ZMQ_POLLIN) | ((outbox.isEmpty && !hasFrame) ? 0 : Int16(ZMQ_POLLOUT)), revents: 0)
+            items[1] = zmq_pollitem_t(socket: nil, fd: wakeRead, events: Int16(ZMQ_POLLIN), revents: 0)
+            var n: Int32 = 2
+            if let zap { items[Int(n)] = zmq_pollitem_t(socket: zap.socket.handle, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0); n += 1 }
+            let monitorIndex = Int(n)
+            if let monitor { items[monitorIndex] = zmq_pollitem_t(socket: monitor.handle, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0); n += 1 }
+            let rc = zmq_poll(&items, n, -1)
+            if rc < 0 {
+                if zmq_errno() == EINTR { continue }
+                break  // context terminated
+            }
+            if items[1].revents != 0 { drainWake() }
+            if zap != nil, items[2].revents != 0 { zap!.handleRequests() }
+            if monitor != nil, items[monitorIndex].revents != 0, readMonitor(),
+               let greeting = shared.withLock({ $0.greeting }) {
+                let m = ZMQMessage(size: greeting.count)
+                greeting.withUnsafeBytes { m.mutableBytes.copyMemory(from: $0) }
+                outbox.insert(Outgoing(routingID: nil, message: m), at: 0)
+            }
+            if items[0].revents & Int16(ZMQ_POLLIN) != 0 { receiveAvailable() }
+            if items[0].revents & Int16(ZMQ_POLLOUT) != 0 || !outbox.isEmpty {
+                flush(&outbox)
+                if outbox.isEmpty {
+                    if frame == nil { frame = shared.withLock { s in defer { s.frame = nil }; return s.frame } }
+                    if let f = frame, sendFrame(f) { frame = nil }
+                }
+            }
+        }
+        outbox.removeAll()
+        frame = nil
+        shared.withLock { $0.frame = nil; $0.outbox.removeAll() }
+        monitor?.close()
+        zap?.socket.close()
+        socket.close()
+        close(wakeRead)
+        close(wakeWrite)
+        continuation.finish()
+    }
+
+    private func receiveAvailable() {
+        // Bounded batch so outbound traffic and the ZAP handler are never starved.
+        for _ in 0..<256 {
+            var routing = RoutingID.none
+            if isRouter {
+                let id = ZMQMessage()
+                guard zmq_msg_recv(id.msg, socket.handle, ZMQ_DONTWAIT) >= 0 else { return }
+                routing = RoutingID(Array(id.bytes))
+            }
+            let msg = ZMQMessage()
+            guard zmq_msg_recv(msg.msg, socket.handle, ZMQ_DONTWAIT) >= 0 else { return }
+            var extra = 0
+            var more = zmq_msg_more(msg.msg) != 0
+            while more {
+                let part = ZMQMessage()
+                guard zmq_msg_recv(part.msg, socket.handle, ZMQ_DONTWAIT) >= 0 else { break }
+                extra += 1
+                more = zmq_msg_more(part.msg) != 0
+            }
+            let event = ReceivedMessage(routingID: routing, message: msg, receivedAtNs: Clock.monotonicNs(),
+                                        peerName: zap == nil ? nil : msg.property("User-Id"), extraParts: extra)
+            let dropped: Bool
+            if case .dropped = continuation.yield(.message(event)) { dropped = true } else { dropped = false }
+            shared.withLock { s in
+                s.counters.received += 1
+                s.counters.multipartDiscarded += extra
+                if dropped { s.counters.inboundDropped += 1 }
+            }
+        }
+    }
+
+    private func flush(_ outbox: inout [Outgoing]) {
+        var i = 0
+        while i < outbox.count {
+            let o = outbox[i]
+            if isRouter {
+                // Router: a message that cannot go now is dropped and counted, so one slow or
+                // departed agent never holds up the others.
+                let ok = sendRouted(o)
+                shared.withLock { s in
+                    if ok { s.counters.sent += 1 } else if zmq_errno() == EHOSTUNREACH { s.counters.unroutable += 1 } else { s.counters.sendQueueFull += 1 }
+                }
+                i += 1
+            } else {
+                guard zmq_msg_send(o.message.msg, socket.handle, ZMQ_DONTWAIT) >= 0 else { break }
+                shared.withLock { $0.counters.sent += 1 }
+                i += 1
+            }
+        }
+        outbox.removeFirst(i)
+    }
+
+    private func sendRouted(_ o: Outgoing) -> Bool {
+        guard let id = o.routingID else { return false }
+        let rc = id.bytes.withUnsafeBytes { zmq_send(socket.handle, $0.baseAddress, $0.count, ZMQ_SNDMORE | ZMQ_DONTWAIT) }
+        guard rc >= 0 else { return false }
+        return zmq_msg_send(o.message.msg, socket.handle, ZMQ_DONTWAIT) >= 0
+    }
+
+    private func sendFrame(_ f: ZMQMessage) -> Bool {
+        guard zmq_msg_send(f.msg, socket.handle, ZMQ_DONTWAIT) >= 0 else { return false }
+        shared.withLock { $0.counters.sent += 1 }
+        return true
+    }
+
+    /// Reads pending monitor events; returns true if a connection completed its handshake.
+    private func readMonitor() -> Bool {
+        var connected = false
+        while true {
+            let ev = ZMQMessage()
+            guard zmq_msg_recv(ev.msg, monitor!.handle, ZMQ_DONTWAIT) >= 0 else { return connected }
+            if zmq_msg_more(ev.msg) != 0 {
+                let addr = ZMQMessage()
+                _ = zmq_msg_recv(addr.msg, monitor!.handle, ZMQ_DONTWAIT)
+            }
+            guard ev.count >= 2 else { continue }
+            let code = Int32(UInt16(littleEndian: ev.bytes.loadUnaligned(as: UInt16.self)))
+            if code == ZMQ_EVENT_HANDSHAKE_SUCCEEDED { connected = true; continuation.yield(.connected) }
+            if code == ZMQ_EVENT_DISCONNECTED { continuation.yield(.disconnected) }
+        }
+    }
+}

@@ -1,0 +1,33 @@
+/// Why a message was rejected. The raw values are the reason codes of PROTOCOL.md §7, used in
+/// counters, logs and test vectors alike.
+public enum RejectReason: String, Sendable, CaseIterable, Hashable, Codable {
+    case truncated
+    case badMagic = "bad_magic"
+    case unsupportedVersion = "unsupported_version"
+    case overLimit = "over_limit"
+    case lengthMismatch = "length_mismatch"
+    case crcMismatch = "crc_mismatch"
+    case unknownKind = "unknown_kind"
+    case bodyTruncated = "body_truncated"
+    case fieldOutOfRange = "field_out_of_range"
+    case payloadSizeMismatch = "payload_size_mismatch"
+    case codecError = "codec_error"
+    case helloRequired = "hello_required"
+    case agentMismatch = "agent_mismatch"
+    case staleSequence = "stale_sequence"
+    case unexpectedKind = "unexpected_kind"
+    case unauthenticated
+}
+
+/// A rejected message: the reason code plus what and where, for a person reading the log.
+public struct WireError: Error, Sendable, Equatable, CustomStringConvertible {
+    public var reason: RejectReason
+    public var detail: String
+
+    public init(_ reason: RejectReason, _ detail: String) {
+        self.reason = reason
+        self.detail = detail
+    }
+
+    public var description: String { "\(reason.rawValue): \(detail)" }
+}

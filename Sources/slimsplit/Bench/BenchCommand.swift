@@ -1,0 +1,8 @@
+import ArgumentParser
+
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Benchmarks that compare SlimSplit with a peer in the same run and print JSON.",
+        subcommands: [WireBench.self])
+}

@@ -1,0 +1,162 @@
+import ArgumentParser
+import CZeroMQ
+import Foundation
+import SlimTransport
+import SlimWire
+
+/// encode → LZ4 → ZeroMQ (loopback TCP) → decode, against raw libzmq moving the same bytes
+/// with no framing, in the same process and run.
+struct WireBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "wire",
+        abstract: "Frames/s and MB/s of the wire path against raw libzmq, at 4 KiB, 64 KiB and 1 MiB.",
+        discussion: """
+            Both paths use a DEALER → ROUTER pair over tcp://127.0.0.1 with Curve off, a sending thread and a
+            receiving thread. SlimSplit's path packs an 8-bit C×H×W feature map, LZ4-compresses it (only when
+            that shrinks it), adds the header and CRC-32C, sends it zero-copy, and on receipt checks the CRC and
+            every field, decompresses and unpacks it. Raw libzmq sends the uncompressed bytes with zmq_send and
+            receives them with zmq_msg_recv. MB/s counts uncompressed feature bytes. Two contents: `features`
+            (a sparse BEV-like map, 30 % of cells occupied) and `random` (incompressible).
+            """)
+
+    @Flag(help: "Print JSON only.")
+    var json = false
+
+    @Option(help: "Seconds per measurement (each path, each size, each content).")
+    var seconds: Double = 1.0
+
+    @Option(help: "Repetitions; the median is reported.")
+    var repeats: Int = 3
+
+    struct Case { let name: String; let c: Int; let h: Int; let w: Int }
+
+    func run() throws {
+        let cases = [Case(name: "4KiB", c: 16, h: 16, w: 16), Case(name: "64KiB", c: 64, h: 32, w: 32),
+                     Case(name: "1MiB", c: 64, h: 128, w: 128)]
+        var results: [[String: Any]] = []
+        for content in ["features", "random"] {
+            for cs in cases {
+                var slim: [Measure] = [], raw: [Measure] = []
+                for _ in 0..<repeats {
+                    raw.append(try measure(cs, content: content, framed: false))
+                    slim.append(try measure(cs, content: content, framed: true))
+                }
+                let s = median(slim), r = median(raw)
+                let payload = cs.c * cs.h * cs.w
+                let entry: [String: Any] = [
+                    "payload": cs.name, "payload_bytes": payload, "content": content,
+                    "slimsplit": ["frames_per_s": s.fps.rounded(), "mb_per_s": (s.fps * Double(payload) / 1e6).rounded(),
+                                  "wire_bytes_per_frame": s.wireBytes],
+                    "raw_zmq": ["frames_per_s": r.fps.rounded(), "mb_per_s": (r.fps * Double(payload) / 1e6).rounded()],
+                    "ratio_vs_raw_zmq": (s.fps / r.fps * 1000).rounded() / 1000,
+                ]
+                results.append(entry)
+                if !json {
+                    FileHandle.standardError.write(Data(("\(content) \(cs.name): slimsplit \(Int(s.fps)) fps, raw \(Int(r.fps)) fps, ratio \(fmt(s.fps / r.fps, 3))\n").utf8))
+                }
+            }
+        }
+        let doc: [String: Any] = [
+            "benchmark": "wire", "transport": "tcp://127.0.0.1, DEALER->ROUTER, Curve off",
+            "crc32c_hardware": CRC32C.isHardwareAccelerated, "seconds_per_point": seconds, "repeats": repeats,
+            "results": results,
+        ]
+        let data = try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys])
+        print(String(decoding: data, as: UTF8.self))
+    }
+
+    struct Measure { var fps: Double; var wireBytes: Int }
+
+    func median(_ m: [Measure]) -> Measure { m.sorted { $0.fps < $1.fps }[m.count / 2] }
+
+    /// One run: a sender thread pushes frames for `seconds`; the receiver counts what it decoded.
+    func measure(_ cs: Case, content: String, framed: Bool) throws -> Measure {
+        let ctx = zmq_ctx_new()!
+        defer { zmq_ctx_term(ctx) }
+        let router = zmq_socket(ctx, ZMQ_ROUTER)!
+        let dealer = zmq_socket(ctx, ZMQ_DEALER)!
+        var zero: Int32 = 0
+        zmq_setsockopt(router, ZMQ_LINGER, &zero, 4)
+        zmq_setsockopt(dealer, ZMQ_LINGER, &zero, 4)
+        guard zmq_bind(router, "tcp://127.0.0.1:0") == 0 else { throw ZMQError("zmq_bind") }
+        var buf = [CChar](repeating: 0, count: 256)
+        var len = buf.count
+        zmq_getsockopt(router, ZMQ_LAST_ENDPOINT, &buf, &len)
+        guard zmq_connect(dealer, String(cString: buf)) == 0 else { throw ZMQError("zmq_connect") }
+
+        var features = SyntheticFeatures(channels: cs.c, height: cs.h, width: cs.w, bits: 8, occupancy: 0.3, seed: 7)
+        if content == "random" {
+            var rng = SplitMix64(seed: 9)
+            for i in features.dense.indices { features.dense[i] = UInt8(truncatingIfNeeded: rng.next()) }
+        }
+        let header = features.header(agentID: "bench", widthIndex: 3, masked: false, lz4: true)
+        let pool = SendBufferPool(count: 16, bufferSize: FeatureFrameEncoder.maxEncodedLength(header))
+        let decoder = FeatureFrameDecoder()
+        let dense = features.dense
+        let stopAt = Clock.monotonicNs() + UInt64(seconds * 1e9)
+        let sentBox = Locked(0)
+        let wireBox = Locked(0)
+
+        // Sender: a plain thread owning the dealer.
+        let dealerBox = UnsafeSendable(dealer)
+        let sender = Thread {
+            let dealer = dealerBox.value
+            let encoder = FeatureFrameEncoder()
+            var n = 0
+            var wire = 0
+            dense.withUnsafeBufferPointer { d in
+                while Clock.monotonicNs() < stopAt {
+                    if framed {
+                        guard let b = pool.take() else { sched_yield(); continue }
+                        var h = header
+                        h.sequence = UInt64(n + 1)
+                        let (length, _) = encoder.encode(h, dense: d, mask: nil, into: b.bytes)
+                        wire = length
+                        var msg = b.zmqMessage(length: length)
+                        guard zmq_msg_send(&msg, dealer, 0) >= 0 else { zmq_msg_close(&msg); break }
+                    } else {
+                        guard zmq_send(dealer, d.baseAddress, d.count, 0) >= 0 else { break }
+                    }
+                    n += 1
+                }
+            }
+            // An empty message marks the end.
+            zmq_send(dealer, nil, 0, 0)
+            sentBox.withLock { $0 = n }
+            wireBox.withLock { $0 = wire }
+        }
+        let t0 = Clock.monotonicNs()
+        sender.start()
+        var received = 0
+        var id = zmq_msg_t(), msg = zmq_msg_t()
+        zmq_msg_init(&id)
+        zmq_msg_init(&msg)
+        while true {
+            guard zmq_msg_recv(&id, router, 0) >= 0, zmq_msg_recv(&msg, router, 0) >= 0 else { break }
+            let size = zmq_msg_size(&msg)
+            if size == 0 { break }
+            let bytes = UnsafeRawBufferPointer(start: zmq_msg_data(&msg), count: size)
+            if framed {
+                do {
+                    let env = try Envelope.open(bytes)
+                    _ = try decoder.decode(env, messageLength: size)
+                } catch {
+                    throw ValidationError("decode failed in benchmark: \(error)")
+                }
+            }
+            received += 1
+        }
+        let elapsed = Double(Clock.monotonicNs() - t0) / 1e9
+        zmq_msg_close(&id)
+        zmq_msg_close(&msg)
+        while sentBox.value == 0 && received > 0 && !sender.isFinished { usleep(1000) }
+        zmq_close(dealer)
+        zmq_close(router)
+        return Measure(fps: Double(received) / elapsed, wireBytes: framed ? wireBox.value : cs.c * cs.h * cs.w)
+    }
+}
+
+struct UnsafeSendable<T>: @unchecked Sendable {
+    let value: T
+    init(_ v: T) { value = v }
+}

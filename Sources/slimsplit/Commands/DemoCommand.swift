@@ -1,0 +1,144 @@
+import ArgumentParser
+import Foundation
+import Logging
+import SlimAgent
+import SlimConfig
+import SlimServer
+import SlimTransport
+
+struct DemoCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "demo",
+        abstract: "A loopback session: a server, two Swift agents and the Python reference agent, Curve on.",
+        discussion: """
+            Everything runs on 127.0.0.1 with fresh Curve keys. The agents stream synthetic feature maps
+            (8-bit full width + LZ4, and 4-bit half width with a sparse mask); the Python reference agent
+            (Protocol/reference/agent.py) joins when python3 with pyzmq and lz4 is available.
+            Prints the server's per-agent table every second and a summary at the end.
+            """)
+
+    @Option(help: "Seconds to stream.")
+    var seconds: Double = 3
+
+    @Option(help: "Frames per second per agent.")
+    var rate: Double = 10
+
+    @Flag(help: "Do not start the Python reference agent.")
+    var noReference = false
+
+    @OptionGroup var log: LogOptions
+
+    func run() async throws {
+        var logOptions = log
+        if logOptions.logLevel == "info" { logOptions.logLevel = "warning" }
+        let logger = logOptions.bootstrap(label: "slimsplit.demo")
+
+        let serverKeys = try CurveKeyPair.generate()
+        let agentKeys = try (0..<2).map { _ in try CurveKeyPair.generate() }
+        let refKeys = try CurveKeyPair.generate()
+        var allow = CurveAllowList()
+        allow.names[agentKeys[0].publicKey] = "car-1"
+        allow.names[agentKeys[1].publicKey] = "rsu-1"
+        allow.names[refKeys.publicKey] = "ref-1"
+
+        let router = try RouterEndpoint(bind: "tcp://127.0.0.1:0", curve: CurveServer(keyPair: serverKeys, allowList: allow), logger: logger)
+        let server = FeatureServer(endpoint: router, logger: logger)
+        let serverTask = Task { await server.run() }
+        print("server on \(router.endpoint), Curve on, \(allow.names.count) allowed keys")
+
+        let sources = [
+            AgentConfig.SyntheticSource(frames: Int(seconds * rate), rateHz: rate, channels: 64, height: 32, width: 32,
+                                        bits: 8, widthIndex: 3, occupancy: 0.3, mask: false, lz4: true),
+            AgentConfig.SyntheticSource(frames: Int(seconds * rate), rateHz: rate, channels: 32, height: 32, width: 32,
+                                        bits: 4, widthIndex: 1, occupancy: 0.3, mask: true, lz4: true),
+        ]
+        var agents: [FeatureAgent] = []
+        for (i, id) in ["car-1", "rsu-1"].enumerated() {
+            let dealer = try DealerEndpoint(connect: router.endpoint,
+                                            curve: CurveClient(keyPair: agentKeys[i], serverKey: serverKeys.publicKey))
+            agents.append(FeatureAgent(identity: AgentIdentity(agentID: id, modelID: "synthetic"), endpoint: dealer,
+                                       maxFrameBytes: maxFrameBytes(sources[i], agentID: id), logger: logger))
+        }
+        let consumers = agents.map { a in Task { await a.run() } }
+
+        var reference: Process?
+        if !noReference {
+            reference = try startReferenceAgent(endpoint: router.endpoint, serverKeys: serverKeys, keys: refKeys,
+                                                frames: Int(seconds * rate), interval: 1 / rate)
+        }
+
+        let stop = Locked(false)
+        let start = Clock.monotonicNs()
+        let producers = agents.enumerated().map { i, a in
+            Task { await runSynthetic(agent: a, source: sources[i], seed: UInt64(i + 1), stop: stop) }
+        }
+        let live = Task {
+            while !Task.isCancelled {
+                await sleepSeconds(1)
+                if Task.isCancelled { break }
+                print("\n[\(fmt(Double(Clock.monotonicNs() - start) / 1e9, 0)) s]")
+                print(serverTable(server).render())
+            }
+        }
+        for p in producers { await p.value }
+        let deadline = Clock.monotonicNs() + 3_000_000_000
+        while Clock.monotonicNs() < deadline,
+              agents.contains(where: { $0.stats.acks < $0.stats.framesSubmitted - $0.stats.framesReplaced }) || reference?.isRunning == true {
+            await sleepSeconds(0.05)
+        }
+        live.cancel()
+        let elapsed = Double(Clock.monotonicNs() - start) / 1e9
+        var referenceOK = true
+        if let reference {
+            if reference.isRunning { reference.terminate() }
+            reference.waitUntilExit()
+            referenceOK = reference.terminationStatus == 0
+        }
+        for a in agents { a.endpoint.close() }
+        for c in consumers { await c.value }
+        router.close()
+        await serverTask.value
+
+        print("\n== server: per-agent summary ==")
+        print(serverTable(server).render())
+        print("\n== Swift agents: their own view ==")
+        print(agentTable(agents, seconds: elapsed).render())
+        let rejected = server.rejections.values.reduce(0, +)
+        let allAcked = agents.allSatisfy { $0.stats.acks > 0 && $0.stats.acks == $0.stats.framesSubmitted - $0.stats.framesReplaced }
+        print("\n\(allAcked && referenceOK ? "OK" : "FAILED"): \(agents.count + (reference == nil ? 0 : 1)) agents, \(rejected) rejected messages, \(fmt(elapsed, 1)) s")
+        if !(allAcked && referenceOK) { throw ExitCode(1) }
+    }
+
+    /// Starts Protocol/reference/agent.py with key files in a temporary folder, or returns nil
+    /// (with a note) when python3, pyzmq or lz4 is missing.
+    private func startReferenceAgent(endpoint: String, serverKeys: CurveKeyPair, keys: CurveKeyPair,
+                                     frames: Int, interval: Double) throws -> Process? {
+        let script = "Protocol/reference/agent.py"
+        guard FileManager.default.fileExists(atPath: script) else {
+            print("note: \(script) not found (run from the repository root); skipping the reference agent")
+            return nil
+        }
+        let check = Process()
+        check.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        check.arguments = ["python3", "-c", "import zmq, lz4"]
+        check.standardError = FileHandle.nullDevice
+        do { try check.run() } catch { print("note: python3 not found; skipping the reference agent"); return nil }
+        check.waitUntilExit()
+        guard check.terminationStatus == 0 else {
+            print("note: python3 lacks pyzmq or lz4 (pip install pyzmq lz4); skipping the reference agent")
+            return nil
+        }
+        let dir = NSTemporaryDirectory() + "slimsplit-demo-\(getpid())"
+        mkdirs(dir)
+        try serverKeys.write(name: "server", directory: dir)
+        try keys.write(name: "ref-1", directory: dir)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["python3", script, "--endpoint", endpoint, "--agent-id", "ref-1", "--server-key", "\(dir)/server.pub",
+                       "--key", "\(dir)/ref-1", "--frames", "\(frames)", "--interval", "\(interval)", "--lz4", "--bits", "6",
+                       "--timeout", "10"]
+        p.standardOutput = FileHandle.nullDevice
+        try p.run()
+        return p
+    }
+}

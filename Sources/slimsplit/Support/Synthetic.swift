@@ -1,0 +1,76 @@
+import SlimWire
+
+/// Deterministic pseudo-random numbers (SplitMix64), for synthetic data and benchmarks.
+struct SplitMix64 {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    mutating func unit() -> Double { Double(next() >> 11) / Double(1 << 53) }
+}
+
+/// Synthetic quantized feature maps shaped like a BEV encoder's output: most cells empty
+/// (value 0 after ReLU, zero point 0), occupied cells in blobs with smooth values. Stands in
+/// for the encoder until the neural engine produces real features.
+struct SyntheticFeatures {
+    let channels: Int, height: Int, width: Int, bits: Int
+    var dense: [UInt8]
+    var mask: [UInt8]
+    private var rng: SplitMix64
+    private let occupancy: Double
+
+    init(channels: Int, height: Int, width: Int, bits: Int, occupancy: Double, seed: UInt64) {
+        self.channels = channels
+        self.height = height
+        self.width = width
+        self.bits = bits
+        self.occupancy = occupancy
+        dense = [UInt8](repeating: 0, count: channels * height * width)
+        mask = [UInt8](repeating: 0, count: (height * width + 7) / 8)
+        rng = SplitMix64(seed: seed)
+        next()
+    }
+
+    /// Fills `dense` and `mask` with the next frame (no allocation).
+    mutating func next() {
+        let cells = height * width
+        let maxQ = (1 << bits) - 1
+        for i in 0..<mask.count { mask[i] = 0 }
+        for c in 0..<channels {
+            let base = c * cells
+            for i in 0..<cells { dense[base + i] = 0 }
+        }
+        let target = Int(occupancy * Double(cells))
+        var filled = 0
+        while filled < target {
+            // A blob: a small rectangle of occupied cells, like a car or a wall in BEV.
+            let y0 = Int(rng.next() % UInt64(height)), x0 = Int(rng.next() % UInt64(width))
+            let h = 1 + Int(rng.next() % 4), w = 1 + Int(rng.next() % 6)
+            for y in y0..<min(height, y0 + h) {
+                for x in x0..<min(width, x0 + w) {
+                    let i = y * width + x
+                    if mask[i >> 3] & (1 << UInt8(i & 7)) == 0 { filled += 1 }
+                    mask[i >> 3] |= 1 << UInt8(i & 7)
+                    let r = rng.next()
+                    for c in 0..<channels {
+                        let v = Int((r >> UInt64(c % 56)) & 0xFF) * maxQ / 255
+                        dense[c * cells + i] = UInt8(c % 3 == 0 ? 0 : v)  // ReLU zeroes some channels
+                    }
+                }
+            }
+        }
+    }
+
+    func header(agentID: String, widthIndex: Int, masked: Bool, lz4: Bool) -> FeatureFrameHeader {
+        FeatureFrameHeader(
+            agentID: agentID, sequence: 0, captureTimeNs: 0, modelID: "synthetic",
+            widthIndex: UInt8(widthIndex), bits: UInt8(bits), channels: channels, height: height, width: width,
+            quant: .inline(scales: [Float](repeating: 0.05, count: channels), zeroPoints: [UInt8](repeating: 0, count: channels)),
+            masked: masked, codec: lz4 ? .lz4 : .none)
+    }
+}
