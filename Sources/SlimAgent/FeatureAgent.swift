@@ -76,15 +76,16 @@ public final class FeatureAgent: Sendable {
 
     private final class EncoderBox: @unchecked Sendable { let encoder = FeatureFrameEncoder() }
 
+    /// Connects to the server (in the background; libzmq reconnects with back-off).
     /// - Parameter maxFrameBytes: size of each send buffer; frames that do not fit are a
     ///   programming error.
-    public init(identity: AgentIdentity, endpoint: DealerEndpoint, maxFrameBytes: Int, buffers: Int = 4, logger: Logger) {
+    public init(identity: AgentIdentity, server: String, curve: CurveClient?, options: SocketOptions = SocketOptions(),
+                maxFrameBytes: Int, buffers: Int = 4, logger: Logger) throws(ZMQError) {
         self.identity = identity
-        self.endpoint = endpoint
+        endpoint = try DealerEndpoint(connect: server, curve: curve, options: options, greeting: identity.hello.encoded())
         self.logger = logger
         pool = SendBufferPool(count: buffers, bufferSize: maxFrameBytes)
         state.withLock { $0.stats.rttNs.reserveCapacity(Self.rttWindow) }
-        endpoint.setGreeting(identity.hello.encoded())
     }
 
     public var stats: AgentLinkStats {

@@ -116,7 +116,11 @@ public final class DealerEndpoint: Sendable {
     public let endpoint: String
     public var events: AsyncStream<TransportEvent> { loop.events }
 
-    public init(connect endpoint: String, curve: CurveClient?, options: SocketOptions = SocketOptions(), routingID: [UInt8]? = nil) throws(ZMQError) {
+    /// Connects (in the background; libzmq retries with back-off).
+    /// - Parameter greeting: sent first on every new connection, before any frame, and frames
+    ///   wait for it: the agent's Hello, so that a restarted server hears it before the next frame.
+    public init(connect endpoint: String, curve: CurveClient?, options: SocketOptions = SocketOptions(),
+                greeting: [UInt8]? = nil, routingID: [UInt8]? = nil) throws(ZMQError) {
         let context = ZMQContext()
         let socket = try ZMQSocket(context, type: ZMQ_DEALER)
         try socket.set(ZMQ_LINGER, 0)
@@ -131,14 +135,11 @@ public final class DealerEndpoint: Sendable {
             try socket.set(ZMQ_CURVE_SECRETKEY, bytes: curve.keyPair.secretKey.bytes)
         }
         let monitor = "inproc://slimsplit-monitor-\(monitorCounter.add(1, ordering: .relaxed).newValue)"
-        loop = try SocketLoop(socket: socket, isRouter: false, zap: nil, monitorEndpoint: monitor, inboundCapacity: options.inboundCapacity)
+        loop = try SocketLoop(socket: socket, isRouter: false, zap: nil, monitorEndpoint: monitor, greeting: greeting, inboundCapacity: options.inboundCapacity)
         try socket.connect(endpoint)
         self.endpoint = endpoint
         loop.start(name: "slimsplit-dealer")
     }
-
-    /// Sets the message sent first on every (re)connection: the agent's Hello.
-    public func setGreeting(_ bytes: [UInt8]) { loop.setGreeting(bytes) }
 
     /// Queues a small message to be sent in order, ahead of frames.
     public func send(_ bytes: [UInt8]) {

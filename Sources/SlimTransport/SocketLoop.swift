@@ -80,7 +80,8 @@ final class SocketLoop: @unchecked Sendable {
     private var thread: pthread_t?
     private let done = Mutex(false)
 
-    init(socket: ZMQSocket, isRouter: Bool, zap: ZAPHandler?, monitorEndpoint: String?, inboundCapacity: Int) throws(ZMQError) {
+    init(socket: ZMQSocket, isRouter: Bool, zap: ZAPHandler?, monitorEndpoint: String?, greeting: [UInt8]? = nil,
+         inboundCapacity: Int) throws(ZMQError) {
         self.socket = socket
         self.isRouter = isRouter
         self.zap = zap
@@ -99,6 +100,7 @@ final class SocketLoop: @unchecked Sendable {
         wakeWrite = fds[1]
         _ = fcntl(wakeRead, F_SETFL, O_NONBLOCK)
         _ = fcntl(wakeWrite, F_SETFL, O_NONBLOCK)
+        shared.withLock { $0.greeting = greeting }
         (events, continuation) = AsyncStream.makeStream(of: TransportEvent.self, bufferingPolicy: .bufferingOldest(inboundCapacity))
     }
 
@@ -135,12 +137,6 @@ final class SocketLoop: @unchecked Sendable {
         return replaced
     }
 
-    /// Sets the message sent first on every new connection (the agent's Hello), before any
-    /// queued frame, so a server that restarted hears it before the next frame.
-    func setGreeting(_ bytes: [UInt8]) {
-        shared.withLock { $0.greeting = bytes }
-    }
-
     /// Stops the thread, closes the sockets and finishes the event stream. Idempotent; waits
     /// for the thread to end.
     func stop() {
@@ -167,6 +163,9 @@ final class SocketLoop: @unchecked Sendable {
         var items = [zmq_pollitem_t](repeating: zmq_pollitem_t(), count: 4)
         var outbox: [Outgoing] = []
         var frame: ZMQMessage?
+        // Frames wait until this connection has been greeted (the agent's Hello went first).
+        let needsGreeting = shared.withLock { $0.greeting != nil }
+        var greeted = !needsGreeting
         while true {
             let stopping = shared.withLock { s -> Bool in
                 outbox.append(contentsOf: s.outbox)
@@ -174,7 +173,7 @@ final class SocketLoop: @unchecked Sendable {
                 return s.stopping
             }
             if stopping { break }
-            let hasFrame = frame != nil || shared.withLock { $0.frame != nil }
+            let hasFrame = greeted && (frame != nil || shared.withLock { $0.frame != nil })
             items[0] = zmq_pollitem_t(socket: socket.handle, fd: 0,
                                       events: Int16(ZMQ_POLLIN) | ((outbox.isEmpty && !hasFrame) ? 0 : Int16(ZMQ_POLLOUT)), revents: 0)
             items[1] = zmq_pollitem_t(socket: nil, fd: wakeRead, events: Int16(ZMQ_POLLIN), revents: 0)
@@ -189,16 +188,21 @@ final class SocketLoop: @unchecked Sendable {
             }
             if items[1].revents != 0 { drainWake() }
             if zap != nil, items[2].revents != 0 { zap!.handleRequests() }
-            if monitor != nil, items[monitorIndex].revents != 0, readMonitor(),
-               let greeting = shared.withLock({ $0.greeting }) {
-                let m = ZMQMessage(size: greeting.count)
-                greeting.withUnsafeBytes { m.mutableBytes.copyMemory(from: $0) }
-                outbox.insert(Outgoing(routingID: nil, message: m), at: 0)
+            if monitor != nil, items[monitorIndex].revents != 0 {
+                let (connected, disconnected) = readMonitor()
+                let greeting = shared.withLock { $0.greeting }
+                if disconnected, needsGreeting { greeted = false }
+                if connected, let greeting {
+                    let m = ZMQMessage(size: greeting.count)
+                    greeting.withUnsafeBytes { m.mutableBytes.copyMemory(from: $0) }
+                    outbox.insert(Outgoing(routingID: nil, message: m), at: 0)
+                    greeted = true
+                }
             }
             if items[0].revents & Int16(ZMQ_POLLIN) != 0 { receiveAvailable() }
             if items[0].revents & Int16(ZMQ_POLLOUT) != 0 || !outbox.isEmpty {
                 flush(&outbox)
-                if outbox.isEmpty {
+                if outbox.isEmpty, greeted {
                     if frame == nil { frame = shared.withLock { s in defer { s.frame = nil }; return s.frame } }
                     if let f = frame, sendFrame(f) { frame = nil }
                 }
@@ -210,6 +214,7 @@ final class SocketLoop: @unchecked Sendable {
         monitor?.close()
         zap?.socket.close()
         socket.close()
+        socket.context.terminate()
         close(wakeRead)
         close(wakeWrite)
         continuation.finish()
@@ -280,12 +285,13 @@ final class SocketLoop: @unchecked Sendable {
         return true
     }
 
-    /// Reads pending monitor events; returns true if a connection completed its handshake.
-    private func readMonitor() -> Bool {
-        var connected = false
+    /// Reads pending monitor events: whether a connection completed its handshake, and whether
+    /// one was lost.
+    private func readMonitor() -> (connected: Bool, disconnected: Bool) {
+        var connected = false, disconnected = false
         while true {
             let ev = ZMQMessage()
-            guard zmq_msg_recv(ev.msg, monitor!.handle, ZMQ_DONTWAIT) >= 0 else { return connected }
+            guard zmq_msg_recv(ev.msg, monitor!.handle, ZMQ_DONTWAIT) >= 0 else { return (connected, disconnected) }
             if zmq_msg_more(ev.msg) != 0 {
                 let addr = ZMQMessage()
                 _ = zmq_msg_recv(addr.msg, monitor!.handle, ZMQ_DONTWAIT)
@@ -293,7 +299,7 @@ final class SocketLoop: @unchecked Sendable {
             guard ev.count >= 2 else { continue }
             let code = Int32(UInt16(littleEndian: ev.bytes.loadUnaligned(as: UInt16.self)))
             if code == ZMQ_EVENT_HANDSHAKE_SUCCEEDED { connected = true; continuation.yield(.connected) }
-            if code == ZMQ_EVENT_DISCONNECTED { continuation.yield(.disconnected) }
+            if code == ZMQ_EVENT_DISCONNECTED { disconnected = true; connected = false; continuation.yield(.disconnected) }
         }
     }
 }

@@ -22,13 +22,21 @@ func check(_ rc: Int32, _ operation: @autoclosure () -> String) throws(ZMQError)
 /// One libzmq context. Each endpoint owns its own, so that each can run its own ZAP handler.
 final class ZMQContext: @unchecked Sendable {
     let handle: UnsafeMutableRawPointer
+    private let terminated = Locked(false)
 
     init(ioThreads: Int32 = 1) {
         handle = zmq_ctx_new()
         zmq_ctx_set(handle, ZMQ_IO_THREADS, ioThreads)
     }
 
-    deinit { zmq_ctx_term(handle) }
+    /// Waits until every socket of the context is closed and its connections and listeners
+    /// are gone (so a port can be bound again at once). Idempotent.
+    func terminate() {
+        let first = terminated.withLock { t -> Bool in defer { t = true }; return !t }
+        if first { zmq_ctx_term(handle) }
+    }
+
+    deinit { terminate() }
 }
 
 /// A libzmq socket. Not thread-safe: exactly one thread uses it (see `SocketLoop`).

@@ -32,9 +32,10 @@ struct AgentCommand: AsyncParsableCommand {
         if let c = cfg.curve {
             curve = CurveClient(keyPair: try CurveKeyPair(secretKeyFile: c.secretKey), serverKey: try CurveKey(file: c.serverKey))
         }
-        let dealer = try DealerEndpoint(connect: server ?? cfg.server, curve: curve, options: cfg.socket)
-        let agent = FeatureAgent(identity: AgentIdentity(agentID: cfg.agentID, modelID: "synthetic"), endpoint: dealer,
-                                 maxFrameBytes: maxFrameBytes(cfg.synthetic, agentID: cfg.agentID), logger: logger)
+        let agent = try FeatureAgent(identity: AgentIdentity(agentID: cfg.agentID, modelID: "synthetic"), server: server ?? cfg.server,
+                                     curve: curve, options: cfg.socket,
+                                     maxFrameBytes: maxFrameBytes(cfg.synthetic, agentID: cfg.agentID), logger: logger)
+        let dealer = agent.endpoint
         let stop = Locked(false)
         let signals = onShutdownSignal { stop.withLock { $0 = true } }
         let consumer = Task { await agent.run() }

@@ -54,10 +54,9 @@ struct DemoCommand: AsyncParsableCommand {
         ]
         var agents: [FeatureAgent] = []
         for (i, id) in ["car-1", "rsu-1"].enumerated() {
-            let dealer = try DealerEndpoint(connect: router.endpoint,
-                                            curve: CurveClient(keyPair: agentKeys[i], serverKey: serverKeys.publicKey))
-            agents.append(FeatureAgent(identity: AgentIdentity(agentID: id, modelID: "synthetic"), endpoint: dealer,
-                                       maxFrameBytes: maxFrameBytes(sources[i], agentID: id), logger: logger))
+            agents.append(try FeatureAgent(identity: AgentIdentity(agentID: id, modelID: "synthetic"), server: router.endpoint,
+                                           curve: CurveClient(keyPair: agentKeys[i], serverKey: serverKeys.publicKey),
+                                           maxFrameBytes: maxFrameBytes(sources[i], agentID: id), logger: logger))
         }
         let consumers = agents.map { a in Task { await a.run() } }
 

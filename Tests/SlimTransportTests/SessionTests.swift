@@ -1,0 +1,107 @@
+import Foundation
+import SlimAgent
+import SlimServer
+import SlimTransport
+import SlimWire
+import Testing
+
+@Suite("Sessions over real ZeroMQ sockets", .serialized)
+struct SessionTests {
+    @Test("an allowed agent completes a Curve session: welcome Control, every frame acked")
+    func curveSession() async throws {
+        let keys = try CurveKeyPair.generate()
+        let server = try TestServer(allowed: ["car-1": keys])
+        let agent = try TestAgent(id: "car-1", server: server, keys: keys)
+        #expect(await agent.stream(20))
+        #expect(await eventually(10) { agent.agent.stats.control != nil })
+        let s = server.server.stats["car-1"]
+        #expect(s?.frames == 20)
+        #expect(s?.keyName == "car-1")
+        #expect(s?.rejectedTotal == 0)
+        #expect(agent.agent.stats.rttNs.count == 20)
+        await agent.stop()
+        await server.stop()
+    }
+
+    @Test("frames over IPC with Curve off")
+    func ipcPlain() async throws {
+        let path = "ipc://\(NSTemporaryDirectory())slimsplit-test-\(getpid()).sock"
+        let server = try TestServer(allowed: [:], curve: false, endpoint: path)
+        let agent = try TestAgent(id: "a-1", server: server, keys: nil, curve: false)
+        #expect(await agent.stream(5), "\(server.server.stats) \(server.router.counters) \(agent.agent.stats)")
+        #expect(server.server.stats["a-1"]?.frames == 5)
+        await agent.stop()
+        await server.stop()
+    }
+
+    @Test("newest frame wins while the link is down: older unsent frames are replaced and counted")
+    func newestWins() async throws {
+        // Nothing listens here: with ZMQ_IMMEDIATE nothing is queued, so frames wait in the slot.
+        let agent = try FeatureAgent(identity: AgentIdentity(agentID: "a", modelID: "m"), server: "tcp://127.0.0.1:1", curve: nil,
+                                     maxFrameBytes: 1 << 16, logger: testLogger)
+        let dealer = agent.endpoint
+        for _ in 0..<5 { TestAgent.dense.withUnsafeBufferPointer { _ = agent.submit(TestAgent.header, dense: $0, mask: nil) } }
+        #expect(await eventually(10) { agent.stats.framesReplaced == 4 })
+        #expect(agent.stats.framesNoBuffer == 0)  // replaced frames gave their buffers back
+        dealer.close()
+    }
+
+    @Test("the agent says Hello again after the server restarts, and resumes")
+    func serverRestart() async throws {
+        let keys = try CurveKeyPair.generate()
+        let serverKeys = try CurveKeyPair.generate()
+        let first = try TestServer(allowed: ["car-1": keys], keys: serverKeys)
+        let endpoint = first.router.endpoint
+        let agent = try TestAgent(id: "car-1", server: first, keys: keys)
+        #expect(await agent.stream(3))
+        await first.stop()
+        let second = try TestServer(allowed: ["car-1": keys], endpoint: endpoint, keys: serverKeys)
+        #expect(await agent.stream(3), "\(second.server.stats) \(second.router.counters) \(agent.agent.stats)")
+        #expect(second.server.stats["car-1"]?.frames == 3)
+        #expect(second.server.rejections[.helloRequired] == nil)
+        #expect(agent.agent.stats.connects >= 2)
+        await agent.stop()
+        await second.stop()
+    }
+
+    @Test("the Python reference agent (Protocol/reference) completes a session with the Swift server, Curve on")
+    func pythonReferenceAgent() async throws {
+        let probe = Process()
+        probe.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        probe.arguments = ["python3", "-c", "import zmq, lz4"]
+        probe.standardError = FileHandle.nullDevice
+        guard (try? probe.run()) != nil else {
+            print("SKIP: python3 not found; the reference-agent session was not tested")
+            return
+        }
+        probe.waitUntilExit()
+        guard probe.terminationStatus == 0 else {
+            print("SKIP: python3 lacks pyzmq/lz4 (pip install pyzmq lz4); the reference-agent session was not tested")
+            return
+        }
+        let keys = try CurveKeyPair.generate()
+        let server = try TestServer(allowed: ["ref-1": keys])
+        let dir = NSTemporaryDirectory() + "slimsplit-ref-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try server.keys.write(name: "server", directory: dir)
+        try keys.write(name: "ref-1", directory: dir)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.currentDirectoryURL = repoRoot
+        let out = Pipe()
+        p.standardOutput = out
+        p.arguments = ["python3", "Protocol/reference/agent.py", "--endpoint", server.router.endpoint, "--agent-id", "ref-1",
+                       "--server-key", "\(dir)/server.pub", "--key", "\(dir)/ref-1", "--frames", "12", "--interval", "0.02",
+                       "--lz4", "--mask", "--bits", "3", "--timeout", "15", "--json"]
+        try p.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0, "reference agent: \(String(decoding: data, as: UTF8.self))")
+        let s = server.server.stats["ref-1"]
+        #expect(s?.frames == 12)
+        #expect(s?.bits == 3)
+        #expect(s?.keyName == "ref-1")
+        #expect(server.server.rejections.isEmpty)
+        await server.stop()
+    }
+}
