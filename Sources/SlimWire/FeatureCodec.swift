@@ -4,6 +4,11 @@
 /// is then reused, so steady-state encoding allocates nothing.
 public final class FeatureFrameEncoder {
     private var scratch: UnsafeMutableRawBufferPointer
+    /// After a frame that LZ4 could not shrink by 1/16, the next `probeInterval - 1` frames
+    /// skip the attempt (a feature stream's compressibility changes slowly); then LZ4 is tried
+    /// again.
+    public static let probeInterval = 16
+    private var lz4Skip = 0
 
     public init(initialCapacity: Int = 64 << 10) {
         scratch = .allocate(byteCount: max(initialCapacity, 1), alignment: 64)
@@ -20,7 +25,8 @@ public final class FeatureFrameEncoder {
     /// Encodes one frame into `out`.
     /// - Parameters:
     ///   - header: shape, bits, quantization and identity; `masked` must match `mask != nil`.
-    ///     `codec` is the codec asked for: LZ4 is used only when it makes the payload smaller.
+    ///     `codec` is the codec asked for: LZ4 is used only when it makes the payload smaller
+    ///     (and, after a frame it barely shrank, only every `probeInterval` frames).
     ///     `rawLength` is computed here.
     ///   - dense: C·H·W quantized values, channel-major.
     ///   - mask: ⌈H·W/8⌉ bytes, bit i = cell i sent; padding bits must be 0.
@@ -32,25 +38,39 @@ public final class FeatureFrameEncoder {
         h.masked = mask != nil
         let maxRaw = h.maskLength + FeaturePayload.packedLength(values: h.channels * h.cells, bits: Int(h.bits))
         precondition(out.count >= Envelope.overhead + h.bodyLength + maxRaw, "output buffer too small")
-        if scratch.count < maxRaw {
+        if scratch.count < maxRaw, mask != nil || h.bits != 8 {
             scratch.deallocate()
             scratch = .allocate(byteCount: maxRaw, alignment: 64)
         }
-        var rawLength = 0
-        if let mask {
-            UnsafeMutableRawBufferPointer(rebasing: scratch[0..<h.maskLength])
-                .copyMemory(from: UnsafeRawBufferPointer(rebasing: mask[0..<h.maskLength]))
-            rawLength = h.maskLength
+        let raw: UnsafeRawBufferPointer
+        if mask == nil, h.bits == 8 {
+            raw = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(dense)[0..<maxRaw])  // already in wire order
+        } else {
+            var n = 0
+            if let mask {
+                UnsafeMutableRawBufferPointer(rebasing: scratch[0..<h.maskLength])
+                    .copyMemory(from: UnsafeRawBufferPointer(rebasing: mask[0..<h.maskLength]))
+                n = h.maskLength
+            }
+            n += FeaturePayload.pack(dense: dense, channels: h.channels, cells: h.cells, mask: mask, bits: Int(h.bits),
+                                     into: UnsafeMutableRawBufferPointer(rebasing: scratch[n...]))
+            raw = UnsafeRawBufferPointer(rebasing: scratch[0..<n])
         }
-        rawLength += FeaturePayload.pack(dense: dense, channels: h.channels, cells: h.cells, mask: mask, bits: Int(h.bits),
-                                         into: UnsafeMutableRawBufferPointer(rebasing: scratch[rawLength...]))
+        let rawLength = raw.count
         h.rawLength = rawLength
         let payloadStart = Envelope.headerLength + h.bodyLength
-        let raw = UnsafeRawBufferPointer(rebasing: scratch[0..<rawLength])
         var payloadLength = rawLength
-        if h.codec == .lz4,
-           let n = LZ4Block.compress(raw, into: UnsafeMutableRawBufferPointer(rebasing: out[payloadStart..<(payloadStart + rawLength - 1)])) {
-            payloadLength = n
+        var compressed: Int?
+        if h.codec == .lz4 {
+            if lz4Skip > 0 {
+                lz4Skip -= 1
+            } else {
+                compressed = LZ4Block.compress(raw, into: UnsafeMutableRawBufferPointer(rebasing: out[payloadStart..<(payloadStart + rawLength - 1)]))
+                if (compressed ?? rawLength) > rawLength - rawLength / 16 { lz4Skip = Self.probeInterval - 1 }
+            }
+        }
+        if let compressed {
+            payloadLength = compressed
         } else {
             h.codec = .none
             UnsafeMutableRawBufferPointer(rebasing: out[payloadStart...]).copyMemory(from: raw)
@@ -82,8 +102,9 @@ public final class FeatureFrameDecoder {
         values.deallocate()
     }
 
-    /// A decoded frame. `mask` and `values` point into the decoder and stay valid until its
-    /// next `decode` call.
+    /// A decoded frame. `mask` and `values` point into the decoder or into the message itself
+    /// (8-bit values without a codec are not copied): they stay valid until the decoder's next
+    /// `decode` call and while the message is alive.
     public struct Decoded {
         public var header: FeatureFrameHeader
         /// Total message length.
@@ -101,20 +122,27 @@ public final class FeatureFrameDecoder {
         precondition(env.kind == .featureFrame)
         var r = WireReader(env.body)
         let h = try FeatureFrameHeader(body: &r, payloadLength: env.payload.count, limits: limits)
-        if raw.count < h.rawLength {
+        if h.codec == .lz4, raw.count < h.rawLength {
             raw.deallocate()
             raw = .allocate(byteCount: h.rawLength, alignment: 64)
         }
-        let sent = try FeaturePayload.decodeRaw(h, payload: env.payload, into: raw)
+        let rawBytes = try FeaturePayload.undoCodec(h, payload: env.payload, scratch: raw)
+        let sent = try FeaturePayload.checkRaw(h, raw: rawBytes)
         let count = h.channels * sent
-        if values.count < count {
-            values.deallocate()
-            values = .allocate(capacity: count)
+        let packed = UnsafeRawBufferPointer(rebasing: rawBytes[h.maskLength...])
+        let out: UnsafeBufferPointer<UInt8>
+        if h.bits == 8 {
+            out = packed.bindMemory(to: UInt8.self)  // bytes are the values: no copy
+        } else {
+            if values.count < count {
+                values.deallocate()
+                values = .allocate(capacity: count)
+            }
+            FeaturePayload.unpack(packed, count: count, bits: Int(h.bits), into: values)
+            out = UnsafeBufferPointer(rebasing: values[0..<count])
         }
-        FeaturePayload.unpack(UnsafeRawBufferPointer(rebasing: raw[h.maskLength..<h.rawLength]), count: count,
-                              bits: Int(h.bits), into: values)
         return Decoded(header: h, messageLength: messageLength, sentCells: sent,
-                       mask: h.masked ? UnsafeRawBufferPointer(rebasing: raw[0..<h.maskLength]) : nil,
-                       values: UnsafeBufferPointer(rebasing: values[0..<count]))
+                       mask: h.masked ? UnsafeRawBufferPointer(rebasing: rawBytes[0..<h.maskLength]) : nil,
+                       values: out)
     }
 }

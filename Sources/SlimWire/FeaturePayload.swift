@@ -71,34 +71,42 @@ public enum FeaturePayload {
         }
     }
 
-    /// Undoes the codec of `payload` into `raw` (at least `header.rawLength` bytes), checks the
-    /// mask's padding bits and that `raw_length` matches the sent cells.
-    /// - Returns: K, the number of sent cells.
-    public static func decodeRaw(_ header: FeatureFrameHeader, payload: UnsafeRawBufferPointer,
-                                 into raw: UnsafeMutableRawBufferPointer) throws(WireError) -> Int {
+    /// Undoes the codec: with codec none the payload itself is returned (no copy); with LZ4 it
+    /// is decoded into `scratch` (at least `header.rawLength` bytes) with a bounds-checked
+    /// decoder that must produce exactly `raw_length` bytes.
+    public static func undoCodec(_ header: FeatureFrameHeader, payload: UnsafeRawBufferPointer,
+                                 scratch: UnsafeMutableRawBufferPointer) throws(WireError) -> UnsafeRawBufferPointer {
         let n = header.rawLength
-        precondition(raw.count >= n)
         switch header.codec {
         case .none:
-            if n > 0 { raw.copyMemory(from: payload) }
+            return payload
         case .lz4:
+            precondition(scratch.count >= n)
             guard payload.count > 0, payload.count <= Int(Int32.max), n > 0 else {
                 throw WireError(.codecError, "LZ4 payload of \(payload.count) bytes for raw_length \(n)")
             }
             let got = LZ4_decompress_safe(payload.baseAddress!.assumingMemoryBound(to: CChar.self),
-                                          raw.baseAddress!.assumingMemoryBound(to: CChar.self),
+                                          scratch.baseAddress!.assumingMemoryBound(to: CChar.self),
                                           Int32(payload.count), Int32(n))
             guard got == Int32(n) else {
                 throw WireError(.codecError, got < 0
                     ? "LZ4 block is malformed or decodes past raw_length \(n) (error at input byte \(-got))"
                     : "LZ4 block decodes to \(got) bytes, raw_length says \(n)")
             }
+            return UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(scratch)[0..<n])
         }
+    }
+
+    /// Checks the raw payload (mask, then values): mask padding, `raw_length` against the sent
+    /// cells, value padding.
+    /// - Returns: K, the number of sent cells.
+    public static func checkRaw(_ header: FeatureFrameHeader, raw: UnsafeRawBufferPointer) throws(WireError) -> Int {
+        let n = raw.count
         var sent = header.cells
         if header.masked {
             let m = header.maskLength
             guard n >= m else { throw WireError(.payloadSizeMismatch, "raw payload of \(n) bytes is shorter than the \(m)-byte mask") }
-            let mask = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(raw)[0..<m])
+            let mask = UnsafeRawBufferPointer(rebasing: raw[0..<m])
             let tail = header.cells % 8
             if tail != 0, mask[m - 1] >> UInt8(tail) != 0 {
                 throw WireError(.fieldOutOfRange, "mask padding bits after cell \(header.cells - 1) are not zero")
@@ -144,9 +152,11 @@ public enum FeaturePayload {
         let rawBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(h.rawLength, 1), alignment: 16)
         defer { rawBuffer.deallocate() }
         let sent = try withWireBytes(frame.payload) { (p) throws(WireError) -> Int in
-            try decodeRaw(h, payload: p, into: rawBuffer)
+            let raw = try undoCodec(h, payload: p, scratch: rawBuffer)
+            if h.codec == .none, raw.count > 0 { rawBuffer.copyMemory(from: raw) }
+            return try checkRaw(h, raw: raw)
         }
-        let raw = UnsafeRawBufferPointer(rawBuffer)
+        let raw = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(rawBuffer)[0..<h.rawLength])
         let mask: [Bool]? = h.masked ? (0..<h.cells).map { raw[$0 >> 3] & (1 << UInt8($0 & 7)) != 0 } : nil
         let count = h.channels * sent
         var values = [UInt8](repeating: 0, count: count)

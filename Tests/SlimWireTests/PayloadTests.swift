@@ -15,6 +15,25 @@ struct PayloadTests {
         #expect(one == split)
     }
 
+    @Test("hardware CRC-32C (three interleaved streams) equals a bitwise reference at every length class")
+    func crc32cAgainstReference() {
+        func reference(_ d: ArraySlice<UInt8>) -> UInt32 {
+            var c: UInt32 = 0xFFFF_FFFF
+            for b in d {
+                c ^= UInt32(b)
+                for _ in 0..<8 { c = (c >> 1) ^ (0x82F6_3B78 & (0 &- (c & 1))) }
+            }
+            return ~c
+        }
+        var rng = SystemRandomNumberGenerator()
+        let data = (0..<100_000).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        for n in [0, 1, 7, 8, 4095, 12_287, 12_288, 12_289, 24_577, 40_000, 100_000] {
+            #expect(CRC32C.checksum(Array(data[0..<n])) == reference(data[0..<n]), "length \(n)")
+        }
+        let offset = Array(data[3..<50_003])  // unaligned start
+        #expect(CRC32C.checksum(offset) == reference(data[3..<50_003]))
+    }
+
     @Test("pack then unpack returns the values at every bit depth", arguments: 1...8)
     func packRoundTrip(bits: Int) {
         var rng = SystemRandomNumberGenerator()

@@ -15,8 +15,10 @@ struct WireBench: ParsableCommand {
             receiving thread. SlimSplit's path packs an 8-bit C×H×W feature map, LZ4-compresses it (only when
             that shrinks it), adds the header and CRC-32C, sends it zero-copy, and on receipt checks the CRC and
             every field, decompresses and unpacks it. Raw libzmq sends the uncompressed bytes with zmq_send and
-            receives them with zmq_msg_recv. MB/s counts uncompressed feature bytes. Two contents: `features`
-            (a sparse BEV-like map, 30 % of cells occupied) and `random` (incompressible).
+            receives them with zmq_msg_recv. MB/s counts uncompressed feature bytes. Contents: `features`
+            (a sparse BEV-like map, 30 % of cells occupied), with LZ4 and without, and `random`
+            (incompressible; the encoder soon stops trying LZ4 on it). Loopback moves bytes at memory speed, so
+            here LZ4 only costs time; on a radio link it saves far more than it costs.
             """)
 
     @Flag(help: "Print JSON only.")
@@ -34,25 +36,27 @@ struct WireBench: ParsableCommand {
         let cases = [Case(name: "4KiB", c: 16, h: 16, w: 16), Case(name: "64KiB", c: 64, h: 32, w: 32),
                      Case(name: "1MiB", c: 64, h: 128, w: 128)]
         var results: [[String: Any]] = []
-        for content in ["features", "random"] {
+        for (content, lz4) in [("features", true), ("features", false), ("random", true)] {
             for cs in cases {
                 var slim: [Measure] = [], raw: [Measure] = []
                 for _ in 0..<repeats {
-                    raw.append(try measure(cs, content: content, framed: false))
-                    slim.append(try measure(cs, content: content, framed: true))
+                    raw.append(try measure(cs, content: content, lz4: lz4, framed: false))
+                    slim.append(try measure(cs, content: content, lz4: lz4, framed: true))
                 }
                 let s = median(slim), r = median(raw)
                 let payload = cs.c * cs.h * cs.w
+                let (encodeUs, decodeUs) = try stageTimes(cs, content: content, lz4: lz4)
                 let entry: [String: Any] = [
-                    "payload": cs.name, "payload_bytes": payload, "content": content,
+                    "payload": cs.name, "payload_bytes": payload, "content": content, "codec_requested": lz4 ? "lz4" : "none",
                     "slimsplit": ["frames_per_s": s.fps.rounded(), "mb_per_s": (s.fps * Double(payload) / 1e6).rounded(),
-                                  "wire_bytes_per_frame": s.wireBytes],
+                                  "wire_bytes_per_frame": s.wireBytes,
+                                  "encode_us": (encodeUs * 10).rounded() / 10, "decode_us": (decodeUs * 10).rounded() / 10],
                     "raw_zmq": ["frames_per_s": r.fps.rounded(), "mb_per_s": (r.fps * Double(payload) / 1e6).rounded()],
                     "ratio_vs_raw_zmq": (s.fps / r.fps * 1000).rounded() / 1000,
                 ]
                 results.append(entry)
                 if !json {
-                    FileHandle.standardError.write(Data(("\(content) \(cs.name): slimsplit \(Int(s.fps)) fps, raw \(Int(r.fps)) fps, ratio \(fmt(s.fps / r.fps, 3))\n").utf8))
+                    FileHandle.standardError.write(Data(("\(content) \(lz4 ? "lz4" : "none") \(cs.name): slimsplit \(Int(s.fps)) fps, raw \(Int(r.fps)) fps, ratio \(fmt(s.fps / r.fps, 3)); encode \(fmt(encodeUs)) µs, decode \(fmt(decodeUs)) µs\n").utf8))
                 }
             }
         }
@@ -67,10 +71,43 @@ struct WireBench: ParsableCommand {
 
     struct Measure { var fps: Double; var wireBytes: Int }
 
+    func makeFeatures(_ cs: Case, content: String) -> SyntheticFeatures {
+        var features = SyntheticFeatures(channels: cs.c, height: cs.h, width: cs.w, bits: 8, occupancy: 0.3, seed: 7)
+        if content == "random" {
+            var rng = SplitMix64(seed: 9)
+            for i in features.dense.indices { features.dense[i] = UInt8(truncatingIfNeeded: rng.next()) }
+        }
+        return features
+    }
+
+    /// Single-thread time of encode (pack, LZ4, header, CRC) and decode (CRC, checks, LZ4,
+    /// unpack) per frame, in µs: where the framed path spends its time.
+    func stageTimes(_ cs: Case, content: String, lz4: Bool) throws -> (Double, Double) {
+        let features = makeFeatures(cs, content: content)
+        let header = features.header(agentID: "bench", widthIndex: 3, masked: false, lz4: lz4)
+        var out = [UInt8](repeating: 0, count: FeatureFrameEncoder.maxEncodedLength(header))
+        let encoder = FeatureFrameEncoder(), decoder = FeatureFrameDecoder()
+        let iterations = max(20, 50_000_000 / (cs.c * cs.h * cs.w))
+        var length = 0
+        let t0 = Clock.monotonicNs()
+        features.dense.withUnsafeBufferPointer { d in
+            out.withUnsafeMutableBytes { o in
+                for _ in 0..<iterations { length = encoder.encode(header, dense: d, mask: nil, into: o).length }
+            }
+        }
+        let t1 = Clock.monotonicNs()
+        try out.withUnsafeBytes { o in
+            let m = UnsafeRawBufferPointer(rebasing: o[0..<length])
+            for _ in 0..<iterations { _ = try decoder.decode(try Envelope.open(m), messageLength: length) }
+        }
+        let t2 = Clock.monotonicNs()
+        return (Double(t1 - t0) / 1e3 / Double(iterations), Double(t2 - t1) / 1e3 / Double(iterations))
+    }
+
     func median(_ m: [Measure]) -> Measure { m.sorted { $0.fps < $1.fps }[m.count / 2] }
 
     /// One run: a sender thread pushes frames for `seconds`; the receiver counts what it decoded.
-    func measure(_ cs: Case, content: String, framed: Bool) throws -> Measure {
+    func measure(_ cs: Case, content: String, lz4: Bool, framed: Bool) throws -> Measure {
         let ctx = zmq_ctx_new()!
         defer { zmq_ctx_term(ctx) }
         let router = zmq_socket(ctx, ZMQ_ROUTER)!
@@ -84,12 +121,8 @@ struct WireBench: ParsableCommand {
         zmq_getsockopt(router, ZMQ_LAST_ENDPOINT, &buf, &len)
         guard zmq_connect(dealer, String(cString: buf)) == 0 else { throw ZMQError("zmq_connect") }
 
-        var features = SyntheticFeatures(channels: cs.c, height: cs.h, width: cs.w, bits: 8, occupancy: 0.3, seed: 7)
-        if content == "random" {
-            var rng = SplitMix64(seed: 9)
-            for i in features.dense.indices { features.dense[i] = UInt8(truncatingIfNeeded: rng.next()) }
-        }
-        let header = features.header(agentID: "bench", widthIndex: 3, masked: false, lz4: true)
+        let features = makeFeatures(cs, content: content)
+        let header = features.header(agentID: "bench", widthIndex: 3, masked: false, lz4: lz4)
         let pool = SendBufferPool(count: 16, bufferSize: FeatureFrameEncoder.maxEncodedLength(header))
         let decoder = FeatureFrameDecoder()
         let dense = features.dense

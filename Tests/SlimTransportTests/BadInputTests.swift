@@ -1,0 +1,129 @@
+import Foundation
+import Logging
+import SlimServer
+import SlimTransport
+import SlimWire
+import Testing
+
+@Suite("Bad input: rejected, counted per agent and reason, and the healthy agent keeps flowing", .serialized)
+struct BadInputTests {
+    /// Every invalid vector, every session-level violation, an over-limit message, an oversized
+    /// one and a multi-part one, sent by one authenticated client while a healthy agent streams.
+    @Test func everyRejectionWhileHealthyAgentFlows() async throws {
+        let healthyKeys = try CurveKeyPair.generate(), badKeys = try CurveKeyPair.generate()
+        var options = ServerOptions()
+        options.limits.maxMessageBytes = 64 << 10
+        var socket = SocketOptions()
+        socket.maxMessageBytes = 128 << 10
+        let server = try TestServer(allowed: ["car-1": healthyKeys, "bad-1": badKeys], options: options, socket: socket)
+        let healthy = try TestAgent(id: "car-1", server: server, keys: healthyKeys)
+        let stop = Locked(false)
+        let streaming = Task {
+            var ok = true
+            while !stop.value && ok { ok = await healthy.stream(1) }
+            return ok
+        }
+
+        let bad = RawClient(endpoint: server.router.endpoint, serverKey: server.keys.publicKey, keys: badKeys)
+        var expected: [RejectReason: Int] = [:]
+        // 1. A frame before any Hello.
+        bad.send(frameBytes(agent: "bad-1", sequence: 1))
+        expected[.helloRequired, default: 0] += 1
+        bad.send(Hello(agentID: "bad-1", modelID: "test").encoded())
+        #expect(bad.receive().map { try? Control.decode($0) } != nil, "no welcome Control")
+        // 2. Every invalid vector. The server never parses the body of a kind it does not accept.
+        let dir = repoRoot.appendingPathComponent("Protocol/vectors/invalid")
+        for file in try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted() where file.hasSuffix(".json") {
+            let name = String(file.dropLast(5))
+            let bytes = try vectorBytes("invalid", name)
+            let json = try JSONSerialization.jsonObject(with: Data(contentsOf: dir.appendingPathComponent(file))) as! [String: Any]
+            var reason = RejectReason(rawValue: json["error"] as! String)!
+            if let env = try? bytes.withUnsafeBytes({ try Envelope.open($0, limits: options.limits) }), [.ack, .result, .control].contains(env.kind) {
+                reason = .unexpectedKind
+            }
+            expected[reason, default: 0] += 1
+            bad.send(bytes)
+        }
+        // 3. Session rules.
+        bad.send(frameBytes(agent: "someone-else", sequence: 10))
+        expected[.agentMismatch, default: 0] += 1
+        bad.send(frameBytes(agent: "bad-1", sequence: 11))  // accepted
+        bad.send(frameBytes(agent: "bad-1", sequence: 11))  // replayed
+        expected[.staleSequence, default: 0] += 1
+        bad.send(frameBytes(agent: "bad-1", sequence: 12, widthIndex: 9))
+        expected[.fieldOutOfRange, default: 0] += 1
+        bad.send(Ack(sequence: 1, receiveTimeNs: 1, bytesReceived: 1, queueDelayNs: 1).encoded())
+        expected[.unexpectedKind, default: 0] += 1
+        bad.send([1, 2, 3], more: true)
+        bad.send([4, 5, 6])
+        expected[.lengthMismatch, default: 0] += 1
+        // 4. Over the protocol limit (64 KiB) but under the socket's: delivered, rejected unparsed.
+        var bigHeader = TestAgent.header
+        (bigHeader.agentID, bigHeader.sequence, bigHeader.codec, bigHeader.height, bigHeader.width, bigHeader.bits) = ("bad-1", 13, .none, 96, 96, 8)
+        var big = [UInt8](repeating: 0, count: FeatureFrameEncoder.maxEncodedLength(bigHeader))
+        let zeros = [UInt8](repeating: 0, count: 8 * 96 * 96)
+        _ = zeros.withUnsafeBufferPointer { z in big.withUnsafeMutableBytes { FeatureFrameEncoder().encode(bigHeader, dense: z, mask: nil, into: $0) } }
+        #expect(big.count > options.limits.maxMessageBytes && big.count < socket.maxMessageBytes)
+        bad.send(big)
+        expected[.overLimit, default: 0] += 1
+
+        let total = expected.values.reduce(0, +)
+        let arrived = await eventually(20) { (server.server.stats["bad-1"]?.rejectedTotal ?? 0) >= total }
+        let got = server.server.stats["bad-1"]
+        #expect(arrived)
+        #expect(got?.rejected == expected)
+        #expect(got?.frames == 1)
+
+        // 5. A message over the socket limit: libzmq drops the connection before allocating it.
+        let before = server.router.counters.received, acksBefore = healthy.agent.stats.acks
+        bad.send([UInt8](repeating: 0, count: 1 << 20))
+        #expect(await eventually(10) { healthy.agent.stats.acks >= acksBefore + 5 })
+        #expect(server.router.counters.received - before >= 5)  // the healthy agent's frames only
+        #expect(server.server.stats["bad-1"]?.rejected == expected)
+
+        stop.withLock { $0 = true }
+        #expect(await streaming.value, "the healthy agent's frames stopped being acknowledged")
+        let h = healthy.agent.stats
+        let hs = server.server.stats["car-1"]
+        #expect(hs?.rejectedTotal == 0)
+        #expect(hs?.frames == h.framesSubmitted)
+        #expect(h.acks == h.framesSubmitted)
+        #expect(h.framesSubmitted > 5)
+        #expect(h.framesReplaced == 0)
+        await healthy.stop()
+        await server.stop()
+    }
+
+    @Test("an agent whose Curve key is not allowed gets nothing through; the ZAP handler counts it")
+    func unknownKey() async throws {
+        let goodKeys = try CurveKeyPair.generate(), strangerKeys = try CurveKeyPair.generate()
+        let server = try TestServer(allowed: ["car-1": goodKeys])
+        let good = try TestAgent(id: "car-1", server: server, keys: goodKeys)
+        let stranger = RawClient(endpoint: server.router.endpoint, serverKey: server.keys.publicKey, keys: strangerKeys)
+        stranger.send(Hello(agentID: "intruder", modelID: "test").encoded())
+        for s in 1...5 { stranger.send(frameBytes(agent: "intruder", sequence: UInt64(s))) }
+        #expect(await good.stream(10))
+        #expect(await eventually(10) { (server.router.unauthenticated[strangerKeys.publicKey.z85] ?? 0) >= 1 })
+        #expect(stranger.receive(timeoutMs: 300) == nil)
+        #expect(server.server.stats["intruder"] == nil)
+        #expect(server.server.stats["car-1"]?.frames == 10)
+        #expect((server.server.rejections[.unauthenticated] ?? 0) >= 1)
+        // A client that does not even speak Curve gets nothing through either.
+        let plain = RawClient(endpoint: server.router.endpoint, serverKey: nil, keys: nil)
+        plain.send(Hello(agentID: "plain", modelID: "test").encoded())
+        #expect(plain.receive(timeoutMs: 300) == nil)
+        #expect(server.server.stats["plain"] == nil)
+        await good.stop()
+        await server.stop()
+    }
+
+    @Test("rejections are logged once per interval per agent and reason, not once per message")
+    func rateLimitedLog() {
+        let log = RateLimitedLog(logger: Logger(label: "test"), interval: 3600)
+        var written = 0
+        for _ in 0..<1000 where log.warning(key: "bad-1:crc_mismatch", "rejected") { written += 1 }
+        #expect(written == 1)
+        #expect(log.warning(key: "bad-1:truncated", "rejected"))
+        #expect(log.warning(key: "bad-2:crc_mismatch", "rejected"))
+    }
+}

@@ -1,0 +1,62 @@
+import SlimConfig
+import Testing
+
+@Suite("Configs: validated with errors that name the file and the key")
+struct ConfigTests {
+    static let file = "test/server.yaml"
+
+    func serverError(_ yaml: String) -> ConfigError? {
+        do {
+            let root = try ConfigSection.parse(yaml, file: Self.file)
+            _ = try ServerConfig(root)
+            try root.finish()
+            return nil
+        } catch { return error }
+    }
+
+    @Test func shippedConfigsLoad() throws {
+        let server = try ServerConfig.load(file: repoRoot.appendingPathComponent("Configs/server.yaml").path)
+        #expect(server.endpoint == "tcp://0.0.0.0:5555")
+        #expect(server.curve?.secretKey.hasSuffix("Configs/keys/server.key") == true)
+        let agent = try AgentConfig.load(file: repoRoot.appendingPathComponent("Configs/agent.yaml").path)
+        #expect(agent.agentID == "car-1")
+        #expect(agent.synthetic.channels == 64)
+    }
+
+    @Test func unknownKeyIsNamedWithASuggestion() {
+        let e = serverError("endpoint: tcp://127.0.0.1:1\ncurve: {enabled: false}\nsocket:\n  send_hwn: 5\n")
+        #expect(e?.file == Self.file)
+        #expect(e?.key == "socket.send_hwn")
+        #expect(e?.description.contains("did you mean 'send_hwm'") == true)
+    }
+
+    @Test func wrongTypeAndRange() {
+        #expect(serverError("endpoint: tcp://x:1\ncurve: {enabled: false}\nlimits: {max_channels: lots}\n")?.key == "limits.max_channels")
+        let e = serverError("endpoint: tcp://x:1\ncurve: {enabled: false}\nlimits: {max_channels: 0}\n")
+        #expect(e?.key == "limits.max_channels")
+        #expect(e?.problem.contains("out of range") == true)
+        #expect(serverError("endpoint: tcp://x:1\ncurve: {enabled: maybe}\n")?.key == "curve.enabled")
+    }
+
+    @Test func missingRequiredKey() {
+        #expect(serverError("curve: {enabled: false}\n")?.key == "endpoint")
+        #expect(serverError("endpoint: tcp://x:1\ncurve: {enabled: true, allowed_keys: k}\n")?.key == "curve.secret_key")
+        #expect(serverError("endpoint: http://x:1\ncurve: {enabled: false}\n")?.key == "endpoint")
+    }
+
+    @Test func badYamlNamesTheFile() {
+        let e = serverError("endpoint: [unclosed\n")
+        #expect(e?.file == Self.file)
+        #expect(e?.problem.contains("YAML") == true)
+    }
+
+    @Test func badAgentID() {
+        do {
+            let root = try ConfigSection.parse("agent_id: 'car 1'\nserver: tcp://x:1\n", file: "a.yaml")
+            _ = try AgentConfig(root)
+            Issue.record("accepted a bad agent_id")
+        } catch {
+            #expect(error.key == "agent_id")
+        }
+    }
+}
