@@ -29,6 +29,8 @@ let package = Package(
                        providers: [.apt(["liblz4-dev"]), .brew(["lz4"])]),
         // Small C kernels with architecture-specific paths and portable fallbacks.
         .target(name: "CKernels"),
+        // Counts heap allocations (benchmark and tests only): shows hot paths allocate nothing.
+        .target(name: "CAllocCounter"),
 
         // Wire format: messages, CRC-32C, bit packing, feature payloads (Protocol/PROTOCOL.md).
         .target(name: "SlimWire", dependencies: ["CKernels", "CLZ4"], swiftSettings: strict),
@@ -46,16 +48,19 @@ let package = Package(
         .target(name: "SlimAgent",
                 dependencies: ["SlimWire", "SlimTransport", .product(name: "Logging", package: "swift-log")],
                 swiftSettings: strict),
+        // Neural engine: NHWC tensors, float and int8 kernels, slimmable layers, safetensors models.
+        .target(name: "SlimEngine", dependencies: ["CKernels"], swiftSettings: strict),
         .executableTarget(
             name: "slimsplit",
             dependencies: [
-                "SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "CZeroMQ",
+                "SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "SlimEngine", "CZeroMQ", "CAllocCounter",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
 
         .testTarget(name: "SlimWireTests", dependencies: ["SlimWire"], swiftSettings: strict),
+        .testTarget(name: "SlimEngineTests", dependencies: ["SlimEngine", "CAllocCounter"], swiftSettings: strict),
         .testTarget(name: "SlimTransportTests",
                     dependencies: ["SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "CZeroMQ"],
                     swiftSettings: strict),

@@ -1,0 +1,233 @@
+/// Runs a `SlimmableModel` (a chain of convolutions) at any of its widths, in float or int8,
+/// skipping the cells a sparse BEV grid leaves empty.
+///
+/// Everything is planned at `init` for one input size: packed weights for every width, the
+/// activation buffers (sized for full width, reused at narrower widths), the activity maps.
+/// Switching width is a write to `widthIndex`: no allocation, no weight copy, no reload. `run`
+/// allocates nothing. Not thread-safe: one encoder per agent pipeline.
+///
+/// Sparsity: a cell whose whole receptive field is "background" (the value an empty BEV cell
+/// produces at that layer) has a known output, the layer's background, so it is written, not
+/// computed. Cells whose receptive field reaches the zero padding are always computed. In int8
+/// the result is bit-identical to the dense computation; in float it differs by rounding only.
+public final class SlimmableEncoder: @unchecked Sendable {
+    public let model: SlimmableModel
+    public let inputHeight: Int, inputWidth: Int
+    /// The width in use, an index into `model.architecture.widths`.
+    public var widthIndex: Int {
+        didSet { precondition(model.architecture.widths.indices.contains(widthIndex), "width index \(widthIndex) out of range") }
+    }
+    /// Skip empty cells (on by default).
+    public var sparse = true
+
+    final class LayerPlan {
+        let geometry: ConvGeometry
+        let inputIndex: Int          // -1: the model input; else a layer index
+        let outHeight: Int, outWidth: Int
+        let floatConv: [FloatConv2d]  // per width
+        let qconv: [QConv2d]          // per width (empty without int8)
+        let floatBackground: [[Float]]
+        let qBackground: [[UInt8]]
+        let activity: UnsafeMutableBufferPointer<UInt8>
+
+        init(geometry: ConvGeometry, inputIndex: Int, outHeight: Int, outWidth: Int, floatConv: [FloatConv2d], qconv: [QConv2d],
+             floatBackground: [[Float]], qBackground: [[UInt8]], activity: UnsafeMutableBufferPointer<UInt8>) {
+            self.geometry = geometry
+            self.inputIndex = inputIndex
+            self.outHeight = outHeight
+            self.outWidth = outWidth
+            self.floatConv = floatConv
+            self.qconv = qconv
+            self.floatBackground = floatBackground
+            self.qBackground = qBackground
+            self.activity = activity
+        }
+    }
+
+    let plans: [LayerPlan]
+    let floatBuffers: [FloatTensor]   // one per layer (layers may feed any later layer)
+    let qBuffers: [QTensor]
+    let qInput: QTensor
+    let inputActivity: UnsafeMutableBufferPointer<UInt8>
+
+    public init(model: SlimmableModel, inputHeight: Int, inputWidth: Int) {
+        self.model = model
+        self.inputHeight = inputHeight
+        self.inputWidth = inputWidth
+        let arch = model.architecture
+        widthIndex = arch.widths.count - 1
+        var plans: [LayerPlan] = []
+        var sizes: [(Int, Int)] = []
+        var fBufs: [FloatTensor] = [], qBufs: [QTensor] = []
+        // Background of each tensor per width: the model input's is 0 (an empty BEV cell).
+        var fBg: [[[Float]]] = [arch.widths.indices.map { _ in [Float](repeating: 0, count: arch.input.channels) }]
+        var qBg: [[[UInt8]]] = [arch.widths.indices.map { wi in
+            [UInt8](repeating: UInt8(model.inputQuant?[wi].zeroPoint ?? 0), count: arch.input.channels) }]
+        let names = [arch.input.name] + arch.layers.map(\.name)
+        for (li, l) in arch.layers.enumerated() {
+            let g = ConvGeometry(kernel: (l.kernel[0], l.kernel[1]), stride: (l.stride[0], l.stride[1]),
+                                 padding: (l.padding[0], l.padding[1]), dilation: (l.dilation[0], l.dilation[1]), groups: l.groups)
+            let src = names.firstIndex(of: l.input)! - 1
+            let (ih, iw) = src < 0 ? (inputHeight, inputWidth) : sizes[src]
+            let (oh, ow) = g.outputSize(height: ih, width: iw)
+            sizes.append((oh, ow))
+            let act: Activation = l.activation == "relu" ? .relu : l.activation == "relu6" ? .relu6 : .none
+            var fc: [FloatConv2d] = [], qc: [QConv2d] = [], fb: [[Float]] = [], qb: [[UInt8]] = []
+            for wi in arch.widths.indices {
+                let co = arch.active(l.outChannels, slim: l.slimOut, width: wi)
+                let ci = arch.active(l.inChannels, slim: l.slimIn, width: wi)
+                let groups = l.groups > 1 ? co : 1  // depthwise layers slim their groups
+                var gw = g
+                gw.groups = groups
+                let f = model.float[wi][li]
+                fc.append(FloatConv2d(weight: f.weight, bias: f.bias, inChannels: ci, outChannels: co, geometry: gw, activation: act))
+                fb.append(Self.background(f.weight, f.bias, co: co, ci: ci / groups, taps: g.kernel.h * g.kernel.w,
+                                          groups: groups, input: fBg[src + 1][wi], act: act))
+                if let q = model.int8?[wi][li] {
+                    let inQ = src < 0 ? model.inputQuant![wi] : model.int8![wi][src].output
+                    let conv = QConv2d(weight: q.weight, weightScale: q.weightScale, bias: q.bias, inChannels: ci, outChannels: co,
+                                       geometry: gw, input: inQ, output: q.output)
+                    qc.append(conv)
+                    qb.append(Self.qBackground(conv, input: qBg[src + 1][wi]))
+                }
+            }
+            fBg.append(fb)
+            qBg.append(qb)
+            let activity = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: oh * ow)
+            activity.initialize(repeating: 1)
+            plans.append(LayerPlan(geometry: g, inputIndex: src, outHeight: oh, outWidth: ow, floatConv: fc, qconv: qc,
+                                   floatBackground: fb, qBackground: qb, activity: activity))
+            fBufs.append(FloatTensor(height: oh, width: ow, channels: l.outChannels))
+            qBufs.append(QTensor(height: oh, width: ow, channels: l.outChannels))
+        }
+        self.plans = plans
+        outputLayer = arch.layers.firstIndex { $0.name == arch.output }!
+        floatBuffers = fBufs
+        qBuffers = qBufs
+        qInput = QTensor(height: inputHeight, width: inputWidth, channels: arch.input.channels)
+        inputActivity = .allocate(capacity: inputHeight * inputWidth)
+        inputActivity.initialize(repeating: 1)
+    }
+
+    deinit {
+        for p in plans { p.activity.deallocate() }
+        inputActivity.deallocate()
+    }
+
+    /// The output layer's index.
+    let outputLayer: Int
+
+    /// Output channels at the current width.
+    public var outputChannels: Int { plans[outputLayer].floatConv[widthIndex].outChannels }
+
+    /// Quantization of the int8 output at the current width.
+    public var outputQuant: QuantParams? { model.int8?[widthIndex][outputLayer].output }
+
+    public var inputQuant: QuantParams? { model.inputQuant?[widthIndex] }
+
+    /// Runs in float. `input` is H×W×C (NHWC) of the planned size. The result is a buffer of the
+    /// encoder's, valid until the next run.
+    public func runFloat(_ input: FloatTensor) -> FloatTensor {
+        precondition(input.height == inputHeight && input.width == inputWidth && input.channels == model.architecture.input.channels)
+        if sparse { markActive(input.values, channels: input.channels, background: 0) }
+        for li in 0..<plans.count {
+            let p = plans[li]
+            let x = p.inputIndex < 0 ? input : floatBuffers[p.inputIndex]
+            let inAct = p.inputIndex < 0 ? inputActivity : plans[p.inputIndex].activity
+            if sparse { propagate(inAct, inH: x.height, inW: x.width, plan: p) }
+            p.floatBackground[widthIndex].withUnsafeBufferPointer { bg in
+                p.floatConv[widthIndex].run(x, into: floatBuffers[li], active: sparse ? UnsafePointer(p.activity.baseAddress) : nil,
+                                            background: bg.baseAddress)
+            }
+        }
+        return floatBuffers[outputLayer]
+    }
+
+    /// Quantizes `input` with the current width's input parameters, then runs in int8.
+    public func runInt8(_ input: FloatTensor) -> QTensor {
+        precondition(input.height == inputHeight && input.width == inputWidth)
+        let q = model.inputQuant![widthIndex]
+        qInput.reshape(height: inputHeight, width: inputWidth, channels: input.channels)
+        let zp = Float(q.zeroPoint)
+        for i in 0..<input.count {
+            // x / scale as ONNX QuantizeLinear does (division), round half even, saturate.
+            let v = (input.storage[i] / q.scale).rounded(.toNearestOrEven) + zp
+            qInput.storage[i] = UInt8(min(max(v, 0), 255))
+        }
+        return runInt8(quantized: qInput)
+    }
+
+    /// Runs in int8 from an already quantized input.
+    public func runInt8(quantized input: QTensor) -> QTensor {
+        precondition(model.int8 != nil, "\(model.file) has no int8 tensors")
+        if sparse { markActive(input.values, channels: input.channels, background: UInt8(model.inputQuant![widthIndex].zeroPoint)) }
+        for li in 0..<plans.count {
+            let p = plans[li]
+            let x = p.inputIndex < 0 ? input : qBuffers[p.inputIndex]
+            let inAct = p.inputIndex < 0 ? inputActivity : plans[p.inputIndex].activity
+            if sparse { propagate(inAct, inH: x.height, inW: x.width, plan: p) }
+            p.qBackground[widthIndex].withUnsafeBufferPointer { bg in
+                p.qconv[widthIndex].run(x, into: qBuffers[li], active: sparse ? UnsafePointer(p.activity.baseAddress) : nil,
+                                        background: bg.baseAddress)
+            }
+        }
+        return qBuffers[outputLayer]
+    }
+
+    /// Input cells with any channel off the background are active.
+    func markActive<T: Equatable>(_ values: UnsafeMutableBufferPointer<T>, channels: Int, background: T) {
+        let cells = values.count / channels
+        for i in 0..<cells {
+            var a: UInt8 = 0
+            let base = i * channels
+            for c in 0..<channels where values[base + c] != background { a = 1; break }
+            inputActivity[i] = a
+        }
+    }
+
+    /// An output cell is active if any input cell of its receptive field is, or if the field
+    /// reaches the padding (where the input is 0, not the background).
+    func propagate(_ inAct: UnsafeMutableBufferPointer<UInt8>, inH: Int, inW: Int, plan p: LayerPlan) {
+        let g = p.geometry
+        for oy in 0..<p.outHeight {
+            let (iy0, k0y, k1y) = g.taps(oy, stride: g.stride.h, pad: g.padding.h, dilation: g.dilation.h, kernel: g.kernel.h, size: inH)
+            let edgeY = k0y != 0 || k1y != g.kernel.h
+            for ox in 0..<p.outWidth {
+                let (ix0, k0x, k1x) = g.taps(ox, stride: g.stride.w, pad: g.padding.w, dilation: g.dilation.w, kernel: g.kernel.w, size: inW)
+                var a: UInt8 = (edgeY || k0x != 0 || k1x != g.kernel.w) ? 1 : 0
+                if a == 0 {
+                    search: for ky in k0y..<k1y {
+                        let row = (iy0 + ky * g.dilation.h) * inW + ix0
+                        for kx in k0x..<k1x where inAct[row + kx * g.dilation.w] != 0 { a = 1; break search }
+                    }
+                }
+                p.activity[oy * p.outWidth + ox] = a
+            }
+        }
+    }
+
+    static func background(_ w: [Float], _ b: [Float], co: Int, ci: Int, taps: Int, groups: Int, input: [Float], act: Activation) -> [Float] {
+        let coPerGroup = co / groups
+        return (0..<co).map { o in
+            var s = b[o]
+            let g = o / coPerGroup
+            for i in 0..<ci { for t in 0..<taps { s += w[(o * ci + i) * taps + t] * input[g * ci + i] } }
+            return act.apply(s)
+        }
+    }
+
+    static func qBackground(_ conv: QConv2d, input: [UInt8]) -> [UInt8] {
+        let taps = conv.geometry.kernel.h * conv.geometry.kernel.w
+        return (0..<conv.outChannels).map { o in
+            let g = o / conv.outPerGroup
+            var acc: Int32 = 0
+            for i in 0..<conv.inPerGroup {
+                for t in 0..<taps {
+                    acc += (Int32(input[g * conv.inPerGroup + i]) - conv.input.zeroPoint) * Int32(conv.weights[(o * conv.inPerGroup + i) * taps + t])
+                }
+            }
+            let v = (Float(acc &+ conv.bias[o]) * conv.mult[o]).rounded(.toNearestOrEven) + Float(conv.output.zeroPoint)
+            return UInt8(min(max(v, 0), 255))
+        }
+    }
+}
