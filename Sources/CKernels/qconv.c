@@ -10,9 +10,7 @@
 #define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"), always_inline)) static inline
 #define VNNI_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 
-VNNI void requant_store(const slim_qconv_args *a, __m512i acc, int c, int32_t corr_zp_sums_valid,
-                        const int32_t *corr, uint8_t *dst) {
-    (void)corr_zp_sums_valid;
+VNNI void requant_store(const slim_qconv_args *a, __m512i acc, int c, const int32_t *corr, uint8_t *dst) {
     int n = a->co - c < 16 ? a->co - c : 16;
     __mmask16 m = (__mmask16)((1u << n) - 1u);
     __m512i bias = _mm512_maskz_loadu_epi32(m, a->bias + c);
@@ -25,32 +23,83 @@ VNNI void requant_store(const slim_qconv_args *a, __m512i acc, int c, int32_t co
 }
 
 // NB output-channel blocks of 16 for one output pixel, taps kh in [k0y,k1y), kw in [k0x,k1x).
-#define DEFINE_PIXEL(NB)                                                                              \
+// With few blocks, U partial sums per block (taken in turn) hide vpdpbusd's latency.
+#define DEFINE_PIXEL(NB, U)                                                                           \
     VNNI void pixel_##NB(const slim_qconv_args *a, const uint8_t *x, int cb, int iy0, int ix0,         \
                          int k0y, int k1y, int k0x, int k1x, __m512i *out) {                           \
         const int ci4 = (a->ci + 3) / 4;                                                               \
         const size_t bstride = (size_t)a->kh * a->kw * ci4 * 64;                                       \
-        __m512i acc[NB];                                                                               \
-        for (int b = 0; b < NB; b++) acc[b] = _mm512_setzero_si512();                                  \
+        __m512i acc[NB][U];                                                                            \
+        for (int b = 0; b < NB; b++)                                                                   \
+            for (int u = 0; u < U; u++) acc[b][u] = _mm512_setzero_si512();                            \
+        int k = 0;                                                                                     \
         for (int ky = k0y; ky < k1y; ky++) {                                                           \
             for (int kx = k0x; kx < k1x; kx++) {                                                       \
                 const uint8_t *xp = x + ((size_t)(iy0 + ky * a->dh) * a->in_w + (ix0 + kx * a->dw)) * a->in_cs + a->in_c0; \
                 const int8_t *wp = a->wpack + (size_t)cb * bstride + ((size_t)ky * a->kw + kx) * ci4 * 64; \
-                for (int c4 = 0; c4 < ci4; c4++) {                                                     \
+                int c4 = 0;                                                                            \
+                for (; c4 + U <= ci4; c4 += U) {                                                       \
+                    for (int u = 0; u < U; u++) {                                                      \
+                        int32_t xv4;                                                                   \
+                        memcpy(&xv4, xp + 4 * (c4 + u), 4);                                            \
+                        __m512i xv = _mm512_set1_epi32(xv4);                                           \
+                        for (int b = 0; b < NB; b++)                                                   \
+                            acc[b][u] = _mm512_dpbusd_epi32(acc[b][u], xv, _mm512_loadu_si512(wp + b * bstride + (c4 + u) * 64)); \
+                    }                                                                                  \
+                }                                                                                      \
+                for (; c4 < ci4; c4++, k++) {                                                          \
                     int32_t xv4;                                                                       \
                     memcpy(&xv4, xp + 4 * c4, 4);                                                      \
                     __m512i xv = _mm512_set1_epi32(xv4);                                               \
                     for (int b = 0; b < NB; b++)                                                       \
-                        acc[b] = _mm512_dpbusd_epi32(acc[b], xv, _mm512_loadu_si512(wp + b * bstride + c4 * 64)); \
+                        acc[b][k % U] = _mm512_dpbusd_epi32(acc[b][k % U], xv, _mm512_loadu_si512(wp + b * bstride + c4 * 64)); \
                 }                                                                                      \
             }                                                                                          \
         }                                                                                              \
-        for (int b = 0; b < NB; b++) out[b] = acc[b];                                                  \
+        for (int b = 0; b < NB; b++) {                                                                 \
+            __m512i s = acc[b][0];                                                                     \
+            for (int u = 1; u < U; u++) s = _mm512_add_epi32(s, acc[b][u]);                            \
+            out[b] = s;                                                                                \
+        }                                                                                              \
     }
-DEFINE_PIXEL(1)
-DEFINE_PIXEL(2)
-DEFINE_PIXEL(3)
-DEFINE_PIXEL(4)
+// Four horizontally adjacent interior output pixels × NB blocks: each weight vector loaded once
+// serves four pixels (a 4×NB register tile), so the loop is bound by vpdpbusd, not by loads.
+#define DEFINE_QUAD(NB)                                                                               \
+    VNNI void quad_##NB(const slim_qconv_args *a, const uint8_t *x, int cb, int iy0, int ix0, __m512i out[4][4]) { \
+        const int ci4 = (a->ci + 3) / 4;                                                               \
+        const size_t bstride = (size_t)a->kh * a->kw * ci4 * 64;                                       \
+        const size_t pstep = (size_t)a->sw * a->in_cs;                                                 \
+        __m512i acc[4][NB];                                                                            \
+        for (int p = 0; p < 4; p++)                                                                    \
+            for (int b = 0; b < NB; b++) acc[p][b] = _mm512_setzero_si512();                           \
+        for (int ky = 0; ky < a->kh; ky++) {                                                           \
+            for (int kx = 0; kx < a->kw; kx++) {                                                       \
+                const uint8_t *xp = x + ((size_t)(iy0 + ky * a->dh) * a->in_w + (ix0 + kx * a->dw)) * a->in_cs + a->in_c0; \
+                const int8_t *wp = a->wpack + (size_t)cb * bstride + ((size_t)ky * a->kw + kx) * ci4 * 64; \
+                for (int c4 = 0; c4 < ci4; c4++) {                                                     \
+                    __m512i w[NB];                                                                     \
+                    for (int b = 0; b < NB; b++) w[b] = _mm512_loadu_si512(wp + b * bstride + c4 * 64); \
+                    for (int p = 0; p < 4; p++) {                                                      \
+                        int32_t xv4;                                                                   \
+                        memcpy(&xv4, xp + p * pstep + 4 * c4, 4);                                      \
+                        __m512i xv = _mm512_set1_epi32(xv4);                                           \
+                        for (int b = 0; b < NB; b++) acc[p][b] = _mm512_dpbusd_epi32(acc[p][b], xv, w[b]); \
+                    }                                                                                  \
+                }                                                                                      \
+            }                                                                                          \
+        }                                                                                              \
+        for (int p = 0; p < 4; p++)                                                                    \
+            for (int b = 0; b < NB; b++) out[p][b] = acc[p][b];                                        \
+    }
+DEFINE_QUAD(1)
+DEFINE_QUAD(2)
+DEFINE_QUAD(3)
+DEFINE_QUAD(4)
+
+DEFINE_PIXEL(1, 4)
+DEFINE_PIXEL(2, 2)
+DEFINE_PIXEL(3, 1)
+DEFINE_PIXEL(4, 1)
 
 VNNI_FN int slim_qconv_u8s8_vnni(const slim_qconv_args *a, const uint8_t *x, uint8_t *y) {
     if (!slim_qconv_vnni_available()) return 0;
@@ -69,13 +118,38 @@ VNNI_FN int slim_qconv_u8s8_vnni(const slim_qconv_args *a, const uint8_t *x, uin
         int k0y = 0, k1y = a->kh;
         while (k0y < k1y && iy0 + k0y * a->dh < 0) k0y++;
         while (k1y > k0y && iy0 + (k1y - 1) * a->dh >= a->in_h) k1y--;
+        // Columns whose taps all fall inside the input: [oxa, oxb).
+        int oxa = 0, oxb = a->out_w;
+        while (oxa < oxb && oxa * a->sw - a->pw < 0) oxa++;
+        while (oxb > oxa && (oxb - 1) * a->sw - a->pw + (a->kw - 1) * a->dw >= a->in_w) oxb--;
+        const int rowInterior = k0y == 0 && k1y == a->kh;
         for (int ox = 0; ox < a->out_w; ox++) {
             uint8_t *dst = y + ((size_t)oy * a->out_w + ox) * a->out_cs + a->out_c0;
-            if (a->active && !a->active[(size_t)oy * a->out_w + ox]) {
+            const uint8_t *act = a->active ? a->active + (size_t)oy * a->out_w + ox : NULL;
+            if (act && !act[0]) {
                 memcpy(dst, a->background, (size_t)a->co);
                 continue;
             }
             const int ix0 = ox * a->sw - a->pw;
+            if (rowInterior && ox >= oxa && ox + 4 <= oxb && (!act || (act[1] && act[2] && act[3]))) {
+                __m512i q[4][4];
+                for (int cb = 0; cb < nblocks; cb += 4) {
+                    int nb = nblocks - cb < 4 ? nblocks - cb : 4;
+                    switch (nb) {
+                    case 4: quad_4(a, x, cb, iy0, ix0, q); break;
+                    case 3: quad_3(a, x, cb, iy0, ix0, q); break;
+                    case 2: quad_2(a, x, cb, iy0, ix0, q); break;
+                    default: quad_1(a, x, cb, iy0, ix0, q); break;
+                    }
+                    for (int p = 0; p < 4; p++)
+                        for (int b = 0; b < nb; b++) {
+                            int c = (cb + b) * 16;
+                            requant_store(a, q[p][b], c, corr_full + c, dst + (size_t)p * a->out_cs + c);
+                        }
+                }
+                ox += 3;
+                continue;
+            }
             int k0x = 0, k1x = a->kw;
             while (k0x < k1x && ix0 + k0x * a->dw < 0) k0x++;
             while (k1x > k0x && ix0 + (k1x - 1) * a->dw >= a->in_w) k1x--;
@@ -100,7 +174,7 @@ VNNI_FN int slim_qconv_u8s8_vnni(const slim_qconv_args *a, const uint8_t *x, uin
                 }
                 for (int b = 0; b < nb; b++) {
                     int c = (cb + b) * 16;
-                    requant_store(a, acc[b], c, 0, cz + c, dst + c);
+                    requant_store(a, acc[b], c, cz + c, dst + c);
                 }
             }
         }

@@ -143,24 +143,41 @@ public final class SlimmableEncoder: @unchecked Sendable {
         return floatBuffers[outputLayer]
     }
 
-    /// Quantizes `input` with the current width's input parameters, then runs in int8.
+    /// Quantizes `input` with the current width's input parameters (as ONNX QuantizeLinear:
+    /// x / scale, round half to even, saturate), then runs in int8. Empty cells are not
+    /// quantized but filled with the zero point, and mark the input's activity on the way.
     public func runInt8(_ input: FloatTensor) -> QTensor {
         precondition(input.height == inputHeight && input.width == inputWidth)
         let q = model.inputQuant![widthIndex]
-        qInput.reshape(height: inputHeight, width: inputWidth, channels: input.channels)
-        let zp = Float(q.zeroPoint)
-        for i in 0..<input.count {
-            // x / scale as ONNX QuantizeLinear does (division), round half even, saturate.
-            let v = (input.storage[i] / q.scale).rounded(.toNearestOrEven) + zp
-            qInput.storage[i] = UInt8(min(max(v, 0), 255))
+        let c = input.channels
+        qInput.reshape(height: inputHeight, width: inputWidth, channels: c)
+        let zp = Float(q.zeroPoint), lo = -zp, hi = 255 - zp
+        let magic: Float = 12_582_912  // 1.5·2^23: adding it rounds half to even, as MLAS does
+        for cell in 0..<(inputHeight * inputWidth) {
+            let src = input.pointer + cell * c, dst = qInput.pointer + cell * c
+            var any = false
+            for ch in 0..<c where src[ch] != 0 { any = true; break }
+            inputActivity[cell] = any ? 1 : 0
+            if !any {
+                dst.update(repeating: UInt8(q.zeroPoint), count: c)
+                continue
+            }
+            for ch in 0..<c {
+                let v = min(max(src[ch] / q.scale, lo), hi)
+                dst[ch] = UInt8((v + magic) - magic + zp)
+            }
         }
-        return runInt8(quantized: qInput)
+        return runInt8Layers(qInput)
     }
 
     /// Runs in int8 from an already quantized input.
     public func runInt8(quantized input: QTensor) -> QTensor {
         precondition(model.int8 != nil, "\(model.file) has no int8 tensors")
         if sparse { markActive(input.values, channels: input.channels, background: UInt8(model.inputQuant![widthIndex].zeroPoint)) }
+        return runInt8Layers(input)
+    }
+
+    private func runInt8Layers(_ input: QTensor) -> QTensor {
         for li in 0..<plans.count {
             let p = plans[li]
             let x = p.inputIndex < 0 ? input : qBuffers[p.inputIndex]

@@ -31,3 +31,20 @@ int slim_qconv_u8s8_vnni(const slim_qconv_args *a, const uint8_t *x, uint8_t *y)
 int slim_qconv_vnni_available(void);
 
 #endif
+
+/// One float convolution (NHWC), weights packed per tap and input channel in chunks of 16
+/// output channels (`wpack[((tap · ci) + i) · chunks · 16 + o]`), bias padded the same way.
+/// act: 0 none, 1 relu, 2 relu6. Outputs whose `active` flag is 0 get `background`.
+typedef struct {
+    int32_t in_h, in_w, in_cs, in_c0, ci;
+    int32_t out_h, out_w, out_cs, out_c0, co;
+    int32_t kh, kw, sh, sw, ph, pw, dh, dw;
+    const float *wpack;
+    const float *bias;
+    int32_t act;
+    const uint8_t *active;
+    const float *background;
+} slim_fconv_args;
+
+/// Runs with AVX-512 (FMA, 16 lanes) when the CPU has it; returns 0 otherwise.
+int slim_fconv_avx512(const slim_fconv_args *a, const float *x, float *y);

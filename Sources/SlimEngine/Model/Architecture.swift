@@ -42,9 +42,10 @@ public struct Architecture: Codable, Sendable, Equatable {
     public var layers: [Layer]
     public var output: String
 
-    /// Active channels of a dimension of `channels` at width index `i`: ⌈w·C⌉ when slim.
+    /// Active channels of a dimension of `channels` at width index `i`: ⌈w·C⌉ when slim, computed
+    /// so that binary rounding of w cannot add a channel (0.1·30 is 3, not 4).
     public func active(_ channels: Int, slim: Bool, width i: Int) -> Int {
-        slim ? Int((widths[i] * Double(channels)).rounded(.up)) : channels
+        slim ? max(1, Int((widths[i] * Double(channels) - 1e-9).rounded(.up))) : channels
     }
 
     /// Parses and checks the architecture: known layer types and activations, positive sizes,

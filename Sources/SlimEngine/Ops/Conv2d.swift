@@ -1,3 +1,5 @@
+import CKernels
+
 /// Shape parameters of a 2-D convolution (PyTorch semantics, zero padding).
 public struct ConvGeometry: Sendable, Equatable {
     public var kernel: (h: Int, w: Int)
@@ -58,8 +60,12 @@ public enum Activation: String, Sendable {
 
 /// A float convolution with its weights packed once for the kernel: per group, per tap, per
 /// input channel, the output channels in chunks of 16 lanes (`SIMD16<Float>`), so the inner loop
-/// is a broadcast and a multiply-add per chunk and vectorizes on any SIMD ISA.
+/// is a broadcast and a multiply-add per chunk and vectorizes on any SIMD ISA. Where the CPU has
+/// AVX-512, the same packed weights go to the FMA kernel of `CKernels`.
 public final class FloatConv2d: @unchecked Sendable {
+    /// Forces the portable Swift kernel (tests compare both paths).
+    nonisolated(unsafe) public static var forcePortable = false
+
     public let geometry: ConvGeometry
     public let inChannels: Int
     public let outChannels: Int
@@ -132,6 +138,26 @@ public final class FloatConv2d: @unchecked Sendable {
         y.reshape(height: oh, width: ow, channels: outChannels)
         let xs = x.pointer, ys = y.pointer
         let inW = x.width, inH = x.height
+        if !depthwise, !Self.forcePortable {
+            var a = slim_fconv_args()
+            a.in_h = Int32(inH); a.in_w = Int32(inW); a.in_cs = Int32(inChannels); a.ci = Int32(inPerGroup)
+            a.out_h = Int32(oh); a.out_w = Int32(ow); a.out_cs = Int32(outChannels); a.co = Int32(outPerGroup)
+            a.kh = Int32(g.kernel.h); a.kw = Int32(g.kernel.w); a.sh = Int32(g.stride.h); a.sw = Int32(g.stride.w)
+            a.ph = Int32(g.padding.h); a.pw = Int32(g.padding.w); a.dh = Int32(g.dilation.h); a.dw = Int32(g.dilation.w)
+            a.act = activation == .relu ? 1 : activation == .relu6 ? 2 : 0
+            a.active = active
+            var done = true
+            let taps = g.kernel.h * g.kernel.w
+            for grp in 0..<g.groups where done {
+                a.in_c0 = Int32(grp * inPerGroup)
+                a.out_c0 = Int32(grp * outPerGroup)
+                a.wpack = UnsafeRawPointer(packed.baseAddress! + grp * taps * inPerGroup * chunks).assumingMemoryBound(to: Float.self)
+                a.bias = UnsafeRawPointer(bias.baseAddress! + grp * chunks).assumingMemoryBound(to: Float.self)
+                a.background = background.map { $0 + grp * outPerGroup }
+                done = slim_fconv_avx512(&a, xs, ys) != 0
+            }
+            if done { return }
+        }
         for oy in 0..<oh {
             let (iy0, k0y, k1y) = g.taps(oy, stride: g.stride.h, pad: g.padding.h, dilation: g.dilation.h, kernel: g.kernel.h, size: inH)
             for ox in 0..<ow {
