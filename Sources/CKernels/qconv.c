@@ -108,11 +108,8 @@ VNNI_FN int slim_qconv_u8s8_vnni(const slim_qconv_args *a, const uint8_t *x, uin
     int32_t corr_full[1024 + 16];
     int32_t corr[1024 + 16];
     if (a->co > 1024) return 0;
-    for (int c = 0; c < a->co; c++) {
-        int32_t s = 0;
-        for (int t = 0; t < taps; t++) s += a->wsum_tap[(size_t)t * a->co + c];
-        corr_full[c] = a->x_zp * s;
-    }
+    (void)taps;
+    memcpy(corr_full, a->zp_prefix + (size_t)(a->kh * (a->kw + 1) + a->kw) * a->co, sizeof(int32_t) * (size_t)a->co);
     for (int oy = 0; oy < a->out_h; oy++) {
         const int iy0 = oy * a->sh - a->ph;
         int k0y = 0, k1y = a->kh;
@@ -155,12 +152,13 @@ VNNI_FN int slim_qconv_u8s8_vnni(const slim_qconv_args *a, const uint8_t *x, uin
             while (k1x > k0x && ix0 + (k1x - 1) * a->dw >= a->in_w) k1x--;
             const int32_t *cz = corr_full;
             if (k0y != 0 || k1y != a->kh || k0x != 0 || k1x != a->kw) {
-                for (int c = 0; c < a->co; c++) {
-                    int32_t s = 0;
-                    for (int ky = k0y; ky < k1y; ky++)
-                        for (int kx = k0x; kx < k1x; kx++) s += a->wsum_tap[(size_t)(ky * a->kw + kx) * a->co + c];
-                    corr[c] = a->x_zp * s;
-                }
+                // Rectangle [k0y,k1y)×[k0x,k1x) of the tap sums, from the prefix table.
+                const int pw1 = a->kw + 1;
+                const int32_t *p11 = a->zp_prefix + (size_t)(k1y * pw1 + k1x) * a->co;
+                const int32_t *p01 = a->zp_prefix + (size_t)(k0y * pw1 + k1x) * a->co;
+                const int32_t *p10 = a->zp_prefix + (size_t)(k1y * pw1 + k0x) * a->co;
+                const int32_t *p00 = a->zp_prefix + (size_t)(k0y * pw1 + k0x) * a->co;
+                for (int c = 0; c < a->co; c++) corr[c] = p11[c] - p01[c] - p10[c] + p00[c];
                 cz = corr;
             }
             __m512i acc[4];

@@ -29,6 +29,8 @@ public final class SlimmableEncoder: @unchecked Sendable {
         let floatBackground: [[Float]]
         let qBackground: [[UInt8]]
         let activity: UnsafeMutableBufferPointer<UInt8>
+        /// Horizontal pass of the activity dilation: input rows × output columns.
+        let rowActivity: UnsafeMutableBufferPointer<UInt8>
 
         init(geometry: ConvGeometry, inputIndex: Int, outHeight: Int, outWidth: Int, floatConv: [FloatConv2d], qconv: [QConv2d],
              floatBackground: [[Float]], qBackground: [[UInt8]], activity: UnsafeMutableBufferPointer<UInt8>) {
@@ -41,6 +43,21 @@ public final class SlimmableEncoder: @unchecked Sendable {
             self.floatBackground = floatBackground
             self.qBackground = qBackground
             self.activity = activity
+            rowActivity = .allocate(capacity: 1)
+        }
+
+        init(_ p: LayerPlan, rows: Int) {
+            geometry = p.geometry
+            inputIndex = p.inputIndex
+            outHeight = p.outHeight
+            outWidth = p.outWidth
+            floatConv = p.floatConv
+            qconv = p.qconv
+            floatBackground = p.floatBackground
+            qBackground = p.qBackground
+            activity = p.activity
+            rowActivity = .allocate(capacity: rows * p.outWidth)
+            rowActivity.initialize(repeating: 0)
         }
     }
 
@@ -95,8 +112,8 @@ public final class SlimmableEncoder: @unchecked Sendable {
             qBg.append(qb)
             let activity = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: oh * ow)
             activity.initialize(repeating: 1)
-            plans.append(LayerPlan(geometry: g, inputIndex: src, outHeight: oh, outWidth: ow, floatConv: fc, qconv: qc,
-                                   floatBackground: fb, qBackground: qb, activity: activity))
+            plans.append(LayerPlan(LayerPlan(geometry: g, inputIndex: src, outHeight: oh, outWidth: ow, floatConv: fc, qconv: qc,
+                                             floatBackground: fb, qBackground: qb, activity: activity), rows: ih))
             fBufs.append(FloatTensor(height: oh, width: ow, channels: l.outChannels))
             qBufs.append(QTensor(height: oh, width: ow, channels: l.outChannels))
         }
@@ -110,7 +127,10 @@ public final class SlimmableEncoder: @unchecked Sendable {
     }
 
     deinit {
-        for p in plans { p.activity.deallocate() }
+        for p in plans {
+            p.activity.deallocate()
+            p.rowActivity.deallocate()
+        }
         inputActivity.deallocate()
     }
 
@@ -153,13 +173,17 @@ public final class SlimmableEncoder: @unchecked Sendable {
         qInput.reshape(height: inputHeight, width: inputWidth, channels: c)
         let zp = Float(q.zeroPoint), lo = -zp, hi = 255 - zp
         let magic: Float = 12_582_912  // 1.5·2^23: adding it rounds half to even, as MLAS does
+        let zp8 = UInt8(q.zeroPoint)
         for cell in 0..<(inputHeight * inputWidth) {
             let src = input.pointer + cell * c, dst = qInput.pointer + cell * c
-            var any = false
-            for ch in 0..<c where src[ch] != 0 { any = true; break }
+            var bits: UInt32 = 0
+            UnsafeRawPointer(src).withMemoryRebound(to: UInt32.self, capacity: c) { b in
+                for ch in 0..<c { bits |= b[ch] << 1 }  // << 1 drops the sign: −0 is empty too
+            }
+            let any = bits != 0
             inputActivity[cell] = any ? 1 : 0
             if !any {
-                dst.update(repeating: UInt8(q.zeroPoint), count: c)
+                for ch in 0..<c { dst[ch] = zp8 }
                 continue
             }
             for ch in 0..<c {
@@ -205,20 +229,31 @@ public final class SlimmableEncoder: @unchecked Sendable {
     /// An output cell is active if any input cell of its receptive field is, or if the field
     /// reaches the padding (where the input is 0, not the background).
     func propagate(_ inAct: UnsafeMutableBufferPointer<UInt8>, inH: Int, inW: Int, plan p: LayerPlan) {
-        let g = p.geometry
+        // Separable dilation: first along rows into `rowActivity` (input rows × output columns),
+        // then along columns. A tap that falls in the padding counts as active.
+        let g = p.geometry, ow = p.outWidth
+        let h = p.rowActivity
+        for iy in 0..<inH {
+            let src = inAct.baseAddress! + iy * inW, dst = h.baseAddress! + iy * ow
+            for ox in 0..<ow {
+                let (ix0, k0x, k1x) = g.taps(ox, stride: g.stride.w, pad: g.padding.w, dilation: g.dilation.w, kernel: g.kernel.w, size: inW)
+                var a: UInt8 = (k0x != 0 || k1x != g.kernel.w) ? 1 : 0
+                var kx = k0x
+                while a == 0 && kx < k1x { a = src[ix0 + kx * g.dilation.w]; kx += 1 }
+                dst[ox] = a
+            }
+        }
         for oy in 0..<p.outHeight {
             let (iy0, k0y, k1y) = g.taps(oy, stride: g.stride.h, pad: g.padding.h, dilation: g.dilation.h, kernel: g.kernel.h, size: inH)
-            let edgeY = k0y != 0 || k1y != g.kernel.h
-            for ox in 0..<p.outWidth {
-                let (ix0, k0x, k1x) = g.taps(ox, stride: g.stride.w, pad: g.padding.w, dilation: g.dilation.w, kernel: g.kernel.w, size: inW)
-                var a: UInt8 = (edgeY || k0x != 0 || k1x != g.kernel.w) ? 1 : 0
-                if a == 0 {
-                    search: for ky in k0y..<k1y {
-                        let row = (iy0 + ky * g.dilation.h) * inW + ix0
-                        for kx in k0x..<k1x where inAct[row + kx * g.dilation.w] != 0 { a = 1; break search }
-                    }
-                }
-                p.activity[oy * p.outWidth + ox] = a
+            let dst = p.activity.baseAddress! + oy * ow
+            if k0y != 0 || k1y != g.kernel.h {
+                for ox in 0..<ow { dst[ox] = 1 }
+                continue
+            }
+            for ox in 0..<ow { dst[ox] = 0 }
+            for ky in k0y..<k1y {
+                let row = h.baseAddress! + (iy0 + ky * g.dilation.h) * ow
+                for ox in 0..<ow { dst[ox] |= row[ox] }
             }
         }
     }

@@ -15,6 +15,7 @@ typedef struct {
     int32_t kh, kw, sh, sw, ph, pw, dh, dw;
     const int8_t *wpack;                 // [ceil(co/16)][kh][kw][ceil(ci/4)][16][4], zero-padded
     const int32_t *wsum_tap;             // [kh*kw][co]: Σ over ci of w, per tap
+    const int32_t *zp_prefix;            // [(kh+1)*(kw+1)][co]: x_zp · Σ of wsum_tap over taps ky < r, kx < c
     const int32_t *bias;                 // [co]
     const float *mult;                   // [co]: x_scale · w_scale[c] / y_scale
     int32_t x_zp, y_zp;

@@ -37,6 +37,7 @@ public final class QConv2d: @unchecked Sendable {
     let bias: [Int32]
     let mult: [Float]
     let wsumTap: [Int32]           // per group: [kh*kw][outPerGroup]
+    let zpPrefix: [Int32]          // per group: [(kh+1)*(kw+1)][outPerGroup], x_zp · 2-D prefix sums of wsumTap
     let packed: [Int8]             // per group: VNNI layout
     let packedGroupStride: Int
 
@@ -72,6 +73,21 @@ public final class QConv2d: @unchecked Sendable {
         }
         wsumTap = wsum
         self.packed = packed
+        let kh = g.kernel.h, kw = g.kernel.w, opg = outPerGroup, pstride = (kh + 1) * (kw + 1) * opg
+        var prefix = [Int32](repeating: 0, count: g.groups * pstride)
+        for grp in 0..<g.groups {
+            for r in 1...kh {
+                for c in 1...kw {
+                    for o in 0..<opg {
+                        let t = (r - 1) * kw + (c - 1)
+                        let v = input.zeroPoint * wsum[(grp * taps + t) * opg + o]
+                        let at = { (rr: Int, cc: Int) in grp * pstride + (rr * (kw + 1) + cc) * opg + o }
+                        prefix[at(r, c)] = v &+ prefix[at(r - 1, c)] &+ prefix[at(r, c - 1)] &- prefix[at(r - 1, c - 1)]
+                    }
+                }
+            }
+        }
+        zpPrefix = prefix
     }
 
     public var usesVNNI: Bool { !Self.forcePortable && slim_qconv_vnni_available() != 0 && outPerGroup <= 1024 }
@@ -101,11 +117,14 @@ public final class QConv2d: @unchecked Sendable {
                     wsumTap.withUnsafeBufferPointer { ws in
                         bias.withUnsafeBufferPointer { b in
                             mult.withUnsafeBufferPointer { m in
+                              zpPrefix.withUnsafeBufferPointer { zp in
                                 a.wpack = pk.baseAddress! + grp * packedGroupStride
+                                a.zp_prefix = zp.baseAddress! + grp * (g.kernel.h + 1) * (g.kernel.w + 1) * outPerGroup
                                 a.wsum_tap = ws.baseAddress! + grp * taps * outPerGroup
                                 a.bias = b.baseAddress! + grp * outPerGroup
                                 a.mult = m.baseAddress! + grp * outPerGroup
                                 return slim_qconv_u8s8_vnni(&a, x.pointer, y.pointer)
+                              }
                             }
                         }
                     }
