@@ -50,10 +50,12 @@ let package = Package(
                 swiftSettings: strict),
         // Neural engine: NHWC tensors, float and int8 kernels, slimmable layers, safetensors models.
         .target(name: "SlimEngine", dependencies: ["CKernels"], swiftSettings: strict),
+        // Sensor streams: MCAP (ROS 2) recording and replay, LiDAR scene simulator, BEV featurizer.
+        .target(name: "SlimSensors", dependencies: ["CKernels", "CLZ4", "SlimEngine", "SlimConfig"], swiftSettings: strict),
         .executableTarget(
             name: "slimsplit",
             dependencies: [
-                "SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "SlimEngine", "CZeroMQ", "CAllocCounter",
+                "SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "SlimEngine", "SlimSensors", "CZeroMQ", "CAllocCounter",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -61,6 +63,7 @@ let package = Package(
 
         .testTarget(name: "SlimWireTests", dependencies: ["SlimWire"], swiftSettings: strict),
         .testTarget(name: "SlimEngineTests", dependencies: ["SlimEngine", "CAllocCounter"], swiftSettings: strict),
+        .testTarget(name: "SlimSensorsTests", dependencies: ["SlimSensors", "SlimEngine"], swiftSettings: strict),
         .testTarget(name: "SlimTransportTests",
                     dependencies: ["SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "CZeroMQ"],
                     swiftSettings: strict),
