@@ -15,7 +15,8 @@ struct SlimSplit: AsyncParsableCommand {
               slimsplit server --config Configs/server.yaml
               slimsplit agent --config Configs/agent.yaml
             """,
-        subcommands: [ServerCommand.self, AgentCommand.self, KeygenCommand.self, DemoCommand.self, BenchCommand.self])
+        subcommands: [ServerCommand.self, AgentCommand.self, RecordCommand.self, ReplayCommand.self, DatasetCommand.self,
+                      KeygenCommand.self, DemoCommand.self, BenchCommand.self])
 }
 
 /// Options every long-running command shares.

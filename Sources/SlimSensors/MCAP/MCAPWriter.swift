@@ -21,6 +21,8 @@ public final class MCAPWriter {
     private var sequences: [UInt16: UInt32] = [:]
     public let chunkSize: Int
     public let compress: Bool
+    /// LZ4 every chunk even when it saves nothing (what the recording profile asks for).
+    public var alwaysLZ4 = true
     private var finished = false
 
     public init(path: String, profile: String = "ros2", chunkSize: Int = 1 << 20, compress: Bool = true) throws {
@@ -86,12 +88,19 @@ public final class MCAPWriter {
         guard !chunk.bytes.isEmpty else { return }
         let raw = chunk.bytes
         let crc = slim_crc32(0, raw, raw.count)
-        let payload = compress ? LZ4Frame.compress(raw) : raw
+        // LZ4 frames; with `alwaysLZ4` off, a chunk LZ4 cannot shrink by 5 % (float point clouds
+        // often) is stored uncompressed instead, which every reader accepts.
+        var payload = raw
+        var compression = ""
+        if compress {
+            let c = LZ4Frame.compress(raw)
+            if c.count < raw.count - raw.count / 20 || alwaysLZ4 { payload = c; compression = "lz4" }
+        }
         let start = offset
         var b = MCAPBuffer()
         b.record(.chunk) { c in
             c.int(chunkStart); c.int(chunkEnd); c.int(UInt64(raw.count)); c.int(crc)
-            c.string(compress ? "lz4" : "")
+            c.string(compression)
             c.int(UInt64(payload.count)); c.bytes += payload
         }
         let chunkLength = b.bytes.count
@@ -108,7 +117,7 @@ public final class MCAPWriter {
         chunkIndexes.append(MCAPChunkIndex(messageStartTime: chunkStart, messageEndTime: chunkEnd, chunkStartOffset: UInt64(start),
                                            chunkLength: UInt64(chunkLength), messageIndexOffsets: offsets,
                                            messageIndexLength: UInt64(b.bytes.count - chunkLength),
-                                           compression: compress ? "lz4" : "", compressedSize: UInt64(payload.count),
+                                           compression: compression, compressedSize: UInt64(payload.count),
                                            uncompressedSize: UInt64(raw.count)))
         try emit(b.bytes, data: true)
         stats.chunkCount += 1
