@@ -4,5 +4,5 @@ struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks that compare SlimSplit with a peer in the same run and print JSON.",
-        subcommands: [WireBench.self, EncoderBench.self])
+        subcommands: [WireBench.self, EncoderBench.self, SensorBench.self])
 }
