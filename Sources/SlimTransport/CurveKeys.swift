@@ -11,7 +11,7 @@ public struct CurveKeyPair: Sendable, Equatable {
         var pub = [CChar](repeating: 0, count: 41)
         var sec = [CChar](repeating: 0, count: 41)
         try check(zmq_curve_keypair(&pub, &sec), "zmq_curve_keypair")
-        return CurveKeyPair(publicKey: try! CurveKey(z85: String(cString: pub)), secretKey: try! CurveKey(z85: String(cString: sec)))
+        return CurveKeyPair(publicKey: try! CurveKey(z85: cString(pub)), secretKey: try! CurveKey(z85: cString(sec)))
     }
 
     public init(publicKey: CurveKey, secretKey: CurveKey) {
@@ -25,7 +25,7 @@ public struct CurveKeyPair: Sendable, Equatable {
         var pub = [CChar](repeating: 0, count: 41)
         let z = secretKey.z85
         guard zmq_curve_public(&pub, z) == 0 else { throw KeyFileError(path: path, problem: "cannot derive a public key from it") }
-        publicKey = try! CurveKey(z85: String(cString: pub))
+        publicKey = try! CurveKey(z85: cString(pub))
     }
 
     /// Writes `dir/name.pub` and `dir/name.key` (mode 0600).
@@ -62,14 +62,14 @@ public struct CurveKey: Sendable, Hashable, CustomStringConvertible {
         defer { fclose(f) }
         var buf = [CChar](repeating: 0, count: 128)
         guard fgets(&buf, Int32(buf.count), f) != nil else { throw KeyFileError(path: path, problem: "empty file") }
-        let text = String(cString: buf).trimmingCharacters(in: " \t\r\n")
+        let text = cString(buf).trimmingCharacters(in: " \t\r\n")
         do { try self.init(z85: text) } catch { throw KeyFileError(path: path, problem: error.problem) }
     }
 
     public var z85: String {
         var out = [CChar](repeating: 0, count: 41)
         bytes.withUnsafeBufferPointer { _ = zmq_z85_encode(&out, $0.baseAddress, 32) }
-        return String(cString: out)
+        return cString(out)
     }
 
     public var description: String { z85 }

@@ -73,7 +73,7 @@ final class ZMQSocket {
         var buf = [CChar](repeating: 0, count: 1024)
         var len = buf.count
         zmq_getsockopt(handle, ZMQ_LAST_ENDPOINT, &buf, &len)
-        return String(cString: buf)
+        return cString(buf)
     }
 
     var events: Int32 {
@@ -141,4 +141,9 @@ public enum Clock {
         clock_gettime(CLOCK_REALTIME, &ts)
         return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
+}
+
+/// The string in a NUL-terminated C buffer (without the deprecated array overload).
+public func cString(_ buffer: [CChar]) -> String {
+    buffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
 }

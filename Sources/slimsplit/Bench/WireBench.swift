@@ -119,7 +119,7 @@ struct WireBench: ParsableCommand {
         var buf = [CChar](repeating: 0, count: 256)
         var len = buf.count
         zmq_getsockopt(router, ZMQ_LAST_ENDPOINT, &buf, &len)
-        guard zmq_connect(dealer, String(cString: buf)) == 0 else { throw ZMQError("zmq_connect") }
+        guard zmq_connect(dealer, cString(buf)) == 0 else { throw ZMQError("zmq_connect") }
 
         let features = makeFeatures(cs, content: content)
         let header = features.header(agentID: "bench", widthIndex: 3, masked: false, lz4: lz4)
