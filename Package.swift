@@ -28,7 +28,8 @@ let package = Package(
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4",
                        providers: [.apt(["liblz4-dev"]), .brew(["lz4"])]),
         // Small C kernels with architecture-specific paths and portable fallbacks.
-        .target(name: "CKernels"),
+        // Optimized even in debug builds, so that the test suite's model runs stay quick.
+        .target(name: "CKernels", cSettings: [.unsafeFlags(["-O2"])]),
         // Counts heap allocations (benchmark and tests only): shows hot paths allocate nothing.
         .target(name: "CAllocCounter"),
 
@@ -42,20 +43,25 @@ let package = Package(
         .target(name: "SlimConfig", dependencies: ["Yams", "SlimWire", "SlimTransport"], swiftSettings: strict),
         // Fusion server: sessions, validation, per-agent accounting.
         .target(name: "SlimServer",
-                dependencies: ["SlimWire", "SlimTransport", .product(name: "Logging", package: "swift-log")],
+                dependencies: ["SlimWire", "SlimTransport", "SlimEngine", .product(name: "Logging", package: "swift-log")],
                 swiftSettings: strict),
         // Edge agent: session, newest-frame-wins sending, RTT and goodput bookkeeping.
         .target(name: "SlimAgent",
-                dependencies: ["SlimWire", "SlimTransport", .product(name: "Logging", package: "swift-log")],
+                dependencies: ["SlimWire", "SlimTransport", "SlimEngine", "SlimSensors", .product(name: "Logging", package: "swift-log")],
                 swiftSettings: strict),
         // Neural engine: NHWC tensors, float and int8 kernels, slimmable layers, safetensors models.
         .target(name: "SlimEngine", dependencies: ["CKernels"], swiftSettings: strict),
         // Sensor streams: MCAP (ROS 2) recording and replay, LiDAR scene simulator, BEV featurizer.
         .target(name: "SlimSensors", dependencies: ["CKernels", "CLZ4", "SlimEngine", "SlimConfig"], swiftSettings: strict),
+        // End to end: agents replaying a recording and the fusion server, over real sockets.
+        .target(name: "SlimPipeline",
+                dependencies: ["SlimWire", "SlimTransport", "SlimEngine", "SlimSensors", "SlimAgent", "SlimServer",
+                               .product(name: "Logging", package: "swift-log")],
+                swiftSettings: strict),
         .executableTarget(
             name: "slimsplit",
             dependencies: [
-                "SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "SlimEngine", "SlimSensors", "CZeroMQ", "CAllocCounter",
+                "SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "SlimEngine", "SlimSensors", "SlimPipeline", "CZeroMQ", "CAllocCounter",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -64,6 +70,7 @@ let package = Package(
         .testTarget(name: "SlimWireTests", dependencies: ["SlimWire"], swiftSettings: strict),
         .testTarget(name: "SlimEngineTests", dependencies: ["SlimEngine", "CAllocCounter"], swiftSettings: strict),
         .testTarget(name: "SlimSensorsTests", dependencies: ["SlimSensors", "SlimEngine"], swiftSettings: strict),
+        .testTarget(name: "SlimPipelineTests", dependencies: ["SlimPipeline", "SlimEngine", "SlimSensors"], swiftSettings: strict),
         .testTarget(name: "SlimTransportTests",
                     dependencies: ["SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "CZeroMQ"],
                     swiftSettings: strict),

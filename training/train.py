@@ -136,7 +136,7 @@ def main() -> None:
             h2, r2 = det_loss(o, tg)
             l2 = 0.5 * (h2 + r2) + kd_loss(o, teacher, tg)
             l2.backward()
-            losses.append(float(l2))
+            losses.append(float(l2.detach()))
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         opt.step()
         sched.step()

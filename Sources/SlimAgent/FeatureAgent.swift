@@ -76,12 +76,17 @@ public final class FeatureAgent: Sendable {
 
     private final class EncoderBox: @unchecked Sendable { let encoder = FeatureFrameEncoder() }
 
+    /// Called (on the agent's receiving task) for every Result the server sends.
+    public typealias ResultHandler = @Sendable (ResultMessage) -> Void
+    private let onResult: ResultHandler?
+
     /// Connects to the server (in the background; libzmq reconnects with back-off).
     /// - Parameter maxFrameBytes: size of each send buffer; frames that do not fit are a
     ///   programming error.
     public init(identity: AgentIdentity, server: String, curve: CurveClient?, options: SocketOptions = SocketOptions(),
-                maxFrameBytes: Int, buffers: Int = 4, logger: Logger) throws(ZMQError) {
+                maxFrameBytes: Int, buffers: Int = 4, logger: Logger, onResult: ResultHandler? = nil) throws(ZMQError) {
         self.identity = identity
+        self.onResult = onResult
         endpoint = try DealerEndpoint(connect: server, curve: curve, options: options, greeting: identity.hello.encoded())
         self.logger = logger
         pool = SendBufferPool(count: buffers, bufferSize: maxFrameBytes)
@@ -159,8 +164,9 @@ public final class FeatureAgent: Sendable {
                         s.stats.control = c
                     }
                 }
-            case .result:
+            case .result(let r):
                 state.withLock { $0.stats.results += 1 }
+                onResult?(r)
             case .hello, .featureFrame:
                 throw WireError(.unexpectedKind, "servers do not send Hello or FeatureFrame")
             }

@@ -20,14 +20,14 @@ public final class SlimmableEncoder: @unchecked Sendable {
     /// Skip empty cells (on by default).
     public var sparse = true
 
-    final class LayerPlan {
+    public final class LayerPlan {
         let geometry: ConvGeometry
         let inputIndex: Int          // -1: the model input; else a layer index
-        let outHeight: Int, outWidth: Int
+        public let outHeight: Int, outWidth: Int
         let floatConv: [FloatConv2d]  // per width
         let qconv: [QConv2d]          // per width (empty without int8)
         let floatBackground: [[Float]]
-        let qBackground: [[UInt8]]
+        public let qBackground: [[UInt8]]
         let activity: UnsafeMutableBufferPointer<UInt8>
         /// Horizontal pass of the activity dilation: input rows × output columns.
         let rowActivity: UnsafeMutableBufferPointer<UInt8>
@@ -61,7 +61,7 @@ public final class SlimmableEncoder: @unchecked Sendable {
         }
     }
 
-    let plans: [LayerPlan]
+    public let plans: [LayerPlan]
     let floatBuffers: [FloatTensor]   // one per layer (layers may feed any later layer)
     let qBuffers: [QTensor]
     let qInput: QTensor
@@ -135,7 +135,7 @@ public final class SlimmableEncoder: @unchecked Sendable {
     }
 
     /// The output layer's index.
-    let outputLayer: Int
+    public let outputLayer: Int
 
     /// Output channels at the current width.
     public var outputChannels: Int { plans[outputLayer].floatConv[widthIndex].outChannels }

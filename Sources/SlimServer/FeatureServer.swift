@@ -48,6 +48,8 @@ public final class FeatureServer: Sendable {
     private let logger: Logger
     private let rejectLog: RateLimitedLog
     private let statsByRoute = Locked<[RoutingID: AgentStats]>([:])
+    /// The routing id of each agent's current session, for sending it Results.
+    private let routes = Locked<[String: RoutingID]>([:])
     private let onFrame: FrameHandler?
 
     public init(endpoint: RouterEndpoint, options: ServerOptions = ServerOptions(), logger: Logger, onFrame: FrameHandler? = nil) {
@@ -116,6 +118,7 @@ public final class FeatureServer: Sendable {
                         s[route, default: AgentStats()].agentID = hello.agentID
                         s[route]!.keyName = m.peerName
                     }
+                    routes.withLock { $0[hello.agentID] = route }
                     controlEpoch &+= 1
                     let control = Control(epoch: controlEpoch, reason: 0)
                     endpoint.send(to: route, length: control.encodedLength) { control.encode(into: $0) }
@@ -166,6 +169,14 @@ public final class FeatureServer: Sendable {
                 reject(error, route: route, session: session, peerName: m.peerName)
             }
         }
+    }
+
+    /// Sends a Result to an agent's current session; false if the agent has none.
+    @discardableResult
+    public func send(_ result: ResultMessage, toAgent agent: String) -> Bool {
+        guard let route = routes.value[agent] else { return false }
+        endpoint.send(to: route, length: result.encodedLength) { result.encode(into: $0) }
+        return true
     }
 
     private func reject(_ error: WireError, route: RoutingID, session: Session, peerName: String?) {

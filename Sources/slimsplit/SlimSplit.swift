@@ -15,7 +15,7 @@ struct SlimSplit: AsyncParsableCommand {
               slimsplit server --config Configs/server.yaml
               slimsplit agent --config Configs/agent.yaml
             """,
-        subcommands: [ServerCommand.self, AgentCommand.self, RecordCommand.self, ReplayCommand.self, DatasetCommand.self,
+        subcommands: [ServerCommand.self, AgentCommand.self, RecordCommand.self, ReplayCommand.self, DatasetCommand.self, EvalCommand.self,
                       KeygenCommand.self, DemoCommand.self, BenchCommand.self])
 }
 

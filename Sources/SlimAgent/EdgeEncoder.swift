@@ -1,0 +1,103 @@
+import SlimEngine
+import SlimSensors
+import SlimWire
+
+/// The agent's per-frame pipeline up to the wire: points → BEV grid → int8 encoder at the
+/// current width → per-channel quantization to the current bit depth → optional cell mask.
+///
+/// Width, bit depth and threshold are plain fields: changing them reloads nothing and
+/// allocates nothing (every table is built at `init`). Not thread-safe.
+public final class EdgeEncoder: @unchecked Sendable {
+    public let modelID: String
+    public let model: SlimmableModel
+    public let featurizer: BEVFeaturizer
+    public let encoder: SlimmableEncoder
+    public let quantization: [String: FeatureQuantization]
+    private let tables: [String: [UInt8]]
+    private let bev: FloatTensor
+    /// Channel-major codes of the last frame (C × H × W at the current width).
+    public private(set) var dense: [UInt8]
+    /// Cell mask of the last frame (bit i = cell i sent), when `threshold` > 0.
+    public private(set) var mask: [UInt8]
+    public var widthIndex: Int { didSet { encoder.widthIndex = widthIndex } }
+    public var bits: Int
+    /// Cells whose feature vector has an L2 norm at or below this are not sent (0: send all).
+    public var threshold: Float = 0
+
+    public init(modelFile path: String, grid: BEVGrid = BEVGrid()) throws {
+        let st = try Safetensors(contentsOf: path)
+        model = try SlimmableModel(st)
+        modelID = model.architecture.name
+        featurizer = BEVFeaturizer(grid: grid)
+        encoder = SlimmableEncoder(model: model, inputHeight: grid.height, inputWidth: grid.width)
+        quantization = try FeatureQuantization.all(in: st)
+        var t: [String: [UInt8]] = [:]
+        for (key, q) in quantization {
+            let wi = Int(key.split(separator: ".")[0])!
+            guard let out = model.int8?[wi][encoder.outputLayer].output else { continue }
+            t[key] = q.table(from: out)
+        }
+        tables = t
+        bev = FloatTensor(height: grid.height, width: grid.width, channels: BEVGrid.channels)
+        let maxOut = model.architecture.layers.last!.outChannels
+        dense = []
+        mask = []
+        widthIndex = model.architecture.widths.count - 1
+        bits = 8
+        let (oh, ow) = (encoder.plans[encoder.outputLayer].outHeight, encoder.plans[encoder.outputLayer].outWidth)
+        dense = [UInt8](repeating: 0, count: maxOut * oh * ow)
+        mask = [UInt8](repeating: 0, count: (oh * ow + 7) / 8)
+    }
+
+    /// The last frame's features as the server dequantizes them (H × W × C, NHWC), for
+    /// evaluating the pipeline offline; cells outside the mask are 0.
+    public func dequantized(into t: FloatTensor, channels c: Int, height h: Int, width w: Int, masked: Bool) {
+        let q = quantization["\(widthIndex).\(bits)"]!
+        t.reshape(height: h, width: w, channels: c)
+        let cells = h * w
+        for cell in 0..<cells {
+            let on = !masked || mask[cell >> 3] & (1 << UInt8(cell & 7)) != 0
+            for ch in 0..<c { t.storage[cell * c + ch] = on ? q.dequantize(dense[ch * cells + cell], channel: ch) : 0 }
+        }
+    }
+
+    /// Bit depths the model has parameters for at every width, as a Hello `bits_mask`.
+    public var bitsMask: UInt8 {
+        var m: UInt8 = 0
+        for b in 1...8 where model.architecture.widths.indices.allSatisfy({ quantization["\($0).\(b)"] != nil }) { m |= 1 << (b - 1) }
+        return m
+    }
+
+    /// Runs the pipeline on one sweep. `dense` (and `mask` when masked) hold the result.
+    /// - Returns: the feature map's shape and whether a mask applies.
+    public func encode(_ points: UnsafeBufferPointer<SIMD4<Float>>, sensorHeight: Float) -> (channels: Int, height: Int, width: Int, masked: Bool) {
+        featurizer.featurize(points, sensorHeight: sensorHeight, into: bev)
+        let out = encoder.runInt8(bev)
+        let c = out.channels, h = out.height, w = out.width, cells = h * w
+        guard let table = tables["\(widthIndex).\(bits)"], let q = encoder.outputQuant else {
+            preconditionFailure("no feature quantization for width \(widthIndex), \(bits) bits in \(model.file)")
+        }
+        let masked = threshold > 0
+        let background = encoder.plans[encoder.outputLayer].qBackground[widthIndex]
+        if masked { for i in 0..<mask.count { mask[i] = 0 } }
+        let t2 = threshold * threshold
+        dense.withUnsafeMutableBufferPointer { d in
+            table.withUnsafeBufferPointer { tb in
+                for cell in 0..<cells {
+                    let src = out.pointer + cell * c
+                    if masked {
+                        // Distance from what an empty BEV produces (training/evaluate.py's rule).
+                        var n: Float = 0
+                        for ch in 0..<c {
+                            let x = q.scale * Float(Int32(src[ch]) - Int32(background[ch]))
+                            n += x * x
+                        }
+                        if n > t2 { mask[cell >> 3] |= 1 << UInt8(cell & 7) }
+                    }
+                    for ch in 0..<c { d[ch * cells + cell] = tb[ch * 256 + Int(src[ch])] }
+                }
+            }
+        }
+        return (c, h, w, masked)
+    }
+}

@@ -1,0 +1,57 @@
+/// BEV average precision as `training/evaluate.py` computes it: detections matched greedily by
+/// score to unused ground-truth boxes at an IoU threshold; AP = area under the interpolated
+/// precision–recall curve (all points), pooled over every ego frame added.
+public struct AveragePrecision: Sendable {
+    public static let thresholds: [Float] = [0.3, 0.5, 0.7]
+    private var scores: [Float] = []
+    private var truePositive: [[Bool]] = Self.thresholds.map { _ in [] }
+    public private(set) var groundTruth = 0
+
+    public init() {}
+
+    public mutating func add(detections: [BEVBox], groundTruth gt: [BEVBox]) {
+        groundTruth += gt.count
+        let order = detections.indices.sorted { detections[$0].score > detections[$1].score || (detections[$0].score == detections[$1].score && $0 < $1) }
+        let iou = detections.map { d in gt.map { RotatedIoU.iou(d, $0) } }
+        for (ti, t) in Self.thresholds.enumerated() {
+            var used = [Bool](repeating: false, count: gt.count)
+            var tp = [Bool](repeating: false, count: detections.count)
+            for d in order where !gt.isEmpty {
+                var best = -1
+                var bestIoU: Float = -1
+                for g in gt.indices where !used[g] && iou[d][g] > bestIoU { bestIoU = iou[d][g]; best = g }
+                if best >= 0, bestIoU >= t { used[best] = true; tp[d] = true }
+            }
+            truePositive[ti] += tp
+        }
+        scores += detections.map(\.score)
+    }
+
+    /// Pools another accumulator's detections and ground truth into this one.
+    public mutating func merge(_ o: AveragePrecision) {
+        groundTruth += o.groundTruth
+        scores += o.scores
+        for i in truePositive.indices { truePositive[i] += o.truePositive[i] }
+    }
+
+    /// AP in percent at each threshold (nan without ground truth).
+    public var percent: [Float] {
+        truePositive.map { tp in
+            guard groundTruth > 0 else { return .nan }
+            let o = scores.indices.sorted { scores[$0] > scores[$1] || (scores[$0] == scores[$1] && $0 < $1) }
+            var rec: [Float] = [0], prec: [Float] = [0]
+            var ctp: Float = 0, cfp: Float = 0
+            for i in o {
+                if tp[i] { ctp += 1 } else { cfp += 1 }
+                rec.append(ctp / Float(groundTruth))
+                prec.append(ctp / max(ctp + cfp, 1e-9))
+            }
+            rec.append(1)
+            prec.append(0)
+            for i in stride(from: prec.count - 2, through: 0, by: -1) { prec[i] = max(prec[i], prec[i + 1]) }
+            var ap: Float = 0
+            for i in 0..<(rec.count - 1) where rec[i + 1] != rec[i] { ap += (rec[i + 1] - rec[i]) * prec[i + 1] }
+            return 100 * ap
+        }
+    }
+}

@@ -1,0 +1,186 @@
+import Foundation
+
+/// The server half of the cooperative detector (`server` in the model file): zero fill, warp of
+/// every agent's features into the ego's grid, fusion across agents (attention or max), a
+/// convolutional backbone and a CenterPoint-style head, decoded to boxes with rotated NMS.
+///
+/// Buffers are planned at `init` for `maxAgents`; `detect` allocates only its result.
+/// Not thread-safe.
+public final class CooperativeDetector: @unchecked Sendable {
+    public enum Fusion: String, Sendable { case attention, max }
+
+    /// One agent's contribution: dequantized features (H × W × C, C ≤ the model's channels, the
+    /// first C channels of the full map) and its pose in a common frame.
+    public struct AgentInput {
+        public var features: FloatTensor
+        public var position: SIMD2<Float>
+        public var yaw: Float
+        public init(features: FloatTensor, position: SIMD2<Float>, yaw: Float) {
+            self.features = features
+            self.position = position
+            self.yaw = yaw
+        }
+    }
+
+    public let channels: Int, height: Int, width: Int
+    public let halfExtent: Float, cell: Float
+    public var peakThreshold: Float = 0.05
+    public var topK = 60
+    public var nmsIoU: Float = 0.1
+
+    let score: FloatConv2d
+    let backbone: [FloatConv2d]
+    let shared: FloatConv2d
+    let heads: [FloatConv2d]  // heatmap, offset, size, yaw
+    let filled: FloatTensor, ones: FloatTensor, validMap: FloatTensor
+    var warped: [FloatTensor], valid: [FloatTensor], scores: [FloatTensor]
+    let fused: FloatTensor, a: FloatTensor, b: FloatTensor
+    let outs: [FloatTensor]
+
+    /// - Parameter st: the model file; reads `__metadata__.architecture.server` and `server.*`.
+    public init(_ st: Safetensors, maxAgents: Int = 8) throws(ModelFileError) {
+        func fail(_ s: String, _ p: String) -> ModelFileError { ModelFileError(kind: .architecture, file: st.file, subject: s, problem: p) }
+        guard let archText = st.metadata["architecture"],
+              let arch = try? JSONSerialization.jsonObject(with: Data(archText.utf8)) as? [String: Any],
+              let server = arch["server"] as? [String: Any], let input = server["input"] as? [String: Any],
+              let layers = server["layers"] as? [[String: Any]], let grid = input["grid"] as? [String: Any] else {
+            throw fail("architecture.server", "missing or not an object with input, grid and layers")
+        }
+        channels = input["channels"] as? Int ?? 64
+        height = input["height"] as? Int ?? 32
+        width = input["width"] as? Int ?? 32
+        halfExtent = Float((grid["x_max"] as? Double) ?? 32)
+        cell = Float((grid["cell"] as? Double) ?? 2)
+        var convs: [String: FloatConv2d] = [:]
+        for l in layers where l["type"] as? String == "conv2d" {
+            let name = l["name"] as! String
+            let cin = l["in_channels"] as! Int, cout = l["out_channels"] as! Int
+            let k = (l["kernel"] as! [Int]), p = (l["padding"] as! [Int]), d = (l["dilation"] as! [Int])
+            let w = try st.floats("server.\(name).weight", shape: [cout, cin, k[0], k[1]])
+            let bias = try st.floats("server.\(name).bias", shape: [cout])
+            let act: Activation = (l["activation"] as? String) == "relu" ? .relu : .none
+            convs[name] = FloatConv2d(weight: w, bias: bias, inChannels: cin, outChannels: cout,
+                                      geometry: ConvGeometry(kernel: (k[0], k[1]), padding: (p[0], p[1]), dilation: (d[0], d[1])), activation: act)
+        }
+        let sw = try st.floats("server.fusion.score.weight", shape: [1, channels, 1, 1])
+        let sb = try st.floats("server.fusion.score.bias", shape: [1])
+        score = FloatConv2d(weight: sw, bias: sb, inChannels: channels, outChannels: 1, geometry: ConvGeometry(kernel: (1, 1)))
+        let names = layers.compactMap { $0["name"] as? String }
+        backbone = try names.filter { $0.hasPrefix("backbone.") }.map { n throws(ModelFileError) in
+            guard let c = convs[n] else { throw fail("server.\(n)", "missing") }
+            return c
+        }
+        guard let sh = convs["head.shared"], let hm = convs["head.heatmap"], let off = convs["head.offset"],
+              let sz = convs["head.size"], let yw = convs["head.yaw"], !backbone.isEmpty else {
+            throw fail("architecture.server.layers", "needs backbone.*, head.shared, head.heatmap, head.offset, head.size, head.yaw")
+        }
+        shared = sh
+        heads = [hm, off, sz, yw]
+        let (h, w) = (height, width)
+        let mk = { (c: Int) in FloatTensor(height: h, width: w, channels: c) }
+        filled = FloatTensor(height: height, width: width, channels: channels)
+        ones = FloatTensor(height: height, width: width, channels: 1)
+        ones.fill(1)
+        validMap = FloatTensor(height: height, width: width, channels: 1)
+        var wa: [FloatTensor] = [], va: [FloatTensor] = [], sc: [FloatTensor] = []
+        for _ in 0..<maxAgents { wa.append(mk(channels)); va.append(mk(1)); sc.append(mk(1)) }
+        warped = wa; valid = va; scores = sc
+        let widest = max(channels, backbone.map(\.outChannels).max()!, sh.outChannels)
+        fused = FloatTensor(height: height, width: width, channels: channels)
+        a = FloatTensor(height: height, width: width, channels: widest)
+        b = FloatTensor(height: height, width: width, channels: widest)
+        outs = [hm, off, sz, yw].map { mk($0.outChannels) }
+    }
+
+    /// The 2×3 `affine_grid` matrix that samples agent `j`'s grid at the ego grid's cells:
+    /// p_j = R(yaw_e − yaw_j)·p_e + R(−yaw_j)(t_e − t_j), in units of the half extent.
+    public func theta(ego: AgentInput, agent j: AgentInput) -> [Float] {
+        let d = ego.yaw - j.yaw
+        let c = cos(d), s = sin(d)
+        let t = ego.position - j.position
+        let cj = cos(-j.yaw), sj = sin(-j.yaw)
+        let tx = (cj * t.x - sj * t.y) / halfExtent, ty = (sj * t.x + cj * t.y) / halfExtent
+        return [c, -s, tx, s, c, ty]
+    }
+
+    /// The raw head outputs for the ego `agents[ego]` (heatmap logits, offset, log size, yaw
+    /// sin/cos), each H × W × C. Valid until the next call.
+    public func forward(ego: Int, agents: [AgentInput], fusion: Fusion = .attention) -> [FloatTensor] {
+        precondition(agents.count <= warped.count && agents.indices.contains(ego))
+        for (j, ag) in agents.enumerated() {
+            let f = ag.features
+            // Zero fill to the full channel count.
+            filled.reshape(height: f.height, width: f.width, channels: channels)
+            for cellIndex in 0..<(f.height * f.width) {
+                let src = f.pointer + cellIndex * f.channels, dst = filled.pointer + cellIndex * channels
+                for c in 0..<channels { dst[c] = c < f.channels ? src[c] : 0 }
+            }
+            let th = theta(ego: agents[ego], agent: ag)
+            PoseWarp.warp(filled, theta: th, height: height, width: width, into: warped[j])
+            PoseWarp.warp(ones, theta: th, height: height, width: width, into: valid[j])
+            if fusion == .attention { score.run(warped[j], into: scores[j]) }
+        }
+        fused.reshape(height: height, width: width, channels: channels)
+        let n = agents.count
+        for cellIndex in 0..<(height * width) {
+            let dst = fused.pointer + cellIndex * channels
+            switch fusion {
+            case .max:
+                for c in 0..<channels {
+                    var m = -Float.infinity
+                    for j in 0..<n where valid[j].storage[cellIndex] > 0.5 { m = max(m, warped[j].storage[cellIndex * channels + c]) }
+                    dst[c] = m.isFinite ? m : 0
+                }
+            case .attention:
+                var mx = -Float.infinity
+                for j in 0..<n where valid[j].storage[cellIndex] > 0.5 { mx = max(mx, scores[j].storage[cellIndex]) }
+                for c in 0..<channels { dst[c] = 0 }
+                guard mx.isFinite else { continue }
+                var sum: Float = 0
+                for j in 0..<n where valid[j].storage[cellIndex] > 0.5 { sum += exp(scores[j].storage[cellIndex] - mx) }
+                for j in 0..<n where valid[j].storage[cellIndex] > 0.5 {
+                    let w = exp(scores[j].storage[cellIndex] - mx) / sum
+                    let src = warped[j].pointer + cellIndex * channels
+                    for c in 0..<channels { dst[c] += w * src[c] }
+                }
+            }
+        }
+        var x = fused, y = a
+        for conv in backbone {
+            conv.run(x, into: y)
+            x = y
+            y = (y === a) ? b : a
+        }
+        shared.run(x, into: y)
+        for (h, out) in zip(heads, outs) { h.run(y, into: out) }
+        return outs
+    }
+
+    /// Boxes in the ego's frame: heatmap peaks (3×3 local maxima above `peakThreshold`, the top
+    /// `topK`), then rotated NMS.
+    public func detect(ego: Int, agents: [AgentInput], fusion: Fusion = .attention) -> [BEVBox] {
+        let o = forward(ego: ego, agents: agents, fusion: fusion)
+        let hm = o[0], off = o[1], size = o[2], yaw = o[3]
+        var cands: [(Float, Int)] = []
+        for i in 0..<height {
+            for j in 0..<width {
+                let v = hm[i, j, 0]
+                var peak = true
+                for di in -1...1 { for dj in -1...1 where (di != 0 || dj != 0) {
+                    let ii = i + di, jj = j + dj
+                    if ii >= 0, ii < height, jj >= 0, jj < width, hm[ii, jj, 0] > v { peak = false }
+                } }
+                let s = 1 / (1 + exp(-v))
+                if peak, s > peakThreshold { cands.append((s, i * width + j)) }
+            }
+        }
+        cands.sort { $0.0 > $1.0 || ($0.0 == $1.0 && $0.1 < $1.1) }
+        let boxes = cands.prefix(topK).map { (s, idx) -> BEVBox in
+            let i = idx / width, j = idx % width
+            let l = exp(min(max(size[i, j, 0], -3), 4)), w = exp(min(max(size[i, j, 1], -3), 4))
+            return BEVBox(x: (Float(j) + off[i, j, 0]) * cell - halfExtent, y: (Float(i) + off[i, j, 1]) * cell - halfExtent,
+                          length: l, width: w, yaw: atan2(yaw[i, j, 0], yaw[i, j, 1]), score: s)
+        }
+        return RotatedIoU.nms(boxes, threshold: nmsIoU)
+    }
+}

@@ -1,0 +1,50 @@
+import Foundation
+
+/// The transmitted features' per-channel affine quantization (`features.{width}.{bits}.scale`
+/// and `.zero_point` in the model file): q = clamp(round(x / scale[c] + zp[c]), 0, 2^bits − 1),
+/// x ≈ (q − zp[c]) · scale[c]. The agent quantizes its int8 encoder output with it; the server
+/// dequantizes with the same tensors, so frames carry no parameters (`quant_mode` 1).
+public struct FeatureQuantization: Sendable {
+    public let scale: [Float]
+    public let zeroPoint: [Float]
+    public let bits: Int
+
+    public init(scale: [Float], zeroPoint: [Float], bits: Int) {
+        self.scale = scale
+        self.zeroPoint = zeroPoint
+        self.bits = bits
+    }
+
+    /// Every (width, bits) pair the model file carries, keyed by "width_index.bits".
+    public static func all(in st: Safetensors) throws(ModelFileError) -> [String: FeatureQuantization] {
+        var out: [String: FeatureQuantization] = [:]
+        for name in st.tensors.keys where name.hasPrefix("features.") && name.hasSuffix(".scale") {
+            let parts = name.split(separator: ".")
+            guard parts.count == 4, let wi = Int(parts[1]), let bits = Int(parts[2]), (1...8).contains(bits) else { continue }
+            let s = try st.floats(name)
+            let z = try st.floats("features.\(wi).\(bits).zero_point", shape: [s.count])
+            guard s.allSatisfy({ $0 > 0 && $0.isFinite }), z.allSatisfy({ $0 >= 0 && $0 <= Float((1 << bits) - 1) && $0 == $0.rounded() }) else {
+                throw ModelFileError(kind: .tensor, file: st.file, subject: name, problem: "scales must be > 0 and zero points whole numbers in 0...\((1 << bits) - 1)")
+            }
+            out["\(wi).\(bits)"] = FeatureQuantization(scale: s, zeroPoint: z, bits: bits)
+        }
+        return out
+    }
+
+    /// A table from the encoder's uint8 output code to this quantization's code, per channel
+    /// ([channel][256]), so that requantizing a frame is one lookup per value.
+    public func table(from q: QuantParams) -> [UInt8] {
+        let qmax = Float((1 << bits) - 1)
+        var t = [UInt8](repeating: 0, count: scale.count * 256)
+        for c in 0..<scale.count {
+            for v in 0..<256 {
+                let x = q.scale * Float(v - Int(q.zeroPoint))
+                t[c * 256 + v] = UInt8(min(max((x / scale[c] + zeroPoint[c]).rounded(.toNearestOrEven), 0), qmax))
+            }
+        }
+        return t
+    }
+
+    @inline(__always)
+    public func dequantize(_ code: UInt8, channel c: Int) -> Float { (Float(code) - zeroPoint[c]) * scale[c] }
+}

@@ -1,0 +1,212 @@
+import Foundation
+import Logging
+import SlimAgent
+import SlimEngine
+import SlimSensors
+import SlimServer
+import SlimTransport
+import SlimWire
+
+/// A server and one agent per recorded agent, on real ZeroMQ sockets (Curve on), replaying a
+/// recording in lock-step: every agent sends frame t, the server fuses as soon as all of frame
+/// t has arrived and answers each agent with detections in its frame, then frame t + 1 goes.
+/// Deterministic, so its AP can be compared with the offline pipeline's and with
+/// training/evaluate.py. `slimsplit eval`, `slimsplit demo` and the integration test run it.
+public final class CooperativeSession: @unchecked Sendable {
+    public struct Config: Sendable {
+        public var recording: String
+        public var model: String
+        public var widthIndex: Int? = nil
+        public var bits = 8
+        public var threshold: Float = 0
+        public var fusion: CooperativeDetector.Fusion = .attention
+        public var agents: [String]? = nil
+        public var maxFrames: Int? = nil
+        public var lz4 = true
+        /// Send frames at their recorded rate instead of as fast as the pipeline goes.
+        public var realTime = false
+        public init(recording: String, model: String) {
+            self.recording = recording
+            self.model = model
+        }
+    }
+
+    /// Per agent: what it sent and what came back.
+    public struct AgentReport: Sendable {
+        public var agent: String
+        public var frames = 0
+        public var results = 0
+        public var bytes = 0
+        public var fusedAP = AveragePrecision()
+        public var singleAP = AveragePrecision()
+        public var edgeMs: [Double] = []      // featurize + encode + quantize
+        public var wireMs: [Double] = []      // pack + LZ4 + envelope
+        public var roundTripMs: [Double] = [] // submit → Result
+        /// Detections per frame index, in the agent's frame.
+        public var detections: [Int: [BEVBox]] = [:]
+    }
+
+    public let config: Config
+    public private(set) var reports: [String: AgentReport] = [:]
+    public private(set) var fuseMs: [Double] = []
+    public private(set) var rejected = 0
+
+    public init(_ config: Config) { self.config = config }
+
+    public func run(logger: Logger, progress: (Int, Int) -> Void = { _, _ in }) async throws {
+        let rec = try RecordingFrames(path: config.recording)
+        let agents = config.agents ?? rec.agents
+        let frames = Array(rec.frames.filter { f in agents.allSatisfy { f.agents[$0]?.points.isEmpty == false } }.prefix(config.maxFrames ?? .max))
+        guard !frames.isEmpty else { throw PipelineError("\(config.recording) has no frame with every agent's LiDAR") }
+
+        // Server, Curve on with fresh keys.
+        let serverKeys = try CurveKeyPair.generate()
+        var allow = CurveAllowList()
+        var agentKeys: [String: CurveKeyPair] = [:]
+        for a in agents { let k = try CurveKeyPair.generate(); agentKeys[a] = k; allow.names[k.publicKey] = a }
+        let router = try RouterEndpoint(bind: "tcp://127.0.0.1:0", curve: CurveServer(keyPair: serverKeys, allowList: allow), logger: logger)
+        var fopts = FusionService.Options()
+        fopts.fusion = config.fusion
+        let fusion = try FusionService(modelFile: config.model, options: fopts)
+        let fuseTimes = Locked<[Double]>([])
+        let expected = Set(agents)
+        let serverBox = Locked<FeatureServer?>(nil)
+        let server = FeatureServer(endpoint: router, logger: logger) { agent, frame in
+            fusion.ingest(agent: agent, frame)
+            let pending = Set(fusion.pending)
+            guard pending == expected else { return }
+            let t0 = monotonicNow()
+            let outs = fusion.tick()
+            fuseTimes.withLock { $0.append(Double(monotonicNow() - t0) / 1e6) }
+            for o in outs { _ = serverBox.value?.send(fusion.result(o, fusionTimeNs: UInt64(Date().timeIntervalSince1970 * 1e9)), toAgent: o.agent) }
+        }
+        serverBox.withLock { $0 = server }
+        let serverTask = Task { await server.run() }
+
+        // Agents.
+        let results = Locked<[String: [UInt64: (ResultMessage, UInt64)]]>([:])
+        var edge: [String: EdgeEncoder] = [:]
+        var feature: [String: FeatureAgent] = [:]
+        var tasks: [Task<Void, Never>] = []
+        for a in agents {
+            let e = try EdgeEncoder(modelFile: config.model)
+            e.widthIndex = config.widthIndex ?? (e.model.architecture.widths.count - 1)
+            e.bits = config.bits
+            e.threshold = config.threshold
+            edge[a] = e
+            let identity = AgentIdentity(agentID: a.replacingOccurrences(of: "_", with: "-").isEmpty ? a : a, modelID: e.modelID,
+                                         widths: e.model.architecture.widths.map { UInt16(($0 * 1000).rounded()) }, bitsMask: e.bitsMask)
+            let fa = try FeatureAgent(identity: identity, server: router.endpoint,
+                                      curve: CurveClient(keyPair: agentKeys[a]!, serverKey: serverKeys.publicKey),
+                                      maxFrameBytes: 1 << 20, logger: logger) { r in
+                let now = monotonicNow()
+                results.withLock { $0[a, default: [:]][r.sequence] = (r, now) }
+            }
+            feature[a] = fa
+            tasks.append(Task { await fa.run() })
+            reports[a] = AgentReport(agent: a)
+        }
+        let wire = FeatureFrameEncoder()
+        var out = [UInt8](repeating: 0, count: 1 << 20)
+        let single = try CooperativeDetector(Safetensors(contentsOf: config.model), maxAgents: 1)
+        let feat = FloatTensor(height: 32, width: 32, channels: 256)
+        defer {
+            for f in feature.values { f.endpoint.close() }
+            router.close()
+        }
+        let startNs = monotonicNow()
+        for (fi, f) in frames.enumerated() {
+            if config.realTime {
+                let due = startNs + (f.timeNs - frames[0].timeNs)
+                let now = monotonicNow()
+                if due > now { try await Task.sleep(nanoseconds: due - now) }
+            }
+            var sent: [String: (seq: UInt64, t0: UInt64)] = [:]
+            var shapes: [String: (channels: Int, height: Int, width: Int, masked: Bool)] = [:]
+            for a in agents {
+                let af = f.agents[a]!
+                let e = edge[a]!
+                let pose = af.measuredPose ?? af.pose!
+                let t0 = monotonicNow()
+                let shape = af.points.withUnsafeBufferPointer { e.encode($0, sensorHeight: Float((af.pose ?? pose).position.z)) }
+                let t1 = monotonicNow()
+                var h = FeatureFrameHeader(agentID: a, sequence: 0, captureTimeNs: f.timeNs, position: pose.position, orientation: pose.orientation,
+                                           modelID: e.modelID, widthIndex: UInt8(e.widthIndex), bits: UInt8(e.bits),
+                                           channels: shape.channels, height: shape.height, width: shape.width, quant: .model,
+                                           masked: shape.masked, codec: config.lz4 ? .lz4 : .none)
+                h.agentID = a
+                let length = e.dense.withUnsafeBufferPointer { d in
+                    e.mask.withUnsafeBytes { m in out.withUnsafeMutableBytes { wire.encode(h, dense: d, mask: shape.masked ? m : nil, into: $0).length } }
+                }
+                let t2 = monotonicNow()
+                let seqBefore = feature[a]!.stats.framesSubmitted
+                let n = e.dense.withUnsafeBufferPointer { d in e.mask.withUnsafeBytes { m in feature[a]!.submit(h, dense: d, mask: shape.masked ? m : nil) } }
+                _ = length
+                reports[a]!.frames += 1
+                reports[a]!.bytes += n ?? 0
+                reports[a]!.edgeMs.append(Double(t1 - t0) / 1e6)
+                reports[a]!.wireMs.append(Double(t2 - t1) / 1e6)
+                sent[a] = (UInt64(seqBefore + 1), t2)
+                shapes[a] = shape
+            }
+            // Single-agent baseline while the server fuses: the same features, fused with nobody.
+            for a in agents {
+                let e = edge[a]!, shape = shapes[a]!
+                e.dequantized(into: feat, channels: shape.channels, height: shape.height, width: shape.width, masked: shape.masked)
+                let alone = single.detect(ego: 0, agents: [CooperativeDetector.AgentInput(features: feat, position: .zero, yaw: 0)], fusion: config.fusion)
+                let gt = f.groundTruth(for: a)
+                reports[a]!.singleAP.add(detections: Self.filter(alone, own: gt.own), groundTruth: Self.boxes(gt.boxes))
+            }
+            // Wait for every agent's Result for this frame.
+            let deadline = monotonicNow() + 10_000_000_000
+            while monotonicNow() < deadline {
+                let got = results.value
+                if agents.allSatisfy({ got[$0]?[sent[$0]!.seq] != nil }) { break }
+                try await Task.sleep(nanoseconds: 200_000)
+            }
+            let got = results.value
+            for a in agents {
+                guard let (r, receivedAt) = got[a]?[sent[a]!.seq] else { continue }
+                reports[a]!.results += 1
+                reports[a]!.roundTripMs.append(Double(receivedAt - sent[a]!.t0) / 1e6)
+                let dets = r.detections.map { BEVBox(x: $0.center.x, y: $0.center.y, length: $0.size.x, width: $0.size.y, yaw: $0.yaw, score: $0.score) }
+                let gt = f.groundTruth(for: a)
+                reports[a]!.detections[fi] = dets
+                reports[a]!.fusedAP.add(detections: Self.filter(dets, own: gt.own), groundTruth: Self.boxes(gt.boxes))
+            }
+            progress(fi + 1, frames.count)
+        }
+        fuseMs = fuseTimes.value
+        rejected = server.rejections.values.reduce(0, +)
+        for f in feature.values { f.endpoint.close() }
+        router.close()
+        for t in tasks { await t.value }
+        await serverTask.value
+    }
+
+    static func boxes(_ b: [RecordingFrames.BEVBoxLike]) -> [BEVBox] {
+        b.map { BEVBox(x: $0.x, y: $0.y, length: $0.length, width: $0.width, yaw: $0.yaw) }
+    }
+
+    /// Drops detections outside the grid or inside the ego's own vehicle (+0.5 m), as
+    /// training/evaluate.py does.
+    static func filter(_ dets: [BEVBox], own: [RecordingFrames.BEVBoxLike], half: Float = 32) -> [BEVBox] {
+        dets.filter { d in
+            guard abs(d.x) < half, abs(d.y) < half else { return false }
+            for o in own {
+                let c = cos(o.yaw), s = sin(o.yaw)
+                let dx = d.x - o.x, dy = d.y - o.y
+                let lx = c * dx + s * dy, ly = -s * dx + c * dy
+                if abs(lx) < o.length / 2 + 0.5, abs(ly) < o.width / 2 + 0.5 { return false }
+            }
+            return true
+        }
+    }
+}
+
+public struct PipelineError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ d: String) { description = d }
+}
+
+func monotonicNow() -> UInt64 { Clock.monotonicNs() }

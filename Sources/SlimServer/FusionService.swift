@@ -1,0 +1,136 @@
+import Foundation
+import Logging
+import SlimEngine
+import SlimTransport
+import SlimWire
+
+/// Fuses the agents' features and answers each agent with detections in its own frame.
+///
+/// `ingest` (called by `FeatureServer` for every accepted frame) dequantizes the frame into
+/// the agent's slot; `tick` fuses, for every agent with a new frame, the newest frame of each
+/// agent whose capture time lies within `window` of it, runs the server half of the model and
+/// returns boxes in that agent's frame. Thread-safe: ingest and tick may run on different tasks.
+public final class FusionService: @unchecked Sendable {
+    public struct Options: Sendable {
+        /// Frames captured further apart than this are not fused together.
+        public var windowNs: UInt64 = 150_000_000
+        public var fusion: CooperativeDetector.Fusion = .attention
+        public var boxHeight: Float = 1.6
+        public init() {}
+    }
+
+    public struct Output: Sendable {
+        public var agent: String
+        public var sequence: UInt64
+        public var captureTimeNs: UInt64
+        public var fusedAgents: [String]
+        public var boxes: [BEVBox]
+    }
+
+    struct Slot {
+        var features: FloatTensor
+        var position = SIMD2<Float>.zero
+        var yaw: Float = 0
+        var captureNs: UInt64 = 0
+        var sequence: UInt64 = 0
+        var fresh = false
+    }
+
+    public let options: Options
+    private let detector: CooperativeDetector
+    private let quantization: [String: FeatureQuantization]
+    private let lock = NSLock()
+    private var slots: [String: Slot] = [:]
+    private let maxChannels: Int
+    public private(set) var dropped = 0
+
+    public init(modelFile: String, options: Options = Options()) throws {
+        let st = try Safetensors(contentsOf: modelFile)
+        detector = try CooperativeDetector(st)
+        quantization = try FeatureQuantization.all(in: st)
+        maxChannels = detector.channels
+        self.options = options
+    }
+
+    /// Dequantizes an accepted frame into its agent's slot. Rejects (returns false) frames whose
+    /// shape does not match the model's transmitted map.
+    @discardableResult
+    public func ingest(agent: String, _ f: FeatureFrameDecoder.Decoded) -> Bool {
+        let h = f.header
+        guard h.height == detector.height, h.width == detector.width, h.channels <= maxChannels else { return false }
+        let params: (scale: [Float], zp: [Float])
+        switch h.quant {
+        case .inline(let s, let z): params = (s, z.map(Float.init))
+        case .model:
+            guard let q = quantization["\(h.widthIndex).\(h.bits)"], q.scale.count == h.channels else { return false }
+            params = (q.scale, q.zeroPoint)
+        }
+        lock.lock()
+        defer { lock.unlock() }
+        var slot = slots[agent] ?? Slot(features: FloatTensor(height: detector.height, width: detector.width, channels: maxChannels))
+        let c = h.channels, cells = h.cells
+        slot.features.reshape(height: h.height, width: h.width, channels: c)
+        let dst = slot.features.pointer
+        // Values are channel-major over the sent cells; unsent cells are 0.
+        var sent = [Int]()
+        sent.reserveCapacity(f.sentCells)
+        if let m = f.mask {
+            for i in 0..<cells where m[i >> 3] & (1 << UInt8(i & 7)) != 0 { sent.append(i) }
+            slot.features.fill(0)
+        } else {
+            sent = Array(0..<cells)
+        }
+        for ch in 0..<c {
+            let s = params.scale[ch], z = params.zp[ch]
+            for (k, cell) in sent.enumerated() { dst[cell * c + ch] = (Float(f.values[ch * sent.count + k]) - z) * s }
+        }
+        let q = h.orientation
+        slot.position = SIMD2(Float(h.position.x), Float(h.position.y))
+        slot.yaw = Float(atan2(2 * (q.w * q.z + q.x * q.y), 1 - 2 * (q.y * q.y + q.z * q.z)))
+        slot.captureNs = h.captureTimeNs
+        slot.sequence = h.sequence
+        slot.fresh = true
+        slots[agent] = slot
+        return true
+    }
+
+    /// Agents with a frame newer than their last fusion.
+    public var pending: [String] {
+        lock.lock()
+        defer { lock.unlock() }
+        return slots.filter(\.value.fresh).map(\.key).sorted()
+    }
+
+    /// Fuses for every agent with a new frame (or for `only`).
+    public func tick(only: [String]? = nil) -> [Output] {
+        lock.lock()
+        defer { lock.unlock() }
+        var outputs: [Output] = []
+        for ego in (only ?? slots.filter(\.value.fresh).map(\.key)).sorted() {
+            guard var e = slots[ego] else { continue }
+            let names = slots.keys.sorted().filter { n in
+                let s = slots[n]!
+                let dt = s.captureNs > e.captureNs ? s.captureNs - e.captureNs : e.captureNs - s.captureNs
+                if dt > options.windowNs, n != ego { dropped += 1; return false }
+                return true
+            }
+            let inputs = names.map { n in
+                CooperativeDetector.AgentInput(features: slots[n]!.features, position: slots[n]!.position, yaw: slots[n]!.yaw)
+            }
+            let boxes = detector.detect(ego: names.firstIndex(of: ego)!, agents: inputs, fusion: options.fusion)
+            e.fresh = false
+            slots[ego] = e
+            outputs.append(Output(agent: ego, sequence: e.sequence, captureTimeNs: e.captureNs, fusedAgents: names, boxes: boxes))
+        }
+        return outputs
+    }
+
+    /// A Result message for an output (boxes in the agent's frame).
+    public func result(_ o: Output, fusionTimeNs: UInt64) -> ResultMessage {
+        ResultMessage(sequence: o.sequence, captureTimeNs: o.captureTimeNs, fusionTimeNs: fusionTimeNs,
+                      detections: o.boxes.prefix(4096).map { b in
+                          Detection(classID: 0, score: min(max(b.score, 0), 1), center: SIMD3(b.x, b.y, options.boxHeight / 2),
+                                    size: SIMD3(max(b.length, 0.1), max(b.width, 0.1), options.boxHeight), yaw: b.yaw)
+                      })
+    }
+}

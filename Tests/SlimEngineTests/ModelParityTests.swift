@@ -1,0 +1,49 @@
+import Foundation
+import Testing
+@testable import SlimEngine
+
+/// The shipped model (Models/slimsplit-bev.safetensors) against PyTorch and ONNX Runtime on one
+/// test frame of two agents (Tests/Fixtures/engine/model_io.safetensors, written by
+/// training/make_model_fixture.py).
+@Suite("The shipped cooperative model: Swift engine vs PyTorch and ONNX Runtime")
+struct ModelParityTests {
+    static let model = Fixtures.root.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Models/slimsplit-bev.safetensors").path
+    static let io = Fixtures.root.appendingPathComponent("model_io.safetensors").path
+
+    @Test func encoderAndServer() throws {
+        guard FileManager.default.fileExists(atPath: Self.model), FileManager.default.fileExists(atPath: Self.io) else {
+            Issue.record("missing \(Self.model) or \(Self.io)")
+            return
+        }
+        let st = try Safetensors(contentsOf: Self.model)
+        let io = try Safetensors(contentsOf: Self.io)
+        let wi = Int(io.metadata["width_index"] ?? "3")!
+        let m = try SlimmableModel(st)
+        let encoder = SlimmableEncoder(model: m, inputHeight: 128, inputWidth: 128)
+        encoder.widthIndex = wi
+        let detector = try CooperativeDetector(st)
+        var inputs: [CooperativeDetector.AgentInput] = []
+        for k in 0..<2 {
+            // Encoder, int8: bit-identical with ONNX Runtime.
+            let out = encoder.runInt8(quantized: try Fixtures.qtensor(io, "input_q.\(k)")).nchw()
+            let want: [UInt8] = try io.array("encoder_int8.\(k)", as: .u8)
+            #expect(out == want, "agent \(k): \(zip(out, want).filter { $0 != $1 }.count) int8 values differ")
+            let pose = try io.array("pose.\(k)", as: .f64, Double.self)
+            inputs.append(.init(features: try Fixtures.tensor(io, "features.\(k)"), position: SIMD2(Float(pose[0]), Float(pose[1])), yaw: Float(pose[2])))
+        }
+        for k in 0..<2 {
+            let th = detector.theta(ego: inputs[0], agent: inputs[k])
+            let want = try io.floats("theta.\(k)")
+            #expect(zip(th, want).allSatisfy { abs($0 - $1) < 1e-5 }, "theta \(k): \(th) vs \(want)")
+        }
+        // Server, float: within 1e-3 of the output range.
+        let outs = detector.forward(ego: 0, agents: inputs, fusion: .attention)
+        for (name, t) in zip(["heatmap", "offset", "size", "yaw"], outs) {
+            let err = relativeError(t.nchw(), try io.floats(name))
+            #expect(err <= 1e-3, "\(name): \(err)")
+        }
+        let hmMax = detector.forward(ego: 0, agents: inputs, fusion: .max)[0]
+        #expect(relativeError(hmMax.nchw(), try io.floats("heatmap_max")) <= 1e-3)
+    }
+}
