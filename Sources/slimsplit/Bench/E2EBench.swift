@@ -1,0 +1,72 @@
+import ArgumentParser
+import Foundation
+import Logging
+import SlimPipeline
+import SlimSensors
+
+/// Capture-to-result latency and server capacity of the whole pipeline.
+struct E2EBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "e2e",
+        abstract: "Capture-to-result latency at 10 Hz over loopback and the server's capacity (agent-frames/s), JSON.",
+        discussion: """
+            Records a short scene with the requested number of agents (the sample's LiDAR), then runs the cooperative
+            session at the recorded rate: every agent featurizes, encodes (int8), quantizes, packs and sends; the
+            server fuses for every agent in its own frame and answers. Latency: from the start of featurizing to the
+            Result's arrival. Capacity: agent-frames the server fuses per second of fusion work (a tick fuses every
+            agent's frame), i.e. the rate at which its 10 Hz tick would overrun.
+            """)
+
+    @Option(help: "Agents (vehicles plus a roadside unit).")
+    var agents: Int = 4
+
+    @Option(help: "Seconds of recording.")
+    var seconds: Double = 3
+
+    @Option(help: "Model file.")
+    var model: String = "Models/slimsplit-bev.safetensors"
+
+    @Option(help: "Bits per transmitted value.")
+    var bits: Int = 4
+
+    @Flag(help: "Print JSON only.")
+    var json = false
+
+    func run() async throws {
+        var scene = try SceneConfig.load(file: "Configs/scenes/sample.yaml")
+        scene.agents = max(1, agents - 1)
+        scene.roadsideUnit = agents > 1
+        scene.vehicles = max(scene.vehicles, scene.agents)
+        scene.duration = seconds
+        let path = NSTemporaryDirectory() + "slimsplit-e2e-\(getpid()).mcap"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        var sim = Simulator(config: scene, seed: 21)
+        let w = try RecordingWriter(path: path)
+        for _ in 0..<sim.frameCount { try w.write(sim.next()) }
+        try w.finish()
+        var logger = Logger(label: "bench")
+        logger.logLevel = .error
+        var config = CooperativeSession.Config(recording: path, model: model)
+        config.bits = bits
+        config.realTime = true
+        let session = CooperativeSession(config)
+        try await session.run(logger: logger)
+        var latency: [Double] = []
+        for r in session.reports.values {
+            for i in r.roundTripMs.indices where i < r.edgeMs.count { latency.append(r.edgeMs[i] + r.wireMs[i] + r.roundTripMs[i]) }
+        }
+        let perTick = session.fuseMs
+        let n = Double(sim.agentIDs.count)
+        let capacity = perTick.isEmpty ? 0 : n / (percentile(perTick, 0.5) / 1000)
+        let doc: [String: Any] = [
+            "benchmark": "e2e", "agents": sim.agentIDs.count, "rate_hz": scene.rate, "frames": sim.frameCount, "bits": bits,
+            "transport": "tcp://127.0.0.1, Curve on",
+            "capture_to_result_ms": ["p50": percentile(latency, 0.5), "p99": percentile(latency, 0.99)],
+            "server_tick_ms": ["p50": percentile(perTick, 0.5), "p99": percentile(perTick, 0.99)],
+            "capacity_agent_frames_per_s": capacity.rounded(),
+            "bytes_per_frame": session.reports.values.map { $0.frames > 0 ? $0.bytes / $0.frames : 0 }.reduce(0, +) / max(session.reports.count, 1),
+            "cpu": cpuName(),
+        ]
+        print(String(decoding: try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys]), as: UTF8.self))
+    }
+}
