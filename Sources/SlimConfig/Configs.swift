@@ -8,6 +8,11 @@ public struct ServerConfig: Sendable {
     public var limits: WireLimits
     public var socket: SocketOptions
     public var rejectLogInterval: Double
+    /// Fusion: the model file (nil: accept and acknowledge frames only).
+    public var model: String?
+    public var tickHz: Double
+    public var windowMs: Double
+    public var fusionMode: String
 
     /// Key files of a Curve server: its secret key and a folder of allowed agents' `.pub` files.
     public struct CurveFiles: Sendable {
@@ -44,6 +49,14 @@ public struct ServerConfig: Sendable {
         socket = try socketOptions(try root.section("socket"))
         socket.maxMessageBytes = limits.maxMessageBytes * 2
         rejectLogInterval = try root.section("log").double("reject_interval_s", default: 5, in: 0...3600)
+        let f = try root.section("fusion")
+        model = try f.optionalString("model").map { f.resolvePath($0) }
+        tickHz = try f.double("tick_hz", default: 10, in: 0.1...1000)
+        windowMs = try f.double("window_ms", default: 150, in: 1...10_000)
+        fusionMode = try f.string("mode", default: "attention")
+        guard ["attention", "max"].contains(fusionMode) else {
+            throw ConfigError(file: f.file, key: f.keyPath("mode"), problem: "'\(fusionMode)' must be attention or max")
+        }
     }
 }
 
@@ -54,6 +67,19 @@ public struct AgentConfig: Sendable {
     public var curve: CurveFiles?
     public var socket: SocketOptions
     public var synthetic: SyntheticSource
+    /// Replay a recording through the model (nil: stream synthetic features).
+    public var source: RecordingSource?
+
+    public struct RecordingSource: Sendable {
+        public var recording: String
+        /// The agent of the recording to replay (its topics /agents/<id>/...).
+        public var agent: String
+        public var model: String
+        public var widthIndex: Int?
+        public var bits: Int
+        public var threshold: Double
+        public var loop: Bool
+    }
 
     public struct CurveFiles: Sendable {
         public var serverKey: String
@@ -112,6 +138,16 @@ public struct AgentConfig: Sendable {
             _ = try curve.optionalString("secret_key")
         }
         socket = try socketOptions(try root.section("socket"))
+        let src = try root.section("source")
+        if let rec = try src.optionalString("recording") {
+            source = RecordingSource(recording: src.resolvePath(rec), agent: try src.string("agent", default: agentID.replacingOccurrences(of: "-", with: "_")),
+                                     model: src.resolvePath(try src.string("model")),
+                                     widthIndex: src.has("width_index") ? try src.int("width_index", in: 0...15) : nil,
+                                     bits: try src.int("bits", default: 8, in: 1...8), threshold: try src.double("threshold", default: 0, in: 0...1000),
+                                     loop: try src.bool("loop", default: true))
+        } else {
+            source = nil
+        }
         let s = try root.section("synthetic")
         synthetic = SyntheticSource(
             frames: try s.int("frames", default: 0, in: 0...Int(Int32.max)),

@@ -105,9 +105,10 @@ public struct CurveAllowList: Sendable {
 }
 
 extension String {
+    /// Trims the given characters (by Unicode scalar, so "\r\n" and "\n" both go).
     func trimmingCharacters(in set: String) -> String {
-        let chars = Set(set)
-        var s = Substring(self)
+        let chars = Set(set.unicodeScalars)
+        var s = Substring(self).unicodeScalars
         while let f = s.first, chars.contains(f) { s.removeFirst() }
         while let l = s.last, chars.contains(l) { s.removeLast() }
         return String(s)

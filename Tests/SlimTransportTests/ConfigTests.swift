@@ -1,3 +1,5 @@
+import Foundation
+import SlimTransport
 import SlimConfig
 import Testing
 
@@ -58,5 +60,26 @@ struct ConfigTests {
         } catch {
             #expect(error.key == "agent_id")
         }
+    }
+}
+
+@Suite("Curve key files")
+struct KeyFileTests {
+    @Test("keygen's files load back: secret key (mode 0600), public key, allow-list folder")
+    func roundTrip() throws {
+        let dir = NSTemporaryDirectory() + "slimsplit-keys-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let pair = try CurveKeyPair.generate()
+        try pair.write(name: "car-1", directory: dir)
+        #expect(try CurveKeyPair(secretKeyFile: "\(dir)/car-1.key") == pair)
+        #expect(try CurveKey(file: "\(dir)/car-1.pub") == pair.publicKey)
+        #expect(try CurveAllowList(directory: dir).names[pair.publicKey] == "car-1")
+        let mode = (try FileManager.default.attributesOfItem(atPath: "\(dir)/car-1.key")[.posixPermissions] as? Int) ?? 0
+        #expect(mode == 0o600)
+        // Windows line endings too.
+        try "\(pair.publicKey.z85)\r\n".write(toFile: "\(dir)/crlf.pub", atomically: true, encoding: .utf8)
+        #expect(try CurveKey(file: "\(dir)/crlf.pub") == pair.publicKey)
+        #expect(throws: KeyFileError.self) { try CurveKey(file: "\(dir)/missing.pub") }
     }
 }

@@ -2,6 +2,8 @@ import ArgumentParser
 import Logging
 import SlimAgent
 import SlimConfig
+import SlimSensors
+import SlimWire
 import SlimTransport
 
 struct AgentCommand: AsyncParsableCommand {
@@ -9,8 +11,9 @@ struct AgentCommand: AsyncParsableCommand {
         commandName: "agent",
         abstract: "Run an edge agent: connect to the server and stream feature frames.",
         discussion: """
-            Until the encoder pipeline lands, the agent streams synthetic feature maps shaped like a BEV
-            encoder's (section `synthetic` of the config). Stops on SIGINT/SIGTERM or after `synthetic.frames`.
+            With `source.recording` in the config, the agent replays its LiDAR from the recording at the recorded rate,
+            featurizes it, runs the model's int8 encoder, quantizes and sends the features, and the server answers with
+            detections. Without it, the agent streams synthetic feature maps (section `synthetic`). Stops on SIGINT/SIGTERM.
             """)
 
     @Option(help: "Agent config (YAML); every key is documented in Configs/agent.yaml.")
@@ -32,16 +35,31 @@ struct AgentCommand: AsyncParsableCommand {
         if let c = cfg.curve {
             curve = CurveClient(keyPair: try CurveKeyPair(secretKeyFile: c.secretKey), serverKey: try CurveKey(file: c.serverKey))
         }
-        let agent = try FeatureAgent(identity: AgentIdentity(agentID: cfg.agentID, modelID: "synthetic"), server: server ?? cfg.server,
+        var edge: EdgeEncoder?
+        var identity = AgentIdentity(agentID: cfg.agentID, modelID: "synthetic")
+        if let src = cfg.source {
+            let e = try EdgeEncoder(modelFile: src.model)
+            e.widthIndex = src.widthIndex ?? (e.model.architecture.widths.count - 1)
+            e.bits = src.bits
+            e.threshold = Float(src.threshold)
+            identity = AgentIdentity(agentID: cfg.agentID, modelID: e.modelID,
+                                     widths: e.model.architecture.widths.map { UInt16(($0 * 1000).rounded()) }, bitsMask: e.bitsMask)
+            edge = e
+        }
+        let agent = try FeatureAgent(identity: identity, server: server ?? cfg.server,
                                      curve: curve, options: cfg.socket,
-                                     maxFrameBytes: maxFrameBytes(cfg.synthetic, agentID: cfg.agentID), logger: logger)
+                                     maxFrameBytes: max(1 << 20, maxFrameBytes(cfg.synthetic, agentID: cfg.agentID)), logger: logger)
         let dealer = agent.endpoint
         let stop = Locked(false)
         let signals = onShutdownSignal { stop.withLock { $0 = true } }
         let consumer = Task { await agent.run() }
         logger.info("streaming", metadata: ["agent": "\(cfg.agentID)", "server": "\(dealer.endpoint)"])
         let start = Clock.monotonicNs()
-        await runSynthetic(agent: agent, source: cfg.synthetic, seed: 1, stop: stop)
+        if let edge, let src = cfg.source {
+            try await runRecording(agent: agent, edge: edge, source: src, frames: frames, stop: stop, logger: logger)
+        } else {
+            await runSynthetic(agent: agent, source: cfg.synthetic, seed: 1, stop: stop)
+        }
         // Give the last frames time to be acknowledged.
         let deadline = Clock.monotonicNs() + 2_000_000_000
         while agent.stats.acks < agent.stats.framesSubmitted - agent.stats.framesReplaced, Clock.monotonicNs() < deadline {
@@ -52,5 +70,34 @@ struct AgentCommand: AsyncParsableCommand {
         _ = signals
         print(agentTable([agent], seconds: Double(Clock.monotonicNs() - start) / 1e9).render())
         if agent.stats.acks == 0 { throw ExitCode(1) }
+    }
+
+    /// Replays one agent of a recording through the edge encoder at the recorded rate.
+    private func runRecording(agent: FeatureAgent, edge: EdgeEncoder, source: AgentConfig.RecordingSource, frames: Int?,
+                              stop: Locked<Bool>, logger: Logger) async throws {
+        let rec = try RecordingFrames(path: source.recording)
+        let mine = rec.frames.filter { $0.agents[source.agent]?.points.isEmpty == false }
+        guard !mine.isEmpty else { throw ValidationError("\(source.recording) has no LiDAR for agent \(source.agent) (agents: \(rec.agents))") }
+        logger.info("replaying", metadata: ["recording": "\(source.recording)", "agent": "\(source.agent)", "frames": "\(mine.count)"])
+        var sent = 0
+        repeat {
+            let start = Clock.monotonicNs()
+            for f in mine {
+                if stop.value || (frames.map { sent >= $0 } ?? false) { return }
+                let due = start + (f.timeNs - mine[0].timeNs)
+                let now = Clock.monotonicNs()
+                if due > now { try await Task.sleep(nanoseconds: due - now) }
+                let af = f.agents[source.agent]!
+                guard let truth = af.pose else { continue }
+                let pose = af.measuredPose ?? truth
+                let shape = af.points.withUnsafeBufferPointer { edge.encode($0, sensorHeight: Float(truth.position.z)) }
+                let h = FeatureFrameHeader(agentID: agent.identity.agentID, sequence: 0, captureTimeNs: Clock.wallNs(),
+                                           position: pose.position, orientation: pose.orientation, modelID: edge.modelID,
+                                           widthIndex: UInt8(edge.widthIndex), bits: UInt8(edge.bits), channels: shape.channels,
+                                           height: shape.height, width: shape.width, quant: .model, masked: shape.masked, codec: .lz4)
+                _ = edge.dense.withUnsafeBufferPointer { d in edge.mask.withUnsafeBytes { m in agent.submit(h, dense: d, mask: shape.masked ? m : nil) } }
+                sent += 1
+            }
+        } while source.loop && !stop.value
     }
 }

@@ -39,8 +39,31 @@ struct ServerCommand: AsyncParsableCommand {
         var options = ServerOptions()
         options.limits = cfg.limits
         options.rejectLogInterval = cfg.rejectLogInterval
-        let server = FeatureServer(endpoint: router, options: options, logger: logger)
+        var fusion: FusionService?
+        if let model = cfg.model {
+            var fo = FusionService.Options()
+            fo.windowNs = UInt64(cfg.windowMs * 1e6)
+            fo.fusion = cfg.fusionMode == "max" ? .max : .attention
+            fusion = try FusionService(modelFile: model, options: fo)
+            logger.info("fusion on", metadata: ["model": "\(model)", "tick_hz": "\(cfg.tickHz)", "mode": "\(cfg.fusionMode)"])
+        }
+        let fusionRef = fusion
+        let server = FeatureServer(endpoint: router, options: options, logger: logger) { agent, frame in
+            fusionRef?.ingest(agent: agent, frame)
+        }
         logger.info("listening", metadata: ["endpoint": "\(router.endpoint)"])
+        // Fusion tick: every agent with a new frame gets the fused detections in its own frame.
+        let tickNs = UInt64(1e9 / cfg.tickHz)
+        let ticker = Task {
+            guard let fusion = fusionRef else { return }
+            var next = Clock.monotonicNs() + tickNs
+            while !Task.isCancelled {
+                let now = Clock.monotonicNs()
+                if next > now { try? await Task.sleep(nanoseconds: next - now) }
+                next += tickNs
+                for o in fusion.tick() { server.send(fusion.result(o, fusionTimeNs: Clock.wallNs()), toAgent: o.agent) }
+            }
+        }
         let signals = onShutdownSignal { router.close() }
         let duration = self.duration, statusInterval = self.statusInterval
         let timer = Task {
@@ -61,6 +84,7 @@ struct ServerCommand: AsyncParsableCommand {
         }
         await server.run()
         timer.cancel()
+        ticker.cancel()
         _ = signals
         print(serverTable(server).render())
     }

@@ -39,12 +39,12 @@ func maxFrameBytes(_ s: AgentConfig.SyntheticSource, agentID: String) -> Int {
 }
 
 func agentTable(_ agents: [FeatureAgent], seconds: Double) -> TextTable {
-    var t = TextTable(["agent", "frames", "acked", "replaced", "KB/frame", "kbit/s", "RTT p50 ms", "RTT p99 ms", "control"])
+    var t = TextTable(["agent", "frames", "acked", "results", "replaced", "KB/frame", "kbit/s", "RTT p50 ms", "RTT p99 ms", "control"])
     for a in agents {
         let s = a.stats
         let kb = s.framesSubmitted > 0 ? Double(s.bytesSubmitted) / Double(s.framesSubmitted) / 1024 : 0
         let control = s.control.map { "epoch \($0.epoch)" } ?? "none"
-        t.add([a.identity.agentID, "\(s.framesSubmitted)", "\(s.acks)", "\(s.framesReplaced + s.framesNoBuffer)", fmt(kb, 2),
+        t.add([a.identity.agentID, "\(s.framesSubmitted)", "\(s.acks)", "\(s.results)", "\(s.framesReplaced + s.framesNoBuffer)", fmt(kb, 2),
                fmt(Double(s.bytesAcked) * 8 / 1000 / max(seconds, 1e-9), 0),
                s.rttPercentileMs(50).map { fmt($0, 2) } ?? "-", s.rttPercentileMs(99).map { fmt($0, 2) } ?? "-", control])
     }
