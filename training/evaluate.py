@@ -3,7 +3,7 @@
 boxes), V2X convention, and bytes per transmitted map.
 
     python training/evaluate.py --model Models/slimsplit-bev.safetensors --data /work/data \
-        --md docs/evaluation.md --png docs/rate_accuracy.png
+        --png docs/rate_accuracy.png
 
 Convention: every agent of every evaluated frame is in turn the ego. Ground truth: the frame's
 vehicles whose centre lies in the ego's +-32 m square and that at least one agent of the frame
@@ -158,7 +158,6 @@ def main() -> None:
     ap.add_argument("--model", default=str(ROOT / "Models/slimsplit-bev.safetensors"))
     ap.add_argument("--data", default="/work/data")
     ap.add_argument("--frame-stride", type=int, default=3, help="evaluate every n-th test frame")
-    ap.add_argument("--md", default=str(ROOT / "docs/evaluation.md"))
     ap.add_argument("--png", default=str(ROOT / "docs/rate_accuracy.png"))
     ap.add_argument("--json", default="/work/data/eval.json")
     ap.add_argument("--threads", type=int, default=2)
@@ -365,7 +364,7 @@ def main() -> None:
             "wall_s": time.time() - t_start}
     Path(a.json).write_text(json.dumps({"meta": meta, "results": [
         {**r, "ap": {str(k): v for k, v in r["ap"].items()}} for r in results]}, indent=1))
-    write_md(results, meta, a.md, model)
+    write_md(results, meta, a.json, model)
     plot(results, a.png)
     print(f"done in {time.time() - t_start:.0f} s")
 
@@ -375,8 +374,8 @@ def write_md(results, meta, path, model):
     for r in results:
         b = "—" if r["bytes"] is None else f"{r['bytes']:,}"
         lines.append(f"| {r['name']} | {b} | {r['ap'][0.3]:.1f} | {r['ap'][0.5]:.1f} | {r['ap'][0.7]:.1f} |")
-    Path(path + ".table").write_text("\n".join(lines) + "\n")
-    Path(path + ".meta.json").write_text(json.dumps(meta, indent=1))
+    Path(path).with_suffix(".table").write_text("\n".join(lines) + "\n")
+    Path(path).with_suffix(".meta.json").write_text(json.dumps(meta, indent=1))
 
 
 def plot(results, path):
