@@ -13,6 +13,13 @@ public struct ServerConfig: Sendable {
     public var tickHz: Double
     public var windowMs: Double
     public var fusionMode: String
+    /// MCAP file the server records fused detections to (world frame, /fusion/detections).
+    public var recordPath: String?
+    /// File (or "-" for stdout) that gets one JSON line per Result.
+    public var jsonLines: String?
+    /// Prometheus endpoint port (0: off) and host.
+    public var metricsPort: Int
+    public var metricsHost: String
 
     /// Key files of a Curve server: its secret key and a folder of allowed agents' `.pub` files.
     public struct CurveFiles: Sendable {
@@ -57,6 +64,11 @@ public struct ServerConfig: Sendable {
         guard ["attention", "max"].contains(fusionMode) else {
             throw ConfigError(file: f.file, key: f.keyPath("mode"), problem: "'\(fusionMode)' must be attention or max")
         }
+        recordPath = try f.optionalString("record").map { f.resolvePath($0) }
+        jsonLines = try f.optionalString("json_lines").map { $0 == "-" ? "-" : f.resolvePath($0) }
+        let m = try root.section("metrics")
+        metricsPort = try m.int("port", default: 9464, in: 0...65535)
+        metricsHost = try m.string("host", default: "0.0.0.0")
     }
 }
 

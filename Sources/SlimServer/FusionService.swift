@@ -25,6 +25,9 @@ public final class FusionService: @unchecked Sendable {
         public var captureTimeNs: UInt64
         public var fusedAgents: [String]
         public var boxes: [BEVBox]
+        /// The agent's pose as its frame reported it (world frame): boxes are relative to it.
+        public var position: SIMD2<Float>
+        public var yaw: Float
     }
 
     struct Slot {
@@ -43,6 +46,23 @@ public final class FusionService: @unchecked Sendable {
     private var slots: [String: Slot] = [:]
     private let maxChannels: Int
     public private(set) var dropped = 0
+    private var durations = [Double](repeating: 0, count: 512)  // ring of per-agent fusion times (s)
+    private var durationCount = 0, durationSum = 0.0, resultCount = 0
+
+    /// Counters and recent fusion durations, for the metrics endpoint.
+    public struct Metrics: Sendable {
+        public var results: Int, late: Int, count: Int, sum: Double
+        public var quantiles: [(String, Double)]
+    }
+
+    public var metrics: Metrics {
+        lock.lock()
+        defer { lock.unlock() }
+        let recent = Array(durations.prefix(min(durationCount, durations.count))).sorted()
+        func q(_ p: Double) -> Double { recent.isEmpty ? 0 : recent[min(recent.count - 1, Int(p * Double(recent.count)))] }
+        return Metrics(results: resultCount, late: dropped, count: durationCount, sum: durationSum,
+                       quantiles: [("0.5", q(0.5)), ("0.9", q(0.9)), ("0.99", q(0.99))])
+    }
 
     public init(modelFile: String, options: Options = Options()) throws {
         let st = try Safetensors(contentsOf: modelFile)
@@ -117,10 +137,17 @@ public final class FusionService: @unchecked Sendable {
             let inputs = names.map { n in
                 CooperativeDetector.AgentInput(features: slots[n]!.features, position: slots[n]!.position, yaw: slots[n]!.yaw)
             }
+            let t0 = monotonicSeconds()
             let boxes = detector.detect(ego: names.firstIndex(of: ego)!, agents: inputs, fusion: options.fusion)
+            let dt = monotonicSeconds() - t0
+            durations[durationCount % durations.count] = dt
+            durationCount += 1
+            durationSum += dt
+            resultCount += 1
             e.fresh = false
             slots[ego] = e
-            outputs.append(Output(agent: ego, sequence: e.sequence, captureTimeNs: e.captureNs, fusedAgents: names, boxes: boxes))
+            outputs.append(Output(agent: ego, sequence: e.sequence, captureTimeNs: e.captureNs, fusedAgents: names, boxes: boxes,
+                                  position: e.position, yaw: e.yaw))
         }
         return outputs
     }
@@ -134,3 +161,5 @@ public final class FusionService: @unchecked Sendable {
                       })
     }
 }
+
+func monotonicSeconds() -> Double { Double(Clock.monotonicNs()) / 1e9 }

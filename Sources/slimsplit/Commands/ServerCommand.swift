@@ -3,6 +3,9 @@ import Logging
 import SlimConfig
 import SlimServer
 import SlimTransport
+import SlimSensors
+import SlimEngine
+import Foundation
 
 struct ServerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -21,6 +24,9 @@ struct ServerCommand: AsyncParsableCommand {
 
     @Option(help: "Stop after this many seconds (0: run until a signal).")
     var duration: Double = 0
+
+    @Option(help: "Prometheus endpoint port (overrides metrics.port; 0 picks a free port).")
+    var metricsPort: Int?
 
     @OptionGroup var log: LogOptions
 
@@ -52,6 +58,13 @@ struct ServerCommand: AsyncParsableCommand {
             fusionRef?.ingest(agent: agent, frame)
         }
         logger.info("listening", metadata: ["endpoint": "\(router.endpoint)"])
+        var metrics: MetricsEndpoint?
+        if cfg.metricsPort != 0 || metricsPort != nil {
+            metrics = try MetricsEndpoint(host: cfg.metricsHost, port: metricsPort ?? cfg.metricsPort) { prometheusText(server: server, fusion: fusionRef) }
+            logger.info("metrics", metadata: ["url": "http://\(cfg.metricsHost):\(metrics!.port)/metrics"])
+        }
+        let recorder = try cfg.recordPath.map { try DetectionRecorder(path: $0, jsonLines: cfg.jsonLines) }
+            ?? cfg.jsonLines.map { try DetectionRecorder(path: nil, jsonLines: $0) }
         // Fusion tick: every agent with a new frame gets the fused detections in its own frame.
         let tickNs = UInt64(1e9 / cfg.tickHz)
         let ticker = Task {
@@ -61,7 +74,10 @@ struct ServerCommand: AsyncParsableCommand {
                 let now = Clock.monotonicNs()
                 if next > now { try? await Task.sleep(nanoseconds: next - now) }
                 next += tickNs
-                for o in fusion.tick() { server.send(fusion.result(o, fusionTimeNs: Clock.wallNs()), toAgent: o.agent) }
+                for o in fusion.tick() {
+                    server.send(fusion.result(o, fusionTimeNs: Clock.wallNs()), toAgent: o.agent)
+                    recorder?.record(o)
+                }
             }
         }
         let signals = onShutdownSignal { router.close() }
@@ -85,6 +101,9 @@ struct ServerCommand: AsyncParsableCommand {
         await server.run()
         timer.cancel()
         ticker.cancel()
+        _ = await ticker.value
+        metrics?.close()
+        try recorder?.finish()  // flushes the recording's last chunk and its summary
         _ = signals
         print(serverTable(server).render())
     }

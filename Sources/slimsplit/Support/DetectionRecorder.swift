@@ -1,0 +1,60 @@
+import Foundation
+import SlimEngine
+import SlimSensors
+import SlimServer
+
+/// Writes the server's fused detections: to an MCAP recording (`/fusion/detections`,
+/// vision_msgs/msg/Detection3DArray in the world frame, plus each agent's reported pose) that
+/// Foxglove opens beside the input recording, and/or as JSON lines.
+final class DetectionRecorder: @unchecked Sendable {
+    private let writer: RecordingWriter?
+    private let lines: FileHandle?
+    private let lock = NSLock()
+
+    init(path: String?, jsonLines: String?) throws {
+        writer = try path.map { try RecordingWriter(path: $0) }
+        if let j = jsonLines {
+            if j == "-" { lines = FileHandle.standardOutput } else {
+                FileManager.default.createFile(atPath: j, contents: nil)
+                lines = FileHandle(forWritingAtPath: j)
+            }
+        } else {
+            lines = nil
+        }
+    }
+
+    func record(_ o: FusionService.Output) {
+        lock.lock()
+        defer { lock.unlock() }
+        let c = cos(o.yaw), s = sin(o.yaw)
+        let world = o.boxes.map { b -> (Double, Double, Double, BEVBox) in
+            (Double(o.position.x + c * b.x - s * b.y), Double(o.position.y + s * b.x + c * b.y), Double(b.yaw + o.yaw), b)
+        }
+        if let writer {
+            let stamp = RosTime(ns: o.captureTimeNs)
+            let dets = world.map { (x, y, yaw, b) in
+                Detection3D(classID: "vehicle", score: Double(b.score), center: Pose3(x: x, y: y, z: 0.8, yaw: yaw),
+                            size: SIMD3(Double(b.length), Double(b.width), 1.6), id: "")
+            }
+            try? writer.write(topic: Topics.fusedDetections, type: Detection3DArray.typeName, timeNs: o.captureTimeNs,
+                              data: Detection3DArray(header: RosHeader(stamp: stamp, frameID: "map"), detections: dets).encoded())
+            try? writer.write(topic: Topics.poseMeasured(o.agent.replacingOccurrences(of: "-", with: "_")), type: PoseStamped.typeName,
+                              timeNs: o.captureTimeNs,
+                              data: PoseStamped(header: RosHeader(stamp: stamp, frameID: "map"),
+                                                pose: Pose3(x: Double(o.position.x), y: Double(o.position.y), yaw: Double(o.yaw))).encoded())
+        }
+        if let lines {
+            let boxes = world.map { (x, y, yaw, b) in
+                "{\"x\":\(x),\"y\":\(y),\"length\":\(b.length),\"width\":\(b.width),\"yaw\":\(yaw),\"score\":\(b.score)}"
+            }.joined(separator: ",")
+            let line = "{\"agent\":\"\(o.agent)\",\"sequence\":\(o.sequence),\"capture_time_ns\":\(o.captureTimeNs),\"fused\":[\(o.fusedAgents.map { "\"\($0)\"" }.joined(separator: ","))],\"frame\":\"map\",\"boxes\":[\(boxes)]}\n"
+            lines.write(Data(line.utf8))
+        }
+    }
+
+    func finish() throws {
+        lock.lock()
+        defer { lock.unlock() }
+        try writer?.finish()
+    }
+}
