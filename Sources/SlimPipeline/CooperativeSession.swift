@@ -22,6 +22,8 @@ public final class CooperativeSession: @unchecked Sendable {
         public var fusion: CooperativeDetector.Fusion = .attention
         public var agents: [String]? = nil
         public var maxFrames: Int? = nil
+        /// Frames to skip at the start (training/evaluate.py skips frame 0).
+        public var firstFrame = 0
         public var lz4 = true
         /// Send frames at their recorded rate instead of as fast as the pipeline goes.
         public var realTime = false
@@ -56,7 +58,8 @@ public final class CooperativeSession: @unchecked Sendable {
     public func run(logger: Logger, progress: (Int, Int) -> Void = { _, _ in }) async throws {
         let rec = try RecordingFrames(path: config.recording)
         let agents = config.agents ?? rec.agents
-        let frames = Array(rec.frames.filter { f in agents.allSatisfy { f.agents[$0]?.points.isEmpty == false } }.prefix(config.maxFrames ?? .max))
+        let frames = Array(rec.frames.filter { f in agents.allSatisfy { f.agents[$0]?.points.isEmpty == false } }
+            .dropFirst(config.firstFrame).prefix(config.maxFrames ?? .max))
         guard !frames.isEmpty else { throw PipelineError("\(config.recording) has no frame with every agent's LiDAR") }
 
         // Server, Curve on with fresh keys.

@@ -34,6 +34,9 @@ struct EvalCommand: AsyncParsableCommand {
     @Option(help: "Fusion: attention or max.")
     var fusion: String = "attention"
 
+    @Option(help: "Skip this many frames at the start (training/evaluate.py evaluates from frame 1).")
+    var firstFrame: Int = 1
+
     @Flag(help: "Print JSON.")
     var json = false
 
@@ -47,6 +50,7 @@ struct EvalCommand: AsyncParsableCommand {
         config.widthIndex = widthIndex
         config.bits = bits
         config.threshold = threshold
+        config.firstFrame = firstFrame
         guard let f = CooperativeDetector.Fusion(rawValue: fusion) else { throw ValidationError("--fusion must be attention or max") }
         config.fusion = f
         let session = CooperativeSession(config)
