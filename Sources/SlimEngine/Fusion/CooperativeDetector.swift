@@ -11,7 +11,7 @@ public final class CooperativeDetector: @unchecked Sendable {
 
     /// One agent's contribution: dequantized features (H × W × C, C ≤ the model's channels, the
     /// first C channels of the full map) and its pose in a common frame.
-    public struct AgentInput {
+    public struct AgentInput: @unchecked Sendable {
         public var features: FloatTensor
         public var position: SIMD2<Float>
         public var yaw: Float
