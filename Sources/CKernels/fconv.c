@@ -72,10 +72,14 @@ DEFINE_FPIXEL(2)
 DEFINE_FPIXEL(3)
 DEFINE_FPIXEL(4)
 
-AVX512_FN int slim_fconv_avx512(const slim_fconv_args *a, const float *x, float *y) {
+int slim_fconv_available(void) {
     static int ok = -1;
     if (ok < 0) { __builtin_cpu_init(); ok = __builtin_cpu_supports("avx512f"); }
-    if (!ok) return 0;
+    return ok;
+}
+
+AVX512_FN int slim_fconv_avx512(const slim_fconv_args *a, const float *x, float *y) {
+    if (!slim_fconv_available()) return 0;
     const int chunks = (a->co + 15) / 16;
     for (int oy = 0; oy < a->out_h; oy++) {
         const int iy0 = oy * a->sh - a->ph;
@@ -122,5 +126,6 @@ AVX512_FN int slim_fconv_avx512(const slim_fconv_args *a, const float *x, float 
     return 1;
 }
 #else
+int slim_fconv_available(void) { return 0; }
 int slim_fconv_avx512(const slim_fconv_args *a, const float *x, float *y) { (void)a; (void)x; (void)y; return 0; }
 #endif

@@ -49,3 +49,6 @@ typedef struct {
 
 /// Runs with AVX-512 (FMA, 16 lanes) when the CPU has it; returns 0 otherwise.
 int slim_fconv_avx512(const slim_fconv_args *a, const float *x, float *y);
+
+/// 1 if `slim_fconv_avx512` runs on this CPU.
+int slim_fconv_available(void);

@@ -74,6 +74,9 @@ public final class FloatConv2d: @unchecked Sendable {
     let packed: UnsafeMutableBufferPointer<SIMD16<Float>>
     let bias: UnsafeMutableBufferPointer<SIMD16<Float>>
     let depthwise: Bool
+    /// Zero-padded copy of the input for the AVX-512 kernel, so every output pixel takes the
+    /// 4-pixel register-tile path (grown once to the largest input, then reused).
+    private var padded: FloatTensor?
 
     /// - Parameters:
     ///   - weight: [out, in / groups, kh, kw] (PyTorch layout).
@@ -138,12 +141,26 @@ public final class FloatConv2d: @unchecked Sendable {
         y.reshape(height: oh, width: ow, channels: outChannels)
         let xs = x.pointer, ys = y.pointer
         let inW = x.width, inH = x.height
-        if !depthwise, !Self.forcePortable {
+        if !depthwise, !Self.forcePortable, slim_fconv_available() != 0 {
+            var src = xs, ih = inH, iw = inW, ph = g.padding.h, pw = g.padding.w
+            if ph > 0 || pw > 0 {
+                let hh = inH + 2 * ph, ww = inW + 2 * pw
+                if padded == nil || padded!.capacity < hh * ww * inChannels {
+                    padded = FloatTensor(height: hh, width: ww, channels: inChannels)
+                }
+                let p = padded!
+                p.reshape(height: hh, width: ww, channels: inChannels)
+                p.fill(0)
+                for r in 0..<inH {
+                    (p.pointer + ((r + ph) * ww + pw) * inChannels).update(from: xs + r * inW * inChannels, count: inW * inChannels)
+                }
+                src = p.pointer; ih = hh; iw = ww; ph = 0; pw = 0
+            }
             var a = slim_fconv_args()
-            a.in_h = Int32(inH); a.in_w = Int32(inW); a.in_cs = Int32(inChannels); a.ci = Int32(inPerGroup)
+            a.in_h = Int32(ih); a.in_w = Int32(iw); a.in_cs = Int32(inChannels); a.ci = Int32(inPerGroup)
             a.out_h = Int32(oh); a.out_w = Int32(ow); a.out_cs = Int32(outChannels); a.co = Int32(outPerGroup)
             a.kh = Int32(g.kernel.h); a.kw = Int32(g.kernel.w); a.sh = Int32(g.stride.h); a.sw = Int32(g.stride.w)
-            a.ph = Int32(g.padding.h); a.pw = Int32(g.padding.w); a.dh = Int32(g.dilation.h); a.dw = Int32(g.dilation.w)
+            a.ph = Int32(ph); a.pw = Int32(pw); a.dh = Int32(g.dilation.h); a.dw = Int32(g.dilation.w)
             a.act = activation == .relu ? 1 : activation == .relu6 ? 2 : 0
             a.active = active
             var done = true
@@ -154,7 +171,7 @@ public final class FloatConv2d: @unchecked Sendable {
                 a.wpack = UnsafeRawPointer(packed.baseAddress! + grp * taps * inPerGroup * chunks).assumingMemoryBound(to: Float.self)
                 a.bias = UnsafeRawPointer(bias.baseAddress! + grp * chunks).assumingMemoryBound(to: Float.self)
                 a.background = background.map { $0 + grp * outPerGroup }
-                done = slim_fconv_avx512(&a, xs, ys) != 0
+                done = slim_fconv_avx512(&a, src, ys) != 0
             }
             if done { return }
         }
