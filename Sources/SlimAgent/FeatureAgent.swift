@@ -79,6 +79,9 @@ public final class FeatureAgent: Sendable {
     /// Called (on the agent's receiving task) for every Result the server sends.
     public typealias ResultHandler = @Sendable (ResultMessage) -> Void
     private let onResult: ResultHandler?
+    /// Goodput and queueing estimate from Acks (read by the adaptation controller).
+    private let estimator = Locked(GoodputEstimator())
+    public var goodput: GoodputEstimator { estimator.value }
 
     /// Connects to the server (in the background; libzmq reconnects with back-off).
     /// - Parameter maxFrameBytes: size of each send buffer; frames that do not fit are a
@@ -153,6 +156,7 @@ public final class FeatureAgent: Sendable {
                     let slot = Int(ack.sequence % UInt64(s.sentAt.count))
                     if s.sentSeq[slot] == ack.sequence {
                         let rtt = now &- s.sentAt[slot]
+                        estimator.withLock { $0.add(bytes: Int(ack.bytesReceived), rttNs: rtt) }
                         if s.stats.rttNs.count < Self.rttWindow { s.stats.rttNs.append(rtt) } else { s.stats.rttNs[s.rttNext] = rtt }
                         s.rttNext = (s.rttNext + 1) % Self.rttWindow
                     }

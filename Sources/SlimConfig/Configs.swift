@@ -91,6 +91,8 @@ public struct AgentConfig: Sendable {
         public var bits: Int
         public var threshold: Double
         public var loop: Bool
+        /// Adapt width and bits to the measured uplink (deadline in seconds), nil: fixed.
+        public var adaptDeadline: Double?
     }
 
     public struct CurveFiles: Sendable {
@@ -156,7 +158,8 @@ public struct AgentConfig: Sendable {
                                      model: src.resolvePath(try src.string("model")),
                                      widthIndex: src.has("width_index") ? try src.int("width_index", in: 0...15) : nil,
                                      bits: try src.int("bits", default: 8, in: 1...8), threshold: try src.double("threshold", default: 0, in: 0...1000),
-                                     loop: try src.bool("loop", default: true))
+                                     loop: try src.bool("loop", default: true),
+                                     adaptDeadline: try src.bool("adapt", default: false) ? try src.double("deadline_ms", default: 100, in: 10...10_000) / 1000 : nil)
         } else {
             source = nil
         }

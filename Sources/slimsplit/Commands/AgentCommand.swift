@@ -80,6 +80,21 @@ struct AgentCommand: AsyncParsableCommand {
         guard !mine.isEmpty else { throw ValidationError("\(source.recording) has no LiDAR for agent \(source.agent) (agents: \(rec.agents))") }
         logger.info("replaying", metadata: ["recording": "\(source.recording)", "agent": "\(source.agent)", "frames": "\(mine.count)"])
         var sent = 0
+        // Adaptation: the configurations of the model's rate–accuracy table (docs/evaluation.md),
+        // bytes scaled from the full-width 8-bit measurement by channels × bits.
+        var controller: WidthController?
+        if let deadline = source.adaptDeadline {
+            let widths = edge.model.architecture.widths
+            let full = 56_949.0, ap: [String: Double] = ["0.8": 26.4, "0.4": 26.7, "0.2": 22.1, "1.8": 27.1, "1.4": 27.2, "1.2": 25.6,
+                                                        "2.8": 25.7, "2.4": 25.7, "2.2": 24.8, "3.8": 26.3, "3.4": 26.4, "3.2": 25.5]
+            var cfgs: [WidthController.Configuration] = []
+            for (wi, w) in widths.enumerated() { for b in [8, 4, 2] where edge.quantization["\(wi).\(b)"] != nil {
+                cfgs.append(.init(widthIndex: wi, bits: b, bytes: full * w * Double(b) / 8, accuracy: ap["\(wi).\(b)"] ?? Double(wi) + Double(b) / 10))
+            } }
+            var c = WidthController(configurations: cfgs)
+            c.deadlineSeconds = deadline
+            controller = c
+        }
         repeat {
             let start = Clock.monotonicNs()
             for f in mine {
@@ -87,6 +102,19 @@ struct AgentCommand: AsyncParsableCommand {
                 let due = start + (f.timeNs - mine[0].timeNs)
                 let now = Clock.monotonicNs()
                 if due > now { try await Task.sleep(nanoseconds: due - now) }
+                if var c = controller {
+                    let g = agent.goodput
+                    let caps = agent.control
+                    let cfg = c.update(goodputBytesPerSecond: g.bytesPerSecond, queueingSeconds: Double(g.queueingNs) / 1e9,
+                                       maxWidthIndex: Int(caps?.maxWidthIndex ?? 255), maxBits: Int(caps?.maxBits ?? 8))
+                    controller = c
+                    if edge.widthIndex != cfg.widthIndex || edge.bits != cfg.bits {
+                        logger.info("adapting", metadata: ["width_index": "\(cfg.widthIndex)", "bits": "\(cfg.bits)",
+                                                           "goodput_kbit_s": "\(Int((g.bytesPerSecond ?? 0) * 8 / 1000))"])
+                        edge.widthIndex = cfg.widthIndex
+                        edge.bits = cfg.bits
+                    }
+                }
                 let af = f.agents[source.agent]!
                 guard let truth = af.pose else { continue }
                 let pose = af.measuredPose ?? truth
