@@ -159,7 +159,9 @@ public struct AgentConfig: Sendable {
                                      widthIndex: src.has("width_index") ? try src.int("width_index", in: 0...15) : nil,
                                      bits: try src.int("bits", default: 8, in: 1...8), threshold: try src.double("threshold", default: 0, in: 0...1000),
                                      loop: try src.bool("loop", default: true),
-                                     adaptDeadline: try src.bool("adapt", default: false) ? try src.double("deadline_ms", default: 100, in: 10...10_000) / 1000 : nil)
+                                     adaptDeadline: nil)
+            let deadline = try src.double("deadline_ms", default: 100, in: 10...10_000) / 1000
+            if try src.bool("adapt", default: false) { source!.adaptDeadline = deadline }
         } else {
             source = nil
         }
