@@ -23,6 +23,9 @@ public final class EdgeEncoder: @unchecked Sendable {
     public var bits: Int
     /// Cells whose feature vector has an L2 norm at or below this are not sent (0: send all).
     public var threshold: Float = 0
+    /// Run the encoder in float instead of int8 (what training/evaluate.py does; for comparing
+    /// with it — agents use int8).
+    public var floatEncoder = false
 
     public init(modelFile path: String, grid: BEVGrid = BEVGrid()) throws {
         let st = try Safetensors(contentsOf: path)
@@ -49,6 +52,30 @@ public final class EdgeEncoder: @unchecked Sendable {
         mask = [UInt8](repeating: 0, count: (oh * ow + 7) / 8)
     }
 
+    private func encodeFloat() -> (channels: Int, height: Int, width: Int, masked: Bool) {
+        let out = encoder.runFloat(bev)
+        let c = out.channels, h = out.height, w = out.width, cells = h * w
+        guard let q = quantization["\(widthIndex).\(bits)"] else {
+            preconditionFailure("no feature quantization for width \(widthIndex), \(bits) bits in \(model.file)")
+        }
+        let qmax = Float((1 << bits) - 1)
+        let masked = threshold > 0
+        if masked { for i in 0..<mask.count { mask[i] = 0 } }
+        let background = encoder.plans[encoder.outputLayer].floatBackground[widthIndex]
+        for cell in 0..<cells {
+            let src = out.pointer + cell * c
+            if masked {
+                var n: Float = 0
+                for ch in 0..<c { let d = src[ch] - background[ch]; n += d * d }
+                if n > threshold * threshold { mask[cell >> 3] |= 1 << UInt8(cell & 7) }
+            }
+            for ch in 0..<c {
+                dense[ch * cells + cell] = UInt8(min(max((src[ch] / q.scale[ch] + q.zeroPoint[ch]).rounded(.toNearestOrEven), 0), qmax))
+            }
+        }
+        return (c, h, w, masked)
+    }
+
     /// The last frame's features as the server dequantizes them (H × W × C, NHWC), for
     /// evaluating the pipeline offline; cells outside the mask are 0.
     public func dequantized(into t: FloatTensor, channels c: Int, height h: Int, width w: Int, masked: Bool) {
@@ -72,6 +99,7 @@ public final class EdgeEncoder: @unchecked Sendable {
     /// - Returns: the feature map's shape and whether a mask applies.
     public func encode(_ points: UnsafeBufferPointer<SIMD4<Float>>, sensorHeight: Float) -> (channels: Int, height: Int, width: Int, masked: Bool) {
         featurizer.featurize(points, sensorHeight: sensorHeight, into: bev)
+        if floatEncoder { return encodeFloat() }
         let out = encoder.runInt8(bev)
         let c = out.channels, h = out.height, w = out.width, cells = h * w
         guard let table = tables["\(widthIndex).\(bits)"], let q = encoder.outputQuant else {

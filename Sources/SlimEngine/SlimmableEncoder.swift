@@ -26,7 +26,7 @@ public final class SlimmableEncoder: @unchecked Sendable {
         public let outHeight: Int, outWidth: Int
         let floatConv: [FloatConv2d]  // per width
         let qconv: [QConv2d]          // per width (empty without int8)
-        let floatBackground: [[Float]]
+        public let floatBackground: [[Float]]
         public let qBackground: [[UInt8]]
         let activity: UnsafeMutableBufferPointer<UInt8>
         /// Horizontal pass of the activity dilation: input rows × output columns.

@@ -24,6 +24,8 @@ public final class CooperativeSession: @unchecked Sendable {
         public var maxFrames: Int? = nil
         /// Frames to skip at the start (training/evaluate.py skips frame 0).
         public var firstFrame = 0
+        /// Float encoder on the agents (to compare with training/evaluate.py); default int8.
+        public var floatEncoder = false
         public var lz4 = true
         /// Send frames at their recorded rate instead of as fast as the pipeline goes.
         public var realTime = false
@@ -96,6 +98,7 @@ public final class CooperativeSession: @unchecked Sendable {
             e.widthIndex = config.widthIndex ?? (e.model.architecture.widths.count - 1)
             e.bits = config.bits
             e.threshold = config.threshold
+            e.floatEncoder = config.floatEncoder
             edge[a] = e
             let identity = AgentIdentity(agentID: a.replacingOccurrences(of: "_", with: "-").isEmpty ? a : a, modelID: e.modelID,
                                          widths: e.model.architecture.widths.map { UInt16(($0 * 1000).rounded()) }, bitsMask: e.bitsMask)

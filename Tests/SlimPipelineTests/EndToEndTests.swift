@@ -61,3 +61,28 @@ struct EndToEndTests {
         }
     }
 }
+
+@Suite("slimsplit eval agrees with training/evaluate.py")
+struct EvalAgreementTests {
+    /// training/evaluate.py's AP on the committed sample (Tests/Fixtures/eval/sample_python_ap.json).
+    @Test(arguments: [(3, 8, "intermediate, w=1.0, 8 bit"), (0, 4, "intermediate, w=0.25, 4 bit")])
+    func sameAP(widthIndex: Int, bits: Int, name: String) async throws {
+        let doc = try JSONSerialization.jsonObject(with: Data(contentsOf: root.appendingPathComponent("Tests/Fixtures/eval/sample_python_ap.json"))) as! [String: Any]
+        let r = (doc["results"] as! [[String: Any]]).first { $0["name"] as? String == name }!
+        let want = r["ap"] as! [String: Double]
+        var logger = Logger(label: "test")
+        logger.logLevel = .error
+        var config = CooperativeSession.Config(recording: samplePath, model: modelPath)
+        config.widthIndex = widthIndex
+        config.bits = bits
+        config.firstFrame = 1          // evaluate.py evaluates from frame 1
+        config.floatEncoder = true     // evaluate.py runs the encoder in float
+        let session = CooperativeSession(config)
+        try await session.run(logger: logger)
+        var fused = AveragePrecision()
+        for rep in session.reports.values { fused.merge(rep.fusedAP) }
+        for (i, t) in ["0.3", "0.5", "0.7"].enumerated() {
+            #expect(abs(Double(fused.percent[i]) - want[t]!) <= 0.5, "AP@\(t): Swift \(fused.percent[i]), Python \(want[t]!)")
+        }
+    }
+}

@@ -37,6 +37,9 @@ struct EvalCommand: AsyncParsableCommand {
     @Option(help: "Skip this many frames at the start (training/evaluate.py evaluates from frame 1).")
     var firstFrame: Int = 1
 
+    @Flag(help: "Run the agents' encoder in float, as training/evaluate.py does (agents run int8).")
+    var floatEncoder = false
+
     @Flag(help: "Print JSON.")
     var json = false
 
@@ -51,6 +54,7 @@ struct EvalCommand: AsyncParsableCommand {
         config.bits = bits
         config.threshold = threshold
         config.firstFrame = firstFrame
+        config.floatEncoder = floatEncoder
         guard let f = CooperativeDetector.Fusion(rawValue: fusion) else { throw ValidationError("--fusion must be attention or max") }
         config.fusion = f
         let session = CooperativeSession(config)
