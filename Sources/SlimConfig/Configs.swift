@@ -17,6 +17,9 @@ public struct ServerConfig: Sendable {
     public var recordPath: String?
     /// File (or "-" for stdout) that gets one JSON line per Result.
     public var jsonLines: String?
+    /// ZeroMQ PUB endpoint publishing one JSON message per Result (nil: off).
+    public var publish: String?
+    public var useLateFrames: Bool
     /// Prometheus endpoint port (0: off) and host.
     public var metricsPort: Int
     public var metricsHost: String
@@ -66,6 +69,11 @@ public struct ServerConfig: Sendable {
         }
         recordPath = try f.optionalString("record").map { f.resolvePath($0) }
         jsonLines = try f.optionalString("json_lines").map { $0 == "-" ? "-" : f.resolvePath($0) }
+        publish = try f.optionalString("publish")
+        useLateFrames = try f.string("late_frames", default: "drop") == "use"
+        guard ["drop", "use"].contains(try f.string("late_frames", default: "drop")) else {
+            throw ConfigError(file: f.file, key: f.keyPath("late_frames"), problem: "must be drop or use")
+        }
         let m = try root.section("metrics")
         metricsPort = try m.int("port", default: 9464, in: 0...65535)
         metricsHost = try m.string("host", default: "0.0.0.0")

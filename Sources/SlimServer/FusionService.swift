@@ -18,6 +18,9 @@ public final class FusionService: @unchecked Sendable {
         /// second thread did not shorten the tick (39 ms either way for 4 agents), so the
         /// default is 1; servers with real cores can raise it.
         public var threads = 1
+        /// Fuse frames outside the window anyway, each with its own pose (they are still
+        /// counted as late); by default they are left out.
+        public var useLateFrames = false
         public var fusion: CooperativeDetector.Fusion = .attention
         public var boxHeight: Float = 1.6
         public init() {}
@@ -139,7 +142,7 @@ public final class FusionService: @unchecked Sendable {
             let names = slots.keys.sorted().filter { n in
                 let s = slots[n]!
                 let dt = s.captureNs > e.captureNs ? s.captureNs - e.captureNs : e.captureNs - s.captureNs
-                if dt > options.windowNs, n != ego { dropped += 1; return false }
+                if dt > options.windowNs, n != ego { dropped += 1; return options.useLateFrames }
                 return true
             }
             let inputs = names.map { n in

@@ -159,3 +159,33 @@ public final class DealerEndpoint: Sendable {
     public func close() { loop.stop() }
     deinit { loop.stop() }
 }
+
+/// A PUB socket that publishes messages to any number of subscribers (e.g. fused detections as
+/// JSON), on its own thread. Slow subscribers lose messages (libzmq's PUB semantics), never the
+/// publisher's time.
+public final class PublisherEndpoint: Sendable {
+    private let loop: SocketLoop
+    public let endpoint: String
+
+    public init(bind endpoint: String, options: SocketOptions = SocketOptions()) throws(ZMQError) {
+        let context = ZMQContext()
+        let socket = try ZMQSocket(context, type: ZMQ_PUB)
+        try socket.set(ZMQ_LINGER, 0)
+        try socket.set(ZMQ_SNDHWM, options.sendHWM)
+        try socket.bind(endpoint)
+        self.endpoint = socket.lastEndpoint
+        loop = try SocketLoop(socket: socket, isRouter: false, zap: nil, monitorEndpoint: nil, inboundCapacity: 1)
+        loop.start(name: "slimsplit-pub")
+    }
+
+    /// Publishes one message (copied). Never blocks.
+    public func publish(_ bytes: [UInt8]) {
+        let m = ZMQMessage(size: bytes.count)
+        bytes.withUnsafeBytes { m.mutableBytes.copyMemory(from: $0) }
+        loop.enqueue(m, to: nil)
+    }
+
+    public var counters: TransportCounters { loop.counters }
+    public func close() { loop.stop() }
+    deinit { loop.stop() }
+}

@@ -72,6 +72,7 @@ final class SocketLoop: @unchecked Sendable {
     private let zap: ZAPHandler?
     private let monitor: ZMQSocket?
     private let isRouter: Bool
+    private let sendOnly: Bool
     private let shared = Mutex(Shared())
     private let wakeRead: Int32
     private let wakeWrite: Int32
@@ -84,6 +85,10 @@ final class SocketLoop: @unchecked Sendable {
          inboundCapacity: Int) throws(ZMQError) {
         self.socket = socket
         self.isRouter = isRouter
+        var type: Int32 = 0
+        var len = MemoryLayout<Int32>.size
+        zmq_getsockopt(socket.handle, ZMQ_TYPE, &type, &len)
+        sendOnly = type == ZMQ_PUB
         self.zap = zap
         if let monitorEndpoint {
             try check(zmq_socket_monitor(socket.handle, monitorEndpoint,
@@ -175,7 +180,7 @@ final class SocketLoop: @unchecked Sendable {
             if stopping { break }
             let hasFrame = greeted && (frame != nil || shared.withLock { $0.frame != nil })
             items[0] = zmq_pollitem_t(socket: socket.handle, fd: 0,
-                                      events: Int16(ZMQ_POLLIN) | ((outbox.isEmpty && !hasFrame) ? 0 : Int16(ZMQ_POLLOUT)), revents: 0)
+                                      events: (sendOnly ? 0 : Int16(ZMQ_POLLIN)) | ((outbox.isEmpty && !hasFrame) ? 0 : Int16(ZMQ_POLLOUT)), revents: 0)
             items[1] = zmq_pollitem_t(socket: nil, fd: wakeRead, events: Int16(ZMQ_POLLIN), revents: 0)
             var n: Int32 = 2
             if let zap { items[Int(n)] = zmq_pollitem_t(socket: zap.socket.handle, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0); n += 1 }

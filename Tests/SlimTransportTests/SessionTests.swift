@@ -1,3 +1,4 @@
+import CZeroMQ
 import Foundation
 import SlimAgent
 import SlimServer
@@ -103,5 +104,36 @@ struct SessionTests {
         #expect(s?.keyName == "ref-1")
         #expect(server.server.rejections.isEmpty)
         await server.stop()
+    }
+}
+
+@Suite("Publishing fused detections")
+struct PublisherTests {
+    @Test("a SUB client receives what the PUB endpoint publishes")
+    func pubSub() async throws {
+        let pub = try PublisherEndpoint(bind: "tcp://127.0.0.1:0")
+        let ctx = zmq_ctx_new()!
+        let sub = zmq_socket(ctx, ZMQ_SUB)!
+        zmq_setsockopt(sub, ZMQ_SUBSCRIBE, "", 0)
+        zmq_connect(sub, pub.endpoint)
+        var got: [UInt8]?
+        // PUB drops messages until the subscription arrives (the "slow joiner"): publish until one lands.
+        for _ in 0..<200 where got == nil {
+            pub.publish(Array("{\"agent\":\"car-1\"}".utf8))
+            var item = zmq_pollitem_t(socket: sub, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0)
+            if zmq_poll(&item, 1, 20) > 0 {
+                var msg = zmq_msg_t()
+                zmq_msg_init(&msg)
+                zmq_msg_recv(&msg, sub, 0)
+                got = Array(UnsafeRawBufferPointer(start: zmq_msg_data(&msg), count: zmq_msg_size(&msg)))
+                zmq_msg_close(&msg)
+            }
+        }
+        #expect(got.map { String(decoding: $0, as: UTF8.self) } == "{\"agent\":\"car-1\"}")
+        var zero: Int32 = 0
+        zmq_setsockopt(sub, ZMQ_LINGER, &zero, 4)
+        zmq_close(sub)
+        zmq_ctx_term(ctx)
+        pub.close()
     }
 }

@@ -50,6 +50,7 @@ struct ServerCommand: AsyncParsableCommand {
             var fo = FusionService.Options()
             fo.windowNs = UInt64(cfg.windowMs * 1e6)
             fo.fusion = cfg.fusionMode == "max" ? .max : .attention
+            fo.useLateFrames = cfg.useLateFrames
             fusion = try FusionService(modelFile: model, options: fo)
             logger.info("fusion on", metadata: ["model": "\(model)", "tick_hz": "\(cfg.tickHz)", "mode": "\(cfg.fusionMode)"])
         }
@@ -63,8 +64,8 @@ struct ServerCommand: AsyncParsableCommand {
             metrics = try MetricsEndpoint(host: cfg.metricsHost, port: metricsPort ?? cfg.metricsPort) { prometheusText(server: server, fusion: fusionRef) }
             logger.info("metrics", metadata: ["url": "http://\(cfg.metricsHost):\(metrics!.port)/metrics"])
         }
-        let recorder = try cfg.recordPath.map { try DetectionRecorder(path: $0, jsonLines: cfg.jsonLines) }
-            ?? cfg.jsonLines.map { try DetectionRecorder(path: nil, jsonLines: $0) }
+        let recorder: DetectionRecorder? = cfg.recordPath != nil || cfg.jsonLines != nil || cfg.publish != nil
+            ? try DetectionRecorder(path: cfg.recordPath, jsonLines: cfg.jsonLines, publish: cfg.publish) : nil
         // Fusion tick: every agent with a new frame gets the fused detections in its own frame.
         let tickNs = UInt64(1e9 / cfg.tickHz)
         let ticker = Task {

@@ -2,6 +2,7 @@ import Foundation
 import SlimEngine
 import SlimSensors
 import SlimServer
+import SlimTransport
 
 /// Writes the server's fused detections: to an MCAP recording (`/fusion/detections`,
 /// vision_msgs/msg/Detection3DArray in the world frame, plus each agent's reported pose) that
@@ -9,10 +10,12 @@ import SlimServer
 final class DetectionRecorder: @unchecked Sendable {
     private let writer: RecordingWriter?
     private let lines: FileHandle?
+    private let publisher: PublisherEndpoint?
     private let lock = NSLock()
 
-    init(path: String?, jsonLines: String?) throws {
+    init(path: String?, jsonLines: String?, publish: String? = nil) throws {
         writer = try path.map { try RecordingWriter(path: $0) }
+        publisher = try publish.map { try PublisherEndpoint(bind: $0) }
         if let j = jsonLines {
             if j == "-" { lines = FileHandle.standardOutput } else {
                 FileManager.default.createFile(atPath: j, contents: nil)
@@ -43,12 +46,13 @@ final class DetectionRecorder: @unchecked Sendable {
                               data: PoseStamped(header: RosHeader(stamp: stamp, frameID: "map"),
                                                 pose: Pose3(x: Double(o.position.x), y: Double(o.position.y), yaw: Double(o.yaw))).encoded())
         }
-        if let lines {
+        if lines != nil || publisher != nil {
             let boxes = world.map { (x, y, yaw, b) in
                 "{\"x\":\(x),\"y\":\(y),\"length\":\(b.length),\"width\":\(b.width),\"yaw\":\(yaw),\"score\":\(b.score)}"
             }.joined(separator: ",")
             let line = "{\"agent\":\"\(o.agent)\",\"sequence\":\(o.sequence),\"capture_time_ns\":\(o.captureTimeNs),\"fused\":[\(o.fusedAgents.map { "\"\($0)\"" }.joined(separator: ","))],\"frame\":\"map\",\"boxes\":[\(boxes)]}\n"
-            lines.write(Data(line.utf8))
+            lines?.write(Data(line.utf8))
+            publisher?.publish(Array(line.dropLast().utf8))
         }
     }
 
@@ -56,5 +60,6 @@ final class DetectionRecorder: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         try writer?.finish()
+        publisher?.close()
     }
 }
