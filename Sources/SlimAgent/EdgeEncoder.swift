@@ -1,6 +1,7 @@
 import SlimEngine
 import SlimSensors
 import SlimWire
+import SlimTransport
 
 /// The agent's per-frame pipeline up to the wire: points → BEV grid → int8 encoder at the
 /// current width → per-channel quantization to the current bit depth → optional cell mask.
@@ -26,6 +27,8 @@ public final class EdgeEncoder: @unchecked Sendable {
     /// Run the encoder in float instead of int8 (what training/evaluate.py does; for comparing
     /// with it — agents use int8).
     public var floatEncoder = false
+    /// Seconds of the last `encode`: featurize, encoder, quantize (+ mask).
+    public private(set) var lastStageSeconds: (featurize: Double, encode: Double, quantize: Double) = (0, 0, 0)
 
     public init(modelFile path: String, grid: BEVGrid = BEVGrid()) throws {
         let st = try Safetensors(contentsOf: path)
@@ -98,9 +101,17 @@ public final class EdgeEncoder: @unchecked Sendable {
     /// Runs the pipeline on one sweep. `dense` (and `mask` when masked) hold the result.
     /// - Returns: the feature map's shape and whether a mask applies.
     public func encode(_ points: UnsafeBufferPointer<SIMD4<Float>>, sensorHeight: Float) -> (channels: Int, height: Int, width: Int, masked: Bool) {
+        let t0 = Clock.monotonicNs()
         featurizer.featurize(points, sensorHeight: sensorHeight, into: bev)
-        if floatEncoder { return encodeFloat() }
+        let t1 = Clock.monotonicNs()
+        if floatEncoder {
+            let r = encodeFloat()
+            lastStageSeconds = (Double(t1 - t0) / 1e9, Double(Clock.monotonicNs() - t1) / 1e9, 0)
+            return r
+        }
         let out = encoder.runInt8(bev)
+        let t2 = Clock.monotonicNs()
+        defer { lastStageSeconds = (Double(t1 - t0) / 1e9, Double(t2 - t1) / 1e9, Double(Clock.monotonicNs() - t2) / 1e9) }
         let c = out.channels, h = out.height, w = out.width, cells = h * w
         guard let table = tables["\(widthIndex).\(bits)"], let q = encoder.outputQuant else {
             preconditionFailure("no feature quantization for width \(widthIndex), \(bits) bits in \(model.file)")
@@ -108,7 +119,7 @@ public final class EdgeEncoder: @unchecked Sendable {
         let masked = threshold > 0
         let background = encoder.plans[encoder.outputLayer].qBackground[widthIndex]
         if masked { for i in 0..<mask.count { mask[i] = 0 } }
-        let t2 = threshold * threshold
+        let thresholdSquared = threshold * threshold
         dense.withUnsafeMutableBufferPointer { d in
             table.withUnsafeBufferPointer { tb in
                 for cell in 0..<cells {
@@ -120,7 +131,7 @@ public final class EdgeEncoder: @unchecked Sendable {
                             let x = q.scale * Float(Int32(src[ch]) - Int32(background[ch]))
                             n += x * x
                         }
-                        if n > t2 { mask[cell >> 3] |= 1 << UInt8(cell & 7) }
+                        if n > thresholdSquared { mask[cell >> 3] |= 1 << UInt8(cell & 7) }
                     }
                     for ch in 0..<c { d[ch * cells + cell] = tb[ch * 256 + Int(src[ch])] }
                 }

@@ -17,6 +17,8 @@ public struct AgentLinkStats: Sendable, Equatable {
     public var control: Control?
     public var results = 0
     public var connects = 0
+    /// Seconds the last frame took to pack, compress and seal (CRC).
+    public var lastPackSeconds = 0.0
     /// Round-trip times (submit → Ack) of the last `rttWindow` acknowledged frames, in ns.
     public var rttNs: [UInt64] = []
 
@@ -117,8 +119,10 @@ public final class FeatureAgent: Sendable {
         var h = header
         h.agentID = identity.agentID
         h.sequence = state.withLock { s in s.sequence += 1; return s.sequence }
+        let t0 = Clock.monotonicNs()
         let length = encoder.withLock { $0.encoder.encode(h, dense: dense, mask: mask, into: buffer.bytes).length }
         let now = Clock.monotonicNs()
+        state.withLock { $0.stats.lastPackSeconds = Double(now - t0) / 1e9 }
         state.withLock { s in
             let slot = Int(h.sequence % UInt64(s.sentAt.count))
             s.sentAt[slot] = now

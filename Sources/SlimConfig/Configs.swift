@@ -89,6 +89,9 @@ public struct AgentConfig: Sendable {
     public var synthetic: SyntheticSource
     /// Replay a recording through the model (nil: stream synthetic features).
     public var source: RecordingSource?
+    /// Prometheus endpoint of the agent (port 0: off).
+    public var metricsPort: Int
+    public var metricsHost: String
 
     public struct RecordingSource: Sendable {
         public var recording: String
@@ -160,6 +163,9 @@ public struct AgentConfig: Sendable {
             _ = try curve.optionalString("secret_key")
         }
         socket = try socketOptions(try root.section("socket"))
+        let am = try root.section("metrics")
+        metricsPort = try am.int("port", default: 0, in: 0...65535)
+        metricsHost = try am.string("host", default: "0.0.0.0")
         let src = try root.section("source")
         if let rec = try src.optionalString("recording") {
             source = RecordingSource(recording: src.resolvePath(rec), agent: try src.string("agent", default: agentID.replacingOccurrences(of: "-", with: "_")),

@@ -56,11 +56,21 @@ public final class FusionService: @unchecked Sendable {
     public private(set) var dropped = 0
     private var durations = [Double](repeating: 0, count: 512)  // ring of per-agent fusion times (s)
     private var durationCount = 0, durationSum = 0.0, resultCount = 0
+    /// Per stage (decode, warp_fuse, head, nms): recent durations in seconds.
+    private var stageTimes: [String: [Double]] = [:]
+    private func addStage(_ name: String, _ s: Double) {
+        var v = stageTimes[name] ?? []
+        if v.count >= 512 { v.removeFirst(v.count - 511) }
+        v.append(s)
+        stageTimes[name] = v
+    }
 
     /// Counters and recent fusion durations, for the metrics endpoint.
     public struct Metrics: Sendable {
         public var results: Int, late: Int, count: Int, sum: Double
         public var quantiles: [(String, Double)]
+        /// Stage → (p50, p99) seconds.
+        public var stages: [(String, Double, Double)]
     }
 
     public var metrics: Metrics {
@@ -68,8 +78,12 @@ public final class FusionService: @unchecked Sendable {
         defer { lock.unlock() }
         let recent = Array(durations.prefix(min(durationCount, durations.count))).sorted()
         func q(_ p: Double) -> Double { recent.isEmpty ? 0 : recent[min(recent.count - 1, Int(p * Double(recent.count)))] }
+        let stages = stageTimes.keys.sorted().map { k -> (String, Double, Double) in
+            let v = stageTimes[k]!.sorted()
+            return (k, v[min(v.count - 1, v.count / 2)], v[min(v.count - 1, Int(0.99 * Double(v.count)))])
+        }
         return Metrics(results: resultCount, late: dropped, count: durationCount, sum: durationSum,
-                       quantiles: [("0.5", q(0.5)), ("0.9", q(0.9)), ("0.99", q(0.99))])
+                       quantiles: [("0.5", q(0.5)), ("0.9", q(0.9)), ("0.99", q(0.99))], stages: stages)
     }
 
     public init(modelFile: String, options: Options = Options()) throws {
@@ -84,6 +98,8 @@ public final class FusionService: @unchecked Sendable {
     /// shape does not match the model's transmitted map.
     @discardableResult
     public func ingest(agent: String, _ f: FeatureFrameDecoder.Decoded) -> Bool {
+        let t0 = monotonicSeconds()
+        defer { let dt = monotonicSeconds() - t0; lock.lock(); addStage("dequantize", dt); lock.unlock() }
         let h = f.header
         guard h.height == detector.height, h.width == detector.width, h.channels <= maxChannels else { return false }
         let params: (scale: [Float], zp: [Float])
@@ -150,7 +166,7 @@ public final class FusionService: @unchecked Sendable {
             }
             jobs.append(Job(ego: ego, slot: e, names: names, inputs: inputs))
         }
-        let results = Locked<[Int: ([BEVBox], Double)]>([:])
+        let results = Locked<[Int: ([BEVBox], Double, (Double, Double, Double))]>([:])
         let workers = min(detectors.count, jobs.count)
         let fusionMode = options.fusion
         let dets = detectors
@@ -161,13 +177,17 @@ public final class FusionService: @unchecked Sendable {
                 let t0 = monotonicSeconds()
                 let boxes = dets[w].detect(ego: j.names.firstIndex(of: j.ego)!, agents: j.inputs, fusion: fusionMode)
                 let dt = monotonicSeconds() - t0
-                results.withLock { $0[k] = (boxes, dt) }
+                let st = dets[w].lastStageSeconds
+                results.withLock { $0[k] = (boxes, dt, (st.warpFuse, st.head, st.nms)) }
             }
         }
         var outputs: [Output] = []
         let done = results.value
         for (k, j) in jobs.enumerated() {
-            guard let (boxes, dt) = done[k] else { continue }
+            guard let (boxes, dt, st) = done[k] else { continue }
+            addStage("warp_fuse", st.0)
+            addStage("head", st.1)
+            addStage("nms", st.2)
             durations[durationCount % durations.count] = dt
             durationCount += 1
             durationSum += dt

@@ -108,6 +108,11 @@ public func prometheusText(server: FeatureServer, fusion: FusionService?) -> Str
         for (q, v) in f.quantiles { lines.append("slimsplit_fusion_seconds{quantile=\"\(q)\"} \(v)") }
         lines.append("slimsplit_fusion_seconds_sum \(f.sum)")
         lines.append("slimsplit_fusion_seconds_count \(f.count)")
+        metric("stage_seconds", "summary", "Server stages per agent-frame: dequantize, warp_fuse, head (backbone and heads), nms (decode and NMS).")
+        for (stage, p50, p99) in f.stages {
+            lines.append("slimsplit_stage_seconds{stage=\"\(stage)\",quantile=\"0.5\"} \(p50)")
+            lines.append("slimsplit_stage_seconds{stage=\"\(stage)\",quantile=\"0.99\"} \(p99)")
+        }
     }
     return lines.joined(separator: "\n") + "\n"
 }

@@ -25,6 +25,8 @@ public final class CooperativeDetector: @unchecked Sendable {
     public let channels: Int, height: Int, width: Int
     public let halfExtent: Float, cell: Float
     public var peakThreshold: Float = 0.05
+    /// Seconds spent in the last `detect`: warp + fuse, backbone + head, decode + NMS.
+    public private(set) var lastStageSeconds: (warpFuse: Double, head: Double, nms: Double) = (0, 0, 0)
     public var topK = 60
     public var nmsIoU: Float = 0.1
 
@@ -107,6 +109,7 @@ public final class CooperativeDetector: @unchecked Sendable {
     /// sin/cos), each H × W × C. Valid until the next call.
     public func forward(ego: Int, agents: [AgentInput], fusion: Fusion = .attention) -> [FloatTensor] {
         precondition(agents.count <= warped.count && agents.indices.contains(ego))
+        let t0 = now()
         for (j, ag) in agents.enumerated() {
             let f = ag.features
             // Zero fill to the full channel count.
@@ -145,6 +148,7 @@ public final class CooperativeDetector: @unchecked Sendable {
                 }
             }
         }
+        let t1 = now()
         var x = fused, y = a
         for conv in backbone {
             conv.run(x, into: y)
@@ -153,6 +157,7 @@ public final class CooperativeDetector: @unchecked Sendable {
         }
         shared.run(x, into: y)
         for (h, out) in zip(heads, outs) { h.run(y, into: out) }
+        lastStageSeconds = (t1 - t0, now() - t1, 0)
         return outs
     }
 
@@ -160,6 +165,8 @@ public final class CooperativeDetector: @unchecked Sendable {
     /// `topK`), then rotated NMS.
     public func detect(ego: Int, agents: [AgentInput], fusion: Fusion = .attention) -> [BEVBox] {
         let o = forward(ego: ego, agents: agents, fusion: fusion)
+        let t2 = now()
+        defer { lastStageSeconds.nms = now() - t2 }
         let hm = o[0], off = o[1], size = o[2], yaw = o[3]
         var cands: [(Float, Int)] = []
         for i in 0..<height {
@@ -183,4 +190,10 @@ public final class CooperativeDetector: @unchecked Sendable {
         }
         return RotatedIoU.nms(boxes, threshold: nmsIoU)
     }
+}
+
+private func now() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }

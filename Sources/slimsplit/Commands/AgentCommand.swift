@@ -2,6 +2,7 @@ import ArgumentParser
 import Logging
 import SlimAgent
 import SlimConfig
+import SlimServer
 import SlimSensors
 import SlimWire
 import SlimTransport
@@ -24,6 +25,9 @@ struct AgentCommand: AsyncParsableCommand {
 
     @Option(help: "Override synthetic.frames (0: until a signal).")
     var frames: Int?
+
+    @Option(help: "Prometheus endpoint port for this agent (overrides metrics.port).")
+    var metricsPort: Int?
 
     @OptionGroup var log: LogOptions
 
@@ -51,12 +55,21 @@ struct AgentCommand: AsyncParsableCommand {
                                      maxFrameBytes: max(1 << 20, maxFrameBytes(cfg.synthetic, agentID: cfg.agentID)), logger: logger)
         let dealer = agent.endpoint
         let stop = Locked(false)
+        let stages = AgentStageTimes()
+        var metrics: MetricsEndpoint?
+        if let port = metricsPort ?? (cfg.metricsPort == 0 ? nil : cfg.metricsPort) {
+            let e = edge
+            metrics = try MetricsEndpoint(host: cfg.metricsHost, port: port) {
+                agentPrometheusText(agent, stages: stages, widthIndex: e?.widthIndex, bits: e?.bits)
+            }
+            logger.info("metrics", metadata: ["url": "http://\(cfg.metricsHost):\(metrics!.port)/metrics"])
+        }
         let signals = onShutdownSignal { stop.withLock { $0 = true } }
         let consumer = Task { await agent.run() }
         logger.info("streaming", metadata: ["agent": "\(cfg.agentID)", "server": "\(dealer.endpoint)"])
         let start = Clock.monotonicNs()
         if let edge, let src = cfg.source {
-            try await runRecording(agent: agent, edge: edge, source: src, frames: frames, stop: stop, logger: logger)
+            try await runRecording(agent: agent, edge: edge, source: src, frames: frames, stop: stop, stages: stages, logger: logger)
         } else {
             await runSynthetic(agent: agent, source: cfg.synthetic, seed: 1, stop: stop)
         }
@@ -67,6 +80,7 @@ struct AgentCommand: AsyncParsableCommand {
         }
         dealer.close()
         await consumer.value
+        metrics?.close()
         _ = signals
         print(agentTable([agent], seconds: Double(Clock.monotonicNs() - start) / 1e9).render())
         if agent.stats.acks == 0 { throw ExitCode(1) }
@@ -74,7 +88,7 @@ struct AgentCommand: AsyncParsableCommand {
 
     /// Replays one agent of a recording through the edge encoder at the recorded rate.
     private func runRecording(agent: FeatureAgent, edge: EdgeEncoder, source: AgentConfig.RecordingSource, frames: Int?,
-                              stop: Locked<Bool>, logger: Logger) async throws {
+                              stop: Locked<Bool>, stages: AgentStageTimes, logger: Logger) async throws {
         let rec = try RecordingFrames(path: source.recording)
         let mine = rec.frames.filter { $0.agents[source.agent]?.points.isEmpty == false }
         guard !mine.isEmpty else { throw ValidationError("\(source.recording) has no LiDAR for agent \(source.agent) (agents: \(rec.agents))") }
@@ -124,6 +138,11 @@ struct AgentCommand: AsyncParsableCommand {
                                            widthIndex: UInt8(edge.widthIndex), bits: UInt8(edge.bits), channels: shape.channels,
                                            height: shape.height, width: shape.width, quant: .model, masked: shape.masked, codec: .lz4)
                 _ = edge.dense.withUnsafeBufferPointer { d in edge.mask.withUnsafeBytes { m in agent.submit(h, dense: d, mask: shape.masked ? m : nil) } }
+                let st = edge.lastStageSeconds
+                stages.add("featurize", st.featurize)
+                stages.add("encode", st.encode)
+                stages.add("quantize", st.quantize)
+                stages.add("pack", agent.stats.lastPackSeconds)
                 sent += 1
             }
         } while source.loop && !stop.value

@@ -1,0 +1,69 @@
+import Glibc
+import SlimAgent
+
+/// Recent per-stage times of an agent (seconds), for its Prometheus endpoint.
+final class AgentStageTimes: @unchecked Sendable {
+    private let lock = NSLockLike()
+    private var times: [String: [Double]] = [:]
+
+    func add(_ stage: String, _ s: Double) {
+        lock.locked {
+            var v = times[stage] ?? []
+            if v.count >= 512 { v.removeFirst(v.count - 511) }
+            v.append(s)
+            times[stage] = v
+        }
+    }
+
+    func quantiles() -> [(String, Double, Double)] {
+        lock.locked {
+            times.keys.sorted().map { k in
+                let v = times[k]!.sorted()
+                return (k, v[v.count / 2], v[min(v.count - 1, Int(0.99 * Double(v.count)))])
+            }
+        }
+    }
+}
+
+/// Prometheus text for an agent: frames, acks, results, drops, bytes, RTT, goodput, stages.
+func agentPrometheusText(_ a: FeatureAgent, stages: AgentStageTimes, widthIndex: Int?, bits: Int?) -> String {
+    let s = a.stats
+    let id = a.identity.agentID
+    var l: [String] = []
+    func m(_ name: String, _ type: String, _ help: String, _ value: String, labels: String = "") {
+        l.append("# HELP slimsplit_agent_\(name) \(help)")
+        l.append("# TYPE slimsplit_agent_\(name) \(type)")
+        l.append("slimsplit_agent_\(name){agent=\"\(id)\"\(labels)} \(value)")
+    }
+    m("frames_total", "counter", "Frames submitted.", "\(s.framesSubmitted)")
+    m("acks_total", "counter", "Frames acknowledged by the server.", "\(s.acks)")
+    m("results_total", "counter", "Results (detections) received.", "\(s.results)")
+    m("dropped_total", "counter", "Frames dropped before sending, by reason.", "\(s.framesReplaced)", labels: ",reason=\"replaced_by_newer\"")
+    l.append("slimsplit_agent_dropped_total{agent=\"\(id)\",reason=\"no_buffer\"} \(s.framesNoBuffer)")
+    m("bytes_total", "counter", "Bytes submitted.", "\(s.bytesSubmitted)")
+    m("goodput_bytes_per_second", "gauge", "Uplink estimate from Acks.", "\(a.goodput.bytesPerSecond ?? 0)")
+    if let widthIndex { m("width_index", "gauge", "Encoder width in use.", "\(widthIndex)") }
+    if let bits { m("bits", "gauge", "Bits per transmitted value in use.", "\(bits)") }
+    l.append("# HELP slimsplit_agent_rtt_seconds Submit to Ack.")
+    l.append("# TYPE slimsplit_agent_rtt_seconds summary")
+    for q in [50.0, 99.0] { l.append("slimsplit_agent_rtt_seconds{agent=\"\(id)\",quantile=\"\(q / 100)\"} \((s.rttPercentileMs(q) ?? 0) / 1000)") }
+    l.append("# HELP slimsplit_agent_stage_seconds Per frame: featurize, encode, quantize, pack (bit packing, LZ4, CRC).")
+    l.append("# TYPE slimsplit_agent_stage_seconds summary")
+    for (k, p50, p99) in stages.quantiles() {
+        l.append("slimsplit_agent_stage_seconds{agent=\"\(id)\",stage=\"\(k)\",quantile=\"0.5\"} \(p50)")
+        l.append("slimsplit_agent_stage_seconds{agent=\"\(id)\",stage=\"\(k)\",quantile=\"0.99\"} \(p99)")
+    }
+    return l.joined(separator: "\n") + "\n"
+}
+
+/// A tiny mutex wrapper usable from non-Foundation code.
+final class NSLockLike: @unchecked Sendable {
+    private var m = pthread_mutex_t()
+    init() { pthread_mutex_init(&m, nil) }
+    deinit { pthread_mutex_destroy(&m) }
+    func locked<R>(_ body: () -> R) -> R {
+        pthread_mutex_lock(&m)
+        defer { pthread_mutex_unlock(&m) }
+        return body()
+    }
+}
