@@ -30,7 +30,7 @@ struct BadInputTests {
         bad.send(frameBytes(agent: "bad-1", sequence: 1))
         expected[.helloRequired, default: 0] += 1
         bad.send(Hello(agentID: "bad-1", modelID: "test").encoded())
-        #expect(bad.receive().map { try? Control.decode($0) } != nil, "no welcome Control")
+        #expect(bad.receive(timeoutMs: 20_000).map { try? Control.decode($0) } != nil, "no welcome Control")
         // 2. Every invalid vector. The server never parses the body of a kind it does not accept.
         let dir = repoRoot.appendingPathComponent("Protocol/vectors/invalid")
         for file in try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted() where file.hasSuffix(".json") {
@@ -77,19 +77,23 @@ struct BadInputTests {
         // 5. A message over the socket limit: libzmq drops the connection before allocating it.
         let before = server.router.counters.received, acksBefore = healthy.agent.stats.acks
         bad.send([UInt8](repeating: 0, count: 1 << 20))
-        #expect(await eventually(10) { healthy.agent.stats.acks >= acksBefore + 5 })
-        #expect(server.router.counters.received - before >= 5)  // the healthy agent's frames only
+        #expect(await eventually(20) { healthy.agent.stats.acks >= acksBefore + 5 })
+        // The healthy agent's frames keep arriving (the oversized message never does).
+        #expect(await eventually(20) { server.router.counters.received - before >= 5 })
         #expect(server.server.stats["bad-1"]?.rejected == expected)
 
         stop.withLock { $0 = true }
         #expect(await streaming.value, "the healthy agent's frames stopped being acknowledged")
-        let h = healthy.agent.stats
-        let hs = server.server.stats["car-1"]
-        #expect(hs?.rejectedTotal == 0)
-        #expect(hs?.frames == h.framesSubmitted)
-        #expect(h.acks == h.framesSubmitted)
-        #expect(h.framesSubmitted > 5)
-        #expect(h.framesReplaced == 0)
+        // Every frame the healthy agent sent arrived and was acknowledged (a frame still waiting
+        // in the newest-wins slot when the test helper sent a fresh one is counted as replaced).
+        let accounted = await eventually(10) {
+            let h = healthy.agent.stats
+            let frames = server.server.stats["car-1"]?.frames ?? -1
+            return frames + h.framesReplaced == h.framesSubmitted && h.acks == frames
+        }
+        #expect(accounted, "\(healthy.agent.stats) vs \(String(describing: server.server.stats["car-1"]))")
+        #expect(server.server.stats["car-1"]?.rejectedTotal == 0)
+        #expect(healthy.agent.stats.framesSubmitted > 5)
         await healthy.stop()
         await server.stop()
     }
@@ -103,10 +107,10 @@ struct BadInputTests {
         stranger.send(Hello(agentID: "intruder", modelID: "test").encoded())
         for s in 1...5 { stranger.send(frameBytes(agent: "intruder", sequence: UInt64(s))) }
         #expect(await good.stream(10))
-        #expect(await eventually(10) { (server.router.unauthenticated[strangerKeys.publicKey.z85] ?? 0) >= 1 })
+        #expect(await eventually(20) { (server.router.unauthenticated[strangerKeys.publicKey.z85] ?? 0) >= 1 })
         #expect(stranger.receive(timeoutMs: 300) == nil)
         #expect(server.server.stats["intruder"] == nil)
-        #expect(server.server.stats["car-1"]?.frames == 10)
+        #expect(await eventually(10) { server.server.stats["car-1"]?.frames == good.agent.stats.framesSubmitted })
         #expect((server.server.rejections[.unauthenticated] ?? 0) >= 1)
         // A client that does not even speak Curve gets nothing through either.
         let plain = RawClient(endpoint: server.router.endpoint, serverKey: nil, keys: nil)

@@ -16,10 +16,13 @@ struct SessionTests {
         #expect(await agent.stream(20))
         #expect(await eventually(10) { agent.agent.stats.control != nil })
         let s = server.server.stats["car-1"]
-        #expect(s?.frames == 20)
+        // Every frame the agent submitted arrived and was acknowledged (20, or more if a slow
+        // machine made the helper send a fresh frame after waiting 2 s for an Ack).
+        let submitted = agent.agent.stats.framesSubmitted
+        #expect(submitted >= 20)
+        #expect(await eventually(10) { server.server.stats["car-1"]?.frames == submitted && agent.agent.stats.rttNs.count == submitted })
         #expect(s?.keyName == "car-1")
         #expect(s?.rejectedTotal == 0)
-        #expect(agent.agent.stats.rttNs.count == 20)
         await agent.stop()
         await server.stop()
     }
@@ -30,7 +33,7 @@ struct SessionTests {
         let server = try TestServer(allowed: [:], curve: false, endpoint: path)
         let agent = try TestAgent(id: "a-1", server: server, keys: nil, curve: false)
         #expect(await agent.stream(5), "\(server.server.stats) \(server.router.counters) \(agent.agent.stats)")
-        #expect(server.server.stats["a-1"]?.frames == 5)
+        #expect(await eventually(10) { server.server.stats["a-1"]?.frames == agent.agent.stats.framesSubmitted })
         await agent.stop()
         await server.stop()
     }
@@ -58,7 +61,7 @@ struct SessionTests {
         await first.stop()
         let second = try TestServer(allowed: ["car-1": keys], endpoint: endpoint, keys: serverKeys)
         #expect(await agent.stream(3), "\(second.server.stats) \(second.router.counters) \(agent.agent.stats)")
-        #expect(second.server.stats["car-1"]?.frames == 3)
+        #expect((second.server.stats["car-1"]?.frames ?? 0) >= 3)
         #expect(second.server.rejections[.helloRequired] == nil)
         #expect(agent.agent.stats.connects >= 2)
         await agent.stop()
@@ -118,7 +121,8 @@ struct PublisherTests {
         zmq_connect(sub, pub.endpoint)
         var got: [UInt8]?
         // PUB drops messages until the subscription arrives (the "slow joiner"): publish until one lands.
-        for _ in 0..<200 where got == nil {
+        let deadline = Clock.monotonicNs() + 20_000_000_000
+        while got == nil, Clock.monotonicNs() < deadline {
             pub.publish(Array("{\"agent\":\"car-1\"}".utf8))
             var item = zmq_pollitem_t(socket: sub, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0)
             if zmq_poll(&item, 1, 20) > 0 {

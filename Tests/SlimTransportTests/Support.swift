@@ -68,12 +68,19 @@ final class TestAgent: Sendable {
                                            codec: .lz4)
     static let dense: [UInt8] = (0..<(8 * 16 * 16)).map { UInt8(($0 * 7) % 16) }
 
-    /// Sends `count` frames, waiting for each to be acknowledged (so none is replaced).
+    /// Sends `count` frames, waiting for each to be acknowledged (so none is replaced). A frame
+    /// lost with a dying connection is never acknowledged; like an agent's next sweep, a new
+    /// frame then goes after 2 s (within 20 s in all).
     func stream(_ count: Int) async -> Bool {
         for _ in 0..<count {
             let before = agent.stats.acks
-            Self.dense.withUnsafeBufferPointer { _ = agent.submit(Self.header, dense: $0, mask: nil) }
-            guard await eventually(10, { self.agent.stats.acks > before }) else { return false }
+            let deadline = Clock.monotonicNs() + 20_000_000_000
+            var acked = false
+            while !acked, Clock.monotonicNs() < deadline {
+                Self.dense.withUnsafeBufferPointer { _ = agent.submit(Self.header, dense: $0, mask: nil) }
+                acked = await eventually(2, { self.agent.stats.acks > before })
+            }
+            guard acked else { return false }
         }
         return true
     }
