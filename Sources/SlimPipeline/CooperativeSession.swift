@@ -26,6 +26,8 @@ public final class CooperativeSession: @unchecked Sendable {
         public var firstFrame = 0
         /// Float encoder on the agents (to compare with training/evaluate.py); default int8.
         public var floatEncoder = false
+        /// Float server backbone (as training/evaluate.py runs it); default int8 where the model has it.
+        public var floatServer = false
         public var lz4 = true
         /// Send frames at their recorded rate instead of as fast as the pipeline goes.
         public var realTime = false
@@ -72,6 +74,7 @@ public final class CooperativeSession: @unchecked Sendable {
         let router = try RouterEndpoint(bind: "tcp://127.0.0.1:0", curve: CurveServer(keyPair: serverKeys, allowList: allow), logger: logger)
         var fopts = FusionService.Options()
         fopts.fusion = config.fusion
+        fopts.int8Backbone = !config.floatServer
         let fusion = try FusionService(modelFile: config.model, options: fopts)
         let fuseTimes = Locked<[Double]>([])
         let expected = Set(agents)
@@ -115,6 +118,7 @@ public final class CooperativeSession: @unchecked Sendable {
         let wire = FeatureFrameEncoder()
         var out = [UInt8](repeating: 0, count: 1 << 20)
         let single = try CooperativeDetector(Safetensors(contentsOf: config.model), maxAgents: 1)
+        single.useInt8 = !config.floatServer && single.hasInt8
         let feat = FloatTensor(height: 32, width: 32, channels: 256)
         defer {
             for f in feature.values { f.endpoint.close() }

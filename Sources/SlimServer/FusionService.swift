@@ -21,6 +21,8 @@ public final class FusionService: @unchecked Sendable {
         /// Fuse frames outside the window anyway, each with its own pose (they are still
         /// counted as late); by default they are left out.
         public var useLateFrames = false
+        /// Run the server's backbone in int8 when the model has it (float otherwise).
+        public var int8Backbone = true
         public var fusion: CooperativeDetector.Fusion = .attention
         public var boxHeight: Float = 1.6
         public init() {}
@@ -89,6 +91,7 @@ public final class FusionService: @unchecked Sendable {
     public init(modelFile: String, options: Options = Options()) throws {
         let st = try Safetensors(contentsOf: modelFile)
         detectors = try (0..<max(1, options.threads)).map { _ in try CooperativeDetector(st) }
+        for d in detectors { d.useInt8 = options.int8Backbone && d.hasInt8 }
         quantization = try FeatureQuantization.all(in: st)
         maxChannels = detectors[0].channels
         self.options = options

@@ -38,6 +38,7 @@ struct ModelParityTests {
             #expect(zip(th, want).allSatisfy { abs($0 - $1) < 1e-5 }, "theta \(k): \(th) vs \(want)")
         }
         // Server, float: within 1e-3 of the output range.
+        detector.useInt8 = false
         let outs = detector.forward(ego: 0, agents: inputs, fusion: .attention)
         for (name, t) in zip(["heatmap", "offset", "size", "yaw"], outs) {
             let err = relativeError(t.nchw(), try io.floats(name))
@@ -45,5 +46,13 @@ struct ModelParityTests {
         }
         let hmMax = detector.forward(ego: 0, agents: inputs, fusion: .max)[0]
         #expect(relativeError(hmMax.nchw(), try io.floats("heatmap_max")) <= 1e-3)
+        // The int8 backbone (what the server runs by default) stays close to float.
+        #expect(detector.hasInt8)
+        detector.useInt8 = true
+        let q = detector.forward(ego: 0, agents: inputs, fusion: .attention)
+        for (name, t) in zip(["heatmap", "offset", "size"], q) {
+            let err = relativeError(t.nchw(), try io.floats(name))
+            #expect(err <= 0.02, "int8 backbone, \(name): \(err)")
+        }
     }
 }

@@ -77,6 +77,7 @@ struct EvalAgreementTests {
         config.bits = bits
         config.firstFrame = 1          // evaluate.py evaluates from frame 1
         config.floatEncoder = true     // evaluate.py runs the encoder in float
+        config.floatServer = true      // ...and the server in float
         let session = CooperativeSession(config)
         try await session.run(logger: logger)
         var fused = AveragePrecision()

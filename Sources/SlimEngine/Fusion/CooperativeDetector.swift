@@ -38,6 +38,13 @@ public final class CooperativeDetector: @unchecked Sendable {
     var warped: [FloatTensor], valid: [FloatTensor], scores: [FloatTensor]
     let fused: FloatTensor, a: FloatTensor, b: FloatTensor
     let outs: [FloatTensor]
+    // Optional int8 backbone + shared head (server.*.int8.*): the fused map is quantized once.
+    let qInput: QuantParams?
+    let qConvs: [QConv2d]
+    let qIn: QTensor, qa: QTensor, qb: QTensor
+    /// Run the backbone in int8 when the model file has it (on by default).
+    public var useInt8: Bool
+    public var hasInt8: Bool { !qConvs.isEmpty }
 
     /// - Parameter st: the model file; reads `__metadata__.architecture.server` and `server.*`.
     public init(_ st: Safetensors, maxAgents: Int = 8) throws(ModelFileError) {
@@ -92,6 +99,36 @@ public final class CooperativeDetector: @unchecked Sendable {
         a = FloatTensor(height: height, width: width, channels: widest)
         b = FloatTensor(height: height, width: width, channels: widest)
         outs = [hm, off, sz, yw].map { mk($0.outChannels) }
+        // Int8 backbone, when calibrated (training/calibrate_server.py).
+        var qc: [QConv2d] = []
+        var qin: QuantParams?
+        if st.tensors["server.int8.input.qparams"] != nil {
+            let ip = try st.floats("server.int8.input.qparams", shape: [2])
+            qin = QuantParams(scale: ip[0], zeroPoint: Int32(ip[1]))
+            var prev = qin!
+            // The backbone only: head.shared stays float, since the small sin/cos yaw outputs do
+            // not survive its quantization noise (measured: AP@0.5 halves).
+            for name in names where name.hasPrefix("backbone.") {
+                guard let l = layers.first(where: { $0["name"] as? String == name }) else { continue }
+                let cin = l["in_channels"] as! Int, cout = l["out_channels"] as! Int
+                let k = l["kernel"] as! [Int], p = l["padding"] as! [Int], d = l["dilation"] as! [Int]
+                let w: [Int8] = try st.array("server.\(name).int8.weight", as: .i8, shape: [cout, cin, k[0], k[1]])
+                let ws = try st.floats("server.\(name).int8.weight_scale", shape: [cout])
+                let b: [Int32] = try st.array("server.\(name).int8.bias", as: .i32, shape: [cout])
+                let op = try st.floats("server.\(name).int8.qparams", shape: [2])
+                let out = QuantParams(scale: op[0], zeroPoint: Int32(op[1]))
+                qc.append(QConv2d(weight: w, weightScale: ws, bias: b, inChannels: cin, outChannels: cout,
+                                  geometry: ConvGeometry(kernel: (k[0], k[1]), padding: (p[0], p[1]), dilation: (d[0], d[1])),
+                                  input: prev, output: out))
+                prev = out
+            }
+        }
+        qConvs = qc
+        qInput = qin
+        useInt8 = !qc.isEmpty
+        qIn = QTensor(height: h, width: w, channels: channels)
+        qa = QTensor(height: h, width: w, channels: widest)
+        qb = QTensor(height: h, width: w, channels: widest)
     }
 
     /// The 2×3 `affine_grid` matrix that samples agent `j`'s grid at the ego grid's cells:
@@ -149,13 +186,34 @@ public final class CooperativeDetector: @unchecked Sendable {
             }
         }
         let t1 = now()
-        var x = fused, y = a
-        for conv in backbone {
-            conv.run(x, into: y)
-            x = y
-            y = (y === a) ? b : a
+        var y = a
+        if useInt8, let qp = qInput, let last = qConvs.last {
+            // Quantize the fused map (ONNX QuantizeLinear), int8 chain, dequantize for the heads.
+            qIn.reshape(height: height, width: width, channels: channels)
+            let zp = Float(qp.zeroPoint)
+            for i in 0..<fused.count {
+                qIn.storage[i] = UInt8(min(max((fused.storage[i] / qp.scale).rounded(.toNearestOrEven) + zp, 0), 255))
+            }
+            var qx = qIn, qy = qa
+            for conv in qConvs {
+                conv.run(qx, into: qy)
+                qx = qy
+                qy = (qy === qa) ? qb : qa
+            }
+            let x = b
+            x.reshape(height: qx.height, width: qx.width, channels: qx.channels)
+            let s = last.output.scale, z = last.output.zeroPoint
+            for i in 0..<qx.count { x.storage[i] = s * Float(Int32(qx.storage[i]) - z) }
+            shared.run(x, into: y)
+        } else {
+            var x = fused
+            for conv in backbone {
+                conv.run(x, into: y)
+                x = y
+                y = (y === a) ? b : a
+            }
+            shared.run(x, into: y)
         }
-        shared.run(x, into: y)
         for (h, out) in zip(heads, outs) { h.run(y, into: out) }
         lastStageSeconds = (t1 - t0, now() - t1, 0)
         return outs

@@ -40,6 +40,9 @@ struct EvalCommand: AsyncParsableCommand {
     @Flag(help: "Run the agents' encoder in float, as training/evaluate.py does (agents run int8).")
     var floatEncoder = false
 
+    @Flag(help: "Run the server's backbone in float, as training/evaluate.py does (the server runs int8).")
+    var floatServer = false
+
     @Flag(help: "Print JSON.")
     var json = false
 
@@ -55,6 +58,7 @@ struct EvalCommand: AsyncParsableCommand {
         config.threshold = threshold
         config.firstFrame = firstFrame
         config.floatEncoder = floatEncoder
+        config.floatServer = floatServer
         guard let f = CooperativeDetector.Fusion(rawValue: fusion) else { throw ValidationError("--fusion must be attention or max") }
         config.fusion = f
         let session = CooperativeSession(config)
