@@ -25,6 +25,17 @@ struct ConfigTests {
         #expect(agent.synthetic.channels == 64)
     }
 
+    @Test("docker/ configs are valid")
+    func dockerConfigsLoad() throws {
+        let server = try ServerConfig.load(file: repoRoot.appendingPathComponent("docker/server.yaml").path)
+        #expect(server.model == "/opt/slimsplit/Models/slimsplit-bev.safetensors")
+        for a in ["car-1", "car-2", "rsu-1"] {
+            let c = try AgentConfig.load(file: repoRoot.appendingPathComponent("docker/agent-\(a).yaml").path)
+            #expect(c.agentID == a)
+            #expect(c.source?.adaptDeadline != nil)
+        }
+    }
+
     @Test func unknownKeyIsNamedWithASuggestion() {
         let e = serverError("endpoint: tcp://127.0.0.1:1\ncurve: {enabled: false}\nsocket:\n  send_hwn: 5\n")
         #expect(e?.file == Self.file)
