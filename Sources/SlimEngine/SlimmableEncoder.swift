@@ -150,14 +150,9 @@ public final class SlimmableEncoder: @unchecked Sendable {
     public func runFloat(_ input: FloatTensor) -> FloatTensor {
         precondition(input.height == inputHeight && input.width == inputWidth && input.channels == model.architecture.input.channels)
         if sparse { markActive(input.values, channels: input.channels, background: 0) }
-        for li in 0..<plans.count {
-            let p = plans[li]
-            let x = p.inputIndex < 0 ? input : floatBuffers[p.inputIndex]
-            let inAct = p.inputIndex < 0 ? inputActivity : plans[p.inputIndex].activity
-            if sparse { propagate(inAct, inH: x.height, inW: x.width, plan: p) }
+        runLayers(input, buffers: floatBuffers) { p, x, y, active in
             p.floatBackground[widthIndex].withUnsafeBufferPointer { bg in
-                p.floatConv[widthIndex].run(x, into: floatBuffers[li], active: sparse ? UnsafePointer(p.activity.baseAddress) : nil,
-                                            background: bg.baseAddress)
+                p.floatConv[widthIndex].run(x, into: y, active: active, background: bg.baseAddress)
             }
         }
         return floatBuffers[outputLayer]
@@ -202,17 +197,26 @@ public final class SlimmableEncoder: @unchecked Sendable {
     }
 
     private func runInt8Layers(_ input: QTensor) -> QTensor {
-        for li in 0..<plans.count {
-            let p = plans[li]
-            let x = p.inputIndex < 0 ? input : qBuffers[p.inputIndex]
-            let inAct = p.inputIndex < 0 ? inputActivity : plans[p.inputIndex].activity
-            if sparse { propagate(inAct, inH: x.height, inW: x.width, plan: p) }
+        runLayers(input, buffers: qBuffers) { p, x, y, active in
             p.qBackground[widthIndex].withUnsafeBufferPointer { bg in
-                p.qconv[widthIndex].run(x, into: qBuffers[li], active: sparse ? UnsafePointer(p.activity.baseAddress) : nil,
-                                        background: bg.baseAddress)
+                p.qconv[widthIndex].run(x, into: y, active: active, background: bg.baseAddress)
             }
         }
         return qBuffers[outputLayer]
+    }
+
+    /// Runs every layer in order (float or int8 alike): picks its input, propagates the
+    /// activity map when sparse, and hands the layer, input, output and activity to `run`.
+    @inline(__always)
+    private func runLayers<T>(_ input: Tensor<T>, buffers: [Tensor<T>],
+                              _ run: (LayerPlan, Tensor<T>, Tensor<T>, UnsafePointer<UInt8>?) -> Void) {
+        for li in 0..<plans.count {
+            let p = plans[li]
+            let x = p.inputIndex < 0 ? input : buffers[p.inputIndex]
+            let inAct = p.inputIndex < 0 ? inputActivity : plans[p.inputIndex].activity
+            if sparse { propagate(inAct, inH: x.height, inW: x.width, plan: p) }
+            run(p, x, buffers[li], sparse ? UnsafePointer(p.activity.baseAddress) : nil)
+        }
     }
 
     /// Input cells with any channel off the background are active.

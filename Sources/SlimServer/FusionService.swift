@@ -118,18 +118,20 @@ public final class FusionService: @unchecked Sendable {
         let c = h.channels, cells = h.cells
         slot.features.reshape(height: h.height, width: h.width, channels: c)
         let dst = slot.features.pointer
-        // Values are channel-major over the sent cells; unsent cells are 0.
-        var sent = [Int]()
-        sent.reserveCapacity(f.sentCells)
+        // Values are channel-major over the sent cells (k-th sent cell); unsent cells are 0.
+        let k = f.sentCells
         if let m = f.mask {
-            for i in 0..<cells where m[i >> 3] & (1 << UInt8(i & 7)) != 0 { sent.append(i) }
             slot.features.fill(0)
+            var n = 0
+            for cell in 0..<cells where m[cell >> 3] & (1 << UInt8(cell & 7)) != 0 {
+                for ch in 0..<c { dst[cell * c + ch] = (Float(f.values[ch * k + n]) - params.zp[ch]) * params.scale[ch] }
+                n += 1
+            }
         } else {
-            sent = Array(0..<cells)
-        }
-        for ch in 0..<c {
-            let s = params.scale[ch], z = params.zp[ch]
-            for (k, cell) in sent.enumerated() { dst[cell * c + ch] = (Float(f.values[ch * sent.count + k]) - z) * s }
+            for ch in 0..<c {
+                let s = params.scale[ch], z = params.zp[ch]
+                for cell in 0..<cells { dst[cell * c + ch] = (Float(f.values[ch * cells + cell]) - z) * s }
+            }
         }
         let q = h.orientation
         slot.position = SIMD2(Float(h.position.x), Float(h.position.y))

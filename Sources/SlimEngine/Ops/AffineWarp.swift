@@ -26,8 +26,13 @@ public enum PoseWarp {
                 let wx1 = fx - Float(x0), wy1 = fy - Float(y0)
                 let wx0 = 1 - wx1, wy0 = 1 - wy1
                 let dst = y.pointer + (i * ow + j) * c
-                for (yy, wy) in [(y0, wy0), (y0 + 1, wy1)] where yy >= 0 && yy < ih {
-                    for (xx, wx) in [(x0, wx0), (x0 + 1, wx1)] where xx >= 0 && xx < iw {
+                // The four bilinear corners (no per-cell arrays: this runs per cell on the server).
+                for dy in 0..<2 {
+                    let yy = y0 + dy, wy = dy == 0 ? wy0 : wy1
+                    guard yy >= 0, yy < ih else { continue }
+                    for dx in 0..<2 {
+                        let xx = x0 + dx, wx = dx == 0 ? wx0 : wx1
+                        guard xx >= 0, xx < iw else { continue }
                         let w = wy * wx
                         let src = x.pointer + (yy * iw + xx) * c
                         for ch in 0..<c { dst[ch] += w * src[ch] }
