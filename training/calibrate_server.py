@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from evaluate import load_model  # noqa: E402
-from slimsplit_train.coop import FrameSet, Server, encoder_forward, theta_ego_from  # noqa: E402
+from slimsplit_train.coop import FrameSet, encoder_forward, theta_ego_from  # noqa: E402
 from slimsplit_train.quantize import qparams_from_range, quantize_weights  # noqa: E402
 from slimsplit_train.st_write import save_file  # noqa: E402
 
@@ -61,7 +61,7 @@ def main() -> None:
             A = feats.shape[0]
             for e in range(A):
                 th = torch.from_numpy(np.stack([theta_ego_from(fr["pose"][e], fr["pose"][j]) for j in range(A)])).float()
-                wf, valid = Server.warp(srv.zero_fill(feats), th)
+                wf, valid = srv.align(feats, th)
                 x = srv.fuse(wf, valid, torch.zeros(A, dtype=torch.long), 1, "att")
                 lo["input"] = min(lo["input"], float(x.min())); hi["input"] = max(hi["input"], float(x.max()))
                 for k, blk in enumerate(srv.backbone):

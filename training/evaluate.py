@@ -65,6 +65,7 @@ def load_model(path: str) -> CoopModel:
         def put(conv, name):
             conv.weight.copy_(torch.from_numpy(t[f"{name}.weight"]))
             conv.bias = torch.nn.Parameter(torch.from_numpy(t[f"{name}.bias"]).clone())
+        put(s.rotate_conv, "server.fusion.rotate")
         put(s.score, "server.fusion.score")
         for k, blk in enumerate(s.backbone):
             put(blk[0], f"server.backbone.{k}")
@@ -162,6 +163,9 @@ def main() -> None:
     ap.add_argument("--json", default="/work/data/eval.json")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="a few configurations only (smoke test)")
+    ap.add_argument("--write-table", action="store_true",
+                    help="store the rate-accuracy table (every width x bits, with and without sparsity) in the "
+                         "model file's metadata as 'rate_accuracy', for the agents' adaptation")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     t_start = time.time()
@@ -211,8 +215,11 @@ def main() -> None:
         if bits is not None:
             f = model.quant(f, wi, bits)
         if sparse is not None:
+            # unsent cells: the model's empty-cell value (features.{i}.{b}.empty), as the server fills them
             keep = (f - empty[wi][None]).norm(dim=1, keepdim=True) > sparse
-            f = torch.where(keep, f, model.quant(empty[wi][None], wi, bits) if bits else empty[wi][None])
+            fill = (torch.from_numpy(model.tensors[f"features.{wi}.{bits}.empty"]).view(1, -1, 1, 1)
+                    if bits else empty[wi][None])
+            f = torch.where(keep, f, fill)
         return f[0]
 
     def run_server(items, mode="att", batch=48):
@@ -365,8 +372,36 @@ def main() -> None:
     Path(a.json).write_text(json.dumps({"meta": meta, "results": [
         {**r, "ap": {str(k): v for k, v in r["ap"].items()}} for r in results]}, indent=1))
     write_md(results, meta, a.json, model)
+    if a.write_table and not a.quick:
+        write_table(a.model, results, sparse_thr, meta)
     plot(results, a.png)
     print(f"done in {time.time() - t_start:.0f} s")
+
+
+def write_table(model_path: str, results, sparse_thr, meta) -> None:
+    """Adds metadata 'rate_accuracy' to the model file: per configuration its width index, bits,
+    sparsity threshold (0: every cell), mean bytes per map and AP@0.3/0.5/0.7 on the test scenes."""
+    from safetensors import safe_open
+    from slimsplit_train.st_write import save_file
+    with safe_open(model_path, framework="numpy") as f:
+        md = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    widths = json.loads(md["architecture"])["widths"]
+    entries = []
+    for r in results:
+        if r["group"] not in ("quant", "sparse"):
+            continue
+        wi = widths.index(r["width"])
+        entries.append({"width_index": wi, "bits": r["bits"],
+                        "threshold": round(sparse_thr[wi], 4) if r["group"] == "sparse" else 0.0,
+                        "bytes": r["bytes"], "ap30": round(r["ap"][0.3], 2), "ap50": round(r["ap"][0.5], 2),
+                        "ap70": round(r["ap"][0.7], 2)})
+    md["rate_accuracy"] = json.dumps({
+        "doc": "intermediate fusion (all agents at this configuration) on the test scenes, training/evaluate.py; "
+               "bytes: mean per transmitted map, bit-packed + LZ4; threshold: the sparsity threshold (0: every cell)",
+        "ego_frames": meta["ego_frames"], "entries": entries}, separators=(",", ":"))
+    save_file(tensors, model_path, metadata=md)
+    print(f"wrote rate_accuracy ({len(entries)} entries) to {model_path}")
 
 
 def write_md(results, meta, path, model):

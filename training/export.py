@@ -7,7 +7,8 @@ The file (docs/model-format.md, format 1) holds
   * the encoder (format-1 conv2d layers): float weights, switchable BN, and int8 tensors per width
     (BN folding + min/max calibration on validation BEVs, training/slimsplit_train/quantize.py);
   * the server's BN-folded float tensors ``server.*`` (architecture under "server" in the JSON);
-  * the transmitted-feature quantizers ``features.{width_index}.{bits}.scale`` / ``.zero_point``.
+  * the transmitted-feature quantizers ``features.{width_index}.{bits}.scale`` / ``.zero_point``
+    and the empty-cell value ``features.{width_index}.{bits}.empty`` (for sparse frames).
 Also writes ONNX encoders (full width, float and int8 QLinearConv chain) next to it.
 """
 from __future__ import annotations
@@ -51,7 +52,7 @@ def fold(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d | None) -> tuple[np.nda
 def server_tensors(model: CoopModel) -> dict[str, np.ndarray]:
     s = model.server
     out = {}
-    convs = {"server.fusion.score": (s.score, None), "server.head.shared": (s.shared[0], None),
+    convs = {"server.fusion.rotate": (s.rotate_conv, None), "server.fusion.score": (s.score, None), "server.head.shared": (s.shared[0], None),
              "server.head.heatmap": (s.heatmap, None), "server.head.offset": (s.offset, None),
              "server.head.size": (s.size, None), "server.head.yaw": (s.yaw, None)}
     for k, blk in enumerate(s.backbone):
@@ -71,6 +72,30 @@ def feature_tensors(model: CoopModel) -> dict[str, np.ndarray]:
                 s, zp = model.quant.params(i, b)
                 out[f"features.{i}.{b}.scale"] = s.float().numpy().copy()
                 out[f"features.{i}.{b}.zero_point"] = zp.float().numpy().copy()
+    return out
+
+
+def empty_tensors(model: CoopModel, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``features.{i}.{b}.empty`` F32 [active channels]: the transmitted value of an empty cell at
+    width i and b bits, i.e. what the int8 encoder (numpy reference, bit-identical with ONNX
+    Runtime and the Swift engine) outputs in the interior of an all-zero BEV, requantized to b bits
+    and dequantized. The server gives it to the cells a sparse frame leaves out."""
+    from slimsplit_train.quantize import int8_chain_ref, quantize_tensor
+    arch = {k: v for k, v in model.arch.items() if k != "server"}
+    inp, outn = arch["input"], arch["output"]
+    out = {}
+    for i in range(len(arch["widths"])):
+        xq = quantize_tensor(np.zeros((1, inp["channels"], inp["height"], inp["width"]), np.float32),
+                             tensors[f"{inp['name']}.int8.{i}.qparams"])
+        y = int8_chain_ref(arch, tensors, i, xq)[outn][0]
+        v = y[:, y.shape[1] // 2, y.shape[2] // 2].astype(np.int32)           # an interior cell
+        qp = tensors[f"{outn}.int8.{i}.qparams"]
+        x = np.float32(qp[0]) * (v - np.int32(qp[1])).astype(np.float32)
+        for b in BITS:
+            sc = tensors[f"features.{i}.{b}.scale"]
+            zp = tensors[f"features.{i}.{b}.zero_point"]
+            code = np.clip(np.rint(x / sc + zp), 0, 2 ** b - 1).astype(np.float32)
+            out[f"features.{i}.{b}.empty"] = ((code - zp) * sc).astype(np.float32)
     return out
 
 
@@ -101,6 +126,7 @@ def main() -> None:
     check_tensors(enc_arch, tensors)            # the encoder part is a valid format-1 model
     tensors.update(server_tensors(model))
     tensors.update(feature_tensors(model))
+    tensors.update(empty_tensors(model, tensors))
     arch = full_arch(model)
     validate_arch(arch)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "architecture": arch_json(arch)}

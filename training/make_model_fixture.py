@@ -12,7 +12,7 @@ Per agent a (0, 1):
   features.{a}         F32 [1, 64, 32, 32]   encoder_int8 dequantized with conv4.int8.3.qparams
   tx8_codes.{a}        U8  [1, 64, 32, 32]   8-bit transmitted codes (features.3.8.scale / zero_point)
   theta.{a}            F32 [2, 3]            affine_grid theta: ego grid -> agent a's grid
-  warped.{a}           F32 [1, 64, 32, 32]   warped features (bilinear, zeros padding, align_corners false)
+  warped.{a}           F32 [1, 64, 32, 32]   zero-filled, rotated (pose-conditioned 1x1) and warped features
   valid.{a}            U8  [1, 1, 32, 32]    warped ones map > 0.5
 Server (float, computed in float64 from the float32 inputs, rounded once to float32), on
 ``features.*`` (no transmitted-feature quantization):
@@ -36,7 +36,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from evaluate import load_model  # noqa: E402
-from slimsplit_train.coop import FrameSet, Server, theta_ego_from  # noqa: E402
+from slimsplit_train.coop import FrameSet, theta_ego_from  # noqa: E402
 from slimsplit_train.onnx_build import int8_chain_model, ort_session  # noqa: E402
 from slimsplit_train.quantize import dequantize_tensor, int8_chain_ref, quantize_tensor  # noqa: E402
 from slimsplit_train.st_write import save_file  # noqa: E402
@@ -82,7 +82,7 @@ def main() -> None:
         F64 = torch.from_numpy(np.concatenate(feats)).double()
         th = torch.from_numpy(np.stack([out[f"theta.{k}"] for k in range(2)])).double()
         owner = torch.tensor([0, 0])
-        wf, valid = Server.warp(srv.zero_fill(F64), th)
+        wf, valid = srv.align(F64, th)
         for k in range(2):
             out[f"warped.{k}"] = wf[k:k + 1].float().numpy()
             out[f"valid.{k}"] = valid[k:k + 1].numpy().astype(np.uint8)

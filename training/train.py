@@ -32,15 +32,10 @@ from slimsplit_train.coop import (CoopModel, FrameSet, augment, boxes_to_frame, 
                                   kd_loss, make_targets, theta_ego_from)
 
 
-def ci_done() -> bool:
-    try:
-        return any(l.startswith("rc=") for l in open("/tmp/ci.log"))
-    except OSError:
-        return False
-
-
-def build_batch(ds: FrameSet, idxs, rng: random.Random, aug: bool, full_agents: bool = False):
-    """Stacked BEVs [A, 8, 128, 128], theta [A, 2, 3], owner [A], targets (torch)."""
+def build_batch(ds: FrameSet, idxs, rng: random.Random, aug: bool, full_agents: bool = False,
+                full_agents_p: float = 0.0):
+    """Stacked BEVs [A, 8, 128, 128], theta [A, 2, 3], owner [A], targets (torch). Each frame keeps
+    all its agents with probability ``full_agents_p`` (always if ``full_agents``), else a random subset."""
     bevs, thetas, owner, tgs = [], [], [], []
     for n, fi in enumerate(idxs):
         fr = ds.frames[fi]
@@ -48,7 +43,7 @@ def build_batch(ds: FrameSet, idxs, rng: random.Random, aug: bool, full_agents: 
         ego = rng.randrange(na)
         others = [a for a in range(na) if a != ego]
         rng.shuffle(others)
-        k = na - 1 if full_agents else rng.randrange(na)   # 0 .. na-1 others
+        k = na - 1 if full_agents or rng.random() < full_agents_p else rng.randrange(na)   # 0 .. na-1 others
         sel = [ego] + others[:k]
         b = ds.bev[fr["samples"][sel]].float()
         poses = fr["pose"][sel]
@@ -81,9 +76,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-recordings", type=int, default=None)
     ap.add_argument("--frame-stride", type=int, default=1)
+    ap.add_argument("--full-agents", type=float, default=0.5,
+                    help="probability that a frame keeps all its agents (else a random subset with the ego)")
+    ap.add_argument("--init", default=None, help="start from this checkpoint (fine-tuning; new layers keep their init)")
     a = ap.parse_args()
 
-    torch.set_num_threads(a.threads if ci_done() else 1)
+    torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     rng = random.Random(a.seed)
     out = Path(a.out)
@@ -95,6 +93,10 @@ def main() -> None:
 
     arch = load_arch(a.arch)
     model = CoopModel(arch)
+    if a.init:
+        ck = torch.load(a.init, map_location="cpu", weights_only=False)
+        missing, unexpected = model.load_state_dict(ck["state"], strict=False)
+        print(f"init from {a.init}: new {missing}, dropped {unexpected}", flush=True)
     model.train()
     nw = len(arch["widths"])
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=1e-4)
@@ -109,14 +111,12 @@ def main() -> None:
     t0 = time.time()
     bar = tqdm(range(a.steps), mininterval=5, file=sys.stdout)
     for step in bar:
-        if step % 100 == 0 and ci_done():
-            torch.set_num_threads(a.threads)
         if len(order) < a.batch:
             perm = list(range(len(ds)))
             rng.shuffle(perm)
             order += perm
         idxs, order = order[: a.batch], order[a.batch:]
-        bev, theta, owner, tg = build_batch(ds, idxs, rng, aug=True)
+        bev, theta, owner, tg = build_batch(ds, idxs, rng, aug=True, full_agents_p=a.full_agents)
         mode = "att" if rng.random() < 0.6 else "max"
         t_bits = rng.choice([None, 8, 4])
         s_bits = rng.choice([8, 4, 2])

@@ -94,6 +94,8 @@ public final class FusionService: @unchecked Sendable {
         for d in detectors { d.useInt8 = options.int8Backbone && d.hasInt8 }
         quantization = try FeatureQuantization.all(in: st)
         maxChannels = detectors[0].channels
+        let widths = (try? SlimmableModel(st).architecture.widths.count) ?? 4
+        rateAccuracy = try RateAccuracyEntry.table(in: st, widths: widths, quantization: quantization)
         self.options = options
     }
 
@@ -106,11 +108,13 @@ public final class FusionService: @unchecked Sendable {
         let h = f.header
         guard h.height == detector.height, h.width == detector.width, h.channels <= maxChannels else { return false }
         let params: (scale: [Float], zp: [Float])
+        var empty: [Float]?
         switch h.quant {
         case .inline(let s, let z): params = (s, z.map(Float.init))
         case .model:
             guard let q = quantization["\(h.widthIndex).\(h.bits)"], q.scale.count == h.channels else { return false }
             params = (q.scale, q.zeroPoint)
+            empty = q.empty
         }
         lock.lock()
         defer { lock.unlock() }
@@ -121,11 +125,17 @@ public final class FusionService: @unchecked Sendable {
         // Values are channel-major over the sent cells (k-th sent cell); unsent cells are 0.
         let k = f.sentCells
         if let m = f.mask {
-            slot.features.fill(0)
+            // Cells left out take the model's empty-cell value (PROTOCOL.md §4.2), else 0.
             var n = 0
-            for cell in 0..<cells where m[cell >> 3] & (1 << UInt8(cell & 7)) != 0 {
-                for ch in 0..<c { dst[cell * c + ch] = (Float(f.values[ch * k + n]) - params.zp[ch]) * params.scale[ch] }
-                n += 1
+            for cell in 0..<cells {
+                if m[cell >> 3] & (1 << UInt8(cell & 7)) != 0 {
+                    for ch in 0..<c { dst[cell * c + ch] = (Float(f.values[ch * k + n]) - params.zp[ch]) * params.scale[ch] }
+                    n += 1
+                } else if let empty {
+                    for ch in 0..<c { dst[cell * c + ch] = empty[ch] }
+                } else {
+                    for ch in 0..<c { dst[cell * c + ch] = 0 }
+                }
             }
         } else {
             for ch in 0..<c {
@@ -142,6 +152,20 @@ public final class FusionService: @unchecked Sendable {
         slots[agent] = slot
         return true
     }
+
+    /// Each agent's latest reported pose and the capture time of its latest frame.
+    public var agentPoses: [(agent: String, position: SIMD2<Float>, yaw: Float, captureNs: UInt64)] {
+        lock.lock()
+        defer { lock.unlock() }
+        return slots.map { ($0.key, $0.value.position, $0.value.yaw, $0.value.captureNs) }.sorted { $0.agent < $1.agent }
+    }
+
+    /// The fusion grid: half extent and cell size, metres.
+    public var halfExtent: Float { detector.halfExtent }
+    public var cell: Float { detector.cell }
+
+    /// The model's rate–accuracy table, if it has one.
+    public let rateAccuracy: [RateAccuracyEntry]?
 
     /// Agents with a frame newer than their last fusion.
     public var pending: [String] {

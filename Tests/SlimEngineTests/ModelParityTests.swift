@@ -46,6 +46,23 @@ struct ModelParityTests {
         }
         let hmMax = detector.forward(ego: 0, agents: inputs, fusion: .max)[0]
         #expect(relativeError(hmMax.nchw(), try io.floats("heatmap_max")) <= 1e-3)
+        // The stored empty-cell values (what the server gives cells a sparse frame leaves out) are
+        // exactly what this engine's int8 encoder sends for an empty cell at every width and depth.
+        let quant = try FeatureQuantization.all(in: st)
+        var checked = 0
+        for wi in m.architecture.widths.indices {
+            encoder.widthIndex = wi
+            let bg = encoder.plans[encoder.outputLayer].qBackground[wi]
+            for bits in [8, 4, 2] {
+                guard let q = quant["\(wi).\(bits)"], let empty = q.empty, let oq = encoder.outputQuant else { continue }
+                let table = q.table(from: oq)
+                let sent = (0..<empty.count).map { q.dequantize(table[$0 * 256 + Int(bg[$0])], channel: $0) }
+                #expect(sent == empty, "width \(wi), \(bits) bits")
+                checked += 1
+            }
+        }
+        #expect(checked == 12)
+        encoder.widthIndex = wi
         // The int8 backbone (what the server runs by default) stays close to float.
         #expect(detector.hasInt8)
         detector.useInt8 = true

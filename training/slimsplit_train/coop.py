@@ -27,6 +27,12 @@ GRID = 32.0          # half extent of the grid, metres
 FEAT_HW = 32         # transmitted map size
 FEAT_CELL = 2.0      # metres per transmitted cell
 BITS = (8, 4, 2)
+ROT_TERMS = ("1", "cos a", "sin a", "cos 2a", "sin 2a")   # the server's pose-conditioned mixing terms
+
+
+def rot_terms(c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """[A] cos a, sin a -> [A, 5] (1, cos a, sin a, cos 2a, sin 2a)."""
+    return torch.stack([torch.ones_like(c), c, s, c * c - s * s, 2 * s * c], 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,11 +302,18 @@ class ConvBNReLU(nn.Sequential):
 
 
 class Server(nn.Module):
-    """Zero fill -> warp into the ego grid -> fuse (max | attention) -> backbone -> head."""
+    """Zero fill -> rotate features by the agent's relative yaw -> warp into the ego grid ->
+    fuse (max | attention) -> backbone -> head."""
 
     def __init__(self, channels=64, backbone=64, head=64, classes=1):
         super().__init__()
         self.channels = channels
+        # pose-conditioned channel mixing (see ``rotate``): W0 starts as the identity
+        self.rotate_conv = nn.Conv2d(len(ROT_TERMS) * channels, channels, 1)
+        with torch.no_grad():
+            self.rotate_conv.weight.zero_()
+            self.rotate_conv.weight[:, :channels, 0, 0] = torch.eye(channels)
+            self.rotate_conv.bias.zero_()
         self.score = nn.Conv2d(channels, 1, 1)                      # attention score per agent and cell
         self.backbone = nn.Sequential(ConvBNReLU(channels, backbone), ConvBNReLU(backbone, backbone),
                                       ConvBNReLU(backbone, backbone, dilation=2), ConvBNReLU(backbone, backbone))
@@ -313,6 +326,27 @@ class Server(nn.Module):
 
     def zero_fill(self, f: torch.Tensor) -> torch.Tensor:
         return F.pad(f, (0, 0, 0, 0, 0, self.channels - f.shape[1])) if f.shape[1] < self.channels else f
+
+    def rotate(self, f: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """Pose-conditioned 1x1 channel mixing in the agent's own grid, before the warp.
+
+        A feature map describes orientations (of vehicles, walls, lanes) in the sending agent's
+        frame, and at 2 m cells a vehicle spans one or two cells, so warping the map moves where
+        things are but cannot turn what the channels say about their heading. With
+        a = yaw_ego - yaw_agent (cos a = theta[0, 0], sin a = theta[1, 0]) this layer computes
+        y = W0 x + cos(a) W1 x + sin(a) W2 x + cos(2a) W3 x + sin(2a) W4 x + b,
+        i.e. one 1x1 convolution whose weight W(a) = sum_k t_k(a) W_k depends on the agent's pose:
+        enough to rotate channel pairs that encode angles at frequency 1 and 2."""
+        c, s = theta[:, 0, 0], theta[:, 1, 0]
+        terms = rot_terms(c, s).to(f.dtype)                          # [A, 5]
+        C = f.shape[1]
+        w = self.rotate_conv.weight[:, :, 0, 0].view(C, len(ROT_TERMS), C)   # [out, k, in]
+        wa = torch.einsum("okc,ak->aoc", w, terms)                   # per-agent weight [A, out, in]
+        return torch.einsum("aoc,achw->aohw", wa, f) + self.rotate_conv.bias.view(1, -1, 1, 1)
+
+    def align(self, f: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero fill, rotate and warp agents' maps into the ego grid: (warped [A, C, H, W], valid)."""
+        return self.warp(self.rotate(self.zero_fill(f), theta), theta)
 
     @staticmethod
     def warp(f: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -359,7 +393,7 @@ class Server(nn.Module):
 
     def forward(self, feats: torch.Tensor, theta: torch.Tensor, owner: torch.Tensor, n_frames: int,
                 mode: str = "att") -> dict[str, torch.Tensor]:
-        wf, valid = self.warp(self.zero_fill(feats), theta)
+        wf, valid = self.align(feats, theta)
         return self.head(self.fuse(wf, valid, owner, n_frames, mode))
 
 
@@ -388,7 +422,7 @@ def make_targets(boxes_ego: np.ndarray, ignore_boxes: np.ndarray) -> dict[str, n
     H = FEAT_HW
     hm = np.zeros((1, H, H), np.float32)
     ind = np.zeros((H, H), bool)
-    reg = np.zeros((6, H, H), np.float32)    # off x, off y, log l, log w, sin, cos
+    reg = np.zeros((6, H, H), np.float32)    # off x, off y, log l, log w, sin 2yaw, cos 2yaw
     weight = np.ones((1, H, H), np.float32)
     ii, jj = np.mgrid[0:H, 0:H]
     for b in boxes_ego:
@@ -401,7 +435,8 @@ def make_targets(boxes_ego: np.ndarray, ignore_boxes: np.ndarray) -> dict[str, n
         g = np.exp(-((ii - i) ** 2 + (jj - j) ** 2) / (2 * sigma * sigma))
         hm[0] = np.maximum(hm[0], g)
         ind[i, j] = True
-        reg[:, i, j] = [u - j, v - i, math.log(b[3]), math.log(b[4]), math.sin(b[6]), math.cos(b[6])]
+        reg[:, i, j] = [u - j, v - i, math.log(b[3]), math.log(b[4]), math.sin(2 * b[6]),
+                        math.cos(2 * b[6])]
     for b in ignore_boxes:
         c = box_corners(np.array([[b[0], b[1], b[3] + 1.0, b[4] + 1.0, b[6]]]))[0]
         lo = np.floor((c.min(0) + GRID) / FEAT_CELL).astype(int)
@@ -459,7 +494,7 @@ def decode(out: dict[str, torch.Tensor], k: int = 60, thresh: float = 0.05, nms_
         i, j = (idx // FEAT_HW).numpy(), (idx % FEAT_HW).numpy()
         off = out["offset"][n, :, i, j].numpy()
         size = np.exp(out["size"][n, :, i, j].numpy().clip(-3, 4))
-        yaw = np.arctan2(out["yaw"][n, 0, i, j].numpy(), out["yaw"][n, 1, i, j].numpy())
+        yaw = 0.5 * np.arctan2(out["yaw"][n, 0, i, j].numpy(), out["yaw"][n, 1, i, j].numpy())
         x = (j + off[0]) * FEAT_CELL - GRID
         y = (i + off[1]) * FEAT_CELL - GRID
         b = np.stack([x, y, size[0], size[1], yaw], 1) if len(s) else np.zeros((0, 5))
@@ -509,7 +544,12 @@ def server_arch(model: CoopModel) -> dict[str, Any]:
          "doc": "an agent at width i sends the first ceil(w_i*64) channels; the rest are 0"},
         {"name": "dequantize", "type": "dequantize_per_channel", "input": "zero_fill",
          "doc": "x = (q - features.{i}.{bits}.zero_point[c]) * features.{i}.{bits}.scale[c] (before zero fill)"},
-        {"name": "warp", "type": "affine_warp", "input": "dequantize",
+        {"name": "rotate", "type": "pose_conditioned_conv1x1", "input": "dequantize", "out_channels": C,
+         "weight": "server.fusion.rotate.weight", "bias": "server.fusion.rotate.bias", "terms": list(ROT_TERMS),
+         "doc": "per agent, in its own grid: a = yaw_ego - yaw_agent (cos a = theta[0][0], sin a = theta[1][0]); "
+                "weight [C, 5*C, 1, 1] = [W_0 | ... | W_4] (input channel k*C + c is term k of channel c); "
+                "y = (sum_k t_k(a) W_k) x + bias with t = (1, cos a, sin a, cos 2a, sin 2a)"},
+        {"name": "warp", "type": "affine_warp", "input": "rotate",
          "mode": "bilinear", "padding_mode": "zeros", "align_corners": False,
          "doc": "torch affine_grid+grid_sample; theta = [R(yaw_e-yaw_j) | R(-yaw_j)(t_e-t_j)/32] maps ego-grid "
                 "normalized (x=column, y=row) to agent j's; also warps a ones map, valid = value > 0.5"},
@@ -535,7 +575,9 @@ def server_arch(model: CoopModel) -> dict[str, Any]:
         "decode": {"heatmap": "sigmoid; peaks = 3x3 max-pool local maxima with score > 0.05, top 60",
                    "center": "x = (col + offset[0]) * 2 - 32, y = (row + offset[1]) * 2 - 32 (metres, ego frame)",
                    "size": "length = exp(size[0]), width = exp(size[1])",
-                   "yaw": "atan2(yaw[0], yaw[1])",
+                   "yaw": "0.5 * atan2(yaw[0], yaw[1]) (the head predicts sin 2yaw, cos 2yaw: a box's axis, "
+                          "not its direction)",
+                   "yaw_encoding": "double_angle",
                    "nms": "greedy rotated-box NMS, BEV IoU > 0.1 suppressed"},
         "classes": ["vehicle"],
         "features": {"bits": list(BITS),

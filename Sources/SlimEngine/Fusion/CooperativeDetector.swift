@@ -1,8 +1,9 @@
 import Foundation
 
-/// The server half of the cooperative detector (`server` in the model file): zero fill, warp of
-/// every agent's features into the ego's grid, fusion across agents (attention or max), a
-/// convolutional backbone and a CenterPoint-style head, decoded to boxes with rotated NMS.
+/// The server half of the cooperative detector (`server` in the model file): zero fill, the
+/// pose-conditioned channel mixing `rotate` (when the model has it), warp of every agent's
+/// features into the ego's grid, fusion across agents (attention or max), a convolutional
+/// backbone and a CenterPoint-style head, decoded to boxes with rotated NMS.
 ///
 /// Buffers are planned at `init` for `maxAgents`; `detect` allocates only its result.
 /// Not thread-safe.
@@ -31,10 +32,13 @@ public final class CooperativeDetector: @unchecked Sendable {
     public var nmsIoU: Float = 0.1
 
     let score: FloatConv2d
+    let rotate: PoseConditionedConv?
+    /// 0.5 when the yaw head predicts (sin 2ψ, cos 2ψ) (`decode.yaw_encoding` = `double_angle`).
+    let yawFactor: Float
     let backbone: [FloatConv2d]
     let shared: FloatConv2d
     let heads: [FloatConv2d]  // heatmap, offset, size, yaw
-    let filled: FloatTensor, ones: FloatTensor, validMap: FloatTensor
+    let filled: FloatTensor, rotated: FloatTensor, ones: FloatTensor, validMap: FloatTensor
     var warped: [FloatTensor], valid: [FloatTensor], scores: [FloatTensor]
     let fused: FloatTensor, a: FloatTensor, b: FloatTensor
     let outs: [FloatTensor]
@@ -74,6 +78,24 @@ public final class CooperativeDetector: @unchecked Sendable {
         let sw = try st.floats("server.fusion.score.weight", shape: [1, channels, 1, 1])
         let sb = try st.floats("server.fusion.score.bias", shape: [1])
         score = FloatConv2d(weight: sw, bias: sb, inChannels: channels, outChannels: 1, geometry: ConvGeometry(kernel: (1, 1)))
+        if let l = layers.first(where: { $0["name"] as? String == "rotate" }) {
+            guard l["type"] as? String == "pose_conditioned_conv1x1",
+                  (l["terms"] as? [String])?.count == PoseConditionedConv.terms else {
+                throw fail("architecture.server.layers.rotate", "expected type pose_conditioned_conv1x1 with \(PoseConditionedConv.terms) terms")
+            }
+            let k = PoseConditionedConv.terms
+            rotate = PoseConditionedConv(
+                weight: try st.floats("server.fusion.rotate.weight", shape: [channels, k * channels, 1, 1]),
+                bias: try st.floats("server.fusion.rotate.bias", shape: [channels]), channels: channels)
+        } else {
+            rotate = nil
+        }
+        let decode = server["decode"] as? [String: Any]
+        switch decode?["yaw_encoding"] as? String {
+        case nil, "angle": yawFactor = 1
+        case "double_angle": yawFactor = 0.5
+        case let other?: throw fail("architecture.server.decode.yaw_encoding", "unknown '\(other)' (angle | double_angle)")
+        }
         let names = layers.compactMap { $0["name"] as? String }
         backbone = try names.filter { $0.hasPrefix("backbone.") }.map { n throws(ModelFileError) in
             guard let c = convs[n] else { throw fail("server.\(n)", "missing") }
@@ -88,6 +110,7 @@ public final class CooperativeDetector: @unchecked Sendable {
         let (h, w) = (height, width)
         let mk = { (c: Int) in FloatTensor(height: h, width: w, channels: c) }
         filled = FloatTensor(height: height, width: width, channels: channels)
+        rotated = FloatTensor(height: height, width: width, channels: channels)
         ones = FloatTensor(height: height, width: width, channels: 1)
         ones.fill(1)
         validMap = FloatTensor(height: height, width: width, channels: 1)
@@ -156,7 +179,12 @@ public final class CooperativeDetector: @unchecked Sendable {
                 for c in 0..<channels { dst[c] = c < f.channels ? src[c] : 0 }
             }
             let th = theta(ego: agents[ego], agent: ag)
-            PoseWarp.warp(filled, theta: th, height: height, width: width, into: warped[j])
+            var src = filled
+            if let rotate {
+                rotate.run(filled, cos: th[0], sin: th[3], into: rotated)
+                src = rotated
+            }
+            PoseWarp.warp(src, theta: th, height: height, width: width, into: warped[j])
             PoseWarp.warp(ones, theta: th, height: height, width: width, into: valid[j])
             if fusion == .attention { score.run(warped[j], into: scores[j]) }
         }
@@ -244,9 +272,48 @@ public final class CooperativeDetector: @unchecked Sendable {
             let i = idx / width, j = idx % width
             let l = exp(min(max(size[i, j, 0], -3), 4)), w = exp(min(max(size[i, j, 1], -3), 4))
             return BEVBox(x: (Float(j) + off[i, j, 0]) * cell - halfExtent, y: (Float(i) + off[i, j, 1]) * cell - halfExtent,
-                          length: l, width: w, yaw: atan2(yaw[i, j, 0], yaw[i, j, 1]), score: s)
+                          length: l, width: w, yaw: yawFactor * atan2(yaw[i, j, 0], yaw[i, j, 1]), score: s)
         }
         return RotatedIoU.nms(boxes, threshold: nmsIoU)
+    }
+}
+
+/// The server's `rotate` layer: per agent, a 1×1 convolution whose weight depends on the agent's
+/// yaw relative to the ego, a = yaw_ego − yaw_agent:
+/// W(a) = W₀ + cos a·W₁ + sin a·W₂ + cos 2a·W₃ + sin 2a·W₄ (model file: weight [C, 5C, 1, 1],
+/// input channel k·C + c is term k of channel c). W(a) is assembled in the packed layout of one
+/// `FloatConv2d` before each run: 5 × C × C/16 vector multiply-adds, no allocation.
+final class PoseConditionedConv {
+    static let terms = 5
+    let conv: FloatConv2d
+    let banks: [FloatConv2d]
+
+    init(weight: [Float], bias: [Float], channels c: Int) {
+        let g = ConvGeometry(kernel: (1, 1))
+        banks = (0..<Self.terms).map { k in
+            var w = [Float](repeating: 0, count: c * c)
+            for o in 0..<c { for i in 0..<c { w[o * c + i] = weight[o * Self.terms * c + k * c + i] } }
+            return FloatConv2d(weight: w, bias: nil, inChannels: c, outChannels: c, geometry: g)
+        }
+        conv = FloatConv2d(weight: [Float](repeating: 0, count: c * c), bias: bias, inChannels: c, outChannels: c, geometry: g)
+    }
+
+    /// y = W(a)·x + bias, with `cos` = cos a and `sin` = sin a.
+    func run(_ x: FloatTensor, cos c: Float, sin s: Float, into y: FloatTensor) {
+        let t1 = c, t2 = s, t3 = c * c - s * s, t4 = 2 * s * c
+        let dst = conv.packed
+        let b0 = banks[0].packed, b1 = banks[1].packed, b2 = banks[2].packed, b3 = banks[3].packed, b4 = banks[4].packed
+        let v1 = SIMD16<Float>(repeating: t1), v2 = SIMD16<Float>(repeating: t2)
+        let v3 = SIMD16<Float>(repeating: t3), v4 = SIMD16<Float>(repeating: t4)
+        for i in 0..<dst.count {
+            var w: SIMD16<Float> = b0[i]
+            w.addProduct(v1, b1[i])
+            w.addProduct(v2, b2[i])
+            w.addProduct(v3, b3[i])
+            w.addProduct(v4, b4[i])
+            dst[i] = w
+        }
+        conv.run(x, into: y)
     }
 }
 

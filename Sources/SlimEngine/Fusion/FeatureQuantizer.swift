@@ -8,11 +8,16 @@ public struct FeatureQuantization: Sendable {
     public let scale: [Float]
     public let zeroPoint: [Float]
     public let bits: Int
+    /// The value of a cell a sparse frame leaves out (`features.{width}.{bits}.empty`: the
+    /// encoder's output for an empty BEV, requantized), or nil when the model file has none
+    /// (such cells are then 0).
+    public let empty: [Float]?
 
-    public init(scale: [Float], zeroPoint: [Float], bits: Int) {
+    public init(scale: [Float], zeroPoint: [Float], bits: Int, empty: [Float]? = nil) {
         self.scale = scale
         self.zeroPoint = zeroPoint
         self.bits = bits
+        self.empty = empty
     }
 
     /// Every (width, bits) pair the model file carries, keyed by "width_index.bits".
@@ -26,7 +31,11 @@ public struct FeatureQuantization: Sendable {
             guard s.allSatisfy({ $0 > 0 && $0.isFinite }), z.allSatisfy({ $0 >= 0 && $0 <= Float((1 << bits) - 1) && $0 == $0.rounded() }) else {
                 throw ModelFileError(kind: .tensor, file: st.file, subject: name, problem: "scales must be > 0 and zero points whole numbers in 0...\((1 << bits) - 1)")
             }
-            out["\(wi).\(bits)"] = FeatureQuantization(scale: s, zeroPoint: z, bits: bits)
+            let e = st.tensors["features.\(wi).\(bits).empty"] == nil ? nil : try st.floats("features.\(wi).\(bits).empty", shape: [s.count])
+            if let e, !e.allSatisfy(\.isFinite) {
+                throw ModelFileError(kind: .tensor, file: st.file, subject: "features.\(wi).\(bits).empty", problem: "values must be finite")
+            }
+            out["\(wi).\(bits)"] = FeatureQuantization(scale: s, zeroPoint: z, bits: bits, empty: e)
         }
         return out
     }

@@ -23,6 +23,13 @@ public struct ModelFileError: Error, CustomStringConvertible, Sendable, Equatabl
     public let subject: String
     public let problem: String
 
+    public init(kind: Kind, file: String, subject: String, problem: String) {
+        self.kind = kind
+        self.file = file
+        self.subject = subject
+        self.problem = problem
+    }
+
     public var description: String {
         subject.isEmpty ? "\(file): \(problem)" : "\(file): \(subject): \(problem)"
     }
