@@ -14,6 +14,8 @@ public final class EdgeEncoder: @unchecked Sendable {
     public let featurizer: BEVFeaturizer
     public let encoder: SlimmableEncoder
     public let quantization: [String: FeatureQuantization]
+    /// The model's rate–accuracy table (nil when the file has none), for `WidthController`.
+    public let rateAccuracy: [RateAccuracyEntry]?
     private let tables: [String: [UInt8]]
     private let bev: FloatTensor
     /// Channel-major codes of the last frame (C × H × W at the current width).
@@ -37,6 +39,7 @@ public final class EdgeEncoder: @unchecked Sendable {
         featurizer = BEVFeaturizer(grid: grid)
         encoder = SlimmableEncoder(model: model, inputHeight: grid.height, inputWidth: grid.width)
         quantization = try FeatureQuantization.all(in: st)
+        rateAccuracy = try RateAccuracyEntry.table(in: st, widths: model.architecture.widths.count, quantization: quantization)
         var t: [String: [UInt8]] = [:]
         for (key, q) in quantization {
             let wi = Int(key.split(separator: ".")[0])!

@@ -83,7 +83,7 @@ public final class FeatureAgent: Sendable {
     private let onResult: ResultHandler?
     /// Goodput and queueing estimate from Acks (read by the adaptation controller).
     private let estimator = Locked(GoodputEstimator())
-    public var goodput: GoodputEstimator { estimator.value }
+    public var goodput: GoodputEstimator.Snapshot { estimator.withLock { $0.snapshot } }
 
     /// Connects to the server (in the background; libzmq reconnects with back-off).
     /// - Parameter maxFrameBytes: size of each send buffer; frames that do not fit are a
@@ -103,6 +103,9 @@ public final class FeatureAgent: Sendable {
         s.framesReplaced = endpoint.counters.framesReplaced
         return s
     }
+
+    /// The sequence number of the last frame `submit` sent (0 before the first).
+    public var lastSequence: UInt64 { state.value.sequence }
 
     /// The caps of the server's latest Control, if any.
     public var control: Control? { state.value.stats.control }

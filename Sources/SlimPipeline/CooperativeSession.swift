@@ -194,13 +194,13 @@ public final class CooperativeSession: @unchecked Sendable {
         await serverTask.value
     }
 
-    static func boxes(_ b: [RecordingFrames.BEVBoxLike]) -> [BEVBox] {
+    public static func boxes(_ b: [RecordingFrames.BEVBoxLike]) -> [BEVBox] {
         b.map { BEVBox(x: $0.x, y: $0.y, length: $0.length, width: $0.width, yaw: $0.yaw) }
     }
 
     /// Drops detections outside the grid or inside the ego's own vehicle (+0.5 m), as
     /// training/evaluate.py does.
-    static func filter(_ dets: [BEVBox], own: [RecordingFrames.BEVBoxLike], half: Float = 32) -> [BEVBox] {
+    public static func filter(_ dets: [BEVBox], own: [RecordingFrames.BEVBoxLike], half: Float = 32) -> [BEVBox] {
         dets.filter { d in
             guard abs(d.x) < half, abs(d.y) < half else { return false }
             for o in own {

@@ -1,3 +1,7 @@
+import CAllocCounter
+import Foundation
+import SlimEngine
+import SlimSensors
 import Testing
 @testable import SlimAgent
 
@@ -5,9 +9,9 @@ import Testing
 struct AdaptationTests {
     /// The shipped model's rate–accuracy table (docs/evaluation.md): bytes after packing and LZ4.
     static let table: [WidthController.Configuration] = [
-        .init(widthIndex: 3, bits: 8, bytes: 56_949, accuracy: 26.3), .init(widthIndex: 3, bits: 4, bytes: 28_469, accuracy: 26.4),
-        .init(widthIndex: 1, bits: 8, bytes: 28_520, accuracy: 27.1), .init(widthIndex: 1, bits: 4, bytes: 14_404, accuracy: 27.2),
-        .init(widthIndex: 0, bits: 4, bytes: 7_195, accuracy: 26.7), .init(widthIndex: 0, bits: 2, bytes: 2_689, accuracy: 22.1),
+        .init(widthIndex: 3, bits: 8, bytes: 56_949, ap50: 26.3), .init(widthIndex: 3, bits: 4, bytes: 28_469, ap50: 26.4),
+        .init(widthIndex: 1, bits: 8, bytes: 28_520, ap50: 27.1), .init(widthIndex: 1, bits: 4, bytes: 14_404, ap50: 27.2),
+        .init(widthIndex: 0, bits: 4, bytes: 7_195, ap50: 26.7), .init(widthIndex: 0, bits: 2, bytes: 2_689, ap50: 22.1),
     ]
 
     @Test("the estimate falls within one frame when the link drops, and rises gradually")
@@ -47,5 +51,42 @@ struct AdaptationTests {
         // A link too slow for anything: the cheapest configuration.
         cfg = c.update(goodputBytesPerSecond: 1_000)
         #expect(cfg.bytes == 2_689)
+    }
+
+    @Test("the controller scales the table's bytes by what the frames measure")
+    func bytesScale() {
+        var c = WidthController(configurations: Self.table)
+        _ = c.update(goodputBytesPerSecond: 250_000)          // 17.5 kB budget: w=0.5 4 bits (14.4 kB)
+        #expect(c.configuration.widthIndex == 1 && c.configuration.bits == 4)
+        for _ in 0..<30 { c.observe(bytes: 21_600) }            // this scene: 1.5x the table's size
+        #expect(abs(c.bytesScale - 1.5) < 0.01)
+        let cfg = c.update(goodputBytesPerSecond: 250_000)    // 14.4 kB x 1.5 no longer fits: down to w=0.25 4 bits
+        #expect(cfg.widthIndex == 0 && cfg.bits == 4)
+    }
+
+    @Test("the shipped model carries its rate-accuracy table; switching configuration allocates nothing")
+    func shippedTableAndSwitching() throws {
+        let edge = try EdgeEncoder(modelFile: modelPath)
+        let table = try #require(edge.rateAccuracy)
+        // Every width x {8, 4, 2} bits, with and without sparsity.
+        #expect(table.count == edge.model.architecture.widths.count * 3 * 2)
+        #expect(Set(table.map { "\($0.widthIndex).\($0.bits).\($0.threshold > 0)" }).count == table.count)
+        #expect(table.allSatisfy { $0.bytes > 0 && $0.ap50 > 0 })
+        // Replay one sweep through every configuration: width, bits and threshold are fields.
+        let rec = try RecordingFrames(path: samplePath)
+        let f = try #require(rec.frames.first { $0.agents["car_1"]?.points.isEmpty == false })
+        let points = f.agents["car_1"]!.points
+        func run(_ c: WidthController.Configuration) -> Int {
+            edge.widthIndex = c.widthIndex
+            edge.bits = c.bits
+            edge.threshold = c.threshold
+            return points.withUnsafeBufferPointer { edge.encode($0, sensorHeight: 1.9) }.channels
+        }
+        for c in table { _ = run(c) }                          // warm up
+        let before = slim_alloc_count()
+        var channels = 0
+        for c in table + table.reversed() { channels += run(c) }
+        #expect(slim_alloc_count() - before == 0)
+        #expect(channels > 0)
     }
 }

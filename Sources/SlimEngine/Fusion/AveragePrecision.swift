@@ -10,10 +10,23 @@ public struct AveragePrecision: Sendable {
     public init() {}
 
     public mutating func add(detections: [BEVBox], groundTruth gt: [BEVBox]) {
-        groundTruth += gt.count
+        add(scores: detections.map(\.score), truePositive: Self.match(detections: detections, groundTruth: gt), groundTruth: gt.count)
+    }
+
+    /// Adds one frame already matched (`match`): scores, true-positive flags per threshold, and
+    /// the frame's ground-truth count.
+    public mutating func add(scores s: [Float], truePositive tp: [[Bool]], groundTruth n: Int) {
+        precondition(tp.count == Self.thresholds.count && tp.allSatisfy { $0.count == s.count })
+        groundTruth += n
+        for ti in truePositive.indices { truePositive[ti] += tp[ti] }
+        scores += s
+    }
+
+    /// One frame's greedy matching: per threshold, whether each detection is a true positive.
+    public static func match(detections: [BEVBox], groundTruth gt: [BEVBox]) -> [[Bool]] {
         let order = detections.indices.sorted { detections[$0].score > detections[$1].score || (detections[$0].score == detections[$1].score && $0 < $1) }
         let iou = detections.map { d in gt.map { RotatedIoU.iou(d, $0) } }
-        for (ti, t) in Self.thresholds.enumerated() {
+        return thresholds.map { t in
             var used = [Bool](repeating: false, count: gt.count)
             var tp = [Bool](repeating: false, count: detections.count)
             for d in order where !gt.isEmpty {
@@ -22,9 +35,8 @@ public struct AveragePrecision: Sendable {
                 for g in gt.indices where !used[g] && iou[d][g] > bestIoU { bestIoU = iou[d][g]; best = g }
                 if best >= 0, bestIoU >= t { used[best] = true; tp[d] = true }
             }
-            truePositive[ti] += tp
+            return tp
         }
-        scores += detections.map(\.score)
     }
 
     /// Pools another accumulator's detections and ground truth into this one.

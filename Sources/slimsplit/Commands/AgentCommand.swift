@@ -2,6 +2,7 @@ import ArgumentParser
 import Logging
 import SlimAgent
 import SlimConfig
+import SlimPipeline
 import SlimServer
 import SlimSensors
 import SlimWire
@@ -17,7 +18,7 @@ struct AgentCommand: AsyncParsableCommand {
             detections. Without it, the agent streams synthetic feature maps (section `synthetic`). Stops on SIGINT/SIGTERM.
             """)
 
-    @Option(help: "Agent config (YAML); every key is documented in Configs/agent.yaml.")
+    @Option(help: "Agent config (YAML); every key is documented in docs/configuration.md.")
     var config: String = "Configs/agent.yaml"
 
     @Option(help: "Override the config's server endpoint.")
@@ -28,6 +29,10 @@ struct AgentCommand: AsyncParsableCommand {
 
     @Option(help: "Prometheus endpoint port for this agent (overrides metrics.port).")
     var metricsPort: Int?
+
+    @Option(help: ArgumentHelp("Write one JSON line per replayed frame to this file: configuration, bytes, goodput, latency, deadline miss, and the frame scored against the recording's ground truth.",
+                               valueName: "file"))
+    var report: String?
 
     @OptionGroup var log: LogOptions
 
@@ -50,9 +55,16 @@ struct AgentCommand: AsyncParsableCommand {
                                      widths: e.model.architecture.widths.map { UInt16(($0 * 1000).rounded()) }, bitsMask: e.bitsMask)
             edge = e
         }
+        var frameReport: FrameReport?
+        if let report {
+            guard let src = cfg.source else { throw ValidationError("--report needs source.recording in \(config)") }
+            frameReport = try FrameReport(path: report, deadlineSeconds: src.deadline, startNs: Clock.monotonicNs())
+        }
+        let fr = frameReport
         let agent = try FeatureAgent(identity: identity, server: server ?? cfg.server,
                                      curve: curve, options: cfg.socket,
-                                     maxFrameBytes: max(1 << 20, maxFrameBytes(cfg.synthetic, agentID: cfg.agentID)), logger: logger)
+                                     maxFrameBytes: max(1 << 20, maxFrameBytes(cfg.synthetic, agentID: cfg.agentID)), logger: logger,
+                                     onResult: { r in fr?.result(r, atNs: Clock.monotonicNs()) })
         let dealer = agent.endpoint
         let stop = Locked(false)
         let stages = AgentStageTimes()
@@ -69,7 +81,8 @@ struct AgentCommand: AsyncParsableCommand {
         logger.info("streaming", metadata: ["agent": "\(cfg.agentID)", "server": "\(dealer.endpoint)"])
         let start = Clock.monotonicNs()
         if let edge, let src = cfg.source {
-            try await runRecording(agent: agent, edge: edge, source: src, frames: frames, stop: stop, stages: stages, logger: logger)
+            try await runRecording(agent: agent, edge: edge, source: src, frames: frames, stop: stop, stages: stages,
+                                   report: frameReport, logger: logger)
         } else {
             await runSynthetic(agent: agent, source: cfg.synthetic, seed: 1, stop: stop)
         }
@@ -78,40 +91,54 @@ struct AgentCommand: AsyncParsableCommand {
         while agent.stats.acks < agent.stats.framesSubmitted - agent.stats.framesReplaced, Clock.monotonicNs() < deadline {
             await sleepSeconds(0.02)
         }
+        if let frameReport {
+            // Results of the last frames may still be on their way.
+            let until = Clock.monotonicNs() + frameReport.deadlineNs + 500_000_000
+            while Clock.monotonicNs() < until { await sleepSeconds(0.05) }
+        }
         dealer.close()
         await consumer.value
         metrics?.close()
         _ = signals
         print(agentTable([agent], seconds: Double(Clock.monotonicNs() - start) / 1e9).render())
+        if let frameReport {
+            frameReport.close()
+            let s = frameReport.summary
+            print(String(format: "report: %d frames, %d missed the %.0f ms deadline (%.1f %%), AP@0.3/0.5/0.7 %.1f / %.1f / %.1f -> %@",
+                         s.frames, s.missed, Double(frameReport.deadlineNs) / 1e6, 100 * Double(s.missed) / Double(max(s.frames, 1)),
+                         s.ap[0], s.ap[1], s.ap[2], report ?? ""))
+        }
         if agent.stats.acks == 0 { throw ExitCode(1) }
     }
 
     /// Replays one agent of a recording through the edge encoder at the recorded rate.
     private func runRecording(agent: FeatureAgent, edge: EdgeEncoder, source: AgentConfig.RecordingSource, frames: Int?,
-                              stop: Locked<Bool>, stages: AgentStageTimes, logger: Logger) async throws {
+                              stop: Locked<Bool>, stages: AgentStageTimes, report: FrameReport?, logger: Logger) async throws {
         let rec = try RecordingFrames(path: source.recording)
         let mine = rec.frames.filter { $0.agents[source.agent]?.points.isEmpty == false }
         guard !mine.isEmpty else { throw ValidationError("\(source.recording) has no LiDAR for agent \(source.agent) (agents: \(rec.agents))") }
         logger.info("replaying", metadata: ["recording": "\(source.recording)", "agent": "\(source.agent)", "frames": "\(mine.count)"])
         var sent = 0
-        // Adaptation: the configurations of the model's rate–accuracy table (docs/evaluation.md),
-        // bytes scaled from the full-width 8-bit measurement by channels × bits.
+        // Adaptation: the configurations of the model's measured rate–accuracy table.
         var controller: WidthController?
         if let deadline = source.adaptDeadline {
-            let widths = edge.model.architecture.widths
-            let full = 56_949.0, ap: [String: Double] = ["0.8": 26.4, "0.4": 26.7, "0.2": 22.1, "1.8": 27.1, "1.4": 27.2, "1.2": 25.6,
-                                                        "2.8": 25.7, "2.4": 25.7, "2.2": 24.8, "3.8": 26.3, "3.4": 26.4, "3.2": 25.5]
-            var cfgs: [WidthController.Configuration] = []
-            for (wi, w) in widths.enumerated() { for b in [8, 4, 2] where edge.quantization["\(wi).\(b)"] != nil {
-                cfgs.append(.init(widthIndex: wi, bits: b, bytes: full * w * Double(b) / 8, accuracy: ap["\(wi).\(b)"] ?? Double(wi) + Double(b) / 10))
-            } }
-            var c = WidthController(configurations: cfgs)
+            guard let table = edge.rateAccuracy else {
+                throw ValidationError("source.adapt needs the model's rate-accuracy table, which \(source.model) lacks "
+                                      + "(training/evaluate.py --write-table adds it)")
+            }
+            var c = WidthController(configurations: table)
             c.deadlineSeconds = deadline
             controller = c
         }
+        let truthHalf = edge.featurizer.grid.xMax
+        let fixedWidth = edge.widthIndex
+        // Loops continue the recorded rhythm: the first sweep again one frame period after the last.
+        let span = mine.last!.timeNs - mine[0].timeNs
+        let period = mine.count > 1 ? span / UInt64(mine.count - 1) : 100_000_000
+        var start = Clock.monotonicNs()
         repeat {
-            let start = Clock.monotonicNs()
-            for f in mine {
+            defer { start = max(start + span + period, Clock.monotonicNs()) }
+            for (fi, f) in mine.enumerated() {
                 if stop.value || (frames.map { sent >= $0 } ?? false) { return }
                 let due = start + (f.timeNs - mine[0].timeNs)
                 let now = Clock.monotonicNs()
@@ -120,13 +147,25 @@ struct AgentCommand: AsyncParsableCommand {
                     let g = agent.goodput
                     let caps = agent.control
                     let cfg = c.update(goodputBytesPerSecond: g.bytesPerSecond, queueingSeconds: Double(g.queueingNs) / 1e9,
+                                       rttSeconds: Double(g.lastRTTNs) / 1e9,
                                        maxWidthIndex: Int(caps?.maxWidthIndex ?? 255), maxBits: Int(caps?.maxBits ?? 8))
                     controller = c
-                    if edge.widthIndex != cfg.widthIndex || edge.bits != cfg.bits {
+                    if edge.widthIndex != cfg.widthIndex || edge.bits != cfg.bits || edge.threshold != cfg.threshold {
                         logger.info("adapting", metadata: ["width_index": "\(cfg.widthIndex)", "bits": "\(cfg.bits)",
+                                                           "threshold": "\(cfg.threshold)",
                                                            "goodput_kbit_s": "\(Int((g.bytesPerSecond ?? 0) * 8 / 1000))"])
                         edge.widthIndex = cfg.widthIndex
                         edge.bits = cfg.bits
+                        edge.threshold = cfg.threshold
+                    }
+                } else if let caps = agent.control {
+                    // Fixed configuration, within the server's caps.
+                    let wi = min(fixedWidth, Int(caps.maxWidthIndex))
+                    let bits = (1...min(source.bits, max(Int(caps.maxBits), 1))).last { edge.quantization["\(wi).\($0)"] != nil } ?? source.bits
+                    if wi != edge.widthIndex || bits != edge.bits {
+                        logger.info("capped by the server", metadata: ["width_index": "\(wi)", "bits": "\(bits)"])
+                        edge.widthIndex = wi
+                        edge.bits = bits
                     }
                 }
                 let af = f.agents[source.agent]!
@@ -137,7 +176,16 @@ struct AgentCommand: AsyncParsableCommand {
                                            position: pose.position, orientation: pose.orientation, modelID: edge.modelID,
                                            widthIndex: UInt8(edge.widthIndex), bits: UInt8(edge.bits), channels: shape.channels,
                                            height: shape.height, width: shape.width, quant: .model, masked: shape.masked, codec: .lz4)
-                _ = edge.dense.withUnsafeBufferPointer { d in edge.mask.withUnsafeBytes { m in agent.submit(h, dense: d, mask: shape.masked ? m : nil) } }
+                let bytes = edge.dense.withUnsafeBufferPointer { d in edge.mask.withUnsafeBytes { m in agent.submit(h, dense: d, mask: shape.masked ? m : nil) } }
+                if let bytes { controller?.observe(bytes: bytes) }
+                if let report, bytes != nil {
+                    let gt = f.groundTruth(for: source.agent, half: truthHalf)
+                    report.sent(sequence: agent.lastSequence, .init(
+                        frame: fi, dueNs: due, wallNs: Clock.wallNs(), widthIndex: edge.widthIndex, bits: edge.bits, threshold: edge.threshold,
+                        bytes: bytes!, goodputBytesPerSecond: agent.goodput.bytesPerSecond, rttNs: agent.goodput.lastRTTNs,
+                        truth: CooperativeSession.boxes(gt.boxes), own: gt.own))
+                    report.expire(atNs: Clock.monotonicNs())
+                }
                 let st = edge.lastStageSeconds
                 stages.add("featurize", st.featurize)
                 stages.add("encode", st.encode)

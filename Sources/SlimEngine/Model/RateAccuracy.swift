@@ -1,0 +1,52 @@
+import Foundation
+
+/// One configuration of the model's measured rate–accuracy table.
+public struct RateAccuracyEntry: Sendable, Equatable {
+    public var widthIndex: Int
+    public var bits: Int
+    /// Sparsity threshold (0: every cell sent).
+    public var threshold: Float
+    /// Mean bytes of one transmitted map (bit-packed + LZ4) on the test scenes.
+    public var bytes: Double
+    /// AP@0.5 (%) of intermediate fusion at this configuration on the test scenes.
+    public var ap50: Double
+
+    public init(widthIndex: Int, bits: Int, threshold: Float = 0, bytes: Double, ap50: Double) {
+        self.widthIndex = widthIndex
+        self.bits = bits
+        self.threshold = threshold
+        self.bytes = bytes
+        self.ap50 = ap50
+    }
+
+    /// The table in a model file: metadata `rate_accuracy`, written by
+    /// `training/evaluate.py --write-table` (docs/model-format.md). Entries the file cannot serve
+    /// (no feature quantization for that width and depth) are refused.
+    /// - Returns: nil when the file has no table.
+    public static func table(in st: Safetensors, widths: Int, quantization: [String: FeatureQuantization]) throws(ModelFileError) -> [Self]? {
+        guard let text = st.metadata["rate_accuracy"] else { return nil }
+        func fail(_ problem: String) -> ModelFileError {
+            ModelFileError(kind: .header, file: st.file, subject: "__metadata__.rate_accuracy", problem: problem)
+        }
+        guard let root = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
+              let entries = root["entries"] as? [[String: Any]], !entries.isEmpty else {
+            throw fail("not a JSON object with a non-empty 'entries' list")
+        }
+        var out: [Self] = []
+        for (i, e) in entries.enumerated() {
+            guard let wi = e["width_index"] as? Int, let bits = e["bits"] as? Int,
+                  let bytes = (e["bytes"] as? NSNumber)?.doubleValue, let ap = (e["ap50"] as? NSNumber)?.doubleValue else {
+                throw fail("entries[\(i)]: needs width_index, bits, bytes and ap50")
+            }
+            let threshold = (e["threshold"] as? NSNumber)?.doubleValue ?? 0
+            guard (0..<widths).contains(wi), quantization["\(wi).\(bits)"] != nil else {
+                throw fail("entries[\(i)]: no feature quantization for width index \(wi) at \(bits) bits")
+            }
+            guard bytes > 0, bytes.isFinite, ap.isFinite, threshold >= 0, threshold.isFinite else {
+                throw fail("entries[\(i)]: bytes must be > 0, ap50 and threshold finite, threshold >= 0")
+            }
+            out.append(Self(widthIndex: wi, bits: bits, threshold: Float(threshold), bytes: bytes, ap50: ap))
+        }
+        return out
+    }
+}
