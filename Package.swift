@@ -70,9 +70,10 @@ let package = Package(
         .testTarget(name: "SlimWireTests", dependencies: ["SlimWire"], swiftSettings: strict),
         .testTarget(name: "SlimEngineTests", dependencies: ["SlimEngine", "CAllocCounter"], swiftSettings: strict),
         .testTarget(name: "SlimSensorsTests", dependencies: ["SlimSensors", "SlimEngine"], swiftSettings: strict),
-        .testTarget(name: "SlimPipelineTests", dependencies: ["SlimPipeline", "SlimAgent", "SlimEngine", "SlimSensors"], swiftSettings: strict),
+        .testTarget(name: "SlimPipelineTests", dependencies: ["SlimPipeline", "SlimAgent", "SlimEngine", "SlimSensors", "CAllocCounter"],
+                    swiftSettings: strict),
         .testTarget(name: "SlimTransportTests",
-                    dependencies: ["SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "CZeroMQ"],
+                    dependencies: ["SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "SlimEngine", "CZeroMQ"],
                     swiftSettings: strict),
     ]
 )

@@ -92,6 +92,11 @@ public final class ConfigSection {
         return v
     }
 
+    /// An integer that may be absent (nil).
+    public func optionalInt(_ key: String, in range: ClosedRange<Int>) throws(ConfigError) -> Int? {
+        node(key) == nil ? nil : try int(key, in: range)
+    }
+
     public func double(_ key: String, default value: Double? = nil, in range: ClosedRange<Double>) throws(ConfigError) -> Double {
         guard let n = node(key) else {
             if let value { return value }
@@ -113,6 +118,13 @@ public final class ConfigSection {
         let child = try ConfigSection(file: file, path: keyPath(key), node: node(key) ?? .mapping(.init([])))
         children.append(child)
         return child
+    }
+
+    /// Every key path the reader asked for so far (present or not), nested sections expanded:
+    /// the keys this kind of file accepts (docs/configuration.md lists them).
+    public var keyPaths: [String] {
+        let sections = Set(children.map { String($0.path.split(separator: ".").last!) })
+        return (used.subtracting(sections).map(keyPath) + children.flatMap(\.keyPaths)).sorted()
     }
 
     /// Fails on the first key that nothing read, here or in nested sections.

@@ -1,7 +1,7 @@
 import SlimTransport
 import SlimWire
 
-/// `Configs/server.yaml`. Every key is documented in that file.
+/// `Configs/server.yaml`. Every key is documented there and in docs/configuration.md.
 public struct ServerConfig: Sendable {
     public var endpoint: String
     public var curve: CurveFiles?
@@ -20,6 +20,10 @@ public struct ServerConfig: Sendable {
     /// ZeroMQ PUB endpoint publishing one JSON message per Result (nil: off).
     public var publish: String?
     public var useLateFrames: Bool
+    /// Uplink budget shared between the agents with Control caps, bit/s (0: no caps).
+    public var uplinkBudgetBitsPerSecond: Double
+    /// Seconds between budget reallocations.
+    public var controlInterval: Double
     /// Prometheus endpoint port (0: off) and host.
     public var metricsPort: Int
     public var metricsHost: String
@@ -61,7 +65,7 @@ public struct ServerConfig: Sendable {
         rejectLogInterval = try root.section("log").double("reject_interval_s", default: 5, in: 0...3600)
         let f = try root.section("fusion")
         model = try f.optionalString("model").map { f.resolvePath($0) }
-        tickHz = try f.double("tick_hz", default: 10, in: 0.1...1000)
+        tickHz = try f.double("tick_hz", default: 100, in: 0.1...1000)
         windowMs = try f.double("window_ms", default: 150, in: 1...10_000)
         fusionMode = try f.string("mode", default: "attention")
         guard ["attention", "max"].contains(fusionMode) else {
@@ -74,13 +78,19 @@ public struct ServerConfig: Sendable {
         guard ["drop", "use"].contains(try f.string("late_frames", default: "drop")) else {
             throw ConfigError(file: f.file, key: f.keyPath("late_frames"), problem: "must be drop or use")
         }
+        let ctl = try root.section("control")
+        uplinkBudgetBitsPerSecond = try ctl.double("uplink_budget_kbit_s", default: 0, in: 0...100_000_000) * 1000
+        controlInterval = try ctl.double("interval_s", default: 2, in: 0.1...3600)
+        if uplinkBudgetBitsPerSecond > 0, model == nil {
+            throw ConfigError(file: ctl.file, key: ctl.keyPath("uplink_budget_kbit_s"), problem: "needs fusion.model (its rate-accuracy table)")
+        }
         let m = try root.section("metrics")
         metricsPort = try m.int("port", default: 9464, in: 0...65535)
         metricsHost = try m.string("host", default: "0.0.0.0")
     }
 }
 
-/// `Configs/agent.yaml`. Every key is documented in that file.
+/// `Configs/agent.yaml`. Every key is documented there and in docs/configuration.md.
 public struct AgentConfig: Sendable {
     public var agentID: String
     public var server: String
@@ -104,6 +114,8 @@ public struct AgentConfig: Sendable {
         public var loop: Bool
         /// Adapt width and bits to the measured uplink (deadline in seconds), nil: fixed.
         public var adaptDeadline: Double?
+        /// Seconds from capture by which a frame's detections must be back (`deadline_ms`).
+        public var deadline: Double = 0.1
     }
 
     public struct CurveFiles: Sendable {
@@ -170,11 +182,12 @@ public struct AgentConfig: Sendable {
         if let rec = try src.optionalString("recording") {
             source = RecordingSource(recording: src.resolvePath(rec), agent: try src.string("agent", default: agentID.replacingOccurrences(of: "-", with: "_")),
                                      model: src.resolvePath(try src.string("model")),
-                                     widthIndex: src.has("width_index") ? try src.int("width_index", in: 0...15) : nil,
+                                     widthIndex: try src.optionalInt("width_index", in: 0...15),
                                      bits: try src.int("bits", default: 8, in: 1...8), threshold: try src.double("threshold", default: 0, in: 0...1000),
                                      loop: try src.bool("loop", default: true),
                                      adaptDeadline: nil)
             let deadline = try src.double("deadline_ms", default: 100, in: 10...10_000) / 1000
+            source!.deadline = deadline
             if try src.bool("adapt", default: false) { source!.adaptDeadline = deadline }
         } else {
             source = nil

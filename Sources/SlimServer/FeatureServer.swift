@@ -50,6 +50,7 @@ public final class FeatureServer: Sendable {
     private let statsByRoute = Locked<[RoutingID: AgentStats]>([:])
     /// The routing id of each agent's current session, for sending it Results.
     private let routes = Locked<[String: RoutingID]>([:])
+    private let controlEpoch = Locked<UInt32>(0)
     private let onFrame: FrameHandler?
 
     public init(endpoint: RouterEndpoint, options: ServerOptions = ServerOptions(), logger: Logger, onFrame: FrameHandler? = nil) {
@@ -97,7 +98,6 @@ public final class FeatureServer: Sendable {
     public func run() async {
         var sessions: [RoutingID: Session] = [:]
         let decoder = FeatureFrameDecoder(limits: options.limits)
-        var controlEpoch: UInt32 = 0
         for await event in endpoint.events {
             guard case .message(let m) = event else { continue }
             let route = m.routingID
@@ -119,8 +119,7 @@ public final class FeatureServer: Sendable {
                         s[route]!.keyName = m.peerName
                     }
                     routes.withLock { $0[hello.agentID] = route }
-                    controlEpoch &+= 1
-                    let control = Control(epoch: controlEpoch, reason: 0)
+                    let control = Control(epoch: controlEpoch.withLock { $0 &+= 1; return $0 }, reason: 0)
                     endpoint.send(to: route, length: control.encodedLength) { control.encode(into: $0) }
                     logger.info("agent joined", metadata: ["agent": "\(hello.agentID)", "model": "\(hello.modelID)",
                                                            "key": "\(m.peerName ?? "-")"])
@@ -176,6 +175,17 @@ public final class FeatureServer: Sendable {
     public func send(_ result: ResultMessage, toAgent agent: String) -> Bool {
         guard let route = routes.value[agent] else { return false }
         endpoint.send(to: route, length: result.encodedLength) { result.encode(into: $0) }
+        return true
+    }
+
+    /// Caps an agent (Control, reason 1 "bandwidth budget"): the agent keeps width index and
+    /// bit depth at or below these. False if the agent has no session.
+    @discardableResult
+    public func sendControl(toAgent agent: String, maxWidthIndex: Int, maxBits: Int, reason: UInt8 = 1) -> Bool {
+        guard let route = routes.value[agent] else { return false }
+        let control = Control(epoch: controlEpoch.withLock { $0 &+= 1; return $0 },
+                              maxWidthIndex: UInt8(clamping: maxWidthIndex), maxBits: UInt8(clamping: min(max(maxBits, 1), 8)), reason: reason)
+        endpoint.send(to: route, length: control.encodedLength) { control.encode(into: $0) }
         return true
     }
 

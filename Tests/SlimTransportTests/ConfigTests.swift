@@ -25,6 +25,20 @@ struct ConfigTests {
         #expect(agent.synthetic.channels == 64)
     }
 
+    @Test("docs/configuration.md documents every key the readers accept")
+    func everyKeyDocumented() throws {
+        let doc = try String(contentsOf: repoRoot.appendingPathComponent("docs/configuration.md"), encoding: .utf8)
+        let parts = doc.components(separatedBy: "## Agent")
+        try #require(parts.count == 2)
+        let server = try ConfigSection.load(file: repoRoot.appendingPathComponent("Configs/server.yaml").path)
+        _ = try ServerConfig(server)
+        let agent = try ConfigSection.load(file: repoRoot.appendingPathComponent("Configs/agent.yaml").path)
+        _ = try AgentConfig(agent)
+        #expect(server.keyPaths.count >= 25 && agent.keyPaths.count >= 30)
+        for k in server.keyPaths { #expect(parts[0].contains("| `\(k)` |"), "server key \(k) is not in docs/configuration.md") }
+        for k in agent.keyPaths { #expect(parts[1].contains("| `\(k)` |"), "agent key \(k) is not in docs/configuration.md") }
+    }
+
     @Test("docker/ configs are valid")
     func dockerConfigsLoad() throws {
         let server = try ServerConfig.load(file: repoRoot.appendingPathComponent("docker/server.yaml").path)

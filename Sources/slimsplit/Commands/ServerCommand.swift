@@ -13,7 +13,7 @@ struct ServerCommand: AsyncParsableCommand {
         abstract: "Run the fusion server: accept agents, validate and acknowledge their feature frames.",
         discussion: "Stops gracefully on SIGINT or SIGTERM and prints a per-agent summary.")
 
-    @Option(help: "Server config (YAML); every key is documented in Configs/server.yaml.")
+    @Option(help: "Server config (YAML); every key is documented in docs/configuration.md.")
     var config: String = "Configs/server.yaml"
 
     @Option(help: "Override the config's endpoint, e.g. tcp://0.0.0.0:5555.")
@@ -52,11 +52,14 @@ struct ServerCommand: AsyncParsableCommand {
             fo.fusion = cfg.fusionMode == "max" ? .max : .attention
             fo.useLateFrames = cfg.useLateFrames
             fusion = try FusionService(modelFile: model, options: fo)
-            logger.info("fusion on", metadata: ["model": "\(model)", "tick_hz": "\(cfg.tickHz)", "mode": "\(cfg.fusionMode)"])
+            logger.info("fusion on", metadata: ["model": "\(model)", "max_passes_per_s": "\(cfg.tickHz)", "mode": "\(cfg.fusionMode)"])
         }
         let fusionRef = fusion
+        // A fusion pass runs as soon as a frame is in (frames that arrive together share one), at
+        // most tick_hz passes a second: a frame waits for no clock.
+        let (arrivals, arrived) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         let server = FeatureServer(endpoint: router, options: options, logger: logger) { agent, frame in
-            fusionRef?.ingest(agent: agent, frame)
+            if fusionRef?.ingest(agent: agent, frame) == true { arrived.yield() }
         }
         logger.info("listening", metadata: ["endpoint": "\(router.endpoint)"])
         var metrics: MetricsEndpoint?
@@ -66,18 +69,53 @@ struct ServerCommand: AsyncParsableCommand {
         }
         let recorder: DetectionRecorder? = cfg.recordPath != nil || cfg.jsonLines != nil || cfg.publish != nil
             ? try DetectionRecorder(path: cfg.recordPath, jsonLines: cfg.jsonLines, publish: cfg.publish) : nil
-        // Fusion tick: every agent with a new frame gets the fused detections in its own frame.
-        let tickNs = UInt64(1e9 / cfg.tickHz)
+        // Fusion: every agent with a new frame gets the fused detections in its own frame.
+        let gapNs = UInt64(1e9 / cfg.tickHz)
         let ticker = Task {
             guard let fusion = fusionRef else { return }
-            var next = Clock.monotonicNs() + tickNs
-            while !Task.isCancelled {
+            var last: UInt64 = 0
+            for await _ in arrivals {
                 let now = Clock.monotonicNs()
-                if next > now { try? await Task.sleep(nanoseconds: next - now) }
-                next += tickNs
+                if now < last &+ gapNs { try? await Task.sleep(nanoseconds: last &+ gapNs - now) }
+                last = Clock.monotonicNs()
                 for o in fusion.tick() {
                     server.send(fusion.result(o, fusionTimeNs: Clock.wallNs()), toAgent: o.agent)
                     recorder?.record(o)
+                }
+            }
+        }
+        // Uplink budget: every interval, share it by coverage and cap each agent (Control).
+        var budgetTask: Task<Void, Never>?
+        if cfg.uplinkBudgetBitsPerSecond > 0, let fusion = fusionRef {
+            guard let table = fusion.rateAccuracy else {
+                throw ValidationError("control.uplink_budget_kbit_s needs the model's rate-accuracy table, which \(cfg.model ?? "") lacks")
+            }
+            var budget = UplinkBudget(bitsPerSecond: cfg.uplinkBudgetBitsPerSecond, table: table)
+            budget.halfExtent = fusion.halfExtent
+            budget.cell = fusion.cell
+            let interval = cfg.controlInterval
+            logger.info("uplink budget", metadata: ["kbit_s": "\(cfg.uplinkBudgetBitsPerSecond / 1000)", "interval_s": "\(interval)"])
+            budgetTask = Task {
+                var lastFrames: [String: Int] = [:]
+                var lastCaps: [String: UplinkBudget.Cap] = [:]
+                while !Task.isCancelled {
+                    await sleepSeconds(interval)
+                    let stats = server.stats
+                    let now = Clock.wallNs()
+                    let agents = fusion.agentPoses.filter { now &- $0.captureNs < 5_000_000_000 || $0.captureNs > now }.map { p in
+                        let frames = stats[p.agent]?.frames ?? 0
+                        let rate = Double(frames - (lastFrames[p.agent] ?? frames)) / interval
+                        return UplinkBudget.Agent(id: p.agent, position: p.position, yaw: p.yaw, rateHz: rate > 0 ? rate : 10)
+                    }
+                    for (a, s) in stats { lastFrames[a] = s.frames }
+                    for (id, cap) in budget.caps(for: agents) where lastCaps[id].map({ $0.maxWidthIndex != cap.maxWidthIndex || $0.maxBits != cap.maxBits }) ?? true {
+                        if server.sendControl(toAgent: id, maxWidthIndex: cap.maxWidthIndex, maxBits: cap.maxBits) {
+                            lastCaps[id] = cap
+                            logger.info("cap", metadata: ["agent": "\(id)", "max_width_index": "\(cap.maxWidthIndex)", "max_bits": "\(cap.maxBits)",
+                                                          "share_kbit_s": "\(Int(cap.shareBitsPerSecond / 1000))",
+                                                          "coverage_share": "\(Int((cap.credit * 100).rounded())) %"])
+                        }
+                    }
                 }
             }
         }
@@ -101,6 +139,8 @@ struct ServerCommand: AsyncParsableCommand {
         }
         await server.run()
         timer.cancel()
+        budgetTask?.cancel()
+        arrived.finish()
         ticker.cancel()
         _ = await ticker.value
         metrics?.close()

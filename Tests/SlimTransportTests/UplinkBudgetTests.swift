@@ -1,0 +1,65 @@
+import Foundation
+import SlimAgent
+import SlimEngine
+import SlimServer
+import SlimTransport
+import Testing
+
+@Suite("Uplink budget: shares by coverage, caps by Control")
+struct UplinkBudgetTests {
+    /// A rate–accuracy table shaped like the shipped model's (bytes ∝ channels × bits).
+    static let table: [RateAccuracyEntry] = {
+        var t: [RateAccuracyEntry] = []
+        for wi in 0..<4 {
+            for b in [8, 4, 2] {
+                let bytes: Double = 57_000 * Double(wi + 1) / 4 * Double(b) / 8
+                let ap: Double = 40 + Double(wi) + Double(b) / 4
+                t.append(RateAccuracyEntry(widthIndex: wi, bits: b, bytes: bytes, ap50: ap))
+            }
+        }
+        return t
+    }()
+
+    @Test("a roadside unit that alone sees its road earns more than two cars that see the same one")
+    func shares() {
+        let budget = UplinkBudget(bitsPerSecond: 4_000_000, table: Self.table)
+        let agents = [
+            UplinkBudget.Agent(id: "car-1", position: .init(0, 0), yaw: 0, rateHz: 10),
+            UplinkBudget.Agent(id: "car-2", position: .init(10, 0), yaw: .pi / 2, rateHz: 10),
+            UplinkBudget.Agent(id: "rsu-1", position: .init(200, 0), yaw: 0, rateHz: 10),
+        ]
+        let caps = budget.caps(for: agents)
+        let (c1, c2, r) = (caps["car-1"]!, caps["car-2"]!, caps["rsu-1"]!)
+        #expect(abs(c1.credit + c2.credit + r.credit - 1) < 1e-9)
+        #expect(abs(c1.shareBitsPerSecond + c2.shareBitsPerSecond + r.shareBitsPerSecond - 4_000_000) < 1)
+        #expect(r.credit > c1.credit && r.credit > c2.credit)
+        // All its 1024 cells (2 m) against the cars' union: 64 x 64 m plus the 10 m offset, 1184 cells.
+        #expect(abs(r.credit - 1024.0 / (1024 + 1184)) < 0.005)
+        #expect(abs(c1.credit - c2.credit) < 0.005)
+        // Every cap fits its share: the capped configuration's bytes x 10 Hz.
+        for cap in [c1, c2, r] {
+            let e = Self.table.first { $0.widthIndex == cap.maxWidthIndex && $0.bits == cap.maxBits }!
+            #expect(e.bytes * 8 * 10 <= cap.shareBitsPerSecond)
+        }
+        // The roadside unit's larger share buys a larger configuration.
+        let bytes = { (c: UplinkBudget.Cap) in Self.table.first { $0.widthIndex == c.maxWidthIndex && $0.bits == c.maxBits }!.bytes }
+        #expect(bytes(r) > bytes(c1))
+        // A budget too small for anything: the cheapest configuration.
+        let tiny = UplinkBudget(bitsPerSecond: 1_000, table: Self.table).caps(for: agents)["rsu-1"]!
+        #expect(tiny.maxWidthIndex == 0 && tiny.maxBits == 2)
+    }
+
+    @Test("a Control cap reaches the agent over the socket")
+    func capReachesAgent() async throws {
+        let keys = try CurveKeyPair.generate()
+        let server = try TestServer(allowed: ["car-1": keys])
+        let agent = try TestAgent(id: "car-1", server: server, keys: keys)
+        #expect(await agent.stream(3))
+        #expect(server.server.sendControl(toAgent: "car-1", maxWidthIndex: 1, maxBits: 4))
+        #expect(await eventually(10) { agent.agent.control?.reason == 1 })
+        #expect(agent.agent.control?.maxWidthIndex == 1 && agent.agent.control?.maxBits == 4)
+        #expect(!server.server.sendControl(toAgent: "nobody", maxWidthIndex: 0, maxBits: 2))
+        await agent.stop()
+        await server.stop()
+    }
+}
