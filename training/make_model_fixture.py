@@ -2,7 +2,7 @@
 """Parity fixture of the cooperative model (Models/slimsplit-bev.safetensors) for the Swift engine:
 one test frame, two agents (ego = agent 0).
 
-    python training/make_model_fixture.py /tmp/model_io.safetensors [--model ...] [--data /work/data]
+    python training/make_model_fixture.py Tests/Fixtures/engine/model_io.safetensors --trim [--model ...] [--data /work/data]
 
 Per agent a (0, 1):
   input.{a}            F32 [1, 8, 128, 128]  the agent's BEV (from the dataset shard)
@@ -42,6 +42,7 @@ from slimsplit_train.quantize import dequantize_tensor, int8_chain_ref, quantize
 from slimsplit_train.st_write import save_file  # noqa: E402
 
 torch.set_num_threads(1)
+SWIFT_KEYS = {"input_q", "encoder_int8", "features", "pose", "theta", "heatmap", "offset", "size", "yaw", "heatmap_max"}
 
 
 def main() -> None:
@@ -50,6 +51,8 @@ def main() -> None:
     ap.add_argument("--model", default=str(ROOT / "Models/slimsplit-bev.safetensors"))
     ap.add_argument("--data", default="/work/data")
     ap.add_argument("--frame", type=int, default=40)
+    ap.add_argument("--trim", action="store_true",
+                    help="keep only what Tests/SlimEngineTests/ModelParityTests.swift reads (the committed fixture)")
     a = ap.parse_args()
     model = load_model(a.model)
     t = model.tensors
@@ -102,6 +105,9 @@ def main() -> None:
             "frame": str(fr["frame"]), "agents": json.dumps([fr["agents"][j] for j in agents]),
             "width_index": str(wi), "fusion": "attention (heatmap etc.), max (heatmap_max)",
             "int8_numpy_vs_ort_differences": str(diffs)}
+    if a.trim:
+        out = {k: v for k, v in out.items() if k.split(".")[0] in SWIFT_KEYS}
+        meta["note"] = "trimmed to what Tests/SlimEngineTests/ModelParityTests.swift reads (training/make_model_fixture.py writes more)"
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     save_file({k: np.ascontiguousarray(v) for k, v in out.items()}, a.out, metadata=meta)
     print(f"wrote {a.out}: int8 numpy vs ORT differences: {diffs}")

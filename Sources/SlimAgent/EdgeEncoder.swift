@@ -16,7 +16,9 @@ public final class EdgeEncoder: @unchecked Sendable {
     public let quantization: [String: FeatureQuantization]
     /// The model's rate–accuracy table (nil when the file has none), for `WidthController`.
     public let rateAccuracy: [RateAccuracyEntry]?
-    private let tables: [String: [UInt8]]
+    /// Requantization tables by `widthIndex * 9 + bits` (an integer key: a string key would
+    /// allocate on every frame).
+    private let tables: [[UInt8]?]
     private let bev: FloatTensor
     /// Channel-major codes of the last frame (C × H × W at the current width).
     public private(set) var dense: [UInt8]
@@ -40,11 +42,12 @@ public final class EdgeEncoder: @unchecked Sendable {
         encoder = SlimmableEncoder(model: model, inputHeight: grid.height, inputWidth: grid.width)
         quantization = try FeatureQuantization.all(in: st)
         rateAccuracy = try RateAccuracyEntry.table(in: st, widths: model.architecture.widths.count, quantization: quantization)
-        var t: [String: [UInt8]] = [:]
+        var t = [[UInt8]?](repeating: nil, count: model.architecture.widths.count * 9)
         for (key, q) in quantization {
-            let wi = Int(key.split(separator: ".")[0])!
-            guard let out = model.int8?[wi][encoder.outputLayer].output else { continue }
-            t[key] = q.table(from: out)
+            let parts = key.split(separator: ".")
+            guard let wi = Int(parts[0]), let b = Int(parts[1]), wi < model.architecture.widths.count,
+                  let out = model.int8?[wi][encoder.outputLayer].output else { continue }
+            t[wi * 9 + b] = q.table(from: out)
         }
         tables = t
         bev = FloatTensor(height: grid.height, width: grid.width, channels: BEVGrid.channels)
@@ -116,7 +119,7 @@ public final class EdgeEncoder: @unchecked Sendable {
         let t2 = Clock.monotonicNs()
         defer { lastStageSeconds = (Double(t1 - t0) / 1e9, Double(t2 - t1) / 1e9, Double(Clock.monotonicNs() - t2) / 1e9) }
         let c = out.channels, h = out.height, w = out.width, cells = h * w
-        guard let table = tables["\(widthIndex).\(bits)"], let q = encoder.outputQuant else {
+        guard (1...8).contains(bits), let table = tables[widthIndex * 9 + bits], let q = encoder.outputQuant else {
             preconditionFailure("no feature quantization for width \(widthIndex), \(bits) bits in \(model.file)")
         }
         let masked = threshold > 0

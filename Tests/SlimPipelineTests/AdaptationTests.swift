@@ -76,17 +76,28 @@ struct AdaptationTests {
         let rec = try RecordingFrames(path: samplePath)
         let f = try #require(rec.frames.first { $0.agents["car_1"]?.points.isEmpty == false })
         let points = f.agents["car_1"]!.points
-        func run(_ c: WidthController.Configuration) -> Int {
-            edge.widthIndex = c.widthIndex
-            edge.bits = c.bits
-            edge.threshold = c.threshold
-            return points.withUnsafeBufferPointer { edge.encode($0, sensorHeight: 1.9) }.channels
-        }
-        for c in table { _ = run(c) }                          // warm up
-        let before = slim_alloc_count()
+        // The controller's choice and the switch, as the agent does per frame, over a link that
+        // swings between 100 kbit/s and 100 Mbit/s.
+        var controller = WidthController(configurations: table)
+        controller.upAfter = 1
         var channels = 0
-        for c in table + table.reversed() { channels += run(c) }
-        #expect(slim_alloc_count() - before == 0)
+        var seen = [Bool](repeating: false, count: 64)
+        for pass in 0..<2 {  // the first pass warms up
+            let before = slim_alloc_count()
+            points.withUnsafeBufferPointer { p in
+                for i in 0..<(4 * table.count) {
+                    let c = controller.update(goodputBytesPerSecond: i % 8 < 4 ? 12_500 : 12_500_000, rttSeconds: 0.01)
+                    edge.widthIndex = c.widthIndex
+                    edge.bits = c.bits
+                    edge.threshold = c.threshold
+                    channels += edge.encode(p, sensorHeight: 1.9).channels
+                    seen[c.widthIndex * 9 + c.bits] = true
+                }
+            }
+            if pass == 1 { #expect(slim_alloc_count() - before == 0, "allocations while choosing, switching and encoding") }
+        }
+        // ...and it did switch: configurations of several widths and depths ran.
+        #expect(seen.filter { $0 }.count >= 2)
         #expect(channels > 0)
     }
 }

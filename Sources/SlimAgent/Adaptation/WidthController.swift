@@ -55,11 +55,24 @@ public struct WidthController: Sendable {
         let budget = deadlineSeconds * (1 - margin) - encodeSeconds
         func allowed(_ c: Configuration) -> Bool { c.widthIndex <= maxWidthIndex && c.bits <= maxBits }
         func feasible(_ c: Configuration) -> Bool { allowed(c) && c.bytes * bytesScale / g <= budget }
-        let feasibleSet = configurations.indices.filter { feasible(configurations[$0]) }
-        let best = feasibleSet.max { configurations[$0].ap50 < configurations[$1].ap50
-            || (configurations[$0].ap50 == configurations[$1].ap50 && configurations[$0].bytes > configurations[$1].bytes) }
-            ?? configurations.indices.filter { allowed(configurations[$0]) }.min { configurations[$0].bytes < configurations[$1].bytes }
-            ?? current
+        /// The most accurate configuration passing `ok` (fewer bytes on a tie), or nil.
+        func mostAccurate(_ ok: (Configuration) -> Bool) -> Int? {
+            var pick: Int?
+            for i in configurations.indices where ok(configurations[i]) {
+                guard let p = pick else { pick = i; continue }
+                let a = configurations[i], b = configurations[p]
+                if a.ap50 > b.ap50 || (a.ap50 == b.ap50 && a.bytes < b.bytes) { pick = i }
+            }
+            return pick
+        }
+        func cheapestAllowed() -> Int? {
+            var pick: Int?
+            for i in configurations.indices where allowed(configurations[i]) {
+                if pick == nil || configurations[i].bytes < configurations[pick!].bytes { pick = i }
+            }
+            return pick
+        }
+        let best = mostAccurate(feasible) ?? cheapestAllowed() ?? current
         let saturated = q > saturatedQueueingSeconds || rttSeconds > budget
         if !feasible(configuration) {
             current = best  // down at once
@@ -67,8 +80,7 @@ public struct WidthController: Sendable {
         } else if saturated, configurations[best].bytes >= configuration.bytes {
             // The estimate says fine, the link says otherwise: the best smaller configuration.
             let cur = configuration.bytes
-            current = configurations.indices.filter { allowed(configurations[$0]) && configurations[$0].bytes < cur }
-                .max { configurations[$0].ap50 < configurations[$1].ap50 } ?? current
+            current = mostAccurate { allowed($0) && $0.bytes < cur } ?? current
             betterStreak = 0
         } else if saturated {
             current = best
