@@ -144,6 +144,26 @@ struct SimulatorTests {
         #expect(fa.agents.map(\.points) != fc.agents.map(\.points))
     }
 
+    @Test("agents.roadside_unit_yaw_deg turns the roadside LiDAR and nothing else")
+    func roadsideYaw() throws {
+        func rsuYaw(_ deg: Double?, seed: UInt64) throws -> (Double, [Detection3D]) {
+            var c = try sampleScene()
+            c.roadsideUnitYawDeg = deg
+            var sim = Simulator(config: c, seed: seed)
+            let f = sim.next()
+            let p = f.agents.first { $0.id == "rsu_1" }!.pose
+            return (p.yaw, f.objects)
+        }
+        let (layout, objects) = try rsuYaw(nil, seed: 7)
+        #expect(abs(layout + 3 * .pi / 4) < 1e-9)  // the sample is an intersection: the corner's diagonal
+        let (fixed, objects30) = try rsuYaw(30, seed: 7)
+        #expect(abs(fixed - .pi / 6) < 1e-9)
+        #expect(objects30 == objects)
+        let r7 = try rsuYaw(.nan, seed: 7), r8 = try rsuYaw(.nan, seed: 8)
+        #expect(r7.0 != r8.0 && abs(r7.0) <= .pi && abs(r8.0) <= .pi)
+        #expect(r7.1 == objects)
+    }
+
     @Test("featurizer cells and channels")
     func featurizer() {
         let f = BEVFeaturizer()

@@ -26,6 +26,9 @@ public struct SceneConfig: Sendable {
     public var vehicles: Int
     public var agents: Int
     public var roadsideUnit: Bool
+    /// The roadside unit's LiDAR yaw: degrees, `.nan` for a random one per seed, nil for the
+    /// layout's (−135° at an intersection corner, −90° beside a straight road).
+    public var roadsideUnitYawDeg: Double?
     public var lidar: Lidar
     public var poseNoisePosition: Double
     public var poseNoiseYawDeg: Double
@@ -56,6 +59,11 @@ public struct SceneConfig: Sendable {
         let a = try root.section("agents")
         agents = try a.int("vehicles", default: 2, in: 0...8)
         roadsideUnit = try a.bool("roadside_unit", default: true)
+        if let y = try a.optionalString("roadside_unit_yaw_deg") {
+            if y == "random" { roadsideUnitYawDeg = .nan } else if let v = Double(y), (-360...360).contains(v) { roadsideUnitYawDeg = v } else {
+                throw ConfigError(file: root.file, key: "agents.roadside_unit_yaw_deg", problem: "'\(y)' must be degrees in -360...360 or random")
+            }
+        }
         guard agents + (roadsideUnit ? 1 : 0) >= 1 else {
             throw ConfigError(file: root.file, key: "agents", problem: "needs at least one agent (vehicles or roadside_unit)")
         }

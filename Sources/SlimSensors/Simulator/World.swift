@@ -114,6 +114,11 @@ struct World {
         if config.roadsideUnit {
             let c = halfWidth + 2.5
             rsu = config.kind == .intersection ? (SIMD2(c, c), -3 * .pi / 4) : (SIMD2(0, c), -.pi / 2)
+            if let deg = config.roadsideUnitYawDeg {
+                // A random yaw draws from its own stream, so the rest of the scene stays as without it.
+                var own = SimRandom(seed: rng.state ^ 0x5253_5559_4157)
+                rsu!.yaw = deg.isNaN ? own.uniform(-.pi, .pi) : deg * .pi / 180
+            }
         }
     }
 
