@@ -146,7 +146,7 @@ struct SimulatorTests {
 
     @Test("agents.roadside_unit_yaw_deg turns the roadside LiDAR and nothing else")
     func roadsideYaw() throws {
-        func rsuYaw(_ deg: Double?, seed: UInt64) throws -> (Double, [Detection3D]) {
+        func rsuYaw(_ deg: Double?, seed: UInt64) throws -> (Double, [SceneBox]) {
             var c = try sampleScene()
             c.roadsideUnitYawDeg = deg
             var sim = Simulator(config: c, seed: seed)
