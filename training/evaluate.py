@@ -128,6 +128,8 @@ class APAccum:
             self.tp[t].append(tp)
 
     def result(self):
+        if not self.s[IOUS[0]]:
+            return {t: float("nan") for t in IOUS}
         return {t: 100 * ap_from(np.concatenate(self.s[t]), np.concatenate(self.tp[t]), self.n_gt) for t in IOUS}
 
 
@@ -239,18 +241,30 @@ def main() -> None:
                 res += decode(out)
         return res
 
+    def is_rsu(fi, e):
+        return ds.frames[fi]["agents"][e].startswith("rsu")
+
     def score(dets):
-        acc = APAccum()
+        """AP over every ego-frame, over car egos only and over roadside-unit egos only."""
+        accs = {"all": APAccum(), "car": APAccum(), "rsu": APAccum()}
         for (fi, e), (b, s) in zip(ego_items, dets):
             g, own = GT[(fi, e)]
             b, s = filt(b, s, own)
-            acc.add(b, s, g)
-        return acc.result()
+            part = APAccum()
+            part.add(b, s, g)
+            for k in ("all", "rsu" if is_rsu(fi, e) else "car"):
+                accs[k].n_gt += part.n_gt
+                for t in IOUS:
+                    accs[k].s[t] += part.s[t]
+                    accs[k].tp[t] += part.tp[t]
+        return {k: a.result() for k, a in accs.items()}
 
     results = []
 
     def record(name, group, dets, bytes_=None, **kw):
-        r = {"name": name, "group": group, "ap": score(dets), "bytes": bytes_, **kw}
+        sc = score(dets)
+        r = {"name": name, "group": group, "ap": sc["all"], "bytes": bytes_,
+             "ap_car_egos": sc["car"], "ap_rsu_egos": sc["rsu"], **kw}
         results.append(r)
         print(f"{name:40s} AP@.3/.5/.7 = {r['ap'][0.3]:.1f} {r['ap'][0.5]:.1f} {r['ap'][0.7]:.1f}"
               f"  bytes={bytes_}  ({time.time() - t_start:.0f} s)", flush=True)
@@ -405,10 +419,12 @@ def write_table(model_path: str, results, sparse_thr, meta) -> None:
 
 
 def write_md(results, meta, path, model):
-    lines = ["| configuration | bytes / agent / frame | AP@0.3 | AP@0.5 | AP@0.7 |", "|---|---:|---:|---:|---:|"]
+    lines = ["| configuration | bytes / agent / frame | AP@0.3 | AP@0.5 | AP@0.7 | AP@0.5 car egos | AP@0.5 RSU egos |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         b = "—" if r["bytes"] is None else f"{r['bytes']:,}"
-        lines.append(f"| {r['name']} | {b} | {r['ap'][0.3]:.1f} | {r['ap'][0.5]:.1f} | {r['ap'][0.7]:.1f} |")
+        lines.append(f"| {r['name']} | {b} | {r['ap'][0.3]:.1f} | {r['ap'][0.5]:.1f} | {r['ap'][0.7]:.1f} "
+                     f"| {r['ap_car_egos'][0.5]:.1f} | {r['ap_rsu_egos'][0.5]:.1f} |")
     Path(path).with_suffix(".table").write_text("\n".join(lines) + "\n")
     Path(path).with_suffix(".meta.json").write_text(json.dumps(meta, indent=1))
 
