@@ -131,13 +131,13 @@ def plot(trace, runs, segments, path):
     # 2: bytes per frame (the chosen configuration)
     for name, rows in runs.items():
         ax[1].plot([r["wall_s"] - t0 for r in rows], [r["bytes"] / 1000 for r in rows], ".", ms=3, color=colors[name], label=name)
-    prev = None
+    prev, last_t = None, -1e9
     for r in runs["adaptive"]:
         cfg = f"w{r['width_index']}/{r['bits']}b{'/s' if r['threshold'] > 0 else ''}"
-        if cfg != prev:
+        if cfg != prev and r["wall_s"] - last_t > 3:  # label changes, at most one every 3 s
             ax[1].annotate(cfg, (r["wall_s"] - t0, r["bytes"] / 1000), fontsize=7, xytext=(2, 6), textcoords="offset points")
-            prev = cfg
-    ax[1].set_ylabel("kB per frame")
+            prev, last_t = cfg, r["wall_s"]
+    ax[1].set_ylabel("kB per frame (adaptive: w<width index>/<bits>b[/s sparse])")
     ax[1].set_yscale("log")
     ax[1].legend(fontsize=7)
     # 3: latency (capture -> detections back), missed frames at the top

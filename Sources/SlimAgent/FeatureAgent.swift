@@ -53,8 +53,9 @@ public struct AgentIdentity: Sendable {
 }
 
 /// The sending side of an edge agent: says Hello on every (re)connection, encodes frames into
-/// pooled buffers and hands them to the socket without copying, newest frame first, and keeps
-/// RTT and goodput bookkeeping from Acks.
+/// pooled buffers and hands them to the socket without copying, one frame on the link at a time
+/// (the newest waits for the previous one's Ack; an older waiting frame is replaced and counted),
+/// and keeps RTT and goodput bookkeeping from Acks.
 ///
 /// `submit` is called from the agent's pipeline (one thread at a time); `run()` consumes the
 /// socket's events on its own task.
@@ -70,11 +71,36 @@ public final class FeatureAgent: Sendable {
     private struct State {
         var stats = AgentLinkStats()
         var sequence: UInt64 = 0
-        /// Submit times by sequence, for RTT (bounded ring).
+        /// Hand-over times (frame to socket) by sequence, for RTT (bounded ring).
         var sentAt: [UInt64] = .init(repeating: 0, count: 4096)
         var sentSeq: [UInt64] = .init(repeating: 0, count: 4096)
         var rttNext = 0
+        /// The frame on the link (sent, not yet acknowledged) and when it was handed over.
+        var inFlight: UInt64?
+        var inFlightAt: UInt64 = 0
+        /// The newest frame waiting for the link, encoded, not yet handed to the socket.
+        var held: Held?
+        var heldReplaced = 0
+
+        /// Records the hand-over time of a frame (RTTs count from it) and marks it in flight.
+        mutating func markSent(_ sequence: UInt64, at now: UInt64) {
+            let slot = Int(sequence % UInt64(sentAt.count))
+            sentAt[slot] = now
+            sentSeq[slot] = sequence
+            inFlight = sequence
+            inFlightAt = now
+        }
     }
+
+    private struct Held {
+        var buffer: SendBuffer
+        var length: Int
+        var sequence: UInt64
+    }
+
+    /// A frame unacknowledged for this long no longer holds the link (its Ack was lost, or the
+    /// server restarted): the next frame goes anyway.
+    public static let inFlightTimeoutNs: UInt64 = 1_000_000_000
 
     private final class EncoderBox: @unchecked Sendable { let encoder = FeatureFrameEncoder() }
 
@@ -100,7 +126,7 @@ public final class FeatureAgent: Sendable {
 
     public var stats: AgentLinkStats {
         var s = state.value.stats
-        s.framesReplaced = endpoint.counters.framesReplaced
+        s.framesReplaced = endpoint.counters.framesReplaced + state.value.heldReplaced
         return s
     }
 
@@ -125,16 +151,39 @@ public final class FeatureAgent: Sendable {
         let t0 = Clock.monotonicNs()
         let length = encoder.withLock { $0.encoder.encode(h, dense: dense, mask: mask, into: buffer.bytes).length }
         let now = Clock.monotonicNs()
-        state.withLock { $0.stats.lastPackSeconds = Double(now - t0) / 1e9 }
-        state.withLock { s in
-            let slot = Int(h.sequence % UInt64(s.sentAt.count))
-            s.sentAt[slot] = now
-            s.sentSeq[slot] = h.sequence
+        // One frame on the link at a time: while one is unacknowledged, the newest frame waits
+        // here and replaces an older waiting one, so a link that slows down never queues stale
+        // frames in socket buffers (they would all miss their deadline).
+        let (sendNow, dropped): (Bool, SendBuffer?) = state.withLock { s in
+            s.stats.lastPackSeconds = Double(now - t0) / 1e9
             s.stats.framesSubmitted += 1
             s.stats.bytesSubmitted += length
+            if s.inFlight == nil || now &- s.inFlightAt > Self.inFlightTimeoutNs {
+                s.markSent(h.sequence, at: now)
+                return (true, nil)
+            }
+            let old = s.held?.buffer
+            if old != nil { s.heldReplaced += 1 }
+            s.held = Held(buffer: buffer, length: length, sequence: h.sequence)
+            return (false, old)
         }
-        endpoint.submitFrame(buffer, length: length)
+        dropped?.release()
+        if sendNow { endpoint.submitFrame(buffer, length: length) }
         return length
+    }
+
+    /// The link is free again (an Ack, or a new connection): send the waiting frame, if any.
+    private func linkFree(acked sequence: UInt64?) {
+        let now = Clock.monotonicNs()
+        let next: Held? = state.withLock { s in
+            if let sequence, let f = s.inFlight, sequence < f { return nil }  // an older frame's Ack
+            s.inFlight = nil
+            guard let h = s.held else { return nil }
+            s.held = nil
+            s.markSent(h.sequence, at: now)
+            return h
+        }
+        if let next { endpoint.submitFrame(next.buffer, length: next.length) }
     }
 
     /// Consumes the server's messages until the endpoint closes.
@@ -143,6 +192,7 @@ public final class FeatureAgent: Sendable {
             switch event {
             case .connected:
                 state.withLock { $0.stats.connects += 1 }
+                linkFree(acked: nil)  // whatever was in flight died with the old connection
                 logger.debug("connected", metadata: ["endpoint": "\(endpoint.endpoint)"])
             case .disconnected:
                 logger.info("disconnected; reconnecting", metadata: ["endpoint": "\(endpoint.endpoint)"])
@@ -168,6 +218,7 @@ public final class FeatureAgent: Sendable {
                         s.rttNext = (s.rttNext + 1) % Self.rttWindow
                     }
                 }
+                linkFree(acked: ack.sequence)
             case .control(let c):
                 state.withLock { s in
                     if c.epoch > s.stats.controlEpoch || c.reason == 0 {

@@ -53,6 +53,44 @@ struct AdaptationTests {
         #expect(cfg.bytes == 2_689)
     }
 
+    @Test("a failed probe up backs off exponentially; steps up are at most maxStepUp x the bytes")
+    func probeBackoff() {
+        var c = WidthController(configurations: Self.table)
+        c.maxStepUp = 2.2
+        _ = c.update(goodputBytesPerSecond: 60_000)                        // 4.2 kB budget: w=0.25 2 bits
+        #expect(c.configuration.bytes == 2_689)
+        // The estimate says 1 MB/s (small frames ride a token bucket's burst): up, but only to
+        // <= 2.2 x 2,689 bytes... which no configuration is; so it stays.
+        for _ in 0..<20 { _ = c.update(goodputBytesPerSecond: 1_000_000) }
+        #expect(c.configuration.bytes == 2_689)
+        var t = Self.table
+        t.append(.init(widthIndex: 0, bits: 3, bytes: 5_000, ap50: 24))
+        c = WidthController(configurations: t)
+        c.maxStepUp = 2.2
+        _ = c.update(goodputBytesPerSecond: 60_000)
+        for _ in 0..<10 { _ = c.update(goodputBytesPerSecond: 1_000_000) }
+        #expect(c.configuration.bytes == 5_000)                             // one step: 2,689 -> 5,000
+        for _ in 0..<10 { _ = c.update(goodputBytesPerSecond: 1_000_000) }
+        #expect(c.configuration.bytes == 7_195)                             // next: -> 7,195 (w=0.25 4 bits)
+        // The probe fails: the next round trip is over the budget.
+        _ = c.update(goodputBytesPerSecond: 1_000_000, rttSeconds: 0.12)
+        #expect(c.configuration.bytes == 5_000)
+        #expect(c.ceilingBytes == 7_195)
+        // For 10 x 2 frames no probe reaches 7,195 bytes, however good the estimate...
+        for _ in 0..<19 { _ = c.update(goodputBytesPerSecond: 1_000_000) }
+        #expect(c.configuration.bytes == 5_000)
+        // ...then it may probe again.
+        for _ in 0..<12 { _ = c.update(goodputBytesPerSecond: 1_000_000) }
+        #expect(c.configuration.bytes == 7_195)
+        // Fails again: a longer back-off (40 frames), lifted at once when the estimate doubles.
+        _ = c.update(goodputBytesPerSecond: 1_000_000, rttSeconds: 0.12)
+        #expect(c.configuration.bytes == 5_000 && c.ceilingBytes == 7_195)
+        for _ in 0..<30 { _ = c.update(goodputBytesPerSecond: 1_000_000) }
+        #expect(c.ceilingBytes == 7_195)
+        _ = c.update(goodputBytesPerSecond: 2_500_000)
+        #expect(c.ceilingBytes == .infinity)
+    }
+
     @Test("the controller scales the table's bytes by what the frames measure")
     func bytesScale() {
         var c = WidthController(configurations: Self.table)

@@ -4,13 +4,17 @@ import SlimEngine
 /// best accuracy the link allows.
 ///
 /// A configuration is feasible when its expected encode time plus bytes ÷ goodput (bytes from
-/// the model's table, scaled by how the recent frames compared with it) fits the
-/// deadline minus a margin. Among feasible ones the controller prefers the highest accuracy of the
-/// model's rate–accuracy table. It steps down at once when the current configuration stops being
-/// feasible (or queueing delay shows the link is saturated), and steps up only after a better one
-/// has been feasible for `upAfter` consecutive frames — hysteresis, and a gentle probe upward when
-/// the link recovers. Server caps (`Control`) bound the choice. Choosing is arithmetic on a small
-/// table: no allocation.
+/// the model's table, scaled by how the recent frames compared with it) fits the deadline minus a
+/// margin. Among feasible ones the controller prefers the highest accuracy of the model's
+/// rate–accuracy table. It steps down at once when the current configuration stops being feasible,
+/// when queueing delay shows the link is saturated, or when the last round trip alone exceeds the
+/// budget. It steps up only after a better configuration has been feasible for `upAfter`
+/// consecutive frames, and then by at most `maxStepUp` times the current bytes: goodput measured
+/// with small frames overstates what big ones get (token-bucket bursts), so the probe is gentle. A
+/// probe that fails (down again within `probeFrames` frames) puts a ceiling at its size for
+/// `upAfter` × 2^k frames, k counting consecutive failures — exponential back-off, as TCP does
+/// for retransmissions — or until the goodput estimate doubles. Server caps (`Control`) bound every choice. Choosing is arithmetic on a
+/// small table: no allocation.
 public struct WidthController: Sendable {
     /// A row of the model's rate–accuracy table: width, bits, sparsity threshold, expected bytes
     /// per frame, AP@0.5 (higher is better).
@@ -22,6 +26,10 @@ public struct WidthController: Sendable {
     public var margin = 0.25
     public var encodeSeconds = 0.005
     public var upAfter = 10
+    /// Largest step up, as a ratio of expected bytes.
+    public var maxStepUp = 3.5
+    /// A step up that is undone within this many frames counts as a failed probe.
+    public var probeFrames = 5
     /// Queueing delay beyond which the link counts as saturated.
     public var saturatedQueueingSeconds = 0.03
     public private(set) var current: Int
@@ -29,6 +37,14 @@ public struct WidthController: Sendable {
     /// Measured bytes over the table's bytes for the current configuration (smoothed): the
     /// table's sizes are means over the test scenes, a given scene compresses better or worse.
     public private(set) var bytesScale = 1.0
+    /// After a failed probe: configurations of at least these bytes are not probed for
+    /// `ceilingFrames` more frames.
+    public private(set) var ceilingBytes = Double.infinity
+    private var ceilingFrames = 0
+    /// The goodput estimate when the probe failed: an estimate twice as high lifts the ceiling.
+    private var ceilingGoodput = 0.0
+    private var failures = 0
+    private var sinceUp = Int.max
 
     /// - Parameter configurations: ordered by accuracy or not; the cheapest is the fallback.
     public init(configurations: [Configuration]) {
@@ -52,6 +68,12 @@ public struct WidthController: Sendable {
     public mutating func update(goodputBytesPerSecond g: Double?, queueingSeconds q: Double = 0, rttSeconds: Double = 0,
                                 maxWidthIndex: Int = .max, maxBits: Int = 8) -> Configuration {
         guard let g, g > 0 else { return configuration }
+        if sinceUp < Int.max { sinceUp += 1 }
+        if ceilingFrames > 0 {
+            ceilingFrames -= 1
+            if g > 2 * ceilingGoodput { ceilingFrames = 0; failures = 0 }  // the link got better
+            if ceilingFrames == 0 { ceilingBytes = .infinity }
+        }
         let budget = deadlineSeconds * (1 - margin) - encodeSeconds
         func allowed(_ c: Configuration) -> Bool { c.widthIndex <= maxWidthIndex && c.bits <= maxBits }
         func feasible(_ c: Configuration) -> Bool { allowed(c) && c.bytes * bytesScale / g <= budget }
@@ -72,22 +94,34 @@ public struct WidthController: Sendable {
             }
             return pick
         }
-        let best = mostAccurate(feasible) ?? cheapestAllowed() ?? current
+        let cur = configuration.bytes
         let saturated = q > saturatedQueueingSeconds || rttSeconds > budget
-        if !feasible(configuration) {
-            current = best  // down at once
+        if !feasible(configuration) || saturated {
+            // Down at once: the best feasible configuration smaller than this one (or the cheapest).
+            let down = mostAccurate { feasible($0) && $0.bytes < cur } ?? cheapestAllowed() ?? current
+            if configurations[down].bytes < cur {
+                if sinceUp <= probeFrames {  // the last step up did not hold: back off
+                    failures += 1
+                    ceilingBytes = cur
+                    ceilingFrames = upAfter << min(failures, 6)
+                    ceilingGoodput = g
+                }
+                current = down
+                sinceUp = Int.max
+            }
             betterStreak = 0
-        } else if saturated, configurations[best].bytes >= configuration.bytes {
-            // The estimate says fine, the link says otherwise: the best smaller configuration.
-            let cur = configuration.bytes
-            current = mostAccurate { allowed($0) && $0.bytes < cur } ?? current
-            betterStreak = 0
-        } else if saturated {
-            current = best
-            betterStreak = 0
-        } else if configurations[best].ap50 > configuration.ap50 {
+            return configuration
+        }
+        if sinceUp != Int.max, sinceUp > probeFrames { failures = 0 }
+        // Up, gently: within maxStepUp of the current size and under the ceiling of a failed probe.
+        let (step, ceiling) = (cur * maxStepUp, ceilingBytes)
+        if let up = mostAccurate({ feasible($0) && $0.bytes <= step && $0.bytes < ceiling }), configurations[up].ap50 > configuration.ap50 {
             betterStreak += 1
-            if betterStreak >= upAfter { current = best; betterStreak = 0 }
+            if betterStreak >= upAfter {
+                current = up
+                betterStreak = 0
+                sinceUp = 0
+            }
         } else {
             betterStreak = 0
         }
