@@ -11,7 +11,7 @@ cleanup() { for p in "${PIDS[@]:-}"; do kill -9 "$p" 2>/dev/null || true; done; 
 trap cleanup EXIT
 PORT=$((20000 + RANDOM % 20000))
 "$BIN" keygen --name server --out "$TMP/keys" >/dev/null
-for a in car-1 car-2 rsu-1 flood-1; do "$BIN" keygen --name $a --out "$TMP/keys/agents" >/dev/null; done
+for a in car-1 car-2 car-3 rsu-1 flood-1; do "$BIN" keygen --name $a --out "$TMP/keys/agents" >/dev/null; done
 cat > "$TMP/server.yaml" <<YAML
 endpoint: tcp://127.0.0.1:$PORT
 curve: {secret_key: keys/server.key, allowed_keys: keys/agents}
@@ -27,6 +27,7 @@ source: {recording: $PWD/Tests/Fixtures/sample.mcap, agent: $2, model: $PWD/Mode
 YAML
 }
 agent_cfg car-1 car_1; agent_cfg car-2 car_2; agent_cfg rsu-1 rsu_1
+agent_cfg car-3 car_1   # a fourth agent for the soak (the sample has three): car_1's sweeps again
 start_server() { "$BIN" server --config "$TMP/server.yaml" --status-interval 0 --duration "$1" > "$TMP/server.out" 2> "$TMP/server.err" & SERVER=$!; PIDS+=($SERVER); }
 start_agent() { "$BIN" agent --config "$TMP/$1.yaml" --frames "$2" > "$TMP/$1.out" 2> "$TMP/$1.err" & eval "PID_${1//-/_}=$!"; PIDS+=($!); }
 rss_kb() { awk '/VmRSS/ {print $2}' /proc/"$1"/status 2>/dev/null || echo 0; }
@@ -74,11 +75,11 @@ YAML
 soak)
     S=${SOAK_SECONDS:-600}
     start_server $((S + 10)); sleep 1
-    for a in car-1 car-2 rsu-1; do start_agent $a $((S * 10)); done
+    for a in car-1 car-2 car-3 rsu-1; do start_agent $a $((S * 10)); done
     first=$(rss_kb "$SERVER"); echo "soak: server RSS at start ${first} kB"
     for i in $(seq 1 $((S / 60))); do sleep 60; echo "soak: t=${i} min server RSS $(rss_kb "$SERVER") kB"; done
     wait "$PID_car_1" || true
-    for a in car-1 car-2 rsu-1; do echo "soak: $a $(tail -1 "$TMP/$a.out" | awk '{print $2" frames, "$3" acked, "$4" results, RTT p99 "$9" ms"}')"; done
+    for a in car-1 car-2 car-3 rsu-1; do echo "soak: $a $(tail -1 "$TMP/$a.out" | awk '{print $2" frames, "$3" acked, "$4" results, RTT p99 "$9" ms"}')"; done
     kill "$SERVER" 2>/dev/null || true ;;
 *) echo "unknown case $c"; exit 2 ;;
 esac
