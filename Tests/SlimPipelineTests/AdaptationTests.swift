@@ -82,13 +82,15 @@ struct AdaptationTests {
         // ...then it may probe again.
         for _ in 0..<12 { _ = c.update(goodputBytesPerSecond: 1_000_000) }
         #expect(c.configuration.bytes == 7_195)
-        // Fails again: a longer back-off (40 frames), lifted at once when the estimate doubles.
+        // Fails again: a longer back-off (40 frames), lifted when the estimate stays twice as high.
         _ = c.update(goodputBytesPerSecond: 1_000_000, rttSeconds: 0.12)
         #expect(c.configuration.bytes == 5_000 && c.ceilingBytes == 7_195)
         for _ in 0..<30 { _ = c.update(goodputBytesPerSecond: 1_000_000) }
         #expect(c.ceilingBytes == 7_195)
+        for _ in 0..<9 { _ = c.update(goodputBytesPerSecond: 2_500_000) }
+        #expect(c.ceilingBytes == 7_195)           // one good estimate is not enough...
         _ = c.update(goodputBytesPerSecond: 2_500_000)
-        #expect(c.ceilingBytes == .infinity)
+        #expect(c.ceilingBytes == .infinity)       // ...ten in a row are
     }
 
     @Test("the controller scales the table's bytes by what the frames measure")

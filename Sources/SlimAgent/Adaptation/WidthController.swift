@@ -12,8 +12,8 @@ import SlimEngine
 /// consecutive frames, and then by at most `maxStepUp` times the current bytes: goodput measured
 /// with small frames overstates what big ones get (token-bucket bursts), so the probe is gentle. A
 /// probe that fails (down again within `probeFrames` frames) puts a ceiling at its size for
-/// `upAfter` × 2^k frames, k counting consecutive failures — exponential back-off, as TCP does
-/// for retransmissions — or until the goodput estimate doubles. Server caps (`Control`) bound every choice. Choosing is arithmetic on a
+/// `upAfter` × 2^k frames (k ≤ 4 consecutive failures) — exponential back-off, as TCP does for
+/// retransmissions — or until the goodput estimate has stayed twice as high for `upAfter` frames. Server caps (`Control`) bound every choice. Choosing is arithmetic on a
 /// small table: no allocation.
 public struct WidthController: Sendable {
     /// A row of the model's rate–accuracy table: width, bits, sparsity threshold, expected bytes
@@ -27,7 +27,7 @@ public struct WidthController: Sendable {
     public var encodeSeconds = 0.005
     public var upAfter = 10
     /// Largest step up, as a ratio of expected bytes.
-    public var maxStepUp = 3.5
+    public var maxStepUp = 2.5
     /// A step up that is undone within this many frames counts as a failed probe.
     public var probeFrames = 5
     /// Queueing delay beyond which the link counts as saturated.
@@ -43,6 +43,7 @@ public struct WidthController: Sendable {
     private var ceilingFrames = 0
     /// The goodput estimate when the probe failed: an estimate twice as high lifts the ceiling.
     private var ceilingGoodput = 0.0
+    private var betterLink = 0
     private var failures = 0
     private var sinceUp = Int.max
 
@@ -71,7 +72,8 @@ public struct WidthController: Sendable {
         if sinceUp < Int.max { sinceUp += 1 }
         if ceilingFrames > 0 {
             ceilingFrames -= 1
-            if g > 2 * ceilingGoodput { ceilingFrames = 0; failures = 0 }  // the link got better
+            betterLink = g > 2 * ceilingGoodput ? betterLink + 1 : 0
+            if betterLink >= upAfter { ceilingFrames = 0; failures = 0 }  // the link got better, and stays so
             if ceilingFrames == 0 { ceilingBytes = .infinity }
         }
         let budget = deadlineSeconds * (1 - margin) - encodeSeconds
@@ -103,7 +105,8 @@ public struct WidthController: Sendable {
                 if sinceUp <= probeFrames {  // the last step up did not hold: back off
                     failures += 1
                     ceilingBytes = cur
-                    ceilingFrames = upAfter << min(failures, 6)
+                    ceilingFrames = upAfter << min(failures, 4)
+                    betterLink = 0
                     ceilingGoodput = g
                 }
                 current = down
