@@ -41,7 +41,7 @@ public final class EdgeEncoder: @unchecked Sendable {
         featurizer = BEVFeaturizer(grid: grid)
         encoder = SlimmableEncoder(model: model, inputHeight: grid.height, inputWidth: grid.width)
         quantization = try FeatureQuantization.all(in: st)
-        rateAccuracy = try RateAccuracyEntry.table(in: st, widths: model.architecture.widths.count, quantization: quantization)
+        rateAccuracy = try RateAccuracyEntry.table(in: st, quantization: quantization)
         var t = [[UInt8]?](repeating: nil, count: model.architecture.widths.count * 9)
         for (key, q) in quantization {
             let parts = key.split(separator: ".")

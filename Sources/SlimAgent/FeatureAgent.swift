@@ -158,12 +158,13 @@ public final class FeatureAgent: Sendable {
             s.stats.lastPackSeconds = Double(now - t0) / 1e9
             s.stats.framesSubmitted += 1
             s.stats.bytesSubmitted += length
+            let old = s.held?.buffer  // older than this frame either way: never sent after it
+            if old != nil { s.heldReplaced += 1 }
+            s.held = nil
             if s.inFlight == nil || now &- s.inFlightAt > Self.inFlightTimeoutNs {
                 s.markSent(h.sequence, at: now)
-                return (true, nil)
+                return (true, old)
             }
-            let old = s.held?.buffer
-            if old != nil { s.heldReplaced += 1 }
             s.held = Held(buffer: buffer, length: length, sequence: h.sequence)
             return (false, old)
         }

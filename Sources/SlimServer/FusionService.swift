@@ -94,8 +94,7 @@ public final class FusionService: @unchecked Sendable {
         for d in detectors { d.useInt8 = options.int8Backbone && d.hasInt8 }
         quantization = try FeatureQuantization.all(in: st)
         maxChannels = detectors[0].channels
-        let widths = (try? SlimmableModel(st).architecture.widths.count) ?? 4
-        rateAccuracy = try RateAccuracyEntry.table(in: st, widths: widths, quantization: quantization)
+        rateAccuracy = try RateAccuracyEntry.table(in: st, quantization: quantization)
         self.options = options
     }
 

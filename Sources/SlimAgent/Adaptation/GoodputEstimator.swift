@@ -26,12 +26,7 @@ public struct GoodputEstimator: Sendable {
     }
 
     /// The smallest RTT of the recent window (propagation plus processing), ns.
-    public var baseRTTNs: UInt64 {
-        guard count > 0 else { return 0 }
-        var m = UInt64.max
-        for i in 0..<count where ring[i] < m { m = ring[i] }
-        return m
-    }
+    public private(set) var baseRTTNs: UInt64 = 0
 
     /// RTT above the recent minimum, ns.
     public var queueingNs: UInt64 { lastRTTNs > baseRTTNs ? lastRTTNs - baseRTTNs : 0 }
@@ -52,9 +47,11 @@ public struct GoodputEstimator: Sendable {
         ring[next] = rttNs
         next = (next + 1) % baseWindow
         count = min(count + 1, baseWindow)
+        var base = UInt64.max
+        for i in 0..<count where ring[i] < base { base = ring[i] }
+        baseRTTNs = base
         // Transmission time: what the RTT has beyond its floor; at least 1 ms so a fast link does
         // not read as infinitely fast.
-        let base = baseRTTNs
         let busy = max(Double(rttNs - min(rttNs, base)), 1e6) / 1e9
         let sample = Double(bytes) / busy
         if let g = bytesPerSecond {

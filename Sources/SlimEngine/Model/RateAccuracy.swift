@@ -23,7 +23,7 @@ public struct RateAccuracyEntry: Sendable, Equatable {
     /// `training/evaluate.py --write-table` (docs/model-format.md). Entries the file cannot serve
     /// (no feature quantization for that width and depth) are refused.
     /// - Returns: nil when the file has no table.
-    public static func table(in st: Safetensors, widths: Int, quantization: [String: FeatureQuantization]) throws(ModelFileError) -> [Self]? {
+    public static func table(in st: Safetensors, quantization: [String: FeatureQuantization]) throws(ModelFileError) -> [Self]? {
         guard let text = st.metadata["rate_accuracy"] else { return nil }
         func fail(_ problem: String) -> ModelFileError {
             ModelFileError(kind: .header, file: st.file, subject: "__metadata__.rate_accuracy", problem: problem)
@@ -39,7 +39,7 @@ public struct RateAccuracyEntry: Sendable, Equatable {
                 throw fail("entries[\(i)]: needs width_index, bits, bytes and ap50")
             }
             let threshold = (e["threshold"] as? NSNumber)?.doubleValue ?? 0
-            guard (0..<widths).contains(wi), quantization["\(wi).\(bits)"] != nil else {
+            guard quantization["\(wi).\(bits)"] != nil else {
                 throw fail("entries[\(i)]: no feature quantization for width index \(wi) at \(bits) bits")
             }
             guard bytes > 0, bytes.isFinite, ap.isFinite, threshold >= 0, threshold.isFinite else {
