@@ -132,6 +132,7 @@ struct AgentCommand: AsyncParsableCommand {
         }
         let truthHalf = edge.featurizer.grid.xMax
         let fixedWidth = edge.widthIndex
+        var appliedCapEpoch: UInt32?
         // Loops continue the recorded rhythm: the first sweep again one frame period after the last.
         let span = mine.last!.timeNs - mine[0].timeNs
         let period = mine.count > 1 ? span / UInt64(mine.count - 1) : 100_000_000
@@ -158,8 +159,9 @@ struct AgentCommand: AsyncParsableCommand {
                         edge.bits = cfg.bits
                         edge.threshold = cfg.threshold
                     }
-                } else if let caps = agent.control {
-                    // Fixed configuration, within the server's caps.
+                } else if let caps = agent.control, caps.epoch != appliedCapEpoch {
+                    // Fixed configuration, within the server's caps (worked out once per Control).
+                    appliedCapEpoch = caps.epoch
                     let wi = min(fixedWidth, Int(caps.maxWidthIndex))
                     let bits = (1...min(source.bits, max(Int(caps.maxBits), 1))).last { edge.quantization["\(wi).\($0)"] != nil } ?? source.bits
                     if wi != edge.widthIndex || bits != edge.bits {
@@ -178,11 +180,11 @@ struct AgentCommand: AsyncParsableCommand {
                                            height: shape.height, width: shape.width, quant: .model, masked: shape.masked, codec: .lz4)
                 let bytes = edge.dense.withUnsafeBufferPointer { d in edge.mask.withUnsafeBytes { m in agent.submit(h, dense: d, mask: shape.masked ? m : nil) } }
                 if let bytes { controller?.observe(bytes: bytes) }
-                if let report, bytes != nil {
+                if let report, let bytes {
                     let gt = f.groundTruth(for: source.agent, half: truthHalf)
                     report.sent(sequence: agent.lastSequence, .init(
                         frame: fi, dueNs: due, wallNs: Clock.wallNs(), widthIndex: edge.widthIndex, bits: edge.bits, threshold: edge.threshold,
-                        bytes: bytes!, goodputBytesPerSecond: agent.goodput.bytesPerSecond, rttNs: agent.goodput.lastRTTNs,
+                        bytes: bytes, goodputBytesPerSecond: agent.goodput.bytesPerSecond, rttNs: agent.goodput.lastRTTNs,
                         truth: CooperativeSession.boxes(gt.boxes), own: gt.own))
                     report.expire(atNs: Clock.monotonicNs())
                 }
