@@ -1,131 +1,125 @@
-// Float convolution with AVX-512 FMA; the portable path is FloatConv2d's Swift SIMD code.
-#include "SlimQConv.h"
+// Float convolution on every path from one source: the kernel is written with the compiler's
+// 16-lane vector type and compiled once per path with that path's target attribute, so the same
+// lines become 4 × SSE2 (portable x86-64), 4 × NEON fmla (aarch64), 2 × AVX2 FMA or 1 × AVX-512
+// FMA per vector. Paths differ only in how many blocks of 16 output channels they keep in
+// registers at once (CD_NBMAX).
+#include "SlimKernels.h"
 #include <string.h>
 
+typedef float v16f __attribute__((vector_size(64), aligned(4)));
+
+#define AI __attribute__((always_inline)) static inline
+
+/// One block's results: activation, then only the channels that exist.
+AI void fstore(const slim_fconv_args *a, const v16f *v, int c0, float *dst) {
+    const int n = a->co - c0 < 16 ? a->co - c0 : 16;
+    float tmp[16];
+    memcpy(tmp, v, sizeof tmp);
+    if (a->act >= 1)
+        for (int i = 0; i < 16; i++) tmp[i] = tmp[i] < 0 ? 0 : tmp[i];
+    if (a->act == 2)
+        for (int i = 0; i < 16; i++) tmp[i] = tmp[i] > 6 ? 6 : tmp[i];
+    memcpy(dst + c0, tmp, sizeof(float) * (size_t)n);
+}
+
+/// The (tap, input channel) steps of one output pixel, flattened: step k reads the input at the
+/// pixel's first tap + xo[k] and the weights at + wo[k].
+#define SLIM_FCONV_MAX_STEPS 4096
+typedef struct {
+    int nk;
+    int32_t xo[SLIM_FCONV_MAX_STEPS], wo[SLIM_FCONV_MAX_STEPS];
+} slim_fctx;
+
+#define DEFINE_FKERNEL(NAME, ATTR)                                                                         \
+    ATTR AI void NAME(const slim_fconv_args *a, const slim_fctx *c, const float *const xq[4], int blk, const int NB, \
+                      float *const dq[4]) {                                                                \
+        v16f acc[4][4];                                                                                    \
+        for (int p = 0; p < 4; p++)                                                                        \
+            for (int b = 0; b < NB; b++) acc[p][b] = *(const v16f *)(a->bias + (size_t)(blk + b) * 16);    \
+        const float *wb = a->wpack + (size_t)blk * 16;                                                     \
+        const float *x0 = xq[0], *x1 = xq[1], *x2 = xq[2], *x3 = xq[3];                                    \
+        for (int k = 0; k < c->nk; k++) {                                                                  \
+            const float *w = wb + c->wo[k];                                                                \
+            const int xo = c->xo[k];                                                                       \
+            const float s0 = x0[xo], s1 = x1[xo], s2 = x2[xo], s3 = x3[xo];                                \
+            for (int b = 0; b < NB; b++) {                                                                 \
+                const v16f wv = *(const v16f *)(w + b * 16);                                               \
+                acc[0][b] += s0 * wv;                                                                      \
+                acc[1][b] += s1 * wv;                                                                      \
+                acc[2][b] += s2 * wv;                                                                      \
+                acc[3][b] += s3 * wv;                                                                      \
+            }                                                                                              \
+        }                                                                                                  \
+        for (int p = 0; p < 4; p++)                                                                        \
+            for (int b = 0; b < NB; b++) fstore(a, &acc[p][b], (blk + b) * 16, dq[p]);                     \
+    }
+
+#define CD_ARGS slim_fconv_args
+#define CD_CTX slim_fctx
+#define CD_YT float
+#define CD_XT float
+
+DEFINE_FKERNEL(fkernel_portable, )
+#define CD_FN fdrive_portable
+#define CD_ATTR
+#define CD_KERNEL fkernel_portable
+#define CD_NBMAX 1
+#include "internal/conv_driver.h"
+
 #if defined(__x86_64__)
-#include <immintrin.h>
-#define AVX512 __attribute__((target("avx512f"), always_inline)) static inline
-#define AVX512_FN __attribute__((target("avx512f")))
+#define FAVX2 __attribute__((target("avx2,fma")))
+#define FAVX512 __attribute__((target("avx512f")))
+DEFINE_FKERNEL(fkernel_avx2, FAVX2)
+#define CD_FN fdrive_avx2
+#define CD_ATTR FAVX2
+#define CD_KERNEL fkernel_avx2
+#define CD_NBMAX 1
+#define CD_XT float
+#include "internal/conv_driver.h"
 
-AVX512 __m512 activate(__m512 v, int act) {
-    if (act >= 1) v = _mm512_max_ps(v, _mm512_setzero_ps());
-    if (act == 2) v = _mm512_min_ps(v, _mm512_set1_ps(6.0f));
-    return v;
-}
-
-#define DEFINE_FPIXEL(NB)                                                                               \
-    AVX512 void fpixel_##NB(const slim_fconv_args *a, const float *x, int c, int chunks, int iy0, int ix0, \
-                            int k0y, int k1y, int k0x, int k1x, float *dst) {                           \
-        __m512 acc[NB];                                                                                 \
-        for (int b = 0; b < NB; b++) acc[b] = _mm512_loadu_ps(a->bias + (size_t)(c + b) * 16);         \
-        for (int ky = k0y; ky < k1y; ky++) {                                                            \
-            for (int kx = k0x; kx < k1x; kx++) {                                                        \
-                const float *xp = x + ((size_t)(iy0 + ky * a->dh) * a->in_w + (ix0 + kx * a->dw)) * a->in_cs + a->in_c0; \
-                const float *wp = a->wpack + ((size_t)(ky * a->kw + kx) * a->ci * chunks + c) * 16;     \
-                for (int i = 0; i < a->ci; i++) {                                                       \
-                    __m512 xv = _mm512_set1_ps(xp[i]);                                                  \
-                    for (int b = 0; b < NB; b++) acc[b] = _mm512_fmadd_ps(xv, _mm512_loadu_ps(wp + b * 16), acc[b]); \
-                    wp += (size_t)chunks * 16;                                                          \
-                }                                                                                       \
-            }                                                                                           \
-        }                                                                                               \
-        for (int b = 0; b < NB; b++) {                                                                  \
-            int o = (c + b) * 16, n = a->co - o < 16 ? a->co - o : 16;                                  \
-            _mm512_mask_storeu_ps(dst + o, (__mmask16)((1u << n) - 1u), activate(acc[b], a->act));      \
-        }                                                                                               \
-    }
-// Four horizontally adjacent interior pixels × NB chunks: each weight vector serves four pixels.
-#define DEFINE_FQUAD(NB)                                                                                \
-    AVX512 void fquad_##NB(const slim_fconv_args *a, const float *x, int c, int chunks, int iy0, int ix0, float *dst) { \
-        __m512 acc[4][NB];                                                                              \
-        const size_t pstep = (size_t)a->sw * a->in_cs;                                                  \
-        for (int p = 0; p < 4; p++)                                                                     \
-            for (int b = 0; b < NB; b++) acc[p][b] = _mm512_loadu_ps(a->bias + (size_t)(c + b) * 16);  \
-        for (int ky = 0; ky < a->kh; ky++) {                                                            \
-            for (int kx = 0; kx < a->kw; kx++) {                                                        \
-                const float *xp = x + ((size_t)(iy0 + ky * a->dh) * a->in_w + (ix0 + kx * a->dw)) * a->in_cs + a->in_c0; \
-                const float *wp = a->wpack + ((size_t)(ky * a->kw + kx) * a->ci * chunks + c) * 16;     \
-                for (int i = 0; i < a->ci; i++) {                                                       \
-                    __m512 w[NB];                                                                       \
-                    for (int b = 0; b < NB; b++) w[b] = _mm512_loadu_ps(wp + b * 16);                   \
-                    for (int p = 0; p < 4; p++) {                                                       \
-                        __m512 xv = _mm512_set1_ps(xp[p * pstep + i]);                                  \
-                        for (int b = 0; b < NB; b++) acc[p][b] = _mm512_fmadd_ps(xv, w[b], acc[p][b]);  \
-                    }                                                                                   \
-                    wp += (size_t)chunks * 16;                                                          \
-                }                                                                                       \
-            }                                                                                           \
-        }                                                                                               \
-        for (int p = 0; p < 4; p++)                                                                     \
-            for (int b = 0; b < NB; b++) {                                                              \
-                int o = (c + b) * 16, n = a->co - o < 16 ? a->co - o : 16;                              \
-                _mm512_mask_storeu_ps(dst + (size_t)p * a->out_cs + o, (__mmask16)((1u << n) - 1u), activate(acc[p][b], a->act)); \
-            }                                                                                           \
-    }
-DEFINE_FQUAD(1)
-DEFINE_FQUAD(2)
-DEFINE_FQUAD(3)
-DEFINE_FQUAD(4)
-
-DEFINE_FPIXEL(1)
-DEFINE_FPIXEL(2)
-DEFINE_FPIXEL(3)
-DEFINE_FPIXEL(4)
-
-int slim_fconv_available(void) {
-    static int ok = -1;
-    if (ok < 0) { __builtin_cpu_init(); ok = __builtin_cpu_supports("avx512f"); }
-    return ok;
-}
-
-AVX512_FN int slim_fconv_avx512(const slim_fconv_args *a, const float *x, float *y) {
-    if (!slim_fconv_available()) return 0;
-    const int chunks = (a->co + 15) / 16;
-    for (int oy = 0; oy < a->out_h; oy++) {
-        const int iy0 = oy * a->sh - a->ph;
-        int k0y = 0, k1y = a->kh;
-        while (k0y < k1y && iy0 + k0y * a->dh < 0) k0y++;
-        while (k1y > k0y && iy0 + (k1y - 1) * a->dh >= a->in_h) k1y--;
-        int oxa = 0, oxb = a->out_w;
-        while (oxa < oxb && oxa * a->sw - a->pw < 0) oxa++;
-        while (oxb > oxa && (oxb - 1) * a->sw - a->pw + (a->kw - 1) * a->dw >= a->in_w) oxb--;
-        const int rowInterior = k0y == 0 && k1y == a->kh;
-        for (int ox = 0; ox < a->out_w; ox++) {
-            float *dst = y + ((size_t)oy * a->out_w + ox) * a->out_cs + a->out_c0;
-            const uint8_t *act = a->active ? a->active + (size_t)oy * a->out_w + ox : NULL;
-            if (act && !act[0]) {
-                memcpy(dst, a->background, sizeof(float) * (size_t)a->co);
-                continue;
-            }
-            const int ix0 = ox * a->sw - a->pw;
-            if (rowInterior && ox >= oxa && ox + 4 <= oxb && (!act || (act[1] && act[2] && act[3]))) {
-                for (int c = 0; c < chunks; c += 4) {
-                    switch (chunks - c < 4 ? chunks - c : 4) {
-                    case 4: fquad_4(a, x, c, chunks, iy0, ix0, dst); break;
-                    case 3: fquad_3(a, x, c, chunks, iy0, ix0, dst); break;
-                    case 2: fquad_2(a, x, c, chunks, iy0, ix0, dst); break;
-                    default: fquad_1(a, x, c, chunks, iy0, ix0, dst); break;
-                    }
-                }
-                ox += 3;
-                continue;
-            }
-            int k0x = 0, k1x = a->kw;
-            while (k0x < k1x && ix0 + k0x * a->dw < 0) k0x++;
-            while (k1x > k0x && ix0 + (k1x - 1) * a->dw >= a->in_w) k1x--;
-            for (int c = 0; c < chunks; c += 4) {
-                switch (chunks - c < 4 ? chunks - c : 4) {
-                case 4: fpixel_4(a, x, c, chunks, iy0, ix0, k0y, k1y, k0x, k1x, dst); break;
-                case 3: fpixel_3(a, x, c, chunks, iy0, ix0, k0y, k1y, k0x, k1x, dst); break;
-                case 2: fpixel_2(a, x, c, chunks, iy0, ix0, k0y, k1y, k0x, k1x, dst); break;
-                default: fpixel_1(a, x, c, chunks, iy0, ix0, k0y, k1y, k0x, k1x, dst); break;
-                }
-            }
-        }
-    }
-    return 1;
-}
-#else
-int slim_fconv_available(void) { return 0; }
-int slim_fconv_avx512(const slim_fconv_args *a, const float *x, float *y) { (void)a; (void)x; (void)y; return 0; }
+DEFINE_FKERNEL(fkernel_avx512, FAVX512)
+#define CD_FN fdrive_avx512
+#define CD_ATTR FAVX512
+#define CD_KERNEL fkernel_avx512
+#define CD_NBMAX 4
+#define CD_XT float
+#include "internal/conv_driver.h"
 #endif
+
+void slim_fconv_pack(const float *w, int co, int ci, int taps, float *wpack) {
+    const size_t chunks = (size_t)(co + 15) / 16;
+    memset(wpack, 0, sizeof(float) * (size_t)taps * ci * chunks * 16);
+    for (int o = 0; o < co; o++)
+        for (int i = 0; i < ci; i++)
+            for (int t = 0; t < taps; t++)
+                wpack[((size_t)t * ci + i) * chunks * 16 + o] = w[((size_t)o * ci + i) * taps + t];
+}
+
+int slim_fconv(const slim_fconv_args *a, const float *x, float *y) {
+    if (!slim_path_supported(a->path)) return SLIM_EUNSUPPORTED;
+    const int taps = a->kh * a->kw;
+    if (taps < 1 || taps > 64 || a->co < 1 || a->ci < 1 || a->out_h < 1 || a->out_w < 1 || a->sh < 1 || a->sw < 1 ||
+        a->dh < 1 || a->dw < 1 || (a->out_h - 1) * a->sh + (a->kh - 1) * a->dh >= a->in_h ||
+        (a->out_w - 1) * a->sw + (a->kw - 1) * a->dw >= a->in_w)
+        return SLIM_ESHAPE;
+    const int chunks = (a->co + 15) / 16;
+    if (taps * a->ci > SLIM_FCONV_MAX_STEPS) return SLIM_ESHAPE;
+    slim_fctx c;
+    c.nk = 0;
+    for (int ky = 0; ky < a->kh; ky++)
+        for (int kx = 0; kx < a->kw; kx++)
+            for (int i = 0; i < a->ci; i++, c.nk++) {
+                c.xo[c.nk] = (ky * a->dh * a->in_w + kx * a->dw) * a->in_cs + i;
+                c.wo[c.nk] = ((ky * a->kw + kx) * a->ci + i) * chunks * 16;
+            }
+    // The kernels read the input through in_cs-strided pixels starting at in_c0.
+    const float *xs = x + a->in_c0;
+    switch (a->path) {
+#if defined(__x86_64__)
+    case SLIM_PATH_AVX2:
+    case SLIM_PATH_AVX_VNNI: fdrive_avx2(a, &c, xs, a->in_cs, a->in_w, y); return SLIM_OK;
+    case SLIM_PATH_AVX512: fdrive_avx512(a, &c, xs, a->in_cs, a->in_w, y); return SLIM_OK;
+#endif
+    default: fdrive_portable(a, &c, xs, a->in_cs, a->in_w, y); return SLIM_OK;
+    }
+}

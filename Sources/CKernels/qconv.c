@@ -1,195 +1,211 @@
-// Int8 convolution with AVX-512 VNNI (vpdpbusd: four u8×s8 products summed into each int32
-// lane, exactly). Compiled with per-function target attributes: the default build runs on any
-// x86-64 and takes the portable Swift path where VNNI is missing.
-#include "SlimQConv.h"
-#include <string.h>
+// Int8 convolution: weight packing, the zero-padded input in each path's format, the portable
+// kernel and the dispatch to the ISA kernels (qconv_x86.c, qconv_arm.c).
+//
+// Two families of paths compute the same exact int32 sums:
+// - pairs (portable, avx2, neon): the input is widened to int16 with its zero point subtracted,
+//   so padding is 0 and no correction is needed; products of int16 pairs summed into int32
+//   (vpmaddwd, smlal) are exact for any uint8 input and int8 weight.
+// - dot4 (avx-vnni, avx512, neon-dot): four uint8×int8 (or int8×int8) products per int32 lane
+//   (vpdpbusd, sdot), exact; the zero point is corrected once per output channel, since every tap
+//   of the padded input is read (padding holds the zero point itself).
+#include "internal/qconv_internal.h"
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-
-#define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"), always_inline)) static inline
-#define VNNI_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
-
-VNNI void requant_store(const slim_qconv_args *a, __m512i acc, int c, const int32_t *corr, uint8_t *dst) {
-    int n = a->co - c < 16 ? a->co - c : 16;
-    __mmask16 m = (__mmask16)((1u << n) - 1u);
-    __m512i bias = _mm512_maskz_loadu_epi32(m, a->bias + c);
-    __m512i cz = _mm512_maskz_loadu_epi32(m, corr);
-    __m512i v = _mm512_sub_epi32(_mm512_add_epi32(acc, bias), cz);
-    __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_maskz_loadu_ps(m, a->mult + c));
-    __m512i r = _mm512_add_epi32(_mm512_cvtps_epi32(f), _mm512_set1_epi32(a->y_zp));  // round half even
-    r = _mm512_max_epi32(r, _mm512_setzero_si512());
-    _mm_mask_storeu_epi8(dst, m, _mm512_cvtusepi32_epi8(r));
+void slim_qconv_pack_sizes(int co, int ci, int taps, size_t *dot4_bytes, size_t *pairs_elems) {
+    const size_t blocks = (size_t)(co + 15) / 16;
+    *dot4_bytes = blocks * (size_t)taps * (size_t)slim_round_up(ci, 16) * 16;
+    *pairs_elems = blocks * (size_t)taps * (size_t)slim_round_up(ci, 8) * 16;
 }
 
-// NB output-channel blocks of 16 for one output pixel, taps kh in [k0y,k1y), kw in [k0x,k1x).
-// With few blocks, U partial sums per block (taken in turn) hide vpdpbusd's latency.
-#define DEFINE_PIXEL(NB, U)                                                                           \
-    VNNI void pixel_##NB(const slim_qconv_args *a, const uint8_t *x, int cb, int iy0, int ix0,         \
-                         int k0y, int k1y, int k0x, int k1x, __m512i *out) {                           \
-        const int ci4 = (a->ci + 3) / 4;                                                               \
-        const size_t bstride = (size_t)a->kh * a->kw * ci4 * 64;                                       \
-        __m512i acc[NB][U];                                                                            \
-        for (int b = 0; b < NB; b++)                                                                   \
-            for (int u = 0; u < U; u++) acc[b][u] = _mm512_setzero_si512();                            \
-        int k = 0;                                                                                     \
-        for (int ky = k0y; ky < k1y; ky++) {                                                           \
-            for (int kx = k0x; kx < k1x; kx++) {                                                       \
-                const uint8_t *xp = x + ((size_t)(iy0 + ky * a->dh) * a->in_w + (ix0 + kx * a->dw)) * a->in_cs + a->in_c0; \
-                const int8_t *wp = a->wpack + (size_t)cb * bstride + ((size_t)ky * a->kw + kx) * ci4 * 64; \
-                int c4 = 0;                                                                            \
-                for (; c4 + U <= ci4; c4 += U) {                                                       \
-                    for (int u = 0; u < U; u++) {                                                      \
-                        int32_t xv4;                                                                   \
-                        memcpy(&xv4, xp + 4 * (c4 + u), 4);                                            \
-                        __m512i xv = _mm512_set1_epi32(xv4);                                           \
-                        for (int b = 0; b < NB; b++)                                                   \
-                            acc[b][u] = _mm512_dpbusd_epi32(acc[b][u], xv, _mm512_loadu_si512(wp + b * bstride + (c4 + u) * 64)); \
-                    }                                                                                  \
-                }                                                                                      \
-                for (; c4 < ci4; c4++, k++) {                                                          \
-                    int32_t xv4;                                                                       \
-                    memcpy(&xv4, xp + 4 * c4, 4);                                                      \
-                    __m512i xv = _mm512_set1_epi32(xv4);                                               \
-                    for (int b = 0; b < NB; b++)                                                       \
-                        acc[b][k % U] = _mm512_dpbusd_epi32(acc[b][k % U], xv, _mm512_loadu_si512(wp + b * bstride + c4 * 64)); \
-                }                                                                                      \
-            }                                                                                          \
-        }                                                                                              \
-        for (int b = 0; b < NB; b++) {                                                                 \
-            __m512i s = acc[b][0];                                                                     \
-            for (int u = 1; u < U; u++) s = _mm512_add_epi32(s, acc[b][u]);                            \
-            out[b] = s;                                                                                \
-        }                                                                                              \
-    }
-// Four horizontally adjacent interior output pixels × NB blocks: each weight vector loaded once
-// serves four pixels (a 4×NB register tile), so the loop is bound by vpdpbusd, not by loads.
-#define DEFINE_QUAD(NB)                                                                               \
-    VNNI void quad_##NB(const slim_qconv_args *a, const uint8_t *x, int cb, int iy0, int ix0, __m512i out[4][4]) { \
-        const int ci4 = (a->ci + 3) / 4;                                                               \
-        const size_t bstride = (size_t)a->kh * a->kw * ci4 * 64;                                       \
-        const size_t pstep = (size_t)a->sw * a->in_cs;                                                 \
-        __m512i acc[4][NB];                                                                            \
-        for (int p = 0; p < 4; p++)                                                                    \
-            for (int b = 0; b < NB; b++) acc[p][b] = _mm512_setzero_si512();                           \
-        for (int ky = 0; ky < a->kh; ky++) {                                                           \
-            for (int kx = 0; kx < a->kw; kx++) {                                                       \
-                const uint8_t *xp = x + ((size_t)(iy0 + ky * a->dh) * a->in_w + (ix0 + kx * a->dw)) * a->in_cs + a->in_c0; \
-                const int8_t *wp = a->wpack + (size_t)cb * bstride + ((size_t)ky * a->kw + kx) * ci4 * 64; \
-                for (int c4 = 0; c4 < ci4; c4++) {                                                     \
-                    __m512i w[NB];                                                                     \
-                    for (int b = 0; b < NB; b++) w[b] = _mm512_loadu_si512(wp + b * bstride + c4 * 64); \
-                    for (int p = 0; p < 4; p++) {                                                      \
-                        int32_t xv4;                                                                   \
-                        memcpy(&xv4, xp + p * pstep + 4 * c4, 4);                                      \
-                        __m512i xv = _mm512_set1_epi32(xv4);                                           \
-                        for (int b = 0; b < NB; b++) acc[p][b] = _mm512_dpbusd_epi32(acc[p][b], xv, w[b]); \
-                    }                                                                                  \
-                }                                                                                      \
-            }                                                                                          \
-        }                                                                                              \
-        for (int p = 0; p < 4; p++)                                                                    \
-            for (int b = 0; b < NB; b++) out[p][b] = acc[p][b];                                        \
-    }
-DEFINE_QUAD(1)
-DEFINE_QUAD(2)
-DEFINE_QUAD(3)
-DEFINE_QUAD(4)
-
-DEFINE_PIXEL(1, 4)
-DEFINE_PIXEL(2, 2)
-DEFINE_PIXEL(3, 1)
-DEFINE_PIXEL(4, 1)
-
-VNNI_FN int slim_qconv_u8s8_vnni(const slim_qconv_args *a, const uint8_t *x, uint8_t *y) {
-    if (!slim_qconv_vnni_available()) return 0;
-    const int nblocks = (a->co + 15) / 16;
-    const int taps = a->kh * a->kw;
-    int32_t corr_full[1024 + 16];
-    int32_t corr[1024 + 16];
-    if (a->co > 1024) return 0;
-    (void)taps;
-    memcpy(corr_full, a->zp_prefix + (size_t)(a->kh * (a->kw + 1) + a->kw) * a->co, sizeof(int32_t) * (size_t)a->co);
-    for (int oy = 0; oy < a->out_h; oy++) {
-        const int iy0 = oy * a->sh - a->ph;
-        int k0y = 0, k1y = a->kh;
-        while (k0y < k1y && iy0 + k0y * a->dh < 0) k0y++;
-        while (k1y > k0y && iy0 + (k1y - 1) * a->dh >= a->in_h) k1y--;
-        // Columns whose taps all fall inside the input: [oxa, oxb).
-        int oxa = 0, oxb = a->out_w;
-        while (oxa < oxb && oxa * a->sw - a->pw < 0) oxa++;
-        while (oxb > oxa && (oxb - 1) * a->sw - a->pw + (a->kw - 1) * a->dw >= a->in_w) oxb--;
-        const int rowInterior = k0y == 0 && k1y == a->kh;
-        for (int ox = 0; ox < a->out_w; ox++) {
-            uint8_t *dst = y + ((size_t)oy * a->out_w + ox) * a->out_cs + a->out_c0;
-            const uint8_t *act = a->active ? a->active + (size_t)oy * a->out_w + ox : NULL;
-            if (act && !act[0]) {
-                memcpy(dst, a->background, (size_t)a->co);
-                continue;
-            }
-            const int ix0 = ox * a->sw - a->pw;
-            if (rowInterior && ox >= oxa && ox + 4 <= oxb && (!act || (act[1] && act[2] && act[3]))) {
-                __m512i q[4][4];
-                for (int cb = 0; cb < nblocks; cb += 4) {
-                    int nb = nblocks - cb < 4 ? nblocks - cb : 4;
-                    switch (nb) {
-                    case 4: quad_4(a, x, cb, iy0, ix0, q); break;
-                    case 3: quad_3(a, x, cb, iy0, ix0, q); break;
-                    case 2: quad_2(a, x, cb, iy0, ix0, q); break;
-                    default: quad_1(a, x, cb, iy0, ix0, q); break;
-                    }
-                    for (int p = 0; p < 4; p++)
-                        for (int b = 0; b < nb; b++) {
-                            int c = (cb + b) * 16;
-                            requant_store(a, q[p][b], c, corr_full + c, dst + (size_t)p * a->out_cs + c);
-                        }
-                }
-                ox += 3;
-                continue;
-            }
-            int k0x = 0, k1x = a->kw;
-            while (k0x < k1x && ix0 + k0x * a->dw < 0) k0x++;
-            while (k1x > k0x && ix0 + (k1x - 1) * a->dw >= a->in_w) k1x--;
-            const int32_t *cz = corr_full;
-            if (k0y != 0 || k1y != a->kh || k0x != 0 || k1x != a->kw) {
-                // Rectangle [k0y,k1y)×[k0x,k1x) of the tap sums, from the prefix table.
-                const int pw1 = a->kw + 1;
-                const int32_t *p11 = a->zp_prefix + (size_t)(k1y * pw1 + k1x) * a->co;
-                const int32_t *p01 = a->zp_prefix + (size_t)(k0y * pw1 + k1x) * a->co;
-                const int32_t *p10 = a->zp_prefix + (size_t)(k1y * pw1 + k0x) * a->co;
-                const int32_t *p00 = a->zp_prefix + (size_t)(k0y * pw1 + k0x) * a->co;
-                for (int c = 0; c < a->co; c++) corr[c] = p11[c] - p01[c] - p10[c] + p00[c];
-                cz = corr;
-            }
-            __m512i acc[4];
-            for (int cb = 0; cb < nblocks; cb += 4) {
-                int nb = nblocks - cb < 4 ? nblocks - cb : 4;
-                switch (nb) {
-                case 4: pixel_4(a, x, cb, iy0, ix0, k0y, k1y, k0x, k1x, acc); break;
-                case 3: pixel_3(a, x, cb, iy0, ix0, k0y, k1y, k0x, k1x, acc); break;
-                case 2: pixel_2(a, x, cb, iy0, ix0, k0y, k1y, k0x, k1x, acc); break;
-                default: pixel_1(a, x, cb, iy0, ix0, k0y, k1y, k0x, k1x, acc); break;
-                }
-                for (int b = 0; b < nb; b++) {
-                    int c = (cb + b) * 16;
-                    requant_store(a, acc[b], c, cz + c, dst + c);
-                }
+void slim_qconv_pack(const int8_t *w, int co, int ci, int taps, int8_t *dot4, int16_t *pairs, int32_t *wsum) {
+    size_t d4, pe;
+    slim_qconv_pack_sizes(co, ci, taps, &d4, &pe);
+    memset(dot4, 0, d4);
+    memset(pairs, 0, pe * sizeof(int16_t));
+    const size_t g4 = (size_t)slim_round_up(ci, 16) / 4, g2 = (size_t)slim_round_up(ci, 8) / 2;
+    for (int o = 0; o < co; o++) {
+        int32_t s = 0;
+        const size_t blk = (size_t)o / 16, lane = (size_t)o % 16;
+        for (int i = 0; i < ci; i++) {
+            for (int t = 0; t < taps; t++) {
+                const int8_t v = w[((size_t)o * ci + i) * taps + t];
+                s += v;
+                dot4[((blk * taps + t) * g4 + (size_t)i / 4) * 64 + lane * 4 + (size_t)i % 4] = v;
+                pairs[((blk * taps + t) * g2 + (size_t)i / 2) * 32 + lane * 2 + (size_t)i % 2] = v;
             }
         }
+        wsum[o] = s;
     }
-    return 1;
 }
 
-int slim_qconv_vnni_available(void) {
-    static int cached = -1;
-    if (cached < 0) {
-        __builtin_cpu_init();
-        cached = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+/// Channels of one padded input pixel on `path`: what its kernel consumes per step.
+static int padded_channels(int path, int ci) {
+    switch (path) {
+    case SLIM_PATH_AVX_VNNI:
+    case SLIM_PATH_AVX512: return slim_round_up(ci, 4);
+    case SLIM_PATH_NEON: return slim_round_up(ci, 8);
+    case SLIM_PATH_NEON_DOT: return slim_round_up(ci, 16);
+    default: return slim_round_up(ci, 2);
     }
-    return cached;
 }
-#else
-int slim_qconv_u8s8_vnni(const slim_qconv_args *a, const uint8_t *x, uint8_t *y) { (void)a; (void)x; (void)y; return 0; }
-int slim_qconv_vnni_available(void) { return 0; }
+
+static int uses_pairs(int path) {
+    return path == SLIM_PATH_PORTABLE || path == SLIM_PATH_AVX2 || path == SLIM_PATH_NEON;
+}
+
+size_t slim_qconv_scratch_bytes(const slim_qconv_args *a) {
+    const size_t hp = (size_t)a->in_h + 2 * (size_t)a->ph, wp = (size_t)a->in_w + 2 * (size_t)a->pw;
+    const size_t elem = uses_pairs(a->path) ? sizeof(int16_t) : 1;
+    return hp * wp * (size_t)padded_channels(a->path, a->ci) * elem + 64;
+}
+
+/// x − x_zp as int16, zero outside the input and in the channels past ci.
+static void pad_pairs(const slim_qconv_args *a, const uint8_t *x, int16_t *out, int cpad) {
+    const int hp = a->in_h + 2 * a->ph, wp = a->in_w + 2 * a->pw;
+    const int16_t zp = (int16_t)a->x_zp;
+    for (int r = 0; r < hp; r++) {
+        int16_t *o = out + (size_t)r * wp * cpad;
+        const int iy = r - a->ph;
+        if (iy < 0 || iy >= a->in_h) { memset(o, 0, sizeof(int16_t) * (size_t)wp * cpad); continue; }
+        memset(o, 0, sizeof(int16_t) * (size_t)a->pw * cpad);
+        o += (size_t)a->pw * cpad;
+        const uint8_t *src = x + (size_t)iy * a->in_w * a->in_cs + a->in_c0;
+        if (cpad == a->ci && a->in_cs == a->ci) {  // contiguous row: one vectorized loop
+            const size_t n = (size_t)a->in_w * cpad;
+            for (size_t i = 0; i < n; i++) o[i] = (int16_t)(src[i] - zp);
+            o += n;
+        } else {
+            for (int c = 0; c < a->in_w; c++, src += a->in_cs, o += cpad) {
+                for (int i = 0; i < a->ci; i++) o[i] = (int16_t)(src[i] - zp);
+                for (int i = a->ci; i < cpad; i++) o[i] = 0;
+            }
+        }
+        memset(o, 0, sizeof(int16_t) * (size_t)a->pw * cpad);
+    }
+}
+
+/// x ^ flip as bytes, `fill` outside the input and in the channels past ci.
+static void pad_bytes(const slim_qconv_args *a, const uint8_t *x, uint8_t *out, int cpad, uint8_t fill, uint8_t flip) {
+    const int hp = a->in_h + 2 * a->ph, wp = a->in_w + 2 * a->pw;
+    for (int r = 0; r < hp; r++) {
+        uint8_t *o = out + (size_t)r * wp * cpad;
+        const int iy = r - a->ph;
+        if (iy < 0 || iy >= a->in_h) { memset(o, fill, (size_t)wp * cpad); continue; }
+        memset(o, fill, (size_t)a->pw * cpad);
+        o += (size_t)a->pw * cpad;
+        const uint8_t *src = x + (size_t)iy * a->in_w * a->in_cs + a->in_c0;
+        if (cpad == a->ci && a->in_cs == a->ci) {  // contiguous row: one vectorized loop
+            const size_t n = (size_t)a->in_w * cpad;
+            for (size_t i = 0; i < n; i++) o[i] = src[i] ^ flip;
+            o += n;
+        } else {
+            for (int c = 0; c < a->in_w; c++, src += a->in_cs, o += cpad) {
+                for (int i = 0; i < a->ci; i++) o[i] = src[i] ^ flip;
+                for (int i = a->ci; i < cpad; i++) o[i] = fill;
+            }
+        }
+        memset(o, fill, (size_t)a->pw * cpad);
+    }
+}
+
+// ---- portable kernel: int16 pairs, plain loops over 16 output channels (the vectorizer's) ----
+#define AI __attribute__((always_inline)) static inline
+
+AI void kernel_portable(const slim_qconv_args *a, const slim_qctx *c, const int16_t *const xq[4], int blk, const int NB,
+                        uint8_t *const dq[4]) {
+    (void)NB;
+    int32_t acc[4][16];
+    memset(acc, 0, sizeof acc);
+    const int16_t *wb = a->pairs + (size_t)blk * c->blk_stride;
+    for (int k = 0; k < c->nk; k++) {
+        const int16_t *w = wb + c->wo[k];
+        for (int p = 0; p < 4; p++) {
+            const int32_t x0 = xq[p][c->xo[k]], x1 = xq[p][c->xo[k] + 1];
+            for (int o = 0; o < 16; o++) acc[p][o] += x0 * w[2 * o] + x1 * w[2 * o + 1];
+        }
+    }
+    const int c0 = blk * 16, n = a->co - c0 < 16 ? a->co - c0 : 16;
+    for (int p = 0; p < 4; p++)
+        for (int o = 0; o < n; o++) dq[p][c0 + o] = slim_requant(acc[p][o], c->badj[c0 + o], a->mult[c0 + o], a->y_zp);
+}
+
+#define CD_ARGS slim_qconv_args
+#define CD_CTX slim_qctx
+#define CD_YT uint8_t
+#define CD_FN drive_portable
+#define CD_ATTR
+#define CD_XT int16_t
+#define CD_KERNEL kernel_portable
+#define CD_NBMAX 1
+#include "internal/conv_driver.h"
+
+int slim_qconv_run_portable(const slim_qconv_args *a, const slim_qctx *c, const int16_t *xs, int cpad, int padded_w, uint8_t *y) {
+    drive_portable(a, c, xs, cpad, padded_w, y);
+    return SLIM_OK;
+}
+
+int slim_qconv(const slim_qconv_args *a, const uint8_t *x, uint8_t *y) {
+    if (!slim_path_supported(a->path)) return SLIM_EUNSUPPORTED;
+    const int taps = a->kh * a->kw;
+    const int hp = a->in_h + 2 * a->ph, wp = a->in_w + 2 * a->pw;
+    if (taps < 1 || taps > 64 || a->co < 1 || a->co > SLIM_QCONV_MAX_CO || a->ci < 1 || a->out_h < 1 || a->out_w < 1 ||
+        a->sh < 1 || a->sw < 1 || a->dh < 1 || a->dw < 1 ||
+        (a->out_h - 1) * a->sh + (a->kh - 1) * a->dh >= hp || (a->out_w - 1) * a->sw + (a->kw - 1) * a->dw >= wp)
+        return SLIM_ESHAPE;
+    if (!a->scratch || a->scratch_bytes < slim_qconv_scratch_bytes(a)) return SLIM_ESCRATCH;
+    const int cpad = padded_channels(a->path, a->ci);
+    // One unit: the channels a kernel step takes (see slim_qctx), and its packed weights.
+    int ux, uw;
+    size_t tap_stride;
+    if (uses_pairs(a->path)) {
+        tap_stride = (size_t)slim_round_up(a->ci, 8) * 16;
+        ux = a->path == SLIM_PATH_NEON ? 8 : 2;
+    } else {
+        tap_stride = (size_t)slim_round_up(a->ci, 16) * 16;
+        ux = a->path == SLIM_PATH_NEON_DOT ? 16 : 4;
+    }
+    uw = ux * 16;
+    const int units = cpad / ux;
+    if (taps * units > SLIM_CONV_MAX_STEPS) return SLIM_ESHAPE;
+    slim_qctx c;
+    c.blk_stride = tap_stride * (size_t)taps;
+    c.nk = 0;
+    for (int ky = 0; ky < a->kh; ky++)
+        for (int kx = 0; kx < a->kw; kx++)
+            for (int u = 0; u < units; u++, c.nk++) {
+                c.xo[c.nk] = (ky * a->dh * wp + kx * a->dw) * cpad + u * ux;
+                c.wo[c.nk] = (int32_t)((size_t)(ky * a->kw + kx) * tap_stride) + u * uw;
+            }
+    if (uses_pairs(a->path)) {
+        for (int o = 0; o < a->co; o++) c.badj[o] = a->bias[o];
+    } else {
+        // Every tap reads the padded input, whose padding holds the zero point: subtract
+        // pad_zp·Σw once (pad_zp is x_zp − 128 where the bytes are flipped to int8 for sdot).
+        const int32_t zp = a->path == SLIM_PATH_NEON_DOT ? a->x_zp - 128 : a->x_zp;
+        for (int o = 0; o < a->co; o++) c.badj[o] = a->bias[o] - zp * a->wsum[o];
+    }
+    switch (a->path) {
+    case SLIM_PATH_PORTABLE:
+        pad_pairs(a, x, a->scratch, cpad);
+        return slim_qconv_run_portable(a, &c, a->scratch, cpad, wp, y);
+#if defined(__x86_64__)
+    case SLIM_PATH_AVX2:
+        pad_pairs(a, x, a->scratch, cpad);
+        return slim_qconv_run_avx2(a, &c, a->scratch, cpad, wp, y);
+    case SLIM_PATH_AVX_VNNI:
+        pad_bytes(a, x, a->scratch, cpad, (uint8_t)a->x_zp, 0);
+        return slim_qconv_run_avx_vnni(a, &c, a->scratch, cpad, wp, y);
+    case SLIM_PATH_AVX512:
+        pad_bytes(a, x, a->scratch, cpad, (uint8_t)a->x_zp, 0);
+        return slim_qconv_run_avx512(a, &c, a->scratch, cpad, wp, y);
 #endif
+#if defined(__aarch64__)
+    case SLIM_PATH_NEON:
+        pad_pairs(a, x, a->scratch, cpad);
+        return slim_qconv_run_neon(a, &c, a->scratch, cpad, wp, y);
+    case SLIM_PATH_NEON_DOT:
+        pad_bytes(a, x, a->scratch, cpad, (uint8_t)(a->x_zp ^ 0x80), 0x80);
+        return slim_qconv_run_neon_dot(a, &c, a->scratch, cpad, wp, y);
+#endif
+    default: return SLIM_EUNSUPPORTED;
+    }
+}

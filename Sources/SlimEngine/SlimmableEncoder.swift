@@ -1,3 +1,5 @@
+import CKernels
+
 /// Runs a `SlimmableModel` (a chain of convolutions) at any of its widths, in float or int8,
 /// skipping the cells a sparse BEV grid leaves empty.
 ///
@@ -19,6 +21,15 @@ public final class SlimmableEncoder: @unchecked Sendable {
     }
     /// Skip empty cells (on by default).
     public var sparse = true
+    /// The kernel path of every layer at every width (the process default unless set).
+    public var kernels: KernelPath = .default {
+        didSet {
+            for p in plans {
+                for c in p.floatConv { c.kernels = kernels }
+                for c in p.qconv { c.kernels = kernels }
+            }
+        }
+    }
 
     public final class LayerPlan {
         let geometry: ConvGeometry
@@ -166,26 +177,8 @@ public final class SlimmableEncoder: @unchecked Sendable {
         let q = model.inputQuant![widthIndex]
         let c = input.channels
         qInput.reshape(height: inputHeight, width: inputWidth, channels: c)
-        let zp = Float(q.zeroPoint), lo = -zp, hi = 255 - zp
-        let magic: Float = 12_582_912  // 1.5·2^23: adding it rounds half to even, as MLAS does
-        let zp8 = UInt8(q.zeroPoint)
-        for cell in 0..<(inputHeight * inputWidth) {
-            let src = input.pointer + cell * c, dst = qInput.pointer + cell * c
-            var bits: UInt32 = 0
-            UnsafeRawPointer(src).withMemoryRebound(to: UInt32.self, capacity: c) { b in
-                for ch in 0..<c { bits |= b[ch] << 1 }  // << 1 drops the sign: −0 is empty too
-            }
-            let any = bits != 0
-            inputActivity[cell] = any ? 1 : 0
-            if !any {
-                for ch in 0..<c { dst[ch] = zp8 }
-                continue
-            }
-            for ch in 0..<c {
-                let v = min(max(src[ch] / q.scale, lo), hi)
-                dst[ch] = UInt8((v + magic) - magic + zp)
-            }
-        }
+        slim_quantize_cells(input.pointer, Int32(inputHeight * inputWidth), Int32(c), q.scale, q.zeroPoint, qInput.pointer,
+                            inputActivity.baseAddress)
         return runInt8Layers(qInput)
     }
 
@@ -220,46 +213,22 @@ public final class SlimmableEncoder: @unchecked Sendable {
     }
 
     /// Input cells with any channel off the background are active.
-    func markActive<T: Equatable>(_ values: UnsafeMutableBufferPointer<T>, channels: Int, background: T) {
-        let cells = values.count / channels
-        for i in 0..<cells {
-            var a: UInt8 = 0
-            let base = i * channels
-            for c in 0..<channels where values[base + c] != background { a = 1; break }
-            inputActivity[i] = a
-        }
+    func markActive(_ values: UnsafeMutableBufferPointer<Float>, channels: Int, background: Float) {
+        precondition(background == 0)
+        slim_mark_active_f32(values.baseAddress, Int32(values.count / channels), Int32(channels), inputActivity.baseAddress)
+    }
+
+    func markActive(_ values: UnsafeMutableBufferPointer<UInt8>, channels: Int, background: UInt8) {
+        slim_mark_active_u8(values.baseAddress, Int32(values.count / channels), Int32(channels), background, inputActivity.baseAddress)
     }
 
     /// An output cell is active if any input cell of its receptive field is, or if the field
     /// reaches the padding (where the input is 0, not the background).
     func propagate(_ inAct: UnsafeMutableBufferPointer<UInt8>, inH: Int, inW: Int, plan p: LayerPlan) {
-        // Separable dilation: first along rows into `rowActivity` (input rows × output columns),
-        // then along columns. A tap that falls in the padding counts as active.
-        let g = p.geometry, ow = p.outWidth
-        let h = p.rowActivity
-        for iy in 0..<inH {
-            let src = inAct.baseAddress! + iy * inW, dst = h.baseAddress! + iy * ow
-            for ox in 0..<ow {
-                let (ix0, k0x, k1x) = g.taps(ox, stride: g.stride.w, pad: g.padding.w, dilation: g.dilation.w, kernel: g.kernel.w, size: inW)
-                var a: UInt8 = (k0x != 0 || k1x != g.kernel.w) ? 1 : 0
-                var kx = k0x
-                while a == 0 && kx < k1x { a = src[ix0 + kx * g.dilation.w]; kx += 1 }
-                dst[ox] = a
-            }
-        }
-        for oy in 0..<p.outHeight {
-            let (iy0, k0y, k1y) = g.taps(oy, stride: g.stride.h, pad: g.padding.h, dilation: g.dilation.h, kernel: g.kernel.h, size: inH)
-            let dst = p.activity.baseAddress! + oy * ow
-            if k0y != 0 || k1y != g.kernel.h {
-                for ox in 0..<ow { dst[ox] = 1 }
-                continue
-            }
-            for ox in 0..<ow { dst[ox] = 0 }
-            for ky in k0y..<k1y {
-                let row = h.baseAddress! + (iy0 + ky * g.dilation.h) * ow
-                for ox in 0..<ow { dst[ox] |= row[ox] }
-            }
-        }
+        let g = p.geometry
+        slim_dilate_activity(inAct.baseAddress, Int32(inH), Int32(inW), p.activity.baseAddress, Int32(p.outHeight), Int32(p.outWidth),
+                             Int32(g.kernel.h), Int32(g.kernel.w), Int32(g.stride.h), Int32(g.stride.w), Int32(g.padding.h),
+                             Int32(g.padding.w), Int32(g.dilation.h), Int32(g.dilation.w), p.rowActivity.baseAddress)
     }
 
     static func background(_ w: [Float], _ b: [Float], co: Int, ci: Int, taps: Int, groups: Int, input: [Float], act: Activation) -> [Float] {

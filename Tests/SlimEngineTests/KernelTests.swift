@@ -10,8 +10,9 @@ struct LCG {
     mutating func float() -> Float { Float(next() % 20001) / 10000 - 1 }
 }
 
-@Suite("Int8 kernels: the VNNI and portable paths compute the same integers")
-struct KernelTests {
+/// Random int8 convolutions of awkward shapes (odd channel counts, groups, depthwise, dilation,
+/// stride, 5×5) that every kernel path must compute exactly as this plain reference does.
+enum RandomQConv {
     struct Case: Sendable, CustomStringConvertible {
         var ci: Int, co: Int, h: Int, w: Int, k: Int, s: Int, p: Int, d: Int, g: Int
         var description: String { "ci\(ci) co\(co) \(h)x\(w) k\(k) s\(s) p\(p) d\(d) g\(g)" }
@@ -25,34 +26,76 @@ struct KernelTests {
         Case(ci: 6, co: 6, h: 9, w: 9, k: 3, s: 1, p: 1, d: 1, g: 2),
         Case(ci: 12, co: 12, h: 9, w: 8, k: 3, s: 2, p: 1, d: 1, g: 12),
         Case(ci: 3, co: 17, h: 6, w: 5, k: 5, s: 1, p: 2, d: 1, g: 1),
+        Case(ci: 96, co: 96, h: 6, w: 11, k: 3, s: 1, p: 1, d: 1, g: 1),
     ]
 
-    func make(_ c: Case, seed: UInt64) -> (QConv2d, QTensor) {
+    static func make(_ c: Case, seed: UInt64) -> (QConv2d, QTensor) {
         var r = LCG(s: seed)
         let taps = c.k * c.k
-        let w = (0..<(c.co * c.ci / c.g * taps)).map { _ in r.int8() }
-        let scale = (0..<c.co).map { _ in Float(0.001 + Double(r.next() % 100) / 20000) }
+        // Extreme weights (±127) and inputs (0, 255) included: where a saturating 16-bit
+        // intermediate (vpmaddubsw) would go wrong.
+        let w = (0..<(c.co * c.ci / c.g * taps)).map { i in i % 11 == 0 ? (i % 22 == 0 ? 127 : -127) : r.int8() }
+        let scale = (0..<c.co).map { _ in Float(0.0002 + Double(r.next() % 100) / 200000) }
         let bias = (0..<c.co).map { _ in Int32(Int(r.next() % 2001) - 1000) }
         let conv = QConv2d(weight: w, weightScale: scale, bias: bias, inChannels: c.ci, outChannels: c.co,
                            geometry: ConvGeometry(kernel: (c.k, c.k), stride: (c.s, c.s), padding: (c.p, c.p), dilation: (c.d, c.d), groups: c.g),
                            input: QuantParams(scale: 0.02, zeroPoint: 37), output: QuantParams(scale: 0.05, zeroPoint: 11))
         let x = QTensor(height: c.h, width: c.w, channels: c.ci)
-        for i in 0..<x.count { x.storage[i] = r.u8() }
+        for i in 0..<x.count { x.storage[i] = i % 7 == 0 ? 255 : r.u8() }
         return (conv, x)
     }
 
-    @Test(arguments: cases)
-    func vnniMatchesPortable(_ c: Case) {
-        let (conv, x) = make(c, seed: 7)
-        let (oh, ow) = conv.geometry.outputSize(height: c.h, width: c.w)
-        let a = QTensor(height: oh, width: ow, channels: c.co), b = QTensor(height: oh, width: ow, channels: c.co)
-        QConv2d.forcePortable = true
-        conv.run(x, into: a)
-        QConv2d.forcePortable = false
-        conv.run(x, into: b)
-        #expect(Array(a.values) == Array(b.values))
-        // Not trivially saturated.
-        #expect(Set(a.values).count > 10)
+    /// The definition, one output at a time (QLinearConv with ONNX Runtime's requantization).
+    static func reference(_ conv: QConv2d, _ x: QTensor) -> [UInt8] {
+        let g = conv.geometry, taps = g.kernel.h * g.kernel.w
+        let (oh, ow) = g.outputSize(height: x.height, width: x.width)
+        var y = [UInt8](repeating: 0, count: oh * ow * conv.outChannels)
+        for oy in 0..<oh {
+            for ox in 0..<ow {
+                for o in 0..<conv.outChannels {
+                    let grp = o / conv.outPerGroup
+                    var acc: Int32 = 0
+                    for ky in 0..<g.kernel.h {
+                        for kx in 0..<g.kernel.w {
+                            let iy = oy * g.stride.h - g.padding.h + ky * g.dilation.h, ix = ox * g.stride.w - g.padding.w + kx * g.dilation.w
+                            guard iy >= 0, iy < x.height, ix >= 0, ix < x.width else { continue }
+                            for i in 0..<conv.inPerGroup {
+                                let xv = Int32(x[iy, ix, grp * conv.inPerGroup + i]) - conv.input.zeroPoint
+                                acc += xv * Int32(conv.weights[(o * conv.inPerGroup + i) * taps + ky * g.kernel.w + kx])
+                            }
+                        }
+                    }
+                    let v = (Float(acc &+ conv.bias[o]) * conv.mult[o]).rounded(.toNearestOrEven) + Float(conv.output.zeroPoint)
+                    y[(oy * ow + ox) * conv.outChannels + o] = UInt8(min(max(v, 0), 255))
+                }
+            }
+        }
+        return y
+    }
+
+    /// Every case on `path`, densely and with a sparse activity map, against the reference.
+    static func check(_ path: KernelPath) {
+        for c in cases {
+            let (conv, x) = make(c, seed: 7)
+            conv.kernels = path
+            let (oh, ow) = conv.geometry.outputSize(height: c.h, width: c.w)
+            let y = QTensor(height: oh, width: ow, channels: c.co)
+            conv.run(x, into: y)
+            let want = reference(conv, x)
+            let wrong = zip(y.values, want).filter { $0 != $1 }.count
+            #expect(wrong == 0, "\(path) \(c): \(wrong) of \(want.count) values differ from the definition")
+            #expect(Set(want).count > 10, "\(c): the case saturates")
+            // Sparse: every third output is background, the rest as computed.
+            var active = [UInt8](repeating: 1, count: oh * ow)
+            for i in stride(from: 0, to: active.count, by: 3) { active[i] = 0 }
+            let bg = (0..<c.co).map { UInt8($0 % 256) }
+            active.withUnsafeBufferPointer { a in bg.withUnsafeBufferPointer { b in conv.run(x, into: y, active: a.baseAddress, background: b.baseAddress) } }
+            var ok = true
+            for cell in 0..<(oh * ow) {
+                for o in 0..<c.co where y.storage[cell * c.co + o] != (active[cell] == 0 ? bg[o] : want[cell * c.co + o]) { ok = false }
+            }
+            #expect(ok, "\(path) \(c): sparse run differs")
+        }
     }
 }
 

@@ -5,13 +5,13 @@ import Testing
 /// The shipped model (Models/slimsplit-bev.safetensors) against PyTorch and ONNX Runtime on one
 /// test frame of two agents (Tests/Fixtures/engine/model_io.safetensors, written by
 /// training/make_model_fixture.py).
-@Suite("The shipped cooperative model: Swift engine vs PyTorch and ONNX Runtime")
-struct ModelParityTests {
+/// The shipped cooperative model on one kernel path: Swift engine vs PyTorch and ONNX Runtime.
+enum ModelParity {
     static let model = Fixtures.root.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Models/slimsplit-bev.safetensors").path
     static let io = Fixtures.root.appendingPathComponent("model_io.safetensors").path
 
-    @Test func encoderAndServer() throws {
+    static func check(_ path: KernelPath) throws {
         guard FileManager.default.fileExists(atPath: Self.model), FileManager.default.fileExists(atPath: Self.io) else {
             Issue.record("missing \(Self.model) or \(Self.io)")
             return
@@ -22,13 +22,15 @@ struct ModelParityTests {
         let m = try SlimmableModel(st)
         let encoder = SlimmableEncoder(model: m, inputHeight: 128, inputWidth: 128)
         encoder.widthIndex = wi
+        encoder.kernels = path
         let detector = try CooperativeDetector(st)
+        detector.kernels = path
         var inputs: [CooperativeDetector.AgentInput] = []
         for k in 0..<2 {
             // Encoder, int8: bit-identical with ONNX Runtime.
             let out = encoder.runInt8(quantized: try Fixtures.qtensor(io, "input_q.\(k)")).nchw()
             let want: [UInt8] = try io.array("encoder_int8.\(k)", as: .u8)
-            #expect(out == want, "agent \(k): \(zip(out, want).filter { $0 != $1 }.count) int8 values differ")
+            #expect(out.elementsEqual(want), "agent \(k): \(zip(out, want).filter { $0 != $1 }.count) int8 values differ")
             let pose = try io.array("pose.\(k)", as: .f64, Double.self)
             inputs.append(.init(features: try Fixtures.tensor(io, "features.\(k)"), position: SIMD2(Float(pose[0]), Float(pose[1])), yaw: Float(pose[2])))
         }

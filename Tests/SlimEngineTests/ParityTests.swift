@@ -49,10 +49,9 @@ func relativeError(_ got: [Float], _ want: [Float]) -> Float {
     return zip(got, want).map { abs($0 - $1) }.max()! / range
 }
 
-@Suite("Parity with PyTorch: float operators")
-struct FloatParityTests {
-    @Test(arguments: Fixtures.names("ops"))
-    func op(_ name: String) throws {
+/// The PyTorch operator fixtures on `path` (convolutions take the path; the other operators have one).
+enum FloatOpParity {
+    static func check(_ name: String, path: KernelPath) throws {
         let st = try Fixtures.load("ops", name)
         let p = try Fixtures.params(st)
         let x = try Fixtures.tensor(st, "x")
@@ -71,7 +70,9 @@ struct FloatParityTests {
                                        mean: try st.floats("bn.running_mean"), variance: try st.floats("bn.running_var"),
                                        eps: Float(p["eps"] as! Double))
             }
-            FloatConv2d(weight: w, bias: b, inChannels: x.channels, outChannels: wShape[0], geometry: g).run(x, into: y)
+            let conv = FloatConv2d(weight: w, bias: b, inChannels: x.channels, outChannels: wShape[0], geometry: g)
+            conv.kernels = path
+            conv.run(x, into: y)
         case "relu": Ops.activation(x, .relu, into: y)
         case "relu6": Ops.activation(x, .relu6, into: y)
         case "sigmoid": Ops.sigmoid(x, into: y)
@@ -87,14 +88,21 @@ struct FloatParityTests {
         let shapeOK = y.height == yShape[2] && y.width == yShape[3] && y.channels == yShape[1]
         #expect(shapeOK)
         let err = relativeError(y.nchw(), want)
-        #expect(err <= 1e-4, "\(name): max error \(err) of the output range")
+        #expect(err <= 1e-4, "\(path) \(name): max error \(err) of the output range")
     }
+
+    static var convolutions: [String] { Fixtures.names("ops").filter { $0.hasPrefix("conv") } }
 }
 
-@Suite("Parity with ONNX Runtime: int8 QLinearConv")
-struct Int8ParityTests {
-    @Test(arguments: Fixtures.names("int8"), [false, true])
-    func qlinearconv(_ name: String, portable: Bool) throws {
+@Suite("Parity with PyTorch: float operators")
+struct FloatParityTests {
+    @Test(arguments: Fixtures.names("ops"))
+    func op(_ name: String) throws { try FloatOpParity.check(name, path: .default) }
+}
+
+/// ONNX Runtime's QLinearConv fixtures on `path`: bit-exact.
+enum Int8Parity {
+    static func check(_ name: String, path: KernelPath) throws {
         let st = try Fixtures.load("int8", name)
         let p = try Fixtures.params(st)
         let x = try Fixtures.qtensor(st, "x_q")
@@ -105,40 +113,40 @@ struct Int8ParityTests {
                            geometry: ConvGeometry(kernel: (wShape[2], wShape[3]), stride: pair(p["stride"]), padding: pair(p["padding"]),
                                                   dilation: pair(p["dilation"]), groups: p["groups"] as! Int),
                            input: QuantParams(scale: xq[0], zeroPoint: Int32(xq[1])), output: QuantParams(scale: yq[0], zeroPoint: Int32(yq[1])))
+        conv.kernels = path
         let yShape = st.tensors["y_q"]!.shape
         let y = QTensor(height: yShape[2], width: yShape[3], channels: yShape[1])
-        QConv2d.forcePortable = portable
-        defer { QConv2d.forcePortable = false }
         conv.run(x, into: y)
         let want: [UInt8] = try st.array("y_q", as: .u8)
         let got = y.nchw()
         let off = zip(got, want).filter { $0 != $1 }
         let maxOff = zip(got, want).map { abs(Int($0) - Int($1)) }.max() ?? 0
         // Bit-exact is expected: the sum is exact and the float requantization is ONNX Runtime's.
-        #expect(off.isEmpty, "\(name): \(off.count) of \(want.count) values differ, by up to \(maxOff) LSB")
+        #expect(off.isEmpty, "\(path) \(name): \(off.count) of \(want.count) values differ, by up to \(maxOff) LSB")
     }
 }
 
-@Suite("The reference encoder at every width against PyTorch and ONNX Runtime")
-struct EncoderParityTests {
-    @Test func allWidths() throws {
+/// The reference encoder at every width against PyTorch (float) and ONNX Runtime (int8).
+enum EncoderParity {
+    static func check(_ path: KernelPath) throws {
         let model = try SlimmableModel(contentsOf: Fixtures.root.appendingPathComponent("ref_encoder.safetensors").path)
         let io = try Fixtures.load("", "ref_encoder_io")
         let input = try Fixtures.tensor(io, "input")
         let encoder = SlimmableEncoder(model: model, inputHeight: input.height, inputWidth: input.width)
+        encoder.kernels = path
         for wi in model.architecture.widths.indices {
             encoder.widthIndex = wi
             for sparse in [false, true] {
                 encoder.sparse = sparse
                 let f = encoder.runFloat(input)
                 let err = relativeError(f.nchw(), try io.floats("float.\(wi)"))
-                #expect(err <= 1e-4, "width \(wi) sparse \(sparse): float error \(err)")
+                #expect(err <= 1e-4, "\(path) width \(wi) sparse \(sparse): float error \(err)")
                 // int8 from ONNX Runtime's own quantized input, then from our quantization of the float input.
                 let want: [UInt8] = try io.array("int8.\(wi)", as: .u8)
                 let q = encoder.runInt8(quantized: try Fixtures.qtensor(io, "input_q.\(wi)")).nchw()
-                #expect(q == want, "width \(wi) sparse \(sparse): \(zip(q, want).filter { $0 != $1 }.count) int8 values differ")
+                #expect(q.elementsEqual(want), "\(path) width \(wi) sparse \(sparse): \(zip(q, want).filter { $0 != $1 }.count) int8 values differ")
                 let q2 = encoder.runInt8(input).nchw()
-                #expect(q2 == want, "width \(wi): quantizing the input ourselves changes \(zip(q2, want).filter { $0 != $1 }.count) values")
+                #expect(q2.elementsEqual(want), "\(path) width \(wi): quantizing the input ourselves changes \(zip(q2, want).filter { $0 != $1 }.count) values")
             }
         }
     }

@@ -3,7 +3,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include "SlimQConv.h"
+#include "SlimKernels.h"
 
 /// CRC-32C (Castagnoli), continuing from `crc` (pass 0 to start). Uses the SSE4.2 or ARMv8 CRC
 /// instructions when the CPU has them (checked once at run time), a table otherwise.

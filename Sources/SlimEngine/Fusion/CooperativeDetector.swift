@@ -48,6 +48,13 @@ public final class CooperativeDetector: @unchecked Sendable {
     let qIn: QTensor, qa: QTensor, qb: QTensor
     /// Run the backbone in int8 when the model file has it (on by default).
     public var useInt8: Bool
+    /// The kernel path of every convolution (the process default unless set).
+    public var kernels: KernelPath = .default {
+        didSet {
+            for c in [score, shared] + backbone + heads + (rotate.map { [$0.conv] } ?? []) { c.kernels = kernels }
+            for c in qConvs { c.kernels = kernels }
+        }
+    }
     public var hasInt8: Bool { !qConvs.isEmpty }
 
     /// - Parameter st: the model file; reads `__metadata__.architecture.server` and `server.*`.

@@ -59,23 +59,26 @@ public enum Activation: String, Sendable {
 }
 
 /// A float convolution with its weights packed once for the kernel: per group, per tap, per
-/// input channel, the output channels in chunks of 16 lanes (`SIMD16<Float>`), so the inner loop
-/// is a broadcast and a multiply-add per chunk and vectorizes on any SIMD ISA. Where the CPU has
-/// AVX-512, the same packed weights go to the FMA kernel of `CKernels`.
+/// input channel, the output channels in chunks of 16 lanes (`slim_fconv_pack`), so the inner
+/// loop is a broadcast and a multiply-add per chunk. Runs on `kernels` (the process default unless
+/// set): the C kernel of `CKernels`, one source compiled per path (16-lane vectors as 4 × SSE2 or
+/// NEON, 2 × AVX2, 1 × AVX-512), on a zero-padded copy of the input so that every output pixel
+/// takes the register-tile path. Depthwise convolutions take a Swift SIMD path of their own.
+/// Not thread-safe: one instance per pipeline.
 public final class FloatConv2d: @unchecked Sendable {
-    /// Forces the portable Swift kernel (tests compare both paths).
-    nonisolated(unsafe) public static var forcePortable = false
-
     public let geometry: ConvGeometry
     public let inChannels: Int
     public let outChannels: Int
     public let activation: Activation
+    /// The kernel path `run` uses; setting one this CPU lacks traps (see `KernelPath`).
+    public var kernels: KernelPath = .default {
+        willSet { precondition(newValue.isSupported, "kernel path \(newValue) is not supported on this CPU") }
+    }
     let inPerGroup: Int, outPerGroup: Int, chunks: Int
     let packed: UnsafeMutableBufferPointer<SIMD16<Float>>
     let bias: UnsafeMutableBufferPointer<SIMD16<Float>>
     let depthwise: Bool
-    /// Zero-padded copy of the input for the AVX-512 kernel, so every output pixel takes the
-    /// 4-pixel register-tile path (grown once to the largest input, then reused).
+    /// Zero-padded copy of the input (grown once to the largest input, then reused).
     private var padded: FloatTensor?
 
     /// - Parameters:
@@ -89,28 +92,28 @@ public final class FloatConv2d: @unchecked Sendable {
         self.activation = activation
         inPerGroup = inChannels / g.groups
         outPerGroup = outChannels / g.groups
-        let kh = g.kernel.h, kw = g.kernel.w
-        precondition(weight.count == outChannels * inPerGroup * kh * kw)
+        let kh = g.kernel.h, kw = g.kernel.w, taps = kh * kw
+        precondition(weight.count == outChannels * inPerGroup * taps)
+        precondition(taps <= 64, "float kernels take at most 64 taps")
         depthwise = g.groups == inChannels && g.groups == outChannels && g.groups > 1
         if depthwise {
             // [tap][channel chunk]
             chunks = (outChannels + 15) / 16
-            packed = .allocate(capacity: kh * kw * chunks)
+            packed = .allocate(capacity: taps * chunks)
             packed.initialize(repeating: .zero)
             for c in 0..<outChannels {
-                for t in 0..<(kh * kw) { packed[t * chunks + c / 16][c % 16] = weight[c * kh * kw + t] }
+                for t in 0..<taps { packed[t * chunks + c / 16][c % 16] = weight[c * taps + t] }
             }
         } else {
             chunks = (outPerGroup + 15) / 16
-            packed = .allocate(capacity: g.groups * kh * kw * inPerGroup * chunks)
+            let perGroup = taps * inPerGroup * chunks
+            packed = .allocate(capacity: g.groups * perGroup)
             packed.initialize(repeating: .zero)
-            for o in 0..<outChannels {
-                let grp = o / outPerGroup, oc = o % outPerGroup
-                for i in 0..<inPerGroup {
-                    for t in 0..<(kh * kw) {
-                        let idx = ((grp * kh * kw + t) * inPerGroup + i) * chunks + oc / 16
-                        packed[idx][oc % 16] = weight[(o * inPerGroup + i) * kh * kw + t]
-                    }
+            let raw = UnsafeMutableRawPointer(packed.baseAddress!).assumingMemoryBound(to: Float.self)
+            let (cog, cig) = (outPerGroup, inPerGroup)
+            weight.withUnsafeBufferPointer { w in
+                for grp in 0..<g.groups {
+                    slim_fconv_pack(w.baseAddress! + grp * cog * cig * taps, Int32(cog), Int32(cig), Int32(taps), raw + grp * perGroup * 16)
                 }
             }
         }
@@ -136,63 +139,46 @@ public final class FloatConv2d: @unchecked Sendable {
     /// Outputs whose flag in `active` is 0 are set to `background` instead of computed.
     public func run(_ x: FloatTensor, into y: FloatTensor, active: UnsafePointer<UInt8>? = nil, background: UnsafePointer<Float>? = nil) {
         precondition(x.channels == inChannels)
+        precondition(active == nil || background != nil, "an activity map needs a background")
         let g = geometry
         let (oh, ow) = g.outputSize(height: x.height, width: x.width)
         y.reshape(height: oh, width: ow, channels: outChannels)
-        let xs = x.pointer, ys = y.pointer
-        let inW = x.width, inH = x.height
-        if !depthwise, !Self.forcePortable, slim_fconv_available() != 0 {
-            var src = xs, ih = inH, iw = inW, ph = g.padding.h, pw = g.padding.w
-            if ph > 0 || pw > 0 {
-                let hh = inH + 2 * ph, ww = inW + 2 * pw
-                if padded == nil || padded!.capacity < hh * ww * inChannels {
-                    padded = FloatTensor(height: hh, width: ww, channels: inChannels)
-                }
-                let p = padded!
-                p.reshape(height: hh, width: ww, channels: inChannels)
-                p.fill(0)
-                for r in 0..<inH {
-                    (p.pointer + ((r + ph) * ww + pw) * inChannels).update(from: xs + r * inW * inChannels, count: inW * inChannels)
-                }
-                src = p.pointer; ih = hh; iw = ww; ph = 0; pw = 0
-            }
-            var a = slim_fconv_args()
-            a.in_h = Int32(ih); a.in_w = Int32(iw); a.in_cs = Int32(inChannels); a.ci = Int32(inPerGroup)
-            a.out_h = Int32(oh); a.out_w = Int32(ow); a.out_cs = Int32(outChannels); a.co = Int32(outPerGroup)
-            a.kh = Int32(g.kernel.h); a.kw = Int32(g.kernel.w); a.sh = Int32(g.stride.h); a.sw = Int32(g.stride.w)
-            a.ph = Int32(ph); a.pw = Int32(pw); a.dh = Int32(g.dilation.h); a.dw = Int32(g.dilation.w)
-            a.act = activation == .relu ? 1 : activation == .relu6 ? 2 : 0
-            a.active = active
-            var done = true
-            let taps = g.kernel.h * g.kernel.w
-            for grp in 0..<g.groups where done {
-                a.in_c0 = Int32(grp * inPerGroup)
-                a.out_c0 = Int32(grp * outPerGroup)
-                a.wpack = UnsafeRawPointer(packed.baseAddress! + grp * taps * inPerGroup * chunks).assumingMemoryBound(to: Float.self)
-                a.bias = UnsafeRawPointer(bias.baseAddress! + grp * chunks).assumingMemoryBound(to: Float.self)
-                a.background = background.map { $0 + grp * outPerGroup }
-                done = slim_fconv_avx512(&a, src, ys) != 0
-            }
-            if done { return }
+        if depthwise {
+            runDepthwise(x, y, oh: oh, ow: ow, active: active, background: background)
+            return
         }
-        for oy in 0..<oh {
-            let (iy0, k0y, k1y) = g.taps(oy, stride: g.stride.h, pad: g.padding.h, dilation: g.dilation.h, kernel: g.kernel.h, size: inH)
-            for ox in 0..<ow {
-                let dst = ys + (oy * ow + ox) * outChannels
-                if let active, active[oy * ow + ox] == 0 {
-                    dst.update(from: background!, count: outChannels)
-                    continue
-                }
-                let (ix0, k0x, k1x) = g.taps(ox, stride: g.stride.w, pad: g.padding.w, dilation: g.dilation.w, kernel: g.kernel.w, size: inW)
-                if depthwise {
-                    depthwisePixel(xs, inW: inW, iy0: iy0, ix0: ix0, k0y: k0y, k1y: k1y, k0x: k0x, k1x: k1x, dst: dst)
-                } else {
-                    for grp in 0..<g.groups {
-                        pixel(xs, inW: inW, group: grp, iy0: iy0, ix0: ix0, k0y: k0y, k1y: k1y, k0x: k0x, k1x: k1x,
-                              dst: dst + grp * outPerGroup)
-                    }
-                }
+        var src = x.pointer, ih = x.height, iw = x.width
+        let ph = g.padding.h, pw = g.padding.w
+        if ph > 0 || pw > 0 {
+            let hh = ih + 2 * ph, ww = iw + 2 * pw
+            if padded == nil || padded!.capacity < hh * ww * inChannels {
+                padded = FloatTensor(height: hh, width: ww, channels: inChannels)
             }
+            let p = padded!
+            p.reshape(height: hh, width: ww, channels: inChannels)
+            p.fill(0)
+            for r in 0..<ih {
+                (p.pointer + ((r + ph) * ww + pw) * inChannels).update(from: x.pointer + r * iw * inChannels, count: iw * inChannels)
+            }
+            src = p.pointer; ih = hh; iw = ww
+        }
+        var a = slim_fconv_args()
+        a.path = kernels.raw
+        a.in_h = Int32(ih); a.in_w = Int32(iw); a.in_cs = Int32(inChannels); a.ci = Int32(inPerGroup)
+        a.out_h = Int32(oh); a.out_w = Int32(ow); a.out_cs = Int32(outChannels); a.co = Int32(outPerGroup)
+        a.kh = Int32(g.kernel.h); a.kw = Int32(g.kernel.w); a.sh = Int32(g.stride.h); a.sw = Int32(g.stride.w)
+        a.dh = Int32(g.dilation.h); a.dw = Int32(g.dilation.w)
+        a.act = activation == .relu ? 1 : activation == .relu6 ? 2 : 0
+        a.active = active
+        let taps = g.kernel.h * g.kernel.w
+        for grp in 0..<g.groups {
+            a.in_c0 = Int32(grp * inPerGroup)
+            a.out_c0 = Int32(grp * outPerGroup)
+            a.wpack = UnsafeRawPointer(packed.baseAddress! + grp * taps * inPerGroup * chunks).assumingMemoryBound(to: Float.self)
+            a.bias = UnsafeRawPointer(bias.baseAddress! + grp * chunks).assumingMemoryBound(to: Float.self)
+            a.background = background.map { $0 + grp * outPerGroup }
+            let rc = slim_fconv(&a, src, y.pointer)
+            precondition(rc == SLIM_OK, "slim_fconv on \(kernels) failed with \(rc)")
         }
     }
 
@@ -206,60 +192,34 @@ public final class FloatConv2d: @unchecked Sendable {
         }
     }
 
-    @inline(__always)
-    private func pixel(_ xs: UnsafeMutablePointer<Float>, inW: Int, group: Int, iy0: Int, ix0: Int,
-                       k0y: Int, k1y: Int, k0x: Int, k1x: Int, dst: UnsafeMutablePointer<Float>) {
-        let g = geometry, kw = g.kernel.w, cig = inPerGroup
-        let wBase = packed.baseAddress! + group * g.kernel.h * kw * cig * chunks
-        var c = 0
-        while c < chunks {
-            let n = min(4, chunks - c)
-            var a0 = bias[group * chunks + c]
-            var a1 = n > 1 ? bias[group * chunks + c + 1] : .zero
-            var a2 = n > 2 ? bias[group * chunks + c + 2] : .zero
-            var a3 = n > 3 ? bias[group * chunks + c + 3] : .zero
-            for ky in k0y..<k1y {
-                let row = iy0 + ky * g.dilation.h
-                for kx in k0x..<k1x {
-                    let xp = xs + (row * inW + ix0 + kx * g.dilation.w) * inChannels + group * cig
-                    var wp = wBase + (ky * kw + kx) * cig * chunks + c
-                    for ci in 0..<cig {
-                        let xv = SIMD16<Float>(repeating: xp[ci])
-                        a0 = a0 + xv * wp[0]
-                        if n > 1 { a1 = a1 + xv * wp[1] }
-                        if n > 2 { a2 = a2 + xv * wp[2] }
-                        if n > 3 { a3 = a3 + xv * wp[3] }
-                        wp += chunks
+    private func runDepthwise(_ x: FloatTensor, _ y: FloatTensor, oh: Int, ow: Int, active: UnsafePointer<UInt8>?,
+                              background: UnsafePointer<Float>?) {
+        let g = geometry, kw = g.kernel.w, xs = x.pointer, inW = x.width
+        for oy in 0..<oh {
+            let (iy0, k0y, k1y) = g.taps(oy, stride: g.stride.h, pad: g.padding.h, dilation: g.dilation.h, kernel: g.kernel.h, size: x.height)
+            for ox in 0..<ow {
+                let dst = y.pointer + (oy * ow + ox) * outChannels
+                if let active, active[oy * ow + ox] == 0 {
+                    dst.update(from: background!, count: outChannels)
+                    continue
+                }
+                let (ix0, k0x, k1x) = g.taps(ox, stride: g.stride.w, pad: g.padding.w, dilation: g.dilation.w, kernel: g.kernel.w, size: inW)
+                for c in 0..<chunks {
+                    var acc = bias[c]
+                    let lanes = min(16, outChannels - c * 16)
+                    for ky in k0y..<k1y {
+                        for kx in k0x..<k1x {
+                            let xp = xs + ((iy0 + ky * g.dilation.h) * inW + ix0 + kx * g.dilation.w) * inChannels + c * 16
+                            var xv = SIMD16<Float>.zero
+                            if lanes == 16 { xv = UnsafeRawPointer(xp).loadUnaligned(as: SIMD16<Float>.self) } else {
+                                for i in 0..<lanes { xv[i] = xp[i] }
+                            }
+                            acc = acc + xv * packed[(ky * kw + kx) * chunks + c]
+                        }
                     }
+                    store(acc, dst + c * 16, lanes)
                 }
             }
-            let left = outPerGroup - c * 16
-            store(a0, dst + c * 16, left)
-            if n > 1 { store(a1, dst + (c + 1) * 16, left - 16) }
-            if n > 2 { store(a2, dst + (c + 2) * 16, left - 32) }
-            if n > 3 { store(a3, dst + (c + 3) * 16, left - 48) }
-            c += n
-        }
-    }
-
-    @inline(__always)
-    private func depthwisePixel(_ xs: UnsafeMutablePointer<Float>, inW: Int, iy0: Int, ix0: Int,
-                                k0y: Int, k1y: Int, k0x: Int, k1x: Int, dst: UnsafeMutablePointer<Float>) {
-        let g = geometry, kw = g.kernel.w
-        for c in 0..<chunks {
-            var acc = bias[c]
-            let lanes = min(16, outChannels - c * 16)
-            for ky in k0y..<k1y {
-                for kx in k0x..<k1x {
-                    let xp = xs + ((iy0 + ky * g.dilation.h) * inW + ix0 + kx * g.dilation.w) * inChannels + c * 16
-                    var xv = SIMD16<Float>.zero
-                    if lanes == 16 { xv = UnsafeRawPointer(xp).loadUnaligned(as: SIMD16<Float>.self) } else {
-                        for i in 0..<lanes { xv[i] = xp[i] }
-                    }
-                    acc = acc + xv * packed[(ky * kw + kx) * chunks + c]
-                }
-            }
-            store(acc, dst + c * 16, lanes)
         }
     }
 }

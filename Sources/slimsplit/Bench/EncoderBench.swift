@@ -2,58 +2,88 @@ import ArgumentParser
 import CAllocCounter
 import Foundation
 import SlimEngine
+import SlimSensors
 import SlimTransport
 
-/// The edge encoder at every width, float and int8, one thread.
+/// The edge encoder at every width, float and int8, one thread, on every kernel path asked for.
 struct EncoderBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "encoder",
-        abstract: "Latency of the slimmable encoder at each width, float and int8, one thread; allocations per frame; width-switch time.",
+        abstract: "Latency of the slimmable encoder at each width, float and int8, one thread, per kernel path and input kind.",
         discussion: """
-            Input: a BEV-like 8×128×128 grid with ~15 % of cells occupied (as a LiDAR featurizer produces).
-            Benchmarks/peers.py runs the same model file in PyTorch and ONNX Runtime and prints the ratios.
+            Inputs: `sim`, the BEV grids of every agent and frame of a simulator recording (clustered
+            occupancy, mostly empty cells, as a LiDAR gives); `random`, a grid with `--occupancy` of its
+            cells occupied uniformly at random (with --dense: every cell computed, as a dense engine does).
+            Benchmarks/peers.py runs the same model in ONNX Runtime (and PyTorch where installed) in the
+            same run and prints the ratios.
             """)
 
     @Option(help: "Model file (safetensors, docs/model-format.md).")
-    var model: String = "Tests/Fixtures/engine/ref_encoder.safetensors"
+    var model: String = "Models/slimsplit-bev.safetensors"
 
-    @Option(help: "Input height and width (cells).")
-    var size: Int = 128
+    @Option(help: "Kernel path: best, all (every path this CPU runs), or one of \(KernelPath.all.map(\.name).joined(separator: ", ")).")
+    var kernels: String = "best"
+
+    @Option(help: "Input: sim, random or both.")
+    var input: String = "both"
+
+    @Option(help: "Recording whose LiDAR sweeps make the `sim` input.")
+    var recording: String = "Tests/Fixtures/sample.mcap"
 
     @Option(help: "Timed runs per configuration.")
-    var runs: Int = 300
+    var runs: Int = 200
 
-    @Option(help: "Fraction of occupied BEV cells in the input.")
+    @Option(help: "Fraction of occupied cells of the `random` input.")
     var occupancy: Double = 0.15
 
     @Flag(help: "Compute every cell (no sparse skipping).")
     var dense = false
 
-    @Flag(help: "Time int8 only (for profiling).")
+    @Flag(help: "Time int8 only.")
     var int8Only = false
 
     @Flag(help: "Print JSON only.")
     var json = false
 
+    func validate() throws {
+        guard ["sim", "random", "both"].contains(input) else { throw ValidationError("--input: sim, random or both, not '\(input)'") }
+        guard runs > 0 else { throw ValidationError("--runs must be positive") }
+    }
+
     func run() throws {
-        let m = try SlimmableModel(contentsOf: model)
-        let encoder = SlimmableEncoder(model: m, inputHeight: size, inputWidth: size)
-        encoder.sparse = !dense
-        let input = FloatTensor(height: size, width: size, channels: m.architecture.input.channels)
-        var rng = SplitMix64(seed: 3)
-        for cell in 0..<(size * size) where rng.unit() < occupancy {
-            for c in 0..<input.channels { input.storage[cell * input.channels + c] = Float(rng.unit() * 2) }
+        let paths: [KernelPath]
+        switch kernels {
+        case "all": paths = KernelPath.supported
+        case "best": paths = [try KernelPath.configure(nil)]
+        default: paths = [try KernelPath.configure(kernels)]
         }
-        var results: [[String: Any]] = []
-        for wi in m.architecture.widths.indices {
-            encoder.widthIndex = wi
-            var entry: [String: Any] = ["width": m.architecture.widths[wi], "width_index": wi, "output_channels": encoder.outputChannels]
-            entry["float"] = int8Only ? ["p50_ms": 0.0] : measure { _ = encoder.runFloat(input) }
-            if m.int8 != nil { entry["int8"] = measure { _ = encoder.runInt8(input) } }
-            results.append(entry)
-            if !json {
-                let f = entry["float"] as! [String: Any], q = entry["int8"] as? [String: Any]
-                FileHandle.standardError.write(Data("width \(m.architecture.widths[wi]): float p50 \(f["p50_ms"]!) ms (min \(f["min_ms"] ?? 0)), int8 p50 \(q?["p50_ms"] ?? "-") ms (min \(q?["min_ms"] ?? "-"))\n".utf8))
+        let m = try SlimmableModel(contentsOf: model)
+        let c = m.architecture.input.channels, h = m.architecture.input.height, w = m.architecture.input.width
+        var inputs: [(String, [FloatTensor])] = []
+        if input != "random" { inputs.append(("sim", try simInputs(channels: c, height: h, width: w))) }
+        if input != "sim" { inputs.append(("random", [randomInput(channels: c, height: h, width: w)])) }
+        let encoder = SlimmableEncoder(model: m, inputHeight: h, inputWidth: w)
+        encoder.sparse = !dense
+        var runsDoc: [[String: Any]] = []
+        for path in paths {
+            encoder.kernels = path
+            for (kind, frames) in inputs {
+                var results: [[String: Any]] = []
+                for wi in m.architecture.widths.indices {
+                    encoder.widthIndex = wi
+                    var entry: [String: Any] = ["width": m.architecture.widths[wi], "width_index": wi, "output_channels": encoder.outputChannels]
+                    var k = 0
+                    if !int8Only { entry["float"] = measure { _ = encoder.runFloat(frames[k % frames.count]); k += 1 } }
+                    if m.int8 != nil { entry["int8"] = measure { _ = encoder.runInt8(frames[k % frames.count]); k += 1 } }
+                    results.append(entry)
+                    if !json {
+                        let f = (entry["float"] as? [String: Any])?["p50_ms"].map { "\($0)" } ?? "-"
+                        let q = (entry["int8"] as? [String: Any])?["p50_ms"].map { "\($0)" } ?? "-"
+                        FileHandle.standardError.write(Data("\(path) \(kind) width \(m.architecture.widths[wi]): float p50 \(f) ms, int8 p50 \(q) ms\n".utf8))
+                    }
+                }
+                runsDoc.append(["kernels": path.name, "input": kind, "frames": frames.count,
+                                "occupancy": occupied(frames), "results": results])
             }
         }
         // Width switching: a field write, no allocation.
@@ -61,15 +91,54 @@ struct EncoderBench: ParsableCommand {
         let a0 = slim_alloc_count(), t0 = Clock.monotonicNs()
         for i in 0..<switches { encoder.widthIndex = i % m.architecture.widths.count }
         let switchNs = Double(Clock.monotonicNs() - t0) / Double(switches)
-        let switchAllocs = slim_alloc_count() - a0
         let doc: [String: Any] = [
-            "benchmark": "encoder", "model": model, "input": [m.architecture.input.channels, size, size],
-            "occupancy": occupancy, "sparse": !dense, "threads": 1, "runs": runs,
-            "int8_kernel": QConv2d.vnniAvailable ? "avx512-vnni" : "portable",
-            "cpu": cpuName(), "results": results,
-            "width_switch": ["ns_per_switch": (switchNs * 100).rounded() / 100, "allocations": switchAllocs],
+            "benchmark": "encoder", "model": model, "input_shape": [c, h, w], "sparse": !dense, "threads": 1, "runs": runs,
+            "kernels": paths.map(\.name), "kernels_supported": KernelPath.supported.map(\.name), "cpu": cpuDescription(),
+            "runs_by_kernel": runsDoc,
+            "width_switch": ["ns_per_switch": (switchNs * 100).rounded() / 100, "allocations": slim_alloc_count() - a0],
         ]
         print(String(decoding: try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys]), as: UTF8.self))
+    }
+
+    /// Every agent's sweep of every frame of the recording, featurized as the agent does.
+    func simInputs(channels: Int, height: Int, width: Int) throws -> [FloatTensor] {
+        let rec = try RecordingFrames(path: recording)
+        let grid = BEVGrid()
+        guard grid.height == height, grid.width == width, BEVGrid.channels == channels else {
+            throw ValidationError("the model takes \(channels)×\(height)×\(width); the featurizer gives \(BEVGrid.channels)×\(grid.height)×\(grid.width)")
+        }
+        let featurizer = BEVFeaturizer(grid: grid)
+        var out: [FloatTensor] = []
+        for f in rec.frames {
+            for id in rec.agents {
+                guard let a = f.agents[id], let pose = a.pose, !a.points.isEmpty else { continue }
+                let t = FloatTensor(height: height, width: width, channels: channels)
+                a.points.withUnsafeBufferPointer { featurizer.featurize($0, sensorHeight: Float(pose.position.z), into: t) }
+                out.append(t)
+            }
+        }
+        guard !out.isEmpty else { throw ValidationError("\(recording): no LiDAR sweeps with poses") }
+        return out
+    }
+
+    func randomInput(channels: Int, height: Int, width: Int) -> FloatTensor {
+        let t = FloatTensor(height: height, width: width, channels: channels)
+        var rng = SplitMix64(seed: 3)
+        for cell in 0..<(height * width) where rng.unit() < occupancy {
+            for ch in 0..<channels { t.storage[cell * channels + ch] = Float(rng.unit() * 2) }
+        }
+        return t
+    }
+
+    /// Mean fraction of cells with any nonzero channel.
+    func occupied(_ frames: [FloatTensor]) -> Double {
+        var total = 0.0
+        for t in frames {
+            var n = 0
+            for cell in 0..<(t.height * t.width) where (0..<t.channels).contains(where: { t.storage[cell * t.channels + $0] != 0 }) { n += 1 }
+            total += Double(n) / Double(t.height * t.width)
+        }
+        return (total / Double(frames.count) * 10000).rounded() / 10000
     }
 
     func measure(_ body: () -> Void) -> [String: Any] {
@@ -82,17 +151,29 @@ struct EncoderBench: ParsableCommand {
             body()
             times.append(Double(Clock.monotonicNs() - t) / 1e6)
         }
-        let allocs = Double(slim_alloc_count() - a0 - 0) / Double(runs)
+        let allocs = Double(slim_alloc_count() - a0) / Double(runs)
         times.sort()
         func p(_ q: Double) -> Double { (times[min(times.count - 1, Int(q * Double(times.count)))] * 1000).rounded() / 1000 }
         return ["min_ms": (times[0] * 1000).rounded() / 1000, "p50_ms": p(0.5), "p99_ms": p(0.99), "allocations_per_frame": allocs]
     }
 }
 
-func cpuName() -> String {
-    guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return "unknown" }
-    for line in text.split(separator: "\n") where line.hasPrefix("model name") {
-        return String(line.split(separator: ":", maxSplits: 1).last ?? "").trimmingCharacters(in: .whitespaces)
+/// The CPU as `lscpu` names it, with the instruction sets the kernel paths use.
+func cpuDescription() -> [String: Any] {
+    var model = "unknown"
+    var flags: Set<Substring> = []
+    if let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) {
+        for line in text.split(separator: "\n") {
+            let parts = line.split(separator: ":", maxSplits: 1)
+            guard parts.count == 2 else { continue }
+            let key = parts[0].trimmingCharacters(in: .whitespaces)
+            if model == "unknown", key == "model name" || key == "Model" { model = parts[1].trimmingCharacters(in: .whitespaces) }
+            if flags.isEmpty, key == "flags" || key == "Features" { flags = Set(parts[1].split(separator: " ")) }
+        }
     }
-    return "unknown"
+    let wanted = ["avx2", "fma", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "asimd", "asimddp"]
+    return ["model": model, "logical_cpus": ProcessInfo.processInfo.activeProcessorCount,
+            "isa": wanted.filter { flags.contains(Substring($0)) }]
 }
+
+func cpuName() -> String { cpuDescription()["model"] as? String ?? "unknown" }

@@ -1,0 +1,46 @@
+// Shared by the int8 convolution paths (qconv.c, qconv_x86.c, qconv_arm.c); not public.
+#ifndef SLIMSPLIT_QCONV_INTERNAL_H
+#define SLIMSPLIT_QCONV_INTERNAL_H
+
+#include "../include/SlimKernels.h"
+#include <math.h>
+#include <string.h>
+
+#define SLIM_QCONV_MAX_CO 1024
+#define SLIM_CONV_MAX_STEPS 4096  // taps × input-channel units of one convolution
+
+/// What a kernel needs besides the arguments: the bias with the zero-point correction folded in
+/// (bias − pad_zp·Σw for the dot4 paths, bias for the pairs paths), and the packed layout's strides.
+typedef struct {
+    int32_t badj[SLIM_QCONV_MAX_CO + 16];
+    size_t blk_stride;  // packed weight elements per block of 16 output channels
+    // The (tap, input-channel unit) steps of one output pixel, flattened: unit k reads the input
+    // at the pixel's first tap + xo[k] and the block's weights at + wo[k]. A unit is what one
+    // kernel step consumes: 4 channels (dot4), a pair, 8 (neon) or 16 (neon-dot) channels.
+    int nk;
+    int32_t xo[SLIM_CONV_MAX_STEPS], wo[SLIM_CONV_MAX_STEPS];
+} slim_qctx;
+
+static inline int slim_round_up(int v, int m) { return (v + m - 1) / m * m; }
+
+/// One output value, requantized as ONNX Runtime does; the float is clamped first so that the
+/// conversion to int is defined (it only matters far outside [0, 255]).
+static inline uint8_t slim_requant(int32_t acc, int32_t badj, float mult, int32_t y_zp) {
+    float f = (float)(acc + badj) * mult;
+    f = f < -512.0f ? -512.0f : f > 512.0f ? 512.0f : f;
+    int32_t r = (int32_t)nearbyintf(f) + y_zp;
+    return (uint8_t)(r < 0 ? 0 : r > 255 ? 255 : r);
+}
+
+int slim_qconv_run_portable(const slim_qconv_args *a, const slim_qctx *c, const int16_t *xs, int cpad, int padded_w, uint8_t *y);
+#if defined(__x86_64__)
+int slim_qconv_run_avx2(const slim_qconv_args *a, const slim_qctx *c, const int16_t *xs, int cpad, int padded_w, uint8_t *y);
+int slim_qconv_run_avx_vnni(const slim_qconv_args *a, const slim_qctx *c, const uint8_t *xs, int cpad, int padded_w, uint8_t *y);
+int slim_qconv_run_avx512(const slim_qconv_args *a, const slim_qctx *c, const uint8_t *xs, int cpad, int padded_w, uint8_t *y);
+#endif
+#if defined(__aarch64__)
+int slim_qconv_run_neon(const slim_qconv_args *a, const slim_qctx *c, const int16_t *xs, int cpad, int padded_w, uint8_t *y);
+int slim_qconv_run_neon_dot(const slim_qconv_args *a, const slim_qctx *c, const int8_t *xs, int cpad, int padded_w, uint8_t *y);
+#endif
+
+#endif

@@ -1,0 +1,179 @@
+// Int8 convolution kernels for x86-64: AVX2 (int16 pairs, vpmaddwd), AVX-VNNI (256-bit vpdpbusd)
+// and AVX-512 VNNI (512-bit vpdpbusd). Each is compiled with its own target attribute, so the
+// default build runs on any x86-64 and a path is entered only where cpu.c found its instructions.
+#include "internal/qconv_internal.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#define AVX2 __attribute__((target("avx2,fma"), always_inline)) static inline
+#define AVX2_FN __attribute__((target("avx2,fma")))
+#define AVXVNNI __attribute__((target("avx2,fma,avxvnni"), always_inline)) static inline
+#define AVXVNNI_FN __attribute__((target("avx2,fma,avxvnni")))
+#define A512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"), always_inline)) static inline
+#define A512_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+
+static inline int32_t load32(const void *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+// ---- requantization of 16 channels held in two 8-lane vectors (AVX2 and AVX-VNNI) ----
+AVX2 __m256i requant8(__m256i acc, const int32_t *badj, const float *mult, int n) {
+    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256i v = _mm256_add_epi32(acc, _mm256_maskload_epi32(badj, m));
+    __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_maskload_ps(mult, m));
+    f = _mm256_min_ps(_mm256_max_ps(f, _mm256_set1_ps(-512.0f)), _mm256_set1_ps(512.0f));
+    return _mm256_cvtps_epi32(f);  // round half to even (MXCSR default), as ONNX Runtime
+}
+
+AVX2 void store16(const slim_qconv_args *a, const slim_qctx *c, __m256i lo, __m256i hi, int c0, uint8_t *dst) {
+    const int n = a->co - c0 < 16 ? a->co - c0 : 16;
+    const __m256i zp = _mm256_set1_epi32(a->y_zp);
+    __m256i r0 = _mm256_add_epi32(requant8(lo, c->badj + c0, a->mult + c0, n), zp);
+    __m256i r1 = _mm256_add_epi32(requant8(hi, c->badj + c0 + 8, a->mult + c0 + 8, n - 8), zp);
+    __m128i s0 = _mm_packs_epi32(_mm256_castsi256_si128(r0), _mm256_extracti128_si256(r0, 1));
+    __m128i s1 = _mm_packs_epi32(_mm256_castsi256_si128(r1), _mm256_extracti128_si256(r1, 1));
+    __m128i u = _mm_packus_epi16(s0, s1);  // saturates to [0, 255]
+    if (n == 16) {
+        _mm_storeu_si128((__m128i *)(dst + c0), u);
+    } else {
+        uint8_t tmp[16];
+        _mm_storeu_si128((__m128i *)tmp, u);
+        memcpy(dst + c0, tmp, (size_t)n);
+    }
+}
+
+// ---- AVX2: int16 pairs. One block of 16 output channels = two vectors of 8 int32 lanes; each
+// vpmaddwd multiplies a broadcast pair of input channels by 8 channels' weight pairs. ----
+AVX2 void kernel_avx2(const slim_qconv_args *a, const slim_qctx *c, const int16_t *const xq[4], int blk, const int NB,
+                      uint8_t *const dq[4]) {
+    (void)NB;
+    __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+    const int16_t *wb = a->pairs + (size_t)blk * c->blk_stride;
+    const int16_t *x0 = xq[0], *x1 = xq[1], *x2 = xq[2], *x3 = xq[3];
+    for (int k = 0; k < c->nk; k++) {
+        const int16_t *w = wb + c->wo[k];
+        const int xo = c->xo[k];
+        const __m256i w0 = _mm256_loadu_si256((const __m256i *)w), w1 = _mm256_loadu_si256((const __m256i *)(w + 16));
+        __m256i b = _mm256_set1_epi32(load32(x0 + xo));
+        a00 = _mm256_add_epi32(a00, _mm256_madd_epi16(b, w0));
+        a01 = _mm256_add_epi32(a01, _mm256_madd_epi16(b, w1));
+        b = _mm256_set1_epi32(load32(x1 + xo));
+        a10 = _mm256_add_epi32(a10, _mm256_madd_epi16(b, w0));
+        a11 = _mm256_add_epi32(a11, _mm256_madd_epi16(b, w1));
+        b = _mm256_set1_epi32(load32(x2 + xo));
+        a20 = _mm256_add_epi32(a20, _mm256_madd_epi16(b, w0));
+        a21 = _mm256_add_epi32(a21, _mm256_madd_epi16(b, w1));
+        b = _mm256_set1_epi32(load32(x3 + xo));
+        a30 = _mm256_add_epi32(a30, _mm256_madd_epi16(b, w0));
+        a31 = _mm256_add_epi32(a31, _mm256_madd_epi16(b, w1));
+    }
+    store16(a, c, a00, a01, blk * 16, dq[0]);
+    store16(a, c, a10, a11, blk * 16, dq[1]);
+    store16(a, c, a20, a21, blk * 16, dq[2]);
+    store16(a, c, a30, a31, blk * 16, dq[3]);
+}
+
+#define CD_ARGS slim_qconv_args
+#define CD_CTX slim_qctx
+#define CD_YT uint8_t
+#define CD_FN drive_avx2
+#define CD_ATTR AVX2_FN
+#define CD_XT int16_t
+#define CD_KERNEL kernel_avx2
+#define CD_NBMAX 1
+#include "internal/conv_driver.h"
+
+int slim_qconv_run_avx2(const slim_qconv_args *a, const slim_qctx *c, const int16_t *xs, int cpad, int padded_w, uint8_t *y) {
+    drive_avx2(a, c, xs, cpad, padded_w, y);
+    return SLIM_OK;
+}
+
+// ---- AVX-VNNI: 256-bit vpdpbusd, four uint8×int8 products per lane; 16 channels = 2 vectors ----
+AVXVNNI void kernel_avx_vnni(const slim_qconv_args *a, const slim_qctx *c, const uint8_t *const xq[4], int blk, const int NB,
+                             uint8_t *const dq[4]) {
+    (void)NB;
+    __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+    const int8_t *wb = a->dot4 + (size_t)blk * c->blk_stride;
+    const uint8_t *x0 = xq[0], *x1 = xq[1], *x2 = xq[2], *x3 = xq[3];
+    for (int k = 0; k < c->nk; k++) {
+        const int8_t *w = wb + c->wo[k];
+        const int xo = c->xo[k];
+        const __m256i w0 = _mm256_loadu_si256((const __m256i *)w), w1 = _mm256_loadu_si256((const __m256i *)(w + 32));
+        __m256i b = _mm256_set1_epi32(load32(x0 + xo));
+        a00 = _mm256_dpbusd_avx_epi32(a00, b, w0);
+        a01 = _mm256_dpbusd_avx_epi32(a01, b, w1);
+        b = _mm256_set1_epi32(load32(x1 + xo));
+        a10 = _mm256_dpbusd_avx_epi32(a10, b, w0);
+        a11 = _mm256_dpbusd_avx_epi32(a11, b, w1);
+        b = _mm256_set1_epi32(load32(x2 + xo));
+        a20 = _mm256_dpbusd_avx_epi32(a20, b, w0);
+        a21 = _mm256_dpbusd_avx_epi32(a21, b, w1);
+        b = _mm256_set1_epi32(load32(x3 + xo));
+        a30 = _mm256_dpbusd_avx_epi32(a30, b, w0);
+        a31 = _mm256_dpbusd_avx_epi32(a31, b, w1);
+    }
+    store16(a, c, a00, a01, blk * 16, dq[0]);
+    store16(a, c, a10, a11, blk * 16, dq[1]);
+    store16(a, c, a20, a21, blk * 16, dq[2]);
+    store16(a, c, a30, a31, blk * 16, dq[3]);
+}
+
+#define CD_FN drive_avx_vnni
+#define CD_ATTR AVXVNNI_FN
+#define CD_XT uint8_t
+#define CD_KERNEL kernel_avx_vnni
+#define CD_NBMAX 1
+#include "internal/conv_driver.h"
+
+int slim_qconv_run_avx_vnni(const slim_qconv_args *a, const slim_qctx *c, const uint8_t *xs, int cpad, int padded_w, uint8_t *y) {
+    drive_avx_vnni(a, c, xs, cpad, padded_w, y);
+    return SLIM_OK;
+}
+
+// ---- AVX-512 VNNI: one 512-bit vector = 16 channels; 4 pixels × up to 4 blocks in registers ----
+A512 void store512(const slim_qconv_args *a, const slim_qctx *c, __m512i acc, int c0, uint8_t *dst) {
+    const int n = a->co - c0 < 16 ? a->co - c0 : 16;
+    const __mmask16 m = (__mmask16)((1u << n) - 1u);
+    __m512i v = _mm512_add_epi32(acc, _mm512_maskz_loadu_epi32(m, c->badj + c0));
+    __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_maskz_loadu_ps(m, a->mult + c0));
+    f = _mm512_min_ps(_mm512_max_ps(f, _mm512_set1_ps(-512.0f)), _mm512_set1_ps(512.0f));
+    __m512i r = _mm512_add_epi32(_mm512_cvtps_epi32(f), _mm512_set1_epi32(a->y_zp));
+    r = _mm512_max_epi32(r, _mm512_setzero_si512());
+    _mm_mask_storeu_epi8(dst + c0, m, _mm512_cvtusepi32_epi8(r));
+}
+
+A512 void kernel_avx512(const slim_qconv_args *a, const slim_qctx *c, const uint8_t *const xq[4], int blk, const int NB,
+                        uint8_t *const dq[4]) {
+    __m512i acc[4][4];
+    for (int p = 0; p < 4; p++)
+        for (int b = 0; b < 4; b++) acc[p][b] = _mm512_setzero_si512();
+    const int8_t *wb = a->dot4 + (size_t)blk * c->blk_stride;
+    for (int k = 0; k < c->nk; k++) {
+        const int8_t *w = wb + c->wo[k];
+        const int xo = c->xo[k];
+        __m512i wv[4];
+        for (int b = 0; b < NB; b++) wv[b] = _mm512_loadu_si512(w + b * c->blk_stride);
+        for (int p = 0; p < 4; p++) {
+            const __m512i xb = _mm512_set1_epi32(load32(xq[p] + xo));
+            for (int b = 0; b < NB; b++) acc[p][b] = _mm512_dpbusd_epi32(acc[p][b], xb, wv[b]);
+        }
+    }
+    for (int p = 0; p < 4; p++)
+        for (int b = 0; b < NB; b++) store512(a, c, acc[p][b], (blk + b) * 16, dq[p]);
+}
+
+#define CD_FN drive_avx512
+#define CD_ATTR A512_FN
+#define CD_XT uint8_t
+#define CD_KERNEL kernel_avx512
+#define CD_NBMAX 4
+#include "internal/conv_driver.h"
+
+int slim_qconv_run_avx512(const slim_qconv_args *a, const slim_qctx *c, const uint8_t *xs, int cpad, int padded_w, uint8_t *y) {
+    drive_avx512(a, c, xs, cpad, padded_w, y);
+    return SLIM_OK;
+}
+#endif
