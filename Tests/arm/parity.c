@@ -1,0 +1,218 @@
+// Parity harness for the C kernels, built for any architecture (aarch64 under qemu included):
+// runs every case file of export_cases.py on every kernel path this CPU runs (or those named)
+// and checks int8 results bit for bit and float results within 1e-4 of the output range.
+//
+//   parity CASE_DIR [path ...]     prints one line per path and "N passed, N failed"
+#include "SlimKernels.h"
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct { const unsigned char *p, *end; int bad; } reader;
+
+static int32_t rint32(reader *r) {
+    int32_t v = 0;
+    if (r->end - r->p < 4) { r->bad = 1; return 0; }
+    memcpy(&v, r->p, 4);
+    r->p += 4;
+    return v;
+}
+
+static const void *rarray(reader *r, size_t want) {
+    int32_t n = rint32(r);
+    if (n < 0 || (size_t)n != want || r->end - r->p < n) { r->bad = 1; return NULL; }
+    const void *a = r->p;
+    r->p += n;
+    return a;
+}
+
+typedef struct { int ci, co, kh, kw, sh, sw, ph, pw, dh, dw, groups, extra; } layer_geom;
+
+static int out_size(int in, int k, int s, int p, int d) { return (in + 2 * p - d * (k - 1) - 1) / s + 1; }
+
+/// Runs one int8 layer: x (h×w×ci) → y (oh×ow×co). Returns SLIM_OK or the kernel's error.
+static int qlayer(int path, const layer_geom *g, const int8_t *w, const float *ws, const int32_t *bias, float xs, int xzp,
+                  float ys, const uint8_t *x, int h, int wd, uint8_t *y) {
+    const int cig = g->ci / g->groups, cog = g->co / g->groups, taps = g->kh * g->kw;
+    size_t d4, pe;
+    slim_qconv_pack_sizes(cog, cig, taps, &d4, &pe);
+    int8_t *dot4 = malloc(d4);
+    int16_t *pairs = malloc(pe * sizeof(int16_t));
+    int32_t *wsum = malloc(sizeof(int32_t) * (size_t)cog);
+    float *mult = malloc(sizeof(float) * (size_t)g->co);
+    for (int o = 0; o < g->co; o++) mult[o] = xs * ws[o] / ys;
+    slim_qconv_args a;
+    memset(&a, 0, sizeof a);
+    a.path = path;
+    a.in_h = h; a.in_w = wd; a.in_cs = g->ci; a.ci = cig;
+    a.out_h = out_size(h, g->kh, g->sh, g->ph, g->dh); a.out_w = out_size(wd, g->kw, g->sw, g->pw, g->dw);
+    a.out_cs = g->co; a.co = cog;
+    a.kh = g->kh; a.kw = g->kw; a.sh = g->sh; a.sw = g->sw; a.ph = g->ph; a.pw = g->pw; a.dh = g->dh; a.dw = g->dw;
+    a.x_zp = xzp; a.y_zp = g->extra;
+    a.scratch_bytes = slim_qconv_scratch_bytes(&a);
+    a.scratch = malloc(a.scratch_bytes);
+    int rc = SLIM_OK;
+    for (int grp = 0; grp < g->groups && rc == SLIM_OK; grp++) {
+        slim_qconv_pack(w + (size_t)grp * cog * cig * taps, cog, cig, taps, dot4, pairs, wsum);
+        a.in_c0 = grp * cig; a.out_c0 = grp * cog;
+        a.dot4 = dot4; a.pairs = pairs; a.wsum = wsum;
+        a.bias = bias + grp * cog; a.mult = mult + grp * cog;
+        rc = slim_qconv(&a, x, y);
+    }
+    free(dot4); free(pairs); free(wsum); free(mult); free(a.scratch);
+    return rc;
+}
+
+/// Runs one float layer on a zero-padded copy of x.
+static int flayer(int path, const layer_geom *g, const float *w, const float *bias, const float *x, int h, int wd, float *y) {
+    const int cig = g->ci / g->groups, cog = g->co / g->groups, taps = g->kh * g->kw, chunks = (cog + 15) / 16;
+    const int hp = h + 2 * g->ph, wp = wd + 2 * g->pw;
+    float *xp = calloc((size_t)hp * wp * g->ci + 16, sizeof(float));
+    for (int r = 0; r < h; r++) memcpy(xp + ((size_t)(r + g->ph) * wp + g->pw) * g->ci, x + (size_t)r * wd * g->ci, sizeof(float) * (size_t)wd * g->ci);
+    float *pack = malloc(sizeof(float) * (size_t)taps * cig * chunks * 16);
+    float *b = calloc((size_t)chunks * 16, sizeof(float));
+    slim_fconv_args a;
+    memset(&a, 0, sizeof a);
+    a.path = path;
+    a.in_h = hp; a.in_w = wp; a.in_cs = g->ci; a.ci = cig;
+    a.out_h = out_size(h, g->kh, g->sh, g->ph, g->dh); a.out_w = out_size(wd, g->kw, g->sw, g->pw, g->dw);
+    a.out_cs = g->co; a.co = cog;
+    a.kh = g->kh; a.kw = g->kw; a.sh = g->sh; a.sw = g->sw; a.dh = g->dh; a.dw = g->dw;
+    a.act = g->extra;
+    int rc = SLIM_OK;
+    for (int grp = 0; grp < g->groups && rc == SLIM_OK; grp++) {
+        slim_fconv_pack(w + (size_t)grp * cog * cig * taps, cog, cig, taps, pack);
+        memcpy(b, bias + grp * cog, sizeof(float) * (size_t)cog);
+        a.in_c0 = grp * cig; a.out_c0 = grp * cog;
+        a.wpack = pack; a.bias = b;
+        rc = slim_fconv(&a, xp, y);
+    }
+    free(xp); free(pack); free(b);
+    return rc;
+}
+
+/// Runs one case file on `path`. Returns 1 if it matches, 0 if not, -1 if the file is bad.
+static int run_case(const char *file, int path, char *why, size_t whylen) {
+    FILE *f = fopen(file, "rb");
+    if (!f) { snprintf(why, whylen, "cannot open"); return -1; }
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *data = malloc((size_t)n);
+    if (fread(data, 1, (size_t)n, f) != (size_t)n) { fclose(f); free(data); snprintf(why, whylen, "short read"); return -1; }
+    fclose(f);
+    reader r = {data + 8, data + n, n < 8 || memcmp(data, "SLIMCASE", 8) != 0};
+    const int kind = rint32(&r), layers = rint32(&r);
+    int h = rint32(&r), w = rint32(&r), c = rint32(&r);
+    int xzp = 0;
+    float xs = 0;
+    if (kind == 1) { xzp = rint32(&r); const float *p = rarray(&r, 4); if (p) memcpy(&xs, p, 4); }
+    layer_geom g[16];
+    const void *arr[16][4];
+    float yscale[16];
+    if (layers < 1 || layers > 16) r.bad = 1;
+    for (int l = 0; l < layers && !r.bad; l++) {
+        int *v = &g[l].ci;
+        for (int k = 0; k < 12; k++) v[k] = rint32(&r);
+        const size_t wn = (size_t)g[l].co * (g[l].ci / (g[l].groups ? g[l].groups : 1)) * g[l].kh * g[l].kw;
+        if (kind == 1) {
+            arr[l][0] = rarray(&r, wn);
+            arr[l][1] = rarray(&r, 4 * (size_t)g[l].co);
+            arr[l][2] = rarray(&r, 4 * (size_t)g[l].co);
+            const float *p = rarray(&r, 4);
+            if (p) memcpy(&yscale[l], p, 4);
+        } else {
+            arr[l][0] = rarray(&r, 4 * wn);
+            arr[l][1] = rarray(&r, 4 * (size_t)g[l].co);
+        }
+    }
+    const size_t elem = kind == 1 ? 1 : 4;
+    const void *x0 = r.bad ? NULL : rarray(&r, elem * (size_t)h * w * c);
+    int oh = h, ow = w, oc = c;
+    for (int l = 0; l < layers && !r.bad; l++) {
+        oh = out_size(oh, g[l].kh, g[l].sh, g[l].ph, g[l].dh); ow = out_size(ow, g[l].kw, g[l].sw, g[l].pw, g[l].dw); oc = g[l].co;
+    }
+    const void *want = r.bad ? NULL : rarray(&r, elem * (size_t)oh * ow * oc);
+    if (r.bad || !x0 || !want) { free(data); snprintf(why, whylen, "malformed case file"); return -1; }
+    // Run the chain.
+    size_t cap = (size_t)h * w * c;
+    void *cur = malloc(cap * elem + 64);
+    memcpy(cur, x0, cap * elem);
+    int ch = h, cw = w, rc = SLIM_OK;
+    for (int l = 0; l < layers && rc == SLIM_OK; l++) {
+        const int nh = out_size(ch, g[l].kh, g[l].sh, g[l].ph, g[l].dh), nw = out_size(cw, g[l].kw, g[l].sw, g[l].pw, g[l].dw);
+        void *next = malloc((size_t)nh * nw * g[l].co * elem + 64);
+        if (kind == 1) {
+            rc = qlayer(path, &g[l], arr[l][0], arr[l][1], arr[l][2], xs, xzp, yscale[l], cur, ch, cw, next);
+            xs = yscale[l];
+            xzp = g[l].extra;
+        } else {
+            rc = flayer(path, &g[l], arr[l][0], arr[l][1], cur, ch, cw, next);
+        }
+        free(cur);
+        cur = next; ch = nh; cw = nw;
+    }
+    int ok;
+    const size_t count = (size_t)oh * ow * oc;
+    if (rc != SLIM_OK) {
+        snprintf(why, whylen, "kernel error %d", rc);
+        ok = 0;
+    } else if (kind == 1) {
+        size_t diff = 0;
+        for (size_t i = 0; i < count; i++) diff += ((const uint8_t *)cur)[i] != ((const uint8_t *)want)[i];
+        snprintf(why, whylen, "%zu of %zu values differ", diff, count);
+        ok = diff == 0;
+    } else {
+        const float *a = cur, *b = want;
+        float lo = b[0], hi = b[0], err = 0;
+        for (size_t i = 0; i < count; i++) { lo = fminf(lo, b[i]); hi = fmaxf(hi, b[i]); }
+        for (size_t i = 0; i < count; i++) err = fmaxf(err, fabsf(a[i] - b[i]));
+        const float rel = err / fmaxf(hi - lo, 1e-6f);
+        snprintf(why, whylen, "max error %.2e of the output range", rel);
+        ok = rel <= 1e-4f;
+    }
+    free(cur);
+    free(data);
+    return ok;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) { fprintf(stderr, "usage: parity CASE_DIR [path ...]\n"); return 2; }
+    char list[4096];
+    snprintf(list, sizeof list, "%s/cases.txt", argv[1]);
+    FILE *f = fopen(list, "r");
+    if (!f) { fprintf(stderr, "parity: cannot open %s\n", list); return 2; }
+    char names[256][128];
+    int ncases = 0;
+    while (ncases < 256 && fscanf(f, "%127s", names[ncases]) == 1) ncases++;
+    fclose(f);
+    int paths[SLIM_PATH_COUNT], npaths = 0;
+    if (argc > 2) {
+        for (int i = 2; i < argc; i++) {
+            int found = -1;
+            for (int p = 0; p < SLIM_PATH_COUNT; p++) if (strcmp(slim_path_name(p), argv[i]) == 0) found = p;
+            if (found < 0) { fprintf(stderr, "parity: unknown path %s\n", argv[i]); return 2; }
+            paths[npaths++] = found;
+        }
+    } else {
+        for (int p = 0; p < SLIM_PATH_COUNT; p++) paths[npaths++] = p;
+    }
+    int passed = 0, failed = 0, skipped = 0;
+    for (int k = 0; k < npaths; k++) {
+        const int p = paths[k];
+        if (!slim_path_supported(p)) { printf("path %-9s skipped: this CPU cannot run it\n", slim_path_name(p)); skipped++; continue; }
+        int good = 0, bad = 0;
+        for (int i = 0; i < ncases; i++) {
+            char file[4300], why[128];
+            snprintf(file, sizeof file, "%s/%s.case", argv[1], names[i]);
+            const int ok = run_case(file, p, why, sizeof why);
+            if (ok == 1) good++; else { bad++; printf("  FAIL %s on %s: %s\n", names[i], slim_path_name(p), why); }
+        }
+        printf("path %-9s %d of %d cases match (int8 bit-exact, float within 1e-4)\n", slim_path_name(p), good, ncases);
+        passed += bad == 0;
+        failed += bad != 0;
+    }
+    printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
+    return failed ? 1 : 0;
+}
