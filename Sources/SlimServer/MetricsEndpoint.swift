@@ -1,4 +1,5 @@
 import Glibc
+import SlimEngine
 import SlimTransport
 
 /// A minimal Prometheus endpoint: `GET /metrics` over HTTP/1.0 on its own thread, answering
@@ -78,6 +79,8 @@ public func prometheusText(server: FeatureServer, fusion: FusionService?) -> Str
         lines.append("# TYPE slimsplit_\(name) \(type)")
     }
     let stats = server.stats.sorted { $0.key < $1.key }
+    metric("engine_info", "gauge", "The engine's kernel path (portable, avx2, avx-vnni, avx512, neon, neon-dot), as a label.")
+    lines.append("slimsplit_engine_info{kernels=\"\(KernelPath.default)\"} 1")
     metric("frames_total", "counter", "Feature frames accepted, per agent.")
     for (a, s) in stats { lines.append("slimsplit_frames_total{agent=\"\(a)\"} \(s.frames)") }
     metric("bytes_total", "counter", "Bytes of accepted feature frames, per agent.")

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Logging
+import SlimEngine
 
 @main
 struct SlimSplit: AsyncParsableCommand {
@@ -24,7 +25,14 @@ struct LogOptions: ParsableArguments {
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
-    func bootstrap(label: String) -> Logger {
+    @Option(name: .long, help: ArgumentHelp(
+        "Engine kernel path: \(KernelPath.all.map(\.name).joined(separator: ", ")) (default: SLIMSPLIT_KERNELS, else the fastest this CPU runs).",
+        valueName: "path"))
+    var kernels: String?
+
+    /// Sets up logging and the engine's kernel path (logged at start).
+    /// - Throws: `KernelPathError` when the path is unknown or this CPU cannot run it.
+    func bootstrap(label: String) throws -> Logger {
         let level = Logger.Level(rawValue: logLevel) ?? .info
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
@@ -33,6 +41,8 @@ struct LogOptions: ParsableArguments {
         }
         var logger = Logger(label: label)
         logger.logLevel = level
+        let path = try KernelPath.configure(kernels)
+        logger.info("engine", metadata: ["kernels": "\(path)", "cpu_runs": "\(KernelPath.supported.map(\.name).joined(separator: ","))"])
         return logger
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import SlimEngine
 import SlimPipeline
 import SlimSensors
 
@@ -29,24 +30,28 @@ struct E2EBench: AsyncParsableCommand {
     @Option(help: "Bits per transmitted value.")
     var bits: Int = 4
 
+    @Option(help: "Kernel path (default: SLIMSPLIT_KERNELS, else the fastest this CPU runs): \(KernelPath.all.map(\.name).joined(separator: ", ")).")
+    var kernels: String?
+
     @Flag(help: "Print JSON only.")
     var json = false
 
     func run() async throws {
+        let path = try KernelPath.configure(kernels)
         var scene = try SceneConfig.load(file: "Configs/scenes/sample.yaml")
         scene.agents = max(1, agents - 1)
         scene.roadsideUnit = agents > 1
         scene.vehicles = max(scene.vehicles, scene.agents)
         scene.duration = seconds
-        let path = NSTemporaryDirectory() + "slimsplit-e2e-\(getpid()).mcap"
-        defer { try? FileManager.default.removeItem(atPath: path) }
+        let file = NSTemporaryDirectory() + "slimsplit-e2e-\(getpid()).mcap"
+        defer { try? FileManager.default.removeItem(atPath: file) }
         var sim = Simulator(config: scene, seed: 21)
-        let w = try RecordingWriter(path: path)
+        let w = try RecordingWriter(path: file)
         for _ in 0..<sim.frameCount { try w.write(sim.next()) }
         try w.finish()
         var logger = Logger(label: "bench")
         logger.logLevel = .error
-        var config = CooperativeSession.Config(recording: path, model: model)
+        var config = CooperativeSession.Config(recording: file, model: model)
         config.bits = bits
         config.realTime = true
         let session = CooperativeSession(config)
@@ -65,7 +70,7 @@ struct E2EBench: AsyncParsableCommand {
             "server_tick_ms": ["p50": percentile(perTick, 0.5), "p99": percentile(perTick, 0.99)],
             "capacity_agent_frames_per_s": capacity.rounded(),
             "bytes_per_frame": session.reports.values.map { $0.frames > 0 ? $0.bytes / $0.frames : 0 }.reduce(0, +) / max(session.reports.count, 1),
-            "cpu": cpuName(),
+            "kernels": path.name, "cpu": cpuDescription(),
         ]
         print(String(decoding: try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys]), as: UTF8.self))
     }

@@ -51,7 +51,7 @@ struct DemoCommand: AsyncParsableCommand {
         }
         var logOptions = log
         if logOptions.logLevel == "info" { logOptions.logLevel = "warning" }
-        let logger = logOptions.bootstrap(label: "slimsplit.demo")
+        let logger = try logOptions.bootstrap(label: "slimsplit.demo")
 
         let serverKeys = try CurveKeyPair.generate()
         let agentKeys = try (0..<2).map { _ in try CurveKeyPair.generate() }
@@ -131,7 +131,7 @@ struct DemoCommand: AsyncParsableCommand {
     private func cooperative() async throws {
         var logOptions = log
         if logOptions.logLevel == "info" { logOptions.logLevel = "warning" }
-        let logger = logOptions.bootstrap(label: "slimsplit.demo")
+        let logger = try logOptions.bootstrap(label: "slimsplit.demo")
         for f in [recording, model] where !FileManager.default.fileExists(atPath: f) {
             throw ValidationError("\(f) not found (run from the repository root)")
         }

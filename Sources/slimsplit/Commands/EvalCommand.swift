@@ -51,7 +51,7 @@ struct EvalCommand: AsyncParsableCommand {
     func run() async throws {
         var lo = log
         if lo.logLevel == "info" { lo.logLevel = "warning" }
-        let logger = lo.bootstrap(label: "slimsplit.eval")
+        let logger = try lo.bootstrap(label: "slimsplit.eval")
         var config = CooperativeSession.Config(recording: recording, model: model)
         config.widthIndex = widthIndex
         config.bits = bits

@@ -31,7 +31,7 @@ struct ServerCommand: AsyncParsableCommand {
     @OptionGroup var log: LogOptions
 
     func run() async throws {
-        let logger = log.bootstrap(label: "slimsplit.server")
+        let logger = try log.bootstrap(label: "slimsplit.server")
         let cfg = try ServerConfig.load(file: config)
         var curve: CurveServer?
         if let c = cfg.curve {

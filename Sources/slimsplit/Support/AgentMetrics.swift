@@ -1,3 +1,4 @@
+import SlimEngine
 import Glibc
 import SlimAgent
 
@@ -35,6 +36,7 @@ func agentPrometheusText(_ a: FeatureAgent, stages: AgentStageTimes, widthIndex:
         l.append("# TYPE slimsplit_agent_\(name) \(type)")
         l.append("slimsplit_agent_\(name){agent=\"\(id)\"\(labels)} \(value)")
     }
+    m("engine_info", "gauge", "The engine's kernel path, as a label.", "1", labels: ",kernels=\"\(KernelPath.default)\"")
     m("frames_total", "counter", "Frames submitted.", "\(s.framesSubmitted)")
     m("acks_total", "counter", "Frames acknowledged by the server.", "\(s.acks)")
     m("results_total", "counter", "Results (detections) received.", "\(s.results)")
