@@ -35,20 +35,23 @@ static inline void quantize_cell(const float *x, int c, float scale, float lo, f
     }
 }
 
-void slim_quantize_cells(const float *x, int cells, int c, float scale, int32_t zp, uint8_t *q, uint8_t *active) {
+static inline void quantize_cells_n(const float *x, int cells, const int c, float scale, int32_t zp, uint8_t *q, uint8_t *active) {
     const float fzp = (float)zp, lo = -fzp, hi = 255.0f - fzp;
     for (int i = 0; i < cells; i++, x += c, q += c) {
         uint32_t any = 0;
         for (int ch = 0; ch < c; ch++) any |= bits(x[ch]);
         active[i] = any != 0;
         if (!any) {
-            memset(q, zp, (size_t)c);
-        } else if (c == 8) {
-            quantize_cell(x, 8, scale, lo, hi, fzp, q);  // the BEV grid's width, unrolled
+            for (int ch = 0; ch < c; ch++) q[ch] = (uint8_t)zp;
         } else {
             quantize_cell(x, c, scale, lo, hi, fzp, q);
         }
     }
+}
+
+void slim_quantize_cells(const float *x, int cells, int c, float scale, int32_t zp, uint8_t *q, uint8_t *active) {
+    if (c == 8) quantize_cells_n(x, cells, 8, scale, zp, q, active);  // the BEV grid's width, unrolled
+    else quantize_cells_n(x, cells, c, scale, zp, q, active);
 }
 
 void slim_dilate_activity(const uint8_t *in, int in_h, int in_w, uint8_t *out, int out_h, int out_w, int kh, int kw,

@@ -10,16 +10,24 @@ typedef float v16f __attribute__((vector_size(64), aligned(4)));
 
 #define AI __attribute__((always_inline)) static inline
 
-/// One block's results: activation, then only the channels that exist.
-AI void fstore(const slim_fconv_args *a, const v16f *v, int c0, float *dst) {
+typedef int32_t v16i __attribute__((vector_size(64)));
+
+/// One block's results: activation (vector compares and masks, as GCC and clang both take them),
+/// then only the channels that exist.
+AI void fstore(const slim_fconv_args *a, const v16f *acc, int c0, float *dst) {
     const int n = a->co - c0 < 16 ? a->co - c0 : 16;
-    float tmp[16];
-    memcpy(tmp, v, sizeof tmp);
-    if (a->act >= 1)
-        for (int i = 0; i < 16; i++) tmp[i] = tmp[i] < 0 ? 0 : tmp[i];
-    if (a->act == 2)
-        for (int i = 0; i < 16; i++) tmp[i] = tmp[i] > 6 ? 6 : tmp[i];
-    memcpy(dst + c0, tmp, sizeof(float) * (size_t)n);
+    v16i v = (v16i)*acc;
+    if (a->act >= 1) v &= (v16i)(*acc > 0);
+    if (a->act == 2) {
+        const v16f six = {6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6};
+        const v16i over = (v16i)((v16f)v > six);
+        v = (v & ~over) | ((v16i)six & over);
+    }
+    if (n == 16) {
+        *(v16f *)(dst + c0) = (v16f)v;
+    } else {
+        memcpy(dst + c0, &v, sizeof(float) * (size_t)n);
+    }
 }
 
 /// The (tap, input channel) steps of one output pixel, flattened: step k reads the input at the

@@ -2,11 +2,12 @@
 // kernel and the dispatch to the ISA kernels (qconv_x86.c, qconv_arm.c).
 //
 // Two families of paths compute the same exact int32 sums:
-// - pairs (portable, avx2, neon): the input is widened to int16 with its zero point subtracted,
+// - pairs (portable, neon): the input is widened to int16 with its zero point subtracted,
 //   so padding is 0 and no correction is needed; products of int16 pairs summed into int32
 //   (vpmaddwd, smlal) are exact for any uint8 input and int8 weight.
-// - dot4 (avx-vnni, avx512, neon-dot): four uint8×int8 (or int8×int8) products per int32 lane
-//   (vpdpbusd, sdot), exact; the zero point is corrected once per output channel, since every tap
+// - dot4 (avx2, avx-vnni, avx512, neon-dot): four uint8×int8 (or int8×int8) products per int32
+//   lane (vpdpbusd, sdot, or vpmaddubsw + vpmaddwd on bytes split at 127 so that no 16-bit pair
+//   sum saturates), exact; the zero point is corrected once per output channel, since every tap
 //   of the padded input is read (padding holds the zero point itself).
 #include "internal/qconv_internal.h"
 
@@ -40,6 +41,7 @@ void slim_qconv_pack(const int8_t *w, int co, int ci, int taps, int8_t *dot4, in
 /// Channels of one padded input pixel on `path`: what its kernel consumes per step.
 static int padded_channels(int path, int ci) {
     switch (path) {
+    case SLIM_PATH_AVX2:
     case SLIM_PATH_AVX_VNNI:
     case SLIM_PATH_AVX512: return slim_round_up(ci, 4);
     case SLIM_PATH_NEON: return slim_round_up(ci, 8);
@@ -48,14 +50,13 @@ static int padded_channels(int path, int ci) {
     }
 }
 
-static int uses_pairs(int path) {
-    return path == SLIM_PATH_PORTABLE || path == SLIM_PATH_AVX2 || path == SLIM_PATH_NEON;
-}
+static int uses_pairs(int path) { return path == SLIM_PATH_PORTABLE || path == SLIM_PATH_NEON; }
 
 size_t slim_qconv_scratch_bytes(const slim_qconv_args *a) {
     const size_t hp = (size_t)a->in_h + 2 * (size_t)a->ph, wp = (size_t)a->in_w + 2 * (size_t)a->pw;
     const size_t elem = uses_pairs(a->path) ? sizeof(int16_t) : 1;
-    return hp * wp * (size_t)padded_channels(a->path, a->ci) * elem + 64;
+    const size_t one = hp * wp * (size_t)padded_channels(a->path, a->ci) * elem + 64;
+    return a->path == SLIM_PATH_AVX2 ? one + hp * wp : one;  // avx2: and a flag per padded pixel
 }
 
 /// x − x_zp as int16, zero outside the input and in the channels past ci.
@@ -106,6 +107,32 @@ static void pad_bytes(const slim_qconv_args *a, const uint8_t *x, uint8_t *out, 
         memset(o, fill, (size_t)a->pw * cpad);
     }
 }
+
+#if defined(__x86_64__)
+/// flags[pixel] = 1 where a padded pixel holds a byte above 127 (rare after calibration): the
+/// avx2 kernel multiplies bytes with vpmaddubsw, exact only up to 127, and takes such pixels'
+/// outputs through its excess kernel.
+static void flag_high_bytes(const uint8_t *padded, size_t pixels, int cpad, uint8_t *flags) {
+    if (cpad % 8 == 0) {
+        const int words = cpad / 8;
+        for (size_t px = 0; px < pixels; px++) {
+            uint64_t m = 0;
+            for (int k = 0; k < words; k++) {
+                uint64_t v;
+                memcpy(&v, padded + px * cpad + 8 * k, 8);
+                m |= v;
+            }
+            flags[px] = (m & 0x8080808080808080ull) != 0;
+        }
+    } else {
+        for (size_t px = 0; px < pixels; px++) {
+            uint8_t m = 0;
+            for (int i = 0; i < cpad; i++) m |= padded[px * cpad + i];
+            flags[px] = m >> 7;
+        }
+    }
+}
+#endif
 
 // ---- portable kernel: int16 pairs, plain loops over 16 output channels (the vectorizer's) ----
 #define AI __attribute__((always_inline)) static inline
@@ -188,9 +215,16 @@ int slim_qconv(const slim_qconv_args *a, const uint8_t *x, uint8_t *y) {
         pad_pairs(a, x, a->scratch, cpad);
         return slim_qconv_run_portable(a, &c, a->scratch, cpad, wp, y);
 #if defined(__x86_64__)
-    case SLIM_PATH_AVX2:
-        pad_pairs(a, x, a->scratch, cpad);
-        return slim_qconv_run_avx2(a, &c, a->scratch, cpad, wp, y);
+    case SLIM_PATH_AVX2: {
+        uint8_t *padded = a->scratch, *flags = padded + (size_t)hp * wp * cpad + 64;
+        pad_bytes(a, x, padded, cpad, (uint8_t)a->x_zp, 0);
+        flag_high_bytes(padded, (size_t)hp * wp, cpad, flags);
+        c.flags = flags;
+        c.ntaps = 0;
+        for (int ky = 0; ky < a->kh; ky++)
+            for (int kx = 0; kx < a->kw; kx++) c.tpo[c.ntaps++] = ky * a->dh * wp + kx * a->dw;
+        return slim_qconv_run_avx2(a, &c, padded, cpad, wp, y);
+    }
     case SLIM_PATH_AVX_VNNI:
         pad_bytes(a, x, a->scratch, cpad, (uint8_t)a->x_zp, 0);
         return slim_qconv_run_avx_vnni(a, &c, a->scratch, cpad, wp, y);

@@ -45,30 +45,41 @@ AVX2 void store16(const slim_qconv_args *a, const slim_qctx *c, __m256i lo, __m2
     }
 }
 
-// ---- AVX2: int16 pairs. One block of 16 output channels = two vectors of 8 int32 lanes; each
-// vpmaddwd multiplies a broadcast pair of input channels by 8 channels' weight pairs. ----
-AVX2 void kernel_avx2(const slim_qconv_args *a, const slim_qctx *c, const int16_t *const xq[4], int blk, const int NB,
-                      uint8_t *const dq[4]) {
-    (void)NB;
+// ---- AVX2: vpmaddubsw on bytes ≤ 127 (a pair of products then stays within int16: 127·128·2 <
+// 2^15), vpmaddwd by ones to int32 lanes of four channels, as vpdpbusd would. Pixels whose taps
+// hold a byte above 127 (flagged, rare after calibration) take the excess kernel: each byte as
+// min(x, 127) + (x − min(x, 127)), both parts ≤ 128, so both products stay exact. ----
+#define MADDUBS(ACC0, ACC1, XB)                                                                         \
+    do {                                                                                              \
+        ACC0 = _mm256_add_epi32(ACC0, _mm256_madd_epi16(_mm256_maddubs_epi16(XB, w0), ones));          \
+        ACC1 = _mm256_add_epi32(ACC1, _mm256_madd_epi16(_mm256_maddubs_epi16(XB, w1), ones));          \
+    } while (0)
+#define MADDUBS_STEP(ACC0, ACC1, XPTR)                                                                  \
+    do {                                                                                              \
+        const __m256i xb = _mm256_set1_epi32(load32(XPTR));                                            \
+        if (with_excess) {                                                                            \
+            const __m256i lo = _mm256_min_epu8(xb, _mm256_set1_epi8(127));                             \
+            MADDUBS(ACC0, ACC1, lo);                                                                  \
+            MADDUBS(ACC0, ACC1, _mm256_sub_epi8(xb, lo));                                             \
+        } else {                                                                                      \
+            MADDUBS(ACC0, ACC1, xb);                                                                  \
+        }                                                                                             \
+    } while (0)
+
+AVX2 void kernel_avx2_any(const slim_qconv_args *a, const slim_qctx *c, const uint8_t *const xq[4], int blk,
+                          uint8_t *const dq[4], const int with_excess) {
     __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
-    const int16_t *wb = a->pairs + (size_t)blk * c->blk_stride;
-    const int16_t *x0 = xq[0], *x1 = xq[1], *x2 = xq[2], *x3 = xq[3];
+    const __m256i ones = _mm256_set1_epi16(1);
+    const int8_t *wb = a->dot4 + (size_t)blk * c->blk_stride;
+    const uint8_t *x0 = xq[0], *x1 = xq[1], *x2 = xq[2], *x3 = xq[3];
     for (int k = 0; k < c->nk; k++) {
-        const int16_t *w = wb + c->wo[k];
+        const int8_t *w = wb + c->wo[k];
         const int xo = c->xo[k];
-        const __m256i w0 = _mm256_loadu_si256((const __m256i *)w), w1 = _mm256_loadu_si256((const __m256i *)(w + 16));
-        __m256i b = _mm256_set1_epi32(load32(x0 + xo));
-        a00 = _mm256_add_epi32(a00, _mm256_madd_epi16(b, w0));
-        a01 = _mm256_add_epi32(a01, _mm256_madd_epi16(b, w1));
-        b = _mm256_set1_epi32(load32(x1 + xo));
-        a10 = _mm256_add_epi32(a10, _mm256_madd_epi16(b, w0));
-        a11 = _mm256_add_epi32(a11, _mm256_madd_epi16(b, w1));
-        b = _mm256_set1_epi32(load32(x2 + xo));
-        a20 = _mm256_add_epi32(a20, _mm256_madd_epi16(b, w0));
-        a21 = _mm256_add_epi32(a21, _mm256_madd_epi16(b, w1));
-        b = _mm256_set1_epi32(load32(x3 + xo));
-        a30 = _mm256_add_epi32(a30, _mm256_madd_epi16(b, w0));
-        a31 = _mm256_add_epi32(a31, _mm256_madd_epi16(b, w1));
+        const __m256i w0 = _mm256_loadu_si256((const __m256i *)w), w1 = _mm256_loadu_si256((const __m256i *)(w + 32));
+        MADDUBS_STEP(a00, a01, x0 + xo);
+        MADDUBS_STEP(a10, a11, x1 + xo);
+        MADDUBS_STEP(a20, a21, x2 + xo);
+        MADDUBS_STEP(a30, a31, x3 + xo);
     }
     store16(a, c, a00, a01, blk * 16, dq[0]);
     store16(a, c, a10, a11, blk * 16, dq[1]);
@@ -76,17 +87,30 @@ AVX2 void kernel_avx2(const slim_qconv_args *a, const slim_qctx *c, const int16_
     store16(a, c, a30, a31, blk * 16, dq[3]);
 }
 
+AVX2 void kernel_avx2(const slim_qconv_args *a, const slim_qctx *c, const uint8_t *const xq[4], int blk, const int NB,
+                      uint8_t *const dq[4]) {
+    (void)NB;
+    kernel_avx2_any(a, c, xq, blk, dq, 0);
+}
+
+AVX2 void kernel_avx2_excess(const slim_qconv_args *a, const slim_qctx *c, const uint8_t *const xq[4], int blk, const int NB,
+                             uint8_t *const dq[4]) {
+    (void)NB;
+    kernel_avx2_any(a, c, xq, blk, dq, 1);
+}
+
 #define CD_ARGS slim_qconv_args
 #define CD_CTX slim_qctx
 #define CD_YT uint8_t
 #define CD_FN drive_avx2
 #define CD_ATTR AVX2_FN
-#define CD_XT int16_t
+#define CD_XT uint8_t
 #define CD_KERNEL kernel_avx2
+#define CD_KERNEL_EXCESS kernel_avx2_excess
 #define CD_NBMAX 1
 #include "internal/conv_driver.h"
 
-int slim_qconv_run_avx2(const slim_qconv_args *a, const slim_qctx *c, const int16_t *xs, int cpad, int padded_w, uint8_t *y) {
+int slim_qconv_run_avx2(const slim_qconv_args *a, const slim_qctx *c, const uint8_t *xs, int cpad, int padded_w, uint8_t *y) {
     drive_avx2(a, c, xs, cpad, padded_w, y);
     return SLIM_OK;
 }

@@ -9,53 +9,73 @@
 //              context's flat offset tables (one loop, accumulators stay in registers)
 //   CD_NBMAX   blocks per call (the path's register budget)
 //   CD_CTX     the type of the per-call context the kernel reads (bias, corrections)
+//   CD_KERNEL_EXCESS (optional) the kernel for pixels whose taps touch a pixel flagged in
+//              ctx->flags (avx2: a byte above 127), gathered into tiles of their own
 // The input is zero-padded by the caller, so every tap of every output pixel is inside it: one
 // kernel shape serves borders and interior alike. Inactive outputs get `background`; active ones
 // are gathered four at a time, wherever they are, into one register tile (each weight vector
-// loaded once serves four pixels), so a sparse BEV grid runs at the dense tile's efficiency. The
-// last tile of a layer repeats its last pixel (it writes the same values twice).
+// loaded once serves four pixels), so a sparse BEV grid runs at the dense tile's efficiency. A
+// layer's last tile repeats its last pixel (it writes the same values twice).
+#define CD_TILE(KERNEL, XQ, DQ)                                                                        \
+    do {                                                                                              \
+        for (int b = 0; b < nblk; b += CD_NBMAX) {                                                    \
+            const int nb = nblk - b < CD_NBMAX ? nblk - b : CD_NBMAX;                                 \
+            switch (CD_NBMAX == 1 ? 1 : nb) {                                                         \
+            case 4: KERNEL(a, ctx, XQ, b, 4, DQ); break;                                              \
+            case 3: KERNEL(a, ctx, XQ, b, 3, DQ); break;                                              \
+            case 2: KERNEL(a, ctx, XQ, b, 2, DQ); break;                                              \
+            default: KERNEL(a, ctx, XQ, b, 1, DQ); break;                                             \
+            }                                                                                         \
+        }                                                                                             \
+    } while (0)
+
 CD_ATTR static void CD_FN(const CD_ARGS *a, const CD_CTX *ctx, const CD_XT *xs, int cpad, int padded_w, CD_YT *y) {
     const int nblk = (a->co + 15) / 16;
     const CD_XT *xq[4];
     CD_YT *dq[4];
     int n = 0;
-    for (int oy = 0; oy <= a->out_h; oy++) {
-        for (int ox = 0; ox < a->out_w; ox++) {
-            if (oy < a->out_h) {
-                CD_YT *dst = y + ((size_t)oy * a->out_w + ox) * a->out_cs + a->out_c0;
-                if (a->active && !a->active[(size_t)oy * a->out_w + ox]) {
-                    memcpy(dst, a->background, sizeof(CD_YT) * (size_t)a->co);
-                    continue;
-                }
-                xq[n] = xs + ((size_t)oy * a->sh * padded_w + (size_t)ox * a->sw) * cpad;
-                dq[n] = dst;
-                if (++n < 4) continue;
-            } else {
-                // Past the last row: flush a partial tile once, then stop.
-                if (n == 0) break;
-                for (int k = n; k < 4; k++) { xq[k] = xq[n - 1]; dq[k] = dq[n - 1]; }
-                ox = a->out_w;
-            }
-            n = 0;
-            for (int b = 0; b < nblk; b += CD_NBMAX) {
-                const int nb = nblk - b < CD_NBMAX ? nblk - b : CD_NBMAX;
-#if CD_NBMAX == 1
-                (void)nb;
-                CD_KERNEL(a, ctx, xq, b, 1, dq);
-#else
-                switch (nb) {
-                case 4: CD_KERNEL(a, ctx, xq, b, 4, dq); break;
-                case 3: CD_KERNEL(a, ctx, xq, b, 3, dq); break;
-                case 2: CD_KERNEL(a, ctx, xq, b, 2, dq); break;
-                default: CD_KERNEL(a, ctx, xq, b, 1, dq); break;
-                }
+#ifdef CD_KERNEL_EXCESS
+    const CD_XT *xe[4];
+    CD_YT *de[4];
+    int ne = 0;
 #endif
+    for (int oy = 0; oy < a->out_h; oy++) {
+        for (int ox = 0; ox < a->out_w; ox++) {
+            CD_YT *dst = y + ((size_t)oy * a->out_w + ox) * a->out_cs + a->out_c0;
+            if (a->active && !a->active[(size_t)oy * a->out_w + ox]) {
+                memcpy(dst, a->background, sizeof(CD_YT) * (size_t)a->co);
+                continue;
             }
+            const size_t pix = (size_t)oy * a->sh * padded_w + (size_t)ox * a->sw;
+#ifdef CD_KERNEL_EXCESS
+            uint8_t flagged = 0;
+            for (int t = 0; t < ctx->ntaps; t++) flagged |= ctx->flags[pix + ctx->tpo[t]];
+            if (flagged) {
+                xe[ne] = xs + pix * cpad;
+                de[ne] = dst;
+                if (++ne == 4) { CD_TILE(CD_KERNEL_EXCESS, xe, de); ne = 0; }
+                continue;
+            }
+#endif
+            xq[n] = xs + pix * cpad;
+            dq[n] = dst;
+            if (++n == 4) { CD_TILE(CD_KERNEL, xq, dq); n = 0; }
         }
     }
+    if (n > 0) {
+        for (int k = n; k < 4; k++) { xq[k] = xq[n - 1]; dq[k] = dq[n - 1]; }
+        CD_TILE(CD_KERNEL, xq, dq);
+    }
+#ifdef CD_KERNEL_EXCESS
+    if (ne > 0) {
+        for (int k = ne; k < 4; k++) { xe[k] = xe[ne - 1]; de[k] = de[ne - 1]; }
+        CD_TILE(CD_KERNEL_EXCESS, xe, de);
+    }
+#endif
 }
 #undef CD_FN
 #undef CD_ATTR
 #undef CD_KERNEL
+#undef CD_KERNEL_EXCESS
 #undef CD_NBMAX
 #undef CD_XT

@@ -4,6 +4,7 @@
 
 #include "../include/SlimKernels.h"
 #include <math.h>
+#include <stddef.h>
 #include <string.h>
 
 #define SLIM_QCONV_MAX_CO 1024
@@ -19,6 +20,11 @@ typedef struct {
     // kernel step consumes: 4 channels (dot4), a pair, 8 (neon) or 16 (neon-dot) channels.
     int nk;
     int32_t xo[SLIM_CONV_MAX_STEPS], wo[SLIM_CONV_MAX_STEPS];
+    // avx2 only: `flags` marks the padded pixels holding a byte above 127 (vpmaddubsw multiplies
+    // exactly only up to 127), `tpo` the taps' pixel offsets.
+    const uint8_t *flags;
+    int ntaps;
+    int32_t tpo[64];
 } slim_qctx;
 
 static inline int slim_round_up(int v, int m) { return (v + m - 1) / m * m; }
@@ -34,7 +40,7 @@ static inline uint8_t slim_requant(int32_t acc, int32_t badj, float mult, int32_
 
 int slim_qconv_run_portable(const slim_qconv_args *a, const slim_qctx *c, const int16_t *xs, int cpad, int padded_w, uint8_t *y);
 #if defined(__x86_64__)
-int slim_qconv_run_avx2(const slim_qconv_args *a, const slim_qctx *c, const int16_t *xs, int cpad, int padded_w, uint8_t *y);
+int slim_qconv_run_avx2(const slim_qconv_args *a, const slim_qctx *c, const uint8_t *xs, int cpad, int padded_w, uint8_t *y);
 int slim_qconv_run_avx_vnni(const slim_qconv_args *a, const slim_qctx *c, const uint8_t *xs, int cpad, int padded_w, uint8_t *y);
 int slim_qconv_run_avx512(const slim_qconv_args *a, const slim_qctx *c, const uint8_t *xs, int cpad, int padded_w, uint8_t *y);
 #endif

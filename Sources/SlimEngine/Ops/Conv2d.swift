@@ -156,9 +156,15 @@ public final class FloatConv2d: @unchecked Sendable {
             }
             let p = padded!
             p.reshape(height: hh, width: ww, channels: inChannels)
-            p.fill(0)
+            // Zero only the border: the interior is overwritten.
+            let c = inChannels
+            p.pointer.update(repeating: 0, count: ph * ww * c)
+            (p.pointer + (ph + ih) * ww * c).update(repeating: 0, count: ph * ww * c)
             for r in 0..<ih {
-                (p.pointer + ((r + ph) * ww + pw) * inChannels).update(from: x.pointer + r * iw * inChannels, count: iw * inChannels)
+                let row = p.pointer + (r + ph) * ww * c
+                row.update(repeating: 0, count: pw * c)
+                (row + pw * c).update(from: x.pointer + r * iw * c, count: iw * c)
+                (row + (pw + iw) * c).update(repeating: 0, count: pw * c)
             }
             src = p.pointer; ih = hh; iw = ww
         }
