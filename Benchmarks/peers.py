@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Encoder latency: SlimSplit against PyTorch and ONNX Runtime, one thread each, every width.
 
-Loads a SlimSplit model file (default Tests/Fixtures/engine/ref_encoder.safetensors) and, per
-width, builds and times:
+Loads a SlimSplit model file (default: the shipped model, Models/slimsplit-bev.safetensors; the
+reference encoder is Tests/Fixtures/engine/ref_encoder.safetensors) and, per width, builds and
+times:
 
     torch_fp32  PyTorch eval, BN folded into the convolutions (torch.set_num_threads(1))
     ort_fp32    ONNX Runtime, the same BN-folded float graph (Conv + Relu)
@@ -10,9 +11,12 @@ width, builds and times:
                 exactly the file's int8 tensors (float in, float out)
 
 ONNX Runtime: CPU EP, intra_op_num_threads=1, inter_op_num_threads=1, sequential, default graph
-optimization. Input: 1 x C x H x W (default 128 x 128) BEV-like, ~15% of cells occupied.
-Then runs `slimsplit bench encoder --json --model PATH` and prints one JSON document on stdout
-(progress goes to stderr). Ratios are SlimSplit p50 / peer p50: below 1 means SlimSplit is faster.
+optimization. Input: 1 x C x H x W (default 128 x 128) BEV-like, ~15% of cells occupied; the peers
+are dense engines, so their time does not depend on the input's content.
+Then runs `slimsplit bench encoder --json --kernels all` on every kernel path this CPU runs, on
+simulator BEV frames (`sim`) and the random input (`random`), and once more with `--dense` (every
+cell computed), and prints one JSON document on stdout (progress goes to stderr). Ratios are
+SlimSplit p50 / peer p50: below 1 means SlimSplit is faster.
 
     /work/venv-train/bin/python Benchmarks/peers.py [--model M] [--slimsplit BIN] [--runs 300]
 """
@@ -38,7 +42,8 @@ import torch.nn as nn  # noqa: E402
 
 from slimsplit_train.arch import layer_channels  # noqa: E402
 from slimsplit_train.data import bev_input  # noqa: E402
-from slimsplit_train.model_io import load_net  # noqa: E402
+from slimsplit_train.model_io import FORMAT, net_from_tensors  # noqa: E402
+from safetensors import safe_open  # noqa: E402
 from slimsplit_train.onnx_build import float_model, int8_chain_model, ort_session  # noqa: E402
 from slimsplit_train.quantize import fold_bn  # noqa: E402
 
@@ -101,6 +106,19 @@ def torch_folded(net, arch, i: int) -> nn.Module:
     return nn.Sequential(*mods).eval()
 
 
+def load_encoder(path: Path):
+    """The edge encoder of a model file (a cooperative model's server.* and features.* tensors are
+    not the encoder's and are left out)."""
+    with safe_open(str(path), framework="numpy") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != FORMAT:
+            raise SystemExit(f"{path}: not a {FORMAT} file")
+        arch = json.loads(meta["architecture"])
+        tensors = {k: f.get_tensor(k) for k in f.keys() if not k.startswith(("server.", "features."))}
+    arch = {k: v for k, v in arch.items() if k != "server"}
+    return net_from_tensors(arch, tensors), arch, tensors
+
+
 def extract_json(text: str):
     """The last JSON object in ``text`` (tolerates log lines around it)."""
     dec = json.JSONDecoder()
@@ -117,13 +135,13 @@ def extract_json(text: str):
     return found
 
 
-def run_slimsplit(binary: Path, model: Path, timeout: int) -> dict:
+def run_slimsplit(binary: Path, model: Path, timeout: int, extra: list[str]) -> dict:
     if not binary.exists():
         msg = (f"slimsplit binary not found at {binary}; build it with `swift build -c release` "
                f"(or pass --slimsplit PATH). Peers are still reported.")
         log("NOTE: " + msg)
         return {"status": "missing", "binary": str(binary), "message": msg, "results": []}
-    cmd = [str(binary), "bench", "encoder", "--json", "--model", str(model)]
+    cmd = [str(binary), "bench", "encoder", "--json", "--model", str(model), "--kernels", "all", *extra]
     log("running: " + " ".join(cmd))
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -131,19 +149,12 @@ def run_slimsplit(binary: Path, model: Path, timeout: int) -> dict:
         return {"status": "timeout", "binary": str(binary), "command": cmd, "message": f"no result in {timeout} s",
                 "results": []}
     doc = extract_json(p.stdout)
-    if p.returncode != 0 or doc is None or not isinstance(doc.get("results"), list):
+    if p.returncode != 0 or doc is None or not isinstance(doc.get("runs_by_kernel"), list):
         msg = f"exit status {p.returncode}; stderr: {p.stderr.strip()[-2000:]}; stdout: {p.stdout.strip()[-1000:]}"
         log("WARNING: slimsplit bench encoder failed: " + msg)
         return {"status": "failed", "binary": str(binary), "command": cmd, "message": msg, "results": []}
-    return {"status": "ok", "binary": str(binary), "command": cmd, "results": doc["results"],
-            "raw": {k: v for k, v in doc.items() if k != "results"}}
-
-
-def slim_entry(results: list, i: int, width: float):
-    for r in results:
-        if r.get("width_index") == i or (r.get("width_index") is None and abs(float(r.get("width", -1)) - width) < 1e-9):
-            return r
-    return None
+    return {"status": "ok", "binary": str(binary), "command": cmd, "runs": doc["runs_by_kernel"],
+            "raw": {k: v for k, v in doc.items() if k != "runs_by_kernel"}}
 
 
 def p50(d):
@@ -152,7 +163,7 @@ def p50(d):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=ROOT / "Tests" / "Fixtures" / "engine" / "ref_encoder.safetensors")
+    ap.add_argument("--model", type=Path, default=ROOT / "Models" / "slimsplit-bev.safetensors")
     ap.add_argument("--slimsplit", type=Path, default=ROOT / ".build" / "release" / "slimsplit")
     ap.add_argument("--runs", type=int, default=300, help="timed runs per measurement (>= 200 recommended)")
     ap.add_argument("--warmup", type=int, default=30)
@@ -172,7 +183,7 @@ def main() -> int:
         pass
     import onnxruntime as ort
 
-    net, arch, tensors = load_net(args.model)
+    net, arch, tensors = load_encoder(args.model)
     h, w = args.height, args.width
     c = arch["input"]["channels"]
     x = bev_input(args.seed, h, w, channels=c, occupancy=args.occupancy)
@@ -212,23 +223,43 @@ def main() -> int:
             f"ort_int8 p50 {p50(row['ort_int8'])} ms")
         rows.append(row)
 
-    if args.no_slimsplit:
-        slim = {"status": "skipped", "results": []}
+    slim_runs = []
+    if not args.no_slimsplit:
+        for extra in (["--input", "both"], ["--input", "random", "--dense"]):
+            got = run_slimsplit(args.slimsplit, args.model.resolve(), args.slimsplit_timeout, extra + ["--runs", str(args.runs)])
+            if got["status"] != "ok":
+                slim_runs.append({"status": got["status"], "message": got.get("message")})
+                continue
+            for run in got["runs"]:
+                run["dense"] = "--dense" in extra
+                slim_runs.append(run)
+            slim = got
     else:
-        slim = run_slimsplit(args.slimsplit, args.model.resolve(), args.slimsplit_timeout)
+        slim = {"status": "skipped"}
 
-    for row in rows:
-        r = slim_entry(slim["results"], row["width_index"], row["width"])
-        si = r.get("int8") if r else None
-        sf = r.get("float") if r else None
-        row["slimsplit_int8"] = {"p50_ms": si.get("p50_ms"), "p99_ms": si.get("p99_ms")} if isinstance(si, dict) else None
-        row["slimsplit_float"] = {"p50_ms": sf.get("p50_ms"), "p99_ms": sf.get("p99_ms")} if isinstance(sf, dict) else None
-        peers = {k: p50(row[k]) for k in ("torch_fp32", "ort_fp32", "ort_int8") if p50(row[k])}
-        fastest = min(peers, key=peers.get) if peers else None
-        row["fastest_peer"] = fastest
-        s_i, s_f = p50(row["slimsplit_int8"]), p50(row["slimsplit_float"])
-        row["ratio_int8_vs_fastest_peer"] = round(s_i / peers[fastest], 3) if s_i and fastest else None
-        row["ratio_float_vs_torch"] = round(s_f / peers["torch_fp32"], 3) if s_f and "torch_fp32" in peers else None
+    # Ratios: SlimSplit p50 / peer p50, per kernel path, input and width.
+    ratios = []
+    for run in slim_runs:
+        if "results" not in run:
+            continue
+        for r in run["results"]:
+            row = next((x for x in rows if x["width_index"] == r.get("width_index")), None)
+            if row is None:
+                continue
+            peers = {k: p50(row[k]) for k in ("torch_fp32", "ort_fp32", "ort_int8") if p50(row.get(k))}
+            fastest = min(peers, key=peers.get) if peers else None
+            s_i, s_f = p50(r.get("int8")), p50(r.get("float"))
+            ratios.append({
+                "kernels": run["kernels"], "input": run["input"] + (" dense" if run["dense"] else ""),
+                "occupancy": run.get("occupancy"), "width": r["width"],
+                "slimsplit_int8_p50_ms": s_i, "slimsplit_float_p50_ms": s_f, "fastest_peer": fastest,
+                "int8_vs_ort_int8": round(s_i / peers["ort_int8"], 3) if s_i and "ort_int8" in peers else None,
+                "int8_vs_fastest_peer": round(s_i / peers[fastest], 3) if s_i and fastest else None,
+                "float_vs_ort_fp32": round(s_f / peers["ort_fp32"], 3) if s_f and "ort_fp32" in peers else None,
+                "float_vs_torch_fp32": round(s_f / peers["torch_fp32"], 3) if s_f and "torch_fp32" in peers else None,
+            })
+            log(f"{run['kernels']:9s} {ratios[-1]['input']:12s} width {r['width']}: int8 {s_i} ms "
+                f"({ratios[-1]['int8_vs_ort_int8']}x ORT int8), float {s_f} ms ({ratios[-1]['float_vs_ort_fp32']}x ORT fp32)")
 
     doc = {
         "benchmark": "encoder latency, 1 thread",
@@ -244,8 +275,10 @@ def main() -> int:
                   "ort_int8": "ONNX Runtime CPU EP, QuantizeLinear + QLinearConv chain + DequantizeLinear from the "
                               "file's int8 tensors, 1 intra / 1 inter thread, sequential"},
         "ratios": "SlimSplit p50 / peer p50 (below 1: SlimSplit faster)",
-        "slimsplit": {k: v for k, v in slim.items() if k != "results"},
-        "results": rows,
+        "slimsplit": {k: v for k, v in slim.items() if k not in ("results", "runs")},
+        "peers_by_width": rows,
+        "slimsplit_runs": slim_runs,
+        "ratios_by_kernel": ratios,
     }
     text = json.dumps(doc, indent=2)
     print(text)

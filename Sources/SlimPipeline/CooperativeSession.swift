@@ -31,6 +31,8 @@ public final class CooperativeSession: @unchecked Sendable {
         public var lz4 = true
         /// Send frames at their recorded rate instead of as fast as the pipeline goes.
         public var realTime = false
+        /// Threads the server fuses on (FusionService.Options.threads).
+        public var fusionThreads = 1
         public init(recording: String, model: String) {
             self.recording = recording
             self.model = model
@@ -73,6 +75,7 @@ public final class CooperativeSession: @unchecked Sendable {
         for a in agents { let k = try CurveKeyPair.generate(); agentKeys[a] = k; allow.names[k.publicKey] = a }
         let router = try RouterEndpoint(bind: "tcp://127.0.0.1:0", curve: CurveServer(keyPair: serverKeys, allowList: allow), logger: logger)
         var fopts = FusionService.Options()
+        fopts.threads = config.fusionThreads
         fopts.fusion = config.fusion
         fopts.int8Backbone = !config.floatServer
         let fusion = try FusionService(modelFile: config.model, options: fopts)

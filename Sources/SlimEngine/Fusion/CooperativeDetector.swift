@@ -5,7 +5,7 @@ import Foundation
 /// features into the ego's grid, fusion across agents (attention or max), a convolutional
 /// backbone and a CenterPoint-style head, decoded to boxes with rotated NMS.
 ///
-/// Buffers are planned at `init` for `maxAgents`; `detect` allocates only its result.
+/// Buffers are planned at `init` for `maxAgents` (grown once if more come); `detect` allocates only its result.
 /// Not thread-safe.
 public final class CooperativeDetector: @unchecked Sendable {
     public enum Fusion: String, Sendable { case attention, max }
@@ -173,9 +173,15 @@ public final class CooperativeDetector: @unchecked Sendable {
     }
 
     /// The raw head outputs for the ego `agents[ego]` (heatmap logits, offset, log size, yaw
-    /// sin/cos), each H × W × C. Valid until the next call.
+    /// sin/cos), each H × W × C. Valid until the next call. More agents than planned for grow the
+    /// per-agent buffers once (an allocation at the first such call, none after).
     public func forward(ego: Int, agents: [AgentInput], fusion: Fusion = .attention) -> [FloatTensor] {
-        precondition(agents.count <= warped.count && agents.indices.contains(ego))
+        precondition(agents.indices.contains(ego))
+        while warped.count < agents.count {
+            warped.append(FloatTensor(height: height, width: width, channels: channels))
+            valid.append(FloatTensor(height: height, width: width, channels: 1))
+            scores.append(FloatTensor(height: height, width: width, channels: 1))
+        }
         let t0 = now()
         for (j, ag) in agents.enumerated() {
             let f = ag.features

@@ -30,6 +30,9 @@ struct E2EBench: AsyncParsableCommand {
     @Option(help: "Bits per transmitted value.")
     var bits: Int = 4
 
+    @Option(help: "Threads the server fuses on.")
+    var fusionThreads: Int = 1
+
     @Option(help: "Kernel path (default: SLIMSPLIT_KERNELS, else the fastest this CPU runs): \(KernelPath.all.map(\.name).joined(separator: ", ")).")
     var kernels: String?
 
@@ -54,6 +57,7 @@ struct E2EBench: AsyncParsableCommand {
         var config = CooperativeSession.Config(recording: file, model: model)
         config.bits = bits
         config.realTime = true
+        config.fusionThreads = max(1, fusionThreads)
         let session = CooperativeSession(config)
         try await session.run(logger: logger)
         var latency: [Double] = []
@@ -70,7 +74,7 @@ struct E2EBench: AsyncParsableCommand {
             "server_tick_ms": ["p50": percentile(perTick, 0.5), "p99": percentile(perTick, 0.99)],
             "capacity_agent_frames_per_s": capacity.rounded(),
             "bytes_per_frame": session.reports.values.map { $0.frames > 0 ? $0.bytes / $0.frames : 0 }.reduce(0, +) / max(session.reports.count, 1),
-            "kernels": path.name, "cpu": cpuDescription(),
+            "kernels": path.name, "fusion_threads": config.fusionThreads, "cpu": cpuDescription(),
         ]
         print(String(decoding: try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys]), as: UTF8.self))
     }
