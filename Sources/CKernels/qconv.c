@@ -56,7 +56,10 @@ size_t slim_qconv_scratch_bytes(const slim_qconv_args *a) {
     const size_t hp = (size_t)a->in_h + 2 * (size_t)a->ph, wp = (size_t)a->in_w + 2 * (size_t)a->pw;
     const size_t elem = uses_pairs(a->path) ? sizeof(int16_t) : 1;
     const size_t one = hp * wp * (size_t)padded_channels(a->path, a->ci) * elem + 64;
-    return a->path == SLIM_PATH_AVX2 ? one + hp * wp : one;  // avx2: and a flag per padded pixel
+    if (a->path != SLIM_PATH_AVX2) return one;
+    // avx2 takes bytes and a flag per padded pixel, or int16 pairs (see avx2_takes_pairs).
+    const size_t pairs = hp * wp * (size_t)slim_round_up(a->ci, 2) * sizeof(int16_t) + 64;
+    return one + hp * wp > pairs ? one + hp * wp : pairs;
 }
 
 /// x − x_zp as int16, zero outside the input and in the channels past ci.
@@ -109,6 +112,23 @@ static void pad_bytes(const slim_qconv_args *a, const uint8_t *x, uint8_t *out, 
 }
 
 #if defined(__x86_64__)
+/// avx2 multiplies bytes with vpmaddubsw, exact up to 127; pixels whose taps hold a larger byte
+/// take twice the work. Where more than 1/16 of the padded pixels do (a layer whose zero point is
+/// above 127, say), the whole layer runs on int16 pairs (vpmaddwd) instead: the same integers.
+static int avx2_takes_pairs(const slim_qconv_args *a, const uint8_t *x) {
+    const size_t hp = (size_t)a->in_h + 2 * (size_t)a->ph, wp = (size_t)a->in_w + 2 * (size_t)a->pw;
+    const size_t limit = hp * wp / 16;
+    size_t high = a->x_zp > 127 ? hp * wp - (size_t)a->in_h * a->in_w : 0;
+    for (int iy = 0; iy < a->in_h && high <= limit; iy++)
+        for (int ix = 0; ix < a->in_w; ix++) {
+            const uint8_t *px = x + ((size_t)iy * a->in_w + ix) * a->in_cs + a->in_c0;
+            uint8_t m = 0;
+            for (int i = 0; i < a->ci; i++) m |= px[i];
+            high += m >> 7;
+        }
+    return high > limit;
+}
+
 /// flags[pixel] = 1 where a padded pixel holds a byte above 127 (rare after calibration): the
 /// avx2 kernel multiplies bytes with vpmaddubsw, exact only up to 127, and takes such pixels'
 /// outputs through its excess kernel.
@@ -179,11 +199,17 @@ int slim_qconv(const slim_qconv_args *a, const uint8_t *x, uint8_t *y) {
         (a->out_h - 1) * a->sh + (a->kh - 1) * a->dh >= hp || (a->out_w - 1) * a->sw + (a->kw - 1) * a->dw >= wp)
         return SLIM_ESHAPE;
     if (!a->scratch || a->scratch_bytes < slim_qconv_scratch_bytes(a)) return SLIM_ESCRATCH;
-    const int cpad = padded_channels(a->path, a->ci);
+#if defined(__x86_64__)
+    const int avx2_pairs = a->path == SLIM_PATH_AVX2 && avx2_takes_pairs(a, x);
+#else
+    const int avx2_pairs = 0;
+#endif
+    const int pairs = uses_pairs(a->path) || avx2_pairs;
+    const int cpad = avx2_pairs ? slim_round_up(a->ci, 2) : padded_channels(a->path, a->ci);
     // One unit: the channels a kernel step takes (see slim_qctx), and its packed weights.
     int ux, uw;
     size_t tap_stride;
-    if (uses_pairs(a->path)) {
+    if (pairs) {
         tap_stride = (size_t)slim_round_up(a->ci, 8) * 16;
         ux = a->path == SLIM_PATH_NEON ? 8 : 2;
     } else {
@@ -202,7 +228,7 @@ int slim_qconv(const slim_qconv_args *a, const uint8_t *x, uint8_t *y) {
                 c.xo[c.nk] = (ky * a->dh * wp + kx * a->dw) * cpad + u * ux;
                 c.wo[c.nk] = (int32_t)((size_t)(ky * a->kw + kx) * tap_stride) + u * uw;
             }
-    if (uses_pairs(a->path)) {
+    if (pairs) {
         for (int o = 0; o < a->co; o++) c.badj[o] = a->bias[o];
     } else {
         // Every tap reads the padded input, whose padding holds the zero point: subtract
@@ -216,6 +242,10 @@ int slim_qconv(const slim_qconv_args *a, const uint8_t *x, uint8_t *y) {
         return slim_qconv_run_portable(a, &c, a->scratch, cpad, wp, y);
 #if defined(__x86_64__)
     case SLIM_PATH_AVX2: {
+        if (avx2_pairs) {
+            pad_pairs(a, x, a->scratch, cpad);
+            return slim_qconv_run_avx2_pairs(a, &c, a->scratch, cpad, wp, y);
+        }
         uint8_t *padded = a->scratch, *flags = padded + (size_t)hp * wp * cpad + 64;
         pad_bytes(a, x, padded, cpad, (uint8_t)a->x_zp, 0);
         flag_high_bytes(padded, (size_t)hp * wp, cpad, flags);

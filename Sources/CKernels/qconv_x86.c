@@ -115,6 +115,49 @@ int slim_qconv_run_avx2(const slim_qconv_args *a, const slim_qctx *c, const uint
     return SLIM_OK;
 }
 
+// ---- AVX2 on int16 pairs (x − x_zp): each vpmaddwd multiplies a broadcast pair of input channels
+// by 8 channels' weight pairs, exact for any byte; for layers where many bytes exceed 127. ----
+AVX2 void kernel_avx2_pairs(const slim_qconv_args *a, const slim_qctx *c, const int16_t *const xq[4], int blk, const int NB,
+                            uint8_t *const dq[4]) {
+    (void)NB;
+    __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+    const int16_t *wb = a->pairs + (size_t)blk * c->blk_stride;
+    const int16_t *x0 = xq[0], *x1 = xq[1], *x2 = xq[2], *x3 = xq[3];
+    for (int k = 0; k < c->nk; k++) {
+        const int16_t *w = wb + c->wo[k];
+        const int xo = c->xo[k];
+        const __m256i w0 = _mm256_loadu_si256((const __m256i *)w), w1 = _mm256_loadu_si256((const __m256i *)(w + 16));
+        __m256i b = _mm256_set1_epi32(load32(x0 + xo));
+        a00 = _mm256_add_epi32(a00, _mm256_madd_epi16(b, w0));
+        a01 = _mm256_add_epi32(a01, _mm256_madd_epi16(b, w1));
+        b = _mm256_set1_epi32(load32(x1 + xo));
+        a10 = _mm256_add_epi32(a10, _mm256_madd_epi16(b, w0));
+        a11 = _mm256_add_epi32(a11, _mm256_madd_epi16(b, w1));
+        b = _mm256_set1_epi32(load32(x2 + xo));
+        a20 = _mm256_add_epi32(a20, _mm256_madd_epi16(b, w0));
+        a21 = _mm256_add_epi32(a21, _mm256_madd_epi16(b, w1));
+        b = _mm256_set1_epi32(load32(x3 + xo));
+        a30 = _mm256_add_epi32(a30, _mm256_madd_epi16(b, w0));
+        a31 = _mm256_add_epi32(a31, _mm256_madd_epi16(b, w1));
+    }
+    store16(a, c, a00, a01, blk * 16, dq[0]);
+    store16(a, c, a10, a11, blk * 16, dq[1]);
+    store16(a, c, a20, a21, blk * 16, dq[2]);
+    store16(a, c, a30, a31, blk * 16, dq[3]);
+}
+
+#define CD_FN drive_avx2_pairs
+#define CD_ATTR AVX2_FN
+#define CD_XT int16_t
+#define CD_KERNEL kernel_avx2_pairs
+#define CD_NBMAX 1
+#include "internal/conv_driver.h"
+
+int slim_qconv_run_avx2_pairs(const slim_qconv_args *a, const slim_qctx *c, const int16_t *xs, int cpad, int padded_w, uint8_t *y) {
+    drive_avx2_pairs(a, c, xs, cpad, padded_w, y);
+    return SLIM_OK;
+}
+
 // ---- AVX-VNNI: 256-bit vpdpbusd, four uint8×int8 products per lane; 16 channels = 2 vectors ----
 AVXVNNI void kernel_avx_vnni(const slim_qconv_args *a, const slim_qctx *c, const uint8_t *const xq[4], int blk, const int NB,
                              uint8_t *const dq[4]) {

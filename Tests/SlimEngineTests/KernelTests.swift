@@ -29,7 +29,12 @@ enum RandomQConv {
         Case(ci: 96, co: 96, h: 6, w: 11, k: 3, s: 1, p: 1, d: 1, g: 1),
     ]
 
-    static func make(_ c: Case, seed: UInt64) -> (QConv2d, QTensor) {
+    /// Inputs: `.mixed` has a 255 in every seventh byte; `.rareHigh` keeps bytes ≤ 127 but for one
+    /// byte above 127 in every 37th pixel (the calibrated activations' shape, where avx2 runs
+    /// vpmaddubsw with an excess kernel for the few outputs that touch such a byte).
+    enum Input: CaseIterable { case mixed, rareHigh }
+
+    static func make(_ c: Case, seed: UInt64, input: Input = .mixed) -> (QConv2d, QTensor) {
         var r = LCG(s: seed)
         let taps = c.k * c.k
         // Extreme weights (±127) and inputs (0, 255) included: where a saturating 16-bit
@@ -41,7 +46,12 @@ enum RandomQConv {
                            geometry: ConvGeometry(kernel: (c.k, c.k), stride: (c.s, c.s), padding: (c.p, c.p), dilation: (c.d, c.d), groups: c.g),
                            input: QuantParams(scale: 0.02, zeroPoint: 37), output: QuantParams(scale: 0.05, zeroPoint: 11))
         let x = QTensor(height: c.h, width: c.w, channels: c.ci)
-        for i in 0..<x.count { x.storage[i] = i % 7 == 0 ? 255 : r.u8() }
+        switch input {
+        case .mixed: for i in 0..<x.count { x.storage[i] = i % 7 == 0 ? 255 : r.u8() }
+        case .rareHigh:
+            for i in 0..<x.count { x.storage[i] = r.u8() & 0x7F }
+            for px in stride(from: 5, to: c.h * c.w, by: 37) { x.storage[px * c.ci + px % c.ci] = 128 + UInt8(px % 128) }
+        }
         return (conv, x)
     }
 
@@ -75,27 +85,29 @@ enum RandomQConv {
 
     /// Every case on `path`, densely and with a sparse activity map, against the reference.
     static func check(_ path: KernelPath) {
-        for c in cases {
-            let (conv, x) = make(c, seed: 7)
-            conv.kernels = path
-            let (oh, ow) = conv.geometry.outputSize(height: c.h, width: c.w)
-            let y = QTensor(height: oh, width: ow, channels: c.co)
-            conv.run(x, into: y)
-            let want = reference(conv, x)
-            let wrong = zip(y.values, want).filter { $0 != $1 }.count
-            #expect(wrong == 0, "\(path) \(c): \(wrong) of \(want.count) values differ from the definition")
-            #expect(Set(want).count > 10, "\(c): the case saturates")
-            // Sparse: every third output is background, the rest as computed.
-            var active = [UInt8](repeating: 1, count: oh * ow)
-            for i in stride(from: 0, to: active.count, by: 3) { active[i] = 0 }
-            let bg = (0..<c.co).map { UInt8($0 % 256) }
-            active.withUnsafeBufferPointer { a in bg.withUnsafeBufferPointer { b in conv.run(x, into: y, active: a.baseAddress, background: b.baseAddress) } }
-            var ok = true
-            for cell in 0..<(oh * ow) {
-                for o in 0..<c.co where y.storage[cell * c.co + o] != (active[cell] == 0 ? bg[o] : want[cell * c.co + o]) { ok = false }
-            }
-            #expect(ok, "\(path) \(c): sparse run differs")
+        for c in cases { for input in Input.allCases { check(path, c, input) } }
+    }
+
+    static func check(_ path: KernelPath, _ c: Case, _ input: Input) {
+        let (conv, x) = make(c, seed: 7, input: input)
+        conv.kernels = path
+        let (oh, ow) = conv.geometry.outputSize(height: c.h, width: c.w)
+        let y = QTensor(height: oh, width: ow, channels: c.co)
+        conv.run(x, into: y)
+        let want = reference(conv, x)
+        let wrong = zip(y.values, want).filter { $0 != $1 }.count
+        #expect(wrong == 0, "\(path) \(c) \(input): \(wrong) of \(want.count) values differ from the definition")
+        #expect(Set(want).count > 10, "\(c): the case saturates")
+        // Sparse: every third output is background, the rest as computed.
+        var active = [UInt8](repeating: 1, count: oh * ow)
+        for i in stride(from: 0, to: active.count, by: 3) { active[i] = 0 }
+        let bg = (0..<c.co).map { UInt8($0 % 256) }
+        active.withUnsafeBufferPointer { a in bg.withUnsafeBufferPointer { b in conv.run(x, into: y, active: a.baseAddress, background: b.baseAddress) } }
+        var ok = true
+        for cell in 0..<(oh * ow) {
+            for o in 0..<c.co where y.storage[cell * c.co + o] != (active[cell] == 0 ? bg[o] : want[cell * c.co + o]) { ok = false }
         }
+        #expect(ok, "\(path) \(c) \(input): sparse run differs")
     }
 }
 

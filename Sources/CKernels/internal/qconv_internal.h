@@ -41,6 +41,7 @@ static inline uint8_t slim_requant(int32_t acc, int32_t badj, float mult, int32_
 int slim_qconv_run_portable(const slim_qconv_args *a, const slim_qctx *c, const int16_t *xs, int cpad, int padded_w, uint8_t *y);
 #if defined(__x86_64__)
 int slim_qconv_run_avx2(const slim_qconv_args *a, const slim_qctx *c, const uint8_t *xs, int cpad, int padded_w, uint8_t *y);
+int slim_qconv_run_avx2_pairs(const slim_qconv_args *a, const slim_qctx *c, const int16_t *xs, int cpad, int padded_w, uint8_t *y);
 int slim_qconv_run_avx_vnni(const slim_qconv_args *a, const slim_qctx *c, const uint8_t *xs, int cpad, int padded_w, uint8_t *y);
 int slim_qconv_run_avx512(const slim_qconv_args *a, const slim_qctx *c, const uint8_t *xs, int cpad, int padded_w, uint8_t *y);
 #endif
