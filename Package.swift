@@ -32,6 +32,8 @@ let package = Package(
         .target(name: "CKernels", cSettings: [.unsafeFlags(["-O2"])]),
         // Counts heap allocations (benchmark and tests only): shows hot paths allocate nothing.
         .target(name: "CAllocCounter"),
+        // SIGINT / SIGTERM for graceful shutdown (a self-pipe signal handler).
+        .target(name: "CShutdown"),
 
         // Wire format: messages, CRC-32C, bit packing, feature payloads (Protocol/PROTOCOL.md).
         .target(name: "SlimWire", dependencies: ["CKernels", "CLZ4"], swiftSettings: strict),
@@ -62,6 +64,7 @@ let package = Package(
             name: "slimsplit",
             dependencies: [
                 "SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "SlimEngine", "SlimSensors", "SlimPipeline", "CZeroMQ", "CAllocCounter",
+                "CShutdown",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CShutdown
 import Logging
 import SlimEngine
 
@@ -30,9 +31,13 @@ struct LogOptions: ParsableArguments {
         valueName: "path"))
     var kernels: String?
 
-    /// Sets up logging and the engine's kernel path (logged at start).
+    /// Sets up logging and the engine's kernel path (logged at start). With `catchSignals`, SIGINT
+    /// and SIGTERM are caught from here on, for a command that installs its shutdown handler
+    /// (`onShutdownSignal`) later: a signal that comes first waits for it instead of killing the
+    /// process.
     /// - Throws: `KernelPathError` when the path is unknown or this CPU cannot run it.
-    func bootstrap(label: String) throws -> Logger {
+    func bootstrap(label: String, catchSignals: Bool = false) throws -> Logger {
+        if catchSignals { _ = slim_shutdown_install() }
         let level = Logger.Level(rawValue: logLevel) ?? .info
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)

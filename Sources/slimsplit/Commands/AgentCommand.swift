@@ -37,7 +37,7 @@ struct AgentCommand: AsyncParsableCommand {
     @OptionGroup var log: LogOptions
 
     func run() async throws {
-        let logger = try log.bootstrap(label: "slimsplit.agent")
+        let logger = try log.bootstrap(label: "slimsplit.agent", catchSignals: true)
         var cfg = try AgentConfig.load(file: config)
         if let frames { cfg.synthetic.frames = frames }
         var curve: CurveClient?

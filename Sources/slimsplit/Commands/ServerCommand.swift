@@ -31,7 +31,7 @@ struct ServerCommand: AsyncParsableCommand {
     @OptionGroup var log: LogOptions
 
     func run() async throws {
-        let logger = try log.bootstrap(label: "slimsplit.server")
+        let logger = try log.bootstrap(label: "slimsplit.server", catchSignals: true)
         let cfg = try ServerConfig.load(file: config)
         var curve: CurveServer?
         if let c = cfg.curve {
@@ -119,7 +119,11 @@ struct ServerCommand: AsyncParsableCommand {
                 }
             }
         }
-        let signals = onShutdownSignal { router.close() }
+        let signals = onShutdownSignal {
+            logger.info("shutting down (signal)")
+            router.close()
+        }
+        logger.debug("signal handlers installed")
         let duration = self.duration, statusInterval = self.statusInterval
         let timer = Task {
             let start = Clock.monotonicNs()
