@@ -27,6 +27,9 @@ let package = Package(
                        providers: [.apt(["libzmq3-dev"]), .brew(["zeromq"])]),
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4",
                        providers: [.apt(["liblz4-dev"]), .brew(["lz4"])]),
+        // zstd chunks of MCAP recordings (the official mcap writers' default compression).
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd",
+                       providers: [.apt(["libzstd-dev"]), .brew(["zstd"])]),
         // Small C kernels with architecture-specific paths and portable fallbacks.
         // Optimized even in debug builds, so that the test suite's model runs stay quick.
         .target(name: "CKernels", cSettings: [.unsafeFlags(["-O2"])]),
@@ -54,7 +57,7 @@ let package = Package(
         // Neural engine: NHWC tensors, float and int8 kernels, slimmable layers, safetensors models.
         .target(name: "SlimEngine", dependencies: ["CKernels"], swiftSettings: strict),
         // Sensor streams: MCAP (ROS 2) recording and replay, LiDAR scene simulator, BEV featurizer.
-        .target(name: "SlimSensors", dependencies: ["CKernels", "CLZ4", "SlimEngine", "SlimConfig"], swiftSettings: strict),
+        .target(name: "SlimSensors", dependencies: ["CKernels", "CLZ4", "CZstd", "SlimEngine", "SlimConfig"], swiftSettings: strict),
         // End to end: agents replaying a recording and the fusion server, over real sockets.
         .target(name: "SlimPipeline",
                 dependencies: ["SlimWire", "SlimTransport", "SlimEngine", "SlimSensors", "SlimAgent", "SlimServer",

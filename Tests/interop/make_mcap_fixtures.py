@@ -290,11 +290,13 @@ def det_msg(topic: str, st: Dict[str, int], frame_id: str, detections: List[Dict
 # writers
 
 
-def write_ros2(path: str, msgs: List[Msg], compression: CompressionType,
-               chunk_size: int = 1024 * 1024) -> None:
-    """Chunked file through mcap_ros2.writer.Writer (profile ros2)."""
+def write_ros2(path: str, msgs: List[Msg], compression: Optional[CompressionType],
+               chunk_size: Optional[int] = 1024 * 1024) -> None:
+    """Chunked file through mcap_ros2.writer.Writer (profile ros2); a setting given as None is
+    left at the writer's default."""
+    options = {k: v for k, v in (("compression", compression), ("chunk_size", chunk_size)) if v is not None}
     with open(path, "wb") as f:
-        writer = Ros2Writer(f, chunk_size=chunk_size, compression=compression)
+        writer = Ros2Writer(f, **options)
         schemas = {}
         for m in msgs:
             if m.schema not in schemas:
@@ -489,7 +491,7 @@ def make_unchunked(out_dir: str) -> None:
 def make_compression_variants(out_dir: str) -> None:
     for name, comp, comp_str, err in (
         ("uncompressed_chunks", CompressionType.NONE, "", None),
-        ("zstd_chunks", CompressionType.ZSTD, "zstd", "unsupported compression zstd"),
+        ("zstd_chunks", CompressionType.ZSTD, "zstd", None),
     ):
         msgs = small_clouds_and_poses(2100 if comp == CompressionType.NONE else 2200)[:3]
         write_ros2(os.path.join(out_dir, f"{name}.mcap"), msgs, comp)
@@ -502,6 +504,22 @@ def make_compression_variants(out_dir: str) -> None:
             **summary_entry(msgs),
             "messages": [m.expect for m in msgs],
         })
+
+
+def make_writer_defaults(out_dir: str) -> None:
+    """PointCloud2 and PoseStamped through mcap_ros2.writer.Writer with every setting left at its
+    default (zstd chunks, the default chunk size): what a user's own recording script writes."""
+    msgs = small_clouds_and_poses(2300)
+    write_ros2(os.path.join(out_dir, "writer_defaults.mcap"), msgs, None, None)
+    dump_json(os.path.join(out_dir, "writer_defaults.json"), {
+        "file": "writer_defaults.mcap",
+        "chunked": True,
+        "compression": "zstd",
+        "expect_error": None,
+        "messages_before_error": len(msgs),
+        **summary_entry(msgs),
+        "messages": [m.expect for m in msgs],
+    })
 
 
 def valid_small_messages() -> List[Msg]:
@@ -850,6 +868,7 @@ def verify(out_dir: str) -> None:
     verify_messages_file(os.path.join(out_dir, "uncompressed_chunks.mcap"),
                          load("uncompressed_chunks.json"))
     verify_messages_file(os.path.join(out_dir, "zstd_chunks.mcap"), load("zstd_chunks.json"))
+    verify_messages_file(os.path.join(out_dir, "writer_defaults.mcap"), load("writer_defaults.json"))
     verify_messages_file(os.path.join(out_dir, "ros2_types.mcap"), load("ros2_types.json"))
 
     corr = load("corruption.json")
@@ -889,6 +908,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     make_pc2_layouts(args.out)
     make_unchunked(args.out)
     make_compression_variants(args.out)
+    make_writer_defaults(args.out)
     make_corruption(args.out)
     make_ros2_types(args.out)
     make_sample_recording(args.out)

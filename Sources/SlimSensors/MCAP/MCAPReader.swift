@@ -14,8 +14,8 @@ public struct MCAPMessageView {
 
 /// Reads MCAP files (https://mcap.dev/spec) as a stream of records, in file order.
 ///
-/// Accepts what real recordings contain: chunked or not, chunks uncompressed or LZ4 (zstd is
-/// reported as unsupported), records with extra trailing bytes (skipped), unknown opcodes
+/// Accepts what real recordings contain: chunked or not, chunks uncompressed, LZ4 or zstd (the
+/// official writers' default), records with extra trailing bytes (skipped), unknown opcodes
 /// (skipped), schemas and channels in the data section or the summary. CRCs are checked where
 /// the file has them (non-zero). A truncated or corrupted file yields everything valid before
 /// the damage, then throws an `MCAPError` naming the record and its offset. Every step moves
@@ -170,17 +170,21 @@ public final class MCAPReader {
         case "":
             guard compressed.count == n else { throw fail("uncompressed chunk holds \(compressed.count) bytes, uncompressed_size says \(n)") }
             records = compressed
-        case "lz4":
+        case "lz4", "zstd":
             if chunkBuffer.count < n {
                 chunkBuffer.deallocate()
                 chunkBuffer = .allocate(byteCount: n, alignment: 16)
             }
-            if let problem = LZ4Frame.decompress(compressed, into: UnsafeMutableRawBufferPointer(rebasing: chunkBuffer[0..<n])) {
+            let out = UnsafeMutableRawBufferPointer(rebasing: chunkBuffer[0..<n])
+            if compression == "lz4", let problem = LZ4Frame.decompress(compressed, into: out) {
                 throw fail("LZ4 chunk does not decompress: \(problem)")
             }
-            records = UnsafeRawBufferPointer(rebasing: chunkBuffer[0..<n])
+            if compression == "zstd", let problem = ZstdFrame.decompress(compressed, into: out) {
+                throw fail("zstd chunk does not decompress: \(problem)")
+            }
+            records = UnsafeRawBufferPointer(out)
         default:
-            throw fail("unsupported compression '\(compression)' (this reader supports none and lz4)")
+            throw fail("unsupported compression '\(compression)' (this reader supports none, lz4 and zstd)")
         }
         if crc != 0 {
             let got = slim_crc32(0, records.baseAddress, records.count)

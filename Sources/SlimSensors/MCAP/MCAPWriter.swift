@@ -1,7 +1,13 @@
 import CKernels
 import Foundation
 
-/// Writes MCAP files: chunked, LZ4-frame compressed chunks with CRCs, a message index per
+/// How an MCAP writer compresses its chunks (`lz4`, what `ros2 bag record` writes; `zstd`, the
+/// official `mcap` writers' default, smaller and slower; or none).
+public enum MCAPCompression: String, Sendable, CaseIterable {
+    case none, lz4, zstd
+}
+
+/// Writes MCAP files: chunked, LZ4- or zstd-compressed chunks with CRCs, a message index per
 /// channel after each chunk, and a summary (schemas, channels, statistics, chunk indexes) with
 /// summary offsets — what `ros2 bag record` writes and what Foxglove and the `mcap` tools read
 /// fast. Not thread-safe.
@@ -20,15 +26,16 @@ public final class MCAPWriter {
     private var stats = MCAPStatistics()
     private var sequences: [UInt16: UInt32] = [:]
     public let chunkSize: Int
-    public let compress: Bool
-    /// LZ4 every chunk even when it saves nothing (what the recording profile asks for).
-    public var alwaysLZ4 = true
+    public let compression: MCAPCompression
+    /// Compress every chunk even when it saves nothing (the recording profile's LZ4 everywhere);
+    /// off, a chunk that does not shrink by 5 % (float point clouds often) is stored uncompressed.
+    public var alwaysCompress = true
     private var finished = false
 
-    public init(path: String, profile: String = "ros2", chunkSize: Int = 1 << 20, compress: Bool = true) throws {
+    public init(path: String, profile: String = "ros2", chunkSize: Int = 1 << 20, compression: MCAPCompression = .lz4) throws {
         self.path = path
         self.chunkSize = chunkSize
-        self.compress = compress
+        self.compression = compression
         guard FileManager.default.createFile(atPath: path, contents: nil),
               let h = FileHandle(forWritingAtPath: path) else {
             throw MCAPError(file: path, offset: 0, record: "file", problem: "cannot create the file")
@@ -88,13 +95,13 @@ public final class MCAPWriter {
         guard !chunk.bytes.isEmpty else { return }
         let raw = chunk.bytes
         let crc = slim_crc32(0, raw, raw.count)
-        // LZ4 frames; with `alwaysLZ4` off, a chunk LZ4 cannot shrink by 5 % (float point clouds
-        // often) is stored uncompressed instead, which every reader accepts.
+        // With `alwaysCompress` off, a chunk that cannot shrink by 5 % is stored uncompressed
+        // instead, which every reader accepts.
         var payload = raw
         var compression = ""
-        if compress {
-            let c = LZ4Frame.compress(raw)
-            if c.count < raw.count - raw.count / 20 || alwaysLZ4 { payload = c; compression = "lz4" }
+        if self.compression != .none {
+            let c = self.compression == .lz4 ? LZ4Frame.compress(raw) : ZstdFrame.compress(raw)
+            if c.count < raw.count - raw.count / 20 || alwaysCompress { payload = c; compression = self.compression.rawValue }
         }
         let start = offset
         var b = MCAPBuffer()

@@ -25,8 +25,8 @@ public final class RecordingWriter {
     private var channels: [String: UInt16] = [:]
     private let schemaIDs: [String: UInt16]
 
-    public init(path: String, chunkSize: Int = 1 << 20) throws {
-        writer = try MCAPWriter(path: path, chunkSize: chunkSize)
+    public init(path: String, chunkSize: Int = 1 << 20, compression: MCAPCompression = .lz4) throws {
+        writer = try MCAPWriter(path: path, chunkSize: chunkSize, compression: compression)
         var ids: [String: UInt16] = [:]
         for (name, text) in [(PointCloud2.typeName, MessageDefinitions.pointCloud2), (PoseStamped.typeName, MessageDefinitions.poseStamped),
                              (Detection3DArray.typeName, MessageDefinitions.detection3DArray), (Visibility.typeName, Visibility.definition)] {

@@ -28,11 +28,20 @@ struct RecordCommand: ParsableCommand {
     @Option(help: "Override the scene's duration (seconds).")
     var duration: Double?
 
+    @Option(help: "Chunk compression: lz4 (what ros2 bag writes), zstd (the mcap tools' default; smaller, slower) or none.")
+    var compression: String = "lz4"
+
+    func validate() throws {
+        guard MCAPCompression(rawValue: compression) != nil else {
+            throw ValidationError("--compression: lz4, zstd or none, not '\(compression)'")
+        }
+    }
+
     func run() throws {
         var config = try SceneConfig.load(file: scene)
         if let duration { config.duration = duration }
         var sim = Simulator(config: config, seed: seed)
-        let writer = try RecordingWriter(path: out)
+        let writer = try RecordingWriter(path: out, compression: MCAPCompression(rawValue: compression) ?? .lz4)
         var bar = ProgressBar("record \(config.name)", total: sim.frameCount)
         var simNs: UInt64 = 0, points = 0
         let start = Clock.monotonicNs()
