@@ -66,19 +66,29 @@ public final class CooperativeDetector: @unchecked Sendable {
               let layers = server["layers"] as? [[String: Any]], let grid = input["grid"] as? [String: Any] else {
             throw fail("architecture.server", "missing or not an object with input, grid and layers")
         }
-        channels = input["channels"] as? Int ?? 64
-        height = input["height"] as? Int ?? 32
-        width = input["width"] as? Int ?? 32
-        halfExtent = Float((grid["x_max"] as? Double) ?? 32)
-        cell = Float((grid["cell"] as? Double) ?? 2)
+        func dimension(_ key: String, default d: Int, max m: Int) throws(ModelFileError) -> Int {
+            guard let v = input[key] else { return d }
+            guard let n = v as? Int, (1...m).contains(n) else {
+                throw fail("architecture.server.input.\(key)", "\(v) is not an integer in 1...\(m)")
+            }
+            return n
+        }
+        channels = try dimension("channels", default: 64, max: 4096)
+        height = try dimension("height", default: 32, max: 1024)
+        width = try dimension("width", default: 32, max: 1024)
+        guard let xMax = (grid["x_max"] ?? 32.0) as? Double, xMax.isFinite, xMax > 0,
+              let cellSize = (grid["cell"] ?? 2.0) as? Double, cellSize.isFinite, cellSize > 0 else {
+            throw fail("architecture.server.input.grid", "x_max and cell must be positive numbers")
+        }
+        halfExtent = Float(xMax)
+        cell = Float(cellSize)
+        let specs = try layers.enumerated().map { (i, l) throws(ModelFileError) in try ServerLayer(l, index: i, fail: fail) }
         var convs: [String: FloatConv2d] = [:]
-        for l in layers where l["type"] as? String == "conv2d" {
-            let name = l["name"] as! String
-            let cin = l["in_channels"] as! Int, cout = l["out_channels"] as! Int
-            let k = (l["kernel"] as! [Int]), p = (l["padding"] as! [Int]), d = (l["dilation"] as! [Int])
+        for l in specs where l.type == "conv2d" {
+            let (name, cin, cout, k, p, d) = (l.name, l.inChannels, l.outChannels, l.kernel, l.padding, l.dilation)
             let w = try st.floats("server.\(name).weight", shape: [cout, cin, k[0], k[1]])
             let bias = try st.floats("server.\(name).bias", shape: [cout])
-            let act: Activation = (l["activation"] as? String) == "relu" ? .relu : .none
+            let act: Activation = l.activation == "relu" ? .relu : .none
             convs[name] = FloatConv2d(weight: w, bias: bias, inChannels: cin, outChannels: cout,
                                       geometry: ConvGeometry(kernel: (k[0], k[1]), padding: (p[0], p[1]), dilation: (d[0], d[1])), activation: act)
         }
@@ -139,9 +149,8 @@ public final class CooperativeDetector: @unchecked Sendable {
             // The backbone only: head.shared stays float, since the small sin/cos yaw outputs do
             // not survive its quantization noise (measured: AP@0.5 halves).
             for name in names where name.hasPrefix("backbone.") {
-                guard let l = layers.first(where: { $0["name"] as? String == name }) else { continue }
-                let cin = l["in_channels"] as! Int, cout = l["out_channels"] as! Int
-                let k = l["kernel"] as! [Int], p = l["padding"] as! [Int], d = l["dilation"] as! [Int]
+                guard let l = specs.first(where: { $0.name == name }) else { continue }
+                let (cin, cout, k, p, d) = (l.inChannels, l.outChannels, l.kernel, l.padding, l.dilation)
                 let w: [Int8] = try st.array("server.\(name).int8.weight", as: .i8, shape: [cout, cin, k[0], k[1]])
                 let ws = try st.floats("server.\(name).int8.weight_scale", shape: [cout])
                 let b: [Int32] = try st.array("server.\(name).int8.bias", as: .i32, shape: [cout])
@@ -288,6 +297,45 @@ public final class CooperativeDetector: @unchecked Sendable {
                           length: l, width: w, yaw: yawFactor * atan2(yaw[i, j, 0], yaw[i, j, 1]), score: s)
         }
         return RotatedIoU.nms(boxes, threshold: nmsIoU)
+    }
+}
+
+/// One layer of `architecture.server.layers`, checked: a convolution's name, channels and 2-D
+/// kernel, padding and dilation are of the right types and in range (a hostile model file gets a
+/// `ModelFileError` naming the key, never a crash or a huge allocation).
+struct ServerLayer {
+    let name: String, type: String
+    let inChannels: Int, outChannels: Int
+    let kernel: [Int], padding: [Int], dilation: [Int]
+    let activation: String?
+
+    init(_ l: [String: Any], index: Int, fail: (String, String) -> ModelFileError) throws(ModelFileError) {
+        let at = "architecture.server.layers[\(index)]"
+        guard let name = l["name"] as? String, !name.isEmpty else { throw fail("\(at).name", "missing or not a string") }
+        self.name = name
+        type = l["type"] as? String ?? ""
+        activation = l["activation"] as? String
+        guard type == "conv2d" else {
+            inChannels = 0; outChannels = 0; kernel = []; padding = []; dilation = []
+            return
+        }
+        func count(_ key: String) throws(ModelFileError) -> Int {
+            guard let n = l[key] as? Int, (1...4096).contains(n) else {
+                throw fail("\(at).\(key)", "\(l[key].map { "\($0)" } ?? "missing"): expected an integer in 1...4096")
+            }
+            return n
+        }
+        func pair(_ key: String, _ range: ClosedRange<Int>) throws(ModelFileError) -> [Int] {
+            guard let v = l[key] as? [Int], v.count == 2, v.allSatisfy(range.contains) else {
+                throw fail("\(at).\(key)", "\(l[key].map { "\($0)" } ?? "missing"): expected two integers in \(range)")
+            }
+            return v
+        }
+        inChannels = try count("in_channels")
+        outChannels = try count("out_channels")
+        kernel = try pair("kernel", 1...7)
+        padding = try pair("padding", 0...16)
+        dilation = try pair("dilation", 1...16)
     }
 }
 
