@@ -9,7 +9,11 @@ import SlimWire
 /// `ingest` (called by `FeatureServer` for every accepted frame) dequantizes the frame into
 /// the agent's slot; `tick` fuses, for every agent with a new frame, the newest frame of each
 /// agent whose capture time lies within `window` of it, runs the server half of the model and
-/// returns boxes in that agent's frame. Thread-safe: ingest and tick may run on different tasks.
+/// returns boxes in that agent's frame. Thread-safe: ingest and tick may run on different tasks,
+/// and a tick holds the lock only to gather its inputs and to record its results, never while it
+/// fuses: the receive path (`ingest`, then the Ack) does not wait for fusion. Each agent's slot is
+/// double-buffered; the map a running tick reads is pinned, and a frame that arrives meanwhile is
+/// dequantized into the other buffer.
 public final class FusionService: @unchecked Sendable {
     public struct Options: Sendable {
         /// Frames captured further apart than this are not fused together.
@@ -41,6 +45,8 @@ public final class FusionService: @unchecked Sendable {
 
     struct Slot {
         var features: FloatTensor
+        /// The buffer the next frame is dequantized into (nil while a tick reads it).
+        var spare: FloatTensor?
         var position = SIMD2<Float>.zero
         var yaw: Float = 0
         var captureNs: UInt64 = 0
@@ -54,6 +60,11 @@ public final class FusionService: @unchecked Sendable {
     private let quantization: [String: FeatureQuantization]
     private let lock = NSLock()
     private var slots: [String: Slot] = [:]
+    /// Maps a running tick reads (by identity, with a count): ingest never writes into them.
+    private var pinned: [ObjectIdentifier: Int] = [:]
+    /// Called by `tick` between gathering its inputs and fusing them, without the lock held (tests
+    /// hold a pass there to show that ingest does not wait for it).
+    nonisolated(unsafe) var beforeFusing: (@Sendable () -> Void)?
     private let maxChannels: Int
     public private(set) var dropped = 0
     private var durations = [Double](repeating: 0, count: 512)  // ring of per-agent fusion times (s)
@@ -115,12 +126,18 @@ public final class FusionService: @unchecked Sendable {
             params = (q.scale, q.zeroPoint)
             empty = q.empty
         }
+        // Take a buffer no tick is reading (under the lock), fill it without the lock.
         lock.lock()
-        defer { lock.unlock() }
-        var slot = slots[agent] ?? Slot(features: FloatTensor(height: detector.height, width: detector.width, channels: maxChannels))
+        var buffer: FloatTensor?
+        if let spare = slots[agent]?.spare, pinned[ObjectIdentifier(spare)] == nil {
+            buffer = spare
+            slots[agent]!.spare = nil
+        }
+        lock.unlock()
+        let target = buffer ?? FloatTensor(height: detector.height, width: detector.width, channels: maxChannels)
         let c = h.channels, cells = h.cells
-        slot.features.reshape(height: h.height, width: h.width, channels: c)
-        let dst = slot.features.pointer
+        target.reshape(height: h.height, width: h.width, channels: c)
+        let dst = target.pointer
         // Values are channel-major over the sent cells (k-th sent cell); unsent cells are 0.
         let k = f.sentCells
         if let m = f.mask {
@@ -143,6 +160,13 @@ public final class FusionService: @unchecked Sendable {
             }
         }
         let q = h.orientation
+        lock.lock()
+        defer { lock.unlock() }
+        var slot = slots[agent] ?? Slot(features: target)
+        if slot.features !== target {
+            slot.spare = slot.features  // ingest checks it is not pinned before reuse
+            slot.features = target
+        }
         slot.position = SIMD2(Float(h.position.x), Float(h.position.y))
         slot.yaw = Float(atan2(2 * (q.w * q.z + q.x * q.y), 1 - 2 * (q.y * q.y + q.z * q.z)))
         slot.captureNs = h.captureTimeNs
@@ -173,14 +197,12 @@ public final class FusionService: @unchecked Sendable {
         return slots.filter(\.value.fresh).map(\.key).sorted()
     }
 
-    /// Fuses for every agent with a new frame (or for `only`).
+    /// Fuses for every agent with a new frame (or for `only`). The inputs are gathered and their
+    /// maps pinned under the lock; the fusion itself runs without it.
     public func tick(only: [String]? = nil) -> [Output] {
-        lock.lock()
-        defer { lock.unlock() }
-        // Gather the work under the lock, fuse in parallel (each worker its own detector), then
-        // mark the egos done.
         struct Job: @unchecked Sendable { var ego: String; var slot: Slot; var names: [String]; var inputs: [CooperativeDetector.AgentInput] }
         var jobs: [Job] = []
+        lock.lock()
         for ego in (only ?? slots.filter(\.value.fresh).map(\.key)).sorted() {
             guard let e = slots[ego] else { continue }
             let names = slots.keys.sorted().filter { n in
@@ -192,21 +214,36 @@ public final class FusionService: @unchecked Sendable {
             let inputs = names.map { n in
                 CooperativeDetector.AgentInput(features: slots[n]!.features, position: slots[n]!.position, yaw: slots[n]!.yaw)
             }
+            for i in inputs { pinned[ObjectIdentifier(i.features), default: 0] += 1 }
             jobs.append(Job(ego: ego, slot: e, names: names, inputs: inputs))
+            slots[ego]!.fresh = false  // a frame that arrives during the pass marks it fresh again
         }
+        lock.unlock()
+        beforeFusing?()
+        // Fuse in parallel, each worker with its own detector.
         let results = Locked<[Int: ([BEVBox], Double, (Double, Double, Double))]>([:])
         let workers = min(detectors.count, jobs.count)
         let fusionMode = options.fusion
         let dets = detectors
         let jobsCopy = jobs
-        DispatchQueue.concurrentPerform(iterations: workers) { w in
-            for k in stride(from: w, to: jobsCopy.count, by: workers) {
-                let j = jobsCopy[k]
-                let t0 = monotonicSeconds()
-                let boxes = dets[w].detect(ego: j.names.firstIndex(of: j.ego)!, agents: j.inputs, fusion: fusionMode)
-                let dt = monotonicSeconds() - t0
-                let st = dets[w].lastStageSeconds
-                results.withLock { $0[k] = (boxes, dt, (st.warpFuse, st.head, st.nms)) }
+        if workers > 0 {
+            DispatchQueue.concurrentPerform(iterations: workers) { w in
+                for k in stride(from: w, to: jobsCopy.count, by: workers) {
+                    let j = jobsCopy[k]
+                    let t0 = monotonicSeconds()
+                    let boxes = dets[w].detect(ego: j.names.firstIndex(of: j.ego)!, agents: j.inputs, fusion: fusionMode)
+                    let dt = monotonicSeconds() - t0
+                    let st = dets[w].lastStageSeconds
+                    results.withLock { $0[k] = (boxes, dt, (st.warpFuse, st.head, st.nms)) }
+                }
+            }
+        }
+        lock.lock()
+        defer { lock.unlock() }
+        for j in jobs {
+            for i in j.inputs {
+                let id = ObjectIdentifier(i.features)
+                pinned[id] = pinned[id].map { $0 > 1 ? $0 - 1 : nil } ?? nil
             }
         }
         var outputs: [Output] = []
@@ -220,9 +257,7 @@ public final class FusionService: @unchecked Sendable {
             durationCount += 1
             durationSum += dt
             resultCount += 1
-            var e = j.slot
-            e.fresh = false
-            slots[j.ego] = e
+            let e = j.slot
             outputs.append(Output(agent: j.ego, sequence: e.sequence, captureTimeNs: e.captureNs, fusedAgents: j.names, boxes: boxes,
                                   position: e.position, yaw: e.yaw))
         }

@@ -1,0 +1,69 @@
+import Dispatch
+import Foundation
+import Testing
+@testable import SlimServer
+import SlimWire
+
+/// Fusion runs off the receive path: while a pass fuses, frames are still taken in (and so
+/// acknowledged), into the other buffer of each agent's slot.
+@Suite("Fusion service: ingest does not wait for a fusion pass")
+struct FusionServiceTests {
+    static let model = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Models/slimsplit-bev.safetensors").path
+
+    /// A full-width 8-bit frame of `agent` (inline quantization), encoded and decoded as the server does.
+    static func ingest(_ fusion: FusionService, agent: String, sequence: UInt64, x: Double) throws -> Bool {
+        let (c, h, w) = (64, 32, 32)
+        let header = FeatureFrameHeader(agentID: agent, sequence: sequence, captureTimeNs: 1_000_000_000 + sequence * 100_000_000, modelID: "m",
+                                        widthIndex: 3, bits: 8, channels: c, height: h, width: w,
+                                        quant: .inline(scales: .init(repeating: 0.02, count: c), zeroPoints: .init(repeating: 0, count: c)),
+                                        masked: false, codec: .none)
+        var hh = header
+        hh.position = SIMD3(x, 0, 0)
+        hh.orientation = SIMD4(0, 0, 0, 1)
+        let dense = (0..<(c * h * w)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ Int(sequence)) }
+        var out = [UInt8](repeating: 0, count: FeatureFrameEncoder.maxEncodedLength(hh))
+        let (length, _) = dense.withUnsafeBufferPointer { d in out.withUnsafeMutableBytes { FeatureFrameEncoder().encode(hh, dense: d, mask: nil, into: $0) } }
+        return try out.withUnsafeBytes { b in
+            let decoded = try FeatureFrameDecoder().decode(try Envelope.open(UnsafeRawBufferPointer(rebasing: b[0..<length])), messageLength: length)
+            return fusion.ingest(agent: agent, decoded)
+        }
+    }
+
+    @Test func ingestDuringFusion() throws {
+        let fusion = try FusionService(modelFile: Self.model)
+        #expect(try Self.ingest(fusion, agent: "a", sequence: 1, x: 0))
+        #expect(try Self.ingest(fusion, agent: "b", sequence: 1, x: 10))
+        let fusing = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
+        fusion.beforeFusing = { fusing.signal(); release.wait() }
+        let outputs = LockedBox<[FusionService.Output]>([])
+        let tickDone = DispatchSemaphore(value: 0)
+        Thread { outputs.set(fusion.tick()); tickDone.signal() }.start()
+        // The pass holds here, between gathering and fusing; frames must still go in.
+        #expect(fusing.wait(timeout: .now() + 120) == .success)
+        let ingested = DispatchSemaphore(value: 0)
+        Thread {
+            for s in UInt64(2)...4 { _ = try? Self.ingest(fusion, agent: "a", sequence: s, x: 1) }
+            ingested.signal()
+        }.start()
+        let inWhileFusing = ingested.wait(timeout: .now() + 20) == .success
+        fusion.beforeFusing = nil
+        release.signal()
+        #expect(tickDone.wait(timeout: .now() + 300) == .success)
+        #expect(inWhileFusing, "ingest waited for the fusion pass")
+        // The pass fused what it gathered (sequence 1 of both agents) …
+        #expect(outputs.get().map(\.agent).sorted() == ["a", "b"])
+        #expect(outputs.get().allSatisfy { $0.sequence == 1 })
+        // … and the frame that came in meanwhile is fused next, with its own pose.
+        let next = fusion.tick()
+        #expect(next.map(\.agent) == ["a"] && next.first?.sequence == 4 && next.first?.position.x == 1)
+    }
+}
+
+final class LockedBox<T>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: T
+    init(_ v: T) { value = v }
+    func set(_ v: T) { lock.lock(); value = v; lock.unlock() }
+    func get() -> T { lock.lock(); defer { lock.unlock() }; return value }
+}
