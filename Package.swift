@@ -13,6 +13,7 @@ let package = Package(
     name: "SlimSplit",
     products: [
         .executable(name: "slimsplit", targets: ["slimsplit"]),
+        .executable(name: "slimsplit-bench", targets: ["slimsplit-bench"]),
         .library(name: "SlimWire", targets: ["SlimWire"]),
         .library(name: "SlimTransport", targets: ["SlimTransport"]),
     ],
@@ -44,8 +45,9 @@ let package = Package(
         .target(name: "SlimTransport",
                 dependencies: ["CZeroMQ", "SlimWire", .product(name: "Logging", package: "swift-log")],
                 swiftSettings: strict),
-        // YAML configuration files, validated with errors that name file and key.
-        .target(name: "SlimConfig", dependencies: ["Yams", "SlimWire", "SlimTransport"], swiftSettings: strict),
+        // YAML configuration files, validated with errors that name file and key (a reader only:
+        // the server's and agent's configs are in SlimPipeline, so sensors link no transport).
+        .target(name: "SlimConfig", dependencies: ["Yams"], swiftSettings: strict),
         // Fusion server: sessions, validation, per-agent accounting.
         .target(name: "SlimServer",
                 dependencies: ["SlimWire", "SlimTransport", "SlimEngine", .product(name: "Logging", package: "swift-log")],
@@ -60,14 +62,23 @@ let package = Package(
         .target(name: "SlimSensors", dependencies: ["CKernels", "CLZ4", "CZstd", "SlimEngine", "SlimConfig"], swiftSettings: strict),
         // End to end: agents replaying a recording and the fusion server, over real sockets.
         .target(name: "SlimPipeline",
-                dependencies: ["SlimWire", "SlimTransport", "SlimEngine", "SlimSensors", "SlimAgent", "SlimServer",
+                dependencies: ["SlimWire", "SlimTransport", "SlimConfig", "SlimEngine", "SlimSensors", "SlimAgent", "SlimServer",
                                .product(name: "Logging", package: "swift-log")],
                 swiftSettings: strict),
         .executableTarget(
             name: "slimsplit",
             dependencies: [
-                "SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "SlimEngine", "SlimSensors", "SlimPipeline", "CZeroMQ", "CAllocCounter",
+                "SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "SlimEngine", "SlimSensors", "SlimPipeline", "CZeroMQ",
                 "CShutdown",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        // Benchmarks (JSON, peers compared in the same run); the only executable with the allocation counter.
+        .executableTarget(
+            name: "slimsplit-bench",
+            dependencies: [
+                "SlimWire", "SlimTransport", "SlimEngine", "SlimSensors", "SlimPipeline", "CZeroMQ", "CAllocCounter",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -79,7 +90,7 @@ let package = Package(
         .testTarget(name: "SlimPipelineTests", dependencies: ["SlimPipeline", "SlimAgent", "SlimEngine", "SlimSensors", "CAllocCounter"],
                     swiftSettings: strict),
         .testTarget(name: "SlimTransportTests",
-                    dependencies: ["SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "SlimEngine", "CZeroMQ"],
+                    dependencies: ["SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "SlimEngine", "SlimPipeline", "CZeroMQ"],
                     swiftSettings: strict),
     ]
 )

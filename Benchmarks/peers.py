@@ -13,7 +13,7 @@ times:
 ONNX Runtime: CPU EP, intra_op_num_threads=1, inter_op_num_threads=1, sequential, default graph
 optimization. Input: 1 x C x H x W (default 128 x 128) BEV-like, ~15% of cells occupied; the peers
 are dense engines, so their time does not depend on the input's content.
-Then runs `slimsplit bench encoder --json --kernels all` on every kernel path this CPU runs, on
+Then runs `slimsplit-bench encoder --json --kernels all` on every kernel path this CPU runs, on
 simulator BEV frames (`sim`) and the random input (`random`), and once more with `--dense` (every
 cell computed), and prints one JSON document on stdout (progress goes to stderr). Ratios are
 SlimSplit p50 / peer p50: below 1 means SlimSplit is faster.
@@ -137,11 +137,11 @@ def extract_json(text: str):
 
 def run_slimsplit(binary: Path, model: Path, timeout: int, extra: list[str]) -> dict:
     if not binary.exists():
-        msg = (f"slimsplit binary not found at {binary}; build it with `swift build -c release` "
+        msg = (f"slimsplit binary not found at {binary}; build it with `swift build -c release --product slimsplit-bench` "
                f"(or pass --slimsplit PATH). Peers are still reported.")
         log("NOTE: " + msg)
         return {"status": "missing", "binary": str(binary), "message": msg, "results": []}
-    cmd = [str(binary), "bench", "encoder", "--json", "--model", str(model), "--kernels", "all", *extra]
+    cmd = [str(binary), "encoder", "--json", "--model", str(model), "--kernels", "all", *extra]
     log("running: " + " ".join(cmd))
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -151,7 +151,7 @@ def run_slimsplit(binary: Path, model: Path, timeout: int, extra: list[str]) -> 
     doc = extract_json(p.stdout)
     if p.returncode != 0 or doc is None or not isinstance(doc.get("runs_by_kernel"), list):
         msg = f"exit status {p.returncode}; stderr: {p.stderr.strip()[-2000:]}; stdout: {p.stdout.strip()[-1000:]}"
-        log("WARNING: slimsplit bench encoder failed: " + msg)
+        log("WARNING: slimsplit-bench encoder failed: " + msg)
         return {"status": "failed", "binary": str(binary), "command": cmd, "message": msg, "results": []}
     return {"status": "ok", "binary": str(binary), "command": cmd, "runs": doc["runs_by_kernel"],
             "raw": {k: v for k, v in doc.items() if k != "runs_by_kernel"}}
@@ -164,7 +164,7 @@ def p50(d):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=ROOT / "Models" / "slimsplit-bev.safetensors")
-    ap.add_argument("--slimsplit", type=Path, default=ROOT / ".build" / "release" / "slimsplit")
+    ap.add_argument("--slimsplit", type=Path, default=ROOT / ".build" / "release" / "slimsplit-bench")
     ap.add_argument("--runs", type=int, default=300, help="timed runs per measurement (>= 200 recommended)")
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--height", type=int, default=128)

@@ -52,7 +52,7 @@ public final class ConfigSection {
         return try parse(text, file: file)
     }
 
-    func keyPath(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
+    public func keyPath(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
 
     private func node(_ key: String) -> Node? {
         used.insert(key)

@@ -18,7 +18,7 @@ struct SlimSplit: AsyncParsableCommand {
               slimsplit agent --config Configs/agent.yaml
             """,
         subcommands: [ServerCommand.self, AgentCommand.self, RecordCommand.self, ReplayCommand.self, DatasetCommand.self, EvalCommand.self,
-                      KeygenCommand.self, DemoCommand.self, BenchCommand.self])
+                      KeygenCommand.self, DemoCommand.self])
 }
 
 /// Options every long-running command shares.

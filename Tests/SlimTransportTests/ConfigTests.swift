@@ -1,6 +1,7 @@
 import Foundation
 import SlimTransport
 import SlimConfig
+import SlimPipeline
 import Testing
 
 @Suite("Configs: validated with errors that name the file and the key")

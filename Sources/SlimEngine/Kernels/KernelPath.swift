@@ -11,7 +11,7 @@ import Synchronization
 /// path the CPU lacks is an error (`KernelPathError`), never an illegal instruction.
 ///
 /// ```
-/// $ SLIMSPLIT_KERNELS=avx2 slimsplit bench encoder --json   # "kernels": "avx2"
+/// $ SLIMSPLIT_KERNELS=avx2 slimsplit-bench encoder --json   # "kernels": "avx2"
 /// $ SLIMSPLIT_KERNELS=neon-dot slimsplit server ...         # on a Cortex-A72:
 /// error: SLIMSPLIT_KERNELS=neon-dot: this CPU cannot run it (it runs: portable, neon)
 /// ```

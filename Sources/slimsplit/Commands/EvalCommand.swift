@@ -78,12 +78,6 @@ struct EvalCommand: AsyncParsableCommand {
     }
 }
 
-func percentile(_ v: [Double], _ p: Double) -> Double {
-    guard !v.isEmpty else { return .nan }
-    let s = v.sorted()
-    return s[min(s.count - 1, Int(p * Double(s.count)))]
-}
-
 func apDict(_ ap: AveragePrecision) -> [String: Double] {
     let p = ap.percent
     return ["0.3": Double(p[0]), "0.5": Double(p[1]), "0.7": Double(p[2])].mapValues { $0.isNaN ? -1 : ($0 * 100).rounded() / 100 }

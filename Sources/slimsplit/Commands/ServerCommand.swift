@@ -1,6 +1,7 @@
 import ArgumentParser
 import Logging
 import SlimConfig
+import SlimPipeline
 import SlimServer
 import SlimTransport
 import SlimSensors

@@ -1,3 +1,4 @@
+import SlimPipeline
 import SlimAgent
 import SlimConfig
 import SlimTransport

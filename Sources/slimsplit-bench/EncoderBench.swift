@@ -1,3 +1,4 @@
+import SlimPipeline
 import ArgumentParser
 import CAllocCounter
 import Foundation

@@ -1,30 +1,30 @@
 import SlimWire
 
 /// Deterministic pseudo-random numbers (SplitMix64), for synthetic data and benchmarks.
-struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
+public struct SplitMix64: Sendable {
+    public var state: UInt64
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return z ^ (z >> 31)
     }
-    mutating func unit() -> Double { Double(next() >> 11) / Double(1 << 53) }
+    public mutating func unit() -> Double { Double(next() >> 11) / Double(1 << 53) }
 }
 
 /// Synthetic quantized feature maps shaped like a BEV encoder's output: most cells empty
 /// (value 0 after ReLU, zero point 0), occupied cells in blobs with smooth values. Stands in
 /// for the encoder until the neural engine produces real features.
-struct SyntheticFeatures {
-    let channels: Int, height: Int, width: Int, bits: Int
-    var dense: [UInt8]
-    var mask: [UInt8]
+public struct SyntheticFeatures {
+    public let channels: Int, height: Int, width: Int, bits: Int
+    public var dense: [UInt8]
+    public var mask: [UInt8]
     private var rng: SplitMix64
     private let occupancy: Double
 
-    init(channels: Int, height: Int, width: Int, bits: Int, occupancy: Double, seed: UInt64) {
+    public init(channels: Int, height: Int, width: Int, bits: Int, occupancy: Double, seed: UInt64) {
         self.channels = channels
         self.height = height
         self.width = width
@@ -37,7 +37,7 @@ struct SyntheticFeatures {
     }
 
     /// Fills `dense` and `mask` with the next frame (no allocation).
-    mutating func next() {
+    public mutating func next() {
         let cells = height * width
         let maxQ = (1 << bits) - 1
         for i in 0..<mask.count { mask[i] = 0 }
@@ -66,7 +66,7 @@ struct SyntheticFeatures {
         }
     }
 
-    func header(agentID: String, widthIndex: Int, masked: Bool, lz4: Bool) -> FeatureFrameHeader {
+    public func header(agentID: String, widthIndex: Int, masked: Bool, lz4: Bool) -> FeatureFrameHeader {
         FeatureFrameHeader(
             agentID: agentID, sequence: 0, captureTimeNs: 0, modelID: "synthetic",
             widthIndex: UInt8(widthIndex), bits: UInt8(bits), channels: channels, height: height, width: width,

@@ -1,3 +1,4 @@
+import SlimPipeline
 import ArgumentParser
 import CZeroMQ
 import Foundation
@@ -56,7 +57,7 @@ struct WireBench: ParsableCommand {
                 ]
                 results.append(entry)
                 if !json {
-                    FileHandle.standardError.write(Data(("\(content) \(lz4 ? "lz4" : "none") \(cs.name): slimsplit \(Int(s.fps)) fps, raw \(Int(r.fps)) fps, ratio \(fmt(s.fps / r.fps, 3)); encode \(fmt(encodeUs)) µs, decode \(fmt(decodeUs)) µs\n").utf8))
+                    FileHandle.standardError.write(Data(("\(content) \(lz4 ? "lz4" : "none") \(cs.name): slimsplit \(Int(s.fps)) fps, raw \(Int(r.fps)) fps, ratio \(String(format: "%.3f", s.fps / r.fps)); encode \(String(format: "%.1f", encodeUs)) µs, decode \(String(format: "%.1f", decodeUs)) µs\n").utf8))
                 }
             }
         }

@@ -1,3 +1,4 @@
+import SlimConfig
 import SlimTransport
 import SlimWire
 
