@@ -86,13 +86,17 @@ class Server:
         self.stats["rejected"] += 1
         return []
 
-    def handle(self, rid: bytes, data: bytes, received_ns: int, received_mono: int) -> list[bytes]:
-        """Return the messages to send back to `rid`."""
+    def handle(self, rid: bytes, data: bytes, received_ns: int, received_mono: int,
+               key_name: str | None = None) -> list[bytes]:
+        """Return the messages to send back to `rid`. `key_name` is the allow-list name of the
+        Curve key that authenticated the connection (ZAP User-Id), None without Curve."""
         self.stats["messages"] += 1
         try:
             msg = ss.decode(data)
         except ss.WireError as exc:
             return self.reject(rid, exc.reason)
+        if isinstance(msg, ss.Hello) and key_name is not None and msg.agent_id != key_name:
+            return self.reject(rid, "identity_mismatch")
         if isinstance(msg, ss.Hello):
             self.sessions[rid] = {"agent_id": msg.agent_id, "widths": msg.widths, "last": None}
             self.epochs[msg.agent_id] += 1
@@ -181,14 +185,17 @@ def main(argv=None) -> int:
                     break
             if not sock.poll(wait):
                 continue
-            parts = sock.recv_multipart()
+            frames = sock.recv_multipart(copy=False)
             received_ns, received_mono = time.time_ns(), time.monotonic_ns()
+            parts = [f.bytes for f in frames]
             rid = parts[0]
             if len(parts) != 2:  # a SlimSplit message is exactly one part
                 server.stats["messages"] += 1
                 server.reject(rid, "length_mismatch")
                 continue
-            for reply in server.handle(rid, parts[1], received_ns, received_mono):
+            # The ZAP handler's user id (the key's allow-list name) travels with every message.
+            key_name = frames[1].get("User-Id") if curve else None
+            for reply in server.handle(rid, parts[1], received_ns, received_mono, key_name=key_name):
                 sock.send_multipart([rid, reply])
     except KeyboardInterrupt:
         pass

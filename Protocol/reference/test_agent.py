@@ -66,7 +66,7 @@ class TestLoopback(unittest.TestCase):
             self.assertFalse(out["control_received"])
             self.assertIn("no Control", err)
             rc, out, err = run_agent(endpoint, "--server-key", f"{server}.pub", "--public-key",
-                                     f"{agent}.pub", "--secret-key", f"{agent}.key",
+                                     f"{agent}.pub", "--secret-key", f"{agent}.key", "--agent-id", "agent-1",
                                      "--frames", "5", "--interval", "0.01", "--bits", "4",
                                      "--lz4", "--mask", "--timeout", "10")
             self.assertEqual(rc, 0, err)
@@ -79,6 +79,26 @@ class TestLoopback(unittest.TestCase):
         self.assertEqual(summary["authenticated"], {"agent-1": 1})
         intruder_key = ss.read_key(f"{intruder}.pub").decode()
         self.assertGreaterEqual(summary["unauthenticated"].get(intruder_key, 0), 1)
+
+    def test_key_is_the_identity(self):
+        server, agent, other = (self.keypair(n) for n in ("server", "agent-1", "agent-2"))
+        allow = self.tmp / "allow"
+        allow.mkdir()
+        shutil.copy(f"{agent}.pub", allow / "agent-1.pub")
+        shutil.copy(f"{other}.pub", allow / "agent-2.pub")
+        proc, endpoint = run_server("--key", str(server), "--allow", str(allow),
+                                    "--max-messages", "1", "--duration", "30")
+        try:
+            # agent-2's key, claiming to be agent-1: no Control, the Hello is rejected.
+            rc, out, err = run_agent(endpoint, "--server-key", f"{server}.pub", "--public-key",
+                                     f"{other}.pub", "--secret-key", f"{other}.key", "--agent-id", "agent-1",
+                                     "--frames", "2", "--timeout", "1")
+            self.assertNotEqual(rc, 0)
+            self.assertFalse(out["control_received"])
+        finally:
+            summary = server_summary(proc)
+        self.assertEqual(summary["hellos"], 0)
+        self.assertGreaterEqual(sum(r.get("identity_mismatch", 0) for r in summary["rejected_by_sender"].values()), 1)
 
     def test_null_mechanism_with_results(self):
         proc, endpoint = run_server("--results", "--max-messages", "4", "--duration", "30")

@@ -112,6 +112,10 @@ public final class FeatureServer: Sendable {
                 case .hello:
                     var r = WireReader(env.body)
                     let hello = try Hello(body: &r, payload: env.payload, limits: options.limits)
+                    // With Curve on, the key is the identity: an agent speaks only under its key's name.
+                    if let key = m.peerName, key != hello.agentID {
+                        throw WireError(.identityMismatch, "Hello says agent \(hello.agentID), the connection's key is \(key)")
+                    }
                     session = Session(hello: hello, lastSequence: nil)
                     sessions[route] = session
                     statsByRoute.withLock { s in

@@ -17,6 +17,8 @@ public enum RejectReason: String, Sendable, CaseIterable, Hashable, Codable {
     case staleSequence = "stale_sequence"
     case unexpectedKind = "unexpected_kind"
     case unauthenticated
+    /// A Hello whose agent_id is not the name of the Curve key that authenticated the connection.
+    case identityMismatch = "identity_mismatch"
 }
 
 /// A rejected message: the reason code plus what and where, for a person reading the log.

@@ -121,6 +121,27 @@ struct BadInputTests {
         await server.stop()
     }
 
+    @Test("an allowed key speaks only under its own name: a Hello as another agent opens no session")
+    func impostor() async throws {
+        let carKeys = try CurveKeyPair.generate(), otherKeys = try CurveKeyPair.generate()
+        let server = try TestServer(allowed: ["car-1": carKeys, "car-2": otherKeys])
+        let car = try TestAgent(id: "car-1", server: server, keys: carKeys)
+        let impostor = RawClient(endpoint: server.router.endpoint, serverKey: server.keys.publicKey, keys: otherKeys)
+        impostor.send(Hello(agentID: "car-1", modelID: "test").encoded())
+        for s in 1...5 { impostor.send(frameBytes(agent: "car-1", sequence: UInt64(100 + s))) }
+        #expect(await car.stream(10))
+        #expect(await eventually(20) { (server.server.rejections[.identityMismatch] ?? 0) >= 1 })
+        #expect(impostor.receive(timeoutMs: 300) == nil, "the impostor got a Control")
+        #expect(await eventually(10) { (server.server.rejections[.helloRequired] ?? 0) >= 5 })
+        // Only the real car-1's frames count as car-1's, and all of them were acknowledged.
+        #expect(await eventually(10) {
+            server.server.stats["car-1"]?.frames == car.agent.stats.framesSubmitted && car.agent.stats.acks == car.agent.stats.framesSubmitted
+        })
+        #expect(server.server.stats["car-1"]?.keyName == "car-1")
+        await car.stop()
+        await server.stop()
+    }
+
     @Test("rejections are logged once per interval per agent and reason, not once per message")
     func rateLimitedLog() {
         let log = RateLimitedLog(logger: Logger(label: "test"), interval: 3600)
