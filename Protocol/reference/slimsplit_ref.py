@@ -29,7 +29,7 @@ REASONS = (
     "truncated", "bad_magic", "unsupported_version", "over_limit", "length_mismatch",
     "crc_mismatch", "unknown_kind", "body_truncated", "field_out_of_range",
     "payload_size_mismatch", "codec_error", "hello_required", "agent_mismatch",
-    "stale_sequence", "unexpected_kind", "unauthenticated", "identity_mismatch",
+    "stale_sequence", "unexpected_kind", "unauthenticated", "identity_mismatch", "model_mismatch",
 )
 
 _IDENT = re.compile(rb"[A-Za-z0-9._-]{1,64}")

@@ -64,7 +64,8 @@ class TestInvalidVectors(unittest.TestCase):
     def test_every_reason_shown(self):
         reasons = {doc["error"] for _, _, doc in load("invalid")}
         single_message = set(ss.REASONS) - {"hello_required", "agent_mismatch", "stale_sequence",
-                                            "unexpected_kind", "unauthenticated", "identity_mismatch"}
+                                            "unexpected_kind", "unauthenticated", "identity_mismatch",
+                                            "model_mismatch"}
         self.assertEqual(reasons, single_message)
 
     def test_rejected_with_reason(self):

@@ -82,7 +82,7 @@ public final class CooperativeSession: @unchecked Sendable {
         let fuseTimes = Locked<[Double]>([])
         let expected = Set(agents)
         let serverBox = Locked<FeatureServer?>(nil)
-        let server = FeatureServer(endpoint: router, logger: logger) { agent, frame in
+        let server = FeatureServer(endpoint: router, logger: logger, check: { _, header in fusion.check(header) }) { agent, frame in
             fusion.ingest(agent: agent, frame)
             let pending = Set(fusion.pending)
             guard pending == expected else { return }

@@ -37,6 +37,9 @@ public struct ServerOptions: Sendable {
 /// (`run()`), so per-agent state needs no locking; `stats` may be read from any thread.
 public final class FeatureServer: Sendable {
     public typealias FrameHandler = @Sendable (_ agent: String, _ frame: FeatureFrameDecoder.Decoded) -> Void
+    /// Checks a frame that passed the session's checks against what the server can use (the
+    /// model's transmitted map), before it is acknowledged: a returned error rejects it.
+    public typealias FrameCheck = @Sendable (_ agent: String, _ header: FeatureFrameHeader) -> WireError?
 
     private struct Session {
         var hello: Hello?
@@ -52,8 +55,11 @@ public final class FeatureServer: Sendable {
     private let routes = Locked<[String: RoutingID]>([:])
     private let controlEpoch = Locked<UInt32>(0)
     private let onFrame: FrameHandler?
+    private let check: FrameCheck?
 
-    public init(endpoint: RouterEndpoint, options: ServerOptions = ServerOptions(), logger: Logger, onFrame: FrameHandler? = nil) {
+    public init(endpoint: RouterEndpoint, options: ServerOptions = ServerOptions(), logger: Logger, check: FrameCheck? = nil,
+                onFrame: FrameHandler? = nil) {
+        self.check = check
         self.endpoint = endpoint
         self.options = options
         self.logger = logger
@@ -145,6 +151,7 @@ public final class FeatureServer: Sendable {
                     if let last = session.lastSequence, h.sequence <= last {
                         throw WireError(.staleSequence, "sequence \(h.sequence) not after \(last)")
                     }
+                    if let check, let problem = check(hello.agentID, h) { throw problem }
                     session.lastSequence = h.sequence
                     sessions[route] = session
                     let now = Clock.monotonicNs()

@@ -109,6 +109,26 @@ public final class FusionService: @unchecked Sendable {
         self.options = options
     }
 
+    /// Whether a frame fits the model's transmitted map (C×H×W, and quantization parameters for
+    /// its width and bit depth); the server rejects it before the Ack otherwise.
+    public func check(_ h: FeatureFrameHeader) -> WireError? {
+        guard h.height == detector.height, h.width == detector.width else {
+            return WireError(.modelMismatch, "frame is \(h.height)×\(h.width) cells, the model fuses \(detector.height)×\(detector.width)")
+        }
+        guard h.channels <= maxChannels else {
+            return WireError(.modelMismatch, "frame has \(h.channels) channels, the model's map at most \(maxChannels)")
+        }
+        if case .model = h.quant {
+            guard let q = quantization["\(h.widthIndex).\(h.bits)"] else {
+                return WireError(.modelMismatch, "the model has no quantization for width index \(h.widthIndex) at \(h.bits) bits")
+            }
+            guard q.scale.count == h.channels else {
+                return WireError(.modelMismatch, "width index \(h.widthIndex) sends \(q.scale.count) channels, the frame has \(h.channels)")
+            }
+        }
+        return nil
+    }
+
     /// Dequantizes an accepted frame into its agent's slot. Rejects (returns false) frames whose
     /// shape does not match the model's transmitted map.
     @discardableResult

@@ -19,6 +19,8 @@ public enum RejectReason: String, Sendable, CaseIterable, Hashable, Codable {
     case unauthenticated
     /// A Hello whose agent_id is not the name of the Curve key that authenticated the connection.
     case identityMismatch = "identity_mismatch"
+    /// A frame whose shape or quantization contradicts the model the server fuses with.
+    case modelMismatch = "model_mismatch"
 }
 
 /// A rejected message: the reason code plus what and where, for a person reading the log.

@@ -2,6 +2,7 @@ import Dispatch
 import Foundation
 import Testing
 @testable import SlimServer
+import SlimTransport
 import SlimWire
 
 /// Fusion runs off the receive path: while a pass fuses, frames are still taken in (and so
@@ -57,6 +58,42 @@ struct FusionServiceTests {
         // … and the frame that came in meanwhile is fused next, with its own pose.
         let next = fusion.tick()
         #expect(next.map(\.agent) == ["a"] && next.first?.sequence == 4 && next.first?.position.x == 1)
+    }
+}
+
+@Suite("Frames that contradict the model are rejected before the Ack (model_mismatch)")
+struct ModelMismatchTests {
+    static func header(c: Int, h: Int, w: Int, widthIndex: UInt8 = 3, bits: UInt8 = 8, modelQuant: Bool = false) -> FeatureFrameHeader {
+        FeatureFrameHeader(agentID: "car-1", sequence: 1, captureTimeNs: 1, modelID: "m", widthIndex: widthIndex, bits: bits,
+                           channels: c, height: h, width: w,
+                           quant: modelQuant ? .model : .inline(scales: .init(repeating: 0.1, count: c), zeroPoints: .init(repeating: 0, count: c)),
+                           codec: .none)
+    }
+
+    @Test func shapes() throws {
+        let fusion = try FusionService(modelFile: FusionServiceTests.model)
+        #expect(fusion.check(Self.header(c: 64, h: 32, w: 32)) == nil)
+        #expect(fusion.check(Self.header(c: 16, h: 32, w: 32, widthIndex: 0, bits: 4, modelQuant: true)) == nil)
+        for (c, h, w) in [(3, 5, 7), (1, 1, 1), (1024, 128, 128), (65, 32, 32)] {
+            #expect(fusion.check(Self.header(c: c, h: h, w: w))?.reason == .modelMismatch, "\(c)×\(h)×\(w)")
+        }
+        // Model quantization for a width whose channel count the frame does not have.
+        #expect(fusion.check(Self.header(c: 64, h: 32, w: 32, widthIndex: 0, bits: 4, modelQuant: true))?.reason == .modelMismatch)
+    }
+
+    @Test("over real sockets: a mismatched frame is counted and not acknowledged")
+    func overSockets() async throws {
+        let fusion = try FusionService(modelFile: FusionServiceTests.model)
+        let keys = try CurveKeyPair.generate()
+        let server = try TestServer(allowed: ["car-1": keys], check: { _, h in fusion.check(h) })
+        let client = RawClient(endpoint: server.router.endpoint, serverKey: server.keys.publicKey, keys: keys)
+        client.send(Hello(agentID: "car-1", modelID: "test").encoded())
+        #expect(client.receive(timeoutMs: 10_000) != nil, "no Control")
+        client.send(frameBytes(agent: "car-1", sequence: 1))  // 8×16×16: not the model's map
+        #expect(await eventually(20) { (server.server.rejections[.modelMismatch] ?? 0) == 1 })
+        #expect(client.receive(timeoutMs: 300) == nil, "the mismatched frame was acknowledged")
+        #expect(server.server.stats["car-1"]?.frames == 0)
+        await server.stop()
     }
 }
 

@@ -32,13 +32,14 @@ final class TestServer: Sendable {
     let task: Task<Void, Never>
 
     init(allowed: [String: CurveKeyPair], curve: Bool = true, options: ServerOptions = ServerOptions(),
-         socket: SocketOptions = SocketOptions(), endpoint: String = "tcp://127.0.0.1:0", keys: CurveKeyPair? = nil) throws {
+         socket: SocketOptions = SocketOptions(), endpoint: String = "tcp://127.0.0.1:0", keys: CurveKeyPair? = nil,
+         check: FeatureServer.FrameCheck? = nil) throws {
         self.keys = try keys ?? CurveKeyPair.generate()
         var allow = CurveAllowList()
         for (name, k) in allowed { allow.names[k.publicKey] = name }
         router = try RouterEndpoint(bind: endpoint, curve: curve ? CurveServer(keyPair: self.keys, allowList: allow) : nil,
                                     options: socket, logger: testLogger)
-        server = FeatureServer(endpoint: router, options: options, logger: testLogger)
+        server = FeatureServer(endpoint: router, options: options, logger: testLogger, check: check)
         let s = server
         task = Task { await s.run() }
     }

@@ -59,7 +59,9 @@ struct ServerCommand: AsyncParsableCommand {
         // A fusion pass runs as soon as a frame is in (frames that arrive together share one), at
         // most tick_hz passes a second: a frame waits for no clock.
         let (arrivals, arrived) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
-        let server = FeatureServer(endpoint: router, options: options, logger: logger) { agent, frame in
+        var check: FeatureServer.FrameCheck?
+        if let f = fusionRef { check = { _, header in f.check(header) } }
+        let server = FeatureServer(endpoint: router, options: options, logger: logger, check: check) { agent, frame in
             if fusionRef?.ingest(agent: agent, frame) == true { arrived.yield() }
         }
         logger.info("listening", metadata: ["endpoint": "\(router.endpoint)"])
