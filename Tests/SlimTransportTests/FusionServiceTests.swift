@@ -31,26 +31,27 @@ struct FusionServiceTests {
         }
     }
 
-    @Test func ingestDuringFusion() throws {
+    // Async, waiting by polling: a test that blocked in a semaphore would hold one of the few
+    // threads of the concurrency pool that the other suites' sockets run on.
+    @Test func ingestDuringFusion() async throws {
         let fusion = try FusionService(modelFile: Self.model)
         #expect(try Self.ingest(fusion, agent: "a", sequence: 1, x: 0))
         #expect(try Self.ingest(fusion, agent: "b", sequence: 1, x: 10))
-        let fusing = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
-        fusion.beforeFusing = { fusing.signal(); release.wait() }
+        let fusing = LockedBox(false), ingested = LockedBox(false), tickDone = LockedBox(false)
+        let release = DispatchSemaphore(value: 0)
+        fusion.beforeFusing = { fusing.set(true); release.wait() }  // holds the pass's own thread
         let outputs = LockedBox<[FusionService.Output]>([])
-        let tickDone = DispatchSemaphore(value: 0)
-        Thread { outputs.set(fusion.tick()); tickDone.signal() }.start()
+        Thread { outputs.set(fusion.tick()); tickDone.set(true) }.start()
         // The pass holds here, between gathering and fusing; frames must still go in.
-        #expect(fusing.wait(timeout: .now() + 120) == .success)
-        let ingested = DispatchSemaphore(value: 0)
+        #expect(await eventually(120) { fusing.get() })
         Thread {
             for s in UInt64(2)...4 { _ = try? Self.ingest(fusion, agent: "a", sequence: s, x: 1) }
-            ingested.signal()
+            ingested.set(true)
         }.start()
-        let inWhileFusing = ingested.wait(timeout: .now() + 20) == .success
+        let inWhileFusing = await eventually(20) { ingested.get() }
         fusion.beforeFusing = nil
         release.signal()
-        #expect(tickDone.wait(timeout: .now() + 300) == .success)
+        #expect(await eventually(300) { tickDone.get() })
         #expect(inWhileFusing, "ingest waited for the fusion pass")
         // The pass fused what it gathered (sequence 1 of both agents) …
         #expect(outputs.get().map(\.agent).sorted() == ["a", "b"])
@@ -88,10 +89,13 @@ struct ModelMismatchTests {
         let server = try TestServer(allowed: ["car-1": keys], check: { _, h in fusion.check(h) })
         let client = RawClient(endpoint: server.router.endpoint, serverKey: server.keys.publicKey, keys: keys)
         client.send(Hello(agentID: "car-1", modelID: "test").encoded())
-        #expect(client.receive(timeoutMs: 10_000) != nil, "no Control")
+        // The welcome Control, waited for in short polls (never blocking a pool thread for long).
+        var kinds: [UInt8] = []
+        #expect(await eventually(60) { if let m = client.receive(timeoutMs: 20) { kinds.append(m[5]) }; return kinds.contains(5) }, "no Control")
         client.send(frameBytes(agent: "car-1", sequence: 1))  // 8×16×16: not the model's map
-        #expect(await eventually(20) { (server.server.rejections[.modelMismatch] ?? 0) == 1 })
-        #expect(client.receive(timeoutMs: 300) == nil, "the mismatched frame was acknowledged")
+        #expect(await eventually(60) { (server.server.rejections[.modelMismatch] ?? 0) == 1 })
+        while let m = client.receive(timeoutMs: 300) { kinds.append(m[5]) }
+        #expect(!kinds.contains(3), "the mismatched frame was acknowledged")
         #expect(server.server.stats["car-1"]?.frames == 0)
         await server.stop()
     }

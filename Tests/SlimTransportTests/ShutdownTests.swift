@@ -16,7 +16,7 @@ struct ShutdownTests {
     }()
 
     @Test(.enabled(if: binary != nil, "the slimsplit binary is not built beside the tests"), arguments: [SIGTERM, SIGINT])
-    func stops(on sig: Int32) throws {
+    func stops(on sig: Int32) async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("slimsplit-shutdown-\(getpid())-\(sig)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -25,23 +25,22 @@ struct ShutdownTests {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Self.binary!)
         p.arguments = ["server", "--config", config.path, "--status-interval", "0"]
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
+        // Output to files, polled without blocking (a blocking read would hold a thread of the
+        // concurrency pool the other suites' sockets run on).
+        let outFile = dir.appendingPathComponent("out.txt"), errFile = dir.appendingPathComponent("err.txt")
+        FileManager.default.createFile(atPath: outFile.path, contents: nil)
+        FileManager.default.createFile(atPath: errFile.path, contents: nil)
+        p.standardOutput = try FileHandle(forWritingTo: outFile)
+        p.standardError = try FileHandle(forWritingTo: errFile)
         try p.run()
-        // Wait (event-driven, generous) for the server to say it listens, then signal it.
-        var log = Data()
-        let deadline = Date().addingTimeInterval(60)
-        while !String(decoding: log, as: UTF8.self).contains("listening"), Date() < deadline, p.isRunning {
-            log.append(err.fileHandleForReading.availableData)
-        }
-        #expect(String(decoding: log, as: UTF8.self).contains("listening"), "the server never said it listens: \(String(decoding: log, as: UTF8.self))")
+        let log = { (try? String(contentsOf: errFile, encoding: .utf8)) ?? "" }
+        #expect(await eventually(60) { log().contains("listening") || !p.isRunning }, "the server never said it listens")
+        #expect(log().contains("listening"), "\(log())")
         kill(p.processIdentifier, sig)
-        let stopBy = Date().addingTimeInterval(30)
-        while p.isRunning, Date() < stopBy { usleep(20_000) }
-        if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        let stopped = await eventually(30) { !p.isRunning }
+        if !stopped { kill(p.processIdentifier, SIGKILL) }
         p.waitUntilExit()
-        let table = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let table = (try? String(contentsOf: outFile, encoding: .utf8)) ?? ""
         #expect(p.terminationReason == .exit && p.terminationStatus == 0, "status \(p.terminationStatus), \(p.terminationReason)")
         #expect(table.contains("agent") && table.contains("frames"), "no closing table: \(table)")
     }
