@@ -103,6 +103,10 @@ public final class RouterEndpoint: Sendable {
 
     /// Closes the socket and finishes `events`. Idempotent.
     public func close() { loop.stop() }
+
+    /// Closes the socket after handing libzmq what is queued to send (Acks, Results) and
+    /// lingering up to `drainMs` for it to reach the agents: a graceful shutdown.
+    public func drainAndClose(drainMs: Int32 = 1000) { loop.stop(drainMs: max(1, drainMs)) }
     deinit { loop.stop() }
 }
 

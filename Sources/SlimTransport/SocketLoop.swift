@@ -64,6 +64,8 @@ final class SocketLoop: @unchecked Sendable {
         var outbox: [Outgoing] = []
         var frame: ZMQMessage?  // newest-wins slot (agent frames)
         var stopping = false
+        /// With `stopping`: hand what is queued to libzmq and give it this long to deliver it.
+        var drainMs: Int32 = 0
         var greeting: [UInt8]?
         var counters = TransportCounters()
     }
@@ -143,10 +145,11 @@ final class SocketLoop: @unchecked Sendable {
     }
 
     /// Stops the thread, closes the sockets and finishes the event stream. Idempotent; waits
-    /// for the thread to end.
-    func stop() {
+    /// for the thread to end. With `drainMs` > 0, messages already queued (Acks, Results) are
+    /// handed to libzmq first and the socket lingers up to that long to deliver them.
+    func stop(drainMs: Int32 = 0) {
         let first = shared.withLock { s -> Bool in
-            defer { s.stopping = true }
+            defer { s.stopping = true; s.drainMs = drainMs }
             return !s.stopping
         }
         guard first, let t = thread else { return }
@@ -171,13 +174,20 @@ final class SocketLoop: @unchecked Sendable {
         // Frames wait until this connection has been greeted (the agent's Hello went first).
         let needsGreeting = shared.withLock { $0.greeting != nil }
         var greeted = !needsGreeting
+        var lingerMs: Int32 = 0
         while true {
-            let stopping = shared.withLock { s -> Bool in
+            let (stopping, drainMs) = shared.withLock { s -> (Bool, Int32) in
                 outbox.append(contentsOf: s.outbox)
                 s.outbox.removeAll(keepingCapacity: true)
-                return s.stopping
+                return (s.stopping, s.drainMs)
             }
-            if stopping { break }
+            if stopping {
+                if drainMs > 0 {
+                    flush(&outbox)  // into libzmq's queues; the linger below delivers them
+                    lingerMs = drainMs
+                }
+                break
+            }
             let hasFrame = greeted && (frame != nil || shared.withLock { $0.frame != nil })
             items[0] = zmq_pollitem_t(socket: socket.handle, fd: 0,
                                       events: (sendOnly ? 0 : Int16(ZMQ_POLLIN)) | ((outbox.isEmpty && !hasFrame) ? 0 : Int16(ZMQ_POLLOUT)), revents: 0)
@@ -218,6 +228,7 @@ final class SocketLoop: @unchecked Sendable {
         shared.withLock { $0.frame = nil; $0.outbox.removeAll() }
         monitor?.close()
         zap?.socket.close()
+        if lingerMs > 0 { try? socket.set(ZMQ_LINGER, lingerMs) }
         socket.close()
         socket.context.terminate()
         close(wakeRead)

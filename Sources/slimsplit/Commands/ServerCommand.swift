@@ -122,10 +122,26 @@ struct ServerCommand: AsyncParsableCommand {
                 }
             }
         }
-        let signals = onShutdownSignal {
-            logger.info("shutting down (signal)")
-            router.close()
+        // Graceful shutdown (signal or --duration): the pass under way ends, a last pass fuses
+        // every frame already acknowledged, its Results and pending Acks go out (the socket
+        // lingers up to 1 s for them), then the loop, the recording and the metrics close.
+        let stopping = Locked(false)
+        let shutdown: @Sendable (String) -> Void = { why in
+            guard stopping.withLock({ s in defer { s = true }; return !s }) else { return }  // once
+            logger.info("shutting down", metadata: ["reason": "\(why)"])
+            Task {
+                arrived.finish()
+                _ = await ticker.value
+                if let fusion = fusionRef {
+                    for o in fusion.tick() {
+                        server.send(fusion.result(o, fusionTimeNs: Clock.wallNs()), toAgent: o.agent)
+                        recorder?.record(o)
+                    }
+                }
+                router.drainAndClose(drainMs: 1000)
+            }
         }
+        let signals = onShutdownSignal { shutdown("signal") }
         logger.debug("signal handlers installed")
         let duration = self.duration, statusInterval = self.statusInterval
         let timer = Task {
@@ -134,7 +150,7 @@ struct ServerCommand: AsyncParsableCommand {
             while !Task.isCancelled {
                 await sleepSeconds(0.2)
                 let now = Clock.monotonicNs()
-                if duration > 0, Double(now - start) / 1e9 >= duration { router.close(); return }
+                if duration > 0, Double(now - start) / 1e9 >= duration { shutdown("duration"); return }
                 if statusInterval > 0, Double(now - lastStatus) / 1e9 >= statusInterval {
                     lastStatus = now
                     for (agent, s) in server.stats.sorted(by: { $0.key < $1.key }) {
