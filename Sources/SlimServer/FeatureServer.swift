@@ -17,6 +17,8 @@ public struct AgentStats: Sendable, Equatable {
     public var cells = 0
     /// Rejected messages by reason code.
     public var rejected: [RejectReason: Int] = [:]
+    /// Messages to this agent the socket dropped, by reason (send_queue_full, unroutable).
+    public var dropped: [String: Int] = [:]
 
     public var rejectedTotal: Int { rejected.values.reduce(0, +) }
 }
@@ -71,13 +73,16 @@ public final class FeatureServer: Sendable {
     /// valid Hello).
     public var stats: [String: AgentStats] {
         var out: [String: AgentStats] = [:]
-        for (route, s) in statsByRoute.value {
+        let dropped = endpoint.counters.droppedByRoute
+        for (route, var s) in statsByRoute.value {
             let key = s.agentID ?? s.keyName ?? "route-\(route)"
+            s.dropped = dropped[route] ?? [:]
             if var existing = out[key] {  // an agent that reconnected under a new routing id
                 existing.frames += s.frames
                 existing.bytes += s.bytes
                 existing.rawBytes += s.rawBytes
                 existing.rejected.merge(s.rejected, uniquingKeysWith: +)
+                existing.dropped.merge(s.dropped, uniquingKeysWith: +)
                 if s.lastSequence > existing.lastSequence {
                     existing.lastSequence = s.lastSequence
                     existing.widthPerMille = s.widthPerMille

@@ -91,6 +91,9 @@ public func prometheusText(server: FeatureServer, fusion: FusionService?) -> Str
     for (k, n) in server.endpoint.unauthenticated.sorted(by: { $0.key < $1.key }) {
         lines.append("slimsplit_rejected_total{agent=\"key:\(k)\",reason=\"unauthenticated\"} \(n)")
     }
+    metric("send_dropped_total", "counter", "Messages to an agent that the server's socket dropped, by reason: send_queue_full (its queue at socket.send_hwm) or unroutable (gone).")
+    for (a, s) in stats { for (r, n) in s.dropped.sorted(by: { $0.key < $1.key }) {
+        lines.append("slimsplit_send_dropped_total{agent=\"\(a)\",reason=\"\(r)\"} \(n)") } }
     metric("width", "gauge", "Width (fraction of channels) of each agent's last frame.")
     for (a, s) in stats { lines.append("slimsplit_width{agent=\"\(a)\"} \(Double(s.widthPerMille) / 1000)") }
     metric("bits", "gauge", "Bits per value of each agent's last frame.")
@@ -101,6 +104,7 @@ public func prometheusText(server: FeatureServer, fusion: FusionService?) -> Str
     lines.append("slimsplit_transport_messages_total{direction=\"sent\"} \(c.sent)")
     lines.append("slimsplit_transport_messages_total{direction=\"inbound_dropped\"} \(c.inboundDropped)")
     lines.append("slimsplit_transport_messages_total{direction=\"unroutable\"} \(c.unroutable)")
+    lines.append("slimsplit_transport_messages_total{direction=\"send_queue_full\"} \(c.sendQueueFull)")
     if let fusion {
         let f = fusion.metrics
         metric("fusion_results_total", "counter", "Results sent (one per agent and fused frame).")

@@ -46,6 +46,9 @@ public struct TransportCounters: Sendable, Equatable {
     public var framesReplaced = 0
     /// Extra parts of multi-part messages (the protocol uses single-part messages only).
     public var multipartDiscarded = 0
+    /// Router only: outbound messages dropped, per destination and reason ("send_queue_full":
+    /// the peer's queue was at send_hwm; "unroutable": the peer was gone).
+    public var droppedByRoute: [RoutingID: [String: Int]] = [:]
 }
 
 /// Owns one ZeroMQ socket (plus its ZAP handler and monitor) on a dedicated thread.
@@ -276,7 +279,13 @@ final class SocketLoop: @unchecked Sendable {
                 // departed agent never holds up the others.
                 let ok = sendRouted(o)
                 shared.withLock { s in
-                    if ok { s.counters.sent += 1 } else if zmq_errno() == EHOSTUNREACH { s.counters.unroutable += 1 } else { s.counters.sendQueueFull += 1 }
+                    if ok {
+                        s.counters.sent += 1
+                    } else {
+                        let unroutable = zmq_errno() == EHOSTUNREACH
+                        if unroutable { s.counters.unroutable += 1 } else { s.counters.sendQueueFull += 1 }
+                        if let id = o.routingID { s.counters.droppedByRoute[id, default: [:]][unroutable ? "unroutable" : "send_queue_full", default: 0] += 1 }
+                    }
                 }
                 i += 1
             } else {

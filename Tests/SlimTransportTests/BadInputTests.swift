@@ -152,3 +152,27 @@ struct BadInputTests {
         #expect(log.warning(key: "bad-2:crc_mismatch", "rejected"))
     }
 }
+
+@Suite("Messages the server drops are counted per agent and reason")
+struct SendDropTests {
+    @Test("Results to an agent that never reads overflow its queue: counted as send_queue_full, and in /metrics")
+    func slowReader() async throws {
+        let keys = try CurveKeyPair.generate()
+        var socket = SocketOptions()
+        socket.sendHWM = 2
+        let server = try TestServer(allowed: ["car-1": keys], socket: socket)
+        let client = RawClient(endpoint: server.router.endpoint, serverKey: server.keys.publicKey, keys: keys, receiveHWM: 1)
+        client.send(Hello(agentID: "car-1", modelID: "test").encoded())
+        var got: [UInt8] = []
+        #expect(await eventually(60) { if let m = client.receive(timeoutMs: 20) { got.append(m[5]) }; return got.contains(5) }, "no Control")
+        // Big Results (4096 detections, ~180 KB each) to a client that stops reading.
+        let det = Detection(classID: 0, score: 0.5, center: SIMD3(1, 2, 0), size: SIMD3(4, 2, 1.5), yaw: 0)
+        let result = ResultMessage(sequence: 1, captureTimeNs: 1, fusionTimeNs: 2, detections: [Detection](repeating: det, count: 4096))
+        for _ in 0..<400 { server.server.send(result, toAgent: "car-1") }
+        #expect(await eventually(60) { (server.server.stats["car-1"]?.dropped["send_queue_full"] ?? 0) > 0 })
+        let c = server.router.counters
+        #expect(c.sendQueueFull == server.server.stats["car-1"]?.dropped["send_queue_full"])
+        #expect(prometheusText(server: server.server, fusion: nil).contains("slimsplit_send_dropped_total{agent=\"car-1\",reason=\"send_queue_full\"}"))
+        await server.stop()
+    }
+}

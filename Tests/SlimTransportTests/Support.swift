@@ -97,10 +97,17 @@ final class RawClient {
     let ctx = zmq_ctx_new()!
     let socket: UnsafeMutableRawPointer
 
-    init(endpoint: String, serverKey: CurveKey?, keys: CurveKeyPair?) {
+    /// `receiveHWM`: messages libzmq queues for this client before it stops reading the
+    /// connection (small, for a client that stops reading).
+    init(endpoint: String, serverKey: CurveKey?, keys: CurveKeyPair?, receiveHWM: Int32? = nil) {
         socket = zmq_socket(ctx, ZMQ_DEALER)
         var zero: Int32 = 0
         zmq_setsockopt(socket, ZMQ_LINGER, &zero, 4)
+        if var hwm = receiveHWM {
+            zmq_setsockopt(socket, ZMQ_RCVHWM, &hwm, 4)
+            var buf: Int32 = 65536
+            zmq_setsockopt(socket, ZMQ_RCVBUF, &buf, 4)
+        }
         if let serverKey, let keys {
             serverKey.bytes.withUnsafeBytes { _ = zmq_setsockopt(socket, ZMQ_CURVE_SERVERKEY, $0.baseAddress, 32) }
             keys.publicKey.bytes.withUnsafeBytes { _ = zmq_setsockopt(socket, ZMQ_CURVE_PUBLICKEY, $0.baseAddress, 32) }
