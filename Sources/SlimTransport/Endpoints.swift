@@ -74,7 +74,8 @@ public final class RouterEndpoint: Sendable {
         try socket.bind(endpoint)
         self.endpoint = socket.lastEndpoint
         zapRejections = rejections
-        loop = try SocketLoop(socket: socket, isRouter: true, zap: zap, monitorEndpoint: nil, inboundCapacity: options.inboundCapacity)
+        let monitor = "inproc://slimsplit-monitor-\(monitorCounter.add(1, ordering: .relaxed).newValue)"
+        loop = try SocketLoop(socket: socket, isRouter: true, zap: zap, monitorEndpoint: monitor, inboundCapacity: options.inboundCapacity)
         loop.start(name: "slimsplit-router")
     }
 

@@ -49,6 +49,9 @@ public struct TransportCounters: Sendable, Equatable {
     /// Router only: outbound messages dropped, per destination and reason ("send_queue_full":
     /// the peer's queue was at send_hwm; "unroutable": the peer was gone).
     public var droppedByRoute: [RoutingID: [String: Int]] = [:]
+    /// Router only: failed Curve handshakes by kind ("no_detail": e.g. a plain client to a Curve
+    /// server, "protocol": e.g. a wrong server key, "auth": the ZAP handler refused the key).
+    public var handshakeFailures: [String: Int] = [:]
 }
 
 /// Owns one ZeroMQ socket (plus its ZAP handler and monitor) on a dedicated thread.
@@ -96,8 +99,11 @@ final class SocketLoop: @unchecked Sendable {
         sendOnly = type == ZMQ_PUB
         self.zap = zap
         if let monitorEndpoint {
-            try check(zmq_socket_monitor(socket.handle, monitorEndpoint,
-                                         ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED), "zmq_socket_monitor")
+            // Agents watch their own connection; the server counts failed handshakes.
+            let events = isRouter
+                ? ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH
+                : ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED
+            try check(zmq_socket_monitor(socket.handle, monitorEndpoint, events), "zmq_socket_monitor")
             let m = try ZMQSocket(socket.context, type: ZMQ_PAIR)
             try m.connect(monitorEndpoint)
             monitor = m
@@ -323,6 +329,9 @@ final class SocketLoop: @unchecked Sendable {
             }
             guard ev.count >= 2 else { continue }
             let code = Int32(UInt16(littleEndian: ev.bytes.loadUnaligned(as: UInt16.self)))
+            let failure = code == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL ? "no_detail"
+                : code == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL ? "protocol" : code == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH ? "auth" : nil
+            if let failure { shared.withLock { $0.counters.handshakeFailures[failure, default: 0] += 1 } }
             if code == ZMQ_EVENT_HANDSHAKE_SUCCEEDED { connected = true; continuation.yield(.connected) }
             if code == ZMQ_EVENT_DISCONNECTED { disconnected = true; connected = false; continuation.yield(.disconnected) }
         }

@@ -112,11 +112,19 @@ struct BadInputTests {
         #expect(server.server.stats["intruder"] == nil)
         #expect(await eventually(10) { server.server.stats["car-1"]?.frames == good.agent.stats.framesSubmitted })
         #expect((server.server.rejections[.unauthenticated] ?? 0) >= 1)
-        // A client that does not even speak Curve gets nothing through either.
+        // A client that does not even speak Curve gets nothing through either, nor one that has
+        // the wrong server key; both handshakes are counted by kind (and the refused key as auth).
         let plain = RawClient(endpoint: server.router.endpoint, serverKey: nil, keys: nil)
         plain.send(Hello(agentID: "plain", modelID: "test").encoded())
         #expect(plain.receive(timeoutMs: 300) == nil)
         #expect(server.server.stats["plain"] == nil)
+        let wrongServer = RawClient(endpoint: server.router.endpoint, serverKey: try CurveKeyPair.generate().publicKey, keys: goodKeys)
+        wrongServer.send(Hello(agentID: "car-1", modelID: "test").encoded())
+        #expect(wrongServer.receive(timeoutMs: 300) == nil)
+        #expect(await eventually(20) {
+            let f = server.router.counters.handshakeFailures
+            return (f["no_detail"] ?? 0) + (f["protocol"] ?? 0) >= 2 && (f["auth"] ?? 0) >= 1
+        }, "\(server.router.counters.handshakeFailures)")
         await good.stop()
         await server.stop()
     }
