@@ -10,6 +10,8 @@ public struct AgentLinkStats: Sendable, Equatable {
     public var framesReplaced = 0
     /// Frames dropped because every send buffer was still in libzmq's hands.
     public var framesNoBuffer = 0
+    /// Frames not sent because the server's Control caps the rate (`max_rate_hz`).
+    public var framesRateCapped = 0
     public var acks = 0
     public var bytesSubmitted = 0
     public var bytesAcked = 0
@@ -81,6 +83,8 @@ public final class FeatureAgent: Sendable {
         /// The newest frame waiting for the link, encoded, not yet handed to the socket.
         var held: Held?
         var heldReplaced = 0
+        /// When the last frame was accepted for sending (for Control's `max_rate_hz`).
+        var lastAcceptedAt: UInt64?
 
         /// Records the hand-over time of a frame (RTTs count from it) and marks it in flight.
         mutating func markSent(_ sequence: UInt64, at now: UInt64) {
@@ -141,6 +145,19 @@ public final class FeatureAgent: Sendable {
     ///   dropped and counted).
     @discardableResult
     public func submit(_ header: FeatureFrameHeader, dense: UnsafeBufferPointer<UInt8>, mask: UnsafeRawBufferPointer?) -> Int? {
+        // The server's Control caps the rate (PROTOCOL.md §4.5): a frame sooner than 1/max_rate_hz
+        // after the last one accepted is not sent, and counted.
+        let capped = state.withLock { s -> Bool in
+            let now = Clock.monotonicNs()
+            if let rate = s.stats.control?.maxRateHz, rate > 0, let last = s.lastAcceptedAt,
+               Double(now &- last) < 1e9 / Double(rate) {
+                s.stats.framesRateCapped += 1
+                return true
+            }
+            s.lastAcceptedAt = now
+            return false
+        }
+        if capped { return nil }
         guard let buffer = pool.take() else {
             state.withLock { $0.stats.framesNoBuffer += 1 }
             return nil

@@ -197,10 +197,11 @@ public final class FeatureServer: Sendable {
     /// Caps an agent (Control, reason 1 "bandwidth budget"): the agent keeps width index and
     /// bit depth at or below these. False if the agent has no session.
     @discardableResult
-    public func sendControl(toAgent agent: String, maxWidthIndex: Int, maxBits: Int, reason: UInt8 = 1) -> Bool {
+    public func sendControl(toAgent agent: String, maxWidthIndex: Int, maxBits: Int, maxRateHz: Float = 0, reason: UInt8 = 1) -> Bool {
         guard let route = routes.value[agent] else { return false }
         let control = Control(epoch: controlEpoch.withLock { $0 &+= 1; return $0 },
-                              maxWidthIndex: UInt8(clamping: maxWidthIndex), maxBits: UInt8(clamping: min(max(maxBits, 1), 8)), reason: reason)
+                              maxWidthIndex: UInt8(clamping: maxWidthIndex), maxBits: UInt8(clamping: min(max(maxBits, 1), 8)),
+                              maxRateHz: maxRateHz.isFinite ? max(0, maxRateHz) : 0, reason: reason)
         endpoint.send(to: route, length: control.encodedLength) { control.encode(into: $0) }
         return true
     }

@@ -42,6 +42,7 @@ func agentPrometheusText(_ a: FeatureAgent, stages: AgentStageTimes, widthIndex:
     m("results_total", "counter", "Results (detections) received.", "\(s.results)")
     m("dropped_total", "counter", "Frames dropped before sending, by reason.", "\(s.framesReplaced)", labels: ",reason=\"replaced_by_newer\"")
     l.append("slimsplit_agent_dropped_total{agent=\"\(id)\",reason=\"no_buffer\"} \(s.framesNoBuffer)")
+    l.append("slimsplit_agent_dropped_total{agent=\"\(id)\",reason=\"rate_cap\"} \(s.framesRateCapped)")
     m("bytes_total", "counter", "Bytes submitted.", "\(s.bytesSubmitted)")
     m("goodput_bytes_per_second", "gauge", "Uplink estimate from Acks.", "\(a.goodput.bytesPerSecond ?? 0)")
     if let widthIndex { m("width_index", "gauge", "Encoder width in use.", "\(widthIndex)") }
