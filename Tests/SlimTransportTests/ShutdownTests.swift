@@ -45,3 +45,29 @@ struct ShutdownTests {
         #expect(table.contains("agent") && table.contains("frames"), "no closing table: \(table)")
     }
 }
+
+/// `slimsplit agent --check` tells the person at the board what is wrong.
+@Suite("slimsplit agent --check")
+struct AgentCheckTests {
+    @Test(.enabled(if: ShutdownTests.binary != nil, "the slimsplit binary is not built beside the tests"))
+    func unreachableServer() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("slimsplit-check-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let config = dir.appendingPathComponent("agent.yaml")
+        try "agent_id: car-1\nserver: tcp://127.0.0.1:9\ncurve:\n  enabled: false\n".write(to: config, atomically: true, encoding: .utf8)
+        let out = dir.appendingPathComponent("out.txt")
+        FileManager.default.createFile(atPath: out.path, contents: nil)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: ShutdownTests.binary!)
+        p.arguments = ["agent", "--config", config.path, "--check", "--log-level", "error"]
+        p.standardOutput = try FileHandle(forWritingTo: out)
+        try p.run()
+        #expect(await eventually(60) { !p.isRunning })
+        if p.isRunning { p.terminate() }
+        p.waitUntilExit()
+        let text = (try? String(contentsOf: out, encoding: .utf8)) ?? ""
+        #expect(p.terminationStatus == 1, "\(text)")
+        #expect(text.contains("ok   config") && text.contains("ok   kernels") && text.contains("FAIL server"), "\(text)")
+    }
+}

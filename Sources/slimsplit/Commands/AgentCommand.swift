@@ -34,9 +34,19 @@ struct AgentCommand: AsyncParsableCommand {
                                valueName: "file"))
     var report: String?
 
+    @Flag(help: "Check the config, keys, model, recording and that the server answers a Hello; print what is wrong, exit 1 if anything is.")
+    var check = false
+
     @OptionGroup var log: LogOptions
 
     func run() async throws {
+        if check {
+            var quiet = Logger(label: "slimsplit.agent.check")
+            quiet.logLevel = .critical
+            _ = try log.bootstrap(label: "slimsplit.agent")
+            guard await AgentCheck.run(config: config, server: server, logger: quiet) else { throw ExitCode(1) }
+            return
+        }
         let logger = try log.bootstrap(label: "slimsplit.agent", catchSignals: true)
         var cfg = try AgentConfig.load(file: config)
         if let frames { cfg.synthetic.frames = frames }
