@@ -57,7 +57,7 @@ size_t slim_qconv_scratch_bytes(const slim_qconv_args *a) {
     const size_t elem = uses_pairs(a->path) ? sizeof(int16_t) : 1;
     const size_t one = hp * wp * (size_t)padded_channels(a->path, a->ci) * elem + 64;
     if (a->path != SLIM_PATH_AVX2) return one;
-    // avx2 takes bytes and a flag per padded pixel, or int16 pairs (see avx2_takes_pairs).
+    // avx2 takes bytes and a flag per padded pixel, or int16 pairs (see flag_high_bytes).
     const size_t pairs = hp * wp * (size_t)slim_round_up(a->ci, 2) * sizeof(int16_t) + 64;
     return one + hp * wp > pairs ? one + hp * wp : pairs;
 }
@@ -112,27 +112,14 @@ static void pad_bytes(const slim_qconv_args *a, const uint8_t *x, uint8_t *out, 
 }
 
 #if defined(__x86_64__)
-/// avx2 multiplies bytes with vpmaddubsw, exact up to 127; pixels whose taps hold a larger byte
-/// take twice the work. Where more than 1/16 of the padded pixels do (a layer whose zero point is
-/// above 127, say), the whole layer runs on int16 pairs (vpmaddwd) instead: the same integers.
-static int avx2_takes_pairs(const slim_qconv_args *a, const uint8_t *x) {
-    const size_t hp = (size_t)a->in_h + 2 * (size_t)a->ph, wp = (size_t)a->in_w + 2 * (size_t)a->pw;
-    const size_t limit = hp * wp / 16;
-    size_t high = a->x_zp > 127 ? hp * wp - (size_t)a->in_h * a->in_w : 0;
-    for (int iy = 0; iy < a->in_h && high <= limit; iy++)
-        for (int ix = 0; ix < a->in_w; ix++) {
-            const uint8_t *px = x + ((size_t)iy * a->in_w + ix) * a->in_cs + a->in_c0;
-            uint8_t m = 0;
-            for (int i = 0; i < a->ci; i++) m |= px[i];
-            high += m >> 7;
-        }
-    return high > limit;
-}
-
 /// flags[pixel] = 1 where a padded pixel holds a byte above 127 (rare after calibration): the
 /// avx2 kernel multiplies bytes with vpmaddubsw, exact only up to 127, and takes such pixels'
 /// outputs through its excess kernel.
-static void flag_high_bytes(const uint8_t *padded, size_t pixels, int cpad, uint8_t *flags) {
+/// Returns how many pixels are flagged. Where more than 1/16 of them are (a layer whose zero
+/// point is above 127, say), the whole layer runs on int16 pairs (vpmaddwd) instead, which
+/// computes the same integers without an excess kernel doubling the work.
+static size_t flag_high_bytes(const uint8_t *padded, size_t pixels, int cpad, uint8_t *flags) {
+    size_t flagged = 0;
     if (cpad % 8 == 0) {
         const int words = cpad / 8;
         for (size_t px = 0; px < pixels; px++) {
@@ -143,14 +130,17 @@ static void flag_high_bytes(const uint8_t *padded, size_t pixels, int cpad, uint
                 m |= v;
             }
             flags[px] = (m & 0x8080808080808080ull) != 0;
+            flagged += flags[px];
         }
     } else {
         for (size_t px = 0; px < pixels; px++) {
             uint8_t m = 0;
             for (int i = 0; i < cpad; i++) m |= padded[px * cpad + i];
             flags[px] = m >> 7;
+            flagged += flags[px];
         }
     }
+    return flagged;
 }
 #endif
 
@@ -199,10 +189,16 @@ int slim_qconv(const slim_qconv_args *a, const uint8_t *x, uint8_t *y) {
         (a->out_h - 1) * a->sh + (a->kh - 1) * a->dh >= hp || (a->out_w - 1) * a->sw + (a->kw - 1) * a->dw >= wp)
         return SLIM_ESHAPE;
     if (!a->scratch || a->scratch_bytes < slim_qconv_scratch_bytes(a)) return SLIM_ESCRATCH;
+    // avx2: the bytes padded and flagged first; they also decide between bytes and pairs.
+    int avx2_pairs = 0;
 #if defined(__x86_64__)
-    const int avx2_pairs = a->path == SLIM_PATH_AVX2 && avx2_takes_pairs(a, x);
-#else
-    const int avx2_pairs = 0;
+    uint8_t *avx2_flags = NULL;
+    if (a->path == SLIM_PATH_AVX2) {
+        const int cpad4 = padded_channels(a->path, a->ci);
+        avx2_flags = (uint8_t *)a->scratch + (size_t)hp * wp * cpad4 + 64;
+        pad_bytes(a, x, a->scratch, cpad4, (uint8_t)a->x_zp, 0);
+        avx2_pairs = flag_high_bytes(a->scratch, (size_t)hp * wp, cpad4, avx2_flags) > (size_t)hp * wp / 16;
+    }
 #endif
     const int pairs = uses_pairs(a->path) || avx2_pairs;
     const int cpad = avx2_pairs ? slim_round_up(a->ci, 2) : padded_channels(a->path, a->ci);
@@ -246,14 +242,11 @@ int slim_qconv(const slim_qconv_args *a, const uint8_t *x, uint8_t *y) {
             pad_pairs(a, x, a->scratch, cpad);
             return slim_qconv_run_avx2_pairs(a, &c, a->scratch, cpad, wp, y);
         }
-        uint8_t *padded = a->scratch, *flags = padded + (size_t)hp * wp * cpad + 64;
-        pad_bytes(a, x, padded, cpad, (uint8_t)a->x_zp, 0);
-        flag_high_bytes(padded, (size_t)hp * wp, cpad, flags);
-        c.flags = flags;
+        c.flags = avx2_flags;
         c.ntaps = 0;
         for (int ky = 0; ky < a->kh; ky++)
             for (int kx = 0; kx < a->kw; kx++) c.tpo[c.ntaps++] = ky * a->dh * wp + kx * a->dw;
-        return slim_qconv_run_avx2(a, &c, padded, cpad, wp, y);
+        return slim_qconv_run_avx2(a, &c, a->scratch, cpad, wp, y);
     }
     case SLIM_PATH_AVX_VNNI:
         pad_bytes(a, x, a->scratch, cpad, (uint8_t)a->x_zp, 0);

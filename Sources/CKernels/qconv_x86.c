@@ -45,6 +45,27 @@ AVX2 void store16(const slim_qconv_args *a, const slim_qctx *c, __m256i lo, __m2
     }
 }
 
+// ---- The 256-bit tile shared by avx2, its pairs mode and avx-vnni: 4 pixels × 16 output channels
+// in eight 8-lane int32 accumulators; STEP(ACC0, ACC1, XPTR) adds one unit of one pixel's input
+// channels against the block's two weight halves w0 and w1 (HALF elements apart). ----
+#define YMM_TILE(XT, WT, WSRC, HALF, STEP)                                                              \
+    __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00; \
+    const WT *wb = a->WSRC + (size_t)blk * c->blk_stride;                                             \
+    const XT *x0 = xq[0], *x1 = xq[1], *x2 = xq[2], *x3 = xq[3];                                      \
+    for (int k = 0; k < c->nk; k++) {                                                                 \
+        const WT *w = wb + c->wo[k];                                                                  \
+        const int xo = c->xo[k];                                                                      \
+        const __m256i w0 = _mm256_loadu_si256((const __m256i *)w), w1 = _mm256_loadu_si256((const __m256i *)(w + (HALF))); \
+        STEP(a00, a01, x0 + xo);                                                                      \
+        STEP(a10, a11, x1 + xo);                                                                      \
+        STEP(a20, a21, x2 + xo);                                                                      \
+        STEP(a30, a31, x3 + xo);                                                                      \
+    }                                                                                                 \
+    store16(a, c, a00, a01, blk * 16, dq[0]);                                                         \
+    store16(a, c, a10, a11, blk * 16, dq[1]);                                                         \
+    store16(a, c, a20, a21, blk * 16, dq[2]);                                                         \
+    store16(a, c, a30, a31, blk * 16, dq[3])
+
 // ---- AVX2: vpmaddubsw on bytes ≤ 127 (a pair of products then stays within int16: 127·128·2 <
 // 2^15), vpmaddwd by ones to int32 lanes of four channels, as vpdpbusd would. Pixels whose taps
 // hold a byte above 127 (flagged, rare after calibration) take the excess kernel: each byte as
@@ -68,23 +89,8 @@ AVX2 void store16(const slim_qconv_args *a, const slim_qctx *c, __m256i lo, __m2
 
 AVX2 void kernel_avx2_any(const slim_qconv_args *a, const slim_qctx *c, const uint8_t *const xq[4], int blk,
                           uint8_t *const dq[4], const int with_excess) {
-    __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
     const __m256i ones = _mm256_set1_epi16(1);
-    const int8_t *wb = a->dot4 + (size_t)blk * c->blk_stride;
-    const uint8_t *x0 = xq[0], *x1 = xq[1], *x2 = xq[2], *x3 = xq[3];
-    for (int k = 0; k < c->nk; k++) {
-        const int8_t *w = wb + c->wo[k];
-        const int xo = c->xo[k];
-        const __m256i w0 = _mm256_loadu_si256((const __m256i *)w), w1 = _mm256_loadu_si256((const __m256i *)(w + 32));
-        MADDUBS_STEP(a00, a01, x0 + xo);
-        MADDUBS_STEP(a10, a11, x1 + xo);
-        MADDUBS_STEP(a20, a21, x2 + xo);
-        MADDUBS_STEP(a30, a31, x3 + xo);
-    }
-    store16(a, c, a00, a01, blk * 16, dq[0]);
-    store16(a, c, a10, a11, blk * 16, dq[1]);
-    store16(a, c, a20, a21, blk * 16, dq[2]);
-    store16(a, c, a30, a31, blk * 16, dq[3]);
+    YMM_TILE(uint8_t, int8_t, dot4, 32, MADDUBS_STEP);
 }
 
 AVX2 void kernel_avx2(const slim_qconv_args *a, const slim_qctx *c, const uint8_t *const xq[4], int blk, const int NB,
@@ -117,33 +123,17 @@ int slim_qconv_run_avx2(const slim_qconv_args *a, const slim_qctx *c, const uint
 
 // ---- AVX2 on int16 pairs (x − x_zp): each vpmaddwd multiplies a broadcast pair of input channels
 // by 8 channels' weight pairs, exact for any byte; for layers where many bytes exceed 127. ----
+#define PAIRS_STEP(ACC0, ACC1, XPTR)                                                                    \
+    do {                                                                                              \
+        const __m256i xb = _mm256_set1_epi32(load32(XPTR));                                            \
+        ACC0 = _mm256_add_epi32(ACC0, _mm256_madd_epi16(xb, w0));                                      \
+        ACC1 = _mm256_add_epi32(ACC1, _mm256_madd_epi16(xb, w1));                                      \
+    } while (0)
+
 AVX2 void kernel_avx2_pairs(const slim_qconv_args *a, const slim_qctx *c, const int16_t *const xq[4], int blk, const int NB,
                             uint8_t *const dq[4]) {
     (void)NB;
-    __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
-    const int16_t *wb = a->pairs + (size_t)blk * c->blk_stride;
-    const int16_t *x0 = xq[0], *x1 = xq[1], *x2 = xq[2], *x3 = xq[3];
-    for (int k = 0; k < c->nk; k++) {
-        const int16_t *w = wb + c->wo[k];
-        const int xo = c->xo[k];
-        const __m256i w0 = _mm256_loadu_si256((const __m256i *)w), w1 = _mm256_loadu_si256((const __m256i *)(w + 16));
-        __m256i b = _mm256_set1_epi32(load32(x0 + xo));
-        a00 = _mm256_add_epi32(a00, _mm256_madd_epi16(b, w0));
-        a01 = _mm256_add_epi32(a01, _mm256_madd_epi16(b, w1));
-        b = _mm256_set1_epi32(load32(x1 + xo));
-        a10 = _mm256_add_epi32(a10, _mm256_madd_epi16(b, w0));
-        a11 = _mm256_add_epi32(a11, _mm256_madd_epi16(b, w1));
-        b = _mm256_set1_epi32(load32(x2 + xo));
-        a20 = _mm256_add_epi32(a20, _mm256_madd_epi16(b, w0));
-        a21 = _mm256_add_epi32(a21, _mm256_madd_epi16(b, w1));
-        b = _mm256_set1_epi32(load32(x3 + xo));
-        a30 = _mm256_add_epi32(a30, _mm256_madd_epi16(b, w0));
-        a31 = _mm256_add_epi32(a31, _mm256_madd_epi16(b, w1));
-    }
-    store16(a, c, a00, a01, blk * 16, dq[0]);
-    store16(a, c, a10, a11, blk * 16, dq[1]);
-    store16(a, c, a20, a21, blk * 16, dq[2]);
-    store16(a, c, a30, a31, blk * 16, dq[3]);
+    YMM_TILE(int16_t, int16_t, pairs, 16, PAIRS_STEP);
 }
 
 #define CD_FN drive_avx2_pairs
@@ -159,33 +149,17 @@ int slim_qconv_run_avx2_pairs(const slim_qconv_args *a, const slim_qctx *c, cons
 }
 
 // ---- AVX-VNNI: 256-bit vpdpbusd, four uint8×int8 products per lane; 16 channels = 2 vectors ----
+#define VNNI_STEP(ACC0, ACC1, XPTR)                                                                     \
+    do {                                                                                              \
+        const __m256i xb = _mm256_set1_epi32(load32(XPTR));                                            \
+        ACC0 = _mm256_dpbusd_avx_epi32(ACC0, xb, w0);                                                  \
+        ACC1 = _mm256_dpbusd_avx_epi32(ACC1, xb, w1);                                                  \
+    } while (0)
+
 AVXVNNI void kernel_avx_vnni(const slim_qconv_args *a, const slim_qctx *c, const uint8_t *const xq[4], int blk, const int NB,
                              uint8_t *const dq[4]) {
     (void)NB;
-    __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
-    const int8_t *wb = a->dot4 + (size_t)blk * c->blk_stride;
-    const uint8_t *x0 = xq[0], *x1 = xq[1], *x2 = xq[2], *x3 = xq[3];
-    for (int k = 0; k < c->nk; k++) {
-        const int8_t *w = wb + c->wo[k];
-        const int xo = c->xo[k];
-        const __m256i w0 = _mm256_loadu_si256((const __m256i *)w), w1 = _mm256_loadu_si256((const __m256i *)(w + 32));
-        __m256i b = _mm256_set1_epi32(load32(x0 + xo));
-        a00 = _mm256_dpbusd_avx_epi32(a00, b, w0);
-        a01 = _mm256_dpbusd_avx_epi32(a01, b, w1);
-        b = _mm256_set1_epi32(load32(x1 + xo));
-        a10 = _mm256_dpbusd_avx_epi32(a10, b, w0);
-        a11 = _mm256_dpbusd_avx_epi32(a11, b, w1);
-        b = _mm256_set1_epi32(load32(x2 + xo));
-        a20 = _mm256_dpbusd_avx_epi32(a20, b, w0);
-        a21 = _mm256_dpbusd_avx_epi32(a21, b, w1);
-        b = _mm256_set1_epi32(load32(x3 + xo));
-        a30 = _mm256_dpbusd_avx_epi32(a30, b, w0);
-        a31 = _mm256_dpbusd_avx_epi32(a31, b, w1);
-    }
-    store16(a, c, a00, a01, blk * 16, dq[0]);
-    store16(a, c, a10, a11, blk * 16, dq[1]);
-    store16(a, c, a20, a21, blk * 16, dq[2]);
-    store16(a, c, a30, a31, blk * 16, dq[3]);
+    YMM_TILE(uint8_t, int8_t, dot4, 32, VNNI_STEP);
 }
 
 #define CD_FN drive_avx_vnni
