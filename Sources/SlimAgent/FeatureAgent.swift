@@ -144,16 +144,28 @@ public final class FeatureAgent: Sendable {
     /// - Returns: the encoded length, or nil when no send buffer was free (the frame is
     ///   dropped and counted).
     @discardableResult
+    /// True, and counted, when Control's `max_rate_hz` leaves no room for a frame now: a caller
+    /// asks before it featurizes and encodes, so that a capped frame costs nothing. (`submit`
+    /// keeps the cap either way.)
+    public func rateCapped() -> Bool {
+        state.withLock { s in
+            guard Self.capped(s, Clock.monotonicNs()) else { return false }
+            s.stats.framesRateCapped += 1
+            return true
+        }
+    }
+
+    private static func capped(_ s: State, _ now: UInt64) -> Bool {
+        guard let rate = s.stats.control?.maxRateHz, rate > 0, let last = s.lastAcceptedAt else { return false }
+        return Double(now &- last) < 1e9 / Double(rate)
+    }
+
     public func submit(_ header: FeatureFrameHeader, dense: UnsafeBufferPointer<UInt8>, mask: UnsafeRawBufferPointer?) -> Int? {
         // The server's Control caps the rate (PROTOCOL.md §4.5): a frame sooner than 1/max_rate_hz
         // after the last one accepted is not sent, and counted.
         let capped = state.withLock { s -> Bool in
             let now = Clock.monotonicNs()
-            if let rate = s.stats.control?.maxRateHz, rate > 0, let last = s.lastAcceptedAt,
-               Double(now &- last) < 1e9 / Double(rate) {
-                s.stats.framesRateCapped += 1
-                return true
-            }
+            if Self.capped(s, now) { s.stats.framesRateCapped += 1; return true }
             s.lastAcceptedAt = now
             return false
         }

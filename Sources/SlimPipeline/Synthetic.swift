@@ -1,18 +1,5 @@
+import SlimSensors
 import SlimWire
-
-/// Deterministic pseudo-random numbers (SplitMix64), for synthetic data and benchmarks.
-public struct SplitMix64: Sendable {
-    public var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    public mutating func unit() -> Double { Double(next() >> 11) / Double(1 << 53) }
-}
 
 /// Synthetic quantized feature maps shaped like a BEV encoder's output: most cells empty
 /// (value 0 after ReLU, zero point 0), occupied cells in blobs with smooth values. Stands in
@@ -21,7 +8,7 @@ public struct SyntheticFeatures {
     public let channels: Int, height: Int, width: Int, bits: Int
     public var dense: [UInt8]
     public var mask: [UInt8]
-    private var rng: SplitMix64
+    private var rng: SimRandom
     private let occupancy: Double
 
     public init(channels: Int, height: Int, width: Int, bits: Int, occupancy: Double, seed: UInt64) {
@@ -32,7 +19,7 @@ public struct SyntheticFeatures {
         self.occupancy = occupancy
         dense = [UInt8](repeating: 0, count: channels * height * width)
         mask = [UInt8](repeating: 0, count: (height * width + 7) / 8)
-        rng = SplitMix64(seed: seed)
+        rng = SimRandom(state: seed)
         next()
     }
 

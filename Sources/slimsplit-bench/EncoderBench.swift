@@ -128,9 +128,9 @@ struct EncoderBench: ParsableCommand {
 
     func randomInput(channels: Int, height: Int, width: Int) -> FloatTensor {
         let t = FloatTensor(height: height, width: width, channels: channels)
-        var rng = SplitMix64(seed: 3)
-        for cell in 0..<(height * width) where rng.unit() < occupancy {
-            for ch in 0..<channels { t.storage[cell * channels + ch] = Float(rng.unit() * 2) }
+        var rng = SimRandom(state: 3)
+        for cell in 0..<(height * width) where rng.uniform() < occupancy {
+            for ch in 0..<channels { t.storage[cell * channels + ch] = Float(rng.uniform() * 2) }
         }
         return t
     }

@@ -1,4 +1,5 @@
 import SlimPipeline
+import SlimSensors
 import ArgumentParser
 import CZeroMQ
 import Foundation
@@ -75,7 +76,7 @@ struct WireBench: ParsableCommand {
     func makeFeatures(_ cs: Case, content: String) -> SyntheticFeatures {
         var features = SyntheticFeatures(channels: cs.c, height: cs.h, width: cs.w, bits: 8, occupancy: 0.3, seed: 7)
         if content == "random" {
-            var rng = SplitMix64(seed: 9)
+            var rng = SimRandom(state: 9)
             for i in features.dense.indices { features.dense[i] = UInt8(truncatingIfNeeded: rng.next()) }
         }
         return features

@@ -4,6 +4,8 @@ import Foundation
 public struct SimRandom: Sendable {
     var state: UInt64
     public init(seed: UInt64) { state = seed &* 0x9E37_79B9_7F4A_7C15 &+ 0x632B_E59B_D9B4_E019 }
+    /// The generator at exactly `state` (no seed mixing): SplitMix64 as its reference states it.
+    public init(state: UInt64) { self.state = state }
     public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state

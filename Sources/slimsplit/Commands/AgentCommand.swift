@@ -181,7 +181,7 @@ struct AgentCommand: AsyncParsableCommand {
                     }
                 }
                 let af = f.agents[source.agent]!
-                guard let truth = af.pose else { continue }
+                guard let truth = af.pose, !agent.rateCapped() else { continue }
                 let pose = af.measuredPose ?? truth
                 let shape = af.points.withUnsafeBufferPointer { edge.encode($0, sensorHeight: Float(truth.position.z)) }
                 let h = FeatureFrameHeader(agentID: agent.identity.agentID, sequence: 0, captureTimeNs: Clock.wallNs(),
