@@ -16,6 +16,11 @@ let package = Package(
         .executable(name: "slimsplit-bench", targets: ["slimsplit-bench"]),
         .library(name: "SlimWire", targets: ["SlimWire"]),
         .library(name: "SlimTransport", targets: ["SlimTransport"]),
+        // For Tests/Fuzz (a package of its own, built with libFuzzer and AddressSanitizer).
+        .library(name: "SlimEngine", targets: ["SlimEngine"]),
+        .library(name: "SlimSensors", targets: ["SlimSensors"]),
+        .library(name: "SlimConfig", targets: ["SlimConfig"]),
+        .library(name: "SlimPipeline", targets: ["SlimPipeline"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),

@@ -24,7 +24,8 @@ public final class ConfigSection {
     private var used: Set<String> = []
     private var children: [ConfigSection] = []
 
-    init(file: String, path: String, node: Node) throws(ConfigError) {
+    /// A section over an already composed YAML node (`path` "" for the document root).
+    public init(file: String, path: String, node: Node) throws(ConfigError) {
         self.file = file
         self.path = path
         guard case .mapping(let m) = node else {
@@ -41,7 +42,7 @@ public final class ConfigSection {
     /// Parses YAML text; an empty document is an empty mapping.
     public static func parse(_ text: String, file: String) throws(ConfigError) -> ConfigSection {
         let node: Node?
-        do { node = try Yams.compose(yaml: text) } catch {
+        do { node = try Yams.compose(yaml: text, .default, .default, .utf8) } catch {
             throw ConfigError(file: file, key: "", problem: "not valid YAML: \(error)")
         }
         return try ConfigSection(file: file, path: "", node: node ?? .mapping(.init([])))

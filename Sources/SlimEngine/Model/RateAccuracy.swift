@@ -25,8 +25,13 @@ public struct RateAccuracyEntry: Sendable, Equatable {
     /// - Returns: nil when the file has no table.
     public static func table(in st: Safetensors, quantization: [String: FeatureQuantization]) throws(ModelFileError) -> [Self]? {
         guard let text = st.metadata["rate_accuracy"] else { return nil }
+        return try table(json: text, file: st.file, quantization: quantization)
+    }
+
+    /// The table from its JSON text (the value of metadata `rate_accuracy` in `file`).
+    public static func table(json text: String, file: String, quantization: [String: FeatureQuantization]) throws(ModelFileError) -> [Self] {
         func fail(_ problem: String) -> ModelFileError {
-            ModelFileError(kind: .header, file: st.file, subject: "__metadata__.rate_accuracy", problem: problem)
+            ModelFileError(kind: .header, file: file, subject: "__metadata__.rate_accuracy", problem: problem)
         }
         guard let root = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
               let entries = root["entries"] as? [[String: Any]], !entries.isEmpty else {

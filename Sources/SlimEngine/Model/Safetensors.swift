@@ -183,6 +183,12 @@ public struct SafetensorsWriter {
         entries.append((name, dtype, shape, values.withUnsafeBytes { Array($0) }))
     }
 
+    /// Adds a tensor from its raw little-endian bytes (`bytes.count` = elements × dtype size).
+    public mutating func add(_ name: String, _ dtype: DType, shape: [Int], bytes: [UInt8]) {
+        precondition(shape.reduce(1, *) * dtype.size == bytes.count)
+        entries.append((name, dtype, shape, bytes))
+    }
+
     public func serialized() -> [UInt8] {
         var header: [String: Any] = [:]
         if !metadata.isEmpty { header["__metadata__"] = metadata }

@@ -23,6 +23,8 @@ public struct MCAPMessageView {
 /// anything is allocated.
 public final class MCAPReader {
     public static let maxChunkBytes = 1 << 30
+    /// The largest decompressed chunk this reader allocates for (default `maxChunkBytes`).
+    public var chunkLimit = MCAPReader.maxChunkBytes
     public let file: String
     private let base: UnsafeMutableRawPointer?
     private let size: Int
@@ -31,8 +33,12 @@ public final class MCAPReader {
     public private(set) var channels: [UInt16: MCAPChannel] = [:]
     private var chunkBuffer = UnsafeMutableRawBufferPointer(start: nil, count: 0)
 
+    private let mapped: Bool
+
+    /// Maps the file at `path` (read-only).
     public init(path: String) throws(MCAPError) {
         file = path
+        mapped = true
         let fd = open(path, O_RDONLY)
         guard fd >= 0 else { throw MCAPError(file: path, offset: 0, record: "file", problem: String(cString: strerror(errno))) }
         defer { close(fd) }
@@ -46,14 +52,32 @@ public final class MCAPReader {
         } else {
             base = nil
         }
+        try checkMagic()
+    }
+
+    /// Reads a recording held in memory (a copy is kept); `name` stands for the file in errors.
+    public init(bytes: UnsafeRawBufferPointer, name: String = "<memory>") throws(MCAPError) {
+        file = name
+        mapped = false
+        size = bytes.count
+        if size > 0 {
+            let p = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 16)
+            p.copyMemory(from: bytes.baseAddress!, byteCount: size)
+            base = p
+        } else {
+            base = nil
+        }
+        try checkMagic()
+    }
+
+    private func checkMagic() throws(MCAPError) {
         guard size >= 8, memcmp(base!, mcapMagic, 8) == 0 else {
-            if let base { munmap(base, size) }
-            throw MCAPError(file: path, offset: 0, record: "magic", problem: size < 8 ? "file of \(size) bytes is too short for the MCAP magic" : "not an MCAP file (bad magic)")
+            throw MCAPError(file: file, offset: 0, record: "magic", problem: size < 8 ? "file of \(size) bytes is too short for the MCAP magic" : "not an MCAP file (bad magic)")
         }
     }
 
     deinit {
-        if let base { munmap(base, size) }
+        if let base { if mapped { munmap(base, size) } else { base.deallocate() } }
         chunkBuffer.deallocate()
     }
 
@@ -161,8 +185,8 @@ public final class MCAPReader {
         let recordsLength = try r.u64("records length")
         guard recordsLength <= UInt64(r.end - r.pos) else { throw fail("records length \(recordsLength) exceeds the chunk's \(r.end - r.pos) bytes") }
         let compressed = try r.raw(Int(recordsLength), "records")
-        guard uncompressedSize <= UInt64(Self.maxChunkBytes) else {
-            throw fail("uncompressed_size \(uncompressedSize) exceeds the limit of \(Self.maxChunkBytes) bytes")
+        guard uncompressedSize <= UInt64(chunkLimit) else {
+            throw fail("uncompressed_size \(uncompressedSize) exceeds the limit of \(chunkLimit) bytes")
         }
         let n = Int(uncompressedSize)
         let records: UnsafeRawBufferPointer

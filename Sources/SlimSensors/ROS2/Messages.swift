@@ -116,7 +116,8 @@ public enum PointCloud2 {
     /// Decodes any valid layout into `points` (cleared first; its capacity is reused): fields in
     /// any order and offset, `point_step` and `row_step` padding, float32 or float64 coordinates
     /// (or any numeric type), intensity of any numeric type or missing (then 0), either
-    /// endianness, 2-D clouds. Points with a non-finite coordinate are dropped.
+    /// endianness, 2-D clouds. Points with a coordinate that is not a finite Float are dropped (a
+    /// non-finite or out-of-range intensity reads as 0).
     /// - Returns: the header.
     @discardableResult
     public static func decode(_ data: UnsafeRawBufferPointer, into points: inout [SIMD4<Float>]) throws(CDRError) -> RosHeader {
@@ -151,12 +152,13 @@ public enum PointCloud2 {
         for row in 0..<height {
             for col in 0..<width {
                 let base = row * rowStep + col * pointStep
-                let x = read(bytes, base + fx.offset, fx.type, bigEndian)
-                let y = read(bytes, base + fy.offset, fy.type, bigEndian)
-                let z = read(bytes, base + fz.offset, fz.type, bigEndian)
+                // Converted first, then checked: a float64 beyond Float's range is not finite either.
+                let x = Float(read(bytes, base + fx.offset, fx.type, bigEndian))
+                let y = Float(read(bytes, base + fy.offset, fy.type, bigEndian))
+                let z = Float(read(bytes, base + fz.offset, fz.type, bigEndian))
                 guard x.isFinite, y.isFinite, z.isFinite else { continue }
-                let i = fi.map { read(bytes, base + $0.offset, $0.type, bigEndian) } ?? 0
-                points.append(SIMD4(Float(x), Float(y), Float(z), i.isFinite ? Float(i) : 0))
+                let i = fi.map { Float(read(bytes, base + $0.offset, $0.type, bigEndian)) } ?? 0
+                points.append(SIMD4(x, y, z, i.isFinite ? i : 0))
             }
         }
         return header

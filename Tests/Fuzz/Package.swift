@@ -1,0 +1,21 @@
+// swift-tools-version: 5.10
+// libFuzzer targets for every parser of outside input (scripts/fuzz builds and runs them). A
+// package of its own so that the main build never sees -sanitize=fuzzer; it depends on the
+// repository's package by path and links the same libraries the shipped binary does.
+import PackageDescription
+
+let package = Package(
+    name: "SlimSplitFuzz",
+    dependencies: [.package(name: "SlimSplit", path: "../..")],
+    targets: [
+        .executableTarget(
+            name: "slimfuzz",
+            dependencies: [
+                .product(name: "SlimWire", package: "SlimSplit"),
+                .product(name: "SlimSensors", package: "SlimSplit"),
+                .product(name: "SlimEngine", package: "SlimSplit"),
+                .product(name: "SlimConfig", package: "SlimSplit"),
+                .product(name: "SlimPipeline", package: "SlimSplit"),
+            ]),
+    ]
+)

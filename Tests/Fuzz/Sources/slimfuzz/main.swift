@@ -1,0 +1,51 @@
+import Glibc
+
+// One libFuzzer binary for every parser of outside input; SLIMFUZZ_TARGET picks the parser.
+// Built and run by scripts/fuzz (with -sanitize=fuzzer,address), which seeds each target from
+// the committed fixtures. Every target checks an invariant beyond "no crash" and reports a
+// broken one with a precondition failure, which libFuzzer records as a crash.
+
+enum Target: String, CaseIterable {
+    case wire, mcap, cdr, safetensors, config
+    case rateTable = "rate-table"
+
+    var run: (UnsafeRawBufferPointer) -> Void {
+        switch self {
+        case .wire: fuzzWire
+        case .mcap: fuzzMCAP
+        case .cdr: fuzzCDR
+        case .safetensors: fuzzSafetensors
+        case .config: fuzzConfig
+        case .rateTable: fuzzRateTable
+        }
+    }
+}
+
+let target: Target = {
+    let names = Target.allCases.map(\.rawValue).joined(separator: ", ")
+    guard let p = getenv("SLIMFUZZ_TARGET"), let t = Target(rawValue: String(cString: p)) else {
+        fputs("slimfuzz: set SLIMFUZZ_TARGET to one of: \(names)\n", stderr)
+        exit(2)
+    }
+    return t
+}()
+
+// libFuzzer's own driver (flags, corpus directories, -runs, ...), entered from this main.
+@_silgen_name("LLVMFuzzerRunDriver")
+func LLVMFuzzerRunDriver(_ argc: UnsafeMutablePointer<CInt>,
+                         _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+                         _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt) -> CInt
+
+_ = target
+var argc = CommandLine.argc
+var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
+exit(LLVMFuzzerRunDriver(&argc, &argv) { data, size in
+    target.run(UnsafeRawBufferPointer(start: size > 0 ? data : nil, count: size))
+    return 0
+})
+
+/// A broken invariant: stops the run with the message (fatalError keeps its message in
+/// optimized builds, where precondition drops it), and libFuzzer saves the input.
+func invariant(_ holds: Bool, _ message: @autoclosure () -> String) {
+    if !holds { fatalError(message()) }
+}

@@ -1,0 +1,80 @@
+"""Writes the seed corpus of every fuzz target (scripts/fuzz calls it) from committed files.
+
+  python3 Tests/Fuzz/make_seeds.py OUT_DIR [MCAP_CONFORMANCE_DIR]
+
+Seeds, per target: wire, the protocol's test vectors; mcap, the MCAP fixtures and the
+conformance files; cdr, every ROS 2 message in the fixtures, prefixed with the byte that picks
+its decoder; safetensors, small files of every dtype and the shipped model's metadata without
+tensors; config, the shipped configs and scenes; rate-table, the shipped model's table.
+"""
+import glob
+import json
+import os
+import struct
+import sys
+
+import numpy as np
+from mcap.reader import make_reader
+from safetensors.numpy import save_file
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+MAX_SEED = 64 * 1024
+CDR_KIND = {"sensor_msgs/msg/PointCloud2": 0, "geometry_msgs/msg/PoseStamped": 1,
+            "vision_msgs/msg/Detection3DArray": 2, "slimsplit_msgs/msg/Visibility": 3}
+
+
+def put(out, target, name, data):
+    d = os.path.join(out, target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+
+
+def copy_small(out, target, paths):
+    for p in paths:
+        if os.path.getsize(p) <= MAX_SEED:
+            put(out, target, os.path.basename(os.path.dirname(p)) + "_" + os.path.basename(p), open(p, "rb").read())
+
+
+def main():
+    out = sys.argv[1]
+    conformance = sys.argv[2] if len(sys.argv) > 2 else None
+    vectors = glob.glob(os.path.join(ROOT, "Protocol/vectors/*/*.bin"))
+    copy_small(out, "wire", vectors)
+    mcaps = glob.glob(os.path.join(ROOT, "Tests/Fixtures/mcap/*.mcap"))
+    if conformance and os.path.isdir(conformance):
+        mcaps += glob.glob(os.path.join(conformance, "*/*.mcap"))
+    copy_small(out, "mcap", mcaps)
+
+    seen = 0
+    for p in glob.glob(os.path.join(ROOT, "Tests/Fixtures/mcap/*.mcap")):
+        try:
+            with open(p, "rb") as f:
+                for schema, _, message in make_reader(f).iter_messages():
+                    kind = CDR_KIND.get(schema.name if schema else "")
+                    if kind is not None and len(message.data) <= MAX_SEED:
+                        put(out, "cdr", f"{seen:04d}", bytes([kind]) + message.data)
+                        seen += 1
+        except Exception:
+            pass  # the deliberately broken fixtures
+
+    st = os.path.join(out, "safetensors")
+    os.makedirs(st, exist_ok=True)
+    save_file({"f": np.arange(6, dtype=np.float32).reshape(2, 3), "i": np.arange(4, dtype=np.int8),
+          "w": np.ones((2, 2), dtype=np.int32)}, os.path.join(st, "small.safetensors"), metadata={"format": "x"})
+    save_file({"h": np.zeros(3, dtype=np.float16), "d": np.zeros(1, dtype=np.float64), "u": np.zeros(2, dtype=np.uint8)},
+         os.path.join(st, "dtypes.safetensors"))
+    model = open(os.path.join(ROOT, "Models/slimsplit-bev.safetensors"), "rb").read()
+    n = struct.unpack("<Q", model[:8])[0]
+    meta = json.loads(model[8:8 + n])["__metadata__"]
+    header = json.dumps({"__metadata__": meta}).encode()
+    header += b" " * (-len(header) % 8)
+    put(out, "safetensors", "shipped_metadata.safetensors", struct.pack("<Q", len(header)) + header)
+    put(out, "rate-table", "shipped.json", meta["rate_accuracy"].encode())
+
+    configs = glob.glob(os.path.join(ROOT, "Configs/*.yaml")) + glob.glob(os.path.join(ROOT, "Configs/scenes/*.yaml"))
+    copy_small(out, "config", configs)
+
+
+if __name__ == "__main__":
+    main()
