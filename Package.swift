@@ -95,7 +95,7 @@ let package = Package(
         .testTarget(name: "SlimPipelineTests", dependencies: ["SlimPipeline", "SlimAgent", "SlimEngine", "SlimSensors", "CAllocCounter"],
                     swiftSettings: strict),
         .testTarget(name: "SlimTransportTests",
-                    dependencies: ["SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "SlimEngine", "SlimPipeline", "CZeroMQ"],
+                    dependencies: ["SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "SlimEngine", "SlimSensors", "SlimPipeline", "CZeroMQ"],
                     swiftSettings: strict),
     ]
 )

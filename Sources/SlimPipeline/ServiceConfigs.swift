@@ -16,6 +16,8 @@ public struct ServerConfig: Sendable {
     public var fusionMode: String
     /// MCAP file the server records fused detections to (world frame, /fusion/detections).
     public var recordPath: String?
+    /// Seconds between the recording's chunk flushes: after a crash, at most this much is lost.
+    public var recordFlushSeconds: Double
     /// File (or "-" for stdout) that gets one JSON line per Result.
     public var jsonLines: String?
     /// ZeroMQ PUB endpoint publishing one JSON message per Result (nil: off).
@@ -73,6 +75,7 @@ public struct ServerConfig: Sendable {
             throw ConfigError(file: f.file, key: f.keyPath("mode"), problem: "'\(fusionMode)' must be attention or max")
         }
         recordPath = try f.optionalString("record").map { f.resolvePath($0) }
+        recordFlushSeconds = try f.double("record_flush_s", default: 1, in: 0.05...3600)
         jsonLines = try f.optionalString("json_lines").map { $0 == "-" ? "-" : f.resolvePath($0) }
         publish = try f.optionalString("publish")
         useLateFrames = try f.string("late_frames", default: "drop") == "use"

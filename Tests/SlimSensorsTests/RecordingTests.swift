@@ -100,6 +100,29 @@ func sampleScene(duration: Double = 0.5) throws -> SceneConfig {
     return c
 }
 
+@Suite("Recording to a full disk or an unwritable path")
+struct RecordingFailureTests {
+    @Test("an unwritable path is an error naming the file and the reason")
+    func unwritable() {
+        #expect {
+            _ = try MCAPWriter(path: "/nonexistent-dir/x.mcap")
+        } throws: { e in
+            "\(e)".contains("/nonexistent-dir/x.mcap") && "\(e)".contains("No such file or directory")
+        }
+    }
+
+    /// /dev/full accepts the open and refuses every write with ENOSPC, as a full disk does.
+    @Test("a full disk is an error naming the file and ENOSPC",
+          .enabled(if: FileManager.default.fileExists(atPath: "/dev/full"), "no /dev/full on this system"))
+    func diskFull() throws {
+        #expect {
+            _ = try RecordingWriter(path: "/dev/full")
+        } throws: { e in
+            "\(e)".contains("/dev/full") && "\(e)".contains("No space left on device")
+        }
+    }
+}
+
 @Suite("Simulator, recordings, featurizer, dataset export")
 struct SimulatorTests {
     @Test("a recording reads back: every topic, points, poses, ground truth")

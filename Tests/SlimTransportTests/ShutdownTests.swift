@@ -1,4 +1,5 @@
 import Foundation
+import SlimSensors
 import Testing
 
 /// The shipped binary stops gracefully on SIGTERM and SIGINT: it prints its closing table and
@@ -69,5 +70,126 @@ struct AgentCheckTests {
         let text = (try? String(contentsOf: out, encoding: .utf8)) ?? ""
         #expect(p.terminationStatus == 1, "\(text)")
         #expect(text.contains("ok   config") && text.contains("ok   kernels") && text.contains("FAIL server"), "\(text)")
+    }
+}
+
+/// The server's recording survives `kill -9`: its open chunk is written out every
+/// `fusion.record_flush_s`, so after the kill every message recorded more than that (plus the
+/// flush timer's period) before it reads back, with SlimSplit's reader and with the official
+/// `mcap` reader's stream reader (the file has no summary; both read until the cut).
+@Suite("the server's recording survives SIGKILL", .serialized)
+struct CrashSafeRecordingTests {
+    static let officialReader: Bool = {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["python3", "-c", "import mcap.stream_reader"]
+        p.standardError = FileHandle.nullDevice
+        guard (try? p.run()) != nil else { return false }
+        p.waitUntilExit()
+        return p.terminationStatus == 0
+    }()
+
+    static let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    @Test(.enabled(if: ShutdownTests.binary != nil, "the slimsplit binary is not built beside the tests"),
+          .enabled(if: officialReader, "python3 with the mcap package is not available (scripts/test installs it)"))
+    func killNine() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("slimsplit-kill9-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let model = Self.repo.appendingPathComponent("Models/slimsplit-bev.safetensors").path
+        let recording = dir.appendingPathComponent("fused.mcap").path, lines = dir.appendingPathComponent("results.jsonl").path
+        try """
+            endpoint: tcp://127.0.0.1:0
+            curve:
+              enabled: false
+            fusion:
+              model: \(model)
+              record: \(recording)
+              record_flush_s: 0.2
+              json_lines: \(lines)
+            """.write(toFile: dir.appendingPathComponent("server.yaml").path, atomically: true, encoding: .utf8)
+        func start(_ args: [String], _ name: String) throws -> (Process, () -> String) {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: ShutdownTests.binary!)
+            p.arguments = args
+            let err = dir.appendingPathComponent("\(name).log")
+            FileManager.default.createFile(atPath: err.path, contents: nil)
+            p.standardError = try FileHandle(forWritingTo: err)
+            p.standardOutput = FileHandle.nullDevice
+            try p.run()
+            return (p, { (try? String(contentsOf: err, encoding: .utf8)) ?? "" })
+        }
+        let (server, serverLog) = try start(["server", "--config", dir.appendingPathComponent("server.yaml").path, "--status-interval", "0"], "server")
+        defer { if server.isRunning { kill(server.processIdentifier, SIGKILL) } }
+        #expect(await eventually(120) { serverLog().contains("listening") || !server.isRunning }, "the server never listened")
+        guard let range = serverLog().range(of: #"tcp://127\.0\.0\.1:[0-9]+"#, options: .regularExpression) else {
+            Issue.record("no endpoint in the server's log: \(serverLog())")
+            return
+        }
+        let endpoint = String(serverLog()[range])
+        try """
+            agent_id: car-1
+            server: \(endpoint)
+            curve:
+              enabled: false
+            source:
+              recording: \(Self.repo.appendingPathComponent("Tests/Fixtures/sample.mcap").path)
+              agent: car_1
+              model: \(model)
+              bits: 4
+              loop: true
+            """.write(toFile: dir.appendingPathComponent("agent.yaml").path, atomically: true, encoding: .utf8)
+        let (agent, agentLog) = try start(["agent", "--config", dir.appendingPathComponent("agent.yaml").path], "agent")
+        defer { if agent.isRunning { kill(agent.processIdentifier, SIGKILL) } }
+        let results = { ((try? String(contentsOfFile: lines, encoding: .utf8)) ?? "").split(separator: "\n").count }
+        // Enough Results for several chunks, then a count that must all be flushed by the kill.
+        #expect(await eventually(120) { results() >= 20 || !agent.isRunning || !server.isRunning },
+                "no Results: \(serverLog().suffix(2000)) \(agentLog().suffix(2000))")
+        let before = results()
+        try await Task.sleep(nanoseconds: 1_500_000_000)  // > record_flush_s + the 0.2 s flush timer, with margin
+        kill(server.processIdentifier, SIGKILL)
+        server.waitUntilExit()
+        let total = results()
+        #expect(server.terminationReason == .uncaughtSignal && before >= 20)
+
+        // SlimSplit's reader: every message up to the cut, then a typed error (no footer).
+        var ours: [UInt64] = []
+        var error: MCAPError?
+        do {
+            try MCAPReader(path: recording).forEachMessage { m in
+                if m.channel.topic == Topics.fusedDetections { ours.append(m.logTime) }
+                return true
+            }
+        } catch let e { error = e }
+        #expect(error != nil, "a file cut by kill -9 read as complete")
+        #expect(ours.count >= before && ours.count <= total, "read back \(ours.count) detections; \(before) were recorded 1.5 s before the kill, \(total) in all")
+
+        // The official reader, streaming until the cut.
+        let script = """
+            import sys
+            from mcap.stream_reader import StreamReader
+            from mcap.records import Channel, Message
+            topics, times = {}, []
+            try:
+                for r in StreamReader(open(sys.argv[1], "rb"), validate_crcs=True).records:
+                    if isinstance(r, Channel): topics[r.id] = r.topic
+                    elif isinstance(r, Message) and topics.get(r.channel_id) == "/fusion/detections": times.append(r.log_time)
+            except Exception as e:
+                print("cut:", type(e).__name__, file=sys.stderr)
+            print(" ".join(map(str, times)))
+            """
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["python3", "-c", script, recording]
+        let out = dir.appendingPathComponent("official.txt")
+        FileManager.default.createFile(atPath: out.path, contents: nil)
+        p.standardOutput = try FileHandle(forWritingTo: out)
+        try p.run()
+        #expect(await eventually(60) { !p.isRunning })
+        let official = ((try? String(contentsOf: out, encoding: .utf8)) ?? "").split(separator: " ").compactMap { UInt64($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        #expect(official == ours, "the official reader read \(official.count) detections, SlimSplit's \(ours.count)")
+        print("kill -9 mid-session: \(ours.count) of \(total) fused detections read back by SlimSplit's reader and the official one "
+              + "(\(before) recorded 1.5 s before the kill)")
     }
 }

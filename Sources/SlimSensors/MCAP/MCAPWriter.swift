@@ -1,5 +1,6 @@
 import CKernels
 import Foundation
+import Glibc
 
 /// How an MCAP writer compresses its chunks (`lz4`, what `ros2 bag record` writes; `zstd`, the
 /// official `mcap` writers' default, smaller and slower; or none).
@@ -11,9 +12,18 @@ public enum MCAPCompression: String, Sendable, CaseIterable {
 /// channel after each chunk, and a summary (schemas, channels, statistics, chunk indexes) with
 /// summary offsets — what `ros2 bag record` writes and what Foxglove and the `mcap` tools read
 /// fast. Not thread-safe.
+///
+/// Crash safety: every chunk goes to the file (unbuffered `write(2)`) as soon as it closes, and
+/// a chunk closes when it reaches `chunkSize` or, with `flushInterval` set, when its first
+/// message is that old (checked on every write and by `flushIfDue()`, which a caller with a
+/// quiet stream calls from a timer). After `kill -9` the file lacks only the summary and the
+/// open chunk: the official readers' recovery modes and SlimSplit's reader deliver every message
+/// of the closed chunks. A write that fails (disk full, file gone) is thrown as an `MCAPError`
+/// naming the file and the system's reason; the writer then stays failed (`failure`), keeps
+/// what it wrote readable and refuses further writes with the same error.
 public final class MCAPWriter {
     public let path: String
-    private let handle: FileHandle
+    private let fd: Int32
     private var offset = 0
     private var dataCRC: UInt32 = 0
     private var schemas: [MCAPSchema] = []
@@ -30,17 +40,23 @@ public final class MCAPWriter {
     /// Compress every chunk even when it saves nothing (the recording profile's LZ4 everywhere);
     /// off, a chunk that does not shrink by 5 % (float point clouds often) is stored uncompressed.
     public var alwaysCompress = true
+    /// Seconds after which an open chunk is written out even if not full (nil: only when full).
+    public var flushInterval: Double?
+    private var chunkOpenedNs: UInt64 = 0
     private var finished = false
+    /// The write error that stopped this writer, if one did.
+    public private(set) var failure: MCAPError?
 
-    public init(path: String, profile: String = "ros2", chunkSize: Int = 1 << 20, compression: MCAPCompression = .lz4) throws {
+    public init(path: String, profile: String = "ros2", chunkSize: Int = 1 << 20, compression: MCAPCompression = .lz4,
+                flushInterval: Double? = nil) throws(MCAPError) {
         self.path = path
         self.chunkSize = chunkSize
         self.compression = compression
-        guard FileManager.default.createFile(atPath: path, contents: nil),
-              let h = FileHandle(forWritingAtPath: path) else {
-            throw MCAPError(file: path, offset: 0, record: "file", problem: "cannot create the file")
+        self.flushInterval = flushInterval
+        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else {
+            throw MCAPError(file: path, offset: 0, record: "file", problem: "cannot create the file: \(String(cString: strerror(errno)))")
         }
-        handle = h
         var b = MCAPBuffer()
         b.bytes += mcapMagic
         b.record(.header) { $0.string(profile); $0.string("slimsplit") }
@@ -63,8 +79,10 @@ public final class MCAPWriter {
         return c.id
     }
 
-    public func write(channel id: UInt16, logTime: UInt64, publishTime: UInt64? = nil, data: [UInt8]) throws {
+    public func write(channel id: UInt16, logTime: UInt64, publishTime: UInt64? = nil, data: [UInt8]) throws(MCAPError) {
+        if let failure { throw failure }
         let c = channels[Int(id) - 1]
+        if chunk.bytes.isEmpty { chunkOpenedNs = monotonicNs() }
         if c.schemaID != 0, !writtenInChunk.contains("s\(c.schemaID)") {
             let s = schemas[Int(c.schemaID) - 1]
             chunk.record(.schema) { $0.int(s.id); $0.string(s.name); $0.string(s.encoding); $0.bytes32(s.data) }
@@ -88,10 +106,27 @@ public final class MCAPWriter {
         if stats.messageCount == 1 { stats.messageStartTime = logTime }
         stats.messageStartTime = min(stats.messageStartTime, logTime)
         stats.messageEndTime = max(stats.messageEndTime, logTime)
-        if chunk.bytes.count >= chunkSize { try flushChunk() }
+        if chunk.bytes.count >= chunkSize || due { try flushChunk() }
     }
 
-    private func flushChunk() throws {
+    private var due: Bool {
+        guard let flushInterval, !chunk.bytes.isEmpty else { return false }
+        return Double(monotonicNs() &- chunkOpenedNs) / 1e9 >= flushInterval
+    }
+
+    /// Writes out the open chunk if `flushInterval` has passed since its first message.
+    public func flushIfDue() throws(MCAPError) {
+        if let failure { throw failure }
+        if due { try flushChunk() }
+    }
+
+    /// Writes out the open chunk now.
+    public func flush() throws(MCAPError) {
+        if let failure { throw failure }
+        try flushChunk()
+    }
+
+    private func flushChunk() throws(MCAPError) {
         guard !chunk.bytes.isEmpty else { return }
         let raw = chunk.bytes
         let crc = slim_crc32(0, raw, raw.count)
@@ -135,10 +170,14 @@ public final class MCAPWriter {
         chunkEnd = 0
     }
 
-    /// Flushes the last chunk and writes the data end, the summary and the footer.
-    public func finish() throws {
+    /// Flushes the last chunk and writes the data end, the summary and the footer, then closes
+    /// the file. After a write failure it only closes the file (which stays readable up to the
+    /// failed write) and throws that failure.
+    public func finish() throws(MCAPError) {
         guard !finished else { return }
         finished = true
+        defer { close(fd) }
+        if let failure { throw failure }
         try flushChunk()
         var end = MCAPBuffer()
         end.record(.dataEnd) { $0.int(dataCRC) }
@@ -190,13 +229,28 @@ public final class MCAPWriter {
         tail.int(crc)
         tail.bytes += mcapMagic
         try emit(tail.bytes, data: false)
-        try handle.close()
     }
 
-    private func emit(_ bytes: [UInt8], data: Bool) throws {
+    private func emit(_ bytes: [UInt8], data: Bool) throws(MCAPError) {
         if data { dataCRC = slim_crc32(dataCRC, bytes, bytes.count) }
-        try handle.write(contentsOf: bytes)
-        offset += bytes.count
+        var done = 0
+        let problem: String? = bytes.withUnsafeBytes { b in
+            while done < b.count {
+                let n = Glibc.write(fd, b.baseAddress! + done, b.count - done)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    return "write failed after \(offset + done) bytes: \(String(cString: strerror(errno)))"
+                }
+                done += n
+            }
+            return nil
+        }
+        offset += done
+        if let problem {
+            let e = MCAPError(file: path, offset: offset, record: "file", problem: problem)
+            failure = e
+            throw e
+        }
     }
 
     deinit { if !finished { try? finish() } }

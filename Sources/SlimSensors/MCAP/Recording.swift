@@ -25,8 +25,9 @@ public final class RecordingWriter {
     private var channels: [String: UInt16] = [:]
     private let schemaIDs: [String: UInt16]
 
-    public init(path: String, chunkSize: Int = 1 << 20, compression: MCAPCompression = .lz4) throws {
-        writer = try MCAPWriter(path: path, chunkSize: chunkSize, compression: compression)
+    /// `flushInterval`: seconds after which an open chunk is written out (see `MCAPWriter`).
+    public init(path: String, chunkSize: Int = 1 << 20, compression: MCAPCompression = .lz4, flushInterval: Double? = 1) throws(MCAPError) {
+        writer = try MCAPWriter(path: path, chunkSize: chunkSize, compression: compression, flushInterval: flushInterval)
         var ids: [String: UInt16] = [:]
         for (name, text) in [(PointCloud2.typeName, MessageDefinitions.pointCloud2), (PoseStamped.typeName, MessageDefinitions.poseStamped),
                              (Detection3DArray.typeName, MessageDefinitions.detection3DArray), (Visibility.typeName, Visibility.definition)] {
@@ -35,7 +36,7 @@ public final class RecordingWriter {
         schemaIDs = ids
     }
 
-    public func write(topic: String, type: String, timeNs: UInt64, data: [UInt8]) throws {
+    public func write(topic: String, type: String, timeNs: UInt64, data: [UInt8]) throws(MCAPError) {
         let id = channels[topic] ?? {
             let c = writer.addChannel(topic: topic, schemaID: schemaIDs[type]!, messageEncoding: "cdr")
             channels[topic] = c
@@ -44,7 +45,7 @@ public final class RecordingWriter {
         try writer.write(channel: id, logTime: timeNs, data: data)
     }
 
-    public func write(_ frame: SimFrame) throws {
+    public func write(_ frame: SimFrame) throws(MCAPError) {
         let stamp = RosTime(ns: frame.timeNs)
         for a in frame.agents {
             try write(topic: Topics.lidar(a.id), type: PointCloud2.typeName, timeNs: frame.timeNs,
@@ -65,7 +66,8 @@ public final class RecordingWriter {
                                    pointCounts: frame.hits.flatMap { $0.map { UInt32($0) } }).encoded())
     }
 
-    public func finish() throws { try writer.finish() }
+    public func flushIfDue() throws(MCAPError) { try writer.flushIfDue() }
+    public func finish() throws(MCAPError) { try writer.finish() }
 }
 
 /// What `slimsplit replay --inspect` prints: per topic, its type, count, rate and time span.

@@ -65,13 +65,16 @@ struct ServerCommand: AsyncParsableCommand {
             if fusionRef?.ingest(agent: agent, frame) == true { arrived.yield() }
         }
         logger.info("listening", metadata: ["endpoint": "\(router.endpoint)"])
+        let recorder: DetectionRecorder? = cfg.recordPath != nil || cfg.jsonLines != nil || cfg.publish != nil
+            ? try DetectionRecorder(path: cfg.recordPath, jsonLines: cfg.jsonLines, publish: cfg.publish,
+                                    flushSeconds: cfg.recordFlushSeconds, logger: logger) : nil
         var metrics: MetricsEndpoint?
         if cfg.metricsPort != 0 || metricsPort != nil {
-            metrics = try MetricsEndpoint(host: cfg.metricsHost, port: metricsPort ?? cfg.metricsPort) { prometheusText(server: server, fusion: fusionRef) }
+            metrics = try MetricsEndpoint(host: cfg.metricsHost, port: metricsPort ?? cfg.metricsPort) {
+                prometheusText(server: server, fusion: fusionRef) + (recorder?.prometheusText ?? "")
+            }
             logger.info("metrics", metadata: ["url": "http://\(cfg.metricsHost):\(metrics!.port)/metrics"])
         }
-        let recorder: DetectionRecorder? = cfg.recordPath != nil || cfg.jsonLines != nil || cfg.publish != nil
-            ? try DetectionRecorder(path: cfg.recordPath, jsonLines: cfg.jsonLines, publish: cfg.publish) : nil
         // Fusion: every agent with a new frame gets the fused detections in its own frame.
         let gapNs = UInt64(1e9 / cfg.tickHz)
         let ticker = Task {
@@ -149,6 +152,7 @@ struct ServerCommand: AsyncParsableCommand {
             var lastStatus = start
             while !Task.isCancelled {
                 await sleepSeconds(0.2)
+                recorder?.flushIfDue()
                 let now = Clock.monotonicNs()
                 if duration > 0, Double(now - start) / 1e9 >= duration { shutdown("duration"); return }
                 if statusInterval > 0, Double(now - lastStatus) / 1e9 >= statusInterval {
@@ -167,7 +171,7 @@ struct ServerCommand: AsyncParsableCommand {
         ticker.cancel()
         _ = await ticker.value
         metrics?.close()
-        try recorder?.finish()  // flushes the recording's last chunk and its summary
+        recorder?.finish()  // flushes the recording's last chunk and its summary
         _ = signals
         print(serverTable(server).render())
     }
