@@ -139,6 +139,7 @@ class Agent:
             "agent_id": self.args.agent_id, "control_received": self.control_received,
             "frames_sent": len(self.sent), "acks": len(self.rtts), "results": self.results,
             "rtt_ms_p50": round(statistics.median(rtts), 3) if rtts else None,
+            "rtt_ms_p99": round(sorted(rtts)[min(len(rtts) - 1, int(0.99 * len(rtts)))], 3) if rtts else None,
             "rtt_ms_max": round(max(rtts), 3) if rtts else None,
             "errors": self.errors,
         }

@@ -3,19 +3,29 @@ import SlimEngine
 import SlimTransport
 
 /// A minimal Prometheus endpoint: `GET /metrics` over HTTP/1.0 on its own thread, answering
-/// with the text exposition format that `render` produces. One request at a time, bounded
-/// reads, no keep-alive: enough for a Prometheus scraper or `curl`, without an HTTP stack in
-/// the build.
+/// with the text exposition format that `render` produces. No keep-alive: enough for a
+/// Prometheus scraper or `curl`, without an HTTP stack in the build.
+///
+/// Hostile clients cannot hold it: one thread polls every connection (non-blocking), each
+/// connection has `clientTimeout` seconds in all to send its request (at most 8 KiB) and read
+/// the answer, and at most `maxClients` are open at once (a new one closes the oldest). Slow and
+/// idle clients therefore cost a scraper nothing but a place in the queue. Dropped clients are
+/// counted in the answer (`slimsplit_metrics_clients_dropped_total`, by reason).
 public final class MetricsEndpoint: @unchecked Sendable {
+    public static let maxClients = 64
+    public static let clientTimeout = 2.0
+    public static let maxRequestBytes = 8192
     public let port: Int
     private let fd: Int32
+    private let wake: (read: Int32, write: Int32)
     private let render: @Sendable () -> String
     private let stopped = Locked(false)
+    private let dropped = Locked<[String: Int]>([:])
 
     /// Binds `host:port` (port 0: any free port, see `port`).
     public init(host: String = "0.0.0.0", port: Int, render: @escaping @Sendable () -> String) throws(ZMQError) {
         self.render = render
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw ZMQError("socket", code: errno) }
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
@@ -24,7 +34,11 @@ public final class MetricsEndpoint: @unchecked Sendable {
         addr.sin_port = in_port_t(UInt16(port).bigEndian)
         addr.sin_addr.s_addr = inet_addr(host)
         let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        guard ok == 0, listen(fd, 16) == 0 else { Glibc.close(fd); throw ZMQError("bind metrics \(host):\(port)", code: errno) }
+        guard ok == 0, listen(fd, 128) == 0 else { Glibc.close(fd); throw ZMQError("bind metrics \(host):\(port)", code: errno) }
+        var pipeFDs: [Int32] = [-1, -1]
+        guard pipe(&pipeFDs) == 0 else { Glibc.close(fd); throw ZMQError("pipe", code: errno) }
+        for p in pipeFDs { _ = fcntl(p, F_SETFL, fcntl(p, F_GETFL) | O_NONBLOCK); _ = fcntl(p, F_SETFD, FD_CLOEXEC) }
+        wake = (pipeFDs[0], pipeFDs[1])
         var bound = sockaddr_in()
         var len = socklen_t(MemoryLayout<sockaddr_in>.size)
         _ = withUnsafeMutablePointer(to: &bound) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
@@ -40,34 +54,102 @@ public final class MetricsEndpoint: @unchecked Sendable {
         pthread_detach(t)
     }
 
+    /// Stops serving; the thread closes every connection and the socket.
     public func close() {
-        stopped.withLock { $0 = true }
-        shutdown(fd, Int32(SHUT_RDWR))
-        Glibc.close(fd)
+        guard stopped.withLock({ s in defer { s = true }; return !s }) else { return }
+        var b: UInt8 = 1
+        _ = write(wake.write, &b, 1)
+    }
+
+    private struct Client {
+        var fd: Int32
+        var deadline: UInt64
+        var request: [UInt8] = []
+        var answer: [UInt8] = []
+        var sent = 0
     }
 
     private func serve() {
+        var clients: [Client] = []
+        var fds: [pollfd] = []
         var buf = [UInt8](repeating: 0, count: 4096)
-        while !stopped.value {
-            let c = accept(fd, nil, nil)
-            if c < 0 { if stopped.value { return } else { continue } }
-            var tv = timeval(tv_sec: 2, tv_usec: 0)
-            setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-            let n = read(c, &buf, buf.count)
-            let request = n > 0 ? String(decoding: buf[0..<n], as: UTF8.self) : ""
-            let ok = request.hasPrefix("GET /metrics")
-            let body = ok ? render() : "not found: try /metrics\n"
-            let head = "HTTP/1.0 \(ok ? "200 OK" : "404 Not Found")\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n"
-            let out = Array((head + body).utf8)
-            var sent = 0
-            while sent < out.count {
-                let w = out[sent...].withUnsafeBytes { write(c, $0.baseAddress, $0.count) }
-                if w <= 0 { break }
-                sent += w
-            }
-            Glibc.close(c)
+        func drop(_ c: Client, _ reason: String?) {
+            Glibc.close(c.fd)
+            if let reason { dropped.withLock { $0[reason, default: 0] += 1 } }
         }
+        while !stopped.value {
+            fds.removeAll(keepingCapacity: true)
+            fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0))
+            fds.append(pollfd(fd: wake.read, events: Int16(POLLIN), revents: 0))
+            for c in clients { fds.append(pollfd(fd: c.fd, events: Int16(c.answer.isEmpty ? POLLIN : POLLOUT), revents: 0)) }
+            let now = Clock.monotonicNs()
+            let timeout = clients.map(\.deadline).min().map { Int32(min(($0 &- min($0, now)) / 1_000_000 + 1, 10_000)) } ?? -1
+            _ = poll(&fds, nfds_t(fds.count), timeout)
+            if stopped.value { break }
+            let after = Clock.monotonicNs()
+            var open: [Client] = []
+            open.reserveCapacity(clients.count + 1)
+            for (i, client) in clients.enumerated() {
+                var c = client
+                let events = fds[2 + i].revents
+                var finished = false
+                if c.answer.isEmpty, events & Int16(POLLIN | POLLHUP | POLLERR) != 0 {
+                    let n = read(c.fd, &buf, buf.count)
+                    if n <= 0 {
+                        finished = true
+                    } else {
+                        c.request += buf[0..<n]
+                        if let answer = answer(to: c.request) { c.answer = answer }
+                    }
+                }
+                if !finished, !c.answer.isEmpty {
+                    let w = c.answer[c.sent...].withUnsafeBytes { send(c.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                    if w > 0 { c.sent += w } else if errno != EAGAIN && errno != EINTR { finished = true }
+                    if c.sent == c.answer.count { finished = true }
+                }
+                if finished { drop(c, nil) } else if after >= c.deadline { drop(c, c.answer.isEmpty ? "request_timeout" : "slow_reader") } else { open.append(c) }
+            }
+            clients = open
+            if fds[0].revents & Int16(POLLIN) != 0 {
+                while true {
+                    let c = accept(fd, nil, nil)
+                    if c < 0 { break }
+                    _ = fcntl(c, F_SETFL, fcntl(c, F_GETFL) | O_NONBLOCK)
+                    _ = fcntl(c, F_SETFD, FD_CLOEXEC)
+                    if clients.count >= Self.maxClients { drop(clients.removeFirst(), "too_many_clients") }
+                    clients.append(Client(fd: c, deadline: after + UInt64(Self.clientTimeout * 1e9)))
+                }
+            }
+        }
+        for c in clients { Glibc.close(c.fd) }
+        Glibc.close(fd)
+        Glibc.close(wake.read)
+        Glibc.close(wake.write)
     }
+
+    /// The answer once the request's head is complete (or too long), nil while it is not.
+    private func answer(to request: [UInt8]) -> [UInt8]? {
+        let complete = request.count >= 4 && (0...(request.count - 4)).contains { i in
+            request[i] == 13 && request[i + 1] == 10 && request[i + 2] == 13 && request[i + 3] == 10
+        }
+        guard complete || request.count >= Self.maxRequestBytes else { return nil }
+        let ok = complete && request.starts(with: Array("GET /metrics".utf8))
+        let status = ok ? "200 OK" : complete ? "404 Not Found" : "431 Request Header Fields Too Large"
+        var body = "not found: try GET /metrics\n"
+        if ok {
+            body = render()
+            body += "# HELP slimsplit_metrics_clients_dropped_total Connections to this endpoint closed unanswered: request_timeout, slow_reader, too_many_clients.\n"
+            body += "# TYPE slimsplit_metrics_clients_dropped_total counter\n"
+            for (reason, n) in dropped.value.sorted(by: { $0.key < $1.key }) {
+                body += "slimsplit_metrics_clients_dropped_total{reason=\"\(reason)\"} \(n)\n"
+            }
+        }
+        let head = "HTTP/1.0 \(status)\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n"
+        return Array((head + body).utf8)
+    }
+
+    /// Clients dropped so far, by reason (request_timeout, slow_reader, too_many_clients).
+    public var droppedClients: [String: Int] { dropped.value }
 }
 
 /// Prometheus text for a server: per agent frames, bytes, rejections by reason, width and bits;

@@ -47,8 +47,8 @@ public struct RateAccuracyEntry: Sendable, Equatable {
             guard quantization["\(wi).\(bits)"] != nil else {
                 throw fail("entries[\(i)]: no feature quantization for width index \(wi) at \(bits) bits")
             }
-            guard bytes > 0, bytes.isFinite, ap.isFinite, threshold >= 0, threshold.isFinite else {
-                throw fail("entries[\(i)]: bytes must be > 0, ap50 and threshold finite, threshold >= 0")
+            guard bytes > 0, bytes.isFinite, ap.isFinite, threshold >= 0, Float(threshold).isFinite else {
+                throw fail("entries[\(i)]: bytes must be > 0, ap50 finite, threshold >= 0 and within Float's range")
             }
             out.append(Self(widthIndex: wi, bits: bits, threshold: Float(threshold), bytes: bytes, ap50: ap))
         }

@@ -145,9 +145,14 @@ public enum PointCloud2 {
             guard let size = fieldSize(f.type) else { throw r.fail("field datatype \(f.type) is not a PointField type") }
             guard f.offset + size <= pointStep else { throw r.fail("field at offset \(f.offset) does not fit point_step \(pointStep)") }
         }
-        guard height == 0 || width == 0 || (pointStep > 0 && rowStep >= width * pointStep && rowStep * (height - 1) + width * pointStep <= n) else {
+        // Every product checked for overflow: the four sizes are arbitrary UInt32s.
+        let (rowBytes, o1) = width.multipliedReportingOverflow(by: pointStep)
+        let (lastRowStart, o2) = rowStep.multipliedReportingOverflow(by: max(height - 1, 0))
+        let (needed, o3) = lastRowStart.addingReportingOverflow(rowBytes)
+        guard height == 0 || width == 0 || (pointStep > 0 && !o1 && !o2 && !o3 && rowStep >= rowBytes && needed <= n) else {
             throw r.fail("data of \(n) bytes cannot hold \(height)×\(width) points of \(pointStep) bytes with row_step \(rowStep)")
         }
+        guard height > 0, width > 0 else { return header }  // an empty cloud (a 4e9 × 0 one took 20 s)
         points.reserveCapacity(height * width)
         for row in 0..<height {
             for col in 0..<width {
