@@ -10,7 +10,8 @@ the loaded phase, at the same time:
     ZMTP greeting with the NULL mechanism, one in five a CurveZMQ client whose key is not on
     the allow-list (pyzmq), each closed after its attempt;
   - 500 idle TCP connections held open (reopened when the server drops them);
-  - an allow-listed agent sending at 100x its rate (1 kHz instead of 10 Hz);
+  - an allow-listed agent (`slimsplit agent`, synthetic maps) sending at 100x the healthy
+    agents' rate: 1 kHz instead of 10 Hz;
   - slow readers on the HTTP endpoint: 200 connections that never send a request, 50 that
     send one byte a second, 50 that send a request and never read; a scraper fetching /metrics
     every 0.5 s measures what a real Prometheus would see.
@@ -123,23 +124,26 @@ def idle_holder(host, port, n, stop, stats):
             except OSError:
                 stats["errors"] += 1
                 break
-        stats["held_min"] = min(stats.get("held_min", n), len(socks))
+        stats["held_now"] = len(socks)
         time.sleep(0.5)
         alive = []
-        for s in socks:  # the server may close idle handshakes; reopen them
+        for s in socks:  # the server may close idle handshakes (after sending its greeting); reopen them
             s.setblocking(False)
+            closed = False
             try:
-                if s.recv(1, socket.MSG_PEEK) == b"":
-                    s.close()
-                    stats["dropped_by_server"] += 1
-                    continue
+                while True:
+                    if s.recv(4096) == b"":
+                        closed = True
+                        break
             except BlockingIOError:
                 pass
             except OSError:
+                closed = True
+            if closed:
                 s.close()
                 stats["dropped_by_server"] += 1
-                continue
-            alive.append(s)
+            else:
+                alive.append(s)
         socks = alive
     for s in socks:
         s.close()
@@ -186,6 +190,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=20, help="length of each phase (default %(default)s)")
     ap.add_argument("--json-out", help="also write the JSON here")
+    ap.add_argument("--only", choices=["connect", "idle", "fast", "http"], action="append",
+                    help="run only these floods in the loaded phase (repeatable; default all)")
     a = ap.parse_args()
     subprocess.run(["swift", "build", "-c", "release", "--product", "slimsplit"], cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -218,31 +224,38 @@ def main():
         idle = {"opened": 0, "errors": 0, "dropped_by_server": 0}
         http = {}
         scrape = {"ms": [], "failed": 0}
-        threads = [threading.Thread(target=connect_flood, args=("127.0.0.1", port, server_pub, stop, flood)),
-                   threading.Thread(target=idle_holder, args=("127.0.0.1", port, 500, stop, idle)),
-                   threading.Thread(target=slow_http, args=(metrics_port, stop, http)),
-                   threading.Thread(target=scraper, args=(metrics_port, stop, scrape))]
+        only = set(a.only or ["connect", "idle", "fast", "http"])
+        threads = [threading.Thread(target=scraper, args=(metrics_port, stop, scrape))]
+        if "connect" in only:
+            threads.append(threading.Thread(target=connect_flood, args=("127.0.0.1", port, server_pub, stop, flood)))
+        if "idle" in only:
+            threads.append(threading.Thread(target=idle_holder, args=("127.0.0.1", port, 500, stop, idle)))
+        if "http" in only:
+            threads.append(threading.Thread(target=slow_http, args=(metrics_port, stop, http)))
         for t in threads:
             t.start()
-        fast = subprocess.Popen([sys.executable, AGENT, "--endpoint", endpoint, "--agent-id", "flooder",
-                                 "--server-key", f"{keys}/server.pub", "--key", f"{keys}/agents/flooder",
-                                 "--frames", str(int(a.seconds * 1000)), "--interval", "0.001", "--bits", "4",
-                                 "--timeout", "10", "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        with open(f"{work}/flooder.yaml", "w") as f:
+            f.write(f"agent_id: flooder\nserver: {endpoint}\ncurve:\n  server_key: {keys}/server.pub\n"
+                    f"  secret_key: {keys}/agents/flooder.key\n"
+                    f"synthetic:\n  rate_hz: 1000\n  channels: 16\n  bits: 4\n  mask: true\n")
+        fast = subprocess.Popen([binary, "agent", "--config", f"{work}/flooder.yaml", "--log-level", "error"],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) if "fast" in only else None
         time.sleep(1)
         loaded = run_healthy(endpoint, keys, frames)
         stop.set()
         for t in threads:
             t.join()
-        fast.wait(timeout=60)
-        fast_out = fast.stdout.read().strip().splitlines()
-        flooder = json.loads(fast_out[-1]) if fast_out else {}
+        flooder = {"table": None}
+        if fast:
+            fast.terminate()
+            flooder["table"] = fast.communicate(timeout=30)[0].strip()
         time.sleep(3)
         rss_after = rss_mb(server.pid)
         after = run_healthy(endpoint, keys, 30)
         sampler.stop.set()
         text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
         counters = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
-                    if re.match(r"slimsplit_(handshake_failures|rejected|metrics_clients_dropped|send_dropped)_total", line)}
+                    if re.match(r"slimsplit_(handshake_failures|rejected|metrics_clients_dropped|send_dropped|frames)_total", line)}
         alive = server.poll() is None
     finally:
         server.terminate()
@@ -255,14 +268,15 @@ def main():
     p99 = lambda d: max((v.get("rtt_ms_p99") or 0) for v in d.values())
     result = {
         "benchmark": "floods", "cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": "),
-        "cores": os.cpu_count(), "seconds_per_phase": a.seconds,
+        "cores": os.cpu_count(), "seconds_per_phase": a.seconds, "floods": sorted(only),
         "server_rss_mb": {"before": round(rss_before, 1), "peak": round(sampler.peak, 1), "after": round(rss_after or 0, 1)},
         "healthy_unloaded": phase(unloaded), "healthy_loaded": phase(loaded), "healthy_after": phase(after),
         "healthy_rtt_p99_ms": {"unloaded": p99(unloaded), "loaded": p99(loaded),
                                "ratio": round(p99(loaded) / p99(unloaded), 2) if p99(unloaded) else None},
-        "flood": {"unauthenticated_attempts_per_s": round(flood["attempts"] / flood.get("seconds", 1)), "errors": flood["errors"],
+        "flood": {"unauthenticated_attempts_per_s": round(flood["attempts"] / flood.get("seconds", 1)) if flood["attempts"] else 0, "errors": flood["errors"],
                   "idle_connections": {"target": 500, **idle},
-                  "fast_agent": {"rate_hz": 1000, "frames_sent": flooder.get("frames_sent"), "acked": flooder.get("acks")},
+                  "fast_agent": {"rate_hz": 1000, "frames_accepted_by_server": counters.get('slimsplit_frames_total{agent="flooder"}'),
+                                 "its_closing_table": flooder["table"]},
                   "http_slow_clients": http.get("opened"),
                   "scrape_ms": {"n": len(scrape["ms"]), "p50": pct(scrape["ms"], 0.5), "p99": pct(scrape["ms"], 0.99),
                                 "failed": scrape["failed"]}},

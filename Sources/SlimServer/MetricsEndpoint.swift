@@ -34,7 +34,7 @@ public final class MetricsEndpoint: @unchecked Sendable {
         addr.sin_port = in_port_t(UInt16(port).bigEndian)
         addr.sin_addr.s_addr = inet_addr(host)
         let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        guard ok == 0, listen(fd, 128) == 0 else { Glibc.close(fd); throw ZMQError("bind metrics \(host):\(port)", code: errno) }
+        guard ok == 0, listen(fd, 1024) == 0 else { Glibc.close(fd); throw ZMQError("bind metrics \(host):\(port)", code: errno) }
         var pipeFDs: [Int32] = [-1, -1]
         guard pipe(&pipeFDs) == 0 else { Glibc.close(fd); throw ZMQError("pipe", code: errno) }
         for p in pipeFDs { _ = fcntl(p, F_SETFL, fcntl(p, F_GETFL) | O_NONBLOCK); _ = fcntl(p, F_SETFD, FD_CLOEXEC) }

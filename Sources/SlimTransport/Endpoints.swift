@@ -17,6 +17,12 @@ public struct SocketOptions: Sendable, Equatable {
     public var maxMessageBytes: Int = 32 << 20
     /// Events buffered for the consumer before new ones are dropped and counted.
     public var inboundCapacity: Int = 1024
+    /// A connection that has not finished its ZMTP/Curve handshake this long after connecting
+    /// is closed (libzmq's default is 30 s): idle and half-open connections cannot pile up.
+    public var handshakeTimeoutMs: Int32 = 5000
+    /// Pending TCP connections the kernel queues for a listening socket (libzmq's default is
+    /// 100, which a burst of connection attempts fills, delaying honest agents' connects).
+    public var backlog: Int32 = 1024
 
     public init() {}
 }
@@ -88,6 +94,8 @@ public final class RouterEndpoint: Sendable {
         try s.set(ZMQ_SNDHWM, o.sendHWM)
         try s.set(ZMQ_RCVHWM, o.receiveHWM)
         try s.set(ZMQ_MAXMSGSIZE, int64: Int64(o.maxMessageBytes))
+        try s.set(ZMQ_HANDSHAKE_IVL, o.handshakeTimeoutMs)
+        try s.set(ZMQ_BACKLOG, o.backlog)
     }
 
     /// Sends `length` bytes written by `write` straight into libzmq's message buffer. Never
