@@ -189,6 +189,8 @@ public func prometheusText(server: FeatureServer, fusion: FusionService?) -> Str
     lines.append("slimsplit_transport_messages_total{direction=\"send_queue_full\"} \(c.sendQueueFull)")
     metric("handshake_failures_total", "counter", "Failed Curve handshakes by kind: no_detail (e.g. a client without Curve), protocol (e.g. a wrong server key), auth (key refused).")
     for (k, n) in c.handshakeFailures.sorted(by: { $0.key < $1.key }) { lines.append("slimsplit_handshake_failures_total{kind=\"\(k)\"} \(n)") }
+    metric("sessions_lost_total", "counter", "Connections closed after a successful handshake: the agent left, its heartbeat timed out, or libzmq dropped it for a message over socket.max_message_bytes (libzmq reports all three alike).")
+    lines.append("slimsplit_sessions_lost_total \(c.sessionsLost)")
     if let fusion {
         let f = fusion.metrics
         metric("fusion_results_total", "counter", "Results sent (one per agent and fused frame).")

@@ -52,6 +52,10 @@ public struct TransportCounters: Sendable, Equatable {
     /// Router only: failed Curve handshakes by kind ("no_detail": e.g. a plain client to a Curve
     /// server, "protocol": e.g. a wrong server key, "auth": the ZAP handler refused the key).
     public var handshakeFailures: [String: Int] = [:]
+    /// Router only: connections closed after a successful handshake (the peer left, its
+    /// heartbeat timed out, or libzmq dropped it for a message over `maxMessageBytes`: libzmq
+    /// reports all three as one disconnect event).
+    public var sessionsLost = 0
 }
 
 /// Owns one ZeroMQ socket (plus its ZAP handler and monitor) on a dedicated thread.
@@ -79,6 +83,8 @@ final class SocketLoop: @unchecked Sendable {
     private let socket: ZMQSocket
     private let zap: ZAPHandler?
     private let monitor: ZMQSocket?
+    /// Router only: peer addresses whose handshake succeeded and that are still connected.
+    private var established = Set<String>()
     private let isRouter: Bool
     private let sendOnly: Bool
     private let shared = Mutex(Shared())
@@ -100,9 +106,8 @@ final class SocketLoop: @unchecked Sendable {
         self.zap = zap
         if let monitorEndpoint {
             // Agents watch their own connection; the server counts failed handshakes.
-            let events = isRouter
-                ? ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH
-                : ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED
+            let events = ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED | (isRouter
+                ? ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH : 0)
             try check(zmq_socket_monitor(socket.handle, monitorEndpoint, events), "zmq_socket_monitor")
             let m = try ZMQSocket(socket.context, type: ZMQ_PAIR)
             try m.connect(monitorEndpoint)
@@ -323,17 +328,26 @@ final class SocketLoop: @unchecked Sendable {
         while true {
             let ev = ZMQMessage()
             guard zmq_msg_recv(ev.msg, monitor!.handle, ZMQ_DONTWAIT) >= 0 else { return (connected, disconnected) }
+            var address = ""
             if zmq_msg_more(ev.msg) != 0 {
                 let addr = ZMQMessage()
-                _ = zmq_msg_recv(addr.msg, monitor!.handle, ZMQ_DONTWAIT)
+                if zmq_msg_recv(addr.msg, monitor!.handle, ZMQ_DONTWAIT) >= 0 { address = String(decoding: addr.bytes, as: UTF8.self) }
             }
             guard ev.count >= 2 else { continue }
             let code = Int32(UInt16(littleEndian: ev.bytes.loadUnaligned(as: UInt16.self)))
-            let failure = code == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL ? "no_detail"
-                : code == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL ? "protocol" : code == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH ? "auth" : nil
-            if let failure { shared.withLock { $0.counters.handshakeFailures[failure, default: 0] += 1 } }
-            if code == ZMQ_EVENT_HANDSHAKE_SUCCEEDED { connected = true; continuation.yield(.connected) }
-            if code == ZMQ_EVENT_DISCONNECTED { disconnected = true; connected = false; continuation.yield(.disconnected) }
+            if isRouter {
+                let failure = code == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL ? "no_detail"
+                    : code == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL ? "protocol" : code == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH ? "auth" : nil
+                if let failure { shared.withLock { $0.counters.handshakeFailures[failure, default: 0] += 1 } }
+                // Each connection has its own peer address (host and source port).
+                if code == ZMQ_EVENT_HANDSHAKE_SUCCEEDED { established.insert(address) }
+                if code == ZMQ_EVENT_DISCONNECTED, established.remove(address) != nil {
+                    shared.withLock { $0.counters.sessionsLost += 1 }
+                }
+            } else {
+                if code == ZMQ_EVENT_HANDSHAKE_SUCCEEDED { connected = true; continuation.yield(.connected) }
+                if code == ZMQ_EVENT_DISCONNECTED { disconnected = true; connected = false; continuation.yield(.disconnected) }
+            }
         }
     }
 }

@@ -76,7 +76,9 @@ struct BadInputTests {
 
         // 5. A message over the socket limit: libzmq drops the connection before allocating it.
         let before = server.router.counters.received, acksBefore = healthy.agent.stats.acks
+        let lostBefore = server.router.counters.sessionsLost
         bad.send([UInt8](repeating: 0, count: 1 << 20))
+        #expect(await eventually(20) { server.router.counters.sessionsLost == lostBefore + 1 }, "the dropped connection was not counted")
         #expect(await eventually(20) { healthy.agent.stats.acks >= acksBefore + 5 })
         // The healthy agent's frames keep arriving (the oversized message never does).
         #expect(await eventually(20) { server.router.counters.received - before >= 5 })
