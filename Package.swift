@@ -21,6 +21,7 @@ let package = Package(
         .library(name: "SlimSensors", targets: ["SlimSensors"]),
         .library(name: "SlimConfig", targets: ["SlimConfig"]),
         .library(name: "SlimPipeline", targets: ["SlimPipeline"]),
+        .library(name: "SlimServer", targets: ["SlimServer"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),

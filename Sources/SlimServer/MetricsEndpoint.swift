@@ -127,25 +127,33 @@ public final class MetricsEndpoint: @unchecked Sendable {
         Glibc.close(wake.write)
     }
 
-    /// The answer once the request's head is complete (or too long), nil while it is not.
     private func answer(to request: [UInt8]) -> [UInt8]? {
-        let complete = request.count >= 4 && (0...(request.count - 4)).contains { i in
-            request[i] == 13 && request[i + 1] == 10 && request[i + 2] == 13 && request[i + 3] == 10
-        }
-        guard complete || request.count >= Self.maxRequestBytes else { return nil }
-        let ok = complete && request.starts(with: Array("GET /metrics".utf8))
-        let status = ok ? "200 OK" : complete ? "404 Not Found" : "431 Request Header Fields Too Large"
-        var body = "not found: try GET /metrics\n"
-        if ok {
-            body = render()
+        Self.response(to: request) {
+            var body = render()
             body += "# HELP slimsplit_metrics_clients_dropped_total Connections to this endpoint closed unanswered: request_timeout, slow_reader, too_many_clients.\n"
             body += "# TYPE slimsplit_metrics_clients_dropped_total counter\n"
             for (reason, n) in dropped.value.sorted(by: { $0.key < $1.key }) {
                 body += "slimsplit_metrics_clients_dropped_total{reason=\"\(reason)\"} \(n)\n"
             }
+            return body
         }
-        let head = "HTTP/1.0 \(status)\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n"
-        return Array((head + body).utf8)
+    }
+
+    /// The answer to `request`, the bytes a client has sent so far: nil while its head (up to
+    /// the blank line) is incomplete and under `maxRequestBytes`; then a complete HTTP/1.0
+    /// response that depends on the head only: 200 with `body()` for `GET /metrics` (optionally
+    /// with a query), 404 for anything else, 431 for a head over the limit.
+    public static func response(to request: [UInt8], body: () -> String) -> [UInt8]? {
+        let end = request.count >= 4 ? (0...(request.count - 4)).first { i in
+            request[i] == 13 && request[i + 1] == 10 && request[i + 2] == 13 && request[i + 3] == 10
+        } : nil
+        guard end != nil || request.count >= maxRequestBytes else { return nil }
+        let target = Array("GET /metrics".utf8)
+        let ok = end != nil && request.starts(with: target) && [32, 63, 13].contains(request[target.count])  // space, ?, CR
+        let status = ok ? "200 OK" : end != nil ? "404 Not Found" : "431 Request Header Fields Too Large"
+        let text = ok ? body() : "not found: try GET /metrics\n"
+        let head = "HTTP/1.0 \(status)\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: \(text.utf8.count)\r\nConnection: close\r\n\r\n"
+        return Array((head + text).utf8)
     }
 
     /// Clients dropped so far, by reason (request_timeout, slow_reader, too_many_clients).

@@ -16,6 +16,7 @@ let package = Package(
                 .product(name: "SlimEngine", package: "SlimSplit"),
                 .product(name: "SlimConfig", package: "SlimSplit"),
                 .product(name: "SlimPipeline", package: "SlimSplit"),
+                .product(name: "SlimServer", package: "SlimSplit"),
             ]),
     ]
 )

@@ -5,7 +5,8 @@
 Seeds, per target: wire, the protocol's test vectors; mcap, the MCAP fixtures and the
 conformance files; cdr, every ROS 2 message in the fixtures, prefixed with the byte that picks
 its decoder; safetensors, small files of every dtype and the shipped model's metadata without
-tensors; config, the shipped configs and scenes; rate-table, the shipped model's table.
+tensors; config, the shipped configs and scenes; rate-table, the shipped model's table; http,
+requests as Prometheus and curl send them.
 """
 import glob
 import json
@@ -71,6 +72,10 @@ def main():
     header += b" " * (-len(header) % 8)
     put(out, "safetensors", "shipped_metadata.safetensors", struct.pack("<Q", len(header)) + header)
     put(out, "rate-table", "shipped.json", meta["rate_accuracy"].encode())
+
+    for i, r in enumerate([b"GET /metrics HTTP/1.1\r\nHost: x\r\nUser-Agent: Prometheus/2.53\r\nAccept: text/plain\r\n\r\n",
+                           b"GET / HTTP/1.0\r\n\r\n", b"GET /metrics?x=1 HTTP/1.0\r\n\r\n", b"GET /metrics HTTP/1.0\r\n"]):
+        put(out, "http", f"request{i}", r)
 
     configs = glob.glob(os.path.join(ROOT, "Configs/*.yaml")) + glob.glob(os.path.join(ROOT, "Configs/scenes/*.yaml"))
     copy_small(out, "config", configs)

@@ -6,7 +6,7 @@ import Glibc
 // broken one with a precondition failure, which libFuzzer records as a crash.
 
 enum Target: String, CaseIterable {
-    case wire, mcap, cdr, safetensors, config
+    case wire, mcap, cdr, safetensors, config, http
     case rateTable = "rate-table"
 
     var run: (UnsafeRawBufferPointer) -> Void {
@@ -16,6 +16,7 @@ enum Target: String, CaseIterable {
         case .cdr: fuzzCDR
         case .safetensors: fuzzSafetensors
         case .config: fuzzConfig
+        case .http: fuzzHTTP
         case .rateTable: fuzzRateTable
         }
     }
