@@ -22,7 +22,8 @@ struct ShutdownTests {
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         let config = dir.appendingPathComponent("server.yaml")
-        try "endpoint: tcp://127.0.0.1:0\ncurve:\n  enabled: false\n".write(to: config, atomically: true, encoding: .utf8)
+        // Port 0 everywhere: suites run in parallel, and a fixed metrics port would collide.
+        try "endpoint: tcp://127.0.0.1:0\ncurve:\n  enabled: false\nmetrics:\n  port: 0\n".write(to: config, atomically: true, encoding: .utf8)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Self.binary!)
         p.arguments = ["server", "--config", config.path, "--status-interval", "0"]
@@ -108,6 +109,8 @@ struct CrashSafeRecordingTests {
               record: \(recording)
               record_flush_s: 0.2
               json_lines: \(lines)
+            metrics:
+              port: 0
             """.write(toFile: dir.appendingPathComponent("server.yaml").path, atomically: true, encoding: .utf8)
         func start(_ args: [String], _ name: String) throws -> (Process, () -> String) {
             let p = Process()

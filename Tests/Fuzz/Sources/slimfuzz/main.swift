@@ -50,3 +50,10 @@ exit(LLVMFuzzerRunDriver(&argc, &argv) { data, size in
 func invariant(_ holds: Bool, _ message: @autoclosure () -> String) {
     if !holds { fatalError(message()) }
 }
+
+/// libFuzzer's entry, for builds that link libFuzzer's own main instead of the one above.
+@_cdecl("LLVMFuzzerTestOneInput")
+public func testOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+    target.run(UnsafeRawBufferPointer(start: size > 0 ? data : nil, count: size))
+    return 0
+}
