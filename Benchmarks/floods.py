@@ -255,7 +255,7 @@ def main():
         sampler.stop.set()
         text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
         counters = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
-                    if re.match(r"slimsplit_(handshake_failures|rejected|metrics_clients_dropped|send_dropped|frames)_total", line)}
+                    if re.match(r"slimsplit_(handshake_failures|rejected|metrics_clients_dropped|send_dropped|frames|sessions_lost)_total", line)}
         alive = server.poll() is None
     finally:
         server.terminate()
