@@ -6,7 +6,7 @@ import PackageDescription
 // - swift-log: structured logging, the API every Swift server library logs through.
 // - Yams: YAML configs (the format of Configs/); libyaml-based, builds in seconds.
 let strict: [SwiftSetting] = [
-    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("ExistentialAny")
 ]
 
 let package = Package(
@@ -30,13 +30,16 @@ let package = Package(
     ],
     targets: [
         // System libraries, reached through pkg-config.
-        .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq",
-                       providers: [.apt(["libzmq3-dev"]), .brew(["zeromq"])]),
-        .systemLibrary(name: "CLZ4", pkgConfig: "liblz4",
-                       providers: [.apt(["liblz4-dev"]), .brew(["lz4"])]),
+        .systemLibrary(
+            name: "CZeroMQ", pkgConfig: "libzmq",
+            providers: [.apt(["libzmq3-dev"]), .brew(["zeromq"])]),
+        .systemLibrary(
+            name: "CLZ4", pkgConfig: "liblz4",
+            providers: [.apt(["liblz4-dev"]), .brew(["lz4"])]),
         // zstd chunks of MCAP recordings (the official mcap writers' default compression).
-        .systemLibrary(name: "CZstd", pkgConfig: "libzstd",
-                       providers: [.apt(["libzstd-dev"]), .brew(["zstd"])]),
+        .systemLibrary(
+            name: "CZstd", pkgConfig: "libzstd",
+            providers: [.apt(["libzstd-dev"]), .brew(["zstd"])]),
         // Small C kernels with architecture-specific paths and portable fallbacks.
         // Optimized even in debug builds, so that the test suite's model runs stay quick.
         .target(name: "CKernels", cSettings: [.unsafeFlags(["-O2"])]),
@@ -48,33 +51,45 @@ let package = Package(
         // Wire format: messages, CRC-32C, bit packing, feature payloads (Protocol/PROTOCOL.md).
         .target(name: "SlimWire", dependencies: ["CKernels", "CLZ4"], swiftSettings: strict),
         // ZeroMQ transport: single-owner socket threads, CurveZMQ + ZAP, zero-copy sends.
-        .target(name: "SlimTransport",
-                dependencies: ["CZeroMQ", "SlimWire", .product(name: "Logging", package: "swift-log")],
-                swiftSettings: strict),
+        .target(
+            name: "SlimTransport",
+            dependencies: ["CZeroMQ", "SlimWire", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
         // YAML configuration files, validated with errors that name file and key (a reader only:
         // the server's and agent's configs are in SlimPipeline, so sensors link no transport).
         .target(name: "SlimConfig", dependencies: ["Yams"], swiftSettings: strict),
         // Fusion server: sessions, validation, per-agent accounting.
-        .target(name: "SlimServer",
-                dependencies: ["SlimWire", "SlimTransport", "SlimEngine", .product(name: "Logging", package: "swift-log")],
-                swiftSettings: strict),
+        .target(
+            name: "SlimServer",
+            dependencies: ["SlimWire", "SlimTransport", "SlimEngine", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
         // Edge agent: session, newest-frame-wins sending, RTT and goodput bookkeeping.
-        .target(name: "SlimAgent",
-                dependencies: ["SlimWire", "SlimTransport", "SlimEngine", "SlimSensors", .product(name: "Logging", package: "swift-log")],
-                swiftSettings: strict),
+        .target(
+            name: "SlimAgent",
+            dependencies: [
+                "SlimWire", "SlimTransport", "SlimEngine", "SlimSensors",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
         // Neural engine: NHWC tensors, float and int8 kernels, slimmable layers, safetensors models.
         .target(name: "SlimEngine", dependencies: ["CKernels"], swiftSettings: strict),
         // Sensor streams: MCAP (ROS 2) recording and replay, LiDAR scene simulator, BEV featurizer.
-        .target(name: "SlimSensors", dependencies: ["CKernels", "CLZ4", "CZstd", "SlimEngine", "SlimConfig"], swiftSettings: strict),
+        .target(
+            name: "SlimSensors", dependencies: ["CKernels", "CLZ4", "CZstd", "SlimEngine", "SlimConfig"],
+            swiftSettings: strict),
         // End to end: agents replaying a recording and the fusion server, over real sockets.
-        .target(name: "SlimPipeline",
-                dependencies: ["SlimWire", "SlimTransport", "SlimConfig", "SlimEngine", "SlimSensors", "SlimAgent", "SlimServer",
-                               .product(name: "Logging", package: "swift-log")],
-                swiftSettings: strict),
+        .target(
+            name: "SlimPipeline",
+            dependencies: [
+                "SlimWire", "SlimTransport", "SlimConfig", "SlimEngine", "SlimSensors", "SlimAgent", "SlimServer",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
         .executableTarget(
             name: "slimsplit",
             dependencies: [
-                "SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "SlimEngine", "SlimSensors", "SlimPipeline", "CZeroMQ",
+                "SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "SlimEngine", "SlimSensors",
+                "SlimPipeline", "CZeroMQ",
                 "CShutdown",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -93,10 +108,16 @@ let package = Package(
         .testTarget(name: "SlimWireTests", dependencies: ["SlimWire"], swiftSettings: strict),
         .testTarget(name: "SlimEngineTests", dependencies: ["SlimEngine", "CAllocCounter"], swiftSettings: strict),
         .testTarget(name: "SlimSensorsTests", dependencies: ["SlimSensors", "SlimEngine"], swiftSettings: strict),
-        .testTarget(name: "SlimPipelineTests", dependencies: ["SlimPipeline", "SlimAgent", "SlimEngine", "SlimSensors", "CAllocCounter"],
-                    swiftSettings: strict),
-        .testTarget(name: "SlimTransportTests",
-                    dependencies: ["SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "SlimEngine", "SlimSensors", "SlimPipeline", "CZeroMQ"],
-                    swiftSettings: strict),
+        .testTarget(
+            name: "SlimPipelineTests",
+            dependencies: ["SlimPipeline", "SlimAgent", "SlimEngine", "SlimSensors", "CAllocCounter"],
+            swiftSettings: strict),
+        .testTarget(
+            name: "SlimTransportTests",
+            dependencies: [
+                "SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "SlimEngine", "SlimSensors",
+                "SlimPipeline", "CZeroMQ",
+            ],
+            swiftSettings: strict),
     ]
 )

@@ -1,7 +1,7 @@
 import SlimEngine
 import SlimSensors
-import SlimWire
 import SlimTransport
+import SlimWire
 
 /// The agent's per-frame pipeline up to the wire: points → BEV grid → int8 encoder at the
 /// current width → per-channel quantization to the current bit depth → optional cell mask.
@@ -46,7 +46,8 @@ public final class EdgeEncoder: @unchecked Sendable {
         for (key, q) in quantization {
             let parts = key.split(separator: ".")
             guard let wi = Int(parts[0]), let b = Int(parts[1]), wi < model.architecture.widths.count,
-                  let out = model.int8?[wi][encoder.outputLayer].output else { continue }
+                let out = model.int8?[wi][encoder.outputLayer].output
+            else { continue }
             t[wi * 9 + b] = q.table(from: out)
         }
         tables = t
@@ -63,7 +64,10 @@ public final class EdgeEncoder: @unchecked Sendable {
 
     private func encodeFloat() -> (channels: Int, height: Int, width: Int, masked: Bool) {
         let out = encoder.runFloat(bev)
-        let c = out.channels, h = out.height, w = out.width, cells = h * w
+        let c = out.channels
+        let h = out.height
+        let w = out.width
+        let cells = h * w
         guard let q = quantization["\(widthIndex).\(bits)"] else {
             preconditionFailure("no feature quantization for width \(widthIndex), \(bits) bits in \(model.file)")
         }
@@ -75,11 +79,15 @@ public final class EdgeEncoder: @unchecked Sendable {
             let src = out.pointer + cell * c
             if masked {
                 var n: Float = 0
-                for ch in 0..<c { let d = src[ch] - background[ch]; n += d * d }
+                for ch in 0..<c {
+                    let d = src[ch] - background[ch]
+                    n += d * d
+                }
                 if n > threshold * threshold { mask[cell >> 3] |= 1 << UInt8(cell & 7) }
             }
             for ch in 0..<c {
-                dense[ch * cells + cell] = UInt8(min(max((src[ch] / q.scale[ch] + q.zeroPoint[ch]).rounded(.toNearestOrEven), 0), qmax))
+                dense[ch * cells + cell] = UInt8(
+                    min(max((src[ch] / q.scale[ch] + q.zeroPoint[ch]).rounded(.toNearestOrEven), 0), qmax))
             }
         }
         return (c, h, w, masked)
@@ -100,13 +108,17 @@ public final class EdgeEncoder: @unchecked Sendable {
     /// Bit depths the model has parameters for at every width, as a Hello `bits_mask`.
     public var bitsMask: UInt8 {
         var m: UInt8 = 0
-        for b in 1...8 where model.architecture.widths.indices.allSatisfy({ quantization["\($0).\(b)"] != nil }) { m |= 1 << (b - 1) }
+        for b in 1...8 where model.architecture.widths.indices.allSatisfy({ quantization["\($0).\(b)"] != nil }) {
+            m |= 1 << (b - 1)
+        }
         return m
     }
 
     /// Runs the pipeline on one sweep. `dense` (and `mask` when masked) hold the result.
     /// - Returns: the feature map's shape and whether a mask applies.
-    public func encode(_ points: UnsafeBufferPointer<SIMD4<Float>>, sensorHeight: Float) -> (channels: Int, height: Int, width: Int, masked: Bool) {
+    public func encode(_ points: UnsafeBufferPointer<SIMD4<Float>>, sensorHeight: Float) -> (
+        channels: Int, height: Int, width: Int, masked: Bool
+    ) {
         let t0 = Clock.monotonicNs()
         featurizer.featurize(points, sensorHeight: sensorHeight, into: bev)
         let t1 = Clock.monotonicNs()
@@ -117,8 +129,13 @@ public final class EdgeEncoder: @unchecked Sendable {
         }
         let out = encoder.runInt8(bev)
         let t2 = Clock.monotonicNs()
-        defer { lastStageSeconds = (Double(t1 - t0) / 1e9, Double(t2 - t1) / 1e9, Double(Clock.monotonicNs() - t2) / 1e9) }
-        let c = out.channels, h = out.height, w = out.width, cells = h * w
+        defer {
+            lastStageSeconds = (Double(t1 - t0) / 1e9, Double(t2 - t1) / 1e9, Double(Clock.monotonicNs() - t2) / 1e9)
+        }
+        let c = out.channels
+        let h = out.height
+        let w = out.width
+        let cells = h * w
         guard (1...8).contains(bits), let table = tables[widthIndex * 9 + bits], let q = encoder.outputQuant else {
             preconditionFailure("no feature quantization for width \(widthIndex), \(bits) bits in \(model.file)")
         }

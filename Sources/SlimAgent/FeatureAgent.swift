@@ -40,8 +40,10 @@ public struct AgentIdentity: Sendable {
     public var widths: [UInt16]
     public var bitsMask: UInt8
 
-    public init(agentID: String, modelID: String, modelHash: [UInt8] = .init(repeating: 0, count: 32),
-                widths: [UInt16] = [250, 500, 750, 1000], bitsMask: UInt8 = 0xFF) {
+    public init(
+        agentID: String, modelID: String, modelHash: [UInt8] = .init(repeating: 0, count: 32),
+        widths: [UInt16] = [250, 500, 750, 1000], bitsMask: UInt8 = 0xFF
+    ) {
         self.agentID = agentID
         self.modelID = modelID
         self.modelHash = modelHash
@@ -50,7 +52,9 @@ public struct AgentIdentity: Sendable {
     }
 
     public var hello: Hello {
-        Hello(agentID: agentID, modelID: modelID, modelHash: modelHash, sensorKind: .lidar, widths: widths, bitsMask: bitsMask)
+        Hello(
+            agentID: agentID, modelID: modelID, modelHash: modelHash, sensorKind: .lidar, widths: widths,
+            bitsMask: bitsMask)
     }
 }
 
@@ -118,11 +122,14 @@ public final class FeatureAgent: Sendable {
     /// Connects to the server (in the background; libzmq reconnects with back-off).
     /// - Parameter maxFrameBytes: size of each send buffer; frames that do not fit are a
     ///   programming error.
-    public init(identity: AgentIdentity, server: String, curve: CurveClient?, options: SocketOptions = SocketOptions(),
-                maxFrameBytes: Int, buffers: Int = 4, logger: Logger, onResult: ResultHandler? = nil) throws(ZMQError) {
+    public init(
+        identity: AgentIdentity, server: String, curve: CurveClient?, options: SocketOptions = SocketOptions(),
+        maxFrameBytes: Int, buffers: Int = 4, logger: Logger, onResult: ResultHandler? = nil
+    ) throws(ZMQError) {
         self.identity = identity
         self.onResult = onResult
-        endpoint = try DealerEndpoint(connect: server, curve: curve, options: options, greeting: identity.hello.encoded())
+        endpoint = try DealerEndpoint(
+            connect: server, curve: curve, options: options, greeting: identity.hello.encoded())
         self.logger = logger
         pool = SendBufferPool(count: buffers, bufferSize: maxFrameBytes)
         state.withLock { $0.stats.rttNs.reserveCapacity(Self.rttWindow) }
@@ -160,12 +167,17 @@ public final class FeatureAgent: Sendable {
         return Double(now &- last) < 1e9 / Double(rate)
     }
 
-    public func submit(_ header: FeatureFrameHeader, dense: UnsafeBufferPointer<UInt8>, mask: UnsafeRawBufferPointer?) -> Int? {
+    public func submit(_ header: FeatureFrameHeader, dense: UnsafeBufferPointer<UInt8>, mask: UnsafeRawBufferPointer?)
+        -> Int?
+    {
         // The server's Control caps the rate (PROTOCOL.md §4.5): a frame sooner than 1/max_rate_hz
         // after the last one accepted is not sent, and counted.
         let capped = state.withLock { s -> Bool in
             let now = Clock.monotonicNs()
-            if Self.capped(s, now) { s.stats.framesRateCapped += 1; return true }
+            if Self.capped(s, now) {
+                s.stats.framesRateCapped += 1
+                return true
+            }
             s.lastAcceptedAt = now
             return false
         }
@@ -176,7 +188,10 @@ public final class FeatureAgent: Sendable {
         }
         var h = header
         h.agentID = identity.agentID
-        h.sequence = state.withLock { s in s.sequence += 1; return s.sequence }
+        h.sequence = state.withLock { s in
+            s.sequence += 1
+            return s.sequence
+        }
         let t0 = Clock.monotonicNs()
         let length = encoder.withLock { $0.encoder.encode(h, dense: dense, mask: mask, into: buffer.bytes).length }
         let now = Clock.monotonicNs()
@@ -244,7 +259,11 @@ public final class FeatureAgent: Sendable {
                     if s.sentSeq[slot] == ack.sequence {
                         let rtt = now &- s.sentAt[slot]
                         estimator.withLock { $0.add(bytes: Int(ack.bytesReceived), rttNs: rtt) }
-                        if s.stats.rttNs.count < Self.rttWindow { s.stats.rttNs.append(rtt) } else { s.stats.rttNs[s.rttNext] = rtt }
+                        if s.stats.rttNs.count < Self.rttWindow {
+                            s.stats.rttNs.append(rtt)
+                        } else {
+                            s.stats.rttNs[s.rttNext] = rtt
+                        }
                         s.rttNext = (s.rttNext + 1) % Self.rttWindow
                     }
                 }
@@ -263,7 +282,9 @@ public final class FeatureAgent: Sendable {
                 throw WireError(.unexpectedKind, "servers do not send Hello or FeatureFrame")
             }
         } catch {
-            logger.warning("rejected message from server", metadata: ["reason": "\(error.reason.rawValue)", "detail": "\(error.detail)"])
+            logger.warning(
+                "rejected message from server",
+                metadata: ["reason": "\(error.reason.rawValue)", "detail": "\(error.detail)"])
         }
     }
 }

@@ -49,7 +49,9 @@ public final class ConfigSection {
     }
 
     public static func load(file: String) throws(ConfigError) -> ConfigSection {
-        guard let text = readTextFile(file) else { throw ConfigError(file: file, key: "", problem: "cannot read the file") }
+        guard let text = readTextFile(file) else {
+            throw ConfigError(file: file, key: "", problem: "cannot read the file")
+        }
         return try parse(text, file: file)
     }
 
@@ -89,7 +91,9 @@ public final class ConfigSection {
             throw fail(key, "required, missing")
         }
         guard let v = n.int else { throw fail(key, "expected an integer, got \(n.string ?? "a non-scalar")") }
-        guard range.contains(v) else { throw fail(key, "\(v) is out of range \(range.lowerBound)...\(range.upperBound)") }
+        guard range.contains(v) else {
+            throw fail(key, "\(v) is out of range \(range.lowerBound)...\(range.upperBound)")
+        }
         return v
     }
 
@@ -98,13 +102,17 @@ public final class ConfigSection {
         node(key) == nil ? nil : try int(key, in: range)
     }
 
-    public func double(_ key: String, default value: Double? = nil, in range: ClosedRange<Double>) throws(ConfigError) -> Double {
+    public func double(_ key: String, default value: Double? = nil, in range: ClosedRange<Double>) throws(ConfigError)
+        -> Double
+    {
         guard let n = node(key) else {
             if let value { return value }
             throw fail(key, "required, missing")
         }
         guard let v = n.float else { throw fail(key, "expected a number, got \(n.string ?? "a non-scalar")") }
-        guard range.contains(v) else { throw fail(key, "\(v) is out of range \(range.lowerBound)...\(range.upperBound)") }
+        guard range.contains(v) else {
+            throw fail(key, "\(v) is out of range \(range.lowerBound)...\(range.upperBound)")
+        }
         return v
     }
 
@@ -132,7 +140,9 @@ public final class ConfigSection {
     public func finish() throws(ConfigError) {
         for key in mapping.keys.sorted() where !used.contains(key) {
             var problem = "unknown key"
-            if let guess = used.min(by: { editDistance($0, key) < editDistance($1, key) }), editDistance(guess, key) <= 3 {
+            if let guess = used.min(by: { editDistance($0, key) < editDistance($1, key) }),
+                editDistance(guess, key) <= 3
+            {
                 problem += " (did you mean '\(guess)'?)"
             } else if !used.isEmpty {
                 problem += "; known keys here: \(used.sorted().joined(separator: ", "))"
@@ -151,7 +161,8 @@ public final class ConfigSection {
 }
 
 func editDistance(_ a: String, _ b: String) -> Int {
-    let a = Array(a), b = Array(b)
+    let a = Array(a)
+    let b = Array(b)
     var prev = Array(0...b.count)
     for i in 1...max(a.count, 1) where !a.isEmpty {
         var cur = [i] + Array(repeating: 0, count: b.count)
@@ -178,5 +189,5 @@ func readTextFile(_ path: String) -> String? {
 }
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif

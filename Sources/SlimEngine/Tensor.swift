@@ -23,7 +23,8 @@ public final class Tensor<Element: BitwiseCopyable & Numeric>: @unchecked Sendab
         precondition(cap >= height * width * channels)
         self.capacity = cap
         let slack = (64 + MemoryLayout<Element>.stride - 1) / MemoryLayout<Element>.stride
-        let raw = UnsafeMutableRawPointer.allocate(byteCount: (cap + slack) * MemoryLayout<Element>.stride, alignment: 64)
+        let raw = UnsafeMutableRawPointer.allocate(
+            byteCount: (cap + slack) * MemoryLayout<Element>.stride, alignment: 64)
         raw.initializeMemory(as: UInt8.self, repeating: 0, count: (cap + slack) * MemoryLayout<Element>.stride)
         storage = UnsafeMutableBufferPointer(start: raw.bindMemory(to: Element.self, capacity: cap + slack), count: cap)
     }
@@ -36,7 +37,8 @@ public final class Tensor<Element: BitwiseCopyable & Numeric>: @unchecked Sendab
 
     /// Changes the logical shape; traps if it does not fit the capacity. Allocates nothing.
     public func reshape(height: Int, width: Int, channels: Int) {
-        precondition(height * width * channels <= capacity, "shape \(height)x\(width)x\(channels) exceeds capacity \(capacity)")
+        precondition(
+            height * width * channels <= capacity, "shape \(height)x\(width)x\(channels) exceeds capacity \(capacity)")
         self.height = height
         self.width = width
         self.channels = channels

@@ -47,9 +47,9 @@ public final class CooperativeSession: @unchecked Sendable {
         public var bytes = 0
         public var fusedAP = AveragePrecision()
         public var singleAP = AveragePrecision()
-        public var edgeMs: [Double] = []      // featurize + encode + quantize
-        public var wireMs: [Double] = []      // pack + LZ4 + envelope
-        public var roundTripMs: [Double] = [] // submit → Result
+        public var edgeMs: [Double] = []  // featurize + encode + quantize
+        public var wireMs: [Double] = []  // pack + LZ4 + envelope
+        public var roundTripMs: [Double] = []  // submit → Result
         /// Detections per frame index, in the agent's frame.
         public var detections: [Int: [BEVBox]] = [:]
     }
@@ -64,16 +64,22 @@ public final class CooperativeSession: @unchecked Sendable {
     public func run(logger: Logger, progress: (Int, Int) -> Void = { _, _ in }) async throws {
         let rec = try RecordingFrames(path: config.recording)
         let agents = config.agents ?? rec.agents
-        let frames = Array(rec.frames.filter { f in agents.allSatisfy { f.agents[$0]?.points.isEmpty == false } }
-            .dropFirst(config.firstFrame).prefix(config.maxFrames ?? .max))
+        let frames = Array(
+            rec.frames.filter { f in agents.allSatisfy { f.agents[$0]?.points.isEmpty == false } }
+                .dropFirst(config.firstFrame).prefix(config.maxFrames ?? .max))
         guard !frames.isEmpty else { throw PipelineError("\(config.recording) has no frame with every agent's LiDAR") }
 
         // Server, Curve on with fresh keys.
         let serverKeys = try CurveKeyPair.generate()
         var allow = CurveAllowList()
         var agentKeys: [String: CurveKeyPair] = [:]
-        for a in agents { let k = try CurveKeyPair.generate(); agentKeys[a] = k; allow.names[k.publicKey] = a }
-        let router = try RouterEndpoint(bind: "tcp://127.0.0.1:0", curve: CurveServer(keyPair: serverKeys, allowList: allow), logger: logger)
+        for a in agents {
+            let k = try CurveKeyPair.generate()
+            agentKeys[a] = k
+            allow.names[k.publicKey] = a
+        }
+        let router = try RouterEndpoint(
+            bind: "tcp://127.0.0.1:0", curve: CurveServer(keyPair: serverKeys, allowList: allow), logger: logger)
         var fopts = FusionService.Options()
         fopts.threads = config.fusionThreads
         fopts.fusion = config.fusion
@@ -82,14 +88,18 @@ public final class CooperativeSession: @unchecked Sendable {
         let fuseTimes = Locked<[Double]>([])
         let expected = Set(agents)
         let serverBox = Locked<FeatureServer?>(nil)
-        let server = FeatureServer(endpoint: router, logger: logger, check: { _, header in fusion.check(header) }) { agent, frame in
+        let server = FeatureServer(endpoint: router, logger: logger, check: { _, header in fusion.check(header) }) {
+            agent, frame in
             fusion.ingest(agent: agent, frame)
             let pending = Set(fusion.pending)
             guard pending == expected else { return }
             let t0 = monotonicNow()
             let outs = fusion.tick()
             fuseTimes.withLock { $0.append(Double(monotonicNow() - t0) / 1e6) }
-            for o in outs { _ = serverBox.value?.send(fusion.result(o, fusionTimeNs: UInt64(Date().timeIntervalSince1970 * 1e9)), toAgent: o.agent) }
+            for o in outs {
+                _ = serverBox.value?.send(
+                    fusion.result(o, fusionTimeNs: UInt64(Date().timeIntervalSince1970 * 1e9)), toAgent: o.agent)
+            }
         }
         serverBox.withLock { $0 = server }
         let serverTask = Task { await server.run() }
@@ -106,11 +116,14 @@ public final class CooperativeSession: @unchecked Sendable {
             e.threshold = config.threshold
             e.floatEncoder = config.floatEncoder
             edge[a] = e
-            let identity = AgentIdentity(agentID: a.replacingOccurrences(of: "_", with: "-").isEmpty ? a : a, modelID: e.modelID,
-                                         widths: e.model.architecture.widths.map { UInt16(($0 * 1000).rounded()) }, bitsMask: e.bitsMask)
-            let fa = try FeatureAgent(identity: identity, server: router.endpoint,
-                                      curve: CurveClient(keyPair: agentKeys[a]!, serverKey: serverKeys.publicKey),
-                                      maxFrameBytes: 1 << 20, logger: logger) { r in
+            let identity = AgentIdentity(
+                agentID: a.replacingOccurrences(of: "_", with: "-").isEmpty ? a : a, modelID: e.modelID,
+                widths: e.model.architecture.widths.map { UInt16(($0 * 1000).rounded()) }, bitsMask: e.bitsMask)
+            let fa = try FeatureAgent(
+                identity: identity, server: router.endpoint,
+                curve: CurveClient(keyPair: agentKeys[a]!, serverKey: serverKeys.publicKey),
+                maxFrameBytes: 1 << 20, logger: logger
+            ) { r in
                 let now = monotonicNow()
                 results.withLock { $0[a, default: [:]][r.sequence] = (r, now) }
             }
@@ -141,19 +154,29 @@ public final class CooperativeSession: @unchecked Sendable {
                 let e = edge[a]!
                 let pose = af.measuredPose ?? af.pose!
                 let t0 = monotonicNow()
-                let shape = af.points.withUnsafeBufferPointer { e.encode($0, sensorHeight: Float((af.pose ?? pose).position.z)) }
+                let shape = af.points.withUnsafeBufferPointer {
+                    e.encode($0, sensorHeight: Float((af.pose ?? pose).position.z))
+                }
                 let t1 = monotonicNow()
-                var h = FeatureFrameHeader(agentID: a, sequence: 0, captureTimeNs: f.timeNs, position: pose.position, orientation: pose.orientation,
-                                           modelID: e.modelID, widthIndex: UInt8(e.widthIndex), bits: UInt8(e.bits),
-                                           channels: shape.channels, height: shape.height, width: shape.width, quant: .model,
-                                           masked: shape.masked, codec: config.lz4 ? .lz4 : .none)
+                var h = FeatureFrameHeader(
+                    agentID: a, sequence: 0, captureTimeNs: f.timeNs, position: pose.position,
+                    orientation: pose.orientation,
+                    modelID: e.modelID, widthIndex: UInt8(e.widthIndex), bits: UInt8(e.bits),
+                    channels: shape.channels, height: shape.height, width: shape.width, quant: .model,
+                    masked: shape.masked, codec: config.lz4 ? .lz4 : .none)
                 h.agentID = a
                 let length = e.dense.withUnsafeBufferPointer { d in
-                    e.mask.withUnsafeBytes { m in out.withUnsafeMutableBytes { wire.encode(h, dense: d, mask: shape.masked ? m : nil, into: $0).length } }
+                    e.mask.withUnsafeBytes { m in
+                        out.withUnsafeMutableBytes {
+                            wire.encode(h, dense: d, mask: shape.masked ? m : nil, into: $0).length
+                        }
+                    }
                 }
                 let t2 = monotonicNow()
                 let seqBefore = feature[a]!.stats.framesSubmitted
-                let n = e.dense.withUnsafeBufferPointer { d in e.mask.withUnsafeBytes { m in feature[a]!.submit(h, dense: d, mask: shape.masked ? m : nil) } }
+                let n = e.dense.withUnsafeBufferPointer { d in
+                    e.mask.withUnsafeBytes { m in feature[a]!.submit(h, dense: d, mask: shape.masked ? m : nil) }
+                }
                 _ = length
                 reports[a]!.frames += 1
                 reports[a]!.bytes += n ?? 0
@@ -164,9 +187,14 @@ public final class CooperativeSession: @unchecked Sendable {
             }
             // Single-agent baseline while the server fuses: the same features, fused with nobody.
             for a in agents {
-                let e = edge[a]!, shape = shapes[a]!
-                e.dequantized(into: feat, channels: shape.channels, height: shape.height, width: shape.width, masked: shape.masked)
-                let alone = single.detect(ego: 0, agents: [CooperativeDetector.AgentInput(features: feat, position: .zero, yaw: 0)], fusion: config.fusion)
+                let e = edge[a]!
+                let shape = shapes[a]!
+                e.dequantized(
+                    into: feat, channels: shape.channels, height: shape.height, width: shape.width, masked: shape.masked
+                )
+                let alone = single.detect(
+                    ego: 0, agents: [CooperativeDetector.AgentInput(features: feat, position: .zero, yaw: 0)],
+                    fusion: config.fusion)
                 let gt = f.groundTruth(for: a)
                 reports[a]!.singleAP.add(detections: Self.filter(alone, own: gt.own), groundTruth: Self.boxes(gt.boxes))
             }
@@ -182,7 +210,11 @@ public final class CooperativeSession: @unchecked Sendable {
                 guard let (r, receivedAt) = got[a]?[sent[a]!.seq] else { continue }
                 reports[a]!.results += 1
                 reports[a]!.roundTripMs.append(Double(receivedAt - sent[a]!.t0) / 1e6)
-                let dets = r.detections.map { BEVBox(x: $0.center.x, y: $0.center.y, length: $0.size.x, width: $0.size.y, yaw: $0.yaw, score: $0.score) }
+                let dets = r.detections.map {
+                    BEVBox(
+                        x: $0.center.x, y: $0.center.y, length: $0.size.x, width: $0.size.y, yaw: $0.yaw,
+                        score: $0.score)
+                }
                 let gt = f.groundTruth(for: a)
                 reports[a]!.detections[fi] = dets
                 reports[a]!.fusedAP.add(detections: Self.filter(dets, own: gt.own), groundTruth: Self.boxes(gt.boxes))
@@ -207,9 +239,12 @@ public final class CooperativeSession: @unchecked Sendable {
         dets.filter { d in
             guard abs(d.x) < half, abs(d.y) < half else { return false }
             for o in own {
-                let c = cos(o.yaw), s = sin(o.yaw)
-                let dx = d.x - o.x, dy = d.y - o.y
-                let lx = c * dx + s * dy, ly = -s * dx + c * dy
+                let c = cos(o.yaw)
+                let s = sin(o.yaw)
+                let dx = d.x - o.x
+                let dy = d.y - o.y
+                let lx = c * dx + s * dy
+                let ly = -s * dx + c * dy
                 if abs(lx) < o.length / 2 + 0.5, abs(ly) < o.width / 2 + 0.5 { return false }
             }
             return true

@@ -48,8 +48,9 @@ public struct ServerConfig: Sendable {
         endpoint = try endpointValue(root, "endpoint")
         let curve = try root.section("curve")
         if try curve.bool("enabled", default: true) {
-            self.curve = CurveFiles(secretKey: curve.resolvePath(try curve.string("secret_key")),
-                                    allowedKeys: curve.resolvePath(try curve.string("allowed_keys")))
+            self.curve = CurveFiles(
+                secretKey: curve.resolvePath(try curve.string("secret_key")),
+                allowedKeys: curve.resolvePath(try curve.string("allowed_keys")))
         } else {
             self.curve = nil
             _ = try curve.optionalString("secret_key")
@@ -86,7 +87,9 @@ public struct ServerConfig: Sendable {
         uplinkBudgetBitsPerSecond = try ctl.double("uplink_budget_kbit_s", default: 0, in: 0...100_000_000) * 1000
         controlInterval = try ctl.double("interval_s", default: 2, in: 0.1...3600)
         if uplinkBudgetBitsPerSecond > 0, model == nil {
-            throw ConfigError(file: ctl.file, key: ctl.keyPath("uplink_budget_kbit_s"), problem: "needs fusion.model (its rate-accuracy table)")
+            throw ConfigError(
+                file: ctl.file, key: ctl.keyPath("uplink_budget_kbit_s"),
+                problem: "needs fusion.model (its rate-accuracy table)")
         }
         let m = try root.section("metrics")
         metricsPort = try m.int("port", default: 9464, in: 0...65535)
@@ -141,8 +144,10 @@ public struct AgentConfig: Sendable {
         public var mask: Bool
         public var lz4: Bool
 
-        public init(frames: Int, rateHz: Double, channels: Int, height: Int, width: Int, bits: Int,
-                    widthIndex: Int, occupancy: Double, mask: Bool, lz4: Bool) {
+        public init(
+            frames: Int, rateHz: Double, channels: Int, height: Int, width: Int, bits: Int,
+            widthIndex: Int, occupancy: Double, mask: Bool, lz4: Bool
+        ) {
             self.frames = frames
             self.rateHz = rateHz
             self.channels = channels
@@ -166,13 +171,15 @@ public struct AgentConfig: Sendable {
     public init(_ root: ConfigSection) throws(ConfigError) {
         agentID = try root.string("agent_id")
         guard Identifier.isValid(agentID) else {
-            throw ConfigError(file: root.file, key: "agent_id", problem: "'\(agentID)' must be 1-64 characters of A-Z a-z 0-9 . _ -")
+            throw ConfigError(
+                file: root.file, key: "agent_id", problem: "'\(agentID)' must be 1-64 characters of A-Z a-z 0-9 . _ -")
         }
         server = try endpointValue(root, "server")
         let curve = try root.section("curve")
         if try curve.bool("enabled", default: true) {
-            self.curve = CurveFiles(serverKey: curve.resolvePath(try curve.string("server_key")),
-                                    secretKey: curve.resolvePath(try curve.string("secret_key")))
+            self.curve = CurveFiles(
+                serverKey: curve.resolvePath(try curve.string("server_key")),
+                secretKey: curve.resolvePath(try curve.string("secret_key")))
         } else {
             self.curve = nil
             _ = try curve.optionalString("server_key")
@@ -184,12 +191,15 @@ public struct AgentConfig: Sendable {
         metricsHost = try am.string("host", default: "0.0.0.0")
         let src = try root.section("source")
         if let rec = try src.optionalString("recording") {
-            source = RecordingSource(recording: src.resolvePath(rec), agent: try src.string("agent", default: agentID.replacingOccurrences(of: "-", with: "_")),
-                                     model: src.resolvePath(try src.string("model")),
-                                     widthIndex: try src.optionalInt("width_index", in: 0...15),
-                                     bits: try src.int("bits", default: 8, in: 1...8), threshold: try src.double("threshold", default: 0, in: 0...1000),
-                                     loop: try src.bool("loop", default: true),
-                                     adaptDeadline: nil)
+            source = RecordingSource(
+                recording: src.resolvePath(rec),
+                agent: try src.string("agent", default: agentID.replacingOccurrences(of: "-", with: "_")),
+                model: src.resolvePath(try src.string("model")),
+                widthIndex: try src.optionalInt("width_index", in: 0...15),
+                bits: try src.int("bits", default: 8, in: 1...8),
+                threshold: try src.double("threshold", default: 0, in: 0...1000),
+                loop: try src.bool("loop", default: true),
+                adaptDeadline: nil)
             let deadline = try src.double("deadline_ms", default: 100, in: 10...10_000) / 1000
             source!.deadline = deadline
             if try src.bool("adapt", default: false) { source!.adaptDeadline = deadline }
@@ -224,7 +234,8 @@ private func socketOptions(_ s: ConfigSection) throws(ConfigError) -> SocketOpti
     o.sendHWM = Int32(try s.int("send_hwm", default: Int(o.sendHWM), in: 1...100_000))
     o.receiveHWM = Int32(try s.int("receive_hwm", default: Int(o.receiveHWM), in: 1...100_000))
     o.heartbeatIntervalMs = Int32(try s.int("heartbeat_ms", default: Int(o.heartbeatIntervalMs), in: 10...600_000))
-    o.heartbeatTimeoutMs = Int32(try s.int("heartbeat_timeout_ms", default: Int(o.heartbeatTimeoutMs), in: 10...600_000))
+    o.heartbeatTimeoutMs = Int32(
+        try s.int("heartbeat_timeout_ms", default: Int(o.heartbeatTimeoutMs), in: 10...600_000))
     o.reconnectMs = Int32(try s.int("reconnect_ms", default: Int(o.reconnectMs), in: 1...600_000))
     o.reconnectMaxMs = Int32(try s.int("reconnect_max_ms", default: Int(o.reconnectMaxMs), in: 1...600_000))
     o.inboundCapacity = try s.int("inbound_capacity", default: o.inboundCapacity, in: 1...1_000_000)

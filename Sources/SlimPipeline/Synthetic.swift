@@ -36,8 +36,10 @@ public struct SyntheticFeatures {
         var filled = 0
         while filled < target {
             // A blob: a small rectangle of occupied cells, like a car or a wall in BEV.
-            let y0 = Int(rng.next() % UInt64(height)), x0 = Int(rng.next() % UInt64(width))
-            let h = 1 + Int(rng.next() % 4), w = 1 + Int(rng.next() % 6)
+            let y0 = Int(rng.next() % UInt64(height))
+            let x0 = Int(rng.next() % UInt64(width))
+            let h = 1 + Int(rng.next() % 4)
+            let w = 1 + Int(rng.next() % 6)
             for y in y0..<min(height, y0 + h) {
                 for x in x0..<min(width, x0 + w) {
                     let i = y * width + x
@@ -57,7 +59,8 @@ public struct SyntheticFeatures {
         FeatureFrameHeader(
             agentID: agentID, sequence: 0, captureTimeNs: 0, modelID: "synthetic",
             widthIndex: UInt8(widthIndex), bits: UInt8(bits), channels: channels, height: height, width: width,
-            quant: .inline(scales: [Float](repeating: 0.05, count: channels), zeroPoints: [UInt8](repeating: 0, count: channels)),
+            quant: .inline(
+                scales: [Float](repeating: 0.05, count: channels), zeroPoints: [UInt8](repeating: 0, count: channels)),
             masked: masked, codec: lz4 ? .lz4 : .none)
     }
 }

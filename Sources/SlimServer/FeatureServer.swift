@@ -59,8 +59,10 @@ public final class FeatureServer: Sendable {
     private let onFrame: FrameHandler?
     private let check: FrameCheck?
 
-    public init(endpoint: RouterEndpoint, options: ServerOptions = ServerOptions(), logger: Logger, check: FrameCheck? = nil,
-                onFrame: FrameHandler? = nil) {
+    public init(
+        endpoint: RouterEndpoint, options: ServerOptions = ServerOptions(), logger: Logger, check: FrameCheck? = nil,
+        onFrame: FrameHandler? = nil
+    ) {
         self.check = check
         self.endpoint = endpoint
         self.options = options
@@ -116,7 +118,9 @@ public final class FeatureServer: Sendable {
             do throws(WireError) {
                 let bytes = m.message.bytes
                 guard m.extraParts == 0 else {
-                    throw WireError(.lengthMismatch, "multi-part message (\(m.extraParts + 1) parts); the protocol uses single-part messages")
+                    throw WireError(
+                        .lengthMismatch,
+                        "multi-part message (\(m.extraParts + 1) parts); the protocol uses single-part messages")
                 }
                 let env = try Envelope.open(bytes, limits: options.limits)
                 switch env.kind {
@@ -125,7 +129,8 @@ public final class FeatureServer: Sendable {
                     let hello = try Hello(body: &r, payload: env.payload, limits: options.limits)
                     // With Curve on, the key is the identity: an agent speaks only under its key's name.
                     if let key = m.peerName, key != hello.agentID {
-                        throw WireError(.identityMismatch, "Hello says agent \(hello.agentID), the connection's key is \(key)")
+                        throw WireError(
+                            .identityMismatch, "Hello says agent \(hello.agentID), the connection's key is \(key)")
                     }
                     session = Session(hello: hello, lastSequence: nil)
                     sessions[route] = session
@@ -134,10 +139,18 @@ public final class FeatureServer: Sendable {
                         s[route]!.keyName = m.peerName
                     }
                     routes.withLock { $0[hello.agentID] = route }
-                    let control = Control(epoch: controlEpoch.withLock { $0 &+= 1; return $0 }, reason: 0)
+                    let control = Control(
+                        epoch: controlEpoch.withLock {
+                            $0 &+= 1
+                            return $0
+                        }, reason: 0)
                     endpoint.send(to: route, length: control.encodedLength) { control.encode(into: $0) }
-                    logger.info("agent joined", metadata: ["agent": "\(hello.agentID)", "model": "\(hello.modelID)",
-                                                           "key": "\(m.peerName ?? "-")"])
+                    logger.info(
+                        "agent joined",
+                        metadata: [
+                            "agent": "\(hello.agentID)", "model": "\(hello.modelID)",
+                            "key": "\(m.peerName ?? "-")",
+                        ])
                 case .featureFrame:
                     guard let hello = session.hello else {
                         throw WireError(.helloRequired, "FeatureFrame before Hello on this connection")
@@ -148,7 +161,9 @@ public final class FeatureServer: Sendable {
                         throw WireError(.agentMismatch, "frame says agent \(h.agentID), session is \(hello.agentID)")
                     }
                     guard Int(h.widthIndex) < hello.widths.count else {
-                        throw WireError(.fieldOutOfRange, "width_index \(h.widthIndex) but Hello announced \(hello.widths.count) widths")
+                        throw WireError(
+                            .fieldOutOfRange,
+                            "width_index \(h.widthIndex) but Hello announced \(hello.widths.count) widths")
                     }
                     guard hello.bitsMask & (1 << (h.bits - 1)) != 0 else {
                         throw WireError(.fieldOutOfRange, "bits \(h.bits) not announced in Hello's bits_mask")
@@ -160,9 +175,10 @@ public final class FeatureServer: Sendable {
                     session.lastSequence = h.sequence
                     sessions[route] = session
                     let now = Clock.monotonicNs()
-                    let ack = Ack(sequence: h.sequence, receiveTimeNs: Clock.wallNs() &- (now &- m.receivedAtNs),
-                                  bytesReceived: UInt32(bytes.count),
-                                  queueDelayNs: UInt32(clamping: now &- m.receivedAtNs))
+                    let ack = Ack(
+                        sequence: h.sequence, receiveTimeNs: Clock.wallNs() &- (now &- m.receivedAtNs),
+                        bytesReceived: UInt32(bytes.count),
+                        queueDelayNs: UInt32(clamping: now &- m.receivedAtNs))
                     endpoint.send(to: route, length: ack.encodedLength) { ack.encode(into: $0) }
                     statsByRoute.withLock { s in
                         var st = s[route, default: AgentStats()]
@@ -197,11 +213,17 @@ public final class FeatureServer: Sendable {
     /// Caps an agent (Control, reason 1 "bandwidth budget"): the agent keeps width index and
     /// bit depth at or below these. False if the agent has no session.
     @discardableResult
-    public func sendControl(toAgent agent: String, maxWidthIndex: Int, maxBits: Int, maxRateHz: Float = 0, reason: UInt8 = 1) -> Bool {
+    public func sendControl(
+        toAgent agent: String, maxWidthIndex: Int, maxBits: Int, maxRateHz: Float = 0, reason: UInt8 = 1
+    ) -> Bool {
         guard let route = routes.value[agent] else { return false }
-        let control = Control(epoch: controlEpoch.withLock { $0 &+= 1; return $0 },
-                              maxWidthIndex: UInt8(clamping: maxWidthIndex), maxBits: UInt8(clamping: min(max(maxBits, 1), 8)),
-                              maxRateHz: maxRateHz.isFinite ? max(0, maxRateHz) : 0, reason: reason)
+        let control = Control(
+            epoch: controlEpoch.withLock {
+                $0 &+= 1
+                return $0
+            },
+            maxWidthIndex: UInt8(clamping: maxWidthIndex), maxBits: UInt8(clamping: min(max(maxBits, 1), 8)),
+            maxRateHz: maxRateHz.isFinite ? max(0, maxRateHz) : 0, reason: reason)
         endpoint.send(to: route, length: control.encodedLength) { control.encode(into: $0) }
         return true
     }
@@ -212,7 +234,8 @@ public final class FeatureServer: Sendable {
             s[route, default: AgentStats()].rejected[error.reason, default: 0] += 1
             if s[route]!.keyName == nil { s[route]!.keyName = peerName }
         }
-        rejectLog.warning(key: "\(who):\(error.reason.rawValue)", "rejected message",
-                          metadata: ["agent": "\(who)", "reason": "\(error.reason.rawValue)", "detail": "\(error.detail)"])
+        rejectLog.warning(
+            key: "\(who):\(error.reason.rawValue)", "rejected message",
+            metadata: ["agent": "\(who)", "reason": "\(error.reason.rawValue)", "detail": "\(error.detail)"])
     }
 }

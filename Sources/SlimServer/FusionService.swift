@@ -90,13 +90,16 @@ public final class FusionService: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         let recent = Array(durations.prefix(min(durationCount, durations.count))).sorted()
-        func q(_ p: Double) -> Double { recent.isEmpty ? 0 : recent[min(recent.count - 1, Int(p * Double(recent.count)))] }
+        func q(_ p: Double) -> Double {
+            recent.isEmpty ? 0 : recent[min(recent.count - 1, Int(p * Double(recent.count)))]
+        }
         let stages = stageTimes.keys.sorted().map { k -> (String, Double, Double) in
             let v = stageTimes[k]!.sorted()
             return (k, v[min(v.count - 1, v.count / 2)], v[min(v.count - 1, Int(0.99 * Double(v.count)))])
         }
-        return Metrics(results: resultCount, late: dropped, count: durationCount, sum: durationSum,
-                       quantiles: [("0.5", q(0.5)), ("0.9", q(0.9)), ("0.99", q(0.99))], stages: stages)
+        return Metrics(
+            results: resultCount, late: dropped, count: durationCount, sum: durationSum,
+            quantiles: [("0.5", q(0.5)), ("0.9", q(0.9)), ("0.99", q(0.99))], stages: stages)
     }
 
     public init(modelFile: String, options: Options = Options()) throws {
@@ -113,17 +116,22 @@ public final class FusionService: @unchecked Sendable {
     /// its width and bit depth); the server rejects it before the Ack otherwise.
     public func check(_ h: FeatureFrameHeader) -> WireError? {
         guard h.height == detector.height, h.width == detector.width else {
-            return WireError(.modelMismatch, "frame is \(h.height)×\(h.width) cells, the model fuses \(detector.height)×\(detector.width)")
+            return WireError(
+                .modelMismatch,
+                "frame is \(h.height)×\(h.width) cells, the model fuses \(detector.height)×\(detector.width)")
         }
         guard h.channels <= maxChannels else {
             return WireError(.modelMismatch, "frame has \(h.channels) channels, the model's map at most \(maxChannels)")
         }
         if case .model = h.quant {
             guard let q = quantization["\(h.widthIndex).\(h.bits)"] else {
-                return WireError(.modelMismatch, "the model has no quantization for width index \(h.widthIndex) at \(h.bits) bits")
+                return WireError(
+                    .modelMismatch, "the model has no quantization for width index \(h.widthIndex) at \(h.bits) bits")
             }
             guard q.scale.count == h.channels else {
-                return WireError(.modelMismatch, "width index \(h.widthIndex) sends \(q.scale.count) channels, the frame has \(h.channels)")
+                return WireError(
+                    .modelMismatch,
+                    "width index \(h.widthIndex) sends \(q.scale.count) channels, the frame has \(h.channels)")
             }
         }
         return nil
@@ -134,7 +142,12 @@ public final class FusionService: @unchecked Sendable {
     @discardableResult
     public func ingest(agent: String, _ f: FeatureFrameDecoder.Decoded) -> Bool {
         let t0 = monotonicSeconds()
-        defer { let dt = monotonicSeconds() - t0; lock.lock(); addStage("dequantize", dt); lock.unlock() }
+        defer {
+            let dt = monotonicSeconds() - t0
+            lock.lock()
+            addStage("dequantize", dt)
+            lock.unlock()
+        }
         let h = f.header
         guard h.height == detector.height, h.width == detector.width, h.channels <= maxChannels else { return false }
         let params: (scale: [Float], zp: [Float])
@@ -155,7 +168,8 @@ public final class FusionService: @unchecked Sendable {
         }
         lock.unlock()
         let target = buffer ?? FloatTensor(height: detector.height, width: detector.width, channels: maxChannels)
-        let c = h.channels, cells = h.cells
+        let c = h.channels
+        let cells = h.cells
         target.reshape(height: h.height, width: h.width, channels: c)
         let dst = target.pointer
         // Values are channel-major over the sent cells (k-th sent cell); unsent cells are 0.
@@ -165,7 +179,9 @@ public final class FusionService: @unchecked Sendable {
             var n = 0
             for cell in 0..<cells {
                 if m[cell >> 3] & (1 << UInt8(cell & 7)) != 0 {
-                    for ch in 0..<c { dst[cell * c + ch] = (Float(f.values[ch * k + n]) - params.zp[ch]) * params.scale[ch] }
+                    for ch in 0..<c {
+                        dst[cell * c + ch] = (Float(f.values[ch * k + n]) - params.zp[ch]) * params.scale[ch]
+                    }
                     n += 1
                 } else if let empty {
                     for ch in 0..<c { dst[cell * c + ch] = empty[ch] }
@@ -175,7 +191,8 @@ public final class FusionService: @unchecked Sendable {
             }
         } else {
             for ch in 0..<c {
-                let s = params.scale[ch], z = params.zp[ch]
+                let s = params.scale[ch]
+                let z = params.zp[ch]
                 for cell in 0..<cells { dst[cell * c + ch] = (Float(f.values[ch * cells + cell]) - z) * s }
             }
         }
@@ -200,7 +217,9 @@ public final class FusionService: @unchecked Sendable {
     public var agentPoses: [(agent: String, position: SIMD2<Float>, yaw: Float, captureNs: UInt64)] {
         lock.lock()
         defer { lock.unlock() }
-        return slots.map { ($0.key, $0.value.position, $0.value.yaw, $0.value.captureNs) }.sorted { $0.agent < $1.agent }
+        return slots.map { ($0.key, $0.value.position, $0.value.yaw, $0.value.captureNs) }.sorted {
+            $0.agent < $1.agent
+        }
     }
 
     /// The fusion grid: half extent and cell size, metres.
@@ -220,7 +239,12 @@ public final class FusionService: @unchecked Sendable {
     /// Fuses for every agent with a new frame (or for `only`). The inputs are gathered and their
     /// maps pinned under the lock; the fusion itself runs without it.
     public func tick(only: [String]? = nil) -> [Output] {
-        struct Job: @unchecked Sendable { var ego: String; var slot: Slot; var names: [String]; var inputs: [CooperativeDetector.AgentInput] }
+        struct Job: @unchecked Sendable {
+            var ego: String
+            var slot: Slot
+            var names: [String]
+            var inputs: [CooperativeDetector.AgentInput]
+        }
         var jobs: [Job] = []
         lock.lock()
         for ego in (only ?? slots.filter(\.value.fresh).map(\.key)).sorted() {
@@ -228,11 +252,15 @@ public final class FusionService: @unchecked Sendable {
             let names = slots.keys.sorted().filter { n in
                 let s = slots[n]!
                 let dt = s.captureNs > e.captureNs ? s.captureNs - e.captureNs : e.captureNs - s.captureNs
-                if dt > options.windowNs, n != ego { dropped += 1; return options.useLateFrames }
+                if dt > options.windowNs, n != ego {
+                    dropped += 1
+                    return options.useLateFrames
+                }
                 return true
             }
             let inputs = names.map { n in
-                CooperativeDetector.AgentInput(features: slots[n]!.features, position: slots[n]!.position, yaw: slots[n]!.yaw)
+                CooperativeDetector.AgentInput(
+                    features: slots[n]!.features, position: slots[n]!.position, yaw: slots[n]!.yaw)
             }
             for i in inputs { pinned[ObjectIdentifier(i.features), default: 0] += 1 }
             jobs.append(Job(ego: ego, slot: e, names: names, inputs: inputs))
@@ -251,7 +279,8 @@ public final class FusionService: @unchecked Sendable {
                 for k in stride(from: w, to: jobsCopy.count, by: workers) {
                     let j = jobsCopy[k]
                     let t0 = monotonicSeconds()
-                    let boxes = dets[w].detect(ego: j.names.firstIndex(of: j.ego)!, agents: j.inputs, fusion: fusionMode)
+                    let boxes = dets[w].detect(
+                        ego: j.names.firstIndex(of: j.ego)!, agents: j.inputs, fusion: fusionMode)
                     let dt = monotonicSeconds() - t0
                     let st = dets[w].lastStageSeconds
                     results.withLock { $0[k] = (boxes, dt, (st.warpFuse, st.head, st.nms)) }
@@ -278,19 +307,23 @@ public final class FusionService: @unchecked Sendable {
             durationSum += dt
             resultCount += 1
             let e = j.slot
-            outputs.append(Output(agent: j.ego, sequence: e.sequence, captureTimeNs: e.captureNs, fusedAgents: j.names, boxes: boxes,
-                                  position: e.position, yaw: e.yaw))
+            outputs.append(
+                Output(
+                    agent: j.ego, sequence: e.sequence, captureTimeNs: e.captureNs, fusedAgents: j.names, boxes: boxes,
+                    position: e.position, yaw: e.yaw))
         }
         return outputs
     }
 
     /// A Result message for an output (boxes in the agent's frame).
     public func result(_ o: Output, fusionTimeNs: UInt64) -> ResultMessage {
-        ResultMessage(sequence: o.sequence, captureTimeNs: o.captureTimeNs, fusionTimeNs: fusionTimeNs,
-                      detections: o.boxes.prefix(4096).map { b in
-                          Detection(classID: 0, score: min(max(b.score, 0), 1), center: SIMD3(b.x, b.y, options.boxHeight / 2),
-                                    size: SIMD3(max(b.length, 0.1), max(b.width, 0.1), options.boxHeight), yaw: b.yaw)
-                      })
+        ResultMessage(
+            sequence: o.sequence, captureTimeNs: o.captureTimeNs, fusionTimeNs: fusionTimeNs,
+            detections: o.boxes.prefix(4096).map { b in
+                Detection(
+                    classID: 0, score: min(max(b.score, 0), 1), center: SIMD3(b.x, b.y, options.boxHeight / 2),
+                    size: SIMD3(max(b.length, 0.1), max(b.width, 0.1), options.boxHeight), yaw: b.yaw)
+            })
     }
 }
 

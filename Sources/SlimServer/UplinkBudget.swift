@@ -52,17 +52,21 @@ public struct UplinkBudget: Sendable {
         let n = Int((2 * halfExtent / cell).rounded())
         var credit = [Double](repeating: 0, count: agents.count)
         for (a, ag) in agents.enumerated() {
-            let c = cos(ag.yaw), s = sin(ag.yaw)
+            let c = cos(ag.yaw)
+            let s = sin(ag.yaw)
             for i in 0..<n {
                 for j in 0..<n {
                     // Cell centre in the agent's frame, then in the world.
-                    let lx = (Float(j) + 0.5) * cell - halfExtent, ly = (Float(i) + 0.5) * cell - halfExtent
+                    let lx = (Float(j) + 0.5) * cell - halfExtent
+                    let ly = (Float(i) + 0.5) * cell - halfExtent
                     let w = ag.position + SIMD2(c * lx - s * ly, s * lx + c * ly)
                     var k = 0
                     for o in agents {
                         let d = w - o.position
-                        let oc = cos(o.yaw), os = sin(o.yaw)
-                        let ox = oc * d.x + os * d.y, oy = -os * d.x + oc * d.y
+                        let oc = cos(o.yaw)
+                        let os = sin(o.yaw)
+                        let ox = oc * d.x + os * d.y
+                        let oy = -os * d.x + oc * d.y
                         if abs(ox) <= halfExtent, abs(oy) <= halfExtent { k += 1 }
                     }
                     credit[a] += 1 / Double(max(k, 1))
@@ -79,7 +83,9 @@ public struct UplinkBudget: Sendable {
             let rate = max(ag.rateHz, 0.1)
             let fits = candidates.filter { $0.bytes * 8 * rate <= share }
             let pick = fits.max { $0.ap50 < $1.ap50 || ($0.ap50 == $1.ap50 && $0.bytes > $1.bytes) } ?? cheapest
-            out[ag.id] = Cap(maxWidthIndex: pick.widthIndex, maxBits: pick.bits, shareBitsPerSecond: share, credit: credit[a] / total)
+            out[ag.id] = Cap(
+                maxWidthIndex: pick.widthIndex, maxBits: pick.bits, shareBitsPerSecond: share, credit: credit[a] / total
+            )
         }
         return out
     }

@@ -24,7 +24,9 @@ public struct CurveKeyPair: Sendable, Equatable {
         secretKey = try CurveKey(file: path)
         var pub = [CChar](repeating: 0, count: 41)
         let z = secretKey.z85
-        guard zmq_curve_public(&pub, z) == 0 else { throw KeyFileError(path: path, problem: "cannot derive a public key from it") }
+        guard zmq_curve_public(&pub, z) == 0 else {
+            throw KeyFileError(path: path, problem: "cannot derive a public key from it")
+        }
         publicKey = try! CurveKey(z85: cString(pub))
     }
 
@@ -51,14 +53,18 @@ public struct CurveKey: Sendable, Hashable, CustomStringConvertible {
     }
 
     public init(z85: String) throws(KeyFileError) {
-        guard z85.utf8.count == 40 else { throw KeyFileError(path: "-", problem: "a Z85 key has 40 characters, got \(z85.utf8.count)") }
+        guard z85.utf8.count == 40 else {
+            throw KeyFileError(path: "-", problem: "a Z85 key has 40 characters, got \(z85.utf8.count)")
+        }
         var out = [UInt8](repeating: 0, count: 32)
         guard zmq_z85_decode(&out, z85) != nil else { throw KeyFileError(path: "-", problem: "not valid Z85 text") }
         bytes = out
     }
 
     public init(file path: String) throws(KeyFileError) {
-        guard let f = fopen(path, "r") else { throw KeyFileError(path: path, problem: String(cString: strerror(errno))) }
+        guard let f = fopen(path, "r") else {
+            throw KeyFileError(path: path, problem: String(cString: strerror(errno)))
+        }
         defer { fclose(f) }
         var buf = [CChar](repeating: 0, count: 128)
         guard fgets(&buf, Int32(buf.count), f) != nil else { throw KeyFileError(path: path, problem: "empty file") }
@@ -80,7 +86,9 @@ public struct CurveKey: Sendable, Hashable, CustomStringConvertible {
         defer { close(fd) }
         fchmod(fd, mode)
         let line = Array((z85 + "\n").utf8)
-        guard Glibc.write(fd, line, line.count) == line.count else { throw KeyFileError(path: path, problem: String(cString: strerror(errno))) }
+        guard Glibc.write(fd, line, line.count) == line.count else {
+            throw KeyFileError(path: path, problem: String(cString: strerror(errno)))
+        }
     }
 }
 
@@ -92,11 +100,15 @@ public struct CurveAllowList: Sendable {
     public init(_ names: [CurveKey: String] = [:]) { self.names = names }
 
     public init(directory: String) throws(KeyFileError) {
-        guard let d = opendir(directory) else { throw KeyFileError(path: directory, problem: String(cString: strerror(errno))) }
+        guard let d = opendir(directory) else {
+            throw KeyFileError(path: directory, problem: String(cString: strerror(errno)))
+        }
         defer { closedir(d) }
         var names: [CurveKey: String] = [:]
         while let e = readdir(d) {
-            let name = withUnsafeBytes(of: e.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+            let name = withUnsafeBytes(of: e.pointee.d_name) {
+                String(cString: $0.bindMemory(to: CChar.self).baseAddress!)
+            }
             guard name.hasSuffix(".pub") else { continue }
             names[try CurveKey(file: "\(directory)/\(name)")] = String(name.dropLast(4))
         }

@@ -61,7 +61,9 @@ public final class RouterEndpoint: Sendable {
     public var events: AsyncStream<TransportEvent> { loop.events }
 
     /// Binds. With `curve`, only clients whose keys are in its allow-list get through.
-    public init(bind endpoint: String, curve: CurveServer?, options: SocketOptions = SocketOptions(), logger: Logger) throws(ZMQError) {
+    public init(bind endpoint: String, curve: CurveServer?, options: SocketOptions = SocketOptions(), logger: Logger)
+        throws(ZMQError)
+    {
         let context = ZMQContext()
         let rejections = Locked<[String: Int]>([:])
         var zap: ZAPHandler?
@@ -71,8 +73,9 @@ public final class RouterEndpoint: Sendable {
         try socket.set(ZMQ_ROUTER_HANDOVER, 1)  // a reconnecting agent with a fixed id takes over
         try Self.apply(options, to: socket)
         if let curve {
-            zap = try ZAPHandler(context: context, allowList: curve.allowList, rejected: rejections,
-                                 log: RateLimitedLog(logger: logger))
+            zap = try ZAPHandler(
+                context: context, allowList: curve.allowList, rejected: rejections,
+                log: RateLimitedLog(logger: logger))
             try socket.set(ZMQ_CURVE_SERVER, 1)
             try socket.set(ZMQ_CURVE_SECRETKEY, bytes: curve.keyPair.secretKey.bytes)
             try socket.set(ZMQ_ZAP_DOMAIN, bytes: Array("slimsplit".utf8))
@@ -81,7 +84,9 @@ public final class RouterEndpoint: Sendable {
         self.endpoint = socket.lastEndpoint
         zapRejections = rejections
         let monitor = "inproc://slimsplit-monitor-\(monitorCounter.add(1, ordering: .relaxed).newValue)"
-        loop = try SocketLoop(socket: socket, isRouter: true, zap: zap, monitorEndpoint: monitor, inboundCapacity: options.inboundCapacity)
+        loop = try SocketLoop(
+            socket: socket, isRouter: true, zap: zap, monitorEndpoint: monitor, inboundCapacity: options.inboundCapacity
+        )
         loop.start(name: "slimsplit-router")
     }
 
@@ -132,8 +137,10 @@ public final class DealerEndpoint: Sendable {
     /// Connects (in the background; libzmq retries with back-off).
     /// - Parameter greeting: sent first on every new connection, before any frame, and frames
     ///   wait for it: the agent's Hello, so that a restarted server hears it before the next frame.
-    public init(connect endpoint: String, curve: CurveClient?, options: SocketOptions = SocketOptions(),
-                greeting: [UInt8]? = nil, routingID: [UInt8]? = nil) throws(ZMQError) {
+    public init(
+        connect endpoint: String, curve: CurveClient?, options: SocketOptions = SocketOptions(),
+        greeting: [UInt8]? = nil, routingID: [UInt8]? = nil
+    ) throws(ZMQError) {
         let context = ZMQContext()
         let socket = try ZMQSocket(context, type: ZMQ_DEALER)
         try socket.set(ZMQ_LINGER, 0)
@@ -148,7 +155,9 @@ public final class DealerEndpoint: Sendable {
             try socket.set(ZMQ_CURVE_SECRETKEY, bytes: curve.keyPair.secretKey.bytes)
         }
         let monitor = "inproc://slimsplit-monitor-\(monitorCounter.add(1, ordering: .relaxed).newValue)"
-        loop = try SocketLoop(socket: socket, isRouter: false, zap: nil, monitorEndpoint: monitor, greeting: greeting, inboundCapacity: options.inboundCapacity)
+        loop = try SocketLoop(
+            socket: socket, isRouter: false, zap: nil, monitorEndpoint: monitor, greeting: greeting,
+            inboundCapacity: options.inboundCapacity)
         try socket.connect(endpoint)
         self.endpoint = endpoint
         loop.start(name: "slimsplit-dealer")

@@ -13,7 +13,10 @@ public final class SendBufferPool: Sendable {
         free = Mutex([])
         let buffers = (0..<count).map { _ in SendBuffer(size: bufferSize) }
         for b in buffers { b.pool = self }
-        free.withLock { $0 = buffers; $0.reserveCapacity(count) }
+        free.withLock {
+            $0 = buffers
+            $0.reserveCapacity(count)
+        }
     }
 
     /// A free buffer, or nil when all are still in libzmq's hands.
@@ -51,8 +54,10 @@ public final class SendBuffer: @unchecked Sendable {
 }
 
 extension ZMQMessage {
-    convenience init(data: UnsafeMutableRawPointer, length: Int, hint: UnsafeMutableRawPointer,
-                     free: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutableRawPointer?) -> Void) {
+    convenience init(
+        data: UnsafeMutableRawPointer, length: Int, hint: UnsafeMutableRawPointer,
+        free: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutableRawPointer?) -> Void
+    ) {
         self.init()
         zmq_msg_init_data(msg, data, length, free, hint)
     }
@@ -64,9 +69,11 @@ extension SendBuffer {
     public func zmqMessage(length: Int) -> zmq_msg_t {
         var m = zmq_msg_t()
         let hint = Unmanaged.passRetained(self).toOpaque()
-        zmq_msg_init_data(&m, bytes.baseAddress!, length, { _, hint in
-            Unmanaged<SendBuffer>.fromOpaque(hint!).takeRetainedValue().release()
-        }, hint)
+        zmq_msg_init_data(
+            &m, bytes.baseAddress!, length,
+            { _, hint in
+                Unmanaged<SendBuffer>.fromOpaque(hint!).takeRetainedValue().release()
+            }, hint)
         return m
     }
 }

@@ -95,8 +95,10 @@ final class SocketLoop: @unchecked Sendable {
     private var thread: pthread_t?
     private let done = Mutex(false)
 
-    init(socket: ZMQSocket, isRouter: Bool, zap: ZAPHandler?, monitorEndpoint: String?, greeting: [UInt8]? = nil,
-         inboundCapacity: Int) throws(ZMQError) {
+    init(
+        socket: ZMQSocket, isRouter: Bool, zap: ZAPHandler?, monitorEndpoint: String?, greeting: [UInt8]? = nil,
+        inboundCapacity: Int
+    ) throws(ZMQError) {
         self.socket = socket
         self.isRouter = isRouter
         var type: Int32 = 0
@@ -106,8 +108,11 @@ final class SocketLoop: @unchecked Sendable {
         self.zap = zap
         if let monitorEndpoint {
             // Agents watch their own connection; the server counts failed handshakes.
-            let events = ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED | (isRouter
-                ? ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH : 0)
+            let events =
+                ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED
+                | (isRouter
+                    ? ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
+                        | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH : 0)
             try check(zmq_socket_monitor(socket.handle, monitorEndpoint, events), "zmq_socket_monitor")
             let m = try ZMQSocket(socket.context, type: ZMQ_PAIR)
             try m.connect(monitorEndpoint)
@@ -122,17 +127,20 @@ final class SocketLoop: @unchecked Sendable {
         _ = fcntl(wakeRead, F_SETFL, O_NONBLOCK)
         _ = fcntl(wakeWrite, F_SETFL, O_NONBLOCK)
         shared.withLock { $0.greeting = greeting }
-        (events, continuation) = AsyncStream.makeStream(of: TransportEvent.self, bufferingPolicy: .bufferingOldest(inboundCapacity))
+        (events, continuation) = AsyncStream.makeStream(
+            of: TransportEvent.self, bufferingPolicy: .bufferingOldest(inboundCapacity))
     }
 
     func start(name: String) {
         let box = Unmanaged.passRetained(self)
         var t = pthread_t()
-        pthread_create(&t, nil, { arg in
-            let loop = Unmanaged<SocketLoop>.fromOpaque(arg!).takeRetainedValue()
-            loop.run()
-            return nil
-        }, box.toOpaque())
+        pthread_create(
+            &t, nil,
+            { arg in
+                let loop = Unmanaged<SocketLoop>.fromOpaque(arg!).takeRetainedValue()
+                loop.run()
+                return nil
+            }, box.toOpaque())
         thread = t
         _ = name
     }
@@ -163,7 +171,10 @@ final class SocketLoop: @unchecked Sendable {
     /// handed to libzmq first and the socket lingers up to that long to deliver them.
     func stop(drainMs: Int32 = 0) {
         let first = shared.withLock { s -> Bool in
-            defer { s.stopping = true; s.drainMs = drainMs }
+            defer {
+                s.stopping = true
+                s.drainMs = drainMs
+            }
             return !s.stopping
         }
         guard first, let t = thread else { return }
@@ -203,13 +214,22 @@ final class SocketLoop: @unchecked Sendable {
                 break
             }
             let hasFrame = greeted && (frame != nil || shared.withLock { $0.frame != nil })
-            items[0] = zmq_pollitem_t(socket: socket.handle, fd: 0,
-                                      events: (sendOnly ? 0 : Int16(ZMQ_POLLIN)) | ((outbox.isEmpty && !hasFrame) ? 0 : Int16(ZMQ_POLLOUT)), revents: 0)
+            items[0] = zmq_pollitem_t(
+                socket: socket.handle, fd: 0,
+                events: (sendOnly ? 0 : Int16(ZMQ_POLLIN)) | ((outbox.isEmpty && !hasFrame) ? 0 : Int16(ZMQ_POLLOUT)),
+                revents: 0)
             items[1] = zmq_pollitem_t(socket: nil, fd: wakeRead, events: Int16(ZMQ_POLLIN), revents: 0)
             var n: Int32 = 2
-            if let zap { items[Int(n)] = zmq_pollitem_t(socket: zap.socket.handle, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0); n += 1 }
+            if let zap {
+                items[Int(n)] = zmq_pollitem_t(socket: zap.socket.handle, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0)
+                n += 1
+            }
             let monitorIndex = Int(n)
-            if let monitor { items[monitorIndex] = zmq_pollitem_t(socket: monitor.handle, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0); n += 1 }
+            if let monitor {
+                items[monitorIndex] = zmq_pollitem_t(
+                    socket: monitor.handle, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0)
+                n += 1
+            }
             let rc = zmq_poll(&items, n, -1)
             if rc < 0 {
                 if zmq_errno() == EINTR { continue }
@@ -232,14 +252,22 @@ final class SocketLoop: @unchecked Sendable {
             if items[0].revents & Int16(ZMQ_POLLOUT) != 0 || !outbox.isEmpty {
                 flush(&outbox)
                 if outbox.isEmpty, greeted {
-                    if frame == nil { frame = shared.withLock { s in defer { s.frame = nil }; return s.frame } }
+                    if frame == nil {
+                        frame = shared.withLock { s in
+                            defer { s.frame = nil }
+                            return s.frame
+                        }
+                    }
                     if let f = frame, sendFrame(f) { frame = nil }
                 }
             }
         }
         outbox.removeAll()
         frame = nil
-        shared.withLock { $0.frame = nil; $0.outbox.removeAll() }
+        shared.withLock {
+            $0.frame = nil
+            $0.outbox.removeAll()
+        }
         monitor?.close()
         zap?.socket.close()
         if lingerMs > 0 { try? socket.set(ZMQ_LINGER, lingerMs) }
@@ -269,8 +297,9 @@ final class SocketLoop: @unchecked Sendable {
                 extra += 1
                 more = zmq_msg_more(part.msg) != 0
             }
-            let event = ReceivedMessage(routingID: routing, message: msg, receivedAtNs: Clock.monotonicNs(),
-                                        peerName: zap == nil ? nil : msg.property("User-Id"), extraParts: extra)
+            let event = ReceivedMessage(
+                routingID: routing, message: msg, receivedAtNs: Clock.monotonicNs(),
+                peerName: zap == nil ? nil : msg.property("User-Id"), extraParts: extra)
             let dropped: Bool
             if case .dropped = continuation.yield(.message(event)) { dropped = true } else { dropped = false }
             shared.withLock { s in
@@ -295,7 +324,10 @@ final class SocketLoop: @unchecked Sendable {
                     } else {
                         let unroutable = zmq_errno() == EHOSTUNREACH
                         if unroutable { s.counters.unroutable += 1 } else { s.counters.sendQueueFull += 1 }
-                        if let id = o.routingID { s.counters.droppedByRoute[id, default: [:]][unroutable ? "unroutable" : "send_queue_full", default: 0] += 1 }
+                        if let id = o.routingID {
+                            s.counters.droppedByRoute[id, default: [:]][
+                                unroutable ? "unroutable" : "send_queue_full", default: 0] += 1
+                        }
                     }
                 }
                 i += 1
@@ -310,7 +342,9 @@ final class SocketLoop: @unchecked Sendable {
 
     private func sendRouted(_ o: Outgoing) -> Bool {
         guard let id = o.routingID else { return false }
-        let rc = id.bytes.withUnsafeBytes { zmq_send(socket.handle, $0.baseAddress, $0.count, ZMQ_SNDMORE | ZMQ_DONTWAIT) }
+        let rc = id.bytes.withUnsafeBytes {
+            zmq_send(socket.handle, $0.baseAddress, $0.count, ZMQ_SNDMORE | ZMQ_DONTWAIT)
+        }
         guard rc >= 0 else { return false }
         return zmq_msg_send(o.message.msg, socket.handle, ZMQ_DONTWAIT) >= 0
     }
@@ -324,20 +358,26 @@ final class SocketLoop: @unchecked Sendable {
     /// Reads pending monitor events: whether a connection completed its handshake, and whether
     /// one was lost.
     private func readMonitor() -> (connected: Bool, disconnected: Bool) {
-        var connected = false, disconnected = false
+        var connected = false
+        var disconnected = false
         while true {
             let ev = ZMQMessage()
             guard zmq_msg_recv(ev.msg, monitor!.handle, ZMQ_DONTWAIT) >= 0 else { return (connected, disconnected) }
             var address = ""
             if zmq_msg_more(ev.msg) != 0 {
                 let addr = ZMQMessage()
-                if zmq_msg_recv(addr.msg, monitor!.handle, ZMQ_DONTWAIT) >= 0 { address = String(decoding: addr.bytes, as: UTF8.self) }
+                if zmq_msg_recv(addr.msg, monitor!.handle, ZMQ_DONTWAIT) >= 0 {
+                    address = String(decoding: addr.bytes, as: UTF8.self)
+                }
             }
             guard ev.count >= 2 else { continue }
             let code = Int32(UInt16(littleEndian: ev.bytes.loadUnaligned(as: UInt16.self)))
             if isRouter {
-                let failure = code == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL ? "no_detail"
-                    : code == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL ? "protocol" : code == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH ? "auth" : nil
+                let failure =
+                    code == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                    ? "no_detail"
+                    : code == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
+                        ? "protocol" : code == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH ? "auth" : nil
                 if let failure { shared.withLock { $0.counters.handshakeFailures[failure, default: 0] += 1 } }
                 // Each connection has its own peer address (host and source port).
                 if code == ZMQ_EVENT_HANDSHAKE_SUCCEEDED { established.insert(address) }
@@ -345,8 +385,15 @@ final class SocketLoop: @unchecked Sendable {
                     shared.withLock { $0.counters.sessionsLost += 1 }
                 }
             } else {
-                if code == ZMQ_EVENT_HANDSHAKE_SUCCEEDED { connected = true; continuation.yield(.connected) }
-                if code == ZMQ_EVENT_DISCONNECTED { disconnected = true; connected = false; continuation.yield(.disconnected) }
+                if code == ZMQ_EVENT_HANDSHAKE_SUCCEEDED {
+                    connected = true
+                    continuation.yield(.connected)
+                }
+                if code == ZMQ_EVENT_DISCONNECTED {
+                    disconnected = true
+                    connected = false
+                    continuation.yield(.disconnected)
+                }
             }
         }
     }

@@ -13,7 +13,9 @@ final class ZAPHandler {
     let rejected: Locked<[String: Int]>
     let log: RateLimitedLog
 
-    init(context: ZMQContext, allowList: CurveAllowList, rejected: Locked<[String: Int]>, log: RateLimitedLog) throws(ZMQError) {
+    init(context: ZMQContext, allowList: CurveAllowList, rejected: Locked<[String: Int]>, log: RateLimitedLog)
+        throws(ZMQError)
+    {
         socket = try ZMQSocket(context, type: ZMQ_REP)
         try socket.set(ZMQ_LINGER, 0)
         try socket.bind(Self.endpoint)
@@ -40,29 +42,38 @@ final class ZAPHandler {
     private func reply(to frames: [[UInt8]]) {
         // version, request id, domain, address, routing id, mechanism, credentials...
         let requestID = frames.count > 1 ? frames[1] : []
-        var status = "400", text = "malformed ZAP request", user = ""
+        var status = "400"
+        var text = "malformed ZAP request"
+        var user = ""
         if frames.count >= 6, String(decoding: frames[0], as: UTF8.self) == "1.0" {
             let mechanism = String(decoding: frames[5], as: UTF8.self)
             let address = String(decoding: frames[3], as: UTF8.self)
             if mechanism == "CURVE", frames.count >= 7, frames[6].count == 32 {
                 let key = CurveKey(bytes: frames[6])
                 if let name = allowList.names[key] {
-                    status = "200"; text = "OK"; user = name
+                    status = "200"
+                    text = "OK"
+                    user = name
                 } else {
                     text = "public key not in the allow-list"
                     rejected.withLock { $0[key.z85, default: 0] += 1 }
-                    log.warning(key: "unauthenticated:\(key.z85)",
-                                "refused Curve client: public key not in the allow-list",
-                                metadata: ["reason": "unauthenticated", "key": "\(key.z85)", "address": "\(address)"])
+                    log.warning(
+                        key: "unauthenticated:\(key.z85)",
+                        "refused Curve client: public key not in the allow-list",
+                        metadata: ["reason": "unauthenticated", "key": "\(key.z85)", "address": "\(address)"])
                 }
             } else {
                 text = "mechanism \(mechanism) not allowed"
                 rejected.withLock { $0["mechanism:\(mechanism)", default: 0] += 1 }
             }
         }
-        let parts: [[UInt8]] = [Array("1.0".utf8), requestID, Array(status.utf8), Array(text.utf8), Array(user.utf8), []]
+        let parts: [[UInt8]] = [
+            Array("1.0".utf8), requestID, Array(status.utf8), Array(text.utf8), Array(user.utf8), [],
+        ]
         for (i, p) in parts.enumerated() {
-            _ = p.withUnsafeBytes { zmq_send(socket.handle, $0.baseAddress, $0.count, i < parts.count - 1 ? ZMQ_SNDMORE : 0) }
+            _ = p.withUnsafeBytes {
+                zmq_send(socket.handle, $0.baseAddress, $0.count, i < parts.count - 1 ? ZMQ_SNDMORE : 0)
+            }
         }
     }
 }
@@ -70,7 +81,10 @@ final class ZAPHandler {
 /// Logs an event the first time its key is seen, then at most once per interval with the number
 /// of occurrences suppressed meanwhile, so that a flood of bad frames cannot flood the log.
 public final class RateLimitedLog: Sendable {
-    private struct Entry { var lastNs: UInt64; var suppressed: Int }
+    private struct Entry {
+        var lastNs: UInt64
+        var suppressed: Int
+    }
     private let logger: Logger
     private let intervalNs: UInt64
     private let entries = Mutex<[String: Entry]>([:])

@@ -32,7 +32,10 @@ final class ZMQContext: @unchecked Sendable {
     /// Waits until every socket of the context is closed and its connections and listeners
     /// are gone (so a port can be bound again at once). Idempotent.
     func terminate() {
-        let first = terminated.withLock { t -> Bool in defer { t = true }; return !t }
+        let first = terminated.withLock { t -> Bool in
+            defer { t = true }
+            return !t
+        }
         if first { zmq_ctx_term(handle) }
     }
 
@@ -62,11 +65,15 @@ final class ZMQSocket {
     }
 
     func set(_ option: Int32, bytes: [UInt8]) throws(ZMQError) {
-        try check(bytes.withUnsafeBytes { zmq_setsockopt(handle, option, $0.baseAddress, $0.count) }, "zmq_setsockopt(\(option))")
+        try check(
+            bytes.withUnsafeBytes { zmq_setsockopt(handle, option, $0.baseAddress, $0.count) },
+            "zmq_setsockopt(\(option))")
     }
 
     func bind(_ endpoint: String) throws(ZMQError) { try check(zmq_bind(handle, endpoint), "zmq_bind(\(endpoint))") }
-    func connect(_ endpoint: String) throws(ZMQError) { try check(zmq_connect(handle, endpoint), "zmq_connect(\(endpoint))") }
+    func connect(_ endpoint: String) throws(ZMQError) {
+        try check(zmq_connect(handle, endpoint), "zmq_connect(\(endpoint))")
+    }
 
     /// The endpoint actually bound (resolves `tcp://127.0.0.1:0` to its port).
     var lastEndpoint: String {
@@ -115,9 +122,13 @@ public final class ZMQMessage: @unchecked Sendable {
     public var count: Int { zmq_msg_size(msg) }
 
     /// The message's bytes; valid while this box is alive.
-    public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: zmq_msg_data(msg), count: zmq_msg_size(msg)) }
+    public var bytes: UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(start: zmq_msg_data(msg), count: zmq_msg_size(msg))
+    }
 
-    var mutableBytes: UnsafeMutableRawBufferPointer { UnsafeMutableRawBufferPointer(start: zmq_msg_data(msg), count: zmq_msg_size(msg)) }
+    var mutableBytes: UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(start: zmq_msg_data(msg), count: zmq_msg_size(msg))
+    }
 
     /// A metadata property of a received message, such as "User-Id" (set by the ZAP handler) or
     /// "Peer-Address".

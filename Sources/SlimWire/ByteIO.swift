@@ -116,7 +116,9 @@ public struct WireWriter {
 /// `Array.withUnsafeBytes` with the body's typed error kept (the standard library's version
 /// rethrows untyped).
 @inlinable
-public func withWireBytes<R>(_ bytes: [UInt8], _ body: (UnsafeRawBufferPointer) throws(WireError) -> R) throws(WireError) -> R {
+public func withWireBytes<R>(_ bytes: [UInt8], _ body: (UnsafeRawBufferPointer) throws(WireError) -> R)
+    throws(WireError) -> R
+{
     let r = bytes.withUnsafeBytes { p in Result { () throws(WireError) -> R in try body(p) } }
     return try r.get()
 }

@@ -45,13 +45,19 @@ public struct Envelope {
 
     /// Checks a received message in the order PROTOCOL.md §3 gives, CRC included. The returned
     /// buffers point into `message` and are valid as long as it is.
-    public static func open(_ message: UnsafeRawBufferPointer, limits: WireLimits = .default) throws(WireError) -> Envelope {
+    public static func open(_ message: UnsafeRawBufferPointer, limits: WireLimits = .default) throws(WireError)
+        -> Envelope
+    {
         let n = message.count
-        guard n >= overhead else { throw WireError(.truncated, "message of \(n) bytes is shorter than the 20-byte envelope") }
+        guard n >= overhead else {
+            throw WireError(.truncated, "message of \(n) bytes is shorter than the 20-byte envelope")
+        }
         guard message[0] == magic.0, message[1] == magic.1, message[2] == magic.2, message[3] == magic.3 else {
             throw WireError(.badMagic, "magic is \(hex(message[0..<4])), expected 534c5350 (\"SLSP\")")
         }
-        guard message[4] == version else { throw WireError(.unsupportedVersion, "version \(message[4]), this peer speaks 1") }
+        guard message[4] == version else {
+            throw WireError(.unsupportedVersion, "version \(message[4]), this peer speaks 1")
+        }
         let bodyLength = Int(UInt32(littleEndian: message.loadUnaligned(fromByteOffset: 8, as: UInt32.self)))
         let payloadLength = Int(UInt32(littleEndian: message.loadUnaligned(fromByteOffset: 12, as: UInt32.self)))
         guard bodyLength <= maxBodyLength else {
@@ -80,9 +86,14 @@ public struct Envelope {
 
     /// Writes the 16-byte header at the start of `buffer` and the CRC after the payload.
     /// The body and payload must already be in place.
-    public static func seal(_ buffer: UnsafeMutableRawBufferPointer, kind: MessageKind, bodyLength: Int, payloadLength: Int) -> Int {
+    public static func seal(
+        _ buffer: UnsafeMutableRawBufferPointer, kind: MessageKind, bodyLength: Int, payloadLength: Int
+    ) -> Int {
         var w = WireWriter(buffer)
-        w.u8(magic.0); w.u8(magic.1); w.u8(magic.2); w.u8(magic.3)
+        w.u8(magic.0)
+        w.u8(magic.1)
+        w.u8(magic.2)
+        w.u8(magic.3)
         w.u8(version)
         w.u8(kind.rawValue)
         w.u16(0)

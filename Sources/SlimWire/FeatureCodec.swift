@@ -32,8 +32,10 @@ public final class FeatureFrameEncoder {
     ///   - mask: ⌈H·W/8⌉ bytes, bit i = cell i sent; padding bits must be 0.
     ///   - out: at least `maxEncodedLength(header)` bytes.
     /// - Returns: the message length and the codec used.
-    public func encode(_ header: FeatureFrameHeader, dense: UnsafeBufferPointer<UInt8>, mask: UnsafeRawBufferPointer?,
-                       into out: UnsafeMutableRawBufferPointer) -> (length: Int, codec: PayloadCodec) {
+    public func encode(
+        _ header: FeatureFrameHeader, dense: UnsafeBufferPointer<UInt8>, mask: UnsafeRawBufferPointer?,
+        into out: UnsafeMutableRawBufferPointer
+    ) -> (length: Int, codec: PayloadCodec) {
         var h = header
         h.masked = mask != nil
         let maxRaw = h.maskLength + FeaturePayload.packedLength(values: h.channels * h.cells, bits: Int(h.bits))
@@ -52,8 +54,9 @@ public final class FeatureFrameEncoder {
                     .copyMemory(from: UnsafeRawBufferPointer(rebasing: mask[0..<h.maskLength]))
                 n = h.maskLength
             }
-            n += FeaturePayload.pack(dense: dense, channels: h.channels, cells: h.cells, mask: mask, bits: Int(h.bits),
-                                     into: UnsafeMutableRawBufferPointer(rebasing: scratch[n...]))
+            n += FeaturePayload.pack(
+                dense: dense, channels: h.channels, cells: h.cells, mask: mask, bits: Int(h.bits),
+                into: UnsafeMutableRawBufferPointer(rebasing: scratch[n...]))
             raw = UnsafeRawBufferPointer(rebasing: scratch[0..<n])
         }
         let rawLength = raw.count
@@ -65,7 +68,9 @@ public final class FeatureFrameEncoder {
             if lz4Skip > 0 {
                 lz4Skip -= 1
             } else {
-                compressed = LZ4Block.compress(raw, into: UnsafeMutableRawBufferPointer(rebasing: out[payloadStart..<(payloadStart + rawLength - 1)]))
+                compressed = LZ4Block.compress(
+                    raw,
+                    into: UnsafeMutableRawBufferPointer(rebasing: out[payloadStart..<(payloadStart + rawLength - 1)]))
                 if (compressed ?? rawLength) > rawLength - rawLength / 16 { lz4Skip = Self.probeInterval - 1 }
             }
         }
@@ -141,8 +146,9 @@ public final class FeatureFrameDecoder {
             FeaturePayload.unpack(packed, count: count, bits: Int(h.bits), into: values)
             out = UnsafeBufferPointer(rebasing: values[0..<count])
         }
-        return Decoded(header: h, messageLength: messageLength, sentCells: sent,
-                       mask: h.masked ? UnsafeRawBufferPointer(rebasing: rawBytes[0..<h.maskLength]) : nil,
-                       values: out)
+        return Decoded(
+            header: h, messageLength: messageLength, sentCells: sent,
+            mask: h.masked ? UnsafeRawBufferPointer(rebasing: rawBytes[0..<h.maskLength]) : nil,
+            values: out)
     }
 }

@@ -6,7 +6,10 @@ public enum QuantParams: Sendable, Equatable {
     case model
 }
 
-public enum PayloadCodec: UInt8, Sendable { case none = 0, lz4 = 1 }
+public enum PayloadCodec: UInt8, Sendable {
+    case none = 0
+    case lz4 = 1
+}
 
 /// Everything of a FeatureFrame but its payload: what a receiver checks before it allocates
 /// anything for the payload.
@@ -31,10 +34,12 @@ public struct FeatureFrameHeader: Sendable, Equatable {
     /// Payload length once the codec is undone: mask bytes + packed value bytes.
     public var rawLength: Int
 
-    public init(agentID: String, sequence: UInt64, captureTimeNs: UInt64,
-                position: SIMD3<Double> = .zero, orientation: SIMD4<Double> = SIMD4(0, 0, 0, 1),
-                modelID: String, widthIndex: UInt8, bits: UInt8, channels: Int, height: Int, width: Int,
-                quant: QuantParams, masked: Bool = false, codec: PayloadCodec = .none, rawLength: Int = 0) {
+    public init(
+        agentID: String, sequence: UInt64, captureTimeNs: UInt64,
+        position: SIMD3<Double> = .zero, orientation: SIMD4<Double> = SIMD4(0, 0, 0, 1),
+        modelID: String, widthIndex: UInt8, bits: UInt8, channels: Int, height: Int, width: Int,
+        quant: QuantParams, masked: Bool = false, codec: PayloadCodec = .none, rawLength: Int = 0
+    ) {
         self.agentID = agentID
         self.sequence = sequence
         self.captureTimeNs = captureTimeNs
@@ -69,12 +74,19 @@ public struct FeatureFrameHeader: Sendable, Equatable {
         w.identifier(agentID)
         w.u64(sequence)
         w.u64(captureTimeNs)
-        w.f64(position.x); w.f64(position.y); w.f64(position.z)
-        w.f64(orientation.x); w.f64(orientation.y); w.f64(orientation.z); w.f64(orientation.w)
+        w.f64(position.x)
+        w.f64(position.y)
+        w.f64(position.z)
+        w.f64(orientation.x)
+        w.f64(orientation.y)
+        w.f64(orientation.z)
+        w.f64(orientation.w)
         w.identifier(modelID)
         w.u8(widthIndex)
         w.u8(bits)
-        w.u16(UInt16(channels)); w.u16(UInt16(height)); w.u16(UInt16(width))
+        w.u16(UInt16(channels))
+        w.u16(UInt16(height))
+        w.u16(UInt16(width))
         switch quant {
         case .inline(let scales, let zps):
             w.u8(0)
@@ -95,7 +107,8 @@ public struct FeatureFrameHeader: Sendable, Equatable {
         sequence = try r.u64("sequence")
         captureTimeNs = try r.u64("capture_time_ns")
         position = SIMD3(try r.f64("position"), try r.f64("position"), try r.f64("position"))
-        orientation = SIMD4(try r.f64("orientation"), try r.f64("orientation"), try r.f64("orientation"), try r.f64("orientation"))
+        orientation = SIMD4(
+            try r.f64("orientation"), try r.f64("orientation"), try r.f64("orientation"), try r.f64("orientation"))
         guard position.x.isFinite, position.y.isFinite, position.z.isFinite else {
             throw WireError(.fieldOutOfRange, "position \(position) is not finite")
         }
@@ -114,8 +127,12 @@ public struct FeatureFrameHeader: Sendable, Equatable {
             throw WireError(.fieldOutOfRange, "shape \(channels)x\(height)x\(width) has a zero dimension")
         }
         guard channels <= limits.maxChannels, height <= limits.maxHeight, width <= limits.maxWidth,
-              channels * height * width <= limits.maxValues else {
-            throw WireError(.overLimit, "shape \(channels)x\(height)x\(width) exceeds the limits (C ≤ \(limits.maxChannels), H ≤ \(limits.maxHeight), W ≤ \(limits.maxWidth), C·H·W ≤ \(limits.maxValues))")
+            channels * height * width <= limits.maxValues
+        else {
+            throw WireError(
+                .overLimit,
+                "shape \(channels)x\(height)x\(width) exceeds the limits (C ≤ \(limits.maxChannels), H ≤ \(limits.maxHeight), W ≤ \(limits.maxWidth), C·H·W ≤ \(limits.maxValues))"
+            )
         }
         let mode = try r.u8("quant_mode")
         switch mode {
@@ -124,14 +141,18 @@ public struct FeatureFrameHeader: Sendable, Equatable {
             let zpBytes = try r.bytes(channels, "zero_points")
             var scales = [Float](repeating: 0, count: channels)
             for c in 0..<channels {
-                let s = Float(bitPattern: UInt32(littleEndian: scaleBytes.loadUnaligned(fromByteOffset: 4 * c, as: UInt32.self)))
-                guard s.isFinite, s > 0 else { throw WireError(.fieldOutOfRange, "scales[\(c)] = \(s) must be finite and > 0") }
+                let s = Float(
+                    bitPattern: UInt32(littleEndian: scaleBytes.loadUnaligned(fromByteOffset: 4 * c, as: UInt32.self)))
+                guard s.isFinite, s > 0 else {
+                    throw WireError(.fieldOutOfRange, "scales[\(c)] = \(s) must be finite and > 0")
+                }
                 scales[c] = s
             }
             let zps = Array(zpBytes)
             let maxQ = (1 << Int(bits)) - 1
             if let c = zps.firstIndex(where: { Int($0) > maxQ }) {
-                throw WireError(.fieldOutOfRange, "zero_points[\(c)] = \(zps[c]) exceeds \(maxQ) for \(bits)-bit values")
+                throw WireError(
+                    .fieldOutOfRange, "zero_points[\(c)] = \(zps[c]) exceeds \(maxQ) for \(bits)-bit values")
             }
             quant = .inline(scales: scales, zeroPoints: zps)
         case 1:
@@ -151,13 +172,19 @@ public struct FeatureFrameHeader: Sendable, Equatable {
 
         let maxRaw = maskLength + FeaturePayload.packedLength(values: channels * cells, bits: Int(bits))
         guard rawLength <= maxRaw else {
-            throw WireError(.payloadSizeMismatch, "raw_length \(rawLength) exceeds \(maxRaw), the most a \(channels)x\(height)x\(width) \(bits)-bit frame can need")
+            throw WireError(
+                .payloadSizeMismatch,
+                "raw_length \(rawLength) exceeds \(maxRaw), the most a \(channels)x\(height)x\(width) \(bits)-bit frame can need"
+            )
         }
         if !masked, rawLength != maxRaw {
-            throw WireError(.payloadSizeMismatch, "raw_length \(rawLength) != \(maxRaw) for an unmasked \(channels)x\(height)x\(width) \(bits)-bit frame")
+            throw WireError(
+                .payloadSizeMismatch,
+                "raw_length \(rawLength) != \(maxRaw) for an unmasked \(channels)x\(height)x\(width) \(bits)-bit frame")
         }
         if codec == .none, rawLength != payloadLength {
-            throw WireError(.payloadSizeMismatch, "raw_length \(rawLength) != payload_length \(payloadLength) with codec none")
+            throw WireError(
+                .payloadSizeMismatch, "raw_length \(rawLength) != payload_length \(payloadLength) with codec none")
         }
     }
 }

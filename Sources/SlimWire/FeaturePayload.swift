@@ -17,7 +17,10 @@ public enum FeaturePayload {
             n += mask.loadUnaligned(fromByteOffset: i, as: UInt64.self).nonzeroBitCount
             i += 8
         }
-        while i < full { n += mask[i].nonzeroBitCount; i += 1 }
+        while i < full {
+            n += mask[i].nonzeroBitCount
+            i += 1
+        }
         if cells % 8 != 0 { n += (mask[full] & UInt8((1 << (cells % 8)) - 1)).nonzeroBitCount }
         return n
     }
@@ -27,11 +30,14 @@ public enum FeaturePayload {
     ///   - dense: C·H·W values, channel-major; only the low `bits` bits of each are used.
     ///   - mask: ⌈H·W/8⌉ bytes, or nil for every cell.
     /// - Returns: bytes written, ⌈C·K·bits/8⌉.
-    public static func pack(dense: UnsafeBufferPointer<UInt8>, channels: Int, cells: Int, mask: UnsafeRawBufferPointer?,
-                            bits: Int, into out: UnsafeMutableRawBufferPointer) -> Int {
+    public static func pack(
+        dense: UnsafeBufferPointer<UInt8>, channels: Int, cells: Int, mask: UnsafeRawBufferPointer?,
+        bits: Int, into out: UnsafeMutableRawBufferPointer
+    ) -> Int {
         precondition(dense.count >= channels * cells)
         if mask == nil, bits == 8 {
-            out.copyMemory(from: UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(dense)[0..<(channels * cells)]))
+            out.copyMemory(
+                from: UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(dense)[0..<(channels * cells)]))
             return channels * cells
         }
         var bw = BitWriter(out, bits: bits)
@@ -49,7 +55,9 @@ public enum FeaturePayload {
     }
 
     /// Unpacks `count` values of `bits` bits from `packed` into `out`.
-    public static func unpack(_ packed: UnsafeRawBufferPointer, count: Int, bits: Int, into out: UnsafeMutableBufferPointer<UInt8>) {
+    public static func unpack(
+        _ packed: UnsafeRawBufferPointer, count: Int, bits: Int, into out: UnsafeMutableBufferPointer<UInt8>
+    ) {
         precondition(out.count >= count && packed.count >= packedLength(values: count, bits: bits))
         if bits == 8 {
             UnsafeMutableRawBufferPointer(out).copyMemory(from: UnsafeRawBufferPointer(rebasing: packed[0..<count]))
@@ -74,8 +82,10 @@ public enum FeaturePayload {
     /// Undoes the codec: with codec none the payload itself is returned (no copy); with LZ4 it
     /// is decoded into `scratch` (at least `header.rawLength` bytes) with a bounds-checked
     /// decoder that must produce exactly `raw_length` bytes.
-    public static func undoCodec(_ header: FeatureFrameHeader, payload: UnsafeRawBufferPointer,
-                                 scratch: UnsafeMutableRawBufferPointer) throws(WireError) -> UnsafeRawBufferPointer {
+    public static func undoCodec(
+        _ header: FeatureFrameHeader, payload: UnsafeRawBufferPointer,
+        scratch: UnsafeMutableRawBufferPointer
+    ) throws(WireError) -> UnsafeRawBufferPointer {
         let n = header.rawLength
         switch header.codec {
         case .none:
@@ -85,13 +95,16 @@ public enum FeaturePayload {
             guard payload.count > 0, payload.count <= Int(Int32.max), n > 0 else {
                 throw WireError(.codecError, "LZ4 payload of \(payload.count) bytes for raw_length \(n)")
             }
-            let got = LZ4_decompress_safe(payload.baseAddress!.assumingMemoryBound(to: CChar.self),
-                                          scratch.baseAddress!.assumingMemoryBound(to: CChar.self),
-                                          Int32(payload.count), Int32(n))
+            let got = LZ4_decompress_safe(
+                payload.baseAddress!.assumingMemoryBound(to: CChar.self),
+                scratch.baseAddress!.assumingMemoryBound(to: CChar.self),
+                Int32(payload.count), Int32(n))
             guard got == Int32(n) else {
-                throw WireError(.codecError, got < 0
-                    ? "LZ4 block is malformed or decodes past raw_length \(n) (error at input byte \(-got))"
-                    : "LZ4 block decodes to \(got) bytes, raw_length says \(n)")
+                throw WireError(
+                    .codecError,
+                    got < 0
+                        ? "LZ4 block is malformed or decodes past raw_length \(n) (error at input byte \(-got))"
+                        : "LZ4 block decodes to \(got) bytes, raw_length says \(n)")
             }
             return UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(scratch)[0..<n])
         }
@@ -105,7 +118,9 @@ public enum FeaturePayload {
         var sent = header.cells
         if header.masked {
             let m = header.maskLength
-            guard n >= m else { throw WireError(.payloadSizeMismatch, "raw payload of \(n) bytes is shorter than the \(m)-byte mask") }
+            guard n >= m else {
+                throw WireError(.payloadSizeMismatch, "raw payload of \(n) bytes is shorter than the \(m)-byte mask")
+            }
             let mask = UnsafeRawBufferPointer(rebasing: raw[0..<m])
             let tail = header.cells % 8
             if tail != 0, mask[m - 1] >> UInt8(tail) != 0 {
@@ -115,7 +130,10 @@ public enum FeaturePayload {
         }
         let expected = header.maskLength + packedLength(values: header.channels * sent, bits: Int(header.bits))
         guard n == expected else {
-            throw WireError(.payloadSizeMismatch, "raw_length \(n) != \(expected) for \(sent) sent cells of \(header.channels) channels at \(header.bits) bits")
+            throw WireError(
+                .payloadSizeMismatch,
+                "raw_length \(n) != \(expected) for \(sent) sent cells of \(header.channels) channels at \(header.bits) bits"
+            )
         }
         let usedBits = (header.channels * sent * Int(header.bits)) % 8
         if usedBits != 0, raw[n - 1] >> UInt8(usedBits) != 0 {
@@ -127,7 +145,9 @@ public enum FeaturePayload {
     /// Builds a payload from values in payload order (tests and tools; allocates).
     /// - Returns: the payload and `raw_length`; the codec actually used is `codec` unless LZ4 would
     ///   not shrink the payload, in which case it is `.none`.
-    public static func build(mask: [Bool]?, values: [UInt8], bits: Int, codec: PayloadCodec) -> (payload: [UInt8], rawLength: Int, codec: PayloadCodec) {
+    public static func build(mask: [Bool]?, values: [UInt8], bits: Int, codec: PayloadCodec) -> (
+        payload: [UInt8], rawLength: Int, codec: PayloadCodec
+    ) {
         var raw = [UInt8]()
         if let mask {
             var bytes = [UInt8](repeating: 0, count: (mask.count + 7) / 8)
@@ -161,7 +181,9 @@ public enum FeaturePayload {
         let count = h.channels * sent
         var values = [UInt8](repeating: 0, count: count)
         values.withUnsafeMutableBufferPointer { out in
-            unpack(UnsafeRawBufferPointer(rebasing: raw[h.maskLength..<h.rawLength]), count: count, bits: Int(h.bits), into: out)
+            unpack(
+                UnsafeRawBufferPointer(rebasing: raw[h.maskLength..<h.rawLength]), count: count, bits: Int(h.bits),
+                into: out)
         }
         return (mask, values)
     }
@@ -211,9 +233,10 @@ public enum LZ4Block {
     /// in `dst` (pass a `dst` shorter than `src` to get nil for incompressible data).
     public static func compress(_ src: UnsafeRawBufferPointer, into dst: UnsafeMutableRawBufferPointer) -> Int? {
         guard src.count > 0, src.count <= Int(LZ4_MAX_INPUT_SIZE), dst.count > 0 else { return nil }
-        let n = LZ4_compress_default(src.baseAddress!.assumingMemoryBound(to: CChar.self),
-                                     dst.baseAddress!.assumingMemoryBound(to: CChar.self),
-                                     Int32(src.count), Int32(min(dst.count, Int(Int32.max))))
+        let n = LZ4_compress_default(
+            src.baseAddress!.assumingMemoryBound(to: CChar.self),
+            dst.baseAddress!.assumingMemoryBound(to: CChar.self),
+            Int32(src.count), Int32(min(dst.count, Int(Int32.max))))
         return n > 0 ? Int(n) : nil
     }
 

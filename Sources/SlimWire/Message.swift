@@ -34,7 +34,8 @@ extension WireMessage {
     }
 
     /// Decodes a whole message of this kind.
-    public static func decode(_ bytes: UnsafeRawBufferPointer, limits: WireLimits = .default) throws(WireError) -> Self {
+    public static func decode(_ bytes: UnsafeRawBufferPointer, limits: WireLimits = .default) throws(WireError) -> Self
+    {
         let env = try Envelope.open(bytes, limits: limits)
         guard env.kind == kind else { throw WireError(.unexpectedKind, "expected \(kind), got \(env.kind)") }
         var r = WireReader(env.body)
@@ -54,7 +55,9 @@ public enum Message: Sendable, Equatable {
     case result(ResultMessage)
     case control(Control)
 
-    public static func decode(_ bytes: UnsafeRawBufferPointer, limits: WireLimits = .default) throws(WireError) -> Message {
+    public static func decode(_ bytes: UnsafeRawBufferPointer, limits: WireLimits = .default) throws(WireError)
+        -> Message
+    {
         let env = try Envelope.open(bytes, limits: limits)
         var r = WireReader(env.body)
         switch env.kind {
@@ -104,7 +107,10 @@ func requireEmptyPayload(_ payload: UnsafeRawBufferPointer, _ kind: MessageKind)
 public struct Hello: WireMessage {
     public static let kind = MessageKind.hello
 
-    public enum SensorKind: UInt8, Sendable { case other = 0, lidar, camera, radar }
+    public enum SensorKind: UInt8, Sendable {
+        case other = 0
+        case lidar, camera, radar
+    }
 
     public var agentID: String
     public var modelID: String
@@ -116,8 +122,10 @@ public struct Hello: WireMessage {
     /// Bit `b-1` set when the agent can send `b`-bit features.
     public var bitsMask: UInt8
 
-    public init(agentID: String, modelID: String, modelHash: [UInt8] = .init(repeating: 0, count: 32),
-                sensorKind: SensorKind = .lidar, widths: [UInt16] = [250, 500, 750, 1000], bitsMask: UInt8 = 0xFF) {
+    public init(
+        agentID: String, modelID: String, modelHash: [UInt8] = .init(repeating: 0, count: 32),
+        sensorKind: SensorKind = .lidar, widths: [UInt16] = [250, 500, 750, 1000], bitsMask: UInt8 = 0xFF
+    ) {
         self.agentID = agentID
         self.modelID = modelID
         self.modelHash = modelHash
@@ -186,7 +194,10 @@ public struct Ack: WireMessage {
     public var bodyLength: Int { 24 }
     public var payloadLength: Int { 0 }
     public func writeBody(_ w: inout WireWriter) {
-        w.u64(sequence); w.u64(receiveTimeNs); w.u32(bytesReceived); w.u32(queueDelayNs)
+        w.u64(sequence)
+        w.u64(receiveTimeNs)
+        w.u32(bytesReceived)
+        w.u32(queueDelayNs)
     }
     public func writePayload(_ w: inout WireWriter) {}
     public init(body r: inout WireReader, payload: UnsafeRawBufferPointer, limits: WireLimits) throws(WireError) {
@@ -212,7 +223,10 @@ public struct Control: WireMessage {
     /// 0 welcome, 1 bandwidth budget, 2 operator; other values are accepted and kept.
     public var reason: UInt8
 
-    public init(epoch: UInt32, maxWidthIndex: UInt8 = Control.noWidthCap, maxBits: UInt8 = 8, maxRateHz: Float = 0, reason: UInt8 = 0) {
+    public init(
+        epoch: UInt32, maxWidthIndex: UInt8 = Control.noWidthCap, maxBits: UInt8 = 8, maxRateHz: Float = 0,
+        reason: UInt8 = 0
+    ) {
         self.epoch = epoch
         self.maxWidthIndex = maxWidthIndex
         self.maxBits = maxBits
@@ -223,7 +237,11 @@ public struct Control: WireMessage {
     public var bodyLength: Int { 11 }
     public var payloadLength: Int { 0 }
     public func writeBody(_ w: inout WireWriter) {
-        w.u32(epoch); w.u8(maxWidthIndex); w.u8(maxBits); w.f32(maxRateHz); w.u8(reason)
+        w.u32(epoch)
+        w.u8(maxWidthIndex)
+        w.u8(maxBits)
+        w.f32(maxRateHz)
+        w.u8(reason)
     }
     public func writePayload(_ w: inout WireWriter) {}
     public init(body r: inout WireReader, payload: UnsafeRawBufferPointer, limits: WireLimits) throws(WireError) {
@@ -232,7 +250,9 @@ public struct Control: WireMessage {
         maxBits = try r.u8("max_bits")
         guard (1...8).contains(maxBits) else { throw WireError(.fieldOutOfRange, "max_bits \(maxBits) not in 1...8") }
         maxRateHz = try r.f32("max_rate_hz")
-        guard maxRateHz.isFinite, maxRateHz >= 0 else { throw WireError(.fieldOutOfRange, "max_rate_hz \(maxRateHz) must be finite and >= 0") }
+        guard maxRateHz.isFinite, maxRateHz >= 0 else {
+            throw WireError(.fieldOutOfRange, "max_rate_hz \(maxRateHz) must be finite and >= 0")
+        }
         reason = try r.u8("reason")
         try requireEmptyPayload(payload, .control)
     }
@@ -251,7 +271,9 @@ public struct Detection: Sendable, Equatable {
     public var yaw: Float
     public var trackID: UInt32
 
-    public init(classID: UInt16, score: Float, center: SIMD3<Float>, size: SIMD3<Float>, yaw: Float, trackID: UInt32 = 0) {
+    public init(
+        classID: UInt16, score: Float, center: SIMD3<Float>, size: SIMD3<Float>, yaw: Float, trackID: UInt32 = 0
+    ) {
         self.classID = classID
         self.score = score
         self.center = center
@@ -280,15 +302,25 @@ public struct ResultMessage: WireMessage {
     public var bodyLength: Int { 28 }
     public var payloadLength: Int { detections.count * Detection.recordSize }
     public func writeBody(_ w: inout WireWriter) {
-        w.u64(sequence); w.u64(captureTimeNs); w.u64(fusionTimeNs)
-        w.u16(UInt16(detections.count)); w.u16(UInt16(Detection.recordSize))
+        w.u64(sequence)
+        w.u64(captureTimeNs)
+        w.u64(fusionTimeNs)
+        w.u16(UInt16(detections.count))
+        w.u16(UInt16(Detection.recordSize))
     }
     public func writePayload(_ w: inout WireWriter) {
         for d in detections {
-            w.u16(d.classID); w.u16(0); w.f32(d.score)
-            w.f32(d.center.x); w.f32(d.center.y); w.f32(d.center.z)
-            w.f32(d.size.x); w.f32(d.size.y); w.f32(d.size.z)
-            w.f32(d.yaw); w.u32(d.trackID)
+            w.u16(d.classID)
+            w.u16(0)
+            w.f32(d.score)
+            w.f32(d.center.x)
+            w.f32(d.center.y)
+            w.f32(d.center.z)
+            w.f32(d.size.x)
+            w.f32(d.size.y)
+            w.f32(d.size.z)
+            w.f32(d.yaw)
+            w.u32(d.trackID)
         }
     }
     public init(body r: inout WireReader, payload: UnsafeRawBufferPointer, limits: WireLimits) throws(WireError) {
@@ -304,7 +336,10 @@ public struct ResultMessage: WireMessage {
             throw WireError(.fieldOutOfRange, "record_size \(recordSize) < \(Detection.recordSize)")
         }
         guard payload.count == count * recordSize else {
-            throw WireError(.payloadSizeMismatch, "\(count) records of \(recordSize) bytes need \(count * recordSize) payload bytes, got \(payload.count)")
+            throw WireError(
+                .payloadSizeMismatch,
+                "\(count) records of \(recordSize) bytes need \(count * recordSize) payload bytes, got \(payload.count)"
+            )
         }
         var dets: [Detection] = []
         dets.reserveCapacity(count)
@@ -318,8 +353,10 @@ public struct ResultMessage: WireMessage {
             let yaw = try p.f32("yaw")
             let track = try p.u32("track_id")
             guard score.isFinite, (0...1).contains(score), c.x.isFinite, c.y.isFinite, c.z.isFinite,
-                  s.x.isFinite, s.y.isFinite, s.z.isFinite, s.x > 0, s.y > 0, s.z > 0, yaw.isFinite else {
-                throw WireError(.fieldOutOfRange, "detection \(i): score must be in 0...1, centre and yaw finite, size > 0")
+                s.x.isFinite, s.y.isFinite, s.z.isFinite, s.x > 0, s.y > 0, s.z > 0, yaw.isFinite
+            else {
+                throw WireError(
+                    .fieldOutOfRange, "detection \(i): score must be in 0...1, centre and yaw finite, size > 0")
             }
             dets.append(Detection(classID: classID, score: score, center: c, size: s, yaw: yaw, trackID: track))
         }

@@ -6,6 +6,7 @@ import ArgumentParser
 struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "slimsplit-bench",
-        abstract: "Benchmarks that compare SlimSplit with a peer in the same run and print JSON (build: swift build -c release --product slimsplit-bench).",
+        abstract:
+            "Benchmarks that compare SlimSplit with a peer in the same run and print JSON (build: swift build -c release --product slimsplit-bench).",
         subcommands: [WireBench.self, EncoderBench.self, SensorBench.self, E2EBench.self])
 }

@@ -33,7 +33,10 @@ struct E2EBench: AsyncParsableCommand {
     @Option(help: "Threads the server fuses on.")
     var fusionThreads: Int = 1
 
-    @Option(help: "Kernel path (default: SLIMSPLIT_KERNELS, else the fastest this CPU runs): \(KernelPath.all.map(\.name).joined(separator: ", ")).")
+    @Option(
+        help:
+            "Kernel path (default: SLIMSPLIT_KERNELS, else the fastest this CPU runs): \(KernelPath.all.map(\.name).joined(separator: ", "))."
+    )
     var kernels: String?
 
     @Flag(help: "Print JSON only.")
@@ -62,20 +65,27 @@ struct E2EBench: AsyncParsableCommand {
         try await session.run(logger: logger)
         var latency: [Double] = []
         for r in session.reports.values {
-            for i in r.roundTripMs.indices where i < r.edgeMs.count { latency.append(r.edgeMs[i] + r.wireMs[i] + r.roundTripMs[i]) }
+            for i in r.roundTripMs.indices where i < r.edgeMs.count {
+                latency.append(r.edgeMs[i] + r.wireMs[i] + r.roundTripMs[i])
+            }
         }
         let perTick = session.fuseMs
         let n = Double(sim.agentIDs.count)
         let capacity = perTick.isEmpty ? 0 : n / (percentile(perTick, 0.5) / 1000)
         let doc: [String: Any] = [
-            "benchmark": "e2e", "agents": sim.agentIDs.count, "rate_hz": scene.rate, "frames": sim.frameCount, "bits": bits,
+            "benchmark": "e2e", "agents": sim.agentIDs.count, "rate_hz": scene.rate, "frames": sim.frameCount,
+            "bits": bits,
             "transport": "tcp://127.0.0.1, Curve on",
             "capture_to_result_ms": ["p50": percentile(latency, 0.5), "p99": percentile(latency, 0.99)],
             "server_tick_ms": ["p50": percentile(perTick, 0.5), "p99": percentile(perTick, 0.99)],
             "capacity_agent_frames_per_s": capacity.rounded(),
-            "bytes_per_frame": session.reports.values.map { $0.frames > 0 ? $0.bytes / $0.frames : 0 }.reduce(0, +) / max(session.reports.count, 1),
+            "bytes_per_frame": session.reports.values.map { $0.frames > 0 ? $0.bytes / $0.frames : 0 }.reduce(0, +)
+                / max(session.reports.count, 1),
             "kernels": path.name, "fusion_threads": config.fusionThreads, "cpu": cpuDescription(),
         ]
-        print(String(decoding: try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys]), as: UTF8.self))
+        print(
+            String(
+                decoding: try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys]),
+                as: UTF8.self))
     }
 }

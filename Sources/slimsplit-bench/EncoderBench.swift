@@ -1,8 +1,8 @@
-import SlimPipeline
 import ArgumentParser
 import CAllocCounter
 import Foundation
 import SlimEngine
+import SlimPipeline
 import SlimSensors
 import SlimTransport
 
@@ -10,7 +10,8 @@ import SlimTransport
 struct EncoderBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "encoder",
-        abstract: "Latency of the slimmable encoder at each width, float and int8, one thread, per kernel path and input kind.",
+        abstract:
+            "Latency of the slimmable encoder at each width, float and int8, one thread, per kernel path and input kind.",
         discussion: """
             Inputs: `sim`, the BEV grids of every agent and frame of a simulator recording (clustered
             occupancy, mostly empty cells, as a LiDAR gives); `random`, a grid with `--occupancy` of its
@@ -22,7 +23,10 @@ struct EncoderBench: ParsableCommand {
     @Option(help: "Model file (safetensors, docs/model-format.md).")
     var model: String = "Models/slimsplit-bev.safetensors"
 
-    @Option(help: "Kernel path: best, all (every path this CPU runs), or one of \(KernelPath.all.map(\.name).joined(separator: ", ")).")
+    @Option(
+        help:
+            "Kernel path: best, all (every path this CPU runs), or one of \(KernelPath.all.map(\.name).joined(separator: ", "))."
+    )
     var kernels: String = "best"
 
     @Option(help: "Input: sim, random or both.")
@@ -47,7 +51,9 @@ struct EncoderBench: ParsableCommand {
     var json = false
 
     func validate() throws {
-        guard ["sim", "random", "both"].contains(input) else { throw ValidationError("--input: sim, random or both, not '\(input)'") }
+        guard ["sim", "random", "both"].contains(input) else {
+            throw ValidationError("--input: sim, random or both, not '\(input)'")
+        }
         guard runs > 0 else { throw ValidationError("--runs must be positive") }
     }
 
@@ -59,7 +65,9 @@ struct EncoderBench: ParsableCommand {
         default: paths = [try KernelPath.configure(kernels)]
         }
         let m = try SlimmableModel(contentsOf: model)
-        let c = m.architecture.input.channels, h = m.architecture.input.height, w = m.architecture.input.width
+        let c = m.architecture.input.channels
+        let h = m.architecture.input.height
+        let w = m.architecture.input.width
         var inputs: [(String, [FloatTensor])] = []
         if input != "random" { inputs.append(("sim", try simInputs(channels: c, height: h, width: w))) }
         if input != "sim" { inputs.append(("random", [randomInput(channels: c, height: h, width: w)])) }
@@ -73,36 +81,55 @@ struct EncoderBench: ParsableCommand {
                 var results: [[String: Any]] = []
                 for wi in m.architecture.widths.indices {
                     encoder.widthIndex = wi
-                    var entry: [String: Any] = ["width": m.architecture.widths[wi], "width_index": wi, "output_channels": encoder.outputChannels]
+                    var entry: [String: Any] = [
+                        "width": m.architecture.widths[wi], "width_index": wi,
+                        "output_channels": encoder.outputChannels,
+                    ]
                     // Each run takes the next frame, copied first (untimed) into one input buffer: as
                     // in an agent, where the featurizer has just written the grid, it is in cache.
                     var k = 0
-                    let next = { hot.values.update(from: UnsafeBufferPointer(frames[k % frames.count].values)); k += 1 }
+                    let next = {
+                        hot.values.update(from: UnsafeBufferPointer(frames[k % frames.count].values))
+                        k += 1
+                    }
                     if !int8Only { entry["float"] = measure(next) { _ = encoder.runFloat(hot) } }
                     if m.int8 != nil { entry["int8"] = measure(next) { _ = encoder.runInt8(hot) } }
                     results.append(entry)
                     if !json {
                         let f = (entry["float"] as? [String: Any])?["p50_ms"].map { "\($0)" } ?? "-"
                         let q = (entry["int8"] as? [String: Any])?["p50_ms"].map { "\($0)" } ?? "-"
-                        FileHandle.standardError.write(Data("\(path) \(kind) width \(m.architecture.widths[wi]): float p50 \(f) ms, int8 p50 \(q) ms\n".utf8))
+                        FileHandle.standardError.write(
+                            Data(
+                                "\(path) \(kind) width \(m.architecture.widths[wi]): float p50 \(f) ms, int8 p50 \(q) ms\n"
+                                    .utf8))
                     }
                 }
-                runsDoc.append(["kernels": path.name, "input": kind, "frames": frames.count,
-                                "occupancy": occupied(frames), "results": results])
+                runsDoc.append([
+                    "kernels": path.name, "input": kind, "frames": frames.count,
+                    "occupancy": occupied(frames), "results": results,
+                ])
             }
         }
         // Width switching: a field write, no allocation.
         let switches = 1_000_000
-        let a0 = slim_alloc_count(), t0 = Clock.monotonicNs()
+        let a0 = slim_alloc_count()
+        let t0 = Clock.monotonicNs()
         for i in 0..<switches { encoder.widthIndex = i % m.architecture.widths.count }
         let switchNs = Double(Clock.monotonicNs() - t0) / Double(switches)
         let doc: [String: Any] = [
-            "benchmark": "encoder", "model": model, "input_shape": [c, h, w], "sparse": !dense, "threads": 1, "runs": runs,
-            "kernels": paths.map(\.name), "kernels_supported": KernelPath.supported.map(\.name), "cpu": cpuDescription(),
+            "benchmark": "encoder", "model": model, "input_shape": [c, h, w], "sparse": !dense, "threads": 1,
+            "runs": runs,
+            "kernels": paths.map(\.name), "kernels_supported": KernelPath.supported.map(\.name),
+            "cpu": cpuDescription(),
             "runs_by_kernel": runsDoc,
-            "width_switch": ["ns_per_switch": (switchNs * 100).rounded() / 100, "allocations": slim_alloc_count() - a0],
+            "width_switch": [
+                "ns_per_switch": (switchNs * 100).rounded() / 100, "allocations": slim_alloc_count() - a0,
+            ],
         ]
-        print(String(decoding: try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys]), as: UTF8.self))
+        print(
+            String(
+                decoding: try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys]),
+                as: UTF8.self))
     }
 
     /// Every agent's sweep of every frame of the recording, featurized as the agent does.
@@ -110,7 +137,9 @@ struct EncoderBench: ParsableCommand {
         let rec = try RecordingFrames(path: recording)
         let grid = BEVGrid()
         guard grid.height == height, grid.width == width, BEVGrid.channels == channels else {
-            throw ValidationError("the model takes \(channels)×\(height)×\(width); the featurizer gives \(BEVGrid.channels)×\(grid.height)×\(grid.width)")
+            throw ValidationError(
+                "the model takes \(channels)×\(height)×\(width); the featurizer gives \(BEVGrid.channels)×\(grid.height)×\(grid.width)"
+            )
         }
         let featurizer = BEVFeaturizer(grid: grid)
         var out: [FloatTensor] = []
@@ -118,7 +147,9 @@ struct EncoderBench: ParsableCommand {
             for id in rec.agents {
                 guard let a = f.agents[id], let pose = a.pose, !a.points.isEmpty else { continue }
                 let t = FloatTensor(height: height, width: width, channels: channels)
-                a.points.withUnsafeBufferPointer { featurizer.featurize($0, sensorHeight: Float(pose.position.z), into: t) }
+                a.points.withUnsafeBufferPointer {
+                    featurizer.featurize($0, sensorHeight: Float(pose.position.z), into: t)
+                }
                 out.append(t)
             }
         }
@@ -140,7 +171,8 @@ struct EncoderBench: ParsableCommand {
         var total = 0.0
         for t in frames {
             var n = 0
-            for cell in 0..<(t.height * t.width) where (0..<t.channels).contains(where: { t.storage[cell * t.channels + $0] != 0 }) { n += 1 }
+            for cell in 0..<(t.height * t.width)
+            where (0..<t.channels).contains(where: { t.storage[cell * t.channels + $0] != 0 }) { n += 1 }
             total += Double(n) / Double(t.height * t.width)
         }
         return (total / Double(frames.count) * 10000).rounded() / 10000
@@ -148,7 +180,10 @@ struct EncoderBench: ParsableCommand {
 
     /// Times `body` (after `setup`, untimed) `runs` times, after a warm-up.
     func measure(_ setup: () -> Void, _ body: () -> Void) -> [String: Any] {
-        for _ in 0..<max(5, runs / 10) { setup(); body() }
+        for _ in 0..<max(5, runs / 10) {
+            setup()
+            body()
+        }
         var times: [Double] = []
         times.reserveCapacity(runs)
         let a0 = slim_alloc_count()
@@ -160,8 +195,13 @@ struct EncoderBench: ParsableCommand {
         }
         let allocs = Double(slim_alloc_count() - a0) / Double(runs)
         times.sort()
-        func p(_ q: Double) -> Double { (times[min(times.count - 1, Int(q * Double(times.count)))] * 1000).rounded() / 1000 }
-        return ["min_ms": (times[0] * 1000).rounded() / 1000, "p50_ms": p(0.5), "p99_ms": p(0.99), "allocations_per_frame": allocs]
+        func p(_ q: Double) -> Double {
+            (times[min(times.count - 1, Int(q * Double(times.count)))] * 1000).rounded() / 1000
+        }
+        return [
+            "min_ms": (times[0] * 1000).rounded() / 1000, "p50_ms": p(0.5), "p99_ms": p(0.99),
+            "allocations_per_frame": allocs,
+        ]
     }
 }
 
@@ -174,13 +214,17 @@ func cpuDescription() -> [String: Any] {
             let parts = line.split(separator: ":", maxSplits: 1)
             guard parts.count == 2 else { continue }
             let key = parts[0].trimmingCharacters(in: .whitespaces)
-            if model == "unknown", key == "model name" || key == "Model" { model = parts[1].trimmingCharacters(in: .whitespaces) }
+            if model == "unknown", key == "model name" || key == "Model" {
+                model = parts[1].trimmingCharacters(in: .whitespaces)
+            }
             if flags.isEmpty, key == "flags" || key == "Features" { flags = Set(parts[1].split(separator: " ")) }
         }
     }
     let wanted = ["avx2", "fma", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "asimd", "asimddp"]
-    return ["model": model, "logical_cpus": ProcessInfo.processInfo.activeProcessorCount,
-            "isa": wanted.filter { flags.contains(Substring($0)) }]
+    return [
+        "model": model, "logical_cpus": ProcessInfo.processInfo.activeProcessorCount,
+        "isa": wanted.filter { flags.contains(Substring($0)) },
+    ]
 }
 
 func cpuName() -> String { cpuDescription()["model"] as? String ?? "unknown" }

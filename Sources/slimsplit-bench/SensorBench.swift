@@ -48,11 +48,15 @@ struct SensorBench: ParsableCommand {
             "lidar": ["beams": config.lidar.beams, "azimuth_resolution_deg": config.lidar.azimuthResolution],
             "points_per_sweep": total / max(clouds.count, 1),
             "simulation_x_real_time": (Double(frames.count) / config.rate / simS * 10).rounded() / 10,
-            "simulation_and_mcap_writing_x_real_time": (Double(frames.count) / config.rate / (simS + writeS) * 10).rounded() / 10,
+            "simulation_and_mcap_writing_x_real_time": (Double(frames.count) / config.rate / (simS + writeS) * 10)
+                .rounded() / 10,
             "featurizer_points_per_s": Int(Double(total * reps) / featS),
             "featurizer_ms_per_sweep": (featS / Double(reps * clouds.count) * 1e6).rounded() / 1000,
             "cpu": cpuName(), "threads": 1,
         ]
-        print(String(decoding: try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys]), as: UTF8.self))
+        print(
+            String(
+                decoding: try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys]),
+                as: UTF8.self))
     }
 }

@@ -1,8 +1,8 @@
-import SlimPipeline
-import SlimSensors
 import ArgumentParser
 import CZeroMQ
 import Foundation
+import SlimPipeline
+import SlimSensors
 import SlimTransport
 import SlimWire
 
@@ -32,33 +32,50 @@ struct WireBench: ParsableCommand {
     @Option(help: "Repetitions; the median is reported.")
     var repeats: Int = 3
 
-    struct Case { let name: String; let c: Int; let h: Int; let w: Int }
+    struct Case {
+        let name: String
+        let c: Int
+        let h: Int
+        let w: Int
+    }
 
     func run() throws {
-        let cases = [Case(name: "4KiB", c: 16, h: 16, w: 16), Case(name: "64KiB", c: 64, h: 32, w: 32),
-                     Case(name: "1MiB", c: 64, h: 128, w: 128)]
+        let cases = [
+            Case(name: "4KiB", c: 16, h: 16, w: 16), Case(name: "64KiB", c: 64, h: 32, w: 32),
+            Case(name: "1MiB", c: 64, h: 128, w: 128),
+        ]
         var results: [[String: Any]] = []
         for (content, lz4) in [("features", true), ("features", false), ("random", true)] {
             for cs in cases {
-                var slim: [Measure] = [], raw: [Measure] = []
+                var slim: [Measure] = []
+                var raw: [Measure] = []
                 for _ in 0..<repeats {
                     raw.append(try measure(cs, content: content, lz4: lz4, framed: false))
                     slim.append(try measure(cs, content: content, lz4: lz4, framed: true))
                 }
-                let s = median(slim), r = median(raw)
+                let s = median(slim)
+                let r = median(raw)
                 let payload = cs.c * cs.h * cs.w
                 let (encodeUs, decodeUs) = try stageTimes(cs, content: content, lz4: lz4)
                 let entry: [String: Any] = [
-                    "payload": cs.name, "payload_bytes": payload, "content": content, "codec_requested": lz4 ? "lz4" : "none",
-                    "slimsplit": ["frames_per_s": s.fps.rounded(), "mb_per_s": (s.fps * Double(payload) / 1e6).rounded(),
-                                  "wire_bytes_per_frame": s.wireBytes,
-                                  "encode_us": (encodeUs * 10).rounded() / 10, "decode_us": (decodeUs * 10).rounded() / 10],
-                    "raw_zmq": ["frames_per_s": r.fps.rounded(), "mb_per_s": (r.fps * Double(payload) / 1e6).rounded()],
+                    "payload": cs.name, "payload_bytes": payload, "content": content,
+                    "codec_requested": lz4 ? "lz4" : "none",
+                    "slimsplit": [
+                        "frames_per_s": s.fps.rounded(), "mb_per_s": (s.fps * Double(payload) / 1e6).rounded(),
+                        "wire_bytes_per_frame": s.wireBytes,
+                        "encode_us": (encodeUs * 10).rounded() / 10, "decode_us": (decodeUs * 10).rounded() / 10,
+                    ],
+                    "raw_zmq": [
+                        "frames_per_s": r.fps.rounded(), "mb_per_s": (r.fps * Double(payload) / 1e6).rounded(),
+                    ],
                     "ratio_vs_raw_zmq": (s.fps / r.fps * 1000).rounded() / 1000,
                 ]
                 results.append(entry)
                 if !json {
-                    FileHandle.standardError.write(Data(("\(content) \(lz4 ? "lz4" : "none") \(cs.name): slimsplit \(Int(s.fps)) fps, raw \(Int(r.fps)) fps, ratio \(String(format: "%.3f", s.fps / r.fps)); encode \(String(format: "%.1f", encodeUs)) µs, decode \(String(format: "%.1f", decodeUs)) µs\n").utf8))
+                    FileHandle.standardError.write(
+                        Data(
+                            ("\(content) \(lz4 ? "lz4" : "none") \(cs.name): slimsplit \(Int(s.fps)) fps, raw \(Int(r.fps)) fps, ratio \(String(format: "%.3f", s.fps / r.fps)); encode \(String(format: "%.1f", encodeUs)) µs, decode \(String(format: "%.1f", decodeUs)) µs\n")
+                                .utf8))
                 }
             }
         }
@@ -71,7 +88,10 @@ struct WireBench: ParsableCommand {
         print(String(decoding: data, as: UTF8.self))
     }
 
-    struct Measure { var fps: Double; var wireBytes: Int }
+    struct Measure {
+        var fps: Double
+        var wireBytes: Int
+    }
 
     func makeFeatures(_ cs: Case, content: String) -> SyntheticFeatures {
         var features = SyntheticFeatures(channels: cs.c, height: cs.h, width: cs.w, bits: 8, occupancy: 0.3, seed: 7)
@@ -88,7 +108,8 @@ struct WireBench: ParsableCommand {
         let features = makeFeatures(cs, content: content)
         let header = features.header(agentID: "bench", widthIndex: 3, masked: false, lz4: lz4)
         var out = [UInt8](repeating: 0, count: FeatureFrameEncoder.maxEncodedLength(header))
-        let encoder = FeatureFrameEncoder(), decoder = FeatureFrameDecoder()
+        let encoder = FeatureFrameEncoder()
+        let decoder = FeatureFrameDecoder()
         let iterations = max(20, 50_000_000 / (cs.c * cs.h * cs.w))
         var length = 0
         let t0 = Clock.monotonicNs()
@@ -142,13 +163,19 @@ struct WireBench: ParsableCommand {
             dense.withUnsafeBufferPointer { d in
                 while Clock.monotonicNs() < stopAt {
                     if framed {
-                        guard let b = pool.take() else { sched_yield(); continue }
+                        guard let b = pool.take() else {
+                            sched_yield()
+                            continue
+                        }
                         var h = header
                         h.sequence = UInt64(n + 1)
                         let (length, _) = encoder.encode(h, dense: d, mask: nil, into: b.bytes)
                         wire = length
                         var msg = b.zmqMessage(length: length)
-                        guard zmq_msg_send(&msg, dealer, 0) >= 0 else { zmq_msg_close(&msg); break }
+                        guard zmq_msg_send(&msg, dealer, 0) >= 0 else {
+                            zmq_msg_close(&msg)
+                            break
+                        }
                     } else {
                         guard zmq_send(dealer, d.baseAddress, d.count, 0) >= 0 else { break }
                     }
@@ -163,7 +190,8 @@ struct WireBench: ParsableCommand {
         let t0 = Clock.monotonicNs()
         sender.start()
         var received = 0
-        var id = zmq_msg_t(), msg = zmq_msg_t()
+        var id = zmq_msg_t()
+        var msg = zmq_msg_t()
         zmq_msg_init(&id)
         zmq_msg_init(&msg)
         while true {

@@ -7,7 +7,8 @@ import SlimEngine
 struct SlimSplit: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "slimsplit",
-        abstract: "Split computing for cooperative perception: edge agents send compressed features, a server fuses them.",
+        abstract:
+            "Split computing for cooperative perception: edge agents send compressed features, a server fuses them.",
         discussion: """
             Quick start (a server and two agents on loopback, Curve on):
               slimsplit demo
@@ -17,8 +18,11 @@ struct SlimSplit: AsyncParsableCommand {
               slimsplit server --config Configs/server.yaml
               slimsplit agent --config Configs/agent.yaml
             """,
-        subcommands: [ServerCommand.self, AgentCommand.self, RecordCommand.self, ReplayCommand.self, DatasetCommand.self, EvalCommand.self,
-                      KeygenCommand.self, DemoCommand.self])
+        subcommands: [
+            ServerCommand.self, AgentCommand.self, RecordCommand.self, ReplayCommand.self, DatasetCommand.self,
+            EvalCommand.self,
+            KeygenCommand.self, DemoCommand.self,
+        ])
 }
 
 /// Options every long-running command shares.
@@ -26,9 +30,11 @@ struct LogOptions: ParsableArguments {
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
-    @Option(name: .long, help: ArgumentHelp(
-        "Engine kernel path: \(KernelPath.all.map(\.name).joined(separator: ", ")) (default: SLIMSPLIT_KERNELS, else the fastest this CPU runs).",
-        valueName: "path"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Engine kernel path: \(KernelPath.all.map(\.name).joined(separator: ", ")) (default: SLIMSPLIT_KERNELS, else the fastest this CPU runs).",
+            valueName: "path"))
     var kernels: String?
 
     /// Sets up logging and the engine's kernel path (logged at start). With `catchSignals`, SIGINT
@@ -47,7 +53,9 @@ struct LogOptions: ParsableArguments {
         var logger = Logger(label: label)
         logger.logLevel = level
         let path = try KernelPath.configure(kernels)
-        logger.info("engine", metadata: ["kernels": "\(path)", "cpu_runs": "\(KernelPath.supported.map(\.name).joined(separator: ","))"])
+        logger.info(
+            "engine",
+            metadata: ["kernels": "\(path)", "cpu_runs": "\(KernelPath.supported.map(\.name).joined(separator: ","))"])
         return logger
     }
 }

@@ -17,6 +17,6 @@ let package = Package(
                 .product(name: "SlimConfig", package: "SlimSplit"),
                 .product(name: "SlimPipeline", package: "SlimSplit"),
                 .product(name: "SlimServer", package: "SlimSplit"),
-            ]),
+            ])
     ]
 )

@@ -1,18 +1,21 @@
 import Foundation
 import Testing
+
 @testable import SlimEngine
 
 /// A model file is input from outside (downloaded, copied between machines): a malformed server
 /// architecture gets a `ModelFileError` that names the key, never a crash or a huge allocation.
 @Suite("Hostile model files: typed errors, not crashes")
 struct HostileModelTests {
-    static let shipped = Fixtures.root.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    static let shipped = Fixtures.root.deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
         .appendingPathComponent("Models/slimsplit-bev.safetensors").path
 
     /// The shipped architecture with `edit` applied to its `server` object, in a file with no tensors.
     static func file(_ edit: (inout [String: Any]) -> Void) throws -> Safetensors {
         let st = try Safetensors(contentsOf: shipped)
-        var arch = try #require(try JSONSerialization.jsonObject(with: Data(st.metadata["architecture"]!.utf8)) as? [String: Any])
+        var arch = try #require(
+            try JSONSerialization.jsonObject(with: Data(st.metadata["architecture"]!.utf8)) as? [String: Any])
         var server = try #require(arch["server"] as? [String: Any])
         edit(&server)
         arch["server"] = server
@@ -40,7 +43,9 @@ struct HostileModelTests {
         Case(description: "a one-element kernel", subject: "kernel") { editLayer(&$0, "kernel", [3]) },
         Case(description: "a layer without a name", subject: "name") { editLayer(&$0, "name", nil) },
         Case(description: "a negative padding", subject: "padding") { editLayer(&$0, "padding", [-1, 1]) },
-        Case(description: "an absurd out_channels", subject: "out_channels") { editLayer(&$0, "out_channels", 1 << 40) },
+        Case(description: "an absurd out_channels", subject: "out_channels") {
+            editLayer(&$0, "out_channels", 1 << 40)
+        },
         Case(description: "a grid a billion cells high", subject: "input.height") { s in
             var input = s["input"] as! [String: Any]
             input["height"] = 1_000_000_000

@@ -1,5 +1,6 @@
 import CKernels
 import Testing
+
 @testable import SlimEngine
 
 /// Every kernel path this CPU runs against the same fixtures: random int8 convolutions against
@@ -28,10 +29,14 @@ struct KernelPathTests {
     @Test("avx512", .enabled(if: KernelPath.avx512.isSupported, "this CPU has no AVX-512 VNNI"))
     func avx512() throws { try Self.check(.avx512) }
 
-    @Test("neon", .enabled(if: KernelPath.neon.isSupported, "not an aarch64 CPU (scripts/arm-parity runs it under qemu)"))
+    @Test(
+        "neon", .enabled(if: KernelPath.neon.isSupported, "not an aarch64 CPU (scripts/arm-parity runs it under qemu)"))
     func neon() throws { try Self.check(.neon) }
 
-    @Test("neon-dot", .enabled(if: KernelPath.neonDot.isSupported, "no ARMv8.2 dot product here (scripts/arm-parity runs it under qemu)"))
+    @Test(
+        "neon-dot",
+        .enabled(
+            if: KernelPath.neonDot.isSupported, "no ARMv8.2 dot product here (scripts/arm-parity runs it under qemu)"))
     func neonDot() throws { try Self.check(.neonDot) }
 
     @Test("a path the CPU lacks is a clear error, not an illegal instruction")
@@ -44,7 +49,9 @@ struct KernelPathTests {
         let foreign: KernelPath = KernelPath.avx2.isSupported ? .neon : .avx2
         let text = KernelPathErrorText.of(foreign.name, source: "SLIMSPLIT_KERNELS")
         #expect(text.contains("SLIMSPLIT_KERNELS=\(foreign.name): this CPU cannot run it"), "\(text)")
-        #expect(throws: KernelPathError.self) { try KernelPath.configure(nil, environment: ["SLIMSPLIT_KERNELS": foreign.name]) }
+        #expect(throws: KernelPathError.self) {
+            try KernelPath.configure(nil, environment: ["SLIMSPLIT_KERNELS": foreign.name])
+        }
         // The C entry refuses too, without touching the output.
         let (conv, x) = RandomQConv.make(RandomQConv.cases[1], seed: 1)
         var a = slim_qconv_args()
@@ -60,7 +67,11 @@ struct KernelPathTests {
 enum KernelPathErrorText {
     static func of(_ name: String, source: String? = nil) -> String {
         do {
-            if let source { _ = try KernelPath.configure(nil, environment: [source: name]) } else { _ = try KernelPath.resolve(name) }
+            if let source {
+                _ = try KernelPath.configure(nil, environment: [source: name])
+            } else {
+                _ = try KernelPath.resolve(name)
+            }
             return "no error"
         } catch { return error.description }
     }

@@ -1,10 +1,14 @@
 import CAllocCounter
 import Testing
+
 @testable import SlimEngine
 
 struct LCG {
     var s: UInt64
-    mutating func next() -> UInt64 { s = s &* 6364136223846793005 &+ 1442695040888963407; return s >> 33 }
+    mutating func next() -> UInt64 {
+        s = s &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+        return s >> 33
+    }
     mutating func int8() -> Int8 { Int8(Int(next() % 255) - 127) }
     mutating func u8() -> UInt8 { UInt8(next() % 256) }
     mutating func float() -> Float { Float(next() % 20001) / 10000 - 1 }
@@ -42,22 +46,27 @@ enum RandomQConv {
         let w = (0..<(c.co * c.ci / c.g * taps)).map { i in i % 11 == 0 ? (i % 22 == 0 ? 127 : -127) : r.int8() }
         let scale = (0..<c.co).map { _ in Float(0.0002 + Double(r.next() % 100) / 200000) }
         let bias = (0..<c.co).map { _ in Int32(Int(r.next() % 2001) - 1000) }
-        let conv = QConv2d(weight: w, weightScale: scale, bias: bias, inChannels: c.ci, outChannels: c.co,
-                           geometry: ConvGeometry(kernel: (c.k, c.k), stride: (c.s, c.s), padding: (c.p, c.p), dilation: (c.d, c.d), groups: c.g),
-                           input: QuantParams(scale: 0.02, zeroPoint: 37), output: QuantParams(scale: 0.05, zeroPoint: 11))
+        let conv = QConv2d(
+            weight: w, weightScale: scale, bias: bias, inChannels: c.ci, outChannels: c.co,
+            geometry: ConvGeometry(
+                kernel: (c.k, c.k), stride: (c.s, c.s), padding: (c.p, c.p), dilation: (c.d, c.d), groups: c.g),
+            input: QuantParams(scale: 0.02, zeroPoint: 37), output: QuantParams(scale: 0.05, zeroPoint: 11))
         let x = QTensor(height: c.h, width: c.w, channels: c.ci)
         switch input {
         case .mixed: for i in 0..<x.count { x.storage[i] = i % 7 == 0 ? 255 : r.u8() }
         case .rareHigh:
             for i in 0..<x.count { x.storage[i] = r.u8() & 0x7F }
-            for px in stride(from: 5, to: c.h * c.w, by: 37) { x.storage[px * c.ci + px % c.ci] = 128 + UInt8(px % 128) }
+            for px in stride(from: 5, to: c.h * c.w, by: 37) {
+                x.storage[px * c.ci + px % c.ci] = 128 + UInt8(px % 128)
+            }
         }
         return (conv, x)
     }
 
     /// The definition, one output at a time (QLinearConv with ONNX Runtime's requantization).
     static func reference(_ conv: QConv2d, _ x: QTensor) -> [UInt8] {
-        let g = conv.geometry, taps = g.kernel.h * g.kernel.w
+        let g = conv.geometry
+        let taps = g.kernel.h * g.kernel.w
         let (oh, ow) = g.outputSize(height: x.height, width: x.width)
         var y = [UInt8](repeating: 0, count: oh * ow * conv.outChannels)
         for oy in 0..<oh {
@@ -67,7 +76,8 @@ enum RandomQConv {
                     var acc: Int32 = 0
                     for ky in 0..<g.kernel.h {
                         for kx in 0..<g.kernel.w {
-                            let iy = oy * g.stride.h - g.padding.h + ky * g.dilation.h, ix = ox * g.stride.w - g.padding.w + kx * g.dilation.w
+                            let iy = oy * g.stride.h - g.padding.h + ky * g.dilation.h
+                            let ix = ox * g.stride.w - g.padding.w + kx * g.dilation.w
                             guard iy >= 0, iy < x.height, ix >= 0, ix < x.width else { continue }
                             for i in 0..<conv.inPerGroup {
                                 let xv = Int32(x[iy, ix, grp * conv.inPerGroup + i]) - conv.input.zeroPoint
@@ -75,7 +85,9 @@ enum RandomQConv {
                             }
                         }
                     }
-                    let v = (Float(acc &+ conv.bias[o]) * conv.mult[o]).rounded(.toNearestOrEven) + Float(conv.output.zeroPoint)
+                    let v =
+                        (Float(acc &+ conv.bias[o]) * conv.mult[o]).rounded(.toNearestOrEven)
+                        + Float(conv.output.zeroPoint)
                     y[(oy * ow + ox) * conv.outChannels + o] = UInt8(min(max(v, 0), 255))
                 }
             }
@@ -102,10 +114,14 @@ enum RandomQConv {
         var active = [UInt8](repeating: 1, count: oh * ow)
         for i in stride(from: 0, to: active.count, by: 3) { active[i] = 0 }
         let bg = (0..<c.co).map { UInt8($0 % 256) }
-        active.withUnsafeBufferPointer { a in bg.withUnsafeBufferPointer { b in conv.run(x, into: y, active: a.baseAddress, background: b.baseAddress) } }
+        active.withUnsafeBufferPointer { a in
+            bg.withUnsafeBufferPointer { b in conv.run(x, into: y, active: a.baseAddress, background: b.baseAddress) }
+        }
         var ok = true
         for cell in 0..<(oh * ow) {
-            for o in 0..<c.co where y.storage[cell * c.co + o] != (active[cell] == 0 ? bg[o] : want[cell * c.co + o]) { ok = false }
+            for o in 0..<c.co where y.storage[cell * c.co + o] != (active[cell] == 0 ? bg[o] : want[cell * c.co + o]) {
+                ok = false
+            }
         }
         #expect(ok, "\(path) \(c) \(input): sparse run differs")
     }
@@ -119,8 +135,11 @@ struct EncoderTests {
         var w = SafetensorsWriter()
         let widths = [0.5, 1.0]
         let layers: [(String, String, Int, Int, Int, Int, Bool, Bool, String?)] = [
-            ("c1", "input", 2, 8, 3, 2, false, true, "relu"), ("c2", "c1", 8, 8, 3, 1, true, true, "relu"), ("c3", "c2", 8, 4, 1, 1, true, true, nil)]
-        var arch = #"{"name":"t","version":"1","input":{"name":"input","channels":2,"height":16,"width":16},"widths":[0.5,1.0],"layers":["#
+            ("c1", "input", 2, 8, 3, 2, false, true, "relu"), ("c2", "c1", 8, 8, 3, 1, true, true, "relu"),
+            ("c3", "c2", 8, 4, 1, 1, true, true, nil),
+        ]
+        var arch =
+            #"{"name":"t","version":"1","input":{"name":"input","channels":2,"height":16,"width":16},"widths":[0.5,1.0],"layers":["#
         arch += layers.map { l in
             #"{"name":"\#(l.0)","type":"conv2d","input":"\#(l.1)","in_channels":\#(l.2),"out_channels":\#(l.3),"kernel":[\#(l.4),\#(l.4)],"stride":[\#(l.5),\#(l.5)],"padding":[\#(l.4 / 2),\#(l.4 / 2)],"dilation":[1,1],"groups":1,"bias":true,"batch_norm":"switchable","bn_eps":1e-5,"activation":\#(l.8.map { "\"\($0)\"" } ?? "null"),"slim_in":\#(l.6),"slim_out":\#(l.7)}"#
         }.joined(separator: ",")
@@ -138,9 +157,13 @@ struct EncoderTests {
                 w.add("\(name).bn.\(wi).bias", .f32, shape: [cow], (0..<cow).map { _ in r.float() / 4 })
                 w.add("\(name).bn.\(wi).running_mean", .f32, shape: [cow], (0..<cow).map { _ in r.float() / 4 })
                 w.add("\(name).bn.\(wi).running_var", .f32, shape: [cow], (0..<cow).map { _ in 1 + r.float() / 4 })
-                w.add("\(name).int8.\(wi).weight", .i8, shape: [cow, ciw, k, k], (0..<(cow * ciw * k * k)).map { _ in r.int8() })
+                w.add(
+                    "\(name).int8.\(wi).weight", .i8, shape: [cow, ciw, k, k],
+                    (0..<(cow * ciw * k * k)).map { _ in r.int8() })
                 w.add("\(name).int8.\(wi).weight_scale", .f32, shape: [cow], [Float](repeating: 0.01, count: cow))
-                w.add("\(name).int8.\(wi).bias", .i32, shape: [cow], (0..<cow).map { _ in Int32(Int(r.next() % 200) - 100) })
+                w.add(
+                    "\(name).int8.\(wi).bias", .i32, shape: [cow],
+                    (0..<cow).map { _ in Int32(Int(r.next() % 200) - 100) })
                 w.add("\(name).int8.\(wi).qparams", .f32, shape: [2], [Float(0.05), act == nil ? 128 : 0])
             }
         }
@@ -150,7 +173,10 @@ struct EncoderTests {
     static func sparseInput() -> FloatTensor {
         let x = FloatTensor(height: 16, width: 16, channels: 2)
         var r = LCG(s: 5)
-        for cell in 0..<256 where r.next() % 7 == 0 { x.storage[cell * 2] = abs(r.float()); x.storage[cell * 2 + 1] = abs(r.float()) }
+        for cell in 0..<256 where r.next() % 7 == 0 {
+            x.storage[cell * 2] = abs(r.float())
+            x.storage[cell * 2 + 1] = abs(r.float())
+        }
         return x
     }
 
@@ -161,9 +187,11 @@ struct EncoderTests {
         for wi in 0..<2 {
             enc.widthIndex = wi
             enc.sparse = false
-            let dq = Array(enc.runInt8(x).values), df = Array(enc.runFloat(x).values)
+            let dq = Array(enc.runInt8(x).values)
+            let df = Array(enc.runFloat(x).values)
             enc.sparse = true
-            let sq = Array(enc.runInt8(x).values), sf = Array(enc.runFloat(x).values)
+            let sq = Array(enc.runInt8(x).values)
+            let sf = Array(enc.runFloat(x).values)
             #expect(dq == sq, "int8 sparse differs from dense at width \(wi)")
             let maxDiff = zip(df, sf).map { abs($0 - $1) }.max() ?? 0
             #expect(maxDiff < 1e-4, "float sparse differs by \(maxDiff)")
@@ -176,7 +204,11 @@ struct EncoderTests {
         let m = try Self.model()
         let enc = SlimmableEncoder(model: m, inputHeight: 16, inputWidth: 16)
         let x = Self.sparseInput()
-        for wi in 0..<2 { enc.widthIndex = wi; _ = enc.runInt8(x); _ = enc.runFloat(x) }  // warm up
+        for wi in 0..<2 {
+            enc.widthIndex = wi
+            _ = enc.runInt8(x)
+            _ = enc.runFloat(x)
+        }  // warm up
         let before = slim_alloc_count()
         for i in 0..<100 {
             enc.widthIndex = i % 2

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import SlimEngine
 
 /// The shipped model (Models/slimsplit-bev.safetensors) against PyTorch and ONNX Runtime on one
@@ -30,9 +31,13 @@ enum ModelParity {
             // Encoder, int8: bit-identical with ONNX Runtime.
             let out = encoder.runInt8(quantized: try Fixtures.qtensor(io, "input_q.\(k)")).nchw()
             let want: [UInt8] = try io.array("encoder_int8.\(k)", as: .u8)
-            #expect(out.elementsEqual(want), "agent \(k): \(zip(out, want).filter { $0 != $1 }.count) int8 values differ")
+            #expect(
+                out.elementsEqual(want), "agent \(k): \(zip(out, want).filter { $0 != $1 }.count) int8 values differ")
             let pose = try io.array("pose.\(k)", as: .f64, Double.self)
-            inputs.append(.init(features: try Fixtures.tensor(io, "features.\(k)"), position: SIMD2(Float(pose[0]), Float(pose[1])), yaw: Float(pose[2])))
+            inputs.append(
+                .init(
+                    features: try Fixtures.tensor(io, "features.\(k)"), position: SIMD2(Float(pose[0]), Float(pose[1])),
+                    yaw: Float(pose[2])))
         }
         for k in 0..<2 {
             let th = detector.theta(ego: inputs[0], agent: inputs[k])
@@ -56,7 +61,9 @@ enum ModelParity {
             encoder.widthIndex = wi
             let bg = encoder.plans[encoder.outputLayer].qBackground[wi]
             for bits in [8, 4, 2] {
-                guard let q = quant["\(wi).\(bits)"], let empty = q.empty, let oq = encoder.outputQuant else { continue }
+                guard let q = quant["\(wi).\(bits)"], let empty = q.empty, let oq = encoder.outputQuant else {
+                    continue
+                }
                 let table = q.table(from: oq)
                 let sent = (0..<empty.count).map { q.dequantize(table[$0 * 256 + Int(bg[$0])], channel: $0) }
                 #expect(sent == empty, "width \(wi), \(bits) bits")

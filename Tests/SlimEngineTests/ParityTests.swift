@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import SlimEngine
 
 /// Fixtures written by training/make_engine_fixtures.py with PyTorch (float) and ONNX Runtime
@@ -14,7 +15,8 @@ enum Fixtures {
     }
 
     static func load(_ folder: String, _ name: String) throws -> Safetensors {
-        try Safetensors(contentsOf: root.appendingPathComponent(folder).appendingPathComponent(name + ".safetensors").path)
+        try Safetensors(
+            contentsOf: root.appendingPathComponent(folder).appendingPathComponent(name + ".safetensors").path)
     }
 
     static func params(_ st: Safetensors) throws -> [String: Any] {
@@ -61,14 +63,17 @@ enum FloatOpParity {
         switch st.metadata["op"]! {
         case "conv2d", "conv_bn":
             let wShape = st.tensors["weight"]!.shape
-            let g = ConvGeometry(kernel: pair(p["kernel"]), stride: pair(p["stride"]), padding: pair(p["padding"]),
-                                 dilation: pair(p["dilation"]), groups: p["groups"] as! Int)
+            let g = ConvGeometry(
+                kernel: pair(p["kernel"]), stride: pair(p["stride"]), padding: pair(p["padding"]),
+                dilation: pair(p["dilation"]), groups: p["groups"] as! Int)
             var w = try st.floats("weight")
             var b = st.tensors["bias"] != nil ? try st.floats("bias") : nil
             if st.metadata["op"] == "conv_bn" {
-                (w, b) = foldBatchNorm(weight: w, bias: b, outChannels: wShape[0], gamma: try st.floats("bn.weight"), beta: try st.floats("bn.bias"),
-                                       mean: try st.floats("bn.running_mean"), variance: try st.floats("bn.running_var"),
-                                       eps: Float(p["eps"] as! Double))
+                (w, b) = foldBatchNorm(
+                    weight: w, bias: b, outChannels: wShape[0], gamma: try st.floats("bn.weight"),
+                    beta: try st.floats("bn.bias"),
+                    mean: try st.floats("bn.running_mean"), variance: try st.floats("bn.running_var"),
+                    eps: Float(p["eps"] as! Double))
             }
             let conv = FloatConv2d(weight: w, bias: b, inChannels: x.channels, outChannels: wShape[0], geometry: g)
             conv.kernels = path
@@ -79,11 +84,15 @@ enum FloatOpParity {
         case "add": Ops.add(x, try Fixtures.tensor(st, "x2"), into: y)
         case "max": Ops.maximum(x, try Fixtures.tensor(st, "x2"), into: y)
         case "concat": Ops.concat([x, try Fixtures.tensor(st, "x2")], into: y)
-        case "maxpool": Ops.maxPool(x, kernel: pair(p["kernel"]), stride: pair(p["stride"]), padding: pair(p["padding"]), into: y)
+        case "maxpool":
+            Ops.maxPool(x, kernel: pair(p["kernel"]), stride: pair(p["stride"]), padding: pair(p["padding"]), into: y)
         case "upsample_nearest": Ops.upsampleNearest(x, scale: p["scale"] as! Int, into: y)
         case "softmax": Ops.softmaxChannels(x, into: y)
-        case "affine_warp": PoseWarp.warp(x, theta: try st.floats("theta"), height: yShape[2], width: yShape[3], into: y)
-        default: Issue.record("unknown op \(st.metadata["op"]!)"); return
+        case "affine_warp":
+            PoseWarp.warp(x, theta: try st.floats("theta"), height: yShape[2], width: yShape[3], into: y)
+        default:
+            Issue.record("unknown op \(st.metadata["op"]!)")
+            return
         }
         let shapeOK = y.height == yShape[2] && y.width == yShape[3] && y.channels == yShape[1]
         #expect(shapeOK)
@@ -107,12 +116,16 @@ enum Int8Parity {
         let p = try Fixtures.params(st)
         let x = try Fixtures.qtensor(st, "x_q")
         let wShape = st.tensors["weight_q"]!.shape
-        let xq = try st.floats("x_qparams"), yq = try st.floats("y_qparams")
-        let conv = QConv2d(weight: try st.array("weight_q", as: .i8), weightScale: try st.floats("weight_scale"),
-                           bias: try st.array("bias_q", as: .i32), inChannels: x.channels, outChannels: wShape[0],
-                           geometry: ConvGeometry(kernel: (wShape[2], wShape[3]), stride: pair(p["stride"]), padding: pair(p["padding"]),
-                                                  dilation: pair(p["dilation"]), groups: p["groups"] as! Int),
-                           input: QuantParams(scale: xq[0], zeroPoint: Int32(xq[1])), output: QuantParams(scale: yq[0], zeroPoint: Int32(yq[1])))
+        let xq = try st.floats("x_qparams")
+        let yq = try st.floats("y_qparams")
+        let conv = QConv2d(
+            weight: try st.array("weight_q", as: .i8), weightScale: try st.floats("weight_scale"),
+            bias: try st.array("bias_q", as: .i32), inChannels: x.channels, outChannels: wShape[0],
+            geometry: ConvGeometry(
+                kernel: (wShape[2], wShape[3]), stride: pair(p["stride"]), padding: pair(p["padding"]),
+                dilation: pair(p["dilation"]), groups: p["groups"] as! Int),
+            input: QuantParams(scale: xq[0], zeroPoint: Int32(xq[1])),
+            output: QuantParams(scale: yq[0], zeroPoint: Int32(yq[1])))
         conv.kernels = path
         let yShape = st.tensors["y_q"]!.shape
         let y = QTensor(height: yShape[2], width: yShape[3], channels: yShape[1])
@@ -144,9 +157,15 @@ enum EncoderParity {
                 // int8 from ONNX Runtime's own quantized input, then from our quantization of the float input.
                 let want: [UInt8] = try io.array("int8.\(wi)", as: .u8)
                 let q = encoder.runInt8(quantized: try Fixtures.qtensor(io, "input_q.\(wi)")).nchw()
-                #expect(q.elementsEqual(want), "\(path) width \(wi) sparse \(sparse): \(zip(q, want).filter { $0 != $1 }.count) int8 values differ")
+                #expect(
+                    q.elementsEqual(want),
+                    "\(path) width \(wi) sparse \(sparse): \(zip(q, want).filter { $0 != $1 }.count) int8 values differ"
+                )
                 let q2 = encoder.runInt8(input).nchw()
-                #expect(q2.elementsEqual(want), "\(path) width \(wi): quantizing the input ourselves changes \(zip(q2, want).filter { $0 != $1 }.count) values")
+                #expect(
+                    q2.elementsEqual(want),
+                    "\(path) width \(wi): quantizing the input ourselves changes \(zip(q2, want).filter { $0 != $1 }.count) values"
+                )
             }
         }
     }

@@ -3,31 +3,37 @@ import Foundation
 import SlimEngine
 import SlimSensors
 import Testing
+
 @testable import SlimAgent
 
 @Suite("Adaptation: goodput from Acks, width and bits from goodput")
 struct AdaptationTests {
     /// The shipped model's rate–accuracy table (docs/evaluation.md): bytes after packing and LZ4.
     static let table: [WidthController.Configuration] = [
-        .init(widthIndex: 3, bits: 8, bytes: 56_949, ap50: 26.3), .init(widthIndex: 3, bits: 4, bytes: 28_469, ap50: 26.4),
-        .init(widthIndex: 1, bits: 8, bytes: 28_520, ap50: 27.1), .init(widthIndex: 1, bits: 4, bytes: 14_404, ap50: 27.2),
-        .init(widthIndex: 0, bits: 4, bytes: 7_195, ap50: 26.7), .init(widthIndex: 0, bits: 2, bytes: 2_689, ap50: 22.1),
+        .init(widthIndex: 3, bits: 8, bytes: 56_949, ap50: 26.3),
+        .init(widthIndex: 3, bits: 4, bytes: 28_469, ap50: 26.4),
+        .init(widthIndex: 1, bits: 8, bytes: 28_520, ap50: 27.1),
+        .init(widthIndex: 1, bits: 4, bytes: 14_404, ap50: 27.2),
+        .init(widthIndex: 0, bits: 4, bytes: 7_195, ap50: 26.7),
+        .init(widthIndex: 0, bits: 2, bytes: 2_689, ap50: 22.1),
     ]
 
     @Test("the estimate falls within one frame when the link drops, and rises gradually")
     func estimator() {
         var e = GoodputEstimator()
         for _ in 0..<10 { e.add(bytes: 30_000, rttNs: 2_000_000) }  // floor: 2 ms, busy clamped to 1 ms
-        e.add(bytes: 30_000, rttNs: 14_000_000)                       // 12 ms on the link: 2.5 MB/s
+        e.add(bytes: 30_000, rttNs: 14_000_000)  // 12 ms on the link: 2.5 MB/s
         #expect(abs(e.bytesPerSecond! - 2_500_000) < 1)
-        e.add(bytes: 30_000, rttNs: 122_000_000)                      // the link drops to 250 kB/s
+        e.add(bytes: 30_000, rttNs: 122_000_000)  // the link drops to 250 kB/s
         #expect(abs(e.bytesPerSecond! - 250_000) < 1)
         #expect(e.queueingNs == 120_000_000)
-        e.add(bytes: 30_000, rttNs: 14_000_000)                       // recovers: only a quarter of the way up
+        e.add(bytes: 30_000, rttNs: 14_000_000)  // recovers: only a quarter of the way up
         #expect(abs(e.bytesPerSecond! - (250_000 + 0.25 * 2_250_000)) < 1)
     }
 
-    @Test("the controller picks the most accurate configuration that meets the deadline, down at once, up with hysteresis")
+    @Test(
+        "the controller picks the most accurate configuration that meets the deadline, down at once, up with hysteresis"
+    )
     func controller() {
         var c = WidthController(configurations: Self.table)
         // 20 Mbit/s: budget 0.07 s × 2.5 MB/s = 175 kB, everything fits; w=0.5 4 bits is the most accurate.
@@ -57,7 +63,7 @@ struct AdaptationTests {
     func probeBackoff() {
         var c = WidthController(configurations: Self.table)
         c.maxStepUp = 2.2
-        _ = c.update(goodputBytesPerSecond: 60_000)                        // 4.2 kB budget: w=0.25 2 bits
+        _ = c.update(goodputBytesPerSecond: 60_000)  // 4.2 kB budget: w=0.25 2 bits
         #expect(c.configuration.bytes == 2_689)
         // The estimate says 1 MB/s (small frames ride a token bucket's burst): up, but only to
         // <= 2.2 x 2,689 bytes... which no configuration is; so it stays.
@@ -69,9 +75,9 @@ struct AdaptationTests {
         c.maxStepUp = 2.2
         _ = c.update(goodputBytesPerSecond: 60_000)
         for _ in 0..<10 { _ = c.update(goodputBytesPerSecond: 1_000_000) }
-        #expect(c.configuration.bytes == 5_000)                             // one step: 2,689 -> 5,000
+        #expect(c.configuration.bytes == 5_000)  // one step: 2,689 -> 5,000
         for _ in 0..<10 { _ = c.update(goodputBytesPerSecond: 1_000_000) }
-        #expect(c.configuration.bytes == 7_195)                             // next: -> 7,195 (w=0.25 4 bits)
+        #expect(c.configuration.bytes == 7_195)  // next: -> 7,195 (w=0.25 4 bits)
         // The probe fails: the next round trip is over the budget.
         _ = c.update(goodputBytesPerSecond: 1_000_000, rttSeconds: 0.12)
         #expect(c.configuration.bytes == 5_000)
@@ -88,19 +94,19 @@ struct AdaptationTests {
         for _ in 0..<30 { _ = c.update(goodputBytesPerSecond: 1_000_000) }
         #expect(c.ceilingBytes == 7_195)
         for _ in 0..<9 { _ = c.update(goodputBytesPerSecond: 2_500_000) }
-        #expect(c.ceilingBytes == 7_195)           // one good estimate is not enough...
+        #expect(c.ceilingBytes == 7_195)  // one good estimate is not enough...
         _ = c.update(goodputBytesPerSecond: 2_500_000)
-        #expect(c.ceilingBytes == .infinity)       // ...ten in a row are
+        #expect(c.ceilingBytes == .infinity)  // ...ten in a row are
     }
 
     @Test("the controller scales the table's bytes by what the frames measure")
     func bytesScale() {
         var c = WidthController(configurations: Self.table)
-        _ = c.update(goodputBytesPerSecond: 250_000)          // 17.5 kB budget: w=0.5 4 bits (14.4 kB)
+        _ = c.update(goodputBytesPerSecond: 250_000)  // 17.5 kB budget: w=0.5 4 bits (14.4 kB)
         #expect(c.configuration.widthIndex == 1 && c.configuration.bits == 4)
-        for _ in 0..<30 { c.observe(bytes: 21_600) }            // this scene: 1.5x the table's size
+        for _ in 0..<30 { c.observe(bytes: 21_600) }  // this scene: 1.5x the table's size
         #expect(abs(c.bytesScale - 1.5) < 0.01)
-        let cfg = c.update(goodputBytesPerSecond: 250_000)    // 14.4 kB x 1.5 no longer fits: down to w=0.25 4 bits
+        let cfg = c.update(goodputBytesPerSecond: 250_000)  // 14.4 kB x 1.5 no longer fits: down to w=0.25 4 bits
         #expect(cfg.widthIndex == 0 && cfg.bits == 4)
     }
 
@@ -134,7 +140,9 @@ struct AdaptationTests {
                     seen[c.widthIndex * 9 + c.bits] = true
                 }
             }
-            if pass == 1 { #expect(slim_alloc_count() - before == 0, "allocations while choosing, switching and encoding") }
+            if pass == 1 {
+                #expect(slim_alloc_count() - before == 0, "allocations while choosing, switching and encoding")
+            }
         }
         // ...and it did switch: configurations of several widths and depths ran.
         #expect(seen.filter { $0 }.count >= 2)

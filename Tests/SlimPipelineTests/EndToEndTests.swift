@@ -4,9 +4,11 @@ import SlimAgent
 import SlimEngine
 import SlimSensors
 import Testing
+
 @testable import SlimPipeline
 
-let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent()
 let modelPath = root.appendingPathComponent("Models/slimsplit-bev.safetensors").path
 let samplePath = root.appendingPathComponent("Tests/Fixtures/sample.mcap").path
 
@@ -26,7 +28,8 @@ struct EndToEndTests {
 
         // Offline: the same encoders, quantization and detector, no sockets.
         let rec = try RecordingFrames(path: samplePath)
-        let frames = Array(rec.frames.filter { f in config.agents!.allSatisfy { f.agents[$0]?.points.isEmpty == false } }.prefix(6))
+        let frames = Array(
+            rec.frames.filter { f in config.agents!.allSatisfy { f.agents[$0]?.points.isEmpty == false } }.prefix(6))
         let detector = try CooperativeDetector(Safetensors(contentsOf: modelPath))
         let encoders = try config.agents!.map { _ in try EdgeEncoder(modelFile: modelPath) }
         for e in encoders { e.bits = 4 }
@@ -37,9 +40,16 @@ struct EndToEndTests {
             for (k, a) in config.agents!.enumerated() {
                 let af = f.agents[a]!
                 let pose = af.measuredPose ?? af.pose!
-                let shape = af.points.withUnsafeBufferPointer { encoders[k].encode($0, sensorHeight: Float(af.pose!.position.z)) }
-                encoders[k].dequantized(into: feats[k], channels: shape.channels, height: shape.height, width: shape.width, masked: shape.masked)
-                inputs.append(CooperativeDetector.AgentInput(features: feats[k], position: SIMD2(Float(pose.position.x), Float(pose.position.y)), yaw: Float(pose.yaw)))
+                let shape = af.points.withUnsafeBufferPointer {
+                    encoders[k].encode($0, sensorHeight: Float(af.pose!.position.z))
+                }
+                encoders[k].dequantized(
+                    into: feats[k], channels: shape.channels, height: shape.height, width: shape.width,
+                    masked: shape.masked)
+                inputs.append(
+                    CooperativeDetector.AgentInput(
+                        features: feats[k], position: SIMD2(Float(pose.position.x), Float(pose.position.y)),
+                        yaw: Float(pose.yaw)))
             }
             for (k, a) in config.agents!.enumerated() {
                 let offline = detector.detect(ego: k, agents: inputs)
@@ -49,7 +59,9 @@ struct EndToEndTests {
                 #expect(online.count == offline.count, "\(a) frame \(fi): \(online.count) vs \(offline.count) boxes")
                 for (x, y) in zip(online, offline) {
                     // The wire carries float32 centre, size, yaw and score: equal to the offline values.
-                    #expect(abs(x.x - y.x) < 1e-4 && abs(x.y - y.y) < 1e-4 && abs(x.yaw - y.yaw) < 1e-5 && abs(x.score - y.score) < 1e-6)
+                    #expect(
+                        abs(x.x - y.x) < 1e-4 && abs(x.y - y.y) < 1e-4 && abs(x.yaw - y.yaw) < 1e-5
+                            && abs(x.score - y.score) < 1e-6)
                 }
                 compared += 1
             }
@@ -67,7 +79,10 @@ struct EvalAgreementTests {
     /// training/evaluate.py's AP on the committed sample (Tests/Fixtures/eval/sample_python_ap.json).
     @Test(arguments: [(3, 8, "intermediate, w=1.0, 8 bit"), (0, 4, "intermediate, w=0.25, 4 bit")])
     func sameAP(widthIndex: Int, bits: Int, name: String) async throws {
-        let doc = try JSONSerialization.jsonObject(with: Data(contentsOf: root.appendingPathComponent("Tests/Fixtures/eval/sample_python_ap.json"))) as! [String: Any]
+        let doc =
+            try JSONSerialization.jsonObject(
+                with: Data(contentsOf: root.appendingPathComponent("Tests/Fixtures/eval/sample_python_ap.json")))
+            as! [String: Any]
         let r = (doc["results"] as! [[String: Any]]).first { $0["name"] as? String == name }!
         let want = r["ap"] as! [String: Double]
         var logger = Logger(label: "test")
@@ -75,15 +90,17 @@ struct EvalAgreementTests {
         var config = CooperativeSession.Config(recording: samplePath, model: modelPath)
         config.widthIndex = widthIndex
         config.bits = bits
-        config.firstFrame = 1          // evaluate.py evaluates from frame 1
-        config.floatEncoder = true     // evaluate.py runs the encoder in float
-        config.floatServer = true      // ...and the server in float
+        config.firstFrame = 1  // evaluate.py evaluates from frame 1
+        config.floatEncoder = true  // evaluate.py runs the encoder in float
+        config.floatServer = true  // ...and the server in float
         let session = CooperativeSession(config)
         try await session.run(logger: logger)
         var fused = AveragePrecision()
         for rep in session.reports.values { fused.merge(rep.fusedAP) }
         for (i, t) in ["0.3", "0.5", "0.7"].enumerated() {
-            #expect(abs(Double(fused.percent[i]) - want[t]!) <= 0.5, "AP@\(t): Swift \(fused.percent[i]), Python \(want[t]!)")
+            #expect(
+                abs(Double(fused.percent[i]) - want[t]!) <= 0.5,
+                "AP@\(t): Swift \(fused.percent[i]), Python \(want[t]!)")
         }
     }
 }

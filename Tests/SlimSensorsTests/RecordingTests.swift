@@ -2,13 +2,16 @@ import Foundation
 import SlimConfig
 import SlimEngine
 import Testing
+
 @testable import SlimSensors
 
-let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent()
 let mcapFixtures = repo.appendingPathComponent("Tests/Fixtures/mcap")
 
 func json(_ name: String) throws -> [String: Any] {
-    try JSONSerialization.jsonObject(with: Data(contentsOf: mcapFixtures.appendingPathComponent(name))) as! [String: Any]
+    try JSONSerialization.jsonObject(with: Data(contentsOf: mcapFixtures.appendingPathComponent(name)))
+        as! [String: Any]
 }
 
 func number(_ v: Any?) -> Double { (v as? NSNumber)?.doubleValue ?? .nan }
@@ -17,7 +20,11 @@ func number(_ v: Any?) -> Double { (v as? NSNumber)?.doubleValue ?? .nan }
 func readAll(_ path: String, _ each: (MCAPMessageView) -> Void = { _ in }) -> (Int, MCAPError?) {
     var n = 0
     do {
-        try MCAPReader(path: path).forEachMessage { m in n += 1; each(m); return true }
+        try MCAPReader(path: path).forEachMessage { m in
+            n += 1
+            each(m)
+            return true
+        }
         return (n, nil)
     } catch { return (n, error) }
 }
@@ -37,19 +44,24 @@ struct ForeignRecordingTests {
         #expect(n == expected.count)
         for (i, e) in expected.enumerated() where i < decoded.count {
             let want = ((e["cloud"] as! [String: Any])["points"] as! [[Any]]).map { p in
-                SIMD4(Float(number(p[0])), Float(number(p[1])), Float(number(p[2])), p[3] is NSNull ? 0 : Float(number(p[3])))
+                SIMD4(
+                    Float(number(p[0])), Float(number(p[1])), Float(number(p[2])),
+                    p[3] is NSNull ? 0 : Float(number(p[3])))
             }
             #expect(decoded[i] == want, "layout \(e["layout"]!): \(e["description"]!)")
         }
     }
 
-    @Test("unchunked files, uncompressed and zstd chunks, and the official writer's defaults read",
-          arguments: ["unchunked", "uncompressed_chunks", "zstd_chunks", "writer_defaults"])
+    @Test(
+        "unchunked files, uncompressed and zstd chunks, and the official writer's defaults read",
+        arguments: ["unchunked", "uncompressed_chunks", "zstd_chunks", "writer_defaults"])
     func variants(_ name: String) throws {
         let e = try json("\(name).json")
         let (n, err) = readAll(mcapFixtures.appendingPathComponent("\(name).mcap").path)
         if let want = e["expect_error"] as? String {
-            #expect(err?.problem.contains("unsupported compression 'zstd'") == true, "\(want): got \(String(describing: err))")
+            #expect(
+                err?.problem.contains("unsupported compression 'zstd'") == true,
+                "\(want): got \(String(describing: err))")
             #expect(n == e["messages_before_error"] as! Int)
         } else {
             #expect(err == nil)
@@ -57,8 +69,12 @@ struct ForeignRecordingTests {
         }
     }
 
-    @Test("a damaged file yields what was valid before the damage, then an error naming the record and offset",
-          arguments: ["truncated_mid_chunk.mcap", "corrupt_chunk_crc.mcap", "bad_magic.mcap", "truncated_header.mcap", "garbage_record_length.mcap"])
+    @Test(
+        "a damaged file yields what was valid before the damage, then an error naming the record and offset",
+        arguments: [
+            "truncated_mid_chunk.mcap", "corrupt_chunk_crc.mcap", "bad_magic.mcap", "truncated_header.mcap",
+            "garbage_record_length.mcap",
+        ])
     func corruption(_ file: String) throws {
         let c = (try json("corruption.json")["cases"] as! [String: Any])[file] as! [String: Any]
         let (n, err) = readAll(mcapFixtures.appendingPathComponent(file).path)
@@ -71,10 +87,13 @@ struct ForeignRecordingTests {
     @Test("PoseStamped and Detection3DArray written by mcap-ros2-support decode field for field")
     func ros2Types() throws {
         let e = try json("ros2_types.json")["messages"] as! [[String: Any]]
-        var poses: [PoseStamped] = [], dets: [Detection3DArray] = []
+        var poses: [PoseStamped] = []
+        var dets: [Detection3DArray] = []
         let (_, err) = readAll(mcapFixtures.appendingPathComponent("ros2_types.mcap").path) { m in
             if m.schema?.name == PoseStamped.typeName, let p = try? PoseStamped.decode(m.data) { poses.append(p) }
-            if m.schema?.name == Detection3DArray.typeName, let d = try? Detection3DArray.decode(m.data) { dets.append(d) }
+            if m.schema?.name == Detection3DArray.typeName, let d = try? Detection3DArray.decode(m.data) {
+                dets.append(d)
+            }
         }
         #expect(err == nil)
         let pe = e.first { $0["type"] as? String == "PoseStamped" }!
@@ -112,8 +131,9 @@ struct RecordingFailureTests {
     }
 
     /// /dev/full accepts the open and refuses every write with ENOSPC, as a full disk does.
-    @Test("a full disk is an error naming the file and ENOSPC",
-          .enabled(if: FileManager.default.fileExists(atPath: "/dev/full"), "no /dev/full on this system"))
+    @Test(
+        "a full disk is an error naming the file and ENOSPC",
+        .enabled(if: FileManager.default.fileExists(atPath: "/dev/full"), "no /dev/full on this system"))
     func diskFull() throws {
         #expect {
             _ = try RecordingWriter(path: "/dev/full")
@@ -132,7 +152,11 @@ struct SimulatorTests {
         defer { try? FileManager.default.removeItem(atPath: path) }
         let w = try RecordingWriter(path: path)
         var frames: [SimFrame] = []
-        for _ in 0..<sim.frameCount { let f = sim.next(); frames.append(f); try w.write(f) }
+        for _ in 0..<sim.frameCount {
+            let f = sim.next()
+            frames.append(f)
+            try w.write(f)
+        }
         try w.finish()
         #expect(frames.count == 5)
         let summary = try RecordingSummary.of(path)
@@ -160,9 +184,12 @@ struct SimulatorTests {
 
     @Test("the simulator is deterministic for a seed")
     func deterministic() throws {
-        var a = Simulator(config: try sampleScene(), seed: 11), b = Simulator(config: try sampleScene(), seed: 11)
+        var a = Simulator(config: try sampleScene(), seed: 11)
+        var b = Simulator(config: try sampleScene(), seed: 11)
         var c = Simulator(config: try sampleScene(), seed: 12)
-        let fa = a.next(), fb = b.next(), fc = c.next()
+        let fa = a.next()
+        let fb = b.next()
+        let fc = c.next()
         #expect(fa.agents.map(\.points) == fb.agents.map(\.points))
         #expect(fa.objects == fb.objects)
         #expect(fa.agents.map(\.points) != fc.agents.map(\.points))
@@ -183,7 +210,8 @@ struct SimulatorTests {
         let (fixed, objects30) = try rsuYaw(30, seed: 7)
         #expect(abs(fixed - .pi / 6) < 1e-9)
         #expect(objects30 == objects)
-        let r7 = try rsuYaw(.nan, seed: 7), r8 = try rsuYaw(.nan, seed: 8)
+        let r7 = try rsuYaw(.nan, seed: 7)
+        let r8 = try rsuYaw(.nan, seed: 8)
         #expect(r7.0 != r8.0 && abs(r7.0) <= .pi && abs(r8.0) <= .pi)
         #expect(r7.1 == objects)
     }
@@ -193,8 +221,10 @@ struct SimulatorTests {
         let f = BEVFeaturizer()
         let out = FloatTensor(height: 128, width: 128, channels: 8)
         // Sensor 2 m above ground: z = -2 is the ground; cell of (x 0.25, y 0.25) is row 64, col 64.
-        let pts: [SIMD4<Float>] = [SIMD4(0.25, 0.25, -2.0, 0.2), SIMD4(0.3, 0.2, -0.5, 0.6), SIMD4(-31.9, -31.9, -1.0, 1),
-                                   SIMD4(40, 0, -2, 1), SIMD4(0, 0, 10, 1)]  // the last two are outside the grid
+        let pts: [SIMD4<Float>] = [
+            SIMD4(0.25, 0.25, -2.0, 0.2), SIMD4(0.3, 0.2, -0.5, 0.6), SIMD4(-31.9, -31.9, -1.0, 1),
+            SIMD4(40, 0, -2, 1), SIMD4(0, 0, 10, 1),
+        ]  // the last two are outside the grid
         pts.withUnsafeBufferPointer { f.featurize($0, sensorHeight: 2, into: out) }
         let c = (64 * 128 + 64) * 8
         #expect(out.storage[c] == 1)
@@ -212,7 +242,10 @@ struct SimulatorTests {
         var sim = Simulator(config: try sampleScene(duration: 0.3), seed: 4)
         let dir = NSTemporaryDirectory() + "slimsplit-ds-\(getpid())"
         let path = dir + ".mcap"
-        defer { try? FileManager.default.removeItem(atPath: path); try? FileManager.default.removeItem(atPath: dir) }
+        defer {
+            try? FileManager.default.removeItem(atPath: path)
+            try? FileManager.default.removeItem(atPath: dir)
+        }
         let w = try RecordingWriter(path: path)
         for _ in 0..<sim.frameCount { try w.write(sim.next()) }
         try w.finish()
@@ -226,7 +259,11 @@ struct SimulatorTests {
         #expect(st.tensors["boxes_agent"]?.shape[1] == 10)
         #expect(st.metadata["agents"] == "[\"car_1\",\"car_2\",\"rsu_1\"]")
         // And with the Python tools, when they are installed (CI installs them).
-        if let r = python(["-c", "import sys; from safetensors.numpy import load_file; d = load_file(sys.argv[1]); print(d['bev'].shape, d['boxes_agent'].shape)", shards[0]]) {
+        if let r = python([
+            "-c",
+            "import sys; from safetensors.numpy import load_file; d = load_file(sys.argv[1]); print(d['bev'].shape, d['boxes_agent'].shape)",
+            shards[0],
+        ]) {
             #expect(r.status == 0, "\(r.output)")
             #expect(r.output.contains("(9, 8, 128, 128)"))
         } else {
@@ -234,21 +271,31 @@ struct SimulatorTests {
         }
     }
 
-    @Test("the official mcap and mcap-ros2-support read and decode a SlimSplit recording", arguments: MCAPCompression.allCases)
+    @Test(
+        "the official mcap and mcap-ros2-support read and decode a SlimSplit recording",
+        arguments: MCAPCompression.allCases)
     func officialReader(_ compression: MCAPCompression) throws {
         var sim = Simulator(config: try sampleScene(duration: 0.5), seed: 5)
         let path = NSTemporaryDirectory() + "slimsplit-check-\(getpid())-\(compression).mcap"
         defer { try? FileManager.default.removeItem(atPath: path) }
         let w = try RecordingWriter(path: path, compression: compression)
         var written = 0
-        for _ in 0..<sim.frameCount { try w.write(sim.next()); written += 1 }
+        for _ in 0..<sim.frameCount {
+            try w.write(sim.next())
+            written += 1
+        }
         try w.finish()
         // SlimSplit's own reader takes it back, every frame.
         let back = try RecordingFrames(path: path)
         #expect(back.frames.count == written && back.undecodable == 0)
-        guard let r = python([repo.appendingPathComponent("Tests/interop/check_recording.py").path, path, "--agents", "3", "--json",
-                              "--compression", compression.rawValue]) else {
-            print("SKIP: python3 with mcap and mcap-ros2-support not available; the recording was not checked with them")
+        guard
+            let r = python([
+                repo.appendingPathComponent("Tests/interop/check_recording.py").path, path, "--agents", "3", "--json",
+                "--compression", compression.rawValue,
+            ])
+        else {
+            print(
+                "SKIP: python3 with mcap and mcap-ros2-support not available; the recording was not checked with them")
             return
         }
         #expect(r.status == 0, "\(r.output)")

@@ -10,12 +10,14 @@ struct BadInputTests {
     /// Every invalid vector, every session-level violation, an over-limit message, an oversized
     /// one and a multi-part one, sent by one authenticated client while a healthy agent streams.
     @Test func everyRejectionWhileHealthyAgentFlows() async throws {
-        let healthyKeys = try CurveKeyPair.generate(), badKeys = try CurveKeyPair.generate()
+        let healthyKeys = try CurveKeyPair.generate()
+        let badKeys = try CurveKeyPair.generate()
         var options = ServerOptions()
         options.limits.maxMessageBytes = 64 << 10
         var socket = SocketOptions()
         socket.maxMessageBytes = 128 << 10
-        let server = try TestServer(allowed: ["car-1": healthyKeys, "bad-1": badKeys], options: options, socket: socket)
+        let server = try TestServer(
+            allowed: ["car-1": healthyKeys, "bad-1": badKeys], options: options, socket: socket)
         let healthy = try TestAgent(id: "car-1", server: server, keys: healthyKeys)
         let stop = Locked(false)
         let streaming = Task {
@@ -33,12 +35,17 @@ struct BadInputTests {
         #expect(bad.receive(timeoutMs: 20_000).map { try? Control.decode($0) } != nil, "no welcome Control")
         // 2. Every invalid vector. The server never parses the body of a kind it does not accept.
         let dir = repoRoot.appendingPathComponent("Protocol/vectors/invalid")
-        for file in try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted() where file.hasSuffix(".json") {
+        for file in try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted() where file.hasSuffix(".json")
+        {
             let name = String(file.dropLast(5))
             let bytes = try vectorBytes("invalid", name)
-            let json = try JSONSerialization.jsonObject(with: Data(contentsOf: dir.appendingPathComponent(file))) as! [String: Any]
+            let json =
+                try JSONSerialization.jsonObject(with: Data(contentsOf: dir.appendingPathComponent(file)))
+                as! [String: Any]
             var reason = RejectReason(rawValue: json["error"] as! String)!
-            if let env = try? bytes.withUnsafeBytes({ try Envelope.open($0, limits: options.limits) }), [.ack, .result, .control].contains(env.kind) {
+            if let env = try? bytes.withUnsafeBytes({ try Envelope.open($0, limits: options.limits) }),
+                [.ack, .result, .control].contains(env.kind)
+            {
                 reason = .unexpectedKind
             }
             expected[reason, default: 0] += 1
@@ -59,10 +66,14 @@ struct BadInputTests {
         expected[.lengthMismatch, default: 0] += 1
         // 4. Over the protocol limit (64 KiB) but under the socket's: delivered, rejected unparsed.
         var bigHeader = TestAgent.header
-        (bigHeader.agentID, bigHeader.sequence, bigHeader.codec, bigHeader.height, bigHeader.width, bigHeader.bits) = ("bad-1", 13, .none, 96, 96, 8)
+        (bigHeader.agentID, bigHeader.sequence, bigHeader.codec, bigHeader.height, bigHeader.width, bigHeader.bits) = (
+            "bad-1", 13, .none, 96, 96, 8
+        )
         var big = [UInt8](repeating: 0, count: FeatureFrameEncoder.maxEncodedLength(bigHeader))
         let zeros = [UInt8](repeating: 0, count: 8 * 96 * 96)
-        _ = zeros.withUnsafeBufferPointer { z in big.withUnsafeMutableBytes { FeatureFrameEncoder().encode(bigHeader, dense: z, mask: nil, into: $0) } }
+        _ = zeros.withUnsafeBufferPointer { z in
+            big.withUnsafeMutableBytes { FeatureFrameEncoder().encode(bigHeader, dense: z, mask: nil, into: $0) }
+        }
         #expect(big.count > options.limits.maxMessageBytes && big.count < socket.maxMessageBytes)
         bad.send(big)
         expected[.overLimit, default: 0] += 1
@@ -75,10 +86,13 @@ struct BadInputTests {
         #expect(got?.frames == 1)
 
         // 5. A message over the socket limit: libzmq drops the connection before allocating it.
-        let before = server.router.counters.received, acksBefore = healthy.agent.stats.acks
+        let before = server.router.counters.received
+        let acksBefore = healthy.agent.stats.acks
         let lostBefore = server.router.counters.sessionsLost
         bad.send([UInt8](repeating: 0, count: 1 << 20))
-        #expect(await eventually(20) { server.router.counters.sessionsLost == lostBefore + 1 }, "the dropped connection was not counted")
+        #expect(
+            await eventually(20) { server.router.counters.sessionsLost == lostBefore + 1 },
+            "the dropped connection was not counted")
         #expect(await eventually(20) { healthy.agent.stats.acks >= acksBefore + 5 })
         // The healthy agent's frames keep arriving (the oversized message never does).
         #expect(await eventually(20) { server.router.counters.received - before >= 5 })
@@ -102,7 +116,8 @@ struct BadInputTests {
 
     @Test("an agent whose Curve key is not allowed gets nothing through; the ZAP handler counts it")
     func unknownKey() async throws {
-        let goodKeys = try CurveKeyPair.generate(), strangerKeys = try CurveKeyPair.generate()
+        let goodKeys = try CurveKeyPair.generate()
+        let strangerKeys = try CurveKeyPair.generate()
         let server = try TestServer(allowed: ["car-1": goodKeys])
         let good = try TestAgent(id: "car-1", server: server, keys: goodKeys)
         let stranger = RawClient(endpoint: server.router.endpoint, serverKey: server.keys.publicKey, keys: strangerKeys)
@@ -120,20 +135,23 @@ struct BadInputTests {
         plain.send(Hello(agentID: "plain", modelID: "test").encoded())
         #expect(plain.receive(timeoutMs: 300) == nil)
         #expect(server.server.stats["plain"] == nil)
-        let wrongServer = RawClient(endpoint: server.router.endpoint, serverKey: try CurveKeyPair.generate().publicKey, keys: goodKeys)
+        let wrongServer = RawClient(
+            endpoint: server.router.endpoint, serverKey: try CurveKeyPair.generate().publicKey, keys: goodKeys)
         wrongServer.send(Hello(agentID: "car-1", modelID: "test").encoded())
         #expect(wrongServer.receive(timeoutMs: 300) == nil)
-        #expect(await eventually(20) {
-            let f = server.router.counters.handshakeFailures
-            return (f["no_detail"] ?? 0) + (f["protocol"] ?? 0) >= 2 && (f["auth"] ?? 0) >= 1
-        }, "\(server.router.counters.handshakeFailures)")
+        #expect(
+            await eventually(20) {
+                let f = server.router.counters.handshakeFailures
+                return (f["no_detail"] ?? 0) + (f["protocol"] ?? 0) >= 2 && (f["auth"] ?? 0) >= 1
+            }, "\(server.router.counters.handshakeFailures)")
         await good.stop()
         await server.stop()
     }
 
     @Test("an allowed key speaks only under its own name: a Hello as another agent opens no session")
     func impostor() async throws {
-        let carKeys = try CurveKeyPair.generate(), otherKeys = try CurveKeyPair.generate()
+        let carKeys = try CurveKeyPair.generate()
+        let otherKeys = try CurveKeyPair.generate()
         let server = try TestServer(allowed: ["car-1": carKeys, "car-2": otherKeys])
         let car = try TestAgent(id: "car-1", server: server, keys: carKeys)
         let impostor = RawClient(endpoint: server.router.endpoint, serverKey: server.keys.publicKey, keys: otherKeys)
@@ -144,9 +162,11 @@ struct BadInputTests {
         #expect(impostor.receive(timeoutMs: 300) == nil, "the impostor got a Control")
         #expect(await eventually(10) { (server.server.rejections[.helloRequired] ?? 0) >= 5 })
         // Only the real car-1's frames count as car-1's, and all of them were acknowledged.
-        #expect(await eventually(10) {
-            server.server.stats["car-1"]?.frames == car.agent.stats.framesSubmitted && car.agent.stats.acks == car.agent.stats.framesSubmitted
-        })
+        #expect(
+            await eventually(10) {
+                server.server.stats["car-1"]?.frames == car.agent.stats.framesSubmitted
+                    && car.agent.stats.acks == car.agent.stats.framesSubmitted
+            })
         #expect(server.server.stats["car-1"]?.keyName == "car-1")
         await car.stop()
         await server.stop()
@@ -171,18 +191,26 @@ struct SendDropTests {
         var socket = SocketOptions()
         socket.sendHWM = 2
         let server = try TestServer(allowed: ["car-1": keys], socket: socket)
-        let client = RawClient(endpoint: server.router.endpoint, serverKey: server.keys.publicKey, keys: keys, receiveHWM: 1)
+        let client = RawClient(
+            endpoint: server.router.endpoint, serverKey: server.keys.publicKey, keys: keys, receiveHWM: 1)
         client.send(Hello(agentID: "car-1", modelID: "test").encoded())
         var got: [UInt8] = []
-        #expect(await eventually(60) { if let m = client.receive(timeoutMs: 20) { got.append(m[5]) }; return got.contains(5) }, "no Control")
+        #expect(
+            await eventually(60) {
+                if let m = client.receive(timeoutMs: 20) { got.append(m[5]) }
+                return got.contains(5)
+            }, "no Control")
         // Big Results (4096 detections, ~180 KB each) to a client that stops reading.
         let det = Detection(classID: 0, score: 0.5, center: SIMD3(1, 2, 0), size: SIMD3(4, 2, 1.5), yaw: 0)
-        let result = ResultMessage(sequence: 1, captureTimeNs: 1, fusionTimeNs: 2, detections: [Detection](repeating: det, count: 4096))
+        let result = ResultMessage(
+            sequence: 1, captureTimeNs: 1, fusionTimeNs: 2, detections: [Detection](repeating: det, count: 4096))
         for _ in 0..<400 { server.server.send(result, toAgent: "car-1") }
         #expect(await eventually(60) { (server.server.stats["car-1"]?.dropped["send_queue_full"] ?? 0) > 0 })
         let c = server.router.counters
         #expect(c.sendQueueFull == server.server.stats["car-1"]?.dropped["send_queue_full"])
-        #expect(prometheusText(server: server.server, fusion: nil).contains("slimsplit_send_dropped_total{agent=\"car-1\",reason=\"send_queue_full\"}"))
+        #expect(
+            prometheusText(server: server.server, fusion: nil).contains(
+                "slimsplit_send_dropped_total{agent=\"car-1\",reason=\"send_queue_full\"}"))
         await server.stop()
     }
 }

@@ -1,7 +1,7 @@
 import Foundation
-import SlimTransport
 import SlimConfig
 import SlimPipeline
+import SlimTransport
 import Testing
 
 @Suite("Configs: validated with errors that name the file and the key")
@@ -36,8 +36,12 @@ struct ConfigTests {
         let agent = try ConfigSection.load(file: repoRoot.appendingPathComponent("Configs/agent.yaml").path)
         _ = try AgentConfig(agent)
         #expect(server.keyPaths.count >= 25 && agent.keyPaths.count >= 30)
-        for k in server.keyPaths { #expect(parts[0].contains("| `\(k)` |"), "server key \(k) is not in docs/configuration.md") }
-        for k in agent.keyPaths { #expect(parts[1].contains("| `\(k)` |"), "agent key \(k) is not in docs/configuration.md") }
+        for k in server.keyPaths {
+            #expect(parts[0].contains("| `\(k)` |"), "server key \(k) is not in docs/configuration.md")
+        }
+        for k in agent.keyPaths {
+            #expect(parts[1].contains("| `\(k)` |"), "agent key \(k) is not in docs/configuration.md")
+        }
     }
 
     @Test("docker/ configs are valid")
@@ -59,7 +63,9 @@ struct ConfigTests {
     }
 
     @Test func wrongTypeAndRange() {
-        #expect(serverError("endpoint: tcp://x:1\ncurve: {enabled: false}\nlimits: {max_channels: lots}\n")?.key == "limits.max_channels")
+        #expect(
+            serverError("endpoint: tcp://x:1\ncurve: {enabled: false}\nlimits: {max_channels: lots}\n")?.key
+                == "limits.max_channels")
         let e = serverError("endpoint: tcp://x:1\ncurve: {enabled: false}\nlimits: {max_channels: 0}\n")
         #expect(e?.key == "limits.max_channels")
         #expect(e?.problem.contains("out of range") == true)
@@ -68,7 +74,8 @@ struct ConfigTests {
 
     @Test func missingRequiredKey() {
         #expect(serverError("curve: {enabled: false}\n")?.key == "endpoint")
-        #expect(serverError("endpoint: tcp://x:1\ncurve: {enabled: true, allowed_keys: k}\n")?.key == "curve.secret_key")
+        #expect(
+            serverError("endpoint: tcp://x:1\ncurve: {enabled: true, allowed_keys: k}\n")?.key == "curve.secret_key")
         #expect(serverError("endpoint: http://x:1\ncurve: {enabled: false}\n")?.key == "endpoint")
     }
 
@@ -101,7 +108,8 @@ struct KeyFileTests {
         #expect(try CurveKeyPair(secretKeyFile: "\(dir)/car-1.key") == pair)
         #expect(try CurveKey(file: "\(dir)/car-1.pub") == pair.publicKey)
         #expect(try CurveAllowList(directory: dir).names[pair.publicKey] == "car-1")
-        let mode = (try FileManager.default.attributesOfItem(atPath: "\(dir)/car-1.key")[.posixPermissions] as? Int) ?? 0
+        let mode =
+            (try FileManager.default.attributesOfItem(atPath: "\(dir)/car-1.key")[.posixPermissions] as? Int) ?? 0
         #expect(mode == 0o600)
         // Windows line endings too.
         try "\(pair.publicKey.z85)\r\n".write(toFile: "\(dir)/crlf.pub", atomically: true, encoding: .utf8)

@@ -1,32 +1,38 @@
 import Dispatch
 import Foundation
-import Testing
-@testable import SlimServer
 import SlimTransport
 import SlimWire
+import Testing
+
+@testable import SlimServer
 
 /// Fusion runs off the receive path: while a pass fuses, frames are still taken in (and so
 /// acknowledged), into the other buffer of each agent's slot.
 @Suite("Fusion service: ingest does not wait for a fusion pass")
 struct FusionServiceTests {
-    static let model = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    static let model = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
         .appendingPathComponent("Models/slimsplit-bev.safetensors").path
 
     /// A full-width 8-bit frame of `agent` (inline quantization), encoded and decoded as the server does.
     static func ingest(_ fusion: FusionService, agent: String, sequence: UInt64, x: Double) throws -> Bool {
         let (c, h, w) = (64, 32, 32)
-        let header = FeatureFrameHeader(agentID: agent, sequence: sequence, captureTimeNs: 1_000_000_000 + sequence * 100_000_000, modelID: "m",
-                                        widthIndex: 3, bits: 8, channels: c, height: h, width: w,
-                                        quant: .inline(scales: .init(repeating: 0.02, count: c), zeroPoints: .init(repeating: 0, count: c)),
-                                        masked: false, codec: .none)
+        let header = FeatureFrameHeader(
+            agentID: agent, sequence: sequence, captureTimeNs: 1_000_000_000 + sequence * 100_000_000, modelID: "m",
+            widthIndex: 3, bits: 8, channels: c, height: h, width: w,
+            quant: .inline(scales: .init(repeating: 0.02, count: c), zeroPoints: .init(repeating: 0, count: c)),
+            masked: false, codec: .none)
         var hh = header
         hh.position = SIMD3(x, 0, 0)
         hh.orientation = SIMD4(0, 0, 0, 1)
         let dense = (0..<(c * h * w)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ Int(sequence)) }
         var out = [UInt8](repeating: 0, count: FeatureFrameEncoder.maxEncodedLength(hh))
-        let (length, _) = dense.withUnsafeBufferPointer { d in out.withUnsafeMutableBytes { FeatureFrameEncoder().encode(hh, dense: d, mask: nil, into: $0) } }
+        let (length, _) = dense.withUnsafeBufferPointer { d in
+            out.withUnsafeMutableBytes { FeatureFrameEncoder().encode(hh, dense: d, mask: nil, into: $0) }
+        }
         return try out.withUnsafeBytes { b in
-            let decoded = try FeatureFrameDecoder().decode(try Envelope.open(UnsafeRawBufferPointer(rebasing: b[0..<length])), messageLength: length)
+            let decoded = try FeatureFrameDecoder().decode(
+                try Envelope.open(UnsafeRawBufferPointer(rebasing: b[0..<length])), messageLength: length)
             return fusion.ingest(agent: agent, decoded)
         }
     }
@@ -37,11 +43,19 @@ struct FusionServiceTests {
         let fusion = try FusionService(modelFile: Self.model)
         #expect(try Self.ingest(fusion, agent: "a", sequence: 1, x: 0))
         #expect(try Self.ingest(fusion, agent: "b", sequence: 1, x: 10))
-        let fusing = LockedBox(false), ingested = LockedBox(false), tickDone = LockedBox(false)
+        let fusing = LockedBox(false)
+        let ingested = LockedBox(false)
+        let tickDone = LockedBox(false)
         let release = DispatchSemaphore(value: 0)
-        fusion.beforeFusing = { fusing.set(true); release.wait() }  // holds the pass's own thread
+        fusion.beforeFusing = {
+            fusing.set(true)
+            release.wait()
+        }  // holds the pass's own thread
         let outputs = LockedBox<[FusionService.Output]>([])
-        Thread { outputs.set(fusion.tick()); tickDone.set(true) }.start()
+        Thread {
+            outputs.set(fusion.tick())
+            tickDone.set(true)
+        }.start()
         // The pass holds here, between gathering and fusing; frames must still go in.
         #expect(await eventually(120) { fusing.get() })
         Thread {
@@ -64,11 +78,15 @@ struct FusionServiceTests {
 
 @Suite("Frames that contradict the model are rejected before the Ack (model_mismatch)")
 struct ModelMismatchTests {
-    static func header(c: Int, h: Int, w: Int, widthIndex: UInt8 = 3, bits: UInt8 = 8, modelQuant: Bool = false) -> FeatureFrameHeader {
-        FeatureFrameHeader(agentID: "car-1", sequence: 1, captureTimeNs: 1, modelID: "m", widthIndex: widthIndex, bits: bits,
-                           channels: c, height: h, width: w,
-                           quant: modelQuant ? .model : .inline(scales: .init(repeating: 0.1, count: c), zeroPoints: .init(repeating: 0, count: c)),
-                           codec: .none)
+    static func header(c: Int, h: Int, w: Int, widthIndex: UInt8 = 3, bits: UInt8 = 8, modelQuant: Bool = false)
+        -> FeatureFrameHeader
+    {
+        FeatureFrameHeader(
+            agentID: "car-1", sequence: 1, captureTimeNs: 1, modelID: "m", widthIndex: widthIndex, bits: bits,
+            channels: c, height: h, width: w,
+            quant: modelQuant
+                ? .model : .inline(scales: .init(repeating: 0.1, count: c), zeroPoints: .init(repeating: 0, count: c)),
+            codec: .none)
     }
 
     @Test func shapes() throws {
@@ -79,7 +97,9 @@ struct ModelMismatchTests {
             #expect(fusion.check(Self.header(c: c, h: h, w: w))?.reason == .modelMismatch, "\(c)×\(h)×\(w)")
         }
         // Model quantization for a width whose channel count the frame does not have.
-        #expect(fusion.check(Self.header(c: 64, h: 32, w: 32, widthIndex: 0, bits: 4, modelQuant: true))?.reason == .modelMismatch)
+        #expect(
+            fusion.check(Self.header(c: 64, h: 32, w: 32, widthIndex: 0, bits: 4, modelQuant: true))?.reason
+                == .modelMismatch)
     }
 
     @Test("over real sockets: a mismatched frame is counted and not acknowledged")
@@ -91,7 +111,11 @@ struct ModelMismatchTests {
         client.send(Hello(agentID: "car-1", modelID: "test").encoded())
         // The welcome Control, waited for in short polls (never blocking a pool thread for long).
         var kinds: [UInt8] = []
-        #expect(await eventually(60) { if let m = client.receive(timeoutMs: 20) { kinds.append(m[5]) }; return kinds.contains(5) }, "no Control")
+        #expect(
+            await eventually(60) {
+                if let m = client.receive(timeoutMs: 20) { kinds.append(m[5]) }
+                return kinds.contains(5)
+            }, "no Control")
         client.send(frameBytes(agent: "car-1", sequence: 1))  // 8×16×16: not the model's map
         #expect(await eventually(60) { (server.server.rejections[.modelMismatch] ?? 0) == 1 })
         while let m = client.receive(timeoutMs: 300) { kinds.append(m[5]) }
@@ -105,6 +129,14 @@ final class LockedBox<T>: @unchecked Sendable {
     private let lock = NSLock()
     private var value: T
     init(_ v: T) { value = v }
-    func set(_ v: T) { lock.lock(); value = v; lock.unlock() }
-    func get() -> T { lock.lock(); defer { lock.unlock() }; return value }
+    func set(_ v: T) {
+        lock.lock()
+        value = v
+        lock.unlock()
+    }
+    func get() -> T {
+        lock.lock()
+        defer { lock.unlock() }
+        return value
+    }
 }

@@ -20,7 +20,10 @@ struct SessionTests {
         // machine made the helper send a fresh frame after waiting 2 s for an Ack).
         let submitted = agent.agent.stats.framesSubmitted
         #expect(submitted >= 20)
-        #expect(await eventually(10) { server.server.stats["car-1"]?.frames == submitted && agent.agent.stats.rttNs.count == submitted })
+        #expect(
+            await eventually(10) {
+                server.server.stats["car-1"]?.frames == submitted && agent.agent.stats.rttNs.count == submitted
+            })
         #expect(s?.keyName == "car-1")
         #expect(s?.rejectedTotal == 0)
         await agent.stop()
@@ -41,12 +44,15 @@ struct SessionTests {
     @Test("newest frame wins while the link is down: older unsent frames are replaced and counted")
     func newestWins() async throws {
         // Nothing listens here: with ZMQ_IMMEDIATE nothing is queued, so frames wait in the slot.
-        let agent = try FeatureAgent(identity: AgentIdentity(agentID: "a", modelID: "m"), server: "tcp://127.0.0.1:1", curve: nil,
-                                     maxFrameBytes: 1 << 16, logger: testLogger)
+        let agent = try FeatureAgent(
+            identity: AgentIdentity(agentID: "a", modelID: "m"), server: "tcp://127.0.0.1:1", curve: nil,
+            maxFrameBytes: 1 << 16, logger: testLogger)
         let dealer = agent.endpoint
         // The first frame waits in the socket's slot (on the link, as far as the agent knows), the
         // newest waits for its Ack, and the three in between were replaced.
-        for _ in 0..<5 { TestAgent.dense.withUnsafeBufferPointer { _ = agent.submit(TestAgent.header, dense: $0, mask: nil) } }
+        for _ in 0..<5 {
+            TestAgent.dense.withUnsafeBufferPointer { _ = agent.submit(TestAgent.header, dense: $0, mask: nil) }
+        }
         #expect(await eventually(10) { agent.stats.framesReplaced == 3 })
         #expect(agent.stats.framesNoBuffer == 0)  // replaced frames gave their buffers back
         dealer.close()
@@ -96,9 +102,11 @@ struct SessionTests {
         p.currentDirectoryURL = repoRoot
         let out = Pipe()
         p.standardOutput = out
-        p.arguments = ["python3", "Protocol/reference/agent.py", "--endpoint", server.router.endpoint, "--agent-id", "ref-1",
-                       "--server-key", "\(dir)/server.pub", "--key", "\(dir)/ref-1", "--frames", "12", "--interval", "0.02",
-                       "--lz4", "--mask", "--bits", "3", "--timeout", "15", "--json"]
+        p.arguments = [
+            "python3", "Protocol/reference/agent.py", "--endpoint", server.router.endpoint, "--agent-id", "ref-1",
+            "--server-key", "\(dir)/server.pub", "--key", "\(dir)/ref-1", "--frames", "12", "--interval", "0.02",
+            "--lz4", "--mask", "--bits", "3", "--timeout", "15", "--json",
+        ]
         try p.run()
         let data = out.fileHandleForReading.readDataToEndOfFile()
         p.waitUntilExit()

@@ -16,34 +16,40 @@ struct ShutdownTests {
         return nil
     }()
 
-    @Test(.enabled(if: binary != nil, "the slimsplit binary is not built beside the tests"), arguments: [SIGTERM, SIGINT])
+    @Test(
+        .enabled(if: binary != nil, "the slimsplit binary is not built beside the tests"), arguments: [SIGTERM, SIGINT])
     func stops(on sig: Int32) async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("slimsplit-shutdown-\(getpid())-\(sig)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         let config = dir.appendingPathComponent("server.yaml")
         // Port 0 everywhere: suites run in parallel, and a fixed metrics port would collide.
-        try "endpoint: tcp://127.0.0.1:0\ncurve:\n  enabled: false\nmetrics:\n  port: 0\n".write(to: config, atomically: true, encoding: .utf8)
+        try "endpoint: tcp://127.0.0.1:0\ncurve:\n  enabled: false\nmetrics:\n  port: 0\n".write(
+            to: config, atomically: true, encoding: .utf8)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Self.binary!)
         p.arguments = ["server", "--config", config.path, "--status-interval", "0"]
         // Output to files, polled without blocking (a blocking read would hold a thread of the
         // concurrency pool the other suites' sockets run on).
-        let outFile = dir.appendingPathComponent("out.txt"), errFile = dir.appendingPathComponent("err.txt")
+        let outFile = dir.appendingPathComponent("out.txt")
+        let errFile = dir.appendingPathComponent("err.txt")
         FileManager.default.createFile(atPath: outFile.path, contents: nil)
         FileManager.default.createFile(atPath: errFile.path, contents: nil)
         p.standardOutput = try FileHandle(forWritingTo: outFile)
         p.standardError = try FileHandle(forWritingTo: errFile)
         try p.run()
         let log = { (try? String(contentsOf: errFile, encoding: .utf8)) ?? "" }
-        #expect(await eventually(60) { log().contains("listening") || !p.isRunning }, "the server never said it listens")
+        #expect(
+            await eventually(60) { log().contains("listening") || !p.isRunning }, "the server never said it listens")
         #expect(log().contains("listening"), "\(log())")
         kill(p.processIdentifier, sig)
         let stopped = await eventually(30) { !p.isRunning }
         if !stopped { kill(p.processIdentifier, SIGKILL) }
         p.waitUntilExit()
         let table = (try? String(contentsOf: outFile, encoding: .utf8)) ?? ""
-        #expect(p.terminationReason == .exit && p.terminationStatus == 0, "status \(p.terminationStatus), \(p.terminationReason)")
+        #expect(
+            p.terminationReason == .exit && p.terminationStatus == 0,
+            "status \(p.terminationStatus), \(p.terminationReason)")
         #expect(table.contains("agent") && table.contains("frames"), "no closing table: \(table)")
     }
 }
@@ -57,7 +63,8 @@ struct AgentCheckTests {
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         let config = dir.appendingPathComponent("agent.yaml")
-        try "agent_id: car-1\nserver: tcp://127.0.0.1:9\ncurve:\n  enabled: false\n".write(to: config, atomically: true, encoding: .utf8)
+        try "agent_id: car-1\nserver: tcp://127.0.0.1:9\ncurve:\n  enabled: false\n".write(
+            to: config, atomically: true, encoding: .utf8)
         let out = dir.appendingPathComponent("out.txt")
         FileManager.default.createFile(atPath: out.path, contents: nil)
         let p = Process()
@@ -70,7 +77,8 @@ struct AgentCheckTests {
         p.waitUntilExit()
         let text = (try? String(contentsOf: out, encoding: .utf8)) ?? ""
         #expect(p.terminationStatus == 1, "\(text)")
-        #expect(text.contains("ok   config") && text.contains("ok   kernels") && text.contains("FAIL server"), "\(text)")
+        #expect(
+            text.contains("ok   config") && text.contains("ok   kernels") && text.contains("FAIL server"), "\(text)")
     }
 }
 
@@ -90,28 +98,31 @@ struct CrashSafeRecordingTests {
         return p.terminationStatus == 0
     }()
 
-    static let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    static let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
 
-    @Test(.enabled(if: ShutdownTests.binary != nil, "the slimsplit binary is not built beside the tests"),
-          .enabled(if: officialReader, "python3 with the mcap package is not available (scripts/test installs it)"))
+    @Test(
+        .enabled(if: ShutdownTests.binary != nil, "the slimsplit binary is not built beside the tests"),
+        .enabled(if: officialReader, "python3 with the mcap package is not available (scripts/test installs it)"))
     func killNine() async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("slimsplit-kill9-\(getpid())")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         let model = Self.repo.appendingPathComponent("Models/slimsplit-bev.safetensors").path
-        let recording = dir.appendingPathComponent("fused.mcap").path, lines = dir.appendingPathComponent("results.jsonl").path
+        let recording = dir.appendingPathComponent("fused.mcap").path
+        let lines = dir.appendingPathComponent("results.jsonl").path
         try """
-            endpoint: tcp://127.0.0.1:0
-            curve:
-              enabled: false
-            fusion:
-              model: \(model)
-              record: \(recording)
-              record_flush_s: 0.2
-              json_lines: \(lines)
-            metrics:
-              port: 0
-            """.write(toFile: dir.appendingPathComponent("server.yaml").path, atomically: true, encoding: .utf8)
+        endpoint: tcp://127.0.0.1:0
+        curve:
+          enabled: false
+        fusion:
+          model: \(model)
+          record: \(recording)
+          record_flush_s: 0.2
+          json_lines: \(lines)
+        metrics:
+          port: 0
+        """.write(toFile: dir.appendingPathComponent("server.yaml").path, atomically: true, encoding: .utf8)
         func start(_ args: [String], _ name: String) throws -> (Process, () -> String) {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: ShutdownTests.binary!)
@@ -123,32 +134,37 @@ struct CrashSafeRecordingTests {
             try p.run()
             return (p, { (try? String(contentsOf: err, encoding: .utf8)) ?? "" })
         }
-        let (server, serverLog) = try start(["server", "--config", dir.appendingPathComponent("server.yaml").path, "--status-interval", "0"], "server")
+        let (server, serverLog) = try start(
+            ["server", "--config", dir.appendingPathComponent("server.yaml").path, "--status-interval", "0"], "server")
         defer { if server.isRunning { kill(server.processIdentifier, SIGKILL) } }
-        #expect(await eventually(120) { serverLog().contains("listening") || !server.isRunning }, "the server never listened")
+        #expect(
+            await eventually(120) { serverLog().contains("listening") || !server.isRunning },
+            "the server never listened")
         guard let range = serverLog().range(of: #"tcp://127\.0\.0\.1:[0-9]+"#, options: .regularExpression) else {
             Issue.record("no endpoint in the server's log: \(serverLog())")
             return
         }
         let endpoint = String(serverLog()[range])
         try """
-            agent_id: car-1
-            server: \(endpoint)
-            curve:
-              enabled: false
-            source:
-              recording: \(Self.repo.appendingPathComponent("Tests/Fixtures/sample.mcap").path)
-              agent: car_1
-              model: \(model)
-              bits: 4
-              loop: true
-            """.write(toFile: dir.appendingPathComponent("agent.yaml").path, atomically: true, encoding: .utf8)
-        let (agent, agentLog) = try start(["agent", "--config", dir.appendingPathComponent("agent.yaml").path], "agent")
+        agent_id: car-1
+        server: \(endpoint)
+        curve:
+          enabled: false
+        source:
+          recording: \(Self.repo.appendingPathComponent("Tests/Fixtures/sample.mcap").path)
+          agent: car_1
+          model: \(model)
+          bits: 4
+          loop: true
+        """.write(toFile: dir.appendingPathComponent("agent.yaml").path, atomically: true, encoding: .utf8)
+        let (agent, agentLog) = try start(
+            ["agent", "--config", dir.appendingPathComponent("agent.yaml").path], "agent")
         defer { if agent.isRunning { kill(agent.processIdentifier, SIGKILL) } }
         let results = { ((try? String(contentsOfFile: lines, encoding: .utf8)) ?? "").split(separator: "\n").count }
         // Enough Results for several chunks, then a count that must all be flushed by the kill.
-        #expect(await eventually(120) { results() >= 20 || !agent.isRunning || !server.isRunning },
-                "no Results: \(serverLog().suffix(2000)) \(agentLog().suffix(2000))")
+        #expect(
+            await eventually(120) { results() >= 20 || !agent.isRunning || !server.isRunning },
+            "no Results: \(serverLog().suffix(2000)) \(agentLog().suffix(2000))")
         let before = results()
         try await Task.sleep(nanoseconds: 1_500_000_000)  // > record_flush_s + the 0.2 s flush timer, with margin
         kill(server.processIdentifier, SIGKILL)
@@ -166,7 +182,9 @@ struct CrashSafeRecordingTests {
             }
         } catch let e { error = e }
         #expect(error != nil, "a file cut by kill -9 read as complete")
-        #expect(ours.count >= before && ours.count <= total, "read back \(ours.count) detections; \(before) were recorded 1.5 s before the kill, \(total) in all")
+        #expect(
+            ours.count >= before && ours.count <= total,
+            "read back \(ours.count) detections; \(before) were recorded 1.5 s before the kill, \(total) in all")
 
         // The official reader, streaming until the cut.
         let script = """
@@ -190,9 +208,12 @@ struct CrashSafeRecordingTests {
         p.standardOutput = try FileHandle(forWritingTo: out)
         try p.run()
         #expect(await eventually(60) { !p.isRunning })
-        let official = ((try? String(contentsOf: out, encoding: .utf8)) ?? "").split(separator: " ").compactMap { UInt64($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        let official = ((try? String(contentsOf: out, encoding: .utf8)) ?? "").split(separator: " ").compactMap {
+            UInt64($0.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
         #expect(official == ours, "the official reader read \(official.count) detections, SlimSplit's \(ours.count)")
-        print("kill -9 mid-session: \(ours.count) of \(total) fused detections read back by SlimSplit's reader and the official one "
-              + "(\(before) recorded 1.5 s before the kill)")
+        print(
+            "kill -9 mid-session: \(ours.count) of \(total) fused detections read back by SlimSplit's reader and the official one "
+                + "(\(before) recorded 1.5 s before the kill)")
     }
 }

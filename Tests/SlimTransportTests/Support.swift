@@ -31,14 +31,17 @@ final class TestServer: Sendable {
     let server: FeatureServer
     let task: Task<Void, Never>
 
-    init(allowed: [String: CurveKeyPair], curve: Bool = true, options: ServerOptions = ServerOptions(),
-         socket: SocketOptions = SocketOptions(), endpoint: String = "tcp://127.0.0.1:0", keys: CurveKeyPair? = nil,
-         check: FeatureServer.FrameCheck? = nil) throws {
+    init(
+        allowed: [String: CurveKeyPair], curve: Bool = true, options: ServerOptions = ServerOptions(),
+        socket: SocketOptions = SocketOptions(), endpoint: String = "tcp://127.0.0.1:0", keys: CurveKeyPair? = nil,
+        check: FeatureServer.FrameCheck? = nil
+    ) throws {
         self.keys = try keys ?? CurveKeyPair.generate()
         var allow = CurveAllowList()
         for (name, k) in allowed { allow.names[k.publicKey] = name }
-        router = try RouterEndpoint(bind: endpoint, curve: curve ? CurveServer(keyPair: self.keys, allowList: allow) : nil,
-                                    options: socket, logger: testLogger)
+        router = try RouterEndpoint(
+            bind: endpoint, curve: curve ? CurveServer(keyPair: self.keys, allowList: allow) : nil,
+            options: socket, logger: testLogger)
         server = FeatureServer(endpoint: router, options: options, logger: testLogger, check: check)
         let s = server
         task = Task { await s.run() }
@@ -56,17 +59,19 @@ final class TestAgent: Sendable {
     let task: Task<Void, Never>
 
     init(id: String, server: TestServer, keys: CurveKeyPair?, curve: Bool = true) throws {
-        agent = try FeatureAgent(identity: AgentIdentity(agentID: id, modelID: "test"), server: server.router.endpoint,
-                                 curve: curve ? CurveClient(keyPair: keys!, serverKey: server.keys.publicKey) : nil,
-                                 maxFrameBytes: 1 << 16, logger: testLogger)
+        agent = try FeatureAgent(
+            identity: AgentIdentity(agentID: id, modelID: "test"), server: server.router.endpoint,
+            curve: curve ? CurveClient(keyPair: keys!, serverKey: server.keys.publicKey) : nil,
+            maxFrameBytes: 1 << 16, logger: testLogger)
         let a = agent
         task = Task { await a.run() }
     }
 
-    static let header = FeatureFrameHeader(agentID: "", sequence: 0, captureTimeNs: 1, modelID: "test", widthIndex: 3, bits: 4,
-                                           channels: 8, height: 16, width: 16,
-                                           quant: .inline(scales: .init(repeating: 0.25, count: 8), zeroPoints: .init(repeating: 0, count: 8)),
-                                           codec: .lz4)
+    static let header = FeatureFrameHeader(
+        agentID: "", sequence: 0, captureTimeNs: 1, modelID: "test", widthIndex: 3, bits: 4,
+        channels: 8, height: 16, width: 16,
+        quant: .inline(scales: .init(repeating: 0.25, count: 8), zeroPoints: .init(repeating: 0, count: 8)),
+        codec: .lz4)
     static let dense: [UInt8] = (0..<(8 * 16 * 16)).map { UInt8(($0 * 7) % 16) }
 
     /// Sends `count` frames, waiting for each to be acknowledged (so none is replaced). A frame
@@ -137,7 +142,8 @@ final class RawClient {
     }
 }
 
-let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent()
 
 func vectorBytes(_ folder: String, _ name: String) throws -> [UInt8] {
     [UInt8](try Data(contentsOf: repoRoot.appendingPathComponent("Protocol/vectors/\(folder)/\(name).bin")))
@@ -150,6 +156,8 @@ func frameBytes(agent: String, sequence: UInt64, widthIndex: UInt8 = 3) -> [UInt
     h.widthIndex = widthIndex
     h.codec = .none
     var out = [UInt8](repeating: 0, count: FeatureFrameEncoder.maxEncodedLength(h))
-    let n = TestAgent.dense.withUnsafeBufferPointer { d in out.withUnsafeMutableBytes { FeatureFrameEncoder().encode(h, dense: d, mask: nil, into: $0).length } }
+    let n = TestAgent.dense.withUnsafeBufferPointer { d in
+        out.withUnsafeMutableBytes { FeatureFrameEncoder().encode(h, dense: d, mask: nil, into: $0).length }
+    }
     return Array(out[0..<n])
 }

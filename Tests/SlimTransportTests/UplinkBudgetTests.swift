@@ -42,7 +42,9 @@ struct UplinkBudgetTests {
             #expect(e.bytes * 8 * 10 <= cap.shareBitsPerSecond)
         }
         // The roadside unit's larger share buys a larger configuration.
-        let bytes = { (c: UplinkBudget.Cap) in Self.table.first { $0.widthIndex == c.maxWidthIndex && $0.bits == c.maxBits }!.bytes }
+        let bytes = { (c: UplinkBudget.Cap) in
+            Self.table.first { $0.widthIndex == c.maxWidthIndex && $0.bits == c.maxBits }!.bytes
+        }
         #expect(bytes(r) > bytes(c1))
         // A budget too small for anything: the cheapest configuration.
         let tiny = UplinkBudget(bitsPerSecond: 1_000, table: Self.table).caps(for: agents)["rsu-1"]!
@@ -67,7 +69,11 @@ struct UplinkBudgetTests {
         let before = agent.agent.stats
         var sent = 0
         for _ in 0..<10 {
-            if TestAgent.dense.withUnsafeBufferPointer({ agent.agent.submit(TestAgent.header, dense: $0, mask: nil) }) != nil { sent += 1 }
+            if TestAgent.dense.withUnsafeBufferPointer({ agent.agent.submit(TestAgent.header, dense: $0, mask: nil) })
+                != nil
+            {
+                sent += 1
+            }
         }
         let capped = agent.agent.stats.framesRateCapped - before.framesRateCapped
         #expect(sent <= 1 && sent + capped == 10, "sent \(sent), capped \(capped)")

@@ -1,4 +1,5 @@
 import Testing
+
 @testable import SlimWire
 
 @Suite("CRC, bit packing and the frame codec")
@@ -10,7 +11,9 @@ struct PayloadTests {
         let data = (0..<1000).map { UInt8(truncatingIfNeeded: $0 &* 31) }
         let one = CRC32C.checksum(data)
         let split = data.withUnsafeBytes { b in
-            CRC32C.checksum(UnsafeRawBufferPointer(rebasing: b[333...]), continuing: CRC32C.checksum(UnsafeRawBufferPointer(rebasing: b[..<333])))
+            CRC32C.checksum(
+                UnsafeRawBufferPointer(rebasing: b[333...]),
+                continuing: CRC32C.checksum(UnsafeRawBufferPointer(rebasing: b[..<333])))
         }
         #expect(one == split)
     }
@@ -42,7 +45,9 @@ struct PayloadTests {
             let built = FeaturePayload.build(mask: nil, values: values, bits: bits, codec: .none)
             #expect(built.payload.count == (count * bits + 7) / 8)
             var out = [UInt8](repeating: 0, count: count)
-            built.payload.withUnsafeBytes { p in out.withUnsafeMutableBufferPointer { FeaturePayload.unpack(p, count: count, bits: bits, into: $0) } }
+            built.payload.withUnsafeBytes { p in
+                out.withUnsafeMutableBufferPointer { FeaturePayload.unpack(p, count: count, bits: bits, into: $0) }
+            }
             #expect(out == values)
         }
     }
@@ -54,22 +59,29 @@ struct PayloadTests {
         #expect(FeaturePayload.build(mask: nil, values: [1, 0, 1, 1], bits: 1, codec: .none).payload == [0b1101])
     }
 
-    @Test("encoder and hot-path decoder agree", arguments: [(8, false, false), (4, true, true), (1, true, false), (5, false, true), (8, true, true)])
+    @Test(
+        "encoder and hot-path decoder agree",
+        arguments: [(8, false, false), (4, true, true), (1, true, false), (5, false, true), (8, true, true)])
     func encodeDecode(bits: Int, masked: Bool, lz4: Bool) throws {
-        let c = 5, h = 13, w = 11
+        let c = 5
+        let h = 13
+        let w = 11
         var rng = SystemRandomNumberGenerator()
         var dense = [UInt8](repeating: 0, count: c * h * w)
         var mask = [UInt8](repeating: 0, count: (h * w + 7) / 8)
         for i in 0..<(h * w) where Bool.random(using: &rng) { mask[i >> 3] |= 1 << UInt8(i & 7) }
         for i in dense.indices where i % 3 == 0 { dense[i] = UInt8.random(in: 0...UInt8((1 << bits) - 1), using: &rng) }
-        let header = FeatureFrameHeader(agentID: "a-1", sequence: 9, captureTimeNs: 5, modelID: "m", widthIndex: 2,
-                                        bits: UInt8(bits), channels: c, height: h, width: w,
-                                        quant: .inline(scales: .init(repeating: 0.5, count: c), zeroPoints: .init(repeating: 0, count: c)),
-                                        masked: masked, codec: lz4 ? .lz4 : .none)
+        let header = FeatureFrameHeader(
+            agentID: "a-1", sequence: 9, captureTimeNs: 5, modelID: "m", widthIndex: 2,
+            bits: UInt8(bits), channels: c, height: h, width: w,
+            quant: .inline(scales: .init(repeating: 0.5, count: c), zeroPoints: .init(repeating: 0, count: c)),
+            masked: masked, codec: lz4 ? .lz4 : .none)
         var out = [UInt8](repeating: 0, count: FeatureFrameEncoder.maxEncodedLength(header))
         let encoder = FeatureFrameEncoder()
         let (length, codec) = dense.withUnsafeBufferPointer { d in
-            mask.withUnsafeBytes { m in out.withUnsafeMutableBytes { encoder.encode(header, dense: d, mask: masked ? m : nil, into: $0) } }
+            mask.withUnsafeBytes { m in
+                out.withUnsafeMutableBytes { encoder.encode(header, dense: d, mask: masked ? m : nil, into: $0) }
+            }
         }
         if !lz4 { #expect(codec == .none) }
         let decoder = FeatureFrameDecoder()
@@ -90,7 +102,10 @@ struct PayloadTests {
         #expect(sent == expectedSent)
         #expect(values == expected)
         // The allocating decoder agrees too.
-        guard case .featureFrame(let f) = try Message.decode(msg) else { Issue.record("not a frame"); return }
+        guard case .featureFrame(let f) = try Message.decode(msg) else {
+            Issue.record("not a frame")
+            return
+        }
         #expect(try FeaturePayload.decode(f).values == expected)
     }
 
@@ -107,13 +122,18 @@ struct PayloadTests {
     func limitsBeforeAllocation() {
         var limits = WireLimits()
         limits.maxValues = 1000
-        let header = FeatureFrameHeader(agentID: "a", sequence: 1, captureTimeNs: 1, modelID: "m", widthIndex: 0, bits: 8,
-                                        channels: 10, height: 10, width: 11, quant: .model, rawLength: 1100)
+        let header = FeatureFrameHeader(
+            agentID: "a", sequence: 1, captureTimeNs: 1, modelID: "m", widthIndex: 0, bits: 8,
+            channels: 10, height: 10, width: 11, quant: .model, rawLength: 1100)
         let frame = FeatureFrame(header: header, payload: [UInt8](repeating: 0, count: 1100))
-        #expect(rejection { () throws(WireError) in _ = try FeatureFrame.decode(frame.encoded(), limits: limits) } == .overLimit)
+        #expect(
+            rejection { () throws(WireError) in _ = try FeatureFrame.decode(frame.encoded(), limits: limits) }
+                == .overLimit)
         var small = WireLimits()
         small.maxMessageBytes = 1000
-        #expect(rejection { () throws(WireError) in _ = try FeatureFrame.decode(frame.encoded(), limits: small) } == .overLimit)
+        #expect(
+            rejection { () throws(WireError) in _ = try FeatureFrame.decode(frame.encoded(), limits: small) }
+                == .overLimit)
     }
 }
 

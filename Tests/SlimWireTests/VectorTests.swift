@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import SlimWire
 
 /// Protocol/vectors, produced by the independent Python reference (Protocol/reference): every
@@ -10,7 +11,8 @@ enum Vectors {
         .deletingLastPathComponent().appendingPathComponent("Protocol/vectors")
 
     static func names(_ folder: String) -> [String] {
-        let files = (try? FileManager.default.contentsOfDirectory(atPath: root.appendingPathComponent(folder).path)) ?? []
+        let files =
+            (try? FileManager.default.contentsOfDirectory(atPath: root.appendingPathComponent(folder).path)) ?? []
         return files.filter { $0.hasSuffix(".json") }.map { String($0.dropLast(5)) }.sorted()
     }
 
@@ -21,16 +23,27 @@ enum Vectors {
     static func json<T: Decodable>(_ folder: String, _ name: String, as: T.Type) throws -> T {
         let d = JSONDecoder()
         d.keyDecodingStrategy = .convertFromSnakeCase
-        return try d.decode(T.self, from: Data(contentsOf: root.appendingPathComponent(folder).appendingPathComponent(name + ".json")))
+        return try d.decode(
+            T.self, from: Data(contentsOf: root.appendingPathComponent(folder).appendingPathComponent(name + ".json")))
     }
 }
 
 struct ValidVector: Decodable {
-    struct Detection: Decodable { var classId: UInt16; var score: Float; var center: [Float]; var size: [Float]; var yaw: Float; var trackId: UInt32 }
+    struct Detection: Decodable {
+        var classId: UInt16
+        var score: Float
+        var center: [Float]
+        var size: [Float]
+        var yaw: Float
+        var trackId: UInt32
+    }
     struct Fields: Decodable {
-        var agentId: String?, modelId: String?, modelHash: String?, sensorKind: UInt8?, widths: [UInt16]?, bitsMask: UInt8?
-        var sequence: UInt64?, captureTimeNs: UInt64?, position: [Double]?, orientation: [Double]?, widthIndex: UInt8?, bits: UInt8?
-        var channels: Int?, height: Int?, width: Int?, quantMode: UInt8?, scales: [Float]?, zeroPoints: [UInt8]?, maskMode: UInt8?
+        var agentId: String?, modelId: String?, modelHash: String?, sensorKind: UInt8?, widths: [UInt16]?,
+            bitsMask: UInt8?
+        var sequence: UInt64?, captureTimeNs: UInt64?, position: [Double]?, orientation: [Double]?, widthIndex: UInt8?,
+            bits: UInt8?
+        var channels: Int?, height: Int?, width: Int?, quantMode: UInt8?, scales: [Float]?, zeroPoints: [UInt8]?,
+            maskMode: UInt8?
         var codec: UInt8?, rawLength: Int?
         var receiveTimeNs: UInt64?, bytesReceived: UInt32?, queueDelayNs: UInt32?
         var fusionTimeNs: UInt64?, recordSize: Int?, detections: [Detection]?
@@ -63,31 +76,45 @@ private func expectedMessage(_ v: ValidVector, received: Message) throws -> Mess
     let f = v.fields
     switch v.kind {
     case "Hello":
-        return .hello(Hello(agentID: f.agentId!, modelID: f.modelId!, modelHash: unhex(f.modelHash!),
-                            sensorKind: Hello.SensorKind(rawValue: f.sensorKind!)!, widths: f.widths!, bitsMask: f.bitsMask!))
+        return .hello(
+            Hello(
+                agentID: f.agentId!, modelID: f.modelId!, modelHash: unhex(f.modelHash!),
+                sensorKind: Hello.SensorKind(rawValue: f.sensorKind!)!, widths: f.widths!, bitsMask: f.bitsMask!))
     case "Ack":
-        return .ack(Ack(sequence: f.sequence!, receiveTimeNs: f.receiveTimeNs!, bytesReceived: f.bytesReceived!, queueDelayNs: f.queueDelayNs!))
+        return .ack(
+            Ack(
+                sequence: f.sequence!, receiveTimeNs: f.receiveTimeNs!, bytesReceived: f.bytesReceived!,
+                queueDelayNs: f.queueDelayNs!))
     case "Control":
-        return .control(Control(epoch: f.epoch!, maxWidthIndex: f.maxWidthIndex!, maxBits: f.maxBits!, maxRateHz: f.maxRateHz!, reason: f.reason!))
+        return .control(
+            Control(
+                epoch: f.epoch!, maxWidthIndex: f.maxWidthIndex!, maxBits: f.maxBits!, maxRateHz: f.maxRateHz!,
+                reason: f.reason!))
     case "Result":
         let dets = f.detections!.map {
-            Detection(classID: $0.classId, score: $0.score, center: SIMD3($0.center[0], $0.center[1], $0.center[2]),
-                      size: SIMD3($0.size[0], $0.size[1], $0.size[2]), yaw: $0.yaw, trackID: $0.trackId)
+            Detection(
+                classID: $0.classId, score: $0.score, center: SIMD3($0.center[0], $0.center[1], $0.center[2]),
+                size: SIMD3($0.size[0], $0.size[1], $0.size[2]), yaw: $0.yaw, trackID: $0.trackId)
         }
-        return .result(ResultMessage(sequence: f.sequence!, captureTimeNs: f.captureTimeNs!, fusionTimeNs: f.fusionTimeNs!, detections: dets))
+        return .result(
+            ResultMessage(
+                sequence: f.sequence!, captureTimeNs: f.captureTimeNs!, fusionTimeNs: f.fusionTimeNs!, detections: dets)
+        )
     case "FeatureFrame":
         let quant: QuantParams = f.quantMode == 0 ? .inline(scales: f.scales!, zeroPoints: f.zeroPoints!) : .model
         var header = FeatureFrameHeader(
             agentID: f.agentId!, sequence: f.sequence!, captureTimeNs: f.captureTimeNs!,
             position: SIMD3(f.position![0], f.position![1], f.position![2]),
             orientation: SIMD4(f.orientation![0], f.orientation![1], f.orientation![2], f.orientation![3]),
-            modelID: f.modelId!, widthIndex: f.widthIndex!, bits: f.bits!, channels: f.channels!, height: f.height!, width: f.width!,
+            modelID: f.modelId!, widthIndex: f.widthIndex!, bits: f.bits!, channels: f.channels!, height: f.height!,
+            width: f.width!,
             quant: quant, masked: f.maskMode == 1, codec: PayloadCodec(rawValue: f.codec!)!, rawLength: f.rawLength!)
         if header.codec == .lz4 {
             guard case .featureFrame(let got) = received else { throw VectorError.wrongKind }
             return .featureFrame(FeatureFrame(header: header, payload: got.payload))
         }
-        let built = FeaturePayload.build(mask: v.mask.map { $0.map { $0 != 0 } }, values: v.values!, bits: Int(f.bits!), codec: .none)
+        let built = FeaturePayload.build(
+            mask: v.mask.map { $0.map { $0 != 0 } }, values: v.values!, bits: Int(f.bits!), codec: .none)
         header.rawLength = built.rawLength
         return .featureFrame(FeatureFrame(header: header, payload: built.payload))
     default:
@@ -101,9 +128,13 @@ enum VectorError: Error { case wrongKind }
 struct VectorTests {
     @Test("there are vectors for every kind, bit depth and reason")
     func coverage() throws {
-        let valid = Vectors.names("valid"), invalid = Vectors.names("invalid")
+        let valid = Vectors.names("valid")
+        let invalid = Vectors.names("invalid")
         #expect(valid.count >= 20)
-        var kinds = Set<String>(), bits = Set<UInt8>(), masked = false, lz4 = false
+        var kinds = Set<String>()
+        var bits = Set<UInt8>()
+        var masked = false
+        var lz4 = false
         for n in valid {
             let v = try Vectors.json("valid", n, as: ValidVector.self)
             kinds.insert(v.kind)
@@ -115,8 +146,10 @@ struct VectorTests {
         #expect(bits == Set(1...8))
         #expect(masked && lz4)
         let reasons = Set(try invalid.map { try Vectors.json("invalid", $0, as: InvalidVector.self).error })
-        for r in ["truncated", "bad_magic", "unsupported_version", "over_limit", "length_mismatch", "crc_mismatch",
-                  "unknown_kind", "body_truncated", "field_out_of_range", "payload_size_mismatch", "codec_error"] {
+        for r in [
+            "truncated", "bad_magic", "unsupported_version", "over_limit", "length_mismatch", "crc_mismatch",
+            "unknown_kind", "body_truncated", "field_out_of_range", "payload_size_mismatch", "codec_error",
+        ] {
             #expect(reasons.contains(r), "no invalid vector for \(r)")
         }
     }

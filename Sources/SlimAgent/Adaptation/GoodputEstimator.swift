@@ -39,7 +39,9 @@ public struct GoodputEstimator: Sendable {
         public var queueingNs: UInt64 { lastRTTNs > baseRTTNs ? lastRTTNs - baseRTTNs : 0 }
     }
 
-    public var snapshot: Snapshot { Snapshot(bytesPerSecond: bytesPerSecond, lastRTTNs: lastRTTNs, baseRTTNs: baseRTTNs) }
+    public var snapshot: Snapshot {
+        Snapshot(bytesPerSecond: bytesPerSecond, lastRTTNs: lastRTTNs, baseRTTNs: baseRTTNs)
+    }
 
     /// Adds one acknowledged frame: its size and round-trip time.
     public mutating func add(bytes: Int, rttNs: UInt64) {

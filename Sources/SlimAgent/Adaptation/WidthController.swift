@@ -66,14 +66,19 @@ public struct WidthController: Sendable {
     /// Updates the choice from the latest estimate; returns the configuration to use next.
     /// - Parameter rttSeconds: the last frame's round-trip time; above the budget, the current
     ///   configuration counts as too big whatever the goodput estimate says (the direct evidence).
-    public mutating func update(goodputBytesPerSecond g: Double?, queueingSeconds q: Double = 0, rttSeconds: Double = 0,
-                                maxWidthIndex: Int = .max, maxBits: Int = 8) -> Configuration {
+    public mutating func update(
+        goodputBytesPerSecond g: Double?, queueingSeconds q: Double = 0, rttSeconds: Double = 0,
+        maxWidthIndex: Int = .max, maxBits: Int = 8
+    ) -> Configuration {
         guard let g, g > 0 else { return configuration }
         if sinceUp < Int.max { sinceUp += 1 }
         if ceilingFrames > 0 {
             ceilingFrames -= 1
             betterLink = g > 2 * ceilingGoodput ? betterLink + 1 : 0
-            if betterLink >= upAfter { ceilingFrames = 0; failures = 0 }  // the link got better, and stays so
+            if betterLink >= upAfter {
+                ceilingFrames = 0
+                failures = 0
+            }  // the link got better, and stays so
             if ceilingFrames == 0 { ceilingBytes = .infinity }
         }
         let budget = deadlineSeconds * (1 - margin) - encodeSeconds
@@ -83,8 +88,12 @@ public struct WidthController: Sendable {
         func mostAccurate(_ ok: (Configuration) -> Bool) -> Int? {
             var pick: Int?
             for i in configurations.indices where ok(configurations[i]) {
-                guard let p = pick else { pick = i; continue }
-                let a = configurations[i], b = configurations[p]
+                guard let p = pick else {
+                    pick = i
+                    continue
+                }
+                let a = configurations[i]
+                let b = configurations[p]
                 if a.ap50 > b.ap50 || (a.ap50 == b.ap50 && a.bytes < b.bytes) { pick = i }
             }
             return pick
@@ -118,7 +127,9 @@ public struct WidthController: Sendable {
         if sinceUp != Int.max, sinceUp > probeFrames { failures = 0 }
         // Up, gently: within maxStepUp of the current size and under the ceiling of a failed probe.
         let (step, ceiling) = (cur * maxStepUp, ceilingBytes)
-        if let up = mostAccurate({ feasible($0) && $0.bytes <= step && $0.bytes < ceiling }), configurations[up].ap50 > configuration.ap50 {
+        if let up = mostAccurate({ feasible($0) && $0.bytes <= step && $0.bytes < ceiling }),
+            configurations[up].ap50 > configuration.ap50
+        {
             betterStreak += 1
             if betterStreak >= upAfter {
                 current = up

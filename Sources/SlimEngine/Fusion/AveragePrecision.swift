@@ -10,7 +10,9 @@ public struct AveragePrecision: Sendable {
     public init() {}
 
     public mutating func add(detections: [BEVBox], groundTruth gt: [BEVBox]) {
-        add(scores: detections.map(\.score), truePositive: Self.match(detections: detections, groundTruth: gt), groundTruth: gt.count)
+        add(
+            scores: detections.map(\.score), truePositive: Self.match(detections: detections, groundTruth: gt),
+            groundTruth: gt.count)
     }
 
     /// Adds one frame already matched (`match`): scores, true-positive flags per threshold, and
@@ -24,7 +26,9 @@ public struct AveragePrecision: Sendable {
 
     /// One frame's greedy matching: per threshold, whether each detection is a true positive.
     public static func match(detections: [BEVBox], groundTruth gt: [BEVBox]) -> [[Bool]] {
-        let order = detections.indices.sorted { detections[$0].score > detections[$1].score || (detections[$0].score == detections[$1].score && $0 < $1) }
+        let order = detections.indices.sorted {
+            detections[$0].score > detections[$1].score || (detections[$0].score == detections[$1].score && $0 < $1)
+        }
         let iou = detections.map { d in gt.map { RotatedIoU.iou(d, $0) } }
         return thresholds.map { t in
             var used = [Bool](repeating: false, count: gt.count)
@@ -32,8 +36,14 @@ public struct AveragePrecision: Sendable {
             for d in order where !gt.isEmpty {
                 var best = -1
                 var bestIoU: Float = -1
-                for g in gt.indices where !used[g] && iou[d][g] > bestIoU { bestIoU = iou[d][g]; best = g }
-                if best >= 0, bestIoU >= t { used[best] = true; tp[d] = true }
+                for g in gt.indices where !used[g] && iou[d][g] > bestIoU {
+                    bestIoU = iou[d][g]
+                    best = g
+                }
+                if best >= 0, bestIoU >= t {
+                    used[best] = true
+                    tp[d] = true
+                }
             }
             return tp
         }
@@ -51,8 +61,10 @@ public struct AveragePrecision: Sendable {
         truePositive.map { tp in
             guard groundTruth > 0 else { return .nan }
             let o = scores.indices.sorted { scores[$0] > scores[$1] || (scores[$0] == scores[$1] && $0 < $1) }
-            var rec: [Float] = [0], prec: [Float] = [0]
-            var ctp: Float = 0, cfp: Float = 0
+            var rec: [Float] = [0]
+            var prec: [Float] = [0]
+            var ctp: Float = 0
+            var cfp: Float = 0
             for i in o {
                 if tp[i] { ctp += 1 } else { cfp += 1 }
                 rec.append(ctp / Float(groundTruth))

@@ -59,11 +59,14 @@ public final class CooperativeDetector: @unchecked Sendable {
 
     /// - Parameter st: the model file; reads `__metadata__.architecture.server` and `server.*`.
     public init(_ st: Safetensors, maxAgents: Int = 8) throws(ModelFileError) {
-        func fail(_ s: String, _ p: String) -> ModelFileError { ModelFileError(kind: .architecture, file: st.file, subject: s, problem: p) }
+        func fail(_ s: String, _ p: String) -> ModelFileError {
+            ModelFileError(kind: .architecture, file: st.file, subject: s, problem: p)
+        }
         guard let archText = st.metadata["architecture"],
-              let arch = try? JSONSerialization.jsonObject(with: Data(archText.utf8)) as? [String: Any],
-              let server = arch["server"] as? [String: Any], let input = server["input"] as? [String: Any],
-              let layers = server["layers"] as? [[String: Any]], let grid = input["grid"] as? [String: Any] else {
+            let arch = try? JSONSerialization.jsonObject(with: Data(archText.utf8)) as? [String: Any],
+            let server = arch["server"] as? [String: Any], let input = server["input"] as? [String: Any],
+            let layers = server["layers"] as? [[String: Any]], let grid = input["grid"] as? [String: Any]
+        else {
             throw fail("architecture.server", "missing or not an object with input, grid and layers")
         }
         func dimension(_ key: String, default d: Int, max m: Int) throws(ModelFileError) -> Int {
@@ -77,28 +80,37 @@ public final class CooperativeDetector: @unchecked Sendable {
         height = try dimension("height", default: 32, max: 1024)
         width = try dimension("width", default: 32, max: 1024)
         guard let xMax = (grid["x_max"] ?? 32.0) as? Double, xMax.isFinite, xMax > 0,
-              let cellSize = (grid["cell"] ?? 2.0) as? Double, cellSize.isFinite, cellSize > 0 else {
+            let cellSize = (grid["cell"] ?? 2.0) as? Double, cellSize.isFinite, cellSize > 0
+        else {
             throw fail("architecture.server.input.grid", "x_max and cell must be positive numbers")
         }
         halfExtent = Float(xMax)
         cell = Float(cellSize)
-        let specs = try layers.enumerated().map { (i, l) throws(ModelFileError) in try ServerLayer(l, index: i, fail: fail) }
+        let specs = try layers.enumerated().map { (i, l) throws(ModelFileError) in
+            try ServerLayer(l, index: i, fail: fail)
+        }
         var convs: [String: FloatConv2d] = [:]
         for l in specs where l.type == "conv2d" {
             let (name, cin, cout, k, p, d) = (l.name, l.inChannels, l.outChannels, l.kernel, l.padding, l.dilation)
             let w = try st.floats("server.\(name).weight", shape: [cout, cin, k[0], k[1]])
             let bias = try st.floats("server.\(name).bias", shape: [cout])
             let act: Activation = l.activation == "relu" ? .relu : .none
-            convs[name] = FloatConv2d(weight: w, bias: bias, inChannels: cin, outChannels: cout,
-                                      geometry: ConvGeometry(kernel: (k[0], k[1]), padding: (p[0], p[1]), dilation: (d[0], d[1])), activation: act)
+            convs[name] = FloatConv2d(
+                weight: w, bias: bias, inChannels: cin, outChannels: cout,
+                geometry: ConvGeometry(kernel: (k[0], k[1]), padding: (p[0], p[1]), dilation: (d[0], d[1])),
+                activation: act)
         }
         let sw = try st.floats("server.fusion.score.weight", shape: [1, channels, 1, 1])
         let sb = try st.floats("server.fusion.score.bias", shape: [1])
-        score = FloatConv2d(weight: sw, bias: sb, inChannels: channels, outChannels: 1, geometry: ConvGeometry(kernel: (1, 1)))
+        score = FloatConv2d(
+            weight: sw, bias: sb, inChannels: channels, outChannels: 1, geometry: ConvGeometry(kernel: (1, 1)))
         if let l = layers.first(where: { $0["name"] as? String == "rotate" }) {
             guard l["type"] as? String == "pose_conditioned_conv1x1",
-                  (l["terms"] as? [String])?.count == PoseConditionedConv.terms else {
-                throw fail("architecture.server.layers.rotate", "expected type pose_conditioned_conv1x1 with \(PoseConditionedConv.terms) terms")
+                (l["terms"] as? [String])?.count == PoseConditionedConv.terms
+            else {
+                throw fail(
+                    "architecture.server.layers.rotate",
+                    "expected type pose_conditioned_conv1x1 with \(PoseConditionedConv.terms) terms")
             }
             let k = PoseConditionedConv.terms
             rotate = PoseConditionedConv(
@@ -111,7 +123,8 @@ public final class CooperativeDetector: @unchecked Sendable {
         switch decode?["yaw_encoding"] as? String {
         case nil, "angle": yawFactor = 1
         case "double_angle": yawFactor = 0.5
-        case let other?: throw fail("architecture.server.decode.yaw_encoding", "unknown '\(other)' (angle | double_angle)")
+        case let other?:
+            throw fail("architecture.server.decode.yaw_encoding", "unknown '\(other)' (angle | double_angle)")
         }
         let names = layers.compactMap { $0["name"] as? String }
         backbone = try names.filter { $0.hasPrefix("backbone.") }.map { n throws(ModelFileError) in
@@ -119,8 +132,11 @@ public final class CooperativeDetector: @unchecked Sendable {
             return c
         }
         guard let sh = convs["head.shared"], let hm = convs["head.heatmap"], let off = convs["head.offset"],
-              let sz = convs["head.size"], let yw = convs["head.yaw"], !backbone.isEmpty else {
-            throw fail("architecture.server.layers", "needs backbone.*, head.shared, head.heatmap, head.offset, head.size, head.yaw")
+            let sz = convs["head.size"], let yw = convs["head.yaw"], !backbone.isEmpty
+        else {
+            throw fail(
+                "architecture.server.layers",
+                "needs backbone.*, head.shared, head.heatmap, head.offset, head.size, head.yaw")
         }
         shared = sh
         heads = [hm, off, sz, yw]
@@ -131,9 +147,17 @@ public final class CooperativeDetector: @unchecked Sendable {
         ones = FloatTensor(height: height, width: width, channels: 1)
         ones.fill(1)
         validMap = FloatTensor(height: height, width: width, channels: 1)
-        var wa: [FloatTensor] = [], va: [FloatTensor] = [], sc: [FloatTensor] = []
-        for _ in 0..<maxAgents { wa.append(mk(channels)); va.append(mk(1)); sc.append(mk(1)) }
-        warped = wa; valid = va; scores = sc
+        var wa: [FloatTensor] = []
+        var va: [FloatTensor] = []
+        var sc: [FloatTensor] = []
+        for _ in 0..<maxAgents {
+            wa.append(mk(channels))
+            va.append(mk(1))
+            sc.append(mk(1))
+        }
+        warped = wa
+        valid = va
+        scores = sc
         let widest = max(channels, backbone.map(\.outChannels).max()!, sh.outChannels)
         fused = FloatTensor(height: height, width: width, channels: channels)
         a = FloatTensor(height: height, width: width, channels: widest)
@@ -156,9 +180,11 @@ public final class CooperativeDetector: @unchecked Sendable {
                 let b: [Int32] = try st.array("server.\(name).int8.bias", as: .i32, shape: [cout])
                 let op = try st.floats("server.\(name).int8.qparams", shape: [2])
                 let out = QuantParams(scale: op[0], zeroPoint: Int32(op[1]))
-                qc.append(QConv2d(weight: w, weightScale: ws, bias: b, inChannels: cin, outChannels: cout,
-                                  geometry: ConvGeometry(kernel: (k[0], k[1]), padding: (p[0], p[1]), dilation: (d[0], d[1])),
-                                  input: prev, output: out))
+                qc.append(
+                    QConv2d(
+                        weight: w, weightScale: ws, bias: b, inChannels: cin, outChannels: cout,
+                        geometry: ConvGeometry(kernel: (k[0], k[1]), padding: (p[0], p[1]), dilation: (d[0], d[1])),
+                        input: prev, output: out))
                 prev = out
             }
         }
@@ -174,10 +200,13 @@ public final class CooperativeDetector: @unchecked Sendable {
     /// p_j = R(yaw_e − yaw_j)·p_e + R(−yaw_j)(t_e − t_j), in units of the half extent.
     public func theta(ego: AgentInput, agent j: AgentInput) -> [Float] {
         let d = ego.yaw - j.yaw
-        let c = cos(d), s = sin(d)
+        let c = cos(d)
+        let s = sin(d)
         let t = ego.position - j.position
-        let cj = cos(-j.yaw), sj = sin(-j.yaw)
-        let tx = (cj * t.x - sj * t.y) / halfExtent, ty = (sj * t.x + cj * t.y) / halfExtent
+        let cj = cos(-j.yaw)
+        let sj = sin(-j.yaw)
+        let tx = (cj * t.x - sj * t.y) / halfExtent
+        let ty = (sj * t.x + cj * t.y) / halfExtent
         return [c, -s, tx, s, c, ty]
     }
 
@@ -197,7 +226,8 @@ public final class CooperativeDetector: @unchecked Sendable {
             // Zero fill to the full channel count.
             filled.reshape(height: f.height, width: f.width, channels: channels)
             for cellIndex in 0..<(f.height * f.width) {
-                let src = f.pointer + cellIndex * f.channels, dst = filled.pointer + cellIndex * channels
+                let src = f.pointer + cellIndex * f.channels
+                let dst = filled.pointer + cellIndex * channels
                 for c in 0..<channels { dst[c] = c < f.channels ? src[c] : 0 }
             }
             let th = theta(ego: agents[ego], agent: ag)
@@ -218,7 +248,9 @@ public final class CooperativeDetector: @unchecked Sendable {
             case .max:
                 for c in 0..<channels {
                     var m = -Float.infinity
-                    for j in 0..<n where valid[j].storage[cellIndex] > 0.5 { m = max(m, warped[j].storage[cellIndex * channels + c]) }
+                    for j in 0..<n where valid[j].storage[cellIndex] > 0.5 {
+                        m = max(m, warped[j].storage[cellIndex * channels + c])
+                    }
                     dst[c] = m.isFinite ? m : 0
                 }
             case .attention:
@@ -244,7 +276,8 @@ public final class CooperativeDetector: @unchecked Sendable {
             for i in 0..<fused.count {
                 qIn.storage[i] = UInt8(min(max((fused.storage[i] / qp.scale).rounded(.toNearestOrEven) + zp, 0), 255))
             }
-            var qx = qIn, qy = qa
+            var qx = qIn
+            var qy = qa
             for conv in qConvs {
                 conv.run(qx, into: qy)
                 qx = qy
@@ -252,7 +285,8 @@ public final class CooperativeDetector: @unchecked Sendable {
             }
             let x = b
             x.reshape(height: qx.height, width: qx.width, channels: qx.channels)
-            let s = last.output.scale, z = last.output.zeroPoint
+            let s = last.output.scale
+            let z = last.output.zeroPoint
             for i in 0..<qx.count { x.storage[i] = s * Float(Int32(qx.storage[i]) - z) }
             shared.run(x, into: y)
         } else {
@@ -275,26 +309,35 @@ public final class CooperativeDetector: @unchecked Sendable {
         let o = forward(ego: ego, agents: agents, fusion: fusion)
         let t2 = now()
         defer { lastStageSeconds.nms = now() - t2 }
-        let hm = o[0], off = o[1], size = o[2], yaw = o[3]
+        let hm = o[0]
+        let off = o[1]
+        let size = o[2]
+        let yaw = o[3]
         var cands: [(Float, Int)] = []
         for i in 0..<height {
             for j in 0..<width {
                 let v = hm[i, j, 0]
                 var peak = true
-                for di in -1...1 { for dj in -1...1 where (di != 0 || dj != 0) {
-                    let ii = i + di, jj = j + dj
-                    if ii >= 0, ii < height, jj >= 0, jj < width, hm[ii, jj, 0] > v { peak = false }
-                } }
+                for di in -1...1 {
+                    for dj in -1...1 where (di != 0 || dj != 0) {
+                        let ii = i + di
+                        let jj = j + dj
+                        if ii >= 0, ii < height, jj >= 0, jj < width, hm[ii, jj, 0] > v { peak = false }
+                    }
+                }
                 let s = 1 / (1 + exp(-v))
                 if peak, s > peakThreshold { cands.append((s, i * width + j)) }
             }
         }
         cands.sort { $0.0 > $1.0 || ($0.0 == $1.0 && $0.1 < $1.1) }
         let boxes = cands.prefix(topK).map { (s, idx) -> BEVBox in
-            let i = idx / width, j = idx % width
-            let l = exp(min(max(size[i, j, 0], -3), 4)), w = exp(min(max(size[i, j, 1], -3), 4))
-            return BEVBox(x: (Float(j) + off[i, j, 0]) * cell - halfExtent, y: (Float(i) + off[i, j, 1]) * cell - halfExtent,
-                          length: l, width: w, yaw: yawFactor * atan2(yaw[i, j, 0], yaw[i, j, 1]), score: s)
+            let i = idx / width
+            let j = idx % width
+            let l = exp(min(max(size[i, j, 0], -3), 4))
+            let w = exp(min(max(size[i, j, 1], -3), 4))
+            return BEVBox(
+                x: (Float(j) + off[i, j, 0]) * cell - halfExtent, y: (Float(i) + off[i, j, 1]) * cell - halfExtent,
+                length: l, width: w, yaw: yawFactor * atan2(yaw[i, j, 0], yaw[i, j, 1]), score: s)
         }
         return RotatedIoU.nms(boxes, threshold: nmsIoU)
     }
@@ -311,12 +354,18 @@ struct ServerLayer {
 
     init(_ l: [String: Any], index: Int, fail: (String, String) -> ModelFileError) throws(ModelFileError) {
         let at = "architecture.server.layers[\(index)]"
-        guard let name = l["name"] as? String, !name.isEmpty else { throw fail("\(at).name", "missing or not a string") }
+        guard let name = l["name"] as? String, !name.isEmpty else {
+            throw fail("\(at).name", "missing or not a string")
+        }
         self.name = name
         type = l["type"] as? String ?? ""
         activation = l["activation"] as? String
         guard type == "conv2d" else {
-            inChannels = 0; outChannels = 0; kernel = []; padding = []; dilation = []
+            inChannels = 0
+            outChannels = 0
+            kernel = []
+            padding = []
+            dilation = []
             return
         }
         func count(_ key: String) throws(ModelFileError) -> Int {
@@ -356,16 +405,26 @@ final class PoseConditionedConv {
             for o in 0..<c { for i in 0..<c { w[o * c + i] = weight[o * Self.terms * c + k * c + i] } }
             return FloatConv2d(weight: w, bias: nil, inChannels: c, outChannels: c, geometry: g)
         }
-        conv = FloatConv2d(weight: [Float](repeating: 0, count: c * c), bias: bias, inChannels: c, outChannels: c, geometry: g)
+        conv = FloatConv2d(
+            weight: [Float](repeating: 0, count: c * c), bias: bias, inChannels: c, outChannels: c, geometry: g)
     }
 
     /// y = W(a)·x + bias, with `cos` = cos a and `sin` = sin a.
     func run(_ x: FloatTensor, cos c: Float, sin s: Float, into y: FloatTensor) {
-        let t1 = c, t2 = s, t3 = c * c - s * s, t4 = 2 * s * c
+        let t1 = c
+        let t2 = s
+        let t3 = c * c - s * s
+        let t4 = 2 * s * c
         let dst = conv.packed
-        let b0 = banks[0].packed, b1 = banks[1].packed, b2 = banks[2].packed, b3 = banks[3].packed, b4 = banks[4].packed
-        let v1 = SIMD16<Float>(repeating: t1), v2 = SIMD16<Float>(repeating: t2)
-        let v3 = SIMD16<Float>(repeating: t3), v4 = SIMD16<Float>(repeating: t4)
+        let b0 = banks[0].packed
+        let b1 = banks[1].packed
+        let b2 = banks[2].packed
+        let b3 = banks[3].packed
+        let b4 = banks[4].packed
+        let v1 = SIMD16<Float>(repeating: t1)
+        let v2 = SIMD16<Float>(repeating: t2)
+        let v3 = SIMD16<Float>(repeating: t3)
+        let v4 = SIMD16<Float>(repeating: t4)
         for i in 0..<dst.count {
             var w: SIMD16<Float> = b0[i]
             w.addProduct(v1, b1[i])

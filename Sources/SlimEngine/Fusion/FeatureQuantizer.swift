@@ -25,15 +25,25 @@ public struct FeatureQuantization: Sendable {
         var out: [String: FeatureQuantization] = [:]
         for name in st.tensors.keys where name.hasPrefix("features.") && name.hasSuffix(".scale") {
             let parts = name.split(separator: ".")
-            guard parts.count == 4, let wi = Int(parts[1]), let bits = Int(parts[2]), (1...8).contains(bits) else { continue }
+            guard parts.count == 4, let wi = Int(parts[1]), let bits = Int(parts[2]), (1...8).contains(bits) else {
+                continue
+            }
             let s = try st.floats(name)
             let z = try st.floats("features.\(wi).\(bits).zero_point", shape: [s.count])
-            guard s.allSatisfy({ $0 > 0 && $0.isFinite }), z.allSatisfy({ $0 >= 0 && $0 <= Float((1 << bits) - 1) && $0 == $0.rounded() }) else {
-                throw ModelFileError(kind: .tensor, file: st.file, subject: name, problem: "scales must be > 0 and zero points whole numbers in 0...\((1 << bits) - 1)")
+            guard s.allSatisfy({ $0 > 0 && $0.isFinite }),
+                z.allSatisfy({ $0 >= 0 && $0 <= Float((1 << bits) - 1) && $0 == $0.rounded() })
+            else {
+                throw ModelFileError(
+                    kind: .tensor, file: st.file, subject: name,
+                    problem: "scales must be > 0 and zero points whole numbers in 0...\((1 << bits) - 1)")
             }
-            let e = st.tensors["features.\(wi).\(bits).empty"] == nil ? nil : try st.floats("features.\(wi).\(bits).empty", shape: [s.count])
+            let e =
+                st.tensors["features.\(wi).\(bits).empty"] == nil
+                ? nil : try st.floats("features.\(wi).\(bits).empty", shape: [s.count])
             if let e, !e.allSatisfy(\.isFinite) {
-                throw ModelFileError(kind: .tensor, file: st.file, subject: "features.\(wi).\(bits).empty", problem: "values must be finite")
+                throw ModelFileError(
+                    kind: .tensor, file: st.file, subject: "features.\(wi).\(bits).empty",
+                    problem: "values must be finite")
             }
             out["\(wi).\(bits)"] = FeatureQuantization(scale: s, zeroPoint: z, bits: bits, empty: e)
         }

@@ -38,7 +38,7 @@ public final class QConv2d: @unchecked Sendable {
     }
 
     let inPerGroup: Int, outPerGroup: Int
-    let weights: [Int8]            // [out][in/groups][kh][kw]
+    let weights: [Int8]  // [out][in/groups][kh][kw]
     let bias: [Int32]
     let mult: [Float]
     let dot4: [Int8], pairs: [Int16], wsum: [Int32]  // per group, slim_qconv_pack's layouts
@@ -46,8 +46,10 @@ public final class QConv2d: @unchecked Sendable {
     private var scratch: UnsafeMutableRawPointer?
     private var scratchBytes = 0
 
-    public init(weight: [Int8], weightScale: [Float], bias: [Int32], inChannels: Int, outChannels: Int,
-                geometry g: ConvGeometry, input: QuantParams, output: QuantParams) {
+    public init(
+        weight: [Int8], weightScale: [Float], bias: [Int32], inChannels: Int, outChannels: Int,
+        geometry g: ConvGeometry, input: QuantParams, output: QuantParams
+    ) {
         precondition(inChannels % g.groups == 0 && outChannels % g.groups == 0)
         geometry = g
         self.inChannels = inChannels
@@ -57,26 +59,32 @@ public final class QConv2d: @unchecked Sendable {
         inPerGroup = inChannels / g.groups
         outPerGroup = outChannels / g.groups
         let taps = g.kernel.h * g.kernel.w
-        precondition(weight.count == outChannels * inPerGroup * taps && weightScale.count == outChannels && bias.count == outChannels)
-        precondition(taps <= 64 && outPerGroup <= 1024, "int8 kernels take at most 64 taps and 1024 output channels per group")
+        precondition(
+            weight.count == outChannels * inPerGroup * taps && weightScale.count == outChannels
+                && bias.count == outChannels)
+        precondition(
+            taps <= 64 && outPerGroup <= 1024, "int8 kernels take at most 64 taps and 1024 output channels per group")
         weights = weight
         self.bias = bias
         mult = (0..<outChannels).map { input.scale * weightScale[$0] / output.scale }
-        var d4 = 0, pe = 0
+        var d4 = 0
+        var pe = 0
         slim_qconv_pack_sizes(Int32(outPerGroup), Int32(inPerGroup), Int32(taps), &d4, &pe)
         dot4Stride = d4
         pairsStride = pe
         var dot4 = [Int8](repeating: 0, count: g.groups * d4)
         var pairs = [Int16](repeating: 0, count: g.groups * pe)
         var wsum = [Int32](repeating: 0, count: outChannels)
-        let (cog, cig) = (outPerGroup, inPerGroup), per = cog * cig * taps
+        let (cog, cig) = (outPerGroup, inPerGroup)
+        let per = cog * cig * taps
         for grp in 0..<g.groups {
             weight.withUnsafeBufferPointer { w in
                 dot4.withUnsafeMutableBufferPointer { d in
                     pairs.withUnsafeMutableBufferPointer { p in
                         wsum.withUnsafeMutableBufferPointer { s in
-                            slim_qconv_pack(w.baseAddress! + grp * per, Int32(cog), Int32(cig), Int32(taps),
-                                            d.baseAddress! + grp * d4, p.baseAddress! + grp * pe, s.baseAddress! + grp * cog)
+                            slim_qconv_pack(
+                                w.baseAddress! + grp * per, Int32(cog), Int32(cig), Int32(taps),
+                                d.baseAddress! + grp * d4, p.baseAddress! + grp * pe, s.baseAddress! + grp * cog)
                         }
                     }
                 }
@@ -91,7 +99,9 @@ public final class QConv2d: @unchecked Sendable {
 
     /// y = qconv(x). `y` is reshaped to the output size. Outputs whose flag in `active` is 0 are
     /// set to `background` (one value per output channel) instead of computed.
-    public func run(_ x: QTensor, into y: QTensor, active: UnsafePointer<UInt8>? = nil, background: UnsafePointer<UInt8>? = nil) {
+    public func run(
+        _ x: QTensor, into y: QTensor, active: UnsafePointer<UInt8>? = nil, background: UnsafePointer<UInt8>? = nil
+    ) {
         precondition(x.channels == inChannels)
         precondition(active == nil || background != nil, "an activity map needs a background")
         let g = geometry
@@ -99,12 +109,22 @@ public final class QConv2d: @unchecked Sendable {
         y.reshape(height: oh, width: ow, channels: outChannels)
         var a = slim_qconv_args()
         a.path = kernels.raw
-        a.in_h = Int32(x.height); a.in_w = Int32(x.width); a.in_cs = Int32(inChannels)
+        a.in_h = Int32(x.height)
+        a.in_w = Int32(x.width)
+        a.in_cs = Int32(inChannels)
         a.ci = Int32(inPerGroup)
-        a.out_h = Int32(oh); a.out_w = Int32(ow); a.out_cs = Int32(outChannels)
+        a.out_h = Int32(oh)
+        a.out_w = Int32(ow)
+        a.out_cs = Int32(outChannels)
         a.co = Int32(outPerGroup)
-        a.kh = Int32(g.kernel.h); a.kw = Int32(g.kernel.w); a.sh = Int32(g.stride.h); a.sw = Int32(g.stride.w)
-        a.ph = Int32(g.padding.h); a.pw = Int32(g.padding.w); a.dh = Int32(g.dilation.h); a.dw = Int32(g.dilation.w)
+        a.kh = Int32(g.kernel.h)
+        a.kw = Int32(g.kernel.w)
+        a.sh = Int32(g.stride.h)
+        a.sw = Int32(g.stride.w)
+        a.ph = Int32(g.padding.h)
+        a.pw = Int32(g.padding.w)
+        a.dh = Int32(g.dilation.h)
+        a.dw = Int32(g.dilation.w)
         a.x_zp = input.zeroPoint
         a.y_zp = output.zeroPoint
         a.active = active

@@ -69,8 +69,10 @@ public struct KernelPath: Sendable, Hashable, CustomStringConvertible {
     /// `SLIMSPLIT_KERNELS`, else the best path; call it once at start, before building encoders.
     /// - Throws: `KernelPathError` when the name is unknown or the CPU lacks the path.
     @discardableResult
-    public static func configure(_ option: String? = nil,
-                                 environment: [String: String] = ProcessInfo.processInfo.environment) throws(KernelPathError) -> KernelPath {
+    public static func configure(
+        _ option: String? = nil,
+        environment: [String: String] = ProcessInfo.processInfo.environment
+    ) throws(KernelPathError) -> KernelPath {
         let source = option != nil ? "--kernels" : "SLIMSPLIT_KERNELS"
         let p: KernelPath
         do { p = try resolve(option ?? environment["SLIMSPLIT_KERNELS"]) } catch let e { throw e.from(source) }
@@ -103,6 +105,7 @@ public struct KernelPathError: Error, CustomStringConvertible {
         let runs = KernelPath.supported.map(\.name).joined(separator: ", ")
         let what = source.isEmpty ? "kernel path '\(name)'" : "\(source)=\(name)"
         if known { return "\(what): this CPU cannot run it (it runs: \(runs))" }
-        return "\(what): unknown kernel path (one of: \(KernelPath.all.map(\.name).joined(separator: ", ")); this CPU runs: \(runs))"
+        return
+            "\(what): unknown kernel path (one of: \(KernelPath.all.map(\.name).joined(separator: ", ")); this CPU runs: \(runs))"
     }
 }

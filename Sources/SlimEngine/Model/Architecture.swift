@@ -30,8 +30,12 @@ public struct Architecture: Codable, Sendable, Equatable {
 
         enum CodingKeys: String, CodingKey {
             case name, type, input, kernel, stride, padding, dilation, groups, bias, activation
-            case inChannels = "in_channels", outChannels = "out_channels", batchNorm = "batch_norm", bnEps = "bn_eps"
-            case slimIn = "slim_in", slimOut = "slim_out"
+            case inChannels = "in_channels"
+            case outChannels = "out_channels"
+            case batchNorm = "batch_norm"
+            case bnEps = "bn_eps"
+            case slimIn = "slim_in"
+            case slimOut = "slim_out"
         }
     }
 
@@ -61,35 +65,55 @@ public struct Architecture: Codable, Sendable, Equatable {
             throw fail("architecture", "not a valid architecture: \(error)")
         }
         guard !a.widths.isEmpty, a.widths.count <= 16, a.widths.allSatisfy({ $0 > 0 && $0 <= 1 }),
-              zip(a.widths, a.widths.dropFirst()).allSatisfy({ $0 < $1 }) else {
+            zip(a.widths, a.widths.dropFirst()).allSatisfy({ $0 < $1 })
+        else {
             throw fail("architecture.widths", "must be 1-16 increasing fractions in (0, 1], got \(a.widths)")
         }
-        guard (1...4096).contains(a.input.channels) else { throw fail("architecture.input.channels", "\(a.input.channels) not in 1...4096") }
+        guard (1...4096).contains(a.input.channels) else {
+            throw fail("architecture.input.channels", "\(a.input.channels) not in 1...4096")
+        }
         var producers: [String: (channels: Int, slim: Bool)] = [a.input.name: (a.input.channels, false)]
         for l in a.layers {
             let s = "layer \(l.name)"
             guard producers[l.name] == nil else { throw fail(s, "duplicate name") }
             guard l.type == "conv2d" else { throw fail(s, "unknown type '\(l.type)' (format 1 knows conv2d)") }
-            guard let p = producers[l.input] else { throw fail(s, "input '\(l.input)' is not the model input or an earlier layer") }
-            guard p.channels == l.inChannels else { throw fail(s, "in_channels \(l.inChannels) but '\(l.input)' has \(p.channels)") }
-            guard p.slim == l.slimIn else { throw fail(s, "slim_in \(l.slimIn) but '\(l.input)' has slim_out \(p.slim)") }
-            guard (1...4096).contains(l.outChannels), l.groups >= 1, l.inChannels % l.groups == 0, l.outChannels % l.groups == 0 else {
+            guard let p = producers[l.input] else {
+                throw fail(s, "input '\(l.input)' is not the model input or an earlier layer")
+            }
+            guard p.channels == l.inChannels else {
+                throw fail(s, "in_channels \(l.inChannels) but '\(l.input)' has \(p.channels)")
+            }
+            guard p.slim == l.slimIn else {
+                throw fail(s, "slim_in \(l.slimIn) but '\(l.input)' has slim_out \(p.slim)")
+            }
+            guard (1...4096).contains(l.outChannels), l.groups >= 1, l.inChannels % l.groups == 0,
+                l.outChannels % l.groups == 0
+            else {
                 throw fail(s, "channels \(l.inChannels)->\(l.outChannels) with groups \(l.groups) are not valid")
             }
             guard l.kernel.count == 2, l.stride.count == 2, l.padding.count == 2, l.dilation.count == 2,
-                  l.kernel.allSatisfy({ (1...15).contains($0) }), l.stride.allSatisfy({ (1...8).contains($0) }),
-                  l.padding.allSatisfy({ (0...15).contains($0) }), l.dilation.allSatisfy({ (1...8).contains($0) }) else {
+                l.kernel.allSatisfy({ (1...15).contains($0) }), l.stride.allSatisfy({ (1...8).contains($0) }),
+                l.padding.allSatisfy({ (0...15).contains($0) }), l.dilation.allSatisfy({ (1...8).contains($0) })
+            else {
                 throw fail(s, "kernel/stride/padding/dilation must be pairs within 1-15/1-8/0-15/1-8")
             }
-            guard [nil, "relu", "relu6"].contains(l.activation) else { throw fail(s, "unknown activation '\(l.activation!)'") }
-            guard [nil, "switchable", "shared"].contains(l.batchNorm) else { throw fail(s, "unknown batch_norm '\(l.batchNorm!)'") }
+            guard [nil, "relu", "relu6"].contains(l.activation) else {
+                throw fail(s, "unknown activation '\(l.activation!)'")
+            }
+            guard [nil, "switchable", "shared"].contains(l.batchNorm) else {
+                throw fail(s, "unknown batch_norm '\(l.batchNorm!)'")
+            }
             if l.groups > 1 && !(l.groups == l.inChannels && l.groups == l.outChannels) && (l.slimIn || l.slimOut) {
                 throw fail(s, "grouped (non-depthwise) layers cannot be slimmable")
             }
-            if l.groups > 1 && l.slimIn != l.slimOut { throw fail(s, "a depthwise layer is slim in both channels or neither") }
+            if l.groups > 1 && l.slimIn != l.slimOut {
+                throw fail(s, "a depthwise layer is slim in both channels or neither")
+            }
             producers[l.name] = (l.outChannels, l.slimOut)
         }
-        guard producers[a.output] != nil, a.output != a.input.name else { throw fail("architecture.output", "'\(a.output)' is not a layer") }
+        guard producers[a.output] != nil, a.output != a.input.name else {
+            throw fail("architecture.output", "'\(a.output)' is not a layer")
+        }
         return a
     }
 }

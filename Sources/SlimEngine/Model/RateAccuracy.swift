@@ -23,24 +23,30 @@ public struct RateAccuracyEntry: Sendable, Equatable {
     /// `training/evaluate.py --write-table` (docs/model-format.md). Entries the file cannot serve
     /// (no feature quantization for that width and depth) are refused.
     /// - Returns: nil when the file has no table.
-    public static func table(in st: Safetensors, quantization: [String: FeatureQuantization]) throws(ModelFileError) -> [Self]? {
+    public static func table(in st: Safetensors, quantization: [String: FeatureQuantization]) throws(ModelFileError)
+        -> [Self]?
+    {
         guard let text = st.metadata["rate_accuracy"] else { return nil }
         return try table(json: text, file: st.file, quantization: quantization)
     }
 
     /// The table from its JSON text (the value of metadata `rate_accuracy` in `file`).
-    public static func table(json text: String, file: String, quantization: [String: FeatureQuantization]) throws(ModelFileError) -> [Self] {
+    public static func table(json text: String, file: String, quantization: [String: FeatureQuantization])
+        throws(ModelFileError) -> [Self]
+    {
         func fail(_ problem: String) -> ModelFileError {
             ModelFileError(kind: .header, file: file, subject: "__metadata__.rate_accuracy", problem: problem)
         }
         guard let root = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
-              let entries = root["entries"] as? [[String: Any]], !entries.isEmpty else {
+            let entries = root["entries"] as? [[String: Any]], !entries.isEmpty
+        else {
             throw fail("not a JSON object with a non-empty 'entries' list")
         }
         var out: [Self] = []
         for (i, e) in entries.enumerated() {
             guard let wi = e["width_index"] as? Int, let bits = e["bits"] as? Int,
-                  let bytes = (e["bytes"] as? NSNumber)?.doubleValue, let ap = (e["ap50"] as? NSNumber)?.doubleValue else {
+                let bytes = (e["bytes"] as? NSNumber)?.doubleValue, let ap = (e["ap50"] as? NSNumber)?.doubleValue
+            else {
                 throw fail("entries[\(i)]: needs width_index, bits, bytes and ap50")
             }
             let threshold = (e["threshold"] as? NSNumber)?.doubleValue ?? 0

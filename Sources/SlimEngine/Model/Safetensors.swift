@@ -2,8 +2,19 @@ import Foundation
 
 /// Element types of safetensors files.
 public enum DType: String, Sendable, CaseIterable {
-    case bool = "BOOL", u8 = "U8", i8 = "I8", u16 = "U16", i16 = "I16", f16 = "F16", bf16 = "BF16"
-    case u32 = "U32", i32 = "I32", f32 = "F32", u64 = "U64", i64 = "I64", f64 = "F64"
+    case bool = "BOOL"
+    case u8 = "U8"
+    case i8 = "I8"
+    case u16 = "U16"
+    case i16 = "I16"
+    case f16 = "F16"
+    case bf16 = "BF16"
+    case u32 = "U32"
+    case i32 = "I32"
+    case f32 = "F32"
+    case u64 = "U64"
+    case i64 = "I64"
+    case f64 = "F64"
 
     public var size: Int {
         switch self {
@@ -70,7 +81,9 @@ public struct Safetensors: Sendable {
         defer { try? h.close() }
         let size = (try? h.seekToEnd()).map(Int.init) ?? -1
         guard size >= 0, size <= Self.maxFileBytes else {
-            throw ModelFileError(kind: .io, file: path, subject: "", problem: "file size \(size) is not readable or over \(Self.maxFileBytes) bytes")
+            throw ModelFileError(
+                kind: .io, file: path, subject: "",
+                problem: "file size \(size) is not readable or over \(Self.maxFileBytes) bytes")
         }
         try? h.seek(toOffset: 0)
         let data = (try? h.readToEnd()) ?? Data()
@@ -83,10 +96,14 @@ public struct Safetensors: Sendable {
         func fail(_ subject: String, _ problem: String) -> ModelFileError {
             ModelFileError(kind: subject.isEmpty ? .header : .tensor, file: file, subject: subject, problem: problem)
         }
-        guard bytes.count >= 8 else { throw fail("", "file of \(bytes.count) bytes is shorter than the 8-byte header length") }
+        guard bytes.count >= 8 else {
+            throw fail("", "file of \(bytes.count) bytes is shorter than the 8-byte header length")
+        }
         var n: UInt64 = 0
         for i in 0..<8 { n |= UInt64(bytes[i]) << (8 * UInt64(i)) }
-        guard n <= UInt64(Self.maxHeaderBytes) else { throw fail("", "header length \(n) exceeds \(Self.maxHeaderBytes) bytes") }
+        guard n <= UInt64(Self.maxHeaderBytes) else {
+            throw fail("", "header length \(n) exceeds \(Self.maxHeaderBytes) bytes")
+        }
         guard 8 + Int(n) <= bytes.count else {
             throw fail("", "header length \(n) runs past the end of the \(bytes.count)-byte file (truncated?)")
         }
@@ -115,7 +132,9 @@ public struct Safetensors: Sendable {
             guard let ds = entry["dtype"] as? String, let dtype = DType(rawValue: ds) else {
                 throw fail(name, "unknown dtype \(entry["dtype"].map { "\($0)" } ?? "(missing)")")
             }
-            guard let shapeAny = entry["shape"] as? [Any], shapeAny.count <= 8 else { throw fail(name, "shape must be a list of at most 8 integers") }
+            guard let shapeAny = entry["shape"] as? [Any], shapeAny.count <= 8 else {
+                throw fail(name, "shape must be a list of at most 8 integers")
+            }
             var shape: [Int] = []
             var elements = 1
             for d in shapeAny {
@@ -123,41 +142,60 @@ public struct Safetensors: Sendable {
                     throw fail(name, "shape \(shapeAny) has a dimension that is not a non-negative integer")
                 }
                 let (p, o) = elements.multipliedReportingOverflow(by: Int(v))
-                guard !o, p <= Self.maxElements else { throw fail(name, "shape \(shapeAny) has too many elements (limit \(Self.maxElements))") }
+                guard !o, p <= Self.maxElements else {
+                    throw fail(name, "shape \(shapeAny) has too many elements (limit \(Self.maxElements))")
+                }
                 elements = p
                 shape.append(Int(v))
             }
             guard let offs = entry["data_offsets"] as? [Any], offs.count == 2,
-                  let b = (offs[0] as? NSNumber)?.int64Value, let e = (offs[1] as? NSNumber)?.int64Value else {
+                let b = (offs[0] as? NSNumber)?.int64Value, let e = (offs[1] as? NSNumber)?.int64Value
+            else {
                 throw fail(name, "data_offsets must be two integers")
             }
             guard b >= 0, e >= b, e <= Int64(dataLength) else {
                 throw fail(name, "data_offsets [\(b), \(e)] outside the \(dataLength)-byte data section")
             }
             guard Int(e - b) == elements * dtype.size else {
-                throw fail(name, "\(dtype.rawValue) shape \(shape) needs \(elements * dtype.size) bytes, data_offsets give \(e - b)")
+                throw fail(
+                    name,
+                    "\(dtype.rawValue) shape \(shape) needs \(elements * dtype.size) bytes, data_offsets give \(e - b)")
             }
-            tensors[name] = SafetensorsTensor(name: name, dtype: dtype, shape: shape, range: (dataStart + Int(b))..<(dataStart + Int(e)))
+            tensors[name] = SafetensorsTensor(
+                name: name, dtype: dtype, shape: shape, range: (dataStart + Int(b))..<(dataStart + Int(e)))
         }
         var end = dataStart
-        for t in tensors.values.sorted(by: { ($0.range.lowerBound, $0.range.upperBound) < ($1.range.lowerBound, $1.range.upperBound) }) {
+        for t in tensors.values.sorted(by: {
+            ($0.range.lowerBound, $0.range.upperBound) < ($1.range.lowerBound, $1.range.upperBound)
+        }) {
             if t.range.lowerBound < end { throw fail(t.name, "data range overlaps another tensor's") }
-            if t.range.lowerBound > end { throw fail(t.name, "hole of \(t.range.lowerBound - end) bytes before this tensor's data") }
+            if t.range.lowerBound > end {
+                throw fail(t.name, "hole of \(t.range.lowerBound - end) bytes before this tensor's data")
+            }
             end = t.range.upperBound
         }
-        guard end == bytes.count else { throw fail("", "\(bytes.count - end) bytes after the last tensor belong to none") }
+        guard end == bytes.count else {
+            throw fail("", "\(bytes.count - end) bytes after the last tensor belong to none")
+        }
         self.metadata = metadata
         self.tensors = tensors
     }
 
     /// A tensor's elements, checked for dtype and (if given) shape.
-    public func array<T: BitwiseCopyable>(_ name: String, as dtype: DType, _: T.Type = T.self, shape: [Int]? = nil) throws(ModelFileError) -> [T] {
-        guard let t = tensors[name] else { throw ModelFileError(kind: .tensor, file: file, subject: name, problem: "missing") }
+    public func array<T: BitwiseCopyable>(_ name: String, as dtype: DType, _: T.Type = T.self, shape: [Int]? = nil)
+        throws(ModelFileError) -> [T]
+    {
+        guard let t = tensors[name] else {
+            throw ModelFileError(kind: .tensor, file: file, subject: name, problem: "missing")
+        }
         guard t.dtype == dtype, MemoryLayout<T>.size == dtype.size else {
-            throw ModelFileError(kind: .tensor, file: file, subject: name, problem: "dtype \(t.dtype.rawValue), expected \(dtype.rawValue)")
+            throw ModelFileError(
+                kind: .tensor, file: file, subject: name,
+                problem: "dtype \(t.dtype.rawValue), expected \(dtype.rawValue)")
         }
         if let shape, shape != t.shape {
-            throw ModelFileError(kind: .tensor, file: file, subject: name, problem: "shape \(t.shape), expected \(shape)")
+            throw ModelFileError(
+                kind: .tensor, file: file, subject: name, problem: "shape \(t.shape), expected \(shape)")
         }
         return bytes.withUnsafeBytes { b in
             [T](unsafeUninitializedCapacity: t.elementCount) { out, count in
@@ -194,7 +232,9 @@ public struct SafetensorsWriter {
         if !metadata.isEmpty { header["__metadata__"] = metadata }
         var offset = 0
         for (name, dtype, shape, data) in entries {
-            header[name] = ["dtype": dtype.rawValue, "shape": shape, "data_offsets": [offset, offset + data.count]] as [String: Any]
+            header[name] =
+                ["dtype": dtype.rawValue, "shape": shape, "data_offsets": [offset, offset + data.count]]
+                as [String: Any]
             offset += data.count
         }
         var json = [UInt8]((try? JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])) ?? Data())
@@ -202,7 +242,10 @@ public struct SafetensorsWriter {
         var out = [UInt8]()
         out.reserveCapacity(8 + json.count + offset)
         var n = UInt64(json.count)
-        for _ in 0..<8 { out.append(UInt8(n & 0xFF)); n >>= 8 }
+        for _ in 0..<8 {
+            out.append(UInt8(n & 0xFF))
+            n >>= 8
+        }
         out += json
         for e in entries { out += e.3 }
         return out

@@ -10,7 +10,9 @@ public enum PoseWarp {
     ///   - height, width: output size.
     public static func warp(_ x: FloatTensor, theta: [Float], height oh: Int, width ow: Int, into y: FloatTensor) {
         precondition(theta.count == 6)
-        let c = x.channels, ih = x.height, iw = x.width
+        let c = x.channels
+        let ih = x.height
+        let iw = x.width
         y.reshape(height: oh, width: ow, channels: c)
         y.fill(0)
         for i in 0..<oh {
@@ -22,16 +24,21 @@ public enum PoseWarp {
                 let fx = ((gx + 1) * Float(iw) - 1) / 2
                 let fy = ((gy + 1) * Float(ih) - 1) / 2
                 guard fx.isFinite, fy.isFinite, fx > -1, fy > -1, fx < Float(iw), fy < Float(ih) else { continue }
-                let x0 = Int(fx.rounded(.down)), y0 = Int(fy.rounded(.down))
-                let wx1 = fx - Float(x0), wy1 = fy - Float(y0)
-                let wx0 = 1 - wx1, wy0 = 1 - wy1
+                let x0 = Int(fx.rounded(.down))
+                let y0 = Int(fy.rounded(.down))
+                let wx1 = fx - Float(x0)
+                let wy1 = fy - Float(y0)
+                let wx0 = 1 - wx1
+                let wy0 = 1 - wy1
                 let dst = y.pointer + (i * ow + j) * c
                 // The four bilinear corners (no per-cell arrays: this runs per cell on the server).
                 for dy in 0..<2 {
-                    let yy = y0 + dy, wy = dy == 0 ? wy0 : wy1
+                    let yy = y0 + dy
+                    let wy = dy == 0 ? wy0 : wy1
                     guard yy >= 0, yy < ih else { continue }
                     for dx in 0..<2 {
-                        let xx = x0 + dx, wx = dx == 0 ? wx0 : wx1
+                        let xx = x0 + dx
+                        let wx = dx == 0 ? wx0 : wx1
                         guard xx >= 0, xx < iw else { continue }
                         let w = wy * wx
                         let src = x.pointer + (yy * iw + xx) * c

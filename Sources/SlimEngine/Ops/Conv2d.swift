@@ -8,7 +8,10 @@ public struct ConvGeometry: Sendable, Equatable {
     public var dilation: (h: Int, w: Int) = (1, 1)
     public var groups = 1
 
-    public init(kernel: (Int, Int), stride: (Int, Int) = (1, 1), padding: (Int, Int) = (0, 0), dilation: (Int, Int) = (1, 1), groups: Int = 1) {
+    public init(
+        kernel: (Int, Int), stride: (Int, Int) = (1, 1), padding: (Int, Int) = (0, 0), dilation: (Int, Int) = (1, 1),
+        groups: Int = 1
+    ) {
         self.kernel = (kernel.0, kernel.1)
         self.stride = (stride.0, stride.1)
         self.padding = (padding.0, padding.1)
@@ -17,22 +20,26 @@ public struct ConvGeometry: Sendable, Equatable {
     }
 
     public func outputSize(height: Int, width: Int) -> (height: Int, width: Int) {
-        ((height + 2 * padding.h - dilation.h * (kernel.h - 1) - 1) / stride.h + 1,
-         (width + 2 * padding.w - dilation.w * (kernel.w - 1) - 1) / stride.w + 1)
+        (
+            (height + 2 * padding.h - dilation.h * (kernel.h - 1) - 1) / stride.h + 1,
+            (width + 2 * padding.w - dilation.w * (kernel.w - 1) - 1) / stride.w + 1
+        )
     }
 
     /// Taps of output row `o` that fall inside an input of `size` rows: [first, end).
     @inline(__always)
     func taps(_ o: Int, stride s: Int, pad p: Int, dilation d: Int, kernel k: Int, size: Int) -> (Int, Int, Int) {
         let i0 = o * s - p
-        var k0 = 0, k1 = k
+        var k0 = 0
+        var k1 = k
         while k0 < k1 && i0 + k0 * d < 0 { k0 += 1 }
         while k1 > k0 && i0 + (k1 - 1) * d >= size { k1 -= 1 }
         return (i0, k0, k1)
     }
 
     public static func == (a: ConvGeometry, b: ConvGeometry) -> Bool {
-        a.kernel == b.kernel && a.stride == b.stride && a.padding == b.padding && a.dilation == b.dilation && a.groups == b.groups
+        a.kernel == b.kernel && a.stride == b.stride && a.padding == b.padding && a.dilation == b.dilation
+            && a.groups == b.groups
     }
 }
 
@@ -84,7 +91,10 @@ public final class FloatConv2d: @unchecked Sendable {
     /// - Parameters:
     ///   - weight: [out, in / groups, kh, kw] (PyTorch layout).
     ///   - bias: [out] or nil.
-    public init(weight: [Float], bias: [Float]?, inChannels: Int, outChannels: Int, geometry g: ConvGeometry, activation: Activation = .none) {
+    public init(
+        weight: [Float], bias: [Float]?, inChannels: Int, outChannels: Int, geometry g: ConvGeometry,
+        activation: Activation = .none
+    ) {
         precondition(inChannels % g.groups == 0 && outChannels % g.groups == 0)
         geometry = g
         self.inChannels = inChannels
@@ -92,7 +102,9 @@ public final class FloatConv2d: @unchecked Sendable {
         self.activation = activation
         inPerGroup = inChannels / g.groups
         outPerGroup = outChannels / g.groups
-        let kh = g.kernel.h, kw = g.kernel.w, taps = kh * kw
+        let kh = g.kernel.h
+        let kw = g.kernel.w
+        let taps = kh * kw
         precondition(weight.count == outChannels * inPerGroup * taps)
         precondition(taps <= 64, "float kernels take at most 64 taps")
         depthwise = g.groups == inChannels && g.groups == outChannels && g.groups > 1
@@ -113,7 +125,9 @@ public final class FloatConv2d: @unchecked Sendable {
             let (cog, cig) = (outPerGroup, inPerGroup)
             weight.withUnsafeBufferPointer { w in
                 for grp in 0..<g.groups {
-                    slim_fconv_pack(w.baseAddress! + grp * cog * cig * taps, Int32(cog), Int32(cig), Int32(taps), raw + grp * perGroup * 16)
+                    slim_fconv_pack(
+                        w.baseAddress! + grp * cog * cig * taps, Int32(cog), Int32(cig), Int32(taps),
+                        raw + grp * perGroup * 16)
                 }
             }
         }
@@ -122,8 +136,11 @@ public final class FloatConv2d: @unchecked Sendable {
         self.bias.initialize(repeating: .zero)
         if let bias {
             for o in 0..<outChannels {
-                if depthwise { self.bias[o / 16][o % 16] = bias[o] } else {
-                    let grp = o / outPerGroup, oc = o % outPerGroup
+                if depthwise {
+                    self.bias[o / 16][o % 16] = bias[o]
+                } else {
+                    let grp = o / outPerGroup
+                    let oc = o % outPerGroup
                     self.bias[grp * chunks + oc / 16][oc % 16] = bias[o]
                 }
             }
@@ -137,7 +154,10 @@ public final class FloatConv2d: @unchecked Sendable {
 
     /// y = act(conv(x) + bias). `y` is reshaped to the output size (it must have the capacity).
     /// Outputs whose flag in `active` is 0 are set to `background` instead of computed.
-    public func run(_ x: FloatTensor, into y: FloatTensor, active: UnsafePointer<UInt8>? = nil, background: UnsafePointer<Float>? = nil) {
+    public func run(
+        _ x: FloatTensor, into y: FloatTensor, active: UnsafePointer<UInt8>? = nil,
+        background: UnsafePointer<Float>? = nil
+    ) {
         precondition(x.channels == inChannels)
         precondition(active == nil || background != nil, "an activity map needs a background")
         let g = geometry
@@ -147,10 +167,14 @@ public final class FloatConv2d: @unchecked Sendable {
             runDepthwise(x, y, oh: oh, ow: ow, active: active, background: background)
             return
         }
-        var src = x.pointer, ih = x.height, iw = x.width
-        let ph = g.padding.h, pw = g.padding.w
+        var src = x.pointer
+        var ih = x.height
+        var iw = x.width
+        let ph = g.padding.h
+        let pw = g.padding.w
         if ph > 0 || pw > 0 {
-            let hh = ih + 2 * ph, ww = iw + 2 * pw
+            let hh = ih + 2 * ph
+            let ww = iw + 2 * pw
             if padded == nil || padded!.capacity < hh * ww * inChannels {
                 padded = FloatTensor(height: hh, width: ww, channels: inChannels)
             }
@@ -166,21 +190,34 @@ public final class FloatConv2d: @unchecked Sendable {
                 (row + pw * c).update(from: x.pointer + r * iw * c, count: iw * c)
                 (row + (pw + iw) * c).update(repeating: 0, count: pw * c)
             }
-            src = p.pointer; ih = hh; iw = ww
+            src = p.pointer
+            ih = hh
+            iw = ww
         }
         var a = slim_fconv_args()
         a.path = kernels.raw
-        a.in_h = Int32(ih); a.in_w = Int32(iw); a.in_cs = Int32(inChannels); a.ci = Int32(inPerGroup)
-        a.out_h = Int32(oh); a.out_w = Int32(ow); a.out_cs = Int32(outChannels); a.co = Int32(outPerGroup)
-        a.kh = Int32(g.kernel.h); a.kw = Int32(g.kernel.w); a.sh = Int32(g.stride.h); a.sw = Int32(g.stride.w)
-        a.dh = Int32(g.dilation.h); a.dw = Int32(g.dilation.w)
+        a.in_h = Int32(ih)
+        a.in_w = Int32(iw)
+        a.in_cs = Int32(inChannels)
+        a.ci = Int32(inPerGroup)
+        a.out_h = Int32(oh)
+        a.out_w = Int32(ow)
+        a.out_cs = Int32(outChannels)
+        a.co = Int32(outPerGroup)
+        a.kh = Int32(g.kernel.h)
+        a.kw = Int32(g.kernel.w)
+        a.sh = Int32(g.stride.h)
+        a.sw = Int32(g.stride.w)
+        a.dh = Int32(g.dilation.h)
+        a.dw = Int32(g.dilation.w)
         a.act = activation == .relu ? 1 : activation == .relu6 ? 2 : 0
         a.active = active
         let taps = g.kernel.h * g.kernel.w
         for grp in 0..<g.groups {
             a.in_c0 = Int32(grp * inPerGroup)
             a.out_c0 = Int32(grp * outPerGroup)
-            a.wpack = UnsafeRawPointer(packed.baseAddress! + grp * taps * inPerGroup * chunks).assumingMemoryBound(to: Float.self)
+            a.wpack = UnsafeRawPointer(packed.baseAddress! + grp * taps * inPerGroup * chunks).assumingMemoryBound(
+                to: Float.self)
             a.bias = UnsafeRawPointer(bias.baseAddress! + grp * chunks).assumingMemoryBound(to: Float.self)
             a.background = background.map { $0 + grp * outPerGroup }
             let rc = slim_fconv(&a, src, y.pointer)
@@ -198,26 +235,36 @@ public final class FloatConv2d: @unchecked Sendable {
         }
     }
 
-    private func runDepthwise(_ x: FloatTensor, _ y: FloatTensor, oh: Int, ow: Int, active: UnsafePointer<UInt8>?,
-                              background: UnsafePointer<Float>?) {
-        let g = geometry, kw = g.kernel.w, xs = x.pointer, inW = x.width
+    private func runDepthwise(
+        _ x: FloatTensor, _ y: FloatTensor, oh: Int, ow: Int, active: UnsafePointer<UInt8>?,
+        background: UnsafePointer<Float>?
+    ) {
+        let g = geometry
+        let kw = g.kernel.w
+        let xs = x.pointer
+        let inW = x.width
         for oy in 0..<oh {
-            let (iy0, k0y, k1y) = g.taps(oy, stride: g.stride.h, pad: g.padding.h, dilation: g.dilation.h, kernel: g.kernel.h, size: x.height)
+            let (iy0, k0y, k1y) = g.taps(
+                oy, stride: g.stride.h, pad: g.padding.h, dilation: g.dilation.h, kernel: g.kernel.h, size: x.height)
             for ox in 0..<ow {
                 let dst = y.pointer + (oy * ow + ox) * outChannels
                 if let active, active[oy * ow + ox] == 0 {
                     dst.update(from: background!, count: outChannels)
                     continue
                 }
-                let (ix0, k0x, k1x) = g.taps(ox, stride: g.stride.w, pad: g.padding.w, dilation: g.dilation.w, kernel: g.kernel.w, size: inW)
+                let (ix0, k0x, k1x) = g.taps(
+                    ox, stride: g.stride.w, pad: g.padding.w, dilation: g.dilation.w, kernel: g.kernel.w, size: inW)
                 for c in 0..<chunks {
                     var acc = bias[c]
                     let lanes = min(16, outChannels - c * 16)
                     for ky in k0y..<k1y {
                         for kx in k0x..<k1x {
-                            let xp = xs + ((iy0 + ky * g.dilation.h) * inW + ix0 + kx * g.dilation.w) * inChannels + c * 16
+                            let xp =
+                                xs + ((iy0 + ky * g.dilation.h) * inW + ix0 + kx * g.dilation.w) * inChannels + c * 16
                             var xv = SIMD16<Float>.zero
-                            if lanes == 16 { xv = UnsafeRawPointer(xp).loadUnaligned(as: SIMD16<Float>.self) } else {
+                            if lanes == 16 {
+                                xv = UnsafeRawPointer(xp).loadUnaligned(as: SIMD16<Float>.self)
+                            } else {
                                 for i in 0..<lanes { xv[i] = xp[i] }
                             }
                             acc = acc + xv * packed[(ky * kw + kx) * chunks + c]
@@ -232,8 +279,10 @@ public final class FloatConv2d: @unchecked Sendable {
 
 /// Folds eval-mode batch norm into a convolution's weight and bias:
 /// w' = w·γ/√(σ²+ε), b' = (b − μ)·γ/√(σ²+ε) + β, per output channel.
-public func foldBatchNorm(weight: [Float], bias: [Float]?, outChannels: Int, gamma: [Float], beta: [Float],
-                          mean: [Float], variance: [Float], eps: Float) -> (weight: [Float], bias: [Float]) {
+public func foldBatchNorm(
+    weight: [Float], bias: [Float]?, outChannels: Int, gamma: [Float], beta: [Float],
+    mean: [Float], variance: [Float], eps: Float
+) -> (weight: [Float], bias: [Float]) {
     let per = weight.count / outChannels
     var w = weight
     var b = bias ?? [Float](repeating: 0, count: outChannels)

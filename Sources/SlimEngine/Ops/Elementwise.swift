@@ -27,7 +27,8 @@ public enum Ops {
 
     /// Concatenation along channels.
     public static func concat(_ parts: [FloatTensor], into y: FloatTensor) {
-        let h = parts[0].height, w = parts[0].width
+        let h = parts[0].height
+        let w = parts[0].width
         let c = parts.reduce(0) { $0 + $1.channels }
         y.reshape(height: h, width: w, channels: c)
         var offset = 0
@@ -41,15 +42,19 @@ public enum Ops {
     }
 
     /// Max pooling; padding cells are −∞ (never selected).
-    public static func maxPool(_ x: FloatTensor, kernel: (Int, Int), stride: (Int, Int), padding: (Int, Int), into y: FloatTensor) {
+    public static func maxPool(
+        _ x: FloatTensor, kernel: (Int, Int), stride: (Int, Int), padding: (Int, Int), into y: FloatTensor
+    ) {
         let g = ConvGeometry(kernel: kernel, stride: stride, padding: padding)
         let (oh, ow) = g.outputSize(height: x.height, width: x.width)
         let c = x.channels
         y.reshape(height: oh, width: ow, channels: c)
         for oy in 0..<oh {
-            let (iy0, k0y, k1y) = g.taps(oy, stride: stride.0, pad: padding.0, dilation: 1, kernel: kernel.0, size: x.height)
+            let (iy0, k0y, k1y) = g.taps(
+                oy, stride: stride.0, pad: padding.0, dilation: 1, kernel: kernel.0, size: x.height)
             for ox in 0..<ow {
-                let (ix0, k0x, k1x) = g.taps(ox, stride: stride.1, pad: padding.1, dilation: 1, kernel: kernel.1, size: x.width)
+                let (ix0, k0x, k1x) = g.taps(
+                    ox, stride: stride.1, pad: padding.1, dilation: 1, kernel: kernel.1, size: x.width)
                 let dst = y.pointer + (oy * ow + ox) * c
                 for ch in 0..<c { dst[ch] = -.infinity }
                 for ky in k0y..<k1y {
@@ -64,11 +69,14 @@ public enum Ops {
 
     /// Nearest-neighbour upsampling by an integer factor (PyTorch `mode="nearest"`).
     public static func upsampleNearest(_ x: FloatTensor, scale: Int, into y: FloatTensor) {
-        let oh = x.height * scale, ow = x.width * scale, c = x.channels
+        let oh = x.height * scale
+        let ow = x.width * scale
+        let c = x.channels
         y.reshape(height: oh, width: ow, channels: c)
         for oy in 0..<oh {
             for ox in 0..<ow {
-                (y.pointer + (oy * ow + ox) * c).update(from: x.pointer + ((oy / scale) * x.width + ox / scale) * c, count: c)
+                (y.pointer + (oy * ow + ox) * c).update(
+                    from: x.pointer + ((oy / scale) * x.width + ox / scale) * c, count: c)
             }
         }
     }
@@ -78,11 +86,16 @@ public enum Ops {
         let c = x.channels
         y.reshape(height: x.height, width: x.width, channels: c)
         for i in 0..<(x.height * x.width) {
-            let src = x.pointer + i * c, dst = y.pointer + i * c
+            let src = x.pointer + i * c
+            let dst = y.pointer + i * c
             var m = -Float.infinity
             for ch in 0..<c { m = max(m, src[ch]) }
             var sum: Float = 0
-            for ch in 0..<c { let e = exp(src[ch] - m); dst[ch] = e; sum += e }
+            for ch in 0..<c {
+                let e = exp(src[ch] - m)
+                dst[ch] = e
+                sum += e
+            }
             for ch in 0..<c { dst[ch] /= sum }
         }
     }

@@ -19,7 +19,9 @@ public struct DatasetExporter {
     }
 
     /// Exports one recording; returns the shard paths. `progress(done, total)` is called per frame.
-    public func export(recording path: String, to dir: String, progress: (Int, Int) -> Void = { _, _ in }) throws -> [String] {
+    public func export(recording path: String, to dir: String, progress: (Int, Int) -> Void = { _, _ in }) throws
+        -> [String]
+    {
         // Group messages into frames by log time.
         var frames: [UInt64: Frame] = [:]
         var agents = Set<String>()
@@ -30,7 +32,9 @@ public struct DatasetExporter {
                 if let (agent, kind) = Topics.parseAgent(m.channel.topic) {
                     agents.insert(agent)
                     switch kind {
-                    case "lidar": try PointCloud2.decode(m.data, into: &cloud); f.clouds[agent] = cloud
+                    case "lidar":
+                        try PointCloud2.decode(m.data, into: &cloud)
+                        f.clouds[agent] = cloud
                     case "pose": f.poses[agent] = try PoseStamped.decode(m.data).pose
                     case "pose_measured": f.measured[agent] = try PoseStamped.decode(m.data).pose
                     default: break
@@ -57,23 +61,35 @@ public struct DatasetExporter {
         let hw = grid.height * grid.width
         for shardStart in stride(from: 0, to: ordered.count, by: framesPerShard) {
             let chunk = ordered[shardStart..<min(ordered.count, shardStart + framesPerShard)]
-            var bevs: [Float16] = [], sampleFrame: [Int64] = [], sampleAgent: [Int64] = [], stamps: [Int64] = []
-            var poses: [Double] = [], measured: [Double] = []
-            var boxesWorld: [Float] = [], boxesFrame: [Int64] = [], boxesTrack: [Int64] = [], boxesPoints: [Int32] = []
-            var boxesAgent: [Float] = [], boxesAgentSample: [Int64] = []
+            var bevs: [Float16] = []
+            var sampleFrame: [Int64] = []
+            var sampleAgent: [Int64] = []
+            var stamps: [Int64] = []
+            var poses: [Double] = []
+            var measured: [Double] = []
+            var boxesWorld: [Float] = []
+            var boxesFrame: [Int64] = []
+            var boxesTrack: [Int64] = []
+            var boxesPoints: [Int32] = []
+            var boxesAgent: [Float] = []
+            var boxesAgentSample: [Int64] = []
             for (fi, f) in chunk.enumerated() {
                 let frameIndex = Int64(shardStart + fi)
                 let objects = f.objects ?? []
                 for o in objects {
-                    boxesWorld += [Float(o.center.position.x), Float(o.center.position.y), Float(o.center.position.z),
-                                   Float(o.size.x), Float(o.size.y), Float(o.size.z), Float(o.center.yaw),
-                                   Float(vehicleClassNames.firstIndex(of: o.classID) ?? 0)]
+                    boxesWorld += [
+                        Float(o.center.position.x), Float(o.center.position.y), Float(o.center.position.z),
+                        Float(o.size.x), Float(o.size.y), Float(o.size.z), Float(o.center.yaw),
+                        Float(vehicleClassNames.firstIndex(of: o.classID) ?? 0),
+                    ]
                     boxesFrame.append(frameIndex)
                     let track = Int64(o.id) ?? -1
                     boxesTrack.append(track)
                     for a in agentList {
                         var n: Int32 = 0
-                        if let v = f.visibility, let ai = v.agentIDs.firstIndex(of: a), let ti = v.trackIDs.firstIndex(of: UInt32(truncatingIfNeeded: track)) {
+                        if let v = f.visibility, let ai = v.agentIDs.firstIndex(of: a),
+                            let ti = v.trackIDs.firstIndex(of: UInt32(truncatingIfNeeded: track))
+                        {
                             n = Int32(v.pointCounts[ai * v.trackIDs.count + ti])
                         }
                         boxesPoints.append(n)
@@ -82,30 +98,48 @@ public struct DatasetExporter {
                 for (ai, a) in agentList.enumerated() {
                     guard let pts = f.clouds[a], let pose = f.poses[a] else { continue }
                     let sample = Int64(sampleFrame.count)
-                    pts.withUnsafeBufferPointer { featurizer.featurize($0, sensorHeight: Float(pose.position.z), into: bev) }
-                    for c in 0..<BEVGrid.channels { for i in 0..<hw { bevs.append(Float16(bev.storage[i * BEVGrid.channels + c])) } }
+                    pts.withUnsafeBufferPointer {
+                        featurizer.featurize($0, sensorHeight: Float(pose.position.z), into: bev)
+                    }
+                    for c in 0..<BEVGrid.channels {
+                        for i in 0..<hw { bevs.append(Float16(bev.storage[i * BEVGrid.channels + c])) }
+                    }
                     sampleFrame.append(frameIndex)
                     sampleAgent.append(Int64(ai))
                     stamps.append(Int64(f.timeNs))
                     func row(_ p: Pose3) -> [Double] {
-                        [p.position.x, p.position.y, p.position.z, p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w]
+                        [
+                            p.position.x, p.position.y, p.position.z, p.orientation.x, p.orientation.y, p.orientation.z,
+                            p.orientation.w,
+                        ]
                     }
                     poses += row(pose)
                     measured += row(f.measured[a] ?? pose)
                     // Boxes in this agent's frame, within the grid plus a margin.
-                    let cy = cos(-pose.yaw), sy = sin(-pose.yaw)
+                    let cy = cos(-pose.yaw)
+                    let sy = sin(-pose.yaw)
                     for o in objects {
-                        let dx = o.center.position.x - pose.position.x, dy = o.center.position.y - pose.position.y
-                        let x = cy * dx - sy * dy, y = sy * dx + cy * dy
-                        guard Float(x) > grid.xMin - 5, Float(x) < grid.xMax + 5, Float(y) > grid.yMin - 5, Float(y) < grid.yMax + 5 else { continue }
+                        let dx = o.center.position.x - pose.position.x
+                        let dy = o.center.position.y - pose.position.y
+                        let x = cy * dx - sy * dy
+                        let y = sy * dx + cy * dy
+                        guard Float(x) > grid.xMin - 5, Float(x) < grid.xMax + 5, Float(y) > grid.yMin - 5,
+                            Float(y) < grid.yMax + 5
+                        else { continue }
                         var n: Int32 = 0
-                        if let v = f.visibility, let ai2 = v.agentIDs.firstIndex(of: a), let ti = v.trackIDs.firstIndex(of: UInt32(truncatingIfNeeded: Int64(o.id) ?? -1)) {
+                        if let v = f.visibility, let ai2 = v.agentIDs.firstIndex(of: a),
+                            let ti = v.trackIDs.firstIndex(of: UInt32(truncatingIfNeeded: Int64(o.id) ?? -1))
+                        {
                             n = Int32(v.pointCounts[ai2 * v.trackIDs.count + ti])
                         }
                         var yaw = o.center.yaw - pose.yaw
                         yaw = atan2(sin(yaw), cos(yaw))
-                        boxesAgent += [Float(x), Float(y), Float(o.center.position.z), Float(o.size.x), Float(o.size.y), Float(o.size.z),
-                                       Float(yaw), Float(vehicleClassNames.firstIndex(of: o.classID) ?? 0), Float(Int64(o.id) ?? -1), Float(n)]
+                        boxesAgent += [
+                            Float(x), Float(y), Float(o.center.position.z), Float(o.size.x), Float(o.size.y),
+                            Float(o.size.z),
+                            Float(yaw), Float(vehicleClassNames.firstIndex(of: o.classID) ?? 0),
+                            Float(Int64(o.id) ?? -1), Float(n),
+                        ]
                         boxesAgentSample.append(sample)
                     }
                 }
@@ -125,12 +159,15 @@ public struct DatasetExporter {
             w.add("boxes_world_points", .i32, shape: [boxesFrame.count, agentList.count], boxesPoints)
             w.add("boxes_agent", .f32, shape: [boxesAgentSample.count, 10], boxesAgent)
             w.add("boxes_agent_sample", .i64, shape: [boxesAgentSample.count], boxesAgentSample)
-            let gridJSON = "{\"x_min\":\(grid.xMin),\"x_max\":\(grid.xMax),\"y_min\":\(grid.yMin),\"y_max\":\(grid.yMax),\"z_min\":\(grid.zMin),\"z_max\":\(grid.zMax),\"cell\":\(grid.cell)}"
-            w.metadata = ["format": "slimsplit-bev-shard", "format_version": "1", "recording": path,
-                          "agents": "[" + agentList.map { "\"\($0)\"" }.joined(separator: ",") + "]",
-                          "channels": "[" + BEVGrid.channelNames.map { "\"\($0)\"" }.joined(separator: ",") + "]",
-                          "classes": "[" + vehicleClassNames.map { "\"\($0)\"" }.joined(separator: ",") + "]",
-                          "grid": gridJSON, "first_frame": "\(shardStart)"]
+            let gridJSON =
+                "{\"x_min\":\(grid.xMin),\"x_max\":\(grid.xMax),\"y_min\":\(grid.yMin),\"y_max\":\(grid.yMax),\"z_min\":\(grid.zMin),\"z_max\":\(grid.zMax),\"cell\":\(grid.cell)}"
+            w.metadata = [
+                "format": "slimsplit-bev-shard", "format_version": "1", "recording": path,
+                "agents": "[" + agentList.map { "\"\($0)\"" }.joined(separator: ",") + "]",
+                "channels": "[" + BEVGrid.channelNames.map { "\"\($0)\"" }.joined(separator: ",") + "]",
+                "classes": "[" + vehicleClassNames.map { "\"\($0)\"" }.joined(separator: ",") + "]",
+                "grid": gridJSON, "first_frame": "\(shardStart)",
+            ]
             let out = "\(dir)/\(base)-\(String(format: "%05d", shardStart / framesPerShard)).safetensors"
             try w.write(to: out)
             shards.append(out)

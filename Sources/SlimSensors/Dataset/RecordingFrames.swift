@@ -23,14 +23,22 @@ public struct RecordingFrames: Sendable {
         public func groundTruth(for agent: String, half: Float = 32) -> (boxes: [BEVBoxLike], own: [BEVBoxLike]) {
             guard let pose = agents[agent]?.pose else { return ([], []) }
             let ownTrack = agent.hasPrefix("car_") ? String(agent.dropFirst(4)) : nil
-            var boxes: [BEVBoxLike] = [], own: [BEVBoxLike] = []
-            let c = cos(-pose.yaw), s = sin(-pose.yaw)
+            var boxes: [BEVBoxLike] = []
+            var own: [BEVBoxLike] = []
+            let c = cos(-pose.yaw)
+            let s = sin(-pose.yaw)
             for o in objects {
-                let dx = o.center.position.x - pose.position.x, dy = o.center.position.y - pose.position.y
+                let dx = o.center.position.x - pose.position.x
+                let dy = o.center.position.y - pose.position.y
                 var yaw = o.center.yaw - pose.yaw
                 yaw = atan2(sin(yaw), cos(yaw))
-                let b = BEVBoxLike(x: Float(c * dx - s * dy), y: Float(s * dx + c * dy), length: Float(o.size.x), width: Float(o.size.y), yaw: Float(yaw))
-                if o.id == ownTrack { own.append(b); continue }
+                let b = BEVBoxLike(
+                    x: Float(c * dx - s * dy), y: Float(s * dx + c * dy), length: Float(o.size.x),
+                    width: Float(o.size.y), yaw: Float(yaw))
+                if o.id == ownTrack {
+                    own.append(b)
+                    continue
+                }
                 guard (pointsByTrack[o.id] ?? 0) >= 1, abs(b.x) < half, abs(b.y) < half else { continue }
                 boxes.append(b)
             }

@@ -40,14 +40,18 @@ public final class MCAPReader {
         file = path
         mapped = true
         let fd = open(path, O_RDONLY)
-        guard fd >= 0 else { throw MCAPError(file: path, offset: 0, record: "file", problem: String(cString: strerror(errno))) }
+        guard fd >= 0 else {
+            throw MCAPError(file: path, offset: 0, record: "file", problem: String(cString: strerror(errno)))
+        }
         defer { close(fd) }
         var st = stat()
         fstat(fd, &st)
         size = Int(st.st_size)
         if size > 0 {
             let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0)
-            guard let p, p != MAP_FAILED else { throw MCAPError(file: path, offset: 0, record: "file", problem: "cannot map the file") }
+            guard let p, p != MAP_FAILED else {
+                throw MCAPError(file: path, offset: 0, record: "file", problem: "cannot map the file")
+            }
             base = p
         } else {
             base = nil
@@ -72,7 +76,10 @@ public final class MCAPReader {
 
     private func checkMagic() throws(MCAPError) {
         guard size >= 8, memcmp(base!, mcapMagic, 8) == 0 else {
-            throw MCAPError(file: file, offset: 0, record: "magic", problem: size < 8 ? "file of \(size) bytes is too short for the MCAP magic" : "not an MCAP file (bad magic)")
+            throw MCAPError(
+                file: file, offset: 0, record: "magic",
+                problem: size < 8
+                    ? "file of \(size) bytes is too short for the MCAP magic" : "not an MCAP file (bad magic)")
         }
     }
 
@@ -97,37 +104,49 @@ public final class MCAPReader {
             var r = MCAPFieldReader(bytes: content, pos: 0, end: content.count, fail: fail)
             let channelID = try r.u16("channel_id")
             let sequence = try r.u32("sequence")
-            let logTime = try r.u64("log_time"), publishTime = try r.u64("publish_time")
-            guard let channel = channels[channelID] else { throw fail("message on channel \(channelID), which no Channel record defined") }
+            let logTime = try r.u64("log_time")
+            let publishTime = try r.u64("publish_time")
+            guard let channel = channels[channelID] else {
+                throw fail("message on channel \(channelID), which no Channel record defined")
+            }
             let data = UnsafeRawBufferPointer(rebasing: content[r.pos...])
-            return body(MCAPMessageView(channel: channel, schema: schemas[channel.schemaID], sequence: sequence,
-                                        logTime: logTime, publishTime: publishTime, data: data))
+            return body(
+                MCAPMessageView(
+                    channel: channel, schema: schemas[channel.schemaID], sequence: sequence,
+                    logTime: logTime, publishTime: publishTime, data: data))
         }
     }
 
     /// The core loop: yields (opcode, content) for every record of the data and summary
     /// sections, expanding chunks, and registers schemas and channels on the way.
-    private func scan(_ body: (UInt8, UnsafeRawBufferPointer, MCAPErrorContext) throws(MCAPError) -> Bool) throws(MCAPError) {
+    private func scan(_ body: (UInt8, UnsafeRawBufferPointer, MCAPErrorContext) throws(MCAPError) -> Bool)
+        throws(MCAPError)
+    {
         let all = bytes
         var pos = 8
         var sawFooter = false
         while pos < size {
             if sawFooter {
                 guard size - pos == 8, memcmp(base! + pos, mcapMagic, 8) == 0 else {
-                    throw MCAPError(file: file, offset: pos, record: "magic", problem: "expected the closing magic after the footer")
+                    throw MCAPError(
+                        file: file, offset: pos, record: "magic", problem: "expected the closing magic after the footer"
+                    )
                 }
                 return
             }
             let start = pos
             guard size - pos >= 9 else {
-                throw MCAPError(file: file, offset: pos, record: "record", problem: "file ends inside a record header (truncated?)")
+                throw MCAPError(
+                    file: file, offset: pos, record: "record", problem: "file ends inside a record header (truncated?)")
             }
             let op = all[pos]
             let length = UInt64(littleEndian: all.loadUnaligned(fromByteOffset: pos + 1, as: UInt64.self))
             let name = MCAPOpcode(rawValue: op).map { "\($0)" } ?? "opcode 0x\(String(op, radix: 16))"
             guard length <= UInt64(size - pos - 9) else {
-                throw MCAPError(file: file, offset: start, record: name,
-                                problem: "length \(length) runs past the end of the file (\(size - pos - 9) bytes left; truncated?)")
+                throw MCAPError(
+                    file: file, offset: start, record: name,
+                    problem: "length \(length) runs past the end of the file (\(size - pos - 9) bytes left; truncated?)"
+                )
             }
             let content = UnsafeRawBufferPointer(rebasing: all[(pos + 9)..<(pos + 9 + Int(length))])
             pos += 9 + Int(length)
@@ -138,12 +157,17 @@ public final class MCAPReader {
             case MCAPOpcode.messageIndex.rawValue:
                 continue
             default:
-                if op == MCAPOpcode.footer.rawValue { sawFooter = true; try checkSummaryCRC(content, footerAt: start, fail: fail) }
+                if op == MCAPOpcode.footer.rawValue {
+                    sawFooter = true
+                    try checkSummaryCRC(content, footerAt: start, fail: fail)
+                }
                 if op == MCAPOpcode.dataEnd.rawValue, content.count >= 4 {
                     let stored = UInt32(littleEndian: content.loadUnaligned(as: UInt32.self))
                     if stored != 0 {
                         let got = slim_crc32(0, base, start)
-                        guard got == stored else { throw fail("data_section_crc mismatch: stored \(stored), computed \(got)") }
+                        guard got == stored else {
+                            throw fail("data_section_crc mismatch: stored \(stored), computed \(got)")
+                        }
                     }
                 }
                 try register(op, content, fail: fail)
@@ -151,11 +175,14 @@ public final class MCAPReader {
             }
         }
         if !sawFooter {
-            throw MCAPError(file: file, offset: size, record: "footer", problem: "file ends without a footer (truncated?)")
+            throw MCAPError(
+                file: file, offset: size, record: "footer", problem: "file ends without a footer (truncated?)")
         }
     }
 
-    private func checkSummaryCRC(_ content: UnsafeRawBufferPointer, footerAt start: Int, fail: MCAPErrorContext) throws(MCAPError) {
+    private func checkSummaryCRC(_ content: UnsafeRawBufferPointer, footerAt start: Int, fail: MCAPErrorContext)
+        throws(MCAPError)
+    {
         guard content.count >= 20 else { return }  // parse() reports the short footer
         let summaryStart = UInt64(littleEndian: content.loadUnaligned(fromByteOffset: 0, as: UInt64.self))
         let stored = UInt32(littleEndian: content.loadUnaligned(fromByteOffset: 16, as: UInt32.self))
@@ -167,15 +194,21 @@ public final class MCAPReader {
     }
 
     private func register(_ op: UInt8, _ content: UnsafeRawBufferPointer, fail: MCAPErrorContext) throws(MCAPError) {
-        if op == MCAPOpcode.schema.rawValue, case .schema(let s)? = try Self.parse(op, content, fail: fail, keepData: true) {
+        if op == MCAPOpcode.schema.rawValue,
+            case .schema(let s)? = try Self.parse(op, content, fail: fail, keepData: true)
+        {
             schemas[s.id] = s
-        } else if op == MCAPOpcode.channel.rawValue, case .channel(let c)? = try Self.parse(op, content, fail: fail, keepData: true) {
+        } else if op == MCAPOpcode.channel.rawValue,
+            case .channel(let c)? = try Self.parse(op, content, fail: fail, keepData: true)
+        {
             channels[c.id] = c
         }
     }
 
-    private func expandChunk(_ content: UnsafeRawBufferPointer, at chunkOffset: Int, fail: MCAPErrorContext,
-                             _ body: (UInt8, UnsafeRawBufferPointer, MCAPErrorContext) throws(MCAPError) -> Bool) throws(MCAPError) -> Bool {
+    private func expandChunk(
+        _ content: UnsafeRawBufferPointer, at chunkOffset: Int, fail: MCAPErrorContext,
+        _ body: (UInt8, UnsafeRawBufferPointer, MCAPErrorContext) throws(MCAPError) -> Bool
+    ) throws(MCAPError) -> Bool {
         var r = MCAPFieldReader(bytes: content, pos: 0, end: content.count, fail: fail)
         _ = try r.u64("message_start_time")
         _ = try r.u64("message_end_time")
@@ -183,7 +216,9 @@ public final class MCAPReader {
         let crc = try r.u32("uncompressed_crc")
         let compression = try r.string("compression")
         let recordsLength = try r.u64("records length")
-        guard recordsLength <= UInt64(r.end - r.pos) else { throw fail("records length \(recordsLength) exceeds the chunk's \(r.end - r.pos) bytes") }
+        guard recordsLength <= UInt64(r.end - r.pos) else {
+            throw fail("records length \(recordsLength) exceeds the chunk's \(r.end - r.pos) bytes")
+        }
         let compressed = try r.raw(Int(recordsLength), "records")
         guard uncompressedSize <= UInt64(chunkLimit) else {
             throw fail("uncompressed_size \(uncompressedSize) exceeds the limit of \(chunkLimit) bytes")
@@ -192,7 +227,9 @@ public final class MCAPReader {
         let records: UnsafeRawBufferPointer
         switch compression {
         case "":
-            guard compressed.count == n else { throw fail("uncompressed chunk holds \(compressed.count) bytes, uncompressed_size says \(n)") }
+            guard compressed.count == n else {
+                throw fail("uncompressed chunk holds \(compressed.count) bytes, uncompressed_size says \(n)")
+            }
             records = compressed
         case "lz4", "zstd":
             if chunkBuffer.count < n {
@@ -217,14 +254,18 @@ public final class MCAPReader {
         var pos = 0
         while pos < n {
             guard n - pos >= 9 else {
-                throw MCAPError(file: file, offset: pos, inChunkAt: chunkOffset, record: "record", problem: "chunk ends inside a record header")
+                throw MCAPError(
+                    file: file, offset: pos, inChunkAt: chunkOffset, record: "record",
+                    problem: "chunk ends inside a record header")
             }
             let op = records[pos]
             let length = UInt64(littleEndian: records.loadUnaligned(fromByteOffset: pos + 1, as: UInt64.self))
             let name = MCAPOpcode(rawValue: op).map { "\($0)" } ?? "opcode 0x\(String(op, radix: 16))"
             let start = pos
             guard length <= UInt64(n - pos - 9) else {
-                throw MCAPError(file: file, offset: start, inChunkAt: chunkOffset, record: name, problem: "length \(length) runs past the end of the chunk")
+                throw MCAPError(
+                    file: file, offset: start, inChunkAt: chunkOffset, record: name,
+                    problem: "length \(length) runs past the end of the chunk")
             }
             let inner = UnsafeRawBufferPointer(rebasing: records[(pos + 9)..<(pos + 9 + Int(length))])
             pos += 9 + Int(length)
@@ -236,33 +277,51 @@ public final class MCAPReader {
     }
 
     /// Parses one record's content; nil for records the stream does not yield (message index).
-    static func parse(_ op: UInt8, _ content: UnsafeRawBufferPointer, fail: MCAPErrorContext, keepData: Bool) throws(MCAPError) -> MCAPRecord? {
+    static func parse(_ op: UInt8, _ content: UnsafeRawBufferPointer, fail: MCAPErrorContext, keepData: Bool)
+        throws(MCAPError) -> MCAPRecord?
+    {
         var r = MCAPFieldReader(bytes: content, pos: 0, end: content.count, fail: fail)
         switch MCAPOpcode(rawValue: op) {
         case .header:
             return .header(profile: try r.string("profile"), library: try r.string("library"))
         case .footer:
-            return .footer(summaryStart: try r.u64("summary_start"), summaryOffsetStart: try r.u64("summary_offset_start"), summaryCRC: try r.u32("summary_crc"))
+            return .footer(
+                summaryStart: try r.u64("summary_start"), summaryOffsetStart: try r.u64("summary_offset_start"),
+                summaryCRC: try r.u32("summary_crc"))
         case .schema:
             let id = try r.u16("id")
-            return .schema(MCAPSchema(id: id, name: try r.string("name"), encoding: try r.string("encoding"), data: try r.bytes32("data")))
+            return .schema(
+                MCAPSchema(
+                    id: id, name: try r.string("name"), encoding: try r.string("encoding"), data: try r.bytes32("data"))
+            )
         case .channel:
-            let id = try r.u16("id"), schemaID = try r.u16("schema_id")
-            return .channel(MCAPChannel(id: id, schemaID: schemaID, topic: try r.string("topic"),
-                                        messageEncoding: try r.string("message_encoding"), metadata: try r.stringMap("metadata")))
+            let id = try r.u16("id")
+            let schemaID = try r.u16("schema_id")
+            return .channel(
+                MCAPChannel(
+                    id: id, schemaID: schemaID, topic: try r.string("topic"),
+                    messageEncoding: try r.string("message_encoding"), metadata: try r.stringMap("metadata")))
         case .message:
-            let c = try r.u16("channel_id"), s = try r.u32("sequence"), l = try r.u64("log_time"), p = try r.u64("publish_time")
-            return .message(channelID: c, sequence: s, logTime: l, publishTime: p, data: keepData ? Array(content[r.pos...]) : [])
+            let c = try r.u16("channel_id")
+            let s = try r.u32("sequence")
+            let l = try r.u64("log_time")
+            let p = try r.u64("publish_time")
+            return .message(
+                channelID: c, sequence: s, logTime: l, publishTime: p, data: keepData ? Array(content[r.pos...]) : [])
         case .chunkIndex:
-            return .chunkIndex(MCAPChunkIndex(
-                messageStartTime: try r.u64("message_start_time"), messageEndTime: try r.u64("message_end_time"),
-                chunkStartOffset: try r.u64("chunk_start_offset"), chunkLength: try r.u64("chunk_length"),
-                messageIndexOffsets: try r.u16u64Map("message_index_offsets"), messageIndexLength: try r.u64("message_index_length"),
-                compression: try r.string("compression"), compressedSize: try r.u64("compressed_size"),
-                uncompressedSize: try r.u64("uncompressed_size")))
+            return .chunkIndex(
+                MCAPChunkIndex(
+                    messageStartTime: try r.u64("message_start_time"), messageEndTime: try r.u64("message_end_time"),
+                    chunkStartOffset: try r.u64("chunk_start_offset"), chunkLength: try r.u64("chunk_length"),
+                    messageIndexOffsets: try r.u16u64Map("message_index_offsets"),
+                    messageIndexLength: try r.u64("message_index_length"),
+                    compression: try r.string("compression"), compressedSize: try r.u64("compressed_size"),
+                    uncompressedSize: try r.u64("uncompressed_size")))
         case .attachment:
-            let l = try r.u64("log_time"), c = try r.u64("create_time")
-            let name = try r.string("name"), media = try r.string("media_type")
+            let l = try r.u64("log_time")
+            let c = try r.u64("create_time")
+            let name = try r.string("name")
+            let media = try r.string("media_type")
             let n = try r.u64("data length")
             guard n <= UInt64(r.end - r.pos) else { throw fail("attachment data length \(n) exceeds the record") }
             let data = Array(try r.raw(Int(n), "data"))
@@ -274,9 +333,10 @@ public final class MCAPReader {
             }
             return .attachment(logTime: l, createTime: c, name: name, mediaType: media, data: data, crc: crc)
         case .attachmentIndex:
-            return .attachmentIndex(offset: try r.u64("offset"), length: try r.u64("length"), logTime: try r.u64("log_time"),
-                                    createTime: try r.u64("create_time"), dataSize: try r.u64("data_size"),
-                                    name: try r.string("name"), mediaType: try r.string("media_type"))
+            return .attachmentIndex(
+                offset: try r.u64("offset"), length: try r.u64("length"), logTime: try r.u64("log_time"),
+                createTime: try r.u64("create_time"), dataSize: try r.u64("data_size"),
+                name: try r.string("name"), mediaType: try r.string("media_type"))
         case .statistics:
             var s = MCAPStatistics()
             s.messageCount = try r.u64("message_count")
@@ -294,7 +354,9 @@ public final class MCAPReader {
         case .metadataIndex:
             return .metadataIndex(offset: try r.u64("offset"), length: try r.u64("length"), name: try r.string("name"))
         case .summaryOffset:
-            return .summaryOffset(groupOpcode: try r.u8("group_opcode"), groupStart: try r.u64("group_start"), groupLength: try r.u64("group_length"))
+            return .summaryOffset(
+                groupOpcode: try r.u8("group_opcode"), groupStart: try r.u64("group_start"),
+                groupLength: try r.u64("group_length"))
         case .dataEnd:
             return .dataEnd(dataSectionCRC: try r.u32("data_section_crc"))
         case .chunk, .messageIndex:

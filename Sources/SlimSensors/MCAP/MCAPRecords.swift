@@ -1,8 +1,20 @@
 /// MCAP records (https://mcap.dev/spec), as this reader parses and this writer writes them.
 public enum MCAPOpcode: UInt8, Sendable {
-    case header = 0x01, footer = 0x02, schema = 0x03, channel = 0x04, message = 0x05, chunk = 0x06
-    case messageIndex = 0x07, chunkIndex = 0x08, attachment = 0x09, attachmentIndex = 0x0A
-    case statistics = 0x0B, metadata = 0x0C, metadataIndex = 0x0D, summaryOffset = 0x0E, dataEnd = 0x0F
+    case header = 0x01
+    case footer = 0x02
+    case schema = 0x03
+    case channel = 0x04
+    case message = 0x05
+    case chunk = 0x06
+    case messageIndex = 0x07
+    case chunkIndex = 0x08
+    case attachment = 0x09
+    case attachmentIndex = 0x0A
+    case statistics = 0x0B
+    case metadata = 0x0C
+    case metadataIndex = 0x0D
+    case summaryOffset = 0x0E
+    case dataEnd = 0x0F
 }
 
 public let mcapMagic: [UInt8] = [0x89, 0x4D, 0x43, 0x41, 0x50, 0x30, 0x0D, 0x0A]
@@ -53,7 +65,9 @@ public enum MCAPRecord: Sendable, Equatable {
     case message(channelID: UInt16, sequence: UInt32, logTime: UInt64, publishTime: UInt64, data: [UInt8])
     case chunkIndex(MCAPChunkIndex)
     case attachment(logTime: UInt64, createTime: UInt64, name: String, mediaType: String, data: [UInt8], crc: UInt32)
-    case attachmentIndex(offset: UInt64, length: UInt64, logTime: UInt64, createTime: UInt64, dataSize: UInt64, name: String, mediaType: String)
+    case attachmentIndex(
+        offset: UInt64, length: UInt64, logTime: UInt64, createTime: UInt64, dataSize: UInt64, name: String,
+        mediaType: String)
     case statistics(MCAPStatistics)
     case metadata(name: String, metadata: [String: String])
     case metadataIndex(offset: UInt64, length: UInt64, name: String)
@@ -155,16 +169,28 @@ struct MCAPBuffer {
     var bytes: [UInt8] = []
 
     mutating func int<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
-    mutating func string(_ s: String) { int(UInt32(s.utf8.count)); bytes += s.utf8 }
-    mutating func bytes32(_ b: [UInt8]) { int(UInt32(b.count)); bytes += b }
+    mutating func string(_ s: String) {
+        int(UInt32(s.utf8.count))
+        bytes += s.utf8
+    }
+    mutating func bytes32(_ b: [UInt8]) {
+        int(UInt32(b.count))
+        bytes += b
+    }
     mutating func stringMap(_ m: [String: String]) {
         var sub = MCAPBuffer()
-        for (k, v) in m.sorted(by: { $0.key < $1.key }) { sub.string(k); sub.string(v) }
+        for (k, v) in m.sorted(by: { $0.key < $1.key }) {
+            sub.string(k)
+            sub.string(v)
+        }
         bytes32(sub.bytes)
     }
     mutating func u16u64Map(_ m: [UInt16: UInt64]) {
         var sub = MCAPBuffer()
-        for (k, v) in m.sorted(by: { $0.key < $1.key }) { sub.int(k); sub.int(v) }
+        for (k, v) in m.sorted(by: { $0.key < $1.key }) {
+            sub.int(k)
+            sub.int(v)
+        }
         bytes32(sub.bytes)
     }
 

@@ -47,56 +47,84 @@ public final class MCAPWriter {
     /// The write error that stopped this writer, if one did.
     public private(set) var failure: MCAPError?
 
-    public init(path: String, profile: String = "ros2", chunkSize: Int = 1 << 20, compression: MCAPCompression = .lz4,
-                flushInterval: Double? = nil) throws(MCAPError) {
+    public init(
+        path: String, profile: String = "ros2", chunkSize: Int = 1 << 20, compression: MCAPCompression = .lz4,
+        flushInterval: Double? = nil
+    ) throws(MCAPError) {
         self.path = path
         self.chunkSize = chunkSize
         self.compression = compression
         self.flushInterval = flushInterval
         fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else {
-            throw MCAPError(file: path, offset: 0, record: "file", problem: "cannot create the file: \(String(cString: strerror(errno)))")
+            throw MCAPError(
+                file: path, offset: 0, record: "file",
+                problem: "cannot create the file: \(String(cString: strerror(errno)))")
         }
         var b = MCAPBuffer()
         b.bytes += mcapMagic
-        b.record(.header) { $0.string(profile); $0.string("slimsplit") }
+        b.record(.header) {
+            $0.string(profile)
+            $0.string("slimsplit")
+        }
         try emit(b.bytes, data: true)
     }
 
     /// Registers a schema; returns its id.
     public func addSchema(name: String, encoding: String, data: [UInt8]) -> UInt16 {
-        if let s = schemas.first(where: { $0.name == name && $0.encoding == encoding && $0.data == data }) { return s.id }
+        if let s = schemas.first(where: { $0.name == name && $0.encoding == encoding && $0.data == data }) {
+            return s.id
+        }
         let s = MCAPSchema(id: UInt16(schemas.count + 1), name: name, encoding: encoding, data: data)
         schemas.append(s)
         return s.id
     }
 
     /// Registers a channel; returns its id.
-    public func addChannel(topic: String, schemaID: UInt16, messageEncoding: String, metadata: [String: String] = [:]) -> UInt16 {
+    public func addChannel(topic: String, schemaID: UInt16, messageEncoding: String, metadata: [String: String] = [:])
+        -> UInt16
+    {
         if let c = channels.first(where: { $0.topic == topic && $0.schemaID == schemaID }) { return c.id }
-        let c = MCAPChannel(id: UInt16(channels.count + 1), schemaID: schemaID, topic: topic, messageEncoding: messageEncoding, metadata: metadata)
+        let c = MCAPChannel(
+            id: UInt16(channels.count + 1), schemaID: schemaID, topic: topic, messageEncoding: messageEncoding,
+            metadata: metadata)
         channels.append(c)
         return c.id
     }
 
-    public func write(channel id: UInt16, logTime: UInt64, publishTime: UInt64? = nil, data: [UInt8]) throws(MCAPError) {
+    public func write(channel id: UInt16, logTime: UInt64, publishTime: UInt64? = nil, data: [UInt8]) throws(MCAPError)
+    {
         if let failure { throw failure }
         let c = channels[Int(id) - 1]
         if chunk.bytes.isEmpty { chunkOpenedNs = monotonicNs() }
         if c.schemaID != 0, !writtenInChunk.contains("s\(c.schemaID)") {
             let s = schemas[Int(c.schemaID) - 1]
-            chunk.record(.schema) { $0.int(s.id); $0.string(s.name); $0.string(s.encoding); $0.bytes32(s.data) }
+            chunk.record(.schema) {
+                $0.int(s.id)
+                $0.string(s.name)
+                $0.string(s.encoding)
+                $0.bytes32(s.data)
+            }
             writtenInChunk.insert("s\(c.schemaID)")
         }
         if !writtenInChunk.contains("c\(id)") {
-            chunk.record(.channel) { $0.int(c.id); $0.int(c.schemaID); $0.string(c.topic); $0.string(c.messageEncoding); $0.stringMap(c.metadata) }
+            chunk.record(.channel) {
+                $0.int(c.id)
+                $0.int(c.schemaID)
+                $0.string(c.topic)
+                $0.string(c.messageEncoding)
+                $0.stringMap(c.metadata)
+            }
             writtenInChunk.insert("c\(id)")
         }
         let seq = sequences[id, default: 0]
         sequences[id] = seq &+ 1
         messageIndex[id, default: []].append((logTime, UInt64(chunk.bytes.count)))
         chunk.record(.message) { b in
-            b.int(id); b.int(seq); b.int(logTime); b.int(publishTime ?? logTime)
+            b.int(id)
+            b.int(seq)
+            b.int(logTime)
+            b.int(publishTime ?? logTime)
             b.bytes += data
         }
         chunkStart = min(chunkStart, logTime)
@@ -136,14 +164,21 @@ public final class MCAPWriter {
         var compression = ""
         if self.compression != .none {
             let c = self.compression == .lz4 ? LZ4Frame.compress(raw) : ZstdFrame.compress(raw)
-            if c.count < raw.count - raw.count / 20 || alwaysCompress { payload = c; compression = self.compression.rawValue }
+            if c.count < raw.count - raw.count / 20 || alwaysCompress {
+                payload = c
+                compression = self.compression.rawValue
+            }
         }
         let start = offset
         var b = MCAPBuffer()
         b.record(.chunk) { c in
-            c.int(chunkStart); c.int(chunkEnd); c.int(UInt64(raw.count)); c.int(crc)
+            c.int(chunkStart)
+            c.int(chunkEnd)
+            c.int(UInt64(raw.count))
+            c.int(crc)
             c.string(compression)
-            c.int(UInt64(payload.count)); c.bytes += payload
+            c.int(UInt64(payload.count))
+            c.bytes += payload
         }
         let chunkLength = b.bytes.count
         var offsets: [UInt16: UInt64] = [:]
@@ -152,15 +187,20 @@ public final class MCAPWriter {
             b.record(.messageIndex) { m in
                 m.int(id)
                 var e = MCAPBuffer()
-                for (t, o) in entries { e.int(t); e.int(o) }
+                for (t, o) in entries {
+                    e.int(t)
+                    e.int(o)
+                }
                 m.bytes32(e.bytes)
             }
         }
-        chunkIndexes.append(MCAPChunkIndex(messageStartTime: chunkStart, messageEndTime: chunkEnd, chunkStartOffset: UInt64(start),
-                                           chunkLength: UInt64(chunkLength), messageIndexOffsets: offsets,
-                                           messageIndexLength: UInt64(b.bytes.count - chunkLength),
-                                           compression: compression, compressedSize: UInt64(payload.count),
-                                           uncompressedSize: UInt64(raw.count)))
+        chunkIndexes.append(
+            MCAPChunkIndex(
+                messageStartTime: chunkStart, messageEndTime: chunkEnd, chunkStartOffset: UInt64(start),
+                chunkLength: UInt64(chunkLength), messageIndexOffsets: offsets,
+                messageIndexLength: UInt64(b.bytes.count - chunkLength),
+                compression: compression, compressedSize: UInt64(payload.count),
+                uncompressedSize: UInt64(raw.count)))
         try emit(b.bytes, data: true)
         stats.chunkCount += 1
         chunk = MCAPBuffer()
@@ -190,31 +230,65 @@ public final class MCAPWriter {
             body(&sum)
             if sum.bytes.count > s { groups.append((op, summaryStart + s, sum.bytes.count - s)) }
         }
-        group(.schema) { b in for s in schemas { b.record(.schema) { $0.int(s.id); $0.string(s.name); $0.string(s.encoding); $0.bytes32(s.data) } } }
+        group(.schema) { b in
+            for s in schemas {
+                b.record(.schema) {
+                    $0.int(s.id)
+                    $0.string(s.name)
+                    $0.string(s.encoding)
+                    $0.bytes32(s.data)
+                }
+            }
+        }
         group(.channel) { b in
-            for c in channels { b.record(.channel) { $0.int(c.id); $0.int(c.schemaID); $0.string(c.topic); $0.string(c.messageEncoding); $0.stringMap(c.metadata) } }
+            for c in channels {
+                b.record(.channel) {
+                    $0.int(c.id)
+                    $0.int(c.schemaID)
+                    $0.string(c.topic)
+                    $0.string(c.messageEncoding)
+                    $0.stringMap(c.metadata)
+                }
+            }
         }
         stats.schemaCount = UInt16(schemas.count)
         stats.channelCount = UInt32(channels.count)
         group(.statistics) { b in
             let s = stats
             b.record(.statistics) { r in
-                r.int(s.messageCount); r.int(s.schemaCount); r.int(s.channelCount); r.int(s.attachmentCount); r.int(s.metadataCount)
-                r.int(s.chunkCount); r.int(s.messageStartTime); r.int(s.messageEndTime); r.u16u64Map(s.channelMessageCounts)
+                r.int(s.messageCount)
+                r.int(s.schemaCount)
+                r.int(s.channelCount)
+                r.int(s.attachmentCount)
+                r.int(s.metadataCount)
+                r.int(s.chunkCount)
+                r.int(s.messageStartTime)
+                r.int(s.messageEndTime)
+                r.u16u64Map(s.channelMessageCounts)
             }
         }
         group(.chunkIndex) { b in
             for ci in chunkIndexes {
                 b.record(.chunkIndex) { r in
-                    r.int(ci.messageStartTime); r.int(ci.messageEndTime); r.int(ci.chunkStartOffset); r.int(ci.chunkLength)
-                    r.u16u64Map(ci.messageIndexOffsets); r.int(ci.messageIndexLength); r.string(ci.compression)
-                    r.int(ci.compressedSize); r.int(ci.uncompressedSize)
+                    r.int(ci.messageStartTime)
+                    r.int(ci.messageEndTime)
+                    r.int(ci.chunkStartOffset)
+                    r.int(ci.chunkLength)
+                    r.u16u64Map(ci.messageIndexOffsets)
+                    r.int(ci.messageIndexLength)
+                    r.string(ci.compression)
+                    r.int(ci.compressedSize)
+                    r.int(ci.uncompressedSize)
                 }
             }
         }
         let summaryOffsetStart = summaryStart + sum.bytes.count
         for (op, start, length) in groups {
-            sum.record(.summaryOffset) { $0.int(op.rawValue); $0.int(UInt64(start)); $0.int(UInt64(length)) }
+            sum.record(.summaryOffset) {
+                $0.int(op.rawValue)
+                $0.int(UInt64(start))
+                $0.int(UInt64(length))
+            }
         }
         // Footer: the summary CRC covers the summary and the footer up to the CRC field.
         var footerHead = MCAPBuffer()

@@ -26,44 +26,62 @@ public final class RecordingWriter {
     private let schemaIDs: [String: UInt16]
 
     /// `flushInterval`: seconds after which an open chunk is written out (see `MCAPWriter`).
-    public init(path: String, chunkSize: Int = 1 << 20, compression: MCAPCompression = .lz4, flushInterval: Double? = 1) throws(MCAPError) {
-        writer = try MCAPWriter(path: path, chunkSize: chunkSize, compression: compression, flushInterval: flushInterval)
+    public init(path: String, chunkSize: Int = 1 << 20, compression: MCAPCompression = .lz4, flushInterval: Double? = 1)
+        throws(MCAPError)
+    {
+        writer = try MCAPWriter(
+            path: path, chunkSize: chunkSize, compression: compression, flushInterval: flushInterval)
         var ids: [String: UInt16] = [:]
-        for (name, text) in [(PointCloud2.typeName, MessageDefinitions.pointCloud2), (PoseStamped.typeName, MessageDefinitions.poseStamped),
-                             (Detection3DArray.typeName, MessageDefinitions.detection3DArray), (Visibility.typeName, Visibility.definition)] {
+        for (name, text) in [
+            (PointCloud2.typeName, MessageDefinitions.pointCloud2),
+            (PoseStamped.typeName, MessageDefinitions.poseStamped),
+            (Detection3DArray.typeName, MessageDefinitions.detection3DArray),
+            (Visibility.typeName, Visibility.definition),
+        ] {
             ids[name] = writer.addSchema(name: name, encoding: "ros2msg", data: Array(text.utf8))
         }
         schemaIDs = ids
     }
 
     public func write(topic: String, type: String, timeNs: UInt64, data: [UInt8]) throws(MCAPError) {
-        let id = channels[topic] ?? {
-            let c = writer.addChannel(topic: topic, schemaID: schemaIDs[type]!, messageEncoding: "cdr")
-            channels[topic] = c
-            return c
-        }()
+        let id =
+            channels[topic]
+            ?? {
+                let c = writer.addChannel(topic: topic, schemaID: schemaIDs[type]!, messageEncoding: "cdr")
+                channels[topic] = c
+                return c
+            }()
         try writer.write(channel: id, logTime: timeNs, data: data)
     }
 
     public func write(_ frame: SimFrame) throws(MCAPError) {
         let stamp = RosTime(ns: frame.timeNs)
         for a in frame.agents {
-            try write(topic: Topics.lidar(a.id), type: PointCloud2.typeName, timeNs: frame.timeNs,
-                      data: PointCloud2.encode(header: RosHeader(stamp: stamp, frameID: "\(a.id)/lidar"), points: a.points))
-            try write(topic: Topics.pose(a.id), type: PoseStamped.typeName, timeNs: frame.timeNs,
-                      data: PoseStamped(header: RosHeader(stamp: stamp, frameID: "map"), pose: a.pose).encoded())
-            try write(topic: Topics.poseMeasured(a.id), type: PoseStamped.typeName, timeNs: frame.timeNs,
-                      data: PoseStamped(header: RosHeader(stamp: stamp, frameID: "map"), pose: a.measuredPose).encoded())
+            try write(
+                topic: Topics.lidar(a.id), type: PointCloud2.typeName, timeNs: frame.timeNs,
+                data: PointCloud2.encode(header: RosHeader(stamp: stamp, frameID: "\(a.id)/lidar"), points: a.points))
+            try write(
+                topic: Topics.pose(a.id), type: PoseStamped.typeName, timeNs: frame.timeNs,
+                data: PoseStamped(header: RosHeader(stamp: stamp, frameID: "map"), pose: a.pose).encoded())
+            try write(
+                topic: Topics.poseMeasured(a.id), type: PoseStamped.typeName, timeNs: frame.timeNs,
+                data: PoseStamped(header: RosHeader(stamp: stamp, frameID: "map"), pose: a.measuredPose).encoded())
         }
         let dets = frame.objects.map { b in
-            Detection3D(classID: vehicleClassNames[b.classID ?? 0], score: 1,
-                        center: Pose3(x: b.center.x, y: b.center.y, z: b.size.z / 2, yaw: b.yaw), size: b.size, id: "\(b.trackID ?? 0)")
+            Detection3D(
+                classID: vehicleClassNames[b.classID ?? 0], score: 1,
+                center: Pose3(x: b.center.x, y: b.center.y, z: b.size.z / 2, yaw: b.yaw), size: b.size,
+                id: "\(b.trackID ?? 0)")
         }
-        try write(topic: Topics.groundTruth, type: Detection3DArray.typeName, timeNs: frame.timeNs,
-                  data: Detection3DArray(header: RosHeader(stamp: stamp, frameID: "map"), detections: dets).encoded())
-        try write(topic: Topics.visibility, type: Visibility.typeName, timeNs: frame.timeNs,
-                  data: Visibility(stamp: stamp, agentIDs: frame.agents.map(\.id), trackIDs: frame.objects.map { UInt32($0.trackID ?? 0) },
-                                   pointCounts: frame.hits.flatMap { $0.map { UInt32($0) } }).encoded())
+        try write(
+            topic: Topics.groundTruth, type: Detection3DArray.typeName, timeNs: frame.timeNs,
+            data: Detection3DArray(header: RosHeader(stamp: stamp, frameID: "map"), detections: dets).encoded())
+        try write(
+            topic: Topics.visibility, type: Visibility.typeName, timeNs: frame.timeNs,
+            data: Visibility(
+                stamp: stamp, agentIDs: frame.agents.map(\.id), trackIDs: frame.objects.map { UInt32($0.trackID ?? 0) },
+                pointCounts: frame.hits.flatMap { $0.map { UInt32($0) } }
+            ).encoded())
     }
 
     public func flushIfDue() throws(MCAPError) { try writer.flushIfDue() }
@@ -78,7 +96,9 @@ public struct RecordingSummary: Sendable {
         public var count: Int
         public var firstNs: UInt64
         public var lastNs: UInt64
-        public var rateHz: Double { count > 1 && lastNs > firstNs ? Double(count - 1) / (Double(lastNs - firstNs) / 1e9) : 0 }
+        public var rateHz: Double {
+            count > 1 && lastNs > firstNs ? Double(count - 1) / (Double(lastNs - firstNs) / 1e9) : 0
+        }
     }
     public var topics: [Topic]
     public var startNs: UInt64
@@ -97,12 +117,16 @@ public struct RecordingSummary: Sendable {
                 t.lastNs = max(t.lastNs, m.logTime)
                 byChannel[m.channel.id] = t
             } else {
-                byChannel[m.channel.id] = Topic(topic: m.channel.topic, type: m.schema?.name ?? "(no schema)", count: 1, firstNs: m.logTime, lastNs: m.logTime)
+                byChannel[m.channel.id] = Topic(
+                    topic: m.channel.topic, type: m.schema?.name ?? "(no schema)", count: 1, firstNs: m.logTime,
+                    lastNs: m.logTime)
             }
             return true
         }
         let topics = byChannel.values.sorted { $0.topic < $1.topic }
-        return RecordingSummary(topics: topics, startNs: topics.map(\.firstNs).min() ?? 0, endNs: topics.map(\.lastNs).max() ?? 0, messages: total)
+        return RecordingSummary(
+            topics: topics, startNs: topics.map(\.firstNs).min() ?? 0, endNs: topics.map(\.lastNs).max() ?? 0,
+            messages: total)
     }
 }
 
@@ -139,10 +163,14 @@ public struct Replay {
             let reader = try MCAPReader(path: path)
             var pending: [RecordedMessage] = []
             var stop = false
-            var wallStart: UInt64 = 0, logStart: UInt64 = 0
+            var wallStart: UInt64 = 0
+            var logStart: UInt64 = 0
             func emit(_ m: RecordedMessage) -> Bool {
                 if let speed, speed > 0 {
-                    if wallStart == 0 { wallStart = monotonicNs(); logStart = m.logTime }
+                    if wallStart == 0 {
+                        wallStart = monotonicNs()
+                        logStart = m.logTime
+                    }
                     let due = wallStart + UInt64(Double(m.logTime &- logStart) / speed)
                     let now = monotonicNs()
                     if m.logTime > logStart, due > now { usleep(UInt32(min((due - now) / 1000, 10_000_000))) }
@@ -151,11 +179,15 @@ public struct Replay {
             }
             try reader.forEachMessage { m in
                 if let topics, !topics.contains(m.channel.topic) { return true }
-                let copy = RecordedMessage(topic: m.channel.topic, schema: m.schema?.name ?? "", logTime: m.logTime, data: Array(m.data))
+                let copy = RecordedMessage(
+                    topic: m.channel.topic, schema: m.schema?.name ?? "", logTime: m.logTime, data: Array(m.data))
                 let i = pending.firstIndex { $0.logTime > copy.logTime } ?? pending.count
                 pending.insert(copy, at: i)
                 if pending.count > window {
-                    if !emit(pending.removeFirst()) { stop = true; return false }
+                    if !emit(pending.removeFirst()) {
+                        stop = true
+                        return false
+                    }
                 }
                 return true
             }

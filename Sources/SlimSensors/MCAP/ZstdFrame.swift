@@ -7,7 +7,9 @@ enum ZstdFrame {
     static func compress(_ src: [UInt8], level: Int32 = 3) -> [UInt8] {
         let bound = ZSTD_compressBound(src.count)
         var out = [UInt8](repeating: 0, count: bound)
-        let n = src.withUnsafeBytes { s in out.withUnsafeMutableBytes { d in ZSTD_compress(d.baseAddress, bound, s.baseAddress, src.count, level) } }
+        let n = src.withUnsafeBytes { s in
+            out.withUnsafeMutableBytes { d in ZSTD_compress(d.baseAddress, bound, s.baseAddress, src.count, level) }
+        }
         precondition(ZSTD_isError(n) == 0, "ZSTD_compress failed")
         out.removeLast(out.count - n)
         return out

@@ -46,11 +46,15 @@ struct CDRReader {
     init(_ data: UnsafeRawBufferPointer, type: String) throws(CDRError) {
         self.data = data
         self.type = type
-        guard data.count >= 4 else { throw CDRError(type: type, offset: 0, problem: "shorter than the 4-byte encapsulation header") }
+        guard data.count >= 4 else {
+            throw CDRError(type: type, offset: 0, problem: "shorter than the 4-byte encapsulation header")
+        }
         switch data[1] {
-        case 0x01: littleEndian = true   // CDR_LE
+        case 0x01: littleEndian = true  // CDR_LE
         case 0x00: littleEndian = false  // CDR_BE
-        default: throw CDRError(type: type, offset: 1, problem: "unsupported encapsulation \(data[0]) \(data[1]) (expected plain CDR)")
+        default:
+            throw CDRError(
+                type: type, offset: 1, problem: "unsupported encapsulation \(data[0]) \(data[1]) (expected plain CDR)")
         }
     }
 
@@ -81,7 +85,9 @@ struct CDRReader {
     /// A sequence count, checked against what the rest of the message could hold.
     mutating func count(minElementSize: Int) throws(CDRError) -> Int {
         let n = Int(try get(UInt32.self))
-        guard n * max(minElementSize, 1) <= data.count - pos else { throw fail("sequence of \(n) elements cannot fit in the \(data.count - pos) bytes left") }
+        guard n * max(minElementSize, 1) <= data.count - pos else {
+            throw fail("sequence of \(n) elements cannot fit in the \(data.count - pos) bytes left")
+        }
         return n
     }
 

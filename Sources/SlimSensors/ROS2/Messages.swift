@@ -25,11 +25,14 @@ public struct RosHeader: Sendable, Equatable {
     }
 
     func write(_ w: inout CDRWriter) {
-        w.put(stamp.sec); w.put(stamp.nanosec); w.string(frameID)
+        w.put(stamp.sec)
+        w.put(stamp.nanosec)
+        w.string(frameID)
     }
 
     static func read(_ r: inout CDRReader) throws(CDRError) -> RosHeader {
-        let sec = try r.get(Int32.self), ns = try r.get(UInt32.self)
+        let sec = try r.get(Int32.self)
+        let ns = try r.get(UInt32.self)
         return RosHeader(stamp: RosTime(sec: sec, nanosec: ns), frameID: try r.string())
     }
 }
@@ -50,13 +53,19 @@ public struct Pose3: Sendable, Equatable {
     /// Heading about +z.
     public var yaw: Double {
         let q = orientation
-        let s: Double = 2 * (q.w * q.z + q.x * q.y), c: Double = 1 - 2 * (q.y * q.y + q.z * q.z)
+        let s: Double = 2 * (q.w * q.z + q.x * q.y)
+        let c: Double = 1 - 2 * (q.y * q.y + q.z * q.z)
         return atan2(s, c)
     }
 
     func write(_ w: inout CDRWriter) {
-        w.f64(position.x); w.f64(position.y); w.f64(position.z)
-        w.f64(orientation.x); w.f64(orientation.y); w.f64(orientation.z); w.f64(orientation.w)
+        w.f64(position.x)
+        w.f64(position.y)
+        w.f64(position.z)
+        w.f64(orientation.x)
+        w.f64(orientation.y)
+        w.f64(orientation.z)
+        w.f64(orientation.w)
     }
 
     static func read(_ r: inout CDRReader) throws(CDRError) -> Pose3 {
@@ -98,13 +107,18 @@ public enum PointCloud2 {
     public static func encode(header: RosHeader, points: [SIMD4<Float>]) -> [UInt8] {
         var w = CDRWriter()
         header.write(&w)
-        w.put(UInt32(1)); w.put(UInt32(points.count))
+        w.put(UInt32(1))
+        w.put(UInt32(points.count))
         w.put(UInt32(4))
         for (i, name) in ["x", "y", "z", "intensity"].enumerated() {
-            w.string(name); w.put(UInt32(4 * i)); w.put(UInt8(7)); w.put(UInt32(1))
+            w.string(name)
+            w.put(UInt32(4 * i))
+            w.put(UInt8(7))
+            w.put(UInt32(1))
         }
         w.bool(false)
-        w.put(UInt32(16)); w.put(UInt32(16 * points.count))
+        w.put(UInt32(16))
+        w.put(UInt32(16 * points.count))
         w.put(UInt32(16 * points.count))
         points.withUnsafeBytes { raw in
             if let b = raw.baseAddress { w.appendRaw(UnsafeRawBufferPointer(start: b, count: raw.count)) }
@@ -120,20 +134,25 @@ public enum PointCloud2 {
     /// non-finite or out-of-range intensity reads as 0).
     /// - Returns: the header.
     @discardableResult
-    public static func decode(_ data: UnsafeRawBufferPointer, into points: inout [SIMD4<Float>]) throws(CDRError) -> RosHeader {
+    public static func decode(_ data: UnsafeRawBufferPointer, into points: inout [SIMD4<Float>]) throws(CDRError)
+        -> RosHeader
+    {
         var r = try CDRReader(data, type: typeName)
         let header = try RosHeader.read(&r)
-        let height = Int(try r.get(UInt32.self)), width = Int(try r.get(UInt32.self))
+        let height = Int(try r.get(UInt32.self))
+        let width = Int(try r.get(UInt32.self))
         let nFields = try r.count(minElementSize: 13)
         var fields: [String: (offset: Int, type: UInt8)] = [:]
         for _ in 0..<nFields {
             let name = try r.string()
-            let offset = Int(try r.get(UInt32.self)), type = try r.get(UInt8.self)
+            let offset = Int(try r.get(UInt32.self))
+            let type = try r.get(UInt8.self)
             _ = try r.get(UInt32.self)
             fields[name] = (offset, type)
         }
         let bigEndian = try r.bool()
-        let pointStep = Int(try r.get(UInt32.self)), rowStep = Int(try r.get(UInt32.self))
+        let pointStep = Int(try r.get(UInt32.self))
+        let rowStep = Int(try r.get(UInt32.self))
         let n = try r.count(minElementSize: 1)
         let bytes = try r.bytes(n)
         points.removeAll(keepingCapacity: true)
@@ -142,15 +161,22 @@ public enum PointCloud2 {
         }
         let fi = fields["intensity"]
         for f in [fx, fy, fz] + (fi.map { [$0] } ?? []) {
-            guard let size = fieldSize(f.type) else { throw r.fail("field datatype \(f.type) is not a PointField type") }
-            guard f.offset + size <= pointStep else { throw r.fail("field at offset \(f.offset) does not fit point_step \(pointStep)") }
+            guard let size = fieldSize(f.type) else {
+                throw r.fail("field datatype \(f.type) is not a PointField type")
+            }
+            guard f.offset + size <= pointStep else {
+                throw r.fail("field at offset \(f.offset) does not fit point_step \(pointStep)")
+            }
         }
         // Every product checked for overflow: the four sizes are arbitrary UInt32s.
         let (rowBytes, o1) = width.multipliedReportingOverflow(by: pointStep)
         let (lastRowStart, o2) = rowStep.multipliedReportingOverflow(by: max(height - 1, 0))
         let (needed, o3) = lastRowStart.addingReportingOverflow(rowBytes)
-        guard height == 0 || width == 0 || (pointStep > 0 && !o1 && !o2 && !o3 && rowStep >= rowBytes && needed <= n) else {
-            throw r.fail("data of \(n) bytes cannot hold \(height)×\(width) points of \(pointStep) bytes with row_step \(rowStep)")
+        guard height == 0 || width == 0 || (pointStep > 0 && !o1 && !o2 && !o3 && rowStep >= rowBytes && needed <= n)
+        else {
+            throw r.fail(
+                "data of \(n) bytes cannot hold \(height)×\(width) points of \(pointStep) bytes with row_step \(rowStep)"
+            )
         }
         guard height > 0, width > 0 else { return header }  // an empty cloud (a 4e9 × 0 one took 20 s)
         points.reserveCapacity(height * width)
@@ -236,11 +262,14 @@ public struct Detection3DArray: Sendable, Equatable {
         for d in detections {
             header.write(&w)
             w.put(UInt32(1))  // one hypothesis
-            w.string(d.classID); w.f64(d.score)
+            w.string(d.classID)
+            w.f64(d.score)
             d.center.write(&w)
             for _ in 0..<36 { w.f64(0) }
             d.center.write(&w)
-            w.f64(d.size.x); w.f64(d.size.y); w.f64(d.size.z)
+            w.f64(d.size.x)
+            w.f64(d.size.y)
+            w.f64(d.size.z)
             w.string(d.id)
         }
         return w.bytes
@@ -254,12 +283,17 @@ public struct Detection3DArray: Sendable, Equatable {
         for _ in 0..<n {
             _ = try RosHeader.read(&r)
             let nr = try r.count(minElementSize: 16)
-            var classID = "", score = 0.0
+            var classID = ""
+            var score = 0.0
             for k in 0..<nr {
-                let c = try r.string(), s = try r.f64()
+                let c = try r.string()
+                let s = try r.f64()
                 _ = try Pose3.read(&r)
                 for _ in 0..<36 { _ = try r.f64() }
-                if k == 0 || s > score { classID = c; score = s }
+                if k == 0 || s > score {
+                    classID = c
+                    score = s
+                }
             }
             let center = try Pose3.read(&r)
             let size = SIMD3(try r.f64(), try r.f64(), try r.f64())

@@ -30,10 +30,14 @@ public struct Visibility: Sendable, Equatable {
 
     public func encoded() -> [UInt8] {
         var w = CDRWriter()
-        w.put(stamp.sec); w.put(stamp.nanosec)
-        w.put(UInt32(agentIDs.count)); for a in agentIDs { w.string(a) }
-        w.put(UInt32(trackIDs.count)); for t in trackIDs { w.put(t) }
-        w.put(UInt32(pointCounts.count)); for c in pointCounts { w.put(c) }
+        w.put(stamp.sec)
+        w.put(stamp.nanosec)
+        w.put(UInt32(agentIDs.count))
+        for a in agentIDs { w.string(a) }
+        w.put(UInt32(trackIDs.count))
+        for t in trackIDs { w.put(t) }
+        w.put(UInt32(pointCounts.count))
+        for c in pointCounts { w.put(c) }
         return w.bytes
     }
 
@@ -46,7 +50,9 @@ public struct Visibility: Sendable, Equatable {
         for _ in 0..<(try r.count(minElementSize: 4)) { tracks.append(try r.get(UInt32.self)) }
         var counts: [UInt32] = []
         for _ in 0..<(try r.count(minElementSize: 4)) { counts.append(try r.get(UInt32.self)) }
-        guard counts.count == agents.count * tracks.count else { throw r.fail("point_counts has \(counts.count) values for \(agents.count)×\(tracks.count)") }
+        guard counts.count == agents.count * tracks.count else {
+            throw r.fail("point_counts has \(counts.count) values for \(agents.count)×\(tracks.count)")
+        }
         return Visibility(stamp: stamp, agentIDs: agents, trackIDs: tracks, pointCounts: counts)
     }
 }

@@ -27,8 +27,10 @@ struct LidarSweep {
 
     /// One sweep from `origin` (sensor position, z = height) with heading `yaw`. Points are in
     /// the sensor frame: x forward, y left, z up. `hits[i]` counts the points on `boxes[i]`.
-    mutating func sweep(origin: SIMD3<Double>, yaw: Double, boxes: [SceneBox], exclude: Int?, rng: inout SimRandom,
-                        points: inout [SIMD4<Float>], hits: inout [Int]) {
+    mutating func sweep(
+        origin: SIMD3<Double>, yaw: Double, boxes: [SceneBox], exclude: Int?, rng: inout SimRandom,
+        points: inout [SIMD4<Float>], hits: inout [Int]
+    ) {
         points.removeAll(keepingCapacity: true)
         hits = [Int](repeating: 0, count: boxes.count)
         for i in bins.indices { bins[i].removeAll(keepingCapacity: true) }
@@ -45,24 +47,31 @@ struct LidarSweep {
             }
             let centre = atan2(rel.y, rel.x) - yaw
             let half = asin(min(1, radius / dist))
-            let a0 = Int(((centre - half) / step).rounded(.down)), a1 = Int(((centre + half) / step).rounded(.up))
+            let a0 = Int(((centre - half) / step).rounded(.down))
+            let a1 = Int(((centre + half) / step).rounded(.up))
             for a in a0...a1 { bins[((a % azimuths) + azimuths) % azimuths].append(Int32(bi)) }
         }
         // Per-box transforms, computed once per sweep.
         prepared.removeAll(keepingCapacity: true)
         for b in boxes {
-            prepared.append(PreparedBox(cx: b.center.x, cy: b.center.y, c: cos(-b.yaw), s: sin(-b.yaw),
-                                        hx: b.size.x / 2, hy: b.size.y / 2, h: b.size.z))
+            prepared.append(
+                PreparedBox(
+                    cx: b.center.x, cy: b.center.y, c: cos(-b.yaw), s: sin(-b.yaw),
+                    hx: b.size.x / 2, hy: b.size.y / 2, h: b.size.z))
         }
-        let cyaw = cos(yaw), syaw = sin(yaw)
+        let cyaw = cos(yaw)
+        let syaw = sin(yaw)
         let range = lidar.range
         for a in 0..<azimuths {
             let az = Double(a) * step
-            let ca = cos(az), sa = sin(az)
-            let dxw = cyaw * ca - syaw * sa, dyw = syaw * ca + cyaw * sa  // world direction of this azimuth
+            let ca = cos(az)
+            let sa = sin(az)
+            let dxw = cyaw * ca - syaw * sa
+            let dyw = syaw * ca + cyaw * sa  // world direction of this azimuth
             let candidates = bins[a]
             for e in 0..<elevations.count {
-                let ce = cosEl[e], se = sinEl[e]
+                let ce = cosEl[e]
+                let se = sinEl[e]
                 let dir = SIMD3(ce * dxw, ce * dyw, se)
                 var best = range
                 var hit = -1
@@ -72,15 +81,20 @@ struct LidarSweep {
                 }
                 for bi in candidates {
                     let t = Self.intersect(origin, dir, prepared[Int(bi)], limit: best)
-                    if t < best { best = t; hit = Int(bi) }
+                    if t < best {
+                        best = t
+                        hit = Int(bi)
+                    }
                 }
                 guard best < range else { continue }
                 if lidar.dropout > 0, rng.uniform() < lidar.dropout { continue }
                 let r = best + lidar.rangeNoise * rng.fastNormal()
                 let intensity: Double = hit < 0 ? 0.12 : (boxes[hit].trackID != nil ? 0.55 : 0.35)
                 if hit >= 0 { hits[hit] += 1 }
-                points.append(SIMD4(Float(r * ce * ca), Float(r * ce * sa), Float(r * se),
-                                    Float(max(0, intensity + 0.03 * rng.fastNormal()))))
+                points.append(
+                    SIMD4(
+                        Float(r * ce * ca), Float(r * ce * sa), Float(r * se),
+                        Float(max(0, intensity + 0.03 * rng.fastNormal()))))
             }
         }
     }
@@ -93,29 +107,45 @@ struct LidarSweep {
     /// is no hit closer than it (slab test in the box's frame).
     @inline(__always)
     static func intersect(_ o: SIMD3<Double>, _ d: SIMD3<Double>, _ b: PreparedBox, limit: Double) -> Double {
-        let px = o.x - b.cx, py = o.y - b.cy
-        let ox = b.c * px - b.s * py, oy = b.s * px + b.c * py
-        let dx = b.c * d.x - b.s * d.y, dy = b.s * d.x + b.c * d.y
-        var t0 = 1e-6, t1 = limit
-        if abs(dx) < 1e-12 { if ox < -b.hx || ox > b.hx { return limit } } else {
+        let px = o.x - b.cx
+        let py = o.y - b.cy
+        let ox = b.c * px - b.s * py
+        let oy = b.s * px + b.c * py
+        let dx = b.c * d.x - b.s * d.y
+        let dy = b.s * d.x + b.c * d.y
+        var t0 = 1e-6
+        var t1 = limit
+        if abs(dx) < 1e-12 {
+            if ox < -b.hx || ox > b.hx { return limit }
+        } else {
             let inv = 1 / dx
-            var a = (-b.hx - ox) * inv, c = (b.hx - ox) * inv
+            var a = (-b.hx - ox) * inv
+            var c = (b.hx - ox) * inv
             if a > c { swap(&a, &c) }
-            t0 = max(t0, a); t1 = min(t1, c)
+            t0 = max(t0, a)
+            t1 = min(t1, c)
             if t0 > t1 { return limit }
         }
-        if abs(dy) < 1e-12 { if oy < -b.hy || oy > b.hy { return limit } } else {
+        if abs(dy) < 1e-12 {
+            if oy < -b.hy || oy > b.hy { return limit }
+        } else {
             let inv = 1 / dy
-            var a = (-b.hy - oy) * inv, c = (b.hy - oy) * inv
+            var a = (-b.hy - oy) * inv
+            var c = (b.hy - oy) * inv
             if a > c { swap(&a, &c) }
-            t0 = max(t0, a); t1 = min(t1, c)
+            t0 = max(t0, a)
+            t1 = min(t1, c)
             if t0 > t1 { return limit }
         }
-        if abs(d.z) < 1e-12 { if o.z < 0 || o.z > b.h { return limit } } else {
+        if abs(d.z) < 1e-12 {
+            if o.z < 0 || o.z > b.h { return limit }
+        } else {
             let inv = 1 / d.z
-            var a = (0 - o.z) * inv, c = (b.h - o.z) * inv
+            var a = (0 - o.z) * inv
+            var c = (b.h - o.z) * inv
             if a > c { swap(&a, &c) }
-            t0 = max(t0, a); t1 = min(t1, c)
+            t0 = max(t0, a)
+            t1 = min(t1, c)
             if t0 > t1 { return limit }
         }
         return t0

@@ -7,7 +7,7 @@ public struct SceneConfig: Sendable {
     public struct Lidar: Sendable {
         public var beams: Int
         public var verticalFOV: (lower: Double, upper: Double)  // degrees
-        public var azimuthResolution: Double                    // degrees
+        public var azimuthResolution: Double  // degrees
         public var range: Double
         public var rangeNoise: Double
         public var dropout: Double
@@ -60,24 +60,38 @@ public struct SceneConfig: Sendable {
         agents = try a.int("vehicles", default: 2, in: 0...8)
         roadsideUnit = try a.bool("roadside_unit", default: true)
         if let y = try a.optionalString("roadside_unit_yaw_deg") {
-            if y == "random" { roadsideUnitYawDeg = .nan } else if let v = Double(y), (-360...360).contains(v) { roadsideUnitYawDeg = v } else {
-                throw ConfigError(file: root.file, key: "agents.roadside_unit_yaw_deg", problem: "'\(y)' must be degrees in -360...360 or random")
+            if y == "random" {
+                roadsideUnitYawDeg = .nan
+            } else if let v = Double(y), (-360...360).contains(v) {
+                roadsideUnitYawDeg = v
+            } else {
+                throw ConfigError(
+                    file: root.file, key: "agents.roadside_unit_yaw_deg",
+                    problem: "'\(y)' must be degrees in -360...360 or random")
             }
         }
         guard agents + (roadsideUnit ? 1 : 0) >= 1 else {
-            throw ConfigError(file: root.file, key: "agents", problem: "needs at least one agent (vehicles or roadside_unit)")
+            throw ConfigError(
+                file: root.file, key: "agents", problem: "needs at least one agent (vehicles or roadside_unit)")
         }
-        guard agents <= vehicles else { throw ConfigError(file: root.file, key: "agents.vehicles", problem: "more connected vehicles (\(agents)) than vehicles (\(vehicles))") }
+        guard agents <= vehicles else {
+            throw ConfigError(
+                file: root.file, key: "agents.vehicles",
+                problem: "more connected vehicles (\(agents)) than vehicles (\(vehicles))")
+        }
         let l = try root.section("lidar")
         let lower = try l.double("vertical_min_deg", default: -25, in: -89...0)
         let upper = try l.double("vertical_max_deg", default: 5, in: -30...45)
-        guard upper > lower else { throw ConfigError(file: root.file, key: "lidar.vertical_max_deg", problem: "must be above vertical_min_deg") }
-        lidar = Lidar(beams: try l.int("beams", default: 32, in: 1...256), verticalFOV: (lower, upper),
-                      azimuthResolution: try l.double("azimuth_resolution_deg", default: 0.4, in: 0.05...10),
-                      range: try l.double("range_m", default: 60, in: 5...300),
-                      rangeNoise: try l.double("range_noise_m", default: 0.02, in: 0...1),
-                      dropout: try l.double("dropout", default: 0.05, in: 0...0.9),
-                      mountHeight: try l.double("mount_height_m", default: 1.9, in: 0.5...10))
+        guard upper > lower else {
+            throw ConfigError(file: root.file, key: "lidar.vertical_max_deg", problem: "must be above vertical_min_deg")
+        }
+        lidar = Lidar(
+            beams: try l.int("beams", default: 32, in: 1...256), verticalFOV: (lower, upper),
+            azimuthResolution: try l.double("azimuth_resolution_deg", default: 0.4, in: 0.05...10),
+            range: try l.double("range_m", default: 60, in: 5...300),
+            rangeNoise: try l.double("range_noise_m", default: 0.02, in: 0...1),
+            dropout: try l.double("dropout", default: 0.05, in: 0...0.9),
+            mountHeight: try l.double("mount_height_m", default: 1.9, in: 0.5...10))
         let n = try root.section("pose_noise")
         poseNoisePosition = try n.double("position_m", default: 0, in: 0...10)
         poseNoiseYawDeg = try n.double("yaw_deg", default: 0, in: 0...45)

@@ -48,7 +48,9 @@ public struct Simulator {
         var agents: [SimFrame.AgentFrame] = []
         var hits: [[Int]] = []
         for (i, id) in agentIDs.enumerated() {
-            let origin: SIMD3<Double>, yaw: Double, exclude: Int?
+            let origin: SIMD3<Double>
+            let yaw: Double
+            let exclude: Int?
             if i < config.agents {
                 let b = boxes[i]
                 origin = SIMD3(b.center.x, b.center.y, config.lidar.mountHeight)
@@ -63,14 +65,17 @@ public struct Simulator {
             var h: [Int] = []
             sweep.sweep(origin: origin, yaw: yaw, boxes: boxes, exclude: exclude, rng: &rng, points: &points, hits: &h)
             let pose = Pose3(x: origin.x, y: origin.y, z: origin.z, yaw: yaw)
-            let noisy = Pose3(x: origin.x + config.poseNoisePosition * rng.normal(), y: origin.y + config.poseNoisePosition * rng.normal(),
-                              z: origin.z, yaw: yaw + config.poseNoiseYawDeg * .pi / 180 * rng.normal())
+            let noisy = Pose3(
+                x: origin.x + config.poseNoisePosition * rng.normal(),
+                y: origin.y + config.poseNoisePosition * rng.normal(),
+                z: origin.z, yaw: yaw + config.poseNoiseYawDeg * .pi / 180 * rng.normal())
             agents.append(SimFrame.AgentFrame(id: id, points: points, pose: pose, measuredPose: noisy))
             hits.append(h)
         }
         let vehicleIndices = boxes.indices.filter { boxes[$0].trackID != nil }
-        let frame = SimFrame(timeNs: t, agents: agents, objects: vehicleIndices.map { boxes[$0] },
-                             hits: hits.map { h in vehicleIndices.map { h[$0] } })
+        let frame = SimFrame(
+            timeNs: t, agents: agents, objects: vehicleIndices.map { boxes[$0] },
+            hits: hits.map { h in vehicleIndices.map { h[$0] } })
         world.step(1 / config.rate)
         frameIndex += 1
         return frame

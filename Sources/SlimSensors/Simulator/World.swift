@@ -16,7 +16,8 @@ public struct SimRandom: Sendable {
     public mutating func uniform() -> Double { Double(next() >> 11) / Double(1 << 53) }
     public mutating func uniform(_ lo: Double, _ hi: Double) -> Double { lo + (hi - lo) * uniform() }
     public mutating func normal() -> Double {
-        let u1 = max(uniform(), 1e-12), u2 = uniform()
+        let u1 = max(uniform(), 1e-12)
+        let u2 = uniform()
         return (-2 * log(u1)).squareRoot() * cos(2 * .pi * u2)
     }
 
@@ -28,22 +29,37 @@ public struct SimRandom: Sendable {
 /// Quantiles of N(0, 1) at (k + 0.5) / 65 536, by inverting the CDF (Acklam's rational approximation).
 let normalTable: [Double] = (0..<65_536).map { k in
     let p = (Double(k) + 0.5) / 65_536
-    let a = [-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02, 1.383577518672690e+02, -3.066479806614716e+01, 2.506628277459239e+00]
-    let b = [-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02, 6.680131188771972e+01, -1.328068155288572e+01]
-    let c = [-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00, -2.549732539343734e+00, 4.374664141464968e+00, 2.938163982698783e+00]
+    let a = [
+        -3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02, 1.383577518672690e+02,
+        -3.066479806614716e+01, 2.506628277459239e+00,
+    ]
+    let b = [
+        -5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02, 6.680131188771972e+01,
+        -1.328068155288572e+01,
+    ]
+    let c = [
+        -7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00, -2.549732539343734e+00,
+        4.374664141464968e+00, 2.938163982698783e+00,
+    ]
     let d = [7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00, 3.754408661907416e+00]
     func tail(_ q: Double) -> Double {
-        (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1)
+        (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5])
+            / ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1)
     }
     if p < 0.02425 { return tail((-2 * log(p)).squareRoot()) }
     if p > 1 - 0.02425 { return -tail((-2 * log(1 - p)).squareRoot()) }
-    let q = p - 0.5, r = q * q
-    return (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1)
+    let q = p - 0.5
+    let r = q * q
+    return (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q
+        / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1)
 }
 
 /// An oriented box standing on the ground (z from 0 to its height).
 public struct SceneBox: Sendable, Equatable {
-    public enum Kind: Sendable, Equatable { case vehicle(classID: Int, trackID: Int), building }
+    public enum Kind: Sendable, Equatable {
+        case vehicle(classID: Int, trackID: Int)
+        case building
+    }
     public var center: SIMD2<Double>
     /// Length (along `yaw`), width, height.
     public var size: SIMD3<Double>
@@ -63,7 +79,9 @@ struct LanePath {
     init(_ points: [SIMD2<Double>]) {
         self.points = points
         var c = [0.0]
-        for i in 1..<points.count { c.append(c[i - 1] + ((points[i] - points[i - 1]) * (points[i] - points[i - 1])).sum().squareRoot()) }
+        for i in 1..<points.count {
+            c.append(c[i - 1] + ((points[i] - points[i - 1]) * (points[i] - points[i - 1])).sum().squareRoot())
+        }
         cumulative = c
     }
 
@@ -71,8 +89,12 @@ struct LanePath {
     func at(_ s: Double) -> (SIMD2<Double>, Double) {
         var s = s.truncatingRemainder(dividingBy: length)
         if s < 0 { s += length }
-        var lo = 0, hi = cumulative.count - 1
-        while hi - lo > 1 { let mid = (lo + hi) / 2; if cumulative[mid] <= s { lo = mid } else { hi = mid } }
+        var lo = 0
+        var hi = cumulative.count - 1
+        while hi - lo > 1 {
+            let mid = (lo + hi) / 2
+            if cumulative[mid] <= s { lo = mid } else { hi = mid }
+        }
         let seg = cumulative[hi] - cumulative[lo]
         let f = seg > 0 ? (s - cumulative[lo]) / seg : 0
         let d = points[hi] - points[lo]
@@ -132,8 +154,11 @@ struct World {
     }
 
     private mutating func buildPaths() {
-        let L = config.roadLength, W = halfWidth
-        let headings: [SIMD2<Double>] = config.kind == .intersection ? [SIMD2(1, 0), SIMD2(-1, 0), SIMD2(0, 1), SIMD2(0, -1)] : [SIMD2(1, 0), SIMD2(-1, 0)]
+        let L = config.roadLength
+        let W = halfWidth
+        let headings: [SIMD2<Double>] =
+            config.kind == .intersection
+            ? [SIMD2(1, 0), SIMD2(-1, 0), SIMD2(0, 1), SIMD2(0, -1)] : [SIMD2(1, 0), SIMD2(-1, 0)]
         for h in headings {
             for lane in 0..<config.lanesPerDirection {
                 let (start, dir) = laneLine(heading: h, lane: lane)
@@ -144,7 +169,8 @@ struct World {
                 for (turnDir, turnLane) in [(right, 0), (-right, config.lanesPerDirection - 1)] where lane == turnLane {
                     let (exitStart, exitDir) = laneLine(heading: turnDir, lane: turnLane)
                     // Entry where the lane meets the intersection square, exit where the new lane leaves it.
-                    let tIn = (L / 2 - W), entry = start + tIn * dir
+                    let tIn = (L / 2 - W)
+                    let entry = start + tIn * dir
                     let exitPoint = exitStart + (L / 2 + W) * exitDir
                     // Control point: where the two lane lines cross.
                     let denom = dir.x * exitDir.y - dir.y * exitDir.x
@@ -168,15 +194,21 @@ struct World {
     }
 
     private mutating func placeStatic(_ rng: inout SimRandom) {
-        let L = config.roadLength, W = halfWidth
-        var placed = 0, attempts = 0
+        let L = config.roadLength
+        let W = halfWidth
+        var placed = 0
+        var attempts = 0
         while placed < config.buildings && attempts < config.buildings * 50 {
             attempts += 1
             let size = SIMD3(rng.uniform(8, 22), rng.uniform(8, 18), rng.uniform(6, 22))
             let c = SIMD2(rng.uniform(-L / 2.5, L / 2.5), rng.uniform(-L / 2.5, L / 2.5))
             let r = max(size.x, size.y) / 2
             guard !onRoad(c, margin: 4 + r) else { continue }
-            if staticBoxes.contains(where: { (($0.center - c) * ($0.center - c)).sum().squareRoot() < r + max($0.size.x, $0.size.y) / 2 }) { continue }
+            if staticBoxes.contains(where: {
+                (($0.center - c) * ($0.center - c)).sum().squareRoot() < r + max($0.size.x, $0.size.y) / 2
+            }) {
+                continue
+            }
             staticBoxes.append(SceneBox(center: c, size: size, yaw: 0, kind: .building))
             placed += 1
         }
@@ -187,8 +219,10 @@ struct World {
             if config.kind == .intersection, abs(t) < W + 6 { t += t < 0 ? -(W + 6) : (W + 6) }
             let offset = side * (W + 1.3)
             let c = alongX ? SIMD2(t, offset) : SIMD2(offset, t)
-            staticBoxes.append(SceneBox(center: c, size: SIMD3(4.5, 1.85, 1.5), yaw: alongX ? 0 : .pi / 2,
-                                        kind: .vehicle(classID: 0, trackID: 1000 + k)))
+            staticBoxes.append(
+                SceneBox(
+                    center: c, size: SIMD3(4.5, 1.85, 1.5), yaw: alongX ? 0 : .pi / 2,
+                    kind: .vehicle(classID: 0, trackID: 1000 + k)))
         }
     }
 
@@ -202,7 +236,13 @@ struct World {
             let u = rng.uniform()
             var cls = vehicleClasses[0]
             var acc = 0.0
-            for c in vehicleClasses { acc += c.share; if u < acc { cls = c; break } }
+            for c in vehicleClasses {
+                acc += c.share
+                if u < acc {
+                    cls = c
+                    break
+                }
+            }
             let spacing = paths[p].length / Double(perPath[p])
             var s = (Double(seen[p]) + rng.uniform(0, 0.3)) * spacing
             seen[p] += 1

@@ -25,13 +25,18 @@ enum AgentCheck {
             line(false, "config", "\(error)")
             return false
         }
-        line(true, "kernels", "\(KernelPath.default) (this CPU runs \(KernelPath.supported.map(\.name).joined(separator: ", ")))")
+        line(
+            true, "kernels",
+            "\(KernelPath.default) (this CPU runs \(KernelPath.supported.map(\.name).joined(separator: ", ")))")
         var curve: CurveClient?
         if let c = cfg.curve {
             do {
                 let keys = try CurveKeyPair(secretKeyFile: c.secretKey)
                 curve = CurveClient(keyPair: keys, serverKey: try CurveKey(file: c.serverKey))
-                line(true, "keys", "\(c.secretKey) and the server's \(c.serverKey); the server's allowed_keys must hold this key as \(cfg.agentID).pub")
+                line(
+                    true, "keys",
+                    "\(c.secretKey) and the server's \(c.serverKey); the server's allowed_keys must hold this key as \(cfg.agentID).pub"
+                )
             } catch {
                 line(false, "keys", "\(error)")
             }
@@ -42,8 +47,9 @@ enum AgentCheck {
         if let src = cfg.source {
             do {
                 let e = try EdgeEncoder(modelFile: src.model)
-                identity = AgentIdentity(agentID: cfg.agentID, modelID: e.modelID,
-                                         widths: e.model.architecture.widths.map { UInt16(($0 * 1000).rounded()) }, bitsMask: e.bitsMask)
+                identity = AgentIdentity(
+                    agentID: cfg.agentID, modelID: e.modelID,
+                    widths: e.model.architecture.widths.map { UInt16(($0 * 1000).rounded()) }, bitsMask: e.bitsMask)
                 line(true, "model", "\(src.model): \(e.modelID), widths \(e.model.architecture.widths)")
             } catch {
                 line(false, "model", "\(error)")
@@ -51,8 +57,12 @@ enum AgentCheck {
             do {
                 let rec = try RecordingFrames(path: src.recording)
                 let sweeps = rec.frames.filter { $0.agents[src.agent]?.points.isEmpty == false }.count
-                line(sweeps > 0, "recording", sweeps > 0 ? "\(src.recording): \(sweeps) sweeps of \(src.agent)"
-                     : "\(src.recording) has no LiDAR of agent '\(src.agent)' (it has: \(rec.agents.joined(separator: ", ")))")
+                line(
+                    sweeps > 0, "recording",
+                    sweeps > 0
+                        ? "\(src.recording): \(sweeps) sweeps of \(src.agent)"
+                        : "\(src.recording) has no LiDAR of agent '\(src.agent)' (it has: \(rec.agents.joined(separator: ", ")))"
+                )
             } catch {
                 line(false, "recording", "\(error)")
             }
@@ -60,16 +70,26 @@ enum AgentCheck {
         // The server: a Hello must come back as a Control.
         let endpoint = override ?? cfg.server
         do {
-            let agent = try FeatureAgent(identity: identity, server: endpoint, curve: curve, options: cfg.socket, maxFrameBytes: 1 << 16,
-                                         logger: logger)
+            let agent = try FeatureAgent(
+                identity: identity, server: endpoint, curve: curve, options: cfg.socket, maxFrameBytes: 1 << 16,
+                logger: logger)
             let consumer = Task { await agent.run() }
             let t0 = Clock.monotonicNs()
-            while agent.control == nil, Clock.monotonicNs() - t0 < 5_000_000_000 { try? await Task.sleep(nanoseconds: 20_000_000) }
+            while agent.control == nil, Clock.monotonicNs() - t0 < 5_000_000_000 {
+                try? await Task.sleep(nanoseconds: 20_000_000)
+            }
             if let c = agent.control {
-                line(true, "server", "\(endpoint) answered the Hello (Control epoch \(c.epoch)) in \((Clock.monotonicNs() - t0) / 1_000_000) ms")
+                line(
+                    true, "server",
+                    "\(endpoint) answered the Hello (Control epoch \(c.epoch)) in \((Clock.monotonicNs() - t0) / 1_000_000) ms"
+                )
             } else {
-                line(false, "server", "no answer from \(endpoint) in 5 s: is the server running and the port open"
-                     + (curve != nil ? ", does it have this key (\(cfg.agentID).pub) in its allowed_keys, and is server_key its public key?" : "?"))
+                line(
+                    false, "server",
+                    "no answer from \(endpoint) in 5 s: is the server running and the port open"
+                        + (curve != nil
+                            ? ", does it have this key (\(cfg.agentID).pub) in its allowed_keys, and is server_key its public key?"
+                            : "?"))
             }
             agent.endpoint.close()
             await consumer.value

@@ -3,10 +3,10 @@ import Logging
 import SlimAgent
 import SlimConfig
 import SlimPipeline
-import SlimServer
 import SlimSensors
-import SlimWire
+import SlimServer
 import SlimTransport
+import SlimWire
 
 struct AgentCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -30,11 +30,16 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Prometheus endpoint port for this agent (overrides metrics.port).")
     var metricsPort: Int?
 
-    @Option(help: ArgumentHelp("Write one JSON line per replayed frame to this file: configuration, bytes, goodput, latency, deadline miss, and the frame scored against the recording's ground truth.",
-                               valueName: "file"))
+    @Option(
+        help: ArgumentHelp(
+            "Write one JSON line per replayed frame to this file: configuration, bytes, goodput, latency, deadline miss, and the frame scored against the recording's ground truth.",
+            valueName: "file"))
     var report: String?
 
-    @Flag(help: "Check the config, keys, model, recording and that the server answers a Hello; print what is wrong, exit 1 if anything is.")
+    @Flag(
+        help:
+            "Check the config, keys, model, recording and that the server answers a Hello; print what is wrong, exit 1 if anything is."
+    )
     var check = false
 
     @OptionGroup var log: LogOptions
@@ -52,7 +57,8 @@ struct AgentCommand: AsyncParsableCommand {
         if let frames { cfg.synthetic.frames = frames }
         var curve: CurveClient?
         if let c = cfg.curve {
-            curve = CurveClient(keyPair: try CurveKeyPair(secretKeyFile: c.secretKey), serverKey: try CurveKey(file: c.serverKey))
+            curve = CurveClient(
+                keyPair: try CurveKeyPair(secretKeyFile: c.secretKey), serverKey: try CurveKey(file: c.serverKey))
         }
         var edge: EdgeEncoder?
         var identity = AgentIdentity(agentID: cfg.agentID, modelID: "synthetic")
@@ -61,8 +67,9 @@ struct AgentCommand: AsyncParsableCommand {
             e.widthIndex = src.widthIndex ?? (e.model.architecture.widths.count - 1)
             e.bits = src.bits
             e.threshold = Float(src.threshold)
-            identity = AgentIdentity(agentID: cfg.agentID, modelID: e.modelID,
-                                     widths: e.model.architecture.widths.map { UInt16(($0 * 1000).rounded()) }, bitsMask: e.bitsMask)
+            identity = AgentIdentity(
+                agentID: cfg.agentID, modelID: e.modelID,
+                widths: e.model.architecture.widths.map { UInt16(($0 * 1000).rounded()) }, bitsMask: e.bitsMask)
             edge = e
         }
         var frameReport: FrameReport?
@@ -71,10 +78,11 @@ struct AgentCommand: AsyncParsableCommand {
             frameReport = try FrameReport(path: report, deadlineSeconds: src.deadline, startNs: Clock.monotonicNs())
         }
         let fr = frameReport
-        let agent = try FeatureAgent(identity: identity, server: server ?? cfg.server,
-                                     curve: curve, options: cfg.socket,
-                                     maxFrameBytes: max(1 << 20, maxFrameBytes(cfg.synthetic, agentID: cfg.agentID)), logger: logger,
-                                     onResult: { r in fr?.result(r, atNs: Clock.monotonicNs()) })
+        let agent = try FeatureAgent(
+            identity: identity, server: server ?? cfg.server,
+            curve: curve, options: cfg.socket,
+            maxFrameBytes: max(1 << 20, maxFrameBytes(cfg.synthetic, agentID: cfg.agentID)), logger: logger,
+            onResult: { r in fr?.result(r, atNs: Clock.monotonicNs()) })
         let dealer = agent.endpoint
         let stop = Locked(false)
         let stages = AgentStageTimes()
@@ -91,14 +99,17 @@ struct AgentCommand: AsyncParsableCommand {
         logger.info("streaming", metadata: ["agent": "\(cfg.agentID)", "server": "\(dealer.endpoint)"])
         let start = Clock.monotonicNs()
         if let edge, let src = cfg.source {
-            try await runRecording(agent: agent, edge: edge, source: src, frames: frames, stop: stop, stages: stages,
-                                   report: frameReport, logger: logger)
+            try await runRecording(
+                agent: agent, edge: edge, source: src, frames: frames, stop: stop, stages: stages,
+                report: frameReport, logger: logger)
         } else {
             await runSynthetic(agent: agent, source: cfg.synthetic, seed: 1, stop: stop)
         }
         // Give the last frames time to be acknowledged.
         let deadline = Clock.monotonicNs() + 2_000_000_000
-        while agent.stats.acks < agent.stats.framesSubmitted - agent.stats.framesReplaced, Clock.monotonicNs() < deadline {
+        while agent.stats.acks < agent.stats.framesSubmitted - agent.stats.framesReplaced,
+            Clock.monotonicNs() < deadline
+        {
             await sleepSeconds(0.02)
         }
         if let frameReport {
@@ -114,27 +125,38 @@ struct AgentCommand: AsyncParsableCommand {
         if let frameReport {
             frameReport.close()
             let s = frameReport.summary
-            print(String(format: "report: %d frames, %d missed the %.0f ms deadline (%.1f %%), AP@0.3/0.5/0.7 %.1f / %.1f / %.1f -> %@",
-                         s.frames, s.missed, Double(frameReport.deadlineNs) / 1e6, 100 * Double(s.missed) / Double(max(s.frames, 1)),
-                         s.ap[0], s.ap[1], s.ap[2], report ?? ""))
+            print(
+                String(
+                    format:
+                        "report: %d frames, %d missed the %.0f ms deadline (%.1f %%), AP@0.3/0.5/0.7 %.1f / %.1f / %.1f -> %@",
+                    s.frames, s.missed, Double(frameReport.deadlineNs) / 1e6,
+                    100 * Double(s.missed) / Double(max(s.frames, 1)),
+                    s.ap[0], s.ap[1], s.ap[2], report ?? ""))
         }
         if agent.stats.acks == 0 { throw ExitCode(1) }
     }
 
     /// Replays one agent of a recording through the edge encoder at the recorded rate.
-    private func runRecording(agent: FeatureAgent, edge: EdgeEncoder, source: AgentConfig.RecordingSource, frames: Int?,
-                              stop: Locked<Bool>, stages: AgentStageTimes, report: FrameReport?, logger: Logger) async throws {
+    private func runRecording(
+        agent: FeatureAgent, edge: EdgeEncoder, source: AgentConfig.RecordingSource, frames: Int?,
+        stop: Locked<Bool>, stages: AgentStageTimes, report: FrameReport?, logger: Logger
+    ) async throws {
         let rec = try RecordingFrames(path: source.recording)
         let mine = rec.frames.filter { $0.agents[source.agent]?.points.isEmpty == false }
-        guard !mine.isEmpty else { throw ValidationError("\(source.recording) has no LiDAR for agent \(source.agent) (agents: \(rec.agents))") }
-        logger.info("replaying", metadata: ["recording": "\(source.recording)", "agent": "\(source.agent)", "frames": "\(mine.count)"])
+        guard !mine.isEmpty else {
+            throw ValidationError("\(source.recording) has no LiDAR for agent \(source.agent) (agents: \(rec.agents))")
+        }
+        logger.info(
+            "replaying",
+            metadata: ["recording": "\(source.recording)", "agent": "\(source.agent)", "frames": "\(mine.count)"])
         var sent = 0
         // Adaptation: the configurations of the model's measured rate–accuracy table.
         var controller: WidthController?
         if let deadline = source.adaptDeadline {
             guard let table = edge.rateAccuracy else {
-                throw ValidationError("source.adapt needs the model's rate-accuracy table, which \(source.model) lacks "
-                                      + "(training/evaluate.py --write-table adds it)")
+                throw ValidationError(
+                    "source.adapt needs the model's rate-accuracy table, which \(source.model) lacks "
+                        + "(training/evaluate.py --write-table adds it)")
             }
             var c = WidthController(configurations: table)
             c.deadlineSeconds = deadline
@@ -157,14 +179,19 @@ struct AgentCommand: AsyncParsableCommand {
                 if var c = controller {
                     let g = agent.goodput
                     let caps = agent.control
-                    let cfg = c.update(goodputBytesPerSecond: g.bytesPerSecond, queueingSeconds: Double(g.queueingNs) / 1e9,
-                                       rttSeconds: Double(g.lastRTTNs) / 1e9,
-                                       maxWidthIndex: Int(caps?.maxWidthIndex ?? 255), maxBits: Int(caps?.maxBits ?? 8))
+                    let cfg = c.update(
+                        goodputBytesPerSecond: g.bytesPerSecond, queueingSeconds: Double(g.queueingNs) / 1e9,
+                        rttSeconds: Double(g.lastRTTNs) / 1e9,
+                        maxWidthIndex: Int(caps?.maxWidthIndex ?? 255), maxBits: Int(caps?.maxBits ?? 8))
                     controller = c
                     if edge.widthIndex != cfg.widthIndex || edge.bits != cfg.bits || edge.threshold != cfg.threshold {
-                        logger.info("adapting", metadata: ["width_index": "\(cfg.widthIndex)", "bits": "\(cfg.bits)",
-                                                           "threshold": "\(cfg.threshold)",
-                                                           "goodput_kbit_s": "\(Int((g.bytesPerSecond ?? 0) * 8 / 1000))"])
+                        logger.info(
+                            "adapting",
+                            metadata: [
+                                "width_index": "\(cfg.widthIndex)", "bits": "\(cfg.bits)",
+                                "threshold": "\(cfg.threshold)",
+                                "goodput_kbit_s": "\(Int((g.bytesPerSecond ?? 0) * 8 / 1000))",
+                            ])
                         edge.widthIndex = cfg.widthIndex
                         edge.bits = cfg.bits
                         edge.threshold = cfg.threshold
@@ -173,7 +200,10 @@ struct AgentCommand: AsyncParsableCommand {
                     // Fixed configuration, within the server's caps (worked out once per Control).
                     appliedCapEpoch = caps.epoch
                     let wi = min(fixedWidth, Int(caps.maxWidthIndex))
-                    let bits = (1...min(source.bits, max(Int(caps.maxBits), 1))).last { edge.quantization["\(wi).\($0)"] != nil } ?? source.bits
+                    let bits =
+                        (1...min(source.bits, max(Int(caps.maxBits), 1))).last {
+                            edge.quantization["\(wi).\($0)"] != nil
+                        } ?? source.bits
                     if wi != edge.widthIndex || bits != edge.bits {
                         logger.info("capped by the server", metadata: ["width_index": "\(wi)", "bits": "\(bits)"])
                         edge.widthIndex = wi
@@ -184,18 +214,25 @@ struct AgentCommand: AsyncParsableCommand {
                 guard let truth = af.pose, !agent.rateCapped() else { continue }
                 let pose = af.measuredPose ?? truth
                 let shape = af.points.withUnsafeBufferPointer { edge.encode($0, sensorHeight: Float(truth.position.z)) }
-                let h = FeatureFrameHeader(agentID: agent.identity.agentID, sequence: 0, captureTimeNs: Clock.wallNs(),
-                                           position: pose.position, orientation: pose.orientation, modelID: edge.modelID,
-                                           widthIndex: UInt8(edge.widthIndex), bits: UInt8(edge.bits), channels: shape.channels,
-                                           height: shape.height, width: shape.width, quant: .model, masked: shape.masked, codec: .lz4)
-                let bytes = edge.dense.withUnsafeBufferPointer { d in edge.mask.withUnsafeBytes { m in agent.submit(h, dense: d, mask: shape.masked ? m : nil) } }
+                let h = FeatureFrameHeader(
+                    agentID: agent.identity.agentID, sequence: 0, captureTimeNs: Clock.wallNs(),
+                    position: pose.position, orientation: pose.orientation, modelID: edge.modelID,
+                    widthIndex: UInt8(edge.widthIndex), bits: UInt8(edge.bits), channels: shape.channels,
+                    height: shape.height, width: shape.width, quant: .model, masked: shape.masked, codec: .lz4)
+                let bytes = edge.dense.withUnsafeBufferPointer { d in
+                    edge.mask.withUnsafeBytes { m in agent.submit(h, dense: d, mask: shape.masked ? m : nil) }
+                }
                 if let bytes { controller?.observe(bytes: bytes) }
                 if let report, let bytes {
                     let gt = f.groundTruth(for: source.agent, half: truthHalf)
-                    report.sent(sequence: agent.lastSequence, .init(
-                        frame: fi, dueNs: due, wallNs: Clock.wallNs(), widthIndex: edge.widthIndex, bits: edge.bits, threshold: edge.threshold,
-                        bytes: bytes, goodputBytesPerSecond: agent.goodput.bytesPerSecond, rttNs: agent.goodput.lastRTTNs,
-                        truth: CooperativeSession.boxes(gt.boxes), own: gt.own))
+                    report.sent(
+                        sequence: agent.lastSequence,
+                        .init(
+                            frame: fi, dueNs: due, wallNs: Clock.wallNs(), widthIndex: edge.widthIndex, bits: edge.bits,
+                            threshold: edge.threshold,
+                            bytes: bytes, goodputBytesPerSecond: agent.goodput.bytesPerSecond,
+                            rttNs: agent.goodput.lastRTTNs,
+                            truth: CooperativeSession.boxes(gt.boxes), own: gt.own))
                     report.expire(atNs: Clock.monotonicNs())
                 }
                 let st = edge.lastStageSeconds

@@ -10,7 +10,8 @@ import SlimTransport
 struct DemoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo",
-        abstract: "Cooperative perception on the committed sample: a fusion server and three agents on loopback, Curve on.",
+        abstract:
+            "Cooperative perception on the committed sample: a fusion server and three agents on loopback, Curve on.",
         discussion: """
             Each agent replays its LiDAR from Tests/Fixtures/sample.mcap at the recorded rate, runs the int8 encoder of
             Models/slimsplit-bev.safetensors, quantizes and sends its features; the server fuses and returns
@@ -61,29 +62,35 @@ struct DemoCommand: AsyncParsableCommand {
         allow.names[agentKeys[1].publicKey] = "rsu-1"
         allow.names[refKeys.publicKey] = "ref-1"
 
-        let router = try RouterEndpoint(bind: "tcp://127.0.0.1:0", curve: CurveServer(keyPair: serverKeys, allowList: allow), logger: logger)
+        let router = try RouterEndpoint(
+            bind: "tcp://127.0.0.1:0", curve: CurveServer(keyPair: serverKeys, allowList: allow), logger: logger)
         let server = FeatureServer(endpoint: router, logger: logger)
         let serverTask = Task { await server.run() }
         print("server on \(router.endpoint), Curve on, \(allow.names.count) allowed keys")
 
         let sources = [
-            AgentConfig.SyntheticSource(frames: Int(seconds * rate), rateHz: rate, channels: 64, height: 32, width: 32,
-                                        bits: 8, widthIndex: 3, occupancy: 0.3, mask: false, lz4: true),
-            AgentConfig.SyntheticSource(frames: Int(seconds * rate), rateHz: rate, channels: 32, height: 32, width: 32,
-                                        bits: 4, widthIndex: 1, occupancy: 0.3, mask: true, lz4: true),
+            AgentConfig.SyntheticSource(
+                frames: Int(seconds * rate), rateHz: rate, channels: 64, height: 32, width: 32,
+                bits: 8, widthIndex: 3, occupancy: 0.3, mask: false, lz4: true),
+            AgentConfig.SyntheticSource(
+                frames: Int(seconds * rate), rateHz: rate, channels: 32, height: 32, width: 32,
+                bits: 4, widthIndex: 1, occupancy: 0.3, mask: true, lz4: true),
         ]
         var agents: [FeatureAgent] = []
         for (i, id) in ["car-1", "rsu-1"].enumerated() {
-            agents.append(try FeatureAgent(identity: AgentIdentity(agentID: id, modelID: "synthetic"), server: router.endpoint,
-                                           curve: CurveClient(keyPair: agentKeys[i], serverKey: serverKeys.publicKey),
-                                           maxFrameBytes: maxFrameBytes(sources[i], agentID: id), logger: logger))
+            agents.append(
+                try FeatureAgent(
+                    identity: AgentIdentity(agentID: id, modelID: "synthetic"), server: router.endpoint,
+                    curve: CurveClient(keyPair: agentKeys[i], serverKey: serverKeys.publicKey),
+                    maxFrameBytes: maxFrameBytes(sources[i], agentID: id), logger: logger))
         }
         let consumers = agents.map { a in Task { await a.run() } }
 
         var reference: Process?
         if !noReference {
-            reference = try startReferenceAgent(endpoint: router.endpoint, serverKeys: serverKeys, keys: refKeys,
-                                                frames: Int(seconds * rate), interval: 1 / rate)
+            reference = try startReferenceAgent(
+                endpoint: router.endpoint, serverKeys: serverKeys, keys: refKeys,
+                frames: Int(seconds * rate), interval: 1 / rate)
         }
 
         let stop = Locked(false)
@@ -102,7 +109,9 @@ struct DemoCommand: AsyncParsableCommand {
         for p in producers { await p.value }
         let deadline = Clock.monotonicNs() + 3_000_000_000
         while Clock.monotonicNs() < deadline,
-              agents.contains(where: { $0.stats.acks < $0.stats.framesSubmitted - $0.stats.framesReplaced }) || reference?.isRunning == true {
+            agents.contains(where: { $0.stats.acks < $0.stats.framesSubmitted - $0.stats.framesReplaced })
+                || reference?.isRunning == true
+        {
             await sleepSeconds(0.05)
         }
         live.cancel()
@@ -123,8 +132,12 @@ struct DemoCommand: AsyncParsableCommand {
         print("\n== Swift agents: their own view ==")
         print(agentTable(agents, seconds: elapsed).render())
         let rejected = server.rejections.values.reduce(0, +)
-        let allAcked = agents.allSatisfy { $0.stats.acks > 0 && $0.stats.acks == $0.stats.framesSubmitted - $0.stats.framesReplaced }
-        print("\n\(allAcked && referenceOK ? "OK" : "FAILED"): \(agents.count + (reference == nil ? 0 : 1)) agents, \(rejected) rejected messages, \(fmt(elapsed, 1)) s")
+        let allAcked = agents.allSatisfy {
+            $0.stats.acks > 0 && $0.stats.acks == $0.stats.framesSubmitted - $0.stats.framesReplaced
+        }
+        print(
+            "\n\(allAcked && referenceOK ? "OK" : "FAILED"): \(agents.count + (reference == nil ? 0 : 1)) agents, \(rejected) rejected messages, \(fmt(elapsed, 1)) s"
+        )
         if !(allAcked && referenceOK) { throw ExitCode(1) }
     }
 
@@ -147,8 +160,10 @@ struct DemoCommand: AsyncParsableCommand {
             }
         }
         let r = evalReport(session)
-        let fused = r["fused_ap"] as! [String: Double], alone = r["alone_ap"] as! [String: Double]
-        print("""
+        let fused = r["fused_ap"] as! [String: Double]
+        let alone = r["alone_ap"] as! [String: Double]
+        print(
+            """
 
             == summary ==
             fused AP@0.5 \(fmt(fused["0.5"]!)) vs single agent \(fmt(alone["0.5"]!))  (AP@0.3 \(fmt(fused["0.3"]!)) vs \(fmt(alone["0.3"]!)), AP@0.7 \(fmt(fused["0.7"]!)) vs \(fmt(alone["0.7"]!)))
@@ -159,8 +174,10 @@ struct DemoCommand: AsyncParsableCommand {
 
     /// Starts Protocol/reference/agent.py with key files in a temporary folder, or returns nil
     /// (with a note) when python3, pyzmq or lz4 is missing.
-    private func startReferenceAgent(endpoint: String, serverKeys: CurveKeyPair, keys: CurveKeyPair,
-                                     frames: Int, interval: Double) throws -> Process? {
+    private func startReferenceAgent(
+        endpoint: String, serverKeys: CurveKeyPair, keys: CurveKeyPair,
+        frames: Int, interval: Double
+    ) throws -> Process? {
         let script = "Protocol/reference/agent.py"
         guard FileManager.default.fileExists(atPath: script) else {
             print("note: \(script) not found (run from the repository root); skipping the reference agent")
@@ -170,7 +187,10 @@ struct DemoCommand: AsyncParsableCommand {
         check.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         check.arguments = ["python3", "-c", "import zmq, lz4"]
         check.standardError = FileHandle.nullDevice
-        do { try check.run() } catch { print("note: python3 not found; skipping the reference agent"); return nil }
+        do { try check.run() } catch {
+            print("note: python3 not found; skipping the reference agent")
+            return nil
+        }
         check.waitUntilExit()
         guard check.terminationStatus == 0 else {
             print("note: python3 lacks pyzmq or lz4 (pip install pyzmq lz4); skipping the reference agent")
@@ -182,9 +202,11 @@ struct DemoCommand: AsyncParsableCommand {
         try keys.write(name: "ref-1", directory: dir)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", script, "--endpoint", endpoint, "--agent-id", "ref-1", "--server-key", "\(dir)/server.pub",
-                       "--key", "\(dir)/ref-1", "--frames", "\(frames)", "--interval", "\(interval)", "--lz4", "--bits", "6",
-                       "--timeout", "10"]
+        p.arguments = [
+            "python3", script, "--endpoint", endpoint, "--agent-id", "ref-1", "--server-key", "\(dir)/server.pub",
+            "--key", "\(dir)/ref-1", "--frames", "\(frames)", "--interval", "\(interval)", "--lz4", "--bits", "6",
+            "--timeout", "10",
+        ]
         p.standardOutput = FileHandle.nullDevice
         try p.run()
         return p

@@ -7,7 +7,8 @@ import SlimPipeline
 struct EvalCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "eval",
-        abstract: "Run agents and the fusion server over a recording on real sockets; print AP, bytes per frame and latency.",
+        abstract:
+            "Run agents and the fusion server over a recording on real sockets; print AP, bytes per frame and latency.",
         discussion: """
             Every recorded agent becomes a SlimSplit agent (Curve on, loopback TCP) replaying its LiDAR in lock-step;
             the server fuses each frame once all agents sent it. AP@0.3/0.5/0.7 (BEV, rotated IoU) follows
@@ -59,7 +60,9 @@ struct EvalCommand: AsyncParsableCommand {
         config.firstFrame = firstFrame
         config.floatEncoder = floatEncoder
         config.floatServer = floatServer
-        guard let f = CooperativeDetector.Fusion(rawValue: fusion) else { throw ValidationError("--fusion must be attention or max") }
+        guard let f = CooperativeDetector.Fusion(rawValue: fusion) else {
+            throw ValidationError("--fusion must be attention or max")
+        }
         config.fusion = f
         let session = CooperativeSession(config)
         var bar = ProgressBar("eval", total: 1)
@@ -69,22 +72,31 @@ struct EvalCommand: AsyncParsableCommand {
         }
         let doc = evalReport(session)
         if json {
-            print(String(decoding: try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys]), as: UTF8.self))
+            print(
+                String(
+                    decoding: try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys]),
+                    as: UTF8.self))
         } else {
             print(evalTable(session).render())
-            let ap = doc["fused_ap"] as! [String: Double], alone = doc["alone_ap"] as! [String: Double]
-            print("fused AP@0.3/0.5/0.7: \(fmt(ap["0.3"]!)) / \(fmt(ap["0.5"]!)) / \(fmt(ap["0.7"]!));  alone: \(fmt(alone["0.3"]!)) / \(fmt(alone["0.5"]!)) / \(fmt(alone["0.7"]!))")
+            let ap = doc["fused_ap"] as! [String: Double]
+            let alone = doc["alone_ap"] as! [String: Double]
+            print(
+                "fused AP@0.3/0.5/0.7: \(fmt(ap["0.3"]!)) / \(fmt(ap["0.5"]!)) / \(fmt(ap["0.7"]!));  alone: \(fmt(alone["0.3"]!)) / \(fmt(alone["0.5"]!)) / \(fmt(alone["0.7"]!))"
+            )
         }
     }
 }
 
 func apDict(_ ap: AveragePrecision) -> [String: Double] {
     let p = ap.percent
-    return ["0.3": Double(p[0]), "0.5": Double(p[1]), "0.7": Double(p[2])].mapValues { $0.isNaN ? -1 : ($0 * 100).rounded() / 100 }
+    return ["0.3": Double(p[0]), "0.5": Double(p[1]), "0.7": Double(p[2])].mapValues {
+        $0.isNaN ? -1 : ($0 * 100).rounded() / 100
+    }
 }
 
 func evalReport(_ s: CooperativeSession) -> [String: Any] {
-    var fused = AveragePrecision(), alone = AveragePrecision()
+    var fused = AveragePrecision()
+    var alone = AveragePrecision()
     var agents: [[String: Any]] = []
     for (name, r) in s.reports.sorted(by: { $0.key < $1.key }) {
         fused.merge(r.fusedAP)
@@ -110,11 +122,15 @@ func evalReport(_ s: CooperativeSession) -> [String: Any] {
 }
 
 func evalTable(_ s: CooperativeSession) -> TextTable {
-    var t = TextTable(["agent", "frames", "results", "KB/frame", "AP@0.5 fused", "AP@0.5 alone", "RTT p50 ms", "RTT p99 ms"])
+    var t = TextTable([
+        "agent", "frames", "results", "KB/frame", "AP@0.5 fused", "AP@0.5 alone", "RTT p50 ms", "RTT p99 ms",
+    ])
     for (name, r) in s.reports.sorted(by: { $0.key < $1.key }) {
-        t.add([name, "\(r.frames)", "\(r.results)", fmt(Double(r.bytes) / Double(max(r.frames, 1)) / 1024, 2),
-               fmt(Double(r.fusedAP.percent[1])), fmt(Double(r.singleAP.percent[1])),
-               fmt(percentile(r.roundTripMs, 0.5), 2), fmt(percentile(r.roundTripMs, 0.99), 2)])
+        t.add([
+            name, "\(r.frames)", "\(r.results)", fmt(Double(r.bytes) / Double(max(r.frames, 1)) / 1024, 2),
+            fmt(Double(r.fusedAP.percent[1])), fmt(Double(r.singleAP.percent[1])),
+            fmt(percentile(r.roundTripMs, 0.5), 2), fmt(percentile(r.roundTripMs, 0.99), 2),
+        ])
     }
     return t
 }

@@ -28,7 +28,8 @@ struct RecordCommand: ParsableCommand {
     @Option(help: "Override the scene's duration (seconds).")
     var duration: Double?
 
-    @Option(help: "Chunk compression: lz4 (what ros2 bag writes), zstd (the mcap tools' default; smaller, slower) or none.")
+    @Option(
+        help: "Chunk compression: lz4 (what ros2 bag writes), zstd (the mcap tools' default; smaller, slower) or none.")
     var compression: String = "lz4"
 
     func validate() throws {
@@ -43,7 +44,8 @@ struct RecordCommand: ParsableCommand {
         var sim = Simulator(config: config, seed: seed)
         let writer = try RecordingWriter(path: out, compression: MCAPCompression(rawValue: compression) ?? .lz4)
         var bar = ProgressBar("record \(config.name)", total: sim.frameCount)
-        var simNs: UInt64 = 0, points = 0
+        var simNs: UInt64 = 0
+        var points = 0
         let start = Clock.monotonicNs()
         for i in 0..<sim.frameCount {
             let t0 = Clock.monotonicNs()
@@ -57,7 +59,8 @@ struct RecordCommand: ParsableCommand {
         let wall = Double(Clock.monotonicNs() - start) / 1e9
         let simulated = Double(sim.frameCount) / config.rate
         let size = (try? FileManager.default.attributesOfItem(atPath: out)[.size] as? Int) ?? 0
-        print("""
+        print(
+            """
             wrote \(out): \(sim.frameCount) frames × \(sim.agentIDs.count) agents (\(sim.agentIDs.joined(separator: ", "))), \
             \(points) points, \(size / 1024) KiB
             simulated \(fmt(simulated, 1)) s in \(fmt(wall, 2)) s: \(fmt(simulated / max(wall, 1e-9), 1))× real time \
@@ -96,7 +99,9 @@ struct ReplayCommand: ParsableCommand {
             var t = TextTable(["topic", "type", "messages", "rate Hz"])
             for tp in s.topics { t.add([tp.topic, tp.type, "\(tp.count)", fmt(tp.rateHz, 1)]) }
             print(t.render())
-            print("\(s.messages) messages over \(fmt(Double(s.endNs &- s.startNs) / 1e9, 2)) s (\(s.startNs) … \(s.endNs) ns)")
+            print(
+                "\(s.messages) messages over \(fmt(Double(s.endNs &- s.startNs) / 1e9, 2)) s (\(s.startNs) … \(s.endNs) ns)"
+            )
             return
         }
         var n = 0
@@ -137,7 +142,9 @@ struct DatasetExportCommand: ParsableCommand {
         for r in recordings {
             var bar = ProgressBar("export \(URL(fileURLWithPath: r).lastPathComponent)", total: 1)
             let shards = try exporter.export(recording: r, to: out) { done, all in
-                if bar.total != all { bar = ProgressBar("export \(URL(fileURLWithPath: r).lastPathComponent)", total: all) }
+                if bar.total != all {
+                    bar = ProgressBar("export \(URL(fileURLWithPath: r).lastPathComponent)", total: all)
+                }
                 bar.update(done)
             }
             total += shards.count

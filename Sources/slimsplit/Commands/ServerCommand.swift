@@ -1,12 +1,12 @@
 import ArgumentParser
+import Foundation
 import Logging
 import SlimConfig
+import SlimEngine
 import SlimPipeline
+import SlimSensors
 import SlimServer
 import SlimTransport
-import SlimSensors
-import SlimEngine
-import Foundation
 
 struct ServerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -36,13 +36,15 @@ struct ServerCommand: AsyncParsableCommand {
         let cfg = try ServerConfig.load(file: config)
         var curve: CurveServer?
         if let c = cfg.curve {
-            curve = CurveServer(keyPair: try CurveKeyPair(secretKeyFile: c.secretKey),
-                                allowList: try CurveAllowList(directory: c.allowedKeys))
+            curve = CurveServer(
+                keyPair: try CurveKeyPair(secretKeyFile: c.secretKey),
+                allowList: try CurveAllowList(directory: c.allowedKeys))
             logger.info("Curve on", metadata: ["allowed_keys": "\(curve!.allowList.names.count)"])
         } else {
             logger.warning("Curve is off: traffic is neither encrypted nor authenticated")
         }
-        let router = try RouterEndpoint(bind: endpoint ?? cfg.endpoint, curve: curve, options: cfg.socket, logger: logger)
+        let router = try RouterEndpoint(
+            bind: endpoint ?? cfg.endpoint, curve: curve, options: cfg.socket, logger: logger)
         var options = ServerOptions()
         options.limits = cfg.limits
         options.rejectLogInterval = cfg.rejectLogInterval
@@ -53,7 +55,9 @@ struct ServerCommand: AsyncParsableCommand {
             fo.fusion = cfg.fusionMode == "max" ? .max : .attention
             fo.useLateFrames = cfg.useLateFrames
             fusion = try FusionService(modelFile: model, options: fo)
-            logger.info("fusion on", metadata: ["model": "\(model)", "max_passes_per_s": "\(cfg.tickHz)", "mode": "\(cfg.fusionMode)"])
+            logger.info(
+                "fusion on",
+                metadata: ["model": "\(model)", "max_passes_per_s": "\(cfg.tickHz)", "mode": "\(cfg.fusionMode)"])
         }
         let fusionRef = fusion
         // A fusion pass runs as soon as a frame is in (frames that arrive together share one), at
@@ -65,9 +69,11 @@ struct ServerCommand: AsyncParsableCommand {
             if fusionRef?.ingest(agent: agent, frame) == true { arrived.yield() }
         }
         logger.info("listening", metadata: ["endpoint": "\(router.endpoint)"])
-        let recorder: DetectionRecorder? = cfg.recordPath != nil || cfg.jsonLines != nil || cfg.publish != nil
-            ? try DetectionRecorder(path: cfg.recordPath, jsonLines: cfg.jsonLines, publish: cfg.publish,
-                                    flushSeconds: cfg.recordFlushSeconds, logger: logger) : nil
+        let recorder: DetectionRecorder? =
+            cfg.recordPath != nil || cfg.jsonLines != nil || cfg.publish != nil
+            ? try DetectionRecorder(
+                path: cfg.recordPath, jsonLines: cfg.jsonLines, publish: cfg.publish,
+                flushSeconds: cfg.recordFlushSeconds, logger: logger) : nil
         var metrics: MetricsEndpoint?
         if cfg.metricsPort != 0 || metricsPort != nil {
             metrics = try MetricsEndpoint(host: cfg.metricsHost, port: metricsPort ?? cfg.metricsPort) {
@@ -94,13 +100,17 @@ struct ServerCommand: AsyncParsableCommand {
         var budgetTask: Task<Void, Never>?
         if cfg.uplinkBudgetBitsPerSecond > 0, let fusion = fusionRef {
             guard let table = fusion.rateAccuracy else {
-                throw ValidationError("control.uplink_budget_kbit_s needs the model's rate-accuracy table, which \(cfg.model ?? "") lacks")
+                throw ValidationError(
+                    "control.uplink_budget_kbit_s needs the model's rate-accuracy table, which \(cfg.model ?? "") lacks"
+                )
             }
             var budget = UplinkBudget(bitsPerSecond: cfg.uplinkBudgetBitsPerSecond, table: table)
             budget.halfExtent = fusion.halfExtent
             budget.cell = fusion.cell
             let interval = cfg.controlInterval
-            logger.info("uplink budget", metadata: ["kbit_s": "\(cfg.uplinkBudgetBitsPerSecond / 1000)", "interval_s": "\(interval)"])
+            logger.info(
+                "uplink budget",
+                metadata: ["kbit_s": "\(cfg.uplinkBudgetBitsPerSecond / 1000)", "interval_s": "\(interval)"])
             budgetTask = Task {
                 var lastFrames: [String: Int] = [:]
                 var lastCaps: [String: UplinkBudget.Cap] = [:]
@@ -108,18 +118,28 @@ struct ServerCommand: AsyncParsableCommand {
                     await sleepSeconds(interval)
                     let stats = server.stats
                     let now = Clock.wallNs()
-                    let agents = fusion.agentPoses.filter { now &- $0.captureNs < 5_000_000_000 || $0.captureNs > now }.map { p in
-                        let frames = stats[p.agent]?.frames ?? 0
-                        let rate = Double(frames - (lastFrames[p.agent] ?? frames)) / interval
-                        return UplinkBudget.Agent(id: p.agent, position: p.position, yaw: p.yaw, rateHz: rate > 0 ? rate : 10)
-                    }
+                    let agents = fusion.agentPoses.filter { now &- $0.captureNs < 5_000_000_000 || $0.captureNs > now }
+                        .map { p in
+                            let frames = stats[p.agent]?.frames ?? 0
+                            let rate = Double(frames - (lastFrames[p.agent] ?? frames)) / interval
+                            return UplinkBudget.Agent(
+                                id: p.agent, position: p.position, yaw: p.yaw, rateHz: rate > 0 ? rate : 10)
+                        }
                     for (a, s) in stats { lastFrames[a] = s.frames }
-                    for (id, cap) in budget.caps(for: agents) where lastCaps[id].map({ $0.maxWidthIndex != cap.maxWidthIndex || $0.maxBits != cap.maxBits }) ?? true {
+                    for (id, cap) in budget.caps(for: agents)
+                    where lastCaps[id].map({ $0.maxWidthIndex != cap.maxWidthIndex || $0.maxBits != cap.maxBits })
+                        ?? true
+                    {
                         if server.sendControl(toAgent: id, maxWidthIndex: cap.maxWidthIndex, maxBits: cap.maxBits) {
                             lastCaps[id] = cap
-                            logger.info("cap", metadata: ["agent": "\(id)", "max_width_index": "\(cap.maxWidthIndex)", "max_bits": "\(cap.maxBits)",
-                                                          "share_kbit_s": "\(Int(cap.shareBitsPerSecond / 1000))",
-                                                          "coverage_share": "\(Int((cap.credit * 100).rounded())) %"])
+                            logger.info(
+                                "cap",
+                                metadata: [
+                                    "agent": "\(id)", "max_width_index": "\(cap.maxWidthIndex)",
+                                    "max_bits": "\(cap.maxBits)",
+                                    "share_kbit_s": "\(Int(cap.shareBitsPerSecond / 1000))",
+                                    "coverage_share": "\(Int((cap.credit * 100).rounded())) %",
+                                ])
                         }
                     }
                 }
@@ -130,7 +150,12 @@ struct ServerCommand: AsyncParsableCommand {
         // lingers up to 1 s for them), then the loop, the recording and the metrics close.
         let stopping = Locked(false)
         let shutdown: @Sendable (String) -> Void = { why in
-            guard stopping.withLock({ s in defer { s = true }; return !s }) else { return }  // once
+            guard
+                stopping.withLock({ s in
+                    defer { s = true }
+                    return !s
+                })
+            else { return }  // once
             logger.info("shutting down", metadata: ["reason": "\(why)"])
             Task {
                 arrived.finish()
@@ -146,7 +171,8 @@ struct ServerCommand: AsyncParsableCommand {
         }
         let signals = onShutdownSignal { shutdown("signal") }
         logger.debug("signal handlers installed")
-        let duration = self.duration, statusInterval = self.statusInterval
+        let duration = self.duration
+        let statusInterval = self.statusInterval
         let timer = Task {
             let start = Clock.monotonicNs()
             var lastStatus = start
@@ -154,12 +180,19 @@ struct ServerCommand: AsyncParsableCommand {
                 await sleepSeconds(0.2)
                 recorder?.flushIfDue()
                 let now = Clock.monotonicNs()
-                if duration > 0, Double(now - start) / 1e9 >= duration { shutdown("duration"); return }
+                if duration > 0, Double(now - start) / 1e9 >= duration {
+                    shutdown("duration")
+                    return
+                }
                 if statusInterval > 0, Double(now - lastStatus) / 1e9 >= statusInterval {
                     lastStatus = now
                     for (agent, s) in server.stats.sorted(by: { $0.key < $1.key }) {
-                        logger.info("agent status", metadata: ["agent": "\(agent)", "frames": "\(s.frames)",
-                                                               "bytes": "\(s.bytes)", "rejected": "\(s.rejectedTotal)"])
+                        logger.info(
+                            "agent status",
+                            metadata: [
+                                "agent": "\(agent)", "frames": "\(s.frames)",
+                                "bytes": "\(s.bytes)", "rejected": "\(s.rejectedTotal)",
+                            ])
                     }
                 }
             }
@@ -182,10 +215,13 @@ func serverTable(_ server: FeatureServer) -> TextTable {
     for (agent, s) in server.stats.sorted(by: { $0.key < $1.key }) {
         let kb = s.frames > 0 ? Double(s.bytes) / Double(s.frames) / 1024 : 0
         let ratio = s.bytes > 0 ? Double(s.rawBytes) / Double(s.bytes) : 0
-        let rej = s.rejected.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\($0.key.rawValue)=\($0.value)" }.joined(separator: " ")
-        t.add([agent, s.keyName ?? "-", "\(s.frames)", fmt(kb, 2), fmt(ratio, 2) + "x",
-               fmt(Double(s.widthPerMille) / 1000, 2), "\(s.bits)",
-               s.cells > 0 ? "\(s.sentCells)/\(s.cells)" : "-", rej.isEmpty ? "0" : rej])
+        let rej = s.rejected.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\($0.key.rawValue)=\($0.value)" }
+            .joined(separator: " ")
+        t.add([
+            agent, s.keyName ?? "-", "\(s.frames)", fmt(kb, 2), fmt(ratio, 2) + "x",
+            fmt(Double(s.widthPerMille) / 1000, 2), "\(s.bits)",
+            s.cells > 0 ? "\(s.sentCells)/\(s.cells)" : "-", rej.isEmpty ? "0" : rej,
+        ])
     }
     return t
 }

@@ -1,6 +1,6 @@
-import SlimEngine
 import Glibc
 import SlimAgent
+import SlimEngine
 
 /// Recent per-stage times of an agent (seconds), for its Prometheus endpoint.
 final class AgentStageTimes: @unchecked Sendable {
@@ -36,11 +36,15 @@ func agentPrometheusText(_ a: FeatureAgent, stages: AgentStageTimes, widthIndex:
         l.append("# TYPE slimsplit_agent_\(name) \(type)")
         l.append("slimsplit_agent_\(name){agent=\"\(id)\"\(labels)} \(value)")
     }
-    m("engine_info", "gauge", "The engine's kernel path, as a label.", "1", labels: ",kernels=\"\(KernelPath.default)\"")
+    m(
+        "engine_info", "gauge", "The engine's kernel path, as a label.", "1",
+        labels: ",kernels=\"\(KernelPath.default)\"")
     m("frames_total", "counter", "Frames submitted.", "\(s.framesSubmitted)")
     m("acks_total", "counter", "Frames acknowledged by the server.", "\(s.acks)")
     m("results_total", "counter", "Results (detections) received.", "\(s.results)")
-    m("dropped_total", "counter", "Frames dropped before sending, by reason.", "\(s.framesReplaced)", labels: ",reason=\"replaced_by_newer\"")
+    m(
+        "dropped_total", "counter", "Frames dropped before sending, by reason.", "\(s.framesReplaced)",
+        labels: ",reason=\"replaced_by_newer\"")
     l.append("slimsplit_agent_dropped_total{agent=\"\(id)\",reason=\"no_buffer\"} \(s.framesNoBuffer)")
     l.append("slimsplit_agent_dropped_total{agent=\"\(id)\",reason=\"rate_cap\"} \(s.framesRateCapped)")
     m("bytes_total", "counter", "Bytes submitted.", "\(s.bytesSubmitted)")
@@ -49,8 +53,13 @@ func agentPrometheusText(_ a: FeatureAgent, stages: AgentStageTimes, widthIndex:
     if let bits { m("bits", "gauge", "Bits per transmitted value in use.", "\(bits)") }
     l.append("# HELP slimsplit_agent_rtt_seconds Submit to Ack.")
     l.append("# TYPE slimsplit_agent_rtt_seconds summary")
-    for q in [50.0, 99.0] { l.append("slimsplit_agent_rtt_seconds{agent=\"\(id)\",quantile=\"\(q / 100)\"} \((s.rttPercentileMs(q) ?? 0) / 1000)") }
-    l.append("# HELP slimsplit_agent_stage_seconds Per frame: featurize, encode, quantize, pack (bit packing, LZ4, CRC).")
+    for q in [50.0, 99.0] {
+        l.append(
+            "slimsplit_agent_rtt_seconds{agent=\"\(id)\",quantile=\"\(q / 100)\"} \((s.rttPercentileMs(q) ?? 0) / 1000)"
+        )
+    }
+    l.append(
+        "# HELP slimsplit_agent_stage_seconds Per frame: featurize, encode, quantize, pack (bit packing, LZ4, CRC).")
     l.append("# TYPE slimsplit_agent_stage_seconds summary")
     for (k, p50, p99) in stages.quantiles() {
         l.append("slimsplit_agent_stage_seconds{agent=\"\(id)\",stage=\"\(k)\",quantile=\"0.5\"} \(p50)")

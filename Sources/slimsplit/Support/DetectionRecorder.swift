@@ -27,7 +27,9 @@ final class DetectionRecorder: @unchecked Sendable {
         writer = try path.map { try RecordingWriter(path: $0, flushInterval: flushSeconds) }
         publisher = try publish.map { try PublisherEndpoint(bind: $0) }
         if let j = jsonLines {
-            if j == "-" { lines = FileHandle.standardOutput } else {
+            if j == "-" {
+                lines = FileHandle.standardOutput
+            } else {
                 FileManager.default.createFile(atPath: j, contents: nil)
                 lines = FileHandle(forWritingAtPath: j)
             }
@@ -39,30 +41,41 @@ final class DetectionRecorder: @unchecked Sendable {
     func record(_ o: FusionService.Output) {
         lock.lock()
         defer { lock.unlock() }
-        let c = cos(o.yaw), s = sin(o.yaw)
+        let c = cos(o.yaw)
+        let s = sin(o.yaw)
         let world = o.boxes.map { b -> (Double, Double, Double, BEVBox) in
-            (Double(o.position.x + c * b.x - s * b.y), Double(o.position.y + s * b.x + c * b.y), Double(b.yaw + o.yaw), b)
+            (
+                Double(o.position.x + c * b.x - s * b.y), Double(o.position.y + s * b.x + c * b.y),
+                Double(b.yaw + o.yaw), b
+            )
         }
         if let writer {
             let stamp = RosTime(ns: o.captureTimeNs)
             let dets = world.map { (x, y, yaw, b) in
-                Detection3D(classID: "vehicle", score: Double(b.score), center: Pose3(x: x, y: y, z: 0.8, yaw: yaw),
-                            size: SIMD3(Double(b.length), Double(b.width), 1.6), id: "")
+                Detection3D(
+                    classID: "vehicle", score: Double(b.score), center: Pose3(x: x, y: y, z: 0.8, yaw: yaw),
+                    size: SIMD3(Double(b.length), Double(b.width), 1.6), id: "")
             }
             attempt {
-                try writer.write(topic: Topics.fusedDetections, type: Detection3DArray.typeName, timeNs: o.captureTimeNs,
-                                 data: Detection3DArray(header: RosHeader(stamp: stamp, frameID: "map"), detections: dets).encoded())
-                try writer.write(topic: Topics.poseMeasured(o.agent.replacingOccurrences(of: "-", with: "_")), type: PoseStamped.typeName,
-                                 timeNs: o.captureTimeNs,
-                                 data: PoseStamped(header: RosHeader(stamp: stamp, frameID: "map"),
-                                                   pose: Pose3(x: Double(o.position.x), y: Double(o.position.y), yaw: Double(o.yaw))).encoded())
+                try writer.write(
+                    topic: Topics.fusedDetections, type: Detection3DArray.typeName, timeNs: o.captureTimeNs,
+                    data: Detection3DArray(header: RosHeader(stamp: stamp, frameID: "map"), detections: dets).encoded())
+                try writer.write(
+                    topic: Topics.poseMeasured(o.agent.replacingOccurrences(of: "-", with: "_")),
+                    type: PoseStamped.typeName,
+                    timeNs: o.captureTimeNs,
+                    data: PoseStamped(
+                        header: RosHeader(stamp: stamp, frameID: "map"),
+                        pose: Pose3(x: Double(o.position.x), y: Double(o.position.y), yaw: Double(o.yaw))
+                    ).encoded())
             }
         }
         if lines != nil || publisher != nil {
             let boxes = world.map { (x, y, yaw, b) in
                 "{\"x\":\(x),\"y\":\(y),\"length\":\(b.length),\"width\":\(b.width),\"yaw\":\(yaw),\"score\":\(b.score)}"
             }.joined(separator: ",")
-            let line = "{\"agent\":\"\(o.agent)\",\"sequence\":\(o.sequence),\"capture_time_ns\":\(o.captureTimeNs),\"fused\":[\(o.fusedAgents.map { "\"\($0)\"" }.joined(separator: ","))],\"frame\":\"map\",\"boxes\":[\(boxes)]}\n"
+            let line =
+                "{\"agent\":\"\(o.agent)\",\"sequence\":\(o.sequence),\"capture_time_ns\":\(o.captureTimeNs),\"fused\":[\(o.fusedAgents.map { "\"\($0)\"" }.joined(separator: ","))],\"frame\":\"map\",\"boxes\":[\(boxes)]}\n"
             lines?.write(Data(line.utf8))
             publisher?.publish(Array(line.dropLast().utf8))
         }

@@ -40,7 +40,8 @@ final class FrameReport: @unchecked Sendable {
     private var ap = AveragePrecision()
 
     init(path: String, deadlineSeconds: Double, startNs: UInt64) throws {
-        guard FileManager.default.createFile(atPath: path, contents: nil), let h = FileHandle(forWritingAtPath: path) else {
+        guard FileManager.default.createFile(atPath: path, contents: nil), let h = FileHandle(forWritingAtPath: path)
+        else {
             throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: path])
         }
         out = h
@@ -59,7 +60,9 @@ final class FrameReport: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         guard let s = pending.removeValue(forKey: r.sequence) else { return }
-        let boxes = r.detections.map { BEVBox(x: $0.center.x, y: $0.center.y, length: $0.size.x, width: $0.size.y, yaw: $0.yaw, score: $0.score) }
+        let boxes = r.detections.map {
+            BEVBox(x: $0.center.x, y: $0.center.y, length: $0.size.x, width: $0.size.y, yaw: $0.yaw, score: $0.score)
+        }
         write(s, latencyNs: now &- s.dueNs, detections: boxes)
     }
 
@@ -67,7 +70,8 @@ final class FrameReport: @unchecked Sendable {
     func expire(atNs now: UInt64, all: Bool = false) {
         lock.lock()
         defer { lock.unlock() }
-        for (seq, s) in pending.sorted(by: { $0.key < $1.key }) where all || now > s.dueNs + deadlineNs + 2_000_000_000 {
+        for (seq, s) in pending.sorted(by: { $0.key < $1.key }) where all || now > s.dueNs + deadlineNs + 2_000_000_000
+        {
             pending[seq] = nil
             write(s, latencyNs: nil, detections: [])
         }

@@ -8,7 +8,8 @@ import Glibc
 /// should stay installed.
 func onShutdownSignal(_ handler: @escaping @Sendable () -> Void) -> AnyObject {
     guard slim_shutdown_install() == 0 else {
-        FileHandle.standardError.write(Data("warning: cannot catch SIGINT/SIGTERM: \(String(cString: strerror(errno)))\n".utf8))
+        FileHandle.standardError.write(
+            Data("warning: cannot catch SIGINT/SIGTERM: \(String(cString: strerror(errno)))\n".utf8))
         return NSObject()
     }
     let thread = Thread {

@@ -14,8 +14,9 @@ func fuzzCDR(_ input: UnsafeRawBufferPointer) {
     switch kind % 4 {
     case 0:
         guard let header = try? PointCloud2.decode(body, into: &points) else { return }
-        invariant(points.allSatisfy { $0.x.isFinite && $0.y.isFinite && $0.z.isFinite && $0.w.isFinite },
-                     "PointCloud2 delivered a non-finite point")
+        invariant(
+            points.allSatisfy { $0.x.isFinite && $0.y.isFinite && $0.z.isFinite && $0.w.isFinite },
+            "PointCloud2 delivered a non-finite point")
         let bytes = PointCloud2.encode(header: header, points: points)
         let h2 = bytes.withUnsafeBytes { try? PointCloud2.decode($0, into: &again) }
         invariant(h2 == header && again == points, "PointCloud2 does not survive its own encoding")
@@ -28,10 +29,14 @@ func fuzzCDR(_ input: UnsafeRawBufferPointer) {
     }
 }
 
-private func fixedPoint<M>(_ body: UnsafeRawBufferPointer, _ decode: (UnsafeRawBufferPointer) throws -> M,
-                           _ encode: (M) -> [UInt8]) {
+private func fixedPoint<M>(
+    _ body: UnsafeRawBufferPointer, _ decode: (UnsafeRawBufferPointer) throws -> M,
+    _ encode: (M) -> [UInt8]
+) {
     guard let m = try? decode(body) else { return }
     let once = encode(m)
-    guard let m2 = once.withUnsafeBytes({ try? decode($0) }) else { fatalError("\(M.self) does not decode its own encoding") }
+    guard let m2 = once.withUnsafeBytes({ try? decode($0) }) else {
+        fatalError("\(M.self) does not decode its own encoding")
+    }
     invariant(encode(m2) == once, "\(M.self) changes when encoded and decoded again")
 }

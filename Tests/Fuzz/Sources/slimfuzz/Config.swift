@@ -11,7 +11,8 @@ func fuzzConfig(_ input: UnsafeRawBufferPointer) {
     // Composed once here (what ConfigSection.parse does), then read by each reader.
     guard let node = compose(String(decoding: input, as: UTF8.self)) else { return }
     let first = configs(node)
-    guard first.contains(where: { $0 != nil }), let again = try? Yams.serialize(node: node), let back = compose(again) else { return }
+    guard first.contains(where: { $0 != nil }), let again = try? Yams.serialize(node: node), let back = compose(again)
+    else { return }
     invariant(configs(back) == first, "a config reads differently after Yams writes it back:\n---\n\(again)")
 }
 

@@ -32,13 +32,19 @@ private func read(_ bytes: UnsafeRawBufferPointer) -> (messages: [Delivered], fa
         let r = try MCAPReader(bytes: bytes, name: "fuzz.mcap")
         r.chunkLimit = 1 << 22  // keep each run fast; the limit itself is what is checked
         do {
-            try r.forEachMessage { out.append(Delivered($0)); return true }
+            try r.forEachMessage {
+                out.append(Delivered($0))
+                return true
+            }
         } catch {
             return (out, true)
         }
         // The record stream must agree with the message stream on a clean file.
         var records = 0
-        try r.forEachRecord { if case .message = $0 { records += 1 }; return true }
+        try r.forEachRecord {
+            if case .message = $0 { records += 1 }
+            return true
+        }
         invariant(records == out.count, "forEachRecord saw \(records) messages, forEachMessage \(out.count)")
         return (out, false)
     } catch {
@@ -52,12 +58,13 @@ func fuzzMCAP(_ input: UnsafeRawBufferPointer) {
     let whole = read(input)
     if input.count > 9 {
         // A cut point that depends on the input, so that mutations move it.
-        var h: UInt32 = 2166136261
-        for b in input.prefix(64) { h = (h ^ UInt32(b)) &* 16777619 }
+        var h: UInt32 = 2_166_136_261
+        for b in input.prefix(64) { h = (h ^ UInt32(b)) &* 16_777_619 }
         let cut = 8 + Int(h % UInt32(input.count - 8))
         let part = read(UnsafeRawBufferPointer(rebasing: input[..<cut]))
-        invariant(part.messages.count <= whole.messages.count && zip(part.messages, whole.messages).allSatisfy { $0 == $1 },
-                  "the first \(cut) bytes delivered messages that the whole file does not")
+        invariant(
+            part.messages.count <= whole.messages.count && zip(part.messages, whole.messages).allSatisfy { $0 == $1 },
+            "the first \(cut) bytes delivered messages that the whole file does not")
     }
     guard !whole.failed, !whole.messages.isEmpty else { return }
     let compression = MCAPCompression.allCases[Int(input[input.count - 1]) % 3]
@@ -67,11 +74,13 @@ func fuzzMCAP(_ input: UnsafeRawBufferPointer) {
         for m in whole.messages {
             let sid = m.schema.map { w.addSchema(name: $0, encoding: m.schemaEncoding!, data: m.schemaData!) } ?? 0
             let key = "\(m.topic)\u{0}\(sid)"
-            let id = ids[key] ?? {
-                let c = w.addChannel(topic: m.topic, schemaID: sid, messageEncoding: "cdr")
-                ids[key] = c
-                return c
-            }()
+            let id =
+                ids[key]
+                ?? {
+                    let c = w.addChannel(topic: m.topic, schemaID: sid, messageEncoding: "cdr")
+                    ids[key] = c
+                    return c
+                }()
             try w.write(channel: id, logTime: m.logTime, publishTime: m.publishTime, data: m.data)
         }
         try w.finish()
@@ -81,13 +90,20 @@ func fuzzMCAP(_ input: UnsafeRawBufferPointer) {
     guard let again = try? MCAPReader(path: scratch) else { fatalError("the rewritten file does not open") }
     var back: [Delivered] = []
     do {
-        try again.forEachMessage { back.append(Delivered($0)); return true }
+        try again.forEachMessage {
+            back.append(Delivered($0))
+            return true
+        }
     } catch {
         fatalError("the rewritten file does not read: \(error)")
     }
     if back != whole.messages {
-        let i = zip(back, whole.messages).enumerated().first { $0.element.0 != $0.element.1 }?.offset ?? min(back.count, whole.messages.count)
-        fatalError("a rewritten file reads back different messages: \(back.count) vs \(whole.messages.count), first at \(i): "
-                   + "\(i < back.count ? "\(back[i])" : "-") vs \(i < whole.messages.count ? "\(whole.messages[i])" : "-")")
+        let i =
+            zip(back, whole.messages).enumerated().first { $0.element.0 != $0.element.1 }?.offset
+            ?? min(back.count, whole.messages.count)
+        fatalError(
+            "a rewritten file reads back different messages: \(back.count) vs \(whole.messages.count), first at \(i): "
+                + "\(i < back.count ? "\(back[i])" : "-") vs \(i < whole.messages.count ? "\(whole.messages[i])" : "-")"
+        )
     }
 }

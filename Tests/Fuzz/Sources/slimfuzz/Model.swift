@@ -12,8 +12,9 @@ func fuzzSafetensors(_ input: UnsafeRawBufferPointer) {
     var w = SafetensorsWriter()
     w.metadata = st.metadata
     for (name, t) in st.tensors.sorted(by: { $0.key < $1.key }) {
-        invariant(t.range.lowerBound >= st.dataStart && t.range.upperBound <= st.bytes.count,
-                     "tensor \(name) lies outside the data section")
+        invariant(
+            t.range.lowerBound >= st.dataStart && t.range.upperBound <= st.bytes.count,
+            "tensor \(name) lies outside the data section")
         invariant(t.range.count == t.elementCount * t.dtype.size, "tensor \(name) has the wrong byte count")
         w.add(name, t.dtype, shape: t.shape, bytes: Array(st.bytes[t.range]))
     }
@@ -23,8 +24,9 @@ func fuzzSafetensors(_ input: UnsafeRawBufferPointer) {
     invariant(back.metadata == st.metadata && back.tensors.count == st.tensors.count, "metadata or tensor list changed")
     for (name, t) in st.tensors {
         guard let u = back.tensors[name] else { fatalError("tensor \(name) lost") }
-        invariant(u.dtype == t.dtype && u.shape == t.shape && back.bytes[u.range].elementsEqual(st.bytes[t.range]),
-                     "tensor \(name) changed")
+        invariant(
+            u.dtype == t.dtype && u.shape == t.shape && back.bytes[u.range].elementsEqual(st.bytes[t.range]),
+            "tensor \(name) changed")
     }
     if let model = try? SlimmableModel(st) {
         invariant(model.float.count == model.architecture.widths.count, "a model without a layer set per width")
@@ -44,13 +46,19 @@ private let quantization: [String: FeatureQuantization] = {
 func fuzzRateTable(_ input: UnsafeRawBufferPointer) {
     guard let table = tableOf(String(decoding: input, as: UTF8.self)) else { return }
     for e in table {
-        invariant(quantization["\(e.widthIndex).\(e.bits)"] != nil && e.bytes > 0 && e.bytes.isFinite
-                     && e.ap50.isFinite && e.threshold >= 0 && e.threshold.isFinite, "an invalid entry was accepted: \(e)")
+        invariant(
+            quantization["\(e.widthIndex).\(e.bits)"] != nil && e.bytes > 0 && e.bytes.isFinite
+                && e.ap50.isFinite && e.threshold >= 0 && e.threshold.isFinite, "an invalid entry was accepted: \(e)")
     }
     let entries: [[String: Any]] = table.map {
-        ["width_index": $0.widthIndex, "bits": $0.bits, "threshold": Double($0.threshold), "bytes": $0.bytes, "ap50": $0.ap50]
+        [
+            "width_index": $0.widthIndex, "bits": $0.bits, "threshold": Double($0.threshold), "bytes": $0.bytes,
+            "ap50": $0.ap50,
+        ]
     }
-    guard let json = try? JSONSerialization.data(withJSONObject: ["entries": entries]) else { fatalError("table not serializable") }
+    guard let json = try? JSONSerialization.data(withJSONObject: ["entries": entries]) else {
+        fatalError("table not serializable")
+    }
     invariant(tableOf(String(decoding: json, as: UTF8.self)) == table, "the table does not survive JSON")
 }
 

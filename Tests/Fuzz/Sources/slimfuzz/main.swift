@@ -33,17 +33,20 @@ let target: Target = {
 
 // libFuzzer's own driver (flags, corpus directories, -runs, ...), entered from this main.
 @_silgen_name("LLVMFuzzerRunDriver")
-func LLVMFuzzerRunDriver(_ argc: UnsafeMutablePointer<CInt>,
-                         _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
-                         _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt) -> CInt
+func LLVMFuzzerRunDriver(
+    _ argc: UnsafeMutablePointer<CInt>,
+    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+    _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt
+) -> CInt
 
 _ = target
 var argc = CommandLine.argc
 var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
-exit(LLVMFuzzerRunDriver(&argc, &argv) { data, size in
-    target.run(UnsafeRawBufferPointer(start: size > 0 ? data : nil, count: size))
-    return 0
-})
+exit(
+    LLVMFuzzerRunDriver(&argc, &argv) { data, size in
+        target.run(UnsafeRawBufferPointer(start: size > 0 ? data : nil, count: size))
+        return 0
+    })
 
 /// A broken invariant: stops the run with the message (fatalError keeps its message in
 /// optimized builds, where precondition drops it), and libFuzzer saves the input.
