@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Floods: the server keeps serving authenticated agents while hostile clients pile on.
 
-  .venv/bin/python3 Benchmarks/floods.py [--seconds 20] [--json-out FILE]
+  .venv/bin/python3 Benchmarks/floods.py [--seconds 20] [--pin] [--only KIND] [--json-out FILE]
 
 A release `slimsplit server` (Curve on, an allow-list, the Prometheus endpoint) on loopback,
 two healthy reference agents (Protocol/reference/agent.py, 10 Hz, allow-listed keys) and, in
@@ -63,8 +63,16 @@ class Sampler(threading.Thread):
             time.sleep(0.05)
 
 
+SERVER_CPUS = None  # --pin: the server and the healthy agents on these CPUs, the floods on the others
+
+
+def on_server_cpus():
+    if SERVER_CPUS:
+        os.sched_setaffinity(0, SERVER_CPUS)
+
+
 def healthy(endpoint, keys, agent_id, frames, out):
-    p = subprocess.run([sys.executable, AGENT, "--endpoint", endpoint, "--agent-id", agent_id,
+    p = subprocess.run(preexec_fn=on_server_cpus, args=[sys.executable, AGENT, "--endpoint", endpoint, "--agent-id", agent_id,
                         "--server-key", f"{keys}/server.pub", "--key", f"{keys}/agents/{agent_id}",
                         "--frames", str(frames), "--interval", "0.1", "--bits", "4", "--lz4", "--mask",
                         "--timeout", "10", "--json"], capture_output=True, text=True)
@@ -190,9 +198,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=20, help="length of each phase (default %(default)s)")
     ap.add_argument("--json-out", help="also write the JSON here")
+    ap.add_argument("--pin", action="store_true",
+                    help="run the server and the healthy agents on CPU 0 and every flood on the other CPUs, so that "
+                         "the flood generators do not take the server's CPU (needs 2 or more)")
     ap.add_argument("--only", choices=["connect", "idle", "fast", "http"], action="append",
                     help="run only these floods in the loaded phase (repeatable; default all)")
     a = ap.parse_args()
+    global SERVER_CPUS
+    if a.pin and os.cpu_count() >= 2:
+        SERVER_CPUS = {0}
+        os.sched_setaffinity(0, set(range(1, os.cpu_count())))  # this process generates the floods
     subprocess.run(["swift", "build", "-c", "release", "--product", "slimsplit"], cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     binary = os.path.join(ROOT, ".build/release/slimsplit")
@@ -207,7 +222,7 @@ def main():
         f.write(f"endpoint: tcp://127.0.0.1:{port}\ncurve:\n  secret_key: {keys}/server.key\n"
                 f"  allowed_keys: {keys}/agents\nmetrics:\n  port: {metrics_port}\n  host: 127.0.0.1\n")
     log = open(f"{work}/server.log", "w")
-    server = subprocess.Popen([binary, "server", "--config", f"{work}/server.yaml", "--status-interval", "0"],
+    server = subprocess.Popen(preexec_fn=on_server_cpus, args=[binary, "server", "--config", f"{work}/server.yaml", "--status-interval", "0"],
                               stdout=subprocess.DEVNULL, stderr=log)
     endpoint = f"tcp://127.0.0.1:{port}"
     server_pub = open(f"{keys}/server.pub", "rb").read().strip()
@@ -267,8 +282,9 @@ def main():
                     for v in d.values())
     p99 = lambda d: max((v.get("rtt_ms_p99") or 0) for v in d.values())
     result = {
-        "benchmark": "floods", "cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": "),
+        "benchmark": "floods", "cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].split(":", 1)[1].strip(),
         "cores": os.cpu_count(), "seconds_per_phase": a.seconds, "floods": sorted(only),
+        "pinned": f"server and healthy agents on CPU {sorted(SERVER_CPUS)}, floods on the others" if SERVER_CPUS else None,
         "server_rss_mb": {"before": round(rss_before, 1), "peak": round(sampler.peak, 1), "after": round(rss_after or 0, 1)},
         "healthy_unloaded": phase(unloaded), "healthy_loaded": phase(loaded), "healthy_after": phase(after),
         "healthy_rtt_p99_ms": {"unloaded": p99(unloaded), "loaded": p99(loaded),
