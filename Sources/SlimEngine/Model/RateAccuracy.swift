@@ -53,8 +53,10 @@ public struct RateAccuracyEntry: Sendable, Equatable {
             guard quantization["\(wi).\(bits)"] != nil else {
                 throw fail("entries[\(i)]: no feature quantization for width index \(wi) at \(bits) bits")
             }
-            guard bytes > 0, bytes.isFinite, ap.isFinite, threshold >= 0, Float(threshold).isFinite else {
-                throw fail("entries[\(i)]: bytes must be > 0, ap50 finite, threshold >= 0 and within Float's range")
+            // Ranges a real table lies in: a map is at most a message (1 GiB is the largest limit),
+            // AP is a percentage, a threshold is a feature magnitude.
+            guard bytes > 0, bytes <= Double(1 << 30), (0...100).contains(ap), (0...1e6).contains(threshold) else {
+                throw fail("entries[\(i)]: bytes must be in (0, 2^30], ap50 in 0...100, threshold in 0...1e6")
             }
             out.append(Self(widthIndex: wi, bits: bits, threshold: Float(threshold), bytes: bytes, ap50: ap))
         }

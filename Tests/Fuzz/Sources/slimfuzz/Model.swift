@@ -35,7 +35,7 @@ func fuzzSafetensors(_ input: UnsafeRawBufferPointer) {
 }
 
 // The rate–accuracy table (model metadata `rate_accuracy`, JSON) against a model that serves
-// widths 0–2 at 4 and 8 bits. Invariant: every accepted entry is servable and finite, and the
+// widths 0–2 at 4 and 8 bits. Invariant: every accepted entry is servable and in range, and the
 // table written back as JSON reads as the same table.
 private let quantization: [String: FeatureQuantization] = {
     var q: [String: FeatureQuantization] = [:]
@@ -47,8 +47,8 @@ func fuzzRateTable(_ input: UnsafeRawBufferPointer) {
     guard let table = tableOf(String(decoding: input, as: UTF8.self)) else { return }
     for e in table {
         invariant(
-            quantization["\(e.widthIndex).\(e.bits)"] != nil && e.bytes > 0 && e.bytes.isFinite
-                && e.ap50.isFinite && e.threshold >= 0 && e.threshold.isFinite, "an invalid entry was accepted: \(e)")
+            quantization["\(e.widthIndex).\(e.bits)"] != nil && e.bytes > 0 && e.bytes <= Double(1 << 30)
+                && (0...100).contains(e.ap50) && (0...1e6).contains(e.threshold), "an invalid entry was accepted: \(e)")
     }
     let entries: [[String: Any]] = table.map {
         [
