@@ -89,7 +89,7 @@ let package = Package(
             name: "slimsplit",
             dependencies: [
                 "SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "SlimEngine", "SlimSensors",
-                "SlimPipeline", "CZeroMQ",
+                "SlimPipeline", "CZeroMQ", "TestSupport",
                 "CShutdown",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -105,9 +105,11 @@ let package = Package(
             ],
             swiftSettings: strict),
 
+        // Running subprocesses from tests without blocking the concurrency pool.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "SlimWireTests", dependencies: ["SlimWire"], swiftSettings: strict),
         .testTarget(name: "SlimEngineTests", dependencies: ["SlimEngine", "CAllocCounter"], swiftSettings: strict),
-        .testTarget(name: "SlimSensorsTests", dependencies: ["SlimSensors", "SlimEngine"], swiftSettings: strict),
+        .testTarget(name: "SlimSensorsTests", dependencies: ["SlimSensors", "SlimEngine", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "SlimPipelineTests",
             dependencies: ["SlimPipeline", "SlimAgent", "SlimEngine", "SlimSensors", "CAllocCounter"],
@@ -116,7 +118,7 @@ let package = Package(
             name: "SlimTransportTests",
             dependencies: [
                 "SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "SlimEngine", "SlimSensors",
-                "SlimPipeline", "CZeroMQ",
+                "SlimPipeline", "CZeroMQ", "TestSupport",
             ],
             swiftSettings: strict),
     ]

@@ -1,6 +1,7 @@
 import Foundation
 import SlimConfig
 import SlimEngine
+import TestSupport
 import Testing
 
 @testable import SlimSensors
@@ -238,7 +239,7 @@ struct SimulatorTests {
     }
 
     @Test("dataset export writes shards with the documented keys and shapes")
-    func export() throws {
+    func export() async throws {
         var sim = Simulator(config: try sampleScene(duration: 0.3), seed: 4)
         let dir = NSTemporaryDirectory() + "slimsplit-ds-\(getpid())"
         let path = dir + ".mcap"
@@ -259,7 +260,7 @@ struct SimulatorTests {
         #expect(st.tensors["boxes_agent"]?.shape[1] == 10)
         #expect(st.metadata["agents"] == "[\"car_1\",\"car_2\",\"rsu_1\"]")
         // And with the Python tools, when they are installed (CI installs them).
-        if let r = python([
+        if let r = await python([
             "-c",
             "import sys; from safetensors.numpy import load_file; d = load_file(sys.argv[1]); print(d['bev'].shape, d['boxes_agent'].shape)",
             shards[0],
@@ -274,7 +275,7 @@ struct SimulatorTests {
     @Test(
         "the official mcap and mcap-ros2-support read and decode a SlimSplit recording",
         arguments: MCAPCompression.allCases)
-    func officialReader(_ compression: MCAPCompression) throws {
+    func officialReader(_ compression: MCAPCompression) async throws {
         var sim = Simulator(config: try sampleScene(duration: 0.5), seed: 5)
         let path = NSTemporaryDirectory() + "slimsplit-check-\(getpid())-\(compression).mcap"
         defer { try? FileManager.default.removeItem(atPath: path) }
@@ -289,7 +290,7 @@ struct SimulatorTests {
         let back = try RecordingFrames(path: path)
         #expect(back.frames.count == written && back.undecodable == 0)
         guard
-            let r = python([
+            let r = await python([
                 repo.appendingPathComponent("Tests/interop/check_recording.py").path, path, "--agents", "3", "--json",
                 "--compression", compression.rawValue,
             ])
@@ -303,23 +304,9 @@ struct SimulatorTests {
     }
 }
 
-/// Runs python3 with `args`; nil if python3 or its packages (checked by the caller's script) are missing.
-func python(_ args: [String]) -> (status: Int32, output: String)? {
-    let probe = Process()
-    probe.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    probe.arguments = ["python3", "-c", "import mcap, mcap_ros2, safetensors, numpy"]
-    probe.standardError = FileHandle.nullDevice
-    guard (try? probe.run()) != nil else { return nil }
-    probe.waitUntilExit()
-    guard probe.terminationStatus == 0 else { return nil }
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = ["python3"] + args
-    let pipe = Pipe()
-    p.standardOutput = pipe
-    p.standardError = pipe
-    try? p.run()
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+/// Runs python3 with `args`; nil if python3 or its packages (checked by the caller's script) are
+/// missing. Polled, not waited for: a blocked thread would starve the socket tests beside it.
+func python(_ args: [String]) async -> (status: Int32, output: String)? {
+    guard await pythonHas("mcap, mcap_ros2, safetensors, numpy") else { return nil }
+    return await runProcess(["python3"] + args)
 }
