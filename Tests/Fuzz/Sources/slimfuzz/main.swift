@@ -42,11 +42,7 @@ func LLVMFuzzerRunDriver(
 _ = target
 var argc = CommandLine.argc
 var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
-exit(
-    LLVMFuzzerRunDriver(&argc, &argv) { data, size in
-        target.run(UnsafeRawBufferPointer(start: size > 0 ? data : nil, count: size))
-        return 0
-    })
+exit(LLVMFuzzerRunDriver(&argc, &argv, testOneInput))
 
 /// A broken invariant: stops the run with the message (fatalError keeps its message in
 /// optimized builds, where precondition drops it), and libFuzzer saves the input.
@@ -54,7 +50,8 @@ func invariant(_ holds: Bool, _ message: @autoclosure () -> String) {
     if !holds { fatalError(message()) }
 }
 
-/// libFuzzer's entry, for builds that link libFuzzer's own main instead of the one above.
+/// One input. libFuzzer's driver calls it through the main above, or directly in builds that
+/// link libFuzzer's own main instead (SwiftPM debug builds).
 @_cdecl("LLVMFuzzerTestOneInput")
 public func testOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     target.run(UnsafeRawBufferPointer(start: size > 0 ? data : nil, count: size))
