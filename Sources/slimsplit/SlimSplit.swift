@@ -21,7 +21,7 @@ struct SlimSplit: AsyncParsableCommand {
         subcommands: [
             ServerCommand.self, AgentCommand.self, RecordCommand.self, ReplayCommand.self, DatasetCommand.self,
             EvalCommand.self,
-            KeygenCommand.self, DemoCommand.self,
+            KeygenCommand.self, DemoCommand.self, HealthCommand.self,
         ])
 }
 
