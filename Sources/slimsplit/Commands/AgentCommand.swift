@@ -1,7 +1,9 @@
 import ArgumentParser
+import Foundation
 import Logging
 import SlimAgent
 import SlimConfig
+import SlimEngine
 import SlimPipeline
 import SlimSensors
 import SlimServer
@@ -35,6 +37,12 @@ struct AgentCommand: AsyncParsableCommand {
             "Write one JSON line per replayed frame to this file: configuration, bytes, goodput, latency, deadline miss, and the frame scored against the recording's ground truth.",
             valueName: "file"))
     var report: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "At exit, write a JSON summary to this file: frames, acks, results, RTT percentiles, and with --report the AP of the Results against the recording's ground truth.",
+            valueName: "file"))
+    var summary: String?
 
     @Flag(
         help:
@@ -133,7 +141,27 @@ struct AgentCommand: AsyncParsableCommand {
                     100 * Double(s.missed) / Double(max(s.frames, 1)),
                     s.ap[0], s.ap[1], s.ap[2], report ?? ""))
         }
+        if let summary { try writeSummary(agent, report: frameReport, to: summary) }
         if agent.stats.acks == 0 { throw ExitCode(1) }
+    }
+
+    /// The `--summary` JSON: what a script checking a session needs from each agent.
+    private func writeSummary(_ agent: FeatureAgent, report: FrameReport?, to path: String) throws {
+        let s = agent.stats
+        var out: [String: Any] = [
+            "agent": agent.identity.agentID, "kernels": "\(KernelPath.default)", "frames": s.framesSubmitted,
+            "acked": s.acks, "results": s.results, "dropped": s.framesReplaced + s.framesNoBuffer + s.framesRateCapped,
+            "bytes": s.bytesSubmitted,
+        ]
+        if let p = s.rttPercentileMs(50) { out["rtt_p50_ms"] = p }
+        if let p = s.rttPercentileMs(99) { out["rtt_p99_ms"] = p }
+        if let r = report?.summary {
+            out["report"] = ["frames": r.frames, "missed_deadline": r.missed, "ap30": Double(r.ap[0]), "ap50": Double(r.ap[1]), "ap70": Double(r.ap[2])]
+        }
+        let data = try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys])
+        guard FileManager.default.createFile(atPath: path, contents: data + Data("\n".utf8)) else {
+            throw ValidationError("--summary: cannot write \(path)")
+        }
     }
 
     /// Replays one agent of a recording through the edge encoder at the recorded rate.
