@@ -5,6 +5,8 @@ import PackageDescription
 // - swift-argument-parser: the `slimsplit` command line and its --help.
 // - swift-log: structured logging, the API every Swift server library logs through.
 // - Yams: YAML configs (the format of Configs/); libyaml-based, builds in seconds.
+// - swift-nio (NIOHTTP1, NIOWebSocket): the one HTTP stack, serving metrics, the live dashboard
+//   and the Foxglove WebSocket protocol (SlimLive) with per-connection limits and timeouts.
 let strict: [SwiftSetting] = [
     .enableUpcomingFeature("ExistentialAny")
 ]
@@ -22,11 +24,13 @@ let package = Package(
         .library(name: "SlimConfig", targets: ["SlimConfig"]),
         .library(name: "SlimPipeline", targets: ["SlimPipeline"]),
         .library(name: "SlimServer", targets: ["SlimServer"]),
+        .library(name: "SlimLive", targets: ["SlimLive"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         // System libraries, reached through pkg-config.
@@ -63,6 +67,20 @@ let package = Package(
             name: "SlimServer",
             dependencies: ["SlimWire", "SlimTransport", "SlimEngine", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
+        // HTTP on swift-nio: Prometheus metrics, the live dashboard and the Foxglove WebSocket
+        // protocol (fused detections and agent state), with limits against slow and hostile clients.
+        .target(
+            name: "SlimLive",
+            dependencies: [
+                "SlimServer", "SlimEngine",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
         // Edge agent: session, newest-frame-wins sending, RTT and goodput bookkeeping.
         .target(
             name: "SlimAgent",
@@ -89,7 +107,7 @@ let package = Package(
             name: "slimsplit",
             dependencies: [
                 "SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "SlimEngine", "SlimSensors",
-                "SlimPipeline", "CZeroMQ", "TestSupport",
+                "SlimPipeline", "SlimLive", "CZeroMQ", "TestSupport",
                 "CShutdown",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -118,7 +136,7 @@ let package = Package(
             name: "SlimTransportTests",
             dependencies: [
                 "SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "SlimEngine", "SlimSensors",
-                "SlimPipeline", "CZeroMQ", "TestSupport",
+                "SlimPipeline", "SlimLive", "CZeroMQ", "TestSupport",
             ],
             swiftSettings: strict),
     ]

@@ -33,6 +33,8 @@ public final class CooperativeSession: @unchecked Sendable {
         public var realTime = false
         /// Threads the server fuses on (FusionService.Options.threads).
         public var fusionThreads = 1
+        /// Times to play the recording (each pass continues the recorded rhythm).
+        public var loops = 1
         public init(recording: String, model: String) {
             self.recording = recording
             self.model = model
@@ -56,6 +58,8 @@ public final class CooperativeSession: @unchecked Sendable {
 
     public let config: Config
     public private(set) var reports: [String: AgentReport] = [:]
+    /// Called after every fusion pass with its outputs (from the server's receive path; keep it short).
+    public var onFused: (@Sendable ([FusionService.Output], FeatureServer, FusionService) -> Void)?
     public private(set) var fuseMs: [Double] = []
     public private(set) var rejected = 0
 
@@ -86,6 +90,7 @@ public final class CooperativeSession: @unchecked Sendable {
         fopts.int8Backbone = !config.floatServer
         let fusion = try FusionService(modelFile: config.model, options: fopts)
         let fuseTimes = Locked<[Double]>([])
+        let observer = onFused
         let expected = Set(agents)
         let serverBox = Locked<FeatureServer?>(nil)
         let server = FeatureServer(endpoint: router, logger: logger, check: { _, header in fusion.check(header) }) {
@@ -96,10 +101,12 @@ public final class CooperativeSession: @unchecked Sendable {
             let t0 = monotonicNow()
             let outs = fusion.tick()
             fuseTimes.withLock { $0.append(Double(monotonicNow() - t0) / 1e6) }
+            guard let srv = serverBox.value else { return }
             for o in outs {
-                _ = serverBox.value?.send(
+                _ = srv.send(
                     fusion.result(o, fusionTimeNs: UInt64(Date().timeIntervalSince1970 * 1e9)), toAgent: o.agent)
             }
+            observer?(outs, srv, fusion)
         }
         serverBox.withLock { $0 = server }
         let serverTask = Task { await server.run() }
@@ -141,9 +148,12 @@ public final class CooperativeSession: @unchecked Sendable {
             router.close()
         }
         let startNs = monotonicNow()
+        let span = frames.last!.timeNs - frames[0].timeNs
+        let period = frames.count > 1 ? span / UInt64(frames.count - 1) : 100_000_000
+        for loop in 0..<max(config.loops, 1) {
         for (fi, f) in frames.enumerated() {
             if config.realTime {
-                let due = startNs + (f.timeNs - frames[0].timeNs)
+                let due = startNs + UInt64(loop) * (span + period) + (f.timeNs - frames[0].timeNs)
                 let now = monotonicNow()
                 if due > now { try await Task.sleep(nanoseconds: due - now) }
             }
@@ -154,12 +164,16 @@ public final class CooperativeSession: @unchecked Sendable {
                 let e = edge[a]!
                 let pose = af.measuredPose ?? af.pose!
                 let t0 = monotonicNow()
+                // Live (real time): the wall clock at capture, so that latency reads true; else the recording's clock.
+                let captureNs =
+                    config.realTime
+                    ? UInt64(Date().timeIntervalSince1970 * 1e9) : f.timeNs + UInt64(loop) * (span + period)
                 let shape = af.points.withUnsafeBufferPointer {
                     e.encode($0, sensorHeight: Float((af.pose ?? pose).position.z))
                 }
                 let t1 = monotonicNow()
                 var h = FeatureFrameHeader(
-                    agentID: a, sequence: 0, captureTimeNs: f.timeNs, position: pose.position,
+                    agentID: a, sequence: 0, captureTimeNs: captureNs, position: pose.position,
                     orientation: pose.orientation,
                     modelID: e.modelID, widthIndex: UInt8(e.widthIndex), bits: UInt8(e.bits),
                     channels: shape.channels, height: shape.height, width: shape.width, quant: .model,
@@ -219,7 +233,8 @@ public final class CooperativeSession: @unchecked Sendable {
                 reports[a]!.detections[fi] = dets
                 reports[a]!.fusedAP.add(detections: Self.filter(dets, own: gt.own), groundTruth: Self.boxes(gt.boxes))
             }
-            progress(fi + 1, frames.count)
+            progress(loop * frames.count + fi + 1, max(config.loops, 1) * frames.count)
+        }
         }
         fuseMs = fuseTimes.value
         rejected = server.rejections.values.reduce(0, +)

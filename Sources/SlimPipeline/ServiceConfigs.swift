@@ -1,4 +1,5 @@
 import SlimConfig
+import SlimSensors
 import SlimTransport
 import SlimWire
 
@@ -30,6 +31,12 @@ public struct ServerConfig: Sendable {
     /// Prometheus endpoint port (0: off) and host.
     public var metricsPort: Int
     public var metricsHost: String
+    /// Live view (dashboard page and Foxglove WebSocket): port (0: off), host, access token
+    /// (required unless the host is a loopback address), and the deadline its latency table counts misses against.
+    public var livePort: Int
+    public var liveHost: String
+    public var liveToken: String?
+    public var liveDeadlineMs: Double
 
     /// Key files of a Curve server: its secret key and a folder of allowed agents' `.pub` files.
     public struct CurveFiles: Sendable {
@@ -94,6 +101,16 @@ public struct ServerConfig: Sendable {
         let m = try root.section("metrics")
         metricsPort = try m.int("port", default: 9464, in: 0...65535)
         metricsHost = try m.string("host", default: "0.0.0.0")
+        let live = try root.section("live")
+        livePort = try live.int("port", default: 0, in: 0...65535)
+        liveHost = try live.string("host", default: "127.0.0.1")
+        liveToken = try live.optionalString("token")
+        liveDeadlineMs = try live.double("deadline_ms", default: 100, in: 1...60_000)
+        if livePort != 0, !["127.0.0.1", "::1", "localhost"].contains(liveHost), (liveToken ?? "").isEmpty {
+            throw ConfigError(
+                file: live.file, key: live.keyPath("token"),
+                problem: "required when live.host (\(liveHost)) is not a loopback address: anyone who reaches it would see the session")
+        }
     }
 }
 
@@ -123,6 +140,19 @@ public struct AgentConfig: Sendable {
         public var adaptDeadline: Double?
         /// Seconds from capture by which a frame's detections must be back (`deadline_ms`).
         public var deadline: Double = 0.1
+        /// A live LiDAR instead of the recording (`source.kind: velodyne`); `recording` is then empty.
+        public var velodyne: VelodyneSource?
+    }
+
+    /// A Velodyne sensor's UDP packet stream (or a capture of one), `source.kind: velodyne`.
+    public struct VelodyneSource: Sendable {
+        /// `udp://HOST:PORT` to listen on, or `pcap:FILE` to read a capture.
+        public var listen: String
+        public var lidarModel: VelodyneModel
+        /// The sensor on the agent: offset (m) and heading (rad) in the agent's frame; `z` is its height above the ground.
+        public var mountX: Double, mountY: Double, mountZ: Double, mountYaw: Double
+        /// The agent's pose in the world frame (a roadside unit's place; fixed).
+        public var poseX: Double, poseY: Double, poseYaw: Double
     }
 
     public struct CurveFiles: Sendable {
@@ -190,9 +220,40 @@ public struct AgentConfig: Sendable {
         metricsPort = try am.int("port", default: 0, in: 0...65535)
         metricsHost = try am.string("host", default: "0.0.0.0")
         let src = try root.section("source")
-        if let rec = try src.optionalString("recording") {
+        let kind = try src.string("kind", default: "recording")
+        guard ["recording", "velodyne"].contains(kind) else {
+            throw ConfigError(file: src.file, key: src.keyPath("kind"), problem: "'\(kind)' must be recording or velodyne")
+        }
+        var velodyne: VelodyneSource?
+        if kind == "velodyne" {
+            let listen = try src.string("listen", default: "udp://0.0.0.0:2368")
+            guard listen.hasPrefix("udp://") || listen.hasPrefix("pcap:") else {
+                throw ConfigError(
+                    file: src.file, key: src.keyPath("listen"), problem: "'\(listen)' must be udp://HOST:PORT or pcap:FILE")
+            }
+            let name = try src.string("lidar_model", default: "VLP-16")
+            guard let lidarModel = VelodyneModel.named(name) else {
+                throw ConfigError(
+                    file: src.file, key: src.keyPath("lidar_model"),
+                    problem: "'\(name)' is not one of \(VelodyneModel.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            let mount = try src.section("mount")
+            let pose = try src.section("pose")
+            let deg = Double.pi / 180
+            velodyne = VelodyneSource(
+                listen: listen.hasPrefix("pcap:") ? "pcap:" + src.resolvePath(String(listen.dropFirst(5))) : listen,
+                lidarModel: lidarModel,
+                mountX: try mount.double("x", default: 0, in: -100...100),
+                mountY: try mount.double("y", default: 0, in: -100...100),
+                mountZ: try mount.double("z", default: 1.8, in: 0...100),
+                mountYaw: try mount.double("yaw_deg", default: 0, in: -360...360) * deg,
+                poseX: try pose.double("x", default: 0, in: -1e7...1e7),
+                poseY: try pose.double("y", default: 0, in: -1e7...1e7),
+                poseYaw: try pose.double("yaw_deg", default: 0, in: -360...360) * deg)
+        }
+        if let rec = velodyne == nil ? try src.optionalString("recording") : "" {
             source = RecordingSource(
-                recording: src.resolvePath(rec),
+                recording: rec.isEmpty ? "" : src.resolvePath(rec),
                 agent: try src.string("agent", default: agentID.replacingOccurrences(of: "-", with: "_")),
                 model: src.resolvePath(try src.string("model")),
                 widthIndex: try src.optionalInt("width_index", in: 0...15),
@@ -203,6 +264,7 @@ public struct AgentConfig: Sendable {
             let deadline = try src.double("deadline_ms", default: 100, in: 10...10_000) / 1000
             source!.deadline = deadline
             if try src.bool("adapt", default: false) { source!.adaptDeadline = deadline }
+            source!.velodyne = velodyne
         } else {
             source = nil
         }

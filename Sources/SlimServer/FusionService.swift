@@ -41,6 +41,19 @@ public final class FusionService: @unchecked Sendable {
         /// The agent's pose as its frame reported it (world frame): boxes are relative to it.
         public var position: SIMD2<Float>
         public var yaw: Float
+
+        /// The boxes in the world frame: the agent's pose applied to centre and yaw.
+        public var worldBoxes: [BEVBox] {
+            let c = cos(yaw)
+            let s = sin(yaw)
+            return boxes.map { b in
+                var w = b
+                w.x = position.x + c * b.x - s * b.y
+                w.y = position.y + s * b.x + c * b.y
+                w.yaw = b.yaw + yaw
+                return w
+            }
+        }
     }
 
     struct Slot {

@@ -6,7 +6,11 @@ import PackageDescription
 
 let package = Package(
     name: "SlimSplitFuzz",
-    dependencies: [.package(name: "SlimSplit", path: "../..")],
+    dependencies: [
+        .package(name: "SlimSplit", path: "../.."),
+        // NIOEmbedded: the HTTP target drives the live endpoint's pipeline without sockets.
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+    ],
     targets: [
         .executableTarget(
             name: "slimfuzz",
@@ -17,6 +21,9 @@ let package = Package(
                 .product(name: "SlimConfig", package: "SlimSplit"),
                 .product(name: "SlimPipeline", package: "SlimSplit"),
                 .product(name: "SlimServer", package: "SlimSplit"),
+                .product(name: "SlimLive", package: "SlimSplit"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
             ])
     ]
 )

@@ -77,6 +77,32 @@ def main():
                            b"GET / HTTP/1.0\r\n\r\n", b"GET /metrics?x=1 HTTP/1.0\r\n\r\n", b"GET /metrics HTTP/1.0\r\n"]):
         put(out, "http", f"request{i}", r)
 
+    # The Foxglove WebSocket upgrade, then a masked subscribe frame.
+    sub = b'{"op":"subscribe","subscriptions":[{"id":1,"channelId":1}]}'
+    mask = b"\x01\x02\x03\x04"
+    frame = bytes([0x81, 0x80 | len(sub)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(sub))
+    put(out, "http", "upgrade", b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Protocol: foxglove.websocket.v1\r\n\r\n" + frame)
+
+    # Velodyne: a capture of three VLP-16 packets (azimuths rising), and one bare packet.
+    def vlp16(az0, product=0x22):
+        p = bytearray()
+        for b in range(12):
+            p += b"\xff\xee" + struct.pack("<H", (az0 + 20 * b) % 36000)
+            p += b"".join(struct.pack("<HB", 500 + 37 * c, c) for c in range(32))
+        return bytes(p) + struct.pack("<I", 1000) + bytes([0x37, product])
+    pkts = [vlp16(a) for a in (0, 240, 480)]
+    cap = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+    for i, p in enumerate(pkts):
+        udp = struct.pack(">HHHH", 2368, 2368, 8 + len(p), 0) + p
+        ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, bytes([192, 168, 1, 201]), bytes([255] * 4))
+        eth = b"\xff" * 6 + b"\x60\x76\x88\x00\x00\x00" + b"\x08\x00"
+        frame = eth + ip + udp
+        cap += struct.pack("<IIII", 1, i * 1000, len(frame), len(frame)) + frame
+    put(out, "velodyne", "three.pcap", cap)
+    put(out, "velodyne", "packet.bin", pkts[1])
+
     configs = glob.glob(os.path.join(ROOT, "Configs/*.yaml")) + glob.glob(os.path.join(ROOT, "Configs/scenes/*.yaml"))
     copy_small(out, "config", configs)
 

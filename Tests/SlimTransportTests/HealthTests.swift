@@ -1,5 +1,6 @@
 import Foundation
-import SlimServer
+import Logging
+import SlimLive
 import TestSupport
 import Testing
 
@@ -8,7 +9,8 @@ import Testing
 struct HealthTests {
     @Test("the probe gets the metrics text, and fails on a 404 and on a closed port")
     func probe() throws {
-        let endpoint = try MetricsEndpoint(host: "127.0.0.1", port: 0) { "slimsplit_up 1\n" }
+        let endpoint = try HTTPService(
+            host: "127.0.0.1", port: 0, routes: ["/metrics": .prometheus { "slimsplit_up 1\n" }], logger: Logger(label: "test"))
         let port = endpoint.port
         guard case .success(let body) = MetricsProbe.get(host: "127.0.0.1", port: port, path: "/metrics", timeoutSeconds: 5)
         else {
@@ -37,7 +39,8 @@ struct HealthTests {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("slimsplit-health-\(getpid())")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
-        let endpoint = try MetricsEndpoint(host: "127.0.0.1", port: 0) { "slimsplit_up 1\n" }
+        let endpoint = try HTTPService(
+            host: "127.0.0.1", port: 0, routes: ["/metrics": .prometheus { "slimsplit_up 1\n" }], logger: Logger(label: "test"))
         let config = dir.appendingPathComponent("agent.yaml")
         try "agent_id: a\nmetrics: {port: \(endpoint.port), host: 127.0.0.1}\n".write(
             to: config, atomically: true, encoding: .utf8)

@@ -77,15 +77,7 @@ struct SessionTests {
         await second.stop()
     }
 
-    static let referencePeer: Bool = {
-        let probe = Process()
-        probe.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        probe.arguments = ["python3", "-c", "import zmq, lz4"]
-        probe.standardError = FileHandle.nullDevice
-        guard (try? probe.run()) != nil else { return false }
-        probe.waitUntilExit()
-        return probe.terminationStatus == 0
-    }()
+    static let referencePeer = pythonImportsNow("zmq, lz4")
 
     @Test(
         "the Python reference agent (Protocol/reference) completes a session with the Swift server, Curve on",

@@ -1,5 +1,6 @@
 import Foundation
 import SlimSensors
+import TestSupport
 import Testing
 
 /// The shipped binary stops gracefully on SIGTERM and SIGINT: it prints its closing table and
@@ -88,15 +89,7 @@ struct AgentCheckTests {
 /// `mcap` reader's stream reader (the file has no summary; both read until the cut).
 @Suite("the server's recording survives SIGKILL", .serialized)
 struct CrashSafeRecordingTests {
-    static let officialReader: Bool = {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", "-c", "import mcap.stream_reader"]
-        p.standardError = FileHandle.nullDevice
-        guard (try? p.run()) != nil else { return false }
-        p.waitUntilExit()
-        return p.terminationStatus == 0
-    }()
+    static let officialReader = pythonImportsNow("mcap.stream_reader")
 
     static let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent()

@@ -31,3 +31,15 @@ public func runProcess(_ args: [String], directory: URL? = nil, timeout: Double 
 public func pythonHas(_ modules: String) async -> Bool {
     await runProcess(["python3", "-c", "import \(modules)"], timeout: 60)?.status == 0
 }
+
+/// Whether python3 imports every module of `modules`, answered at once (blocking): for
+/// `.enabled(if:)` traits, which are evaluated before any test runs.
+public func pythonImportsNow(_ modules: String) -> Bool {
+    let probe = Process()
+    probe.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    probe.arguments = ["python3", "-c", "import \(modules)"]
+    probe.standardError = FileHandle.nullDevice
+    guard (try? probe.run()) != nil else { return false }
+    probe.waitUntilExit()
+    return probe.terminationStatus == 0
+}

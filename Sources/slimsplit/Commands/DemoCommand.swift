@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import SlimAgent
 import SlimConfig
+import SlimLive
 import SlimPipeline
 import SlimServer
 import SlimTransport
@@ -39,6 +40,14 @@ struct DemoCommand: AsyncParsableCommand {
 
     @Flag(help: "Do not start the Python reference agent.")
     var noReference = false
+
+    @Option(
+        help:
+            "Serve the live view on 127.0.0.1:PORT: dashboard http://127.0.0.1:PORT/ and Foxglove WebSocket ws://127.0.0.1:PORT/ (cooperative demo).")
+    var livePort: Int?
+
+    @Option(help: "Times to play the recording (cooperative demo; default 1, or 20 with --live-port).")
+    var loops: Int?
 
     @OptionGroup var log: LogOptions
 
@@ -151,7 +160,27 @@ struct DemoCommand: AsyncParsableCommand {
         var config = CooperativeSession.Config(recording: recording, model: model)
         config.bits = bits
         config.realTime = true
+        config.loops = loops ?? (livePort == nil ? 1 : 20)
         let session = CooperativeSession(config)
+        var live: LiveView?
+        if let livePort {
+            let view = try LiveView(
+                host: "127.0.0.1", port: livePort, token: nil, metrics: { "" }, logger: Logger(label: "slimsplit.live"))
+            let lastState = Locked<UInt64>(0)
+            session.onFused = { outs, server, fusion in
+                let now = Clock.wallNs()
+                view.fused(outs, nowWallNs: now)
+                let due = lastState.withLock { last in
+                    guard now &- last >= 500_000_000 else { return false }
+                    last = now
+                    return true
+                }
+                if due { view.tick(server: server, fusion: fusion, nowWallNs: now) }
+            }
+            live = view
+            print("live view: dashboard http://127.0.0.1:\(view.http.port)/  Foxglove ws://127.0.0.1:\(view.http.port)/")
+        }
+        defer { live?.close() }
         print("server and agents on 127.0.0.1, Curve on; \(recording) at its recorded rate, \(bits)-bit features")
         try await session.run(logger: logger) { done, total in
             if done % 10 == 0 || done == total {

@@ -1,7 +1,7 @@
 import ArgumentParser
 import Foundation
 import SlimConfig
-import SlimServer
+import SlimLive
 
 /// `slimsplit health`: the liveness probe of a running server or agent, for container health
 /// checks and exec probes in images that carry no HTTP client. It reads the `metrics` section of

@@ -76,6 +76,10 @@ struct ReplayCommand: ParsableCommand {
         discussion: """
               slimsplit replay --inspect recording.mcap            topics, types, counts, rates, time span
               slimsplit replay recording.mcap --speed 1 --loop     one line per message, paced at recorded time
+              slimsplit replay recording.mcap --as velodyne --agent car_1 --to udp://127.0.0.1:2368
+                                                                   the agent's LiDAR as a Velodyne's packet stream
+              slimsplit replay recording.mcap --as velodyne --agent car_1 --to pcap:car_1.pcap
+                                                                   the same as a packet capture (Wireshark, tcpdump)
             """)
 
     @Argument(help: "MCAP file.")
@@ -93,7 +97,23 @@ struct ReplayCommand: ParsableCommand {
     @Option(parsing: .upToNextOption, help: "Only these topics.")
     var topics: [String] = []
 
+    @Option(name: .customLong("as"), help: "Send the LiDAR of --agent as a sensor's packets: velodyne.")
+    var format: String?
+
+    @Option(help: "With --as: udp://HOST:PORT, or pcap:FILE to write a capture.")
+    var to: String?
+
+    @Option(help: "With --as: the recording's agent whose LiDAR is sent (default: the first).")
+    var agent: String?
+
+    @Option(help: "With --as velodyne: \(VelodyneModel.allCases.map(\.rawValue).joined(separator: " or ")).")
+    var lidarModel: String = "VLP-16"
+
     func run() throws {
+        if let format {
+            try sendAsSensor(format)
+            return
+        }
         if inspect {
             let s = try RecordingSummary.of(file)
             var t = TextTable(["topic", "type", "messages", "rate Hz"])
@@ -111,6 +131,96 @@ struct ReplayCommand: ParsableCommand {
             return true
         }
         FileHandle.standardError.write(Data("\(n) messages\n".utf8))
+    }
+
+    /// `--as velodyne`: each sweep of the agent as the packets a Velodyne would send, paced over
+    /// the sweep's period at `--speed` (default 1), to a UDP socket or a capture file. Prints a
+    /// JSON summary: sweeps, packets, points per sweep carried, points out of the format's range.
+    private func sendAsSensor(_ format: String) throws {
+        guard format == "velodyne" else { throw ValidationError("--as: '\(format)' is not a sensor format (velodyne)") }
+        guard let model = VelodyneModel.named(lidarModel) else {
+            throw ValidationError("--lidar-model: '\(lidarModel)' is not one of \(VelodyneModel.allCases.map(\.rawValue))")
+        }
+        guard let to, to.hasPrefix("udp://") || to.hasPrefix("pcap:") else {
+            throw ValidationError("--as velodyne needs --to udp://HOST:PORT or --to pcap:FILE")
+        }
+        let rec = try RecordingFrames(path: file)
+        guard let who = agent ?? rec.agents.first, rec.agents.contains(who) else {
+            throw ValidationError("\(file) has no agent \(agent ?? "") (agents: \(rec.agents))")
+        }
+        let sweeps = rec.frames.compactMap { f in f.agents[who].map { (f.timeNs, $0.points) } }.filter { !$0.1.isEmpty }
+        guard sweeps.count > 0 else { throw ValidationError("\(file): no LiDAR for \(who)") }
+        let encoder = VelodyneEncoder(model: model)
+        let speed = self.speed ?? 1
+        let period = sweeps.count > 1 ? Double(sweeps.last!.0 - sweeps[0].0) / Double(sweeps.count - 1) / 1e9 : 0.1
+        var sender: UDPSender?
+        if to.hasPrefix("udp://") { sender = try UDPSender(to) }
+        var capture: [Pcap.Datagram] = []
+        var counts: [Int] = []
+        var packets = 0
+        var outOfRange = 0
+        let start = Clock.monotonicNs()
+        var loops = 0
+        repeat {
+            for (i, (t, points)) in sweeps.enumerated() {
+                let sweepStart = Double(loops * sweeps.count + i) * period / speed
+                let enc = encoder.encode(points, timestampUs: UInt32((t / 1000) % 3_600_000_000))
+                counts.append(enc.carried)
+                outOfRange += enc.outOfRange
+                for (k, p) in enc.packets.enumerated() {
+                    let at = sweepStart + Double(k) / Double(enc.packets.count) * period / speed
+                    if let sender {
+                        let due = start + UInt64(at * 1e9)
+                        let now = Clock.monotonicNs()
+                        if due > now { usleep(useconds_t((due - now) / 1000)) }
+                        sender.send(p)
+                    } else {
+                        capture.append(Pcap.Datagram(timeNs: sweeps[0].0 + UInt64(at * 1e9), payload: p))
+                    }
+                    packets += 1
+                }
+            }
+            loops += 1
+        } while loop
+        if to.hasPrefix("pcap:") {
+            let path = String(to.dropFirst(5))
+            guard FileManager.default.createFile(atPath: path, contents: Data(Pcap.write(capture, port: 2368))) else {
+                throw ValidationError("--to: cannot write \(path)")
+            }
+        }
+        let summary: [String: Any] = [
+            "agent": who, "lidar_model": model.rawValue, "sweeps": counts.count, "packets": packets,
+            "points_per_sweep": counts, "out_of_range": outOfRange, "to": to,
+        ]
+        let json = try JSONSerialization.data(withJSONObject: summary, options: [.sortedKeys])
+        print(String(decoding: json, as: UTF8.self))
+    }
+}
+
+/// A UDP socket sending to one `udp://HOST:PORT` (IPv4).
+final class UDPSender {
+    private let fd: Int32
+    private var addr = sockaddr_in()
+    init(_ url: String) throws {
+        let target = url.dropFirst("udp://".count)
+        guard let colon = target.lastIndex(of: ":"), let port = UInt16(target[target.index(after: colon)...]) else {
+            throw ValidationError("'\(url)' must be udp://HOST:PORT")
+        }
+        fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        guard fd >= 0 else { throw ValidationError("socket: \(String(cString: strerror(errno)))") }
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(port.bigEndian)
+        addr.sin_addr.s_addr = inet_addr(String(target[..<colon]))
+    }
+    deinit { close(fd) }
+    func send(_ bytes: [UInt8]) {
+        _ = bytes.withUnsafeBytes { b in
+            withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    sendto(fd, b.baseAddress, b.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
+        }
     }
 }
 

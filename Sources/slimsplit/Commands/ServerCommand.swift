@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import SlimConfig
 import SlimEngine
+import SlimLive
 import SlimPipeline
 import SlimSensors
 import SlimServer
@@ -28,6 +29,9 @@ struct ServerCommand: AsyncParsableCommand {
 
     @Option(help: "Prometheus endpoint port (overrides metrics.port; 0 picks a free port).")
     var metricsPort: Int?
+
+    @Option(help: "Live view port: dashboard and Foxglove WebSocket (overrides live.port; 0 picks a free port).")
+    var livePort: Int?
 
     @OptionGroup var log: LogOptions
 
@@ -74,13 +78,26 @@ struct ServerCommand: AsyncParsableCommand {
             ? try DetectionRecorder(
                 path: cfg.recordPath, jsonLines: cfg.jsonLines, publish: cfg.publish,
                 flushSeconds: cfg.recordFlushSeconds, logger: logger) : nil
-        var metrics: MetricsEndpoint?
+        let serverMetrics: @Sendable () -> String = {
+            prometheusText(server: server, fusion: fusionRef) + (recorder?.prometheusText ?? "")
+        }
+        var metrics: HTTPService?
         if cfg.metricsPort != 0 || metricsPort != nil {
-            metrics = try MetricsEndpoint(host: cfg.metricsHost, port: metricsPort ?? cfg.metricsPort) {
-                prometheusText(server: server, fusion: fusionRef) + (recorder?.prometheusText ?? "")
-            }
+            metrics = try HTTPService(
+                host: cfg.metricsHost, port: metricsPort ?? cfg.metricsPort, routes: ["/metrics": .prometheus(serverMetrics)],
+                dropsMetric: "slimsplit_metrics_clients_dropped_total", logger: logger)
             logger.info("metrics", metadata: ["url": "http://\(cfg.metricsHost):\(metrics!.port)/metrics"])
         }
+        var live: LiveView?
+        if cfg.livePort != 0 || livePort != nil {
+            live = try LiveView(
+                host: cfg.liveHost, port: livePort ?? cfg.livePort, token: cfg.liveToken, deadlineMs: cfg.liveDeadlineMs,
+                metrics: serverMetrics, logger: logger)
+            logger.info(
+                "live view",
+                metadata: ["dashboard": "http://\(cfg.liveHost):\(live!.http.port)/", "foxglove": "ws://\(cfg.liveHost):\(live!.http.port)/"])
+        }
+        let liveRef = live
         // Fusion: every agent with a new frame gets the fused detections in its own frame.
         let gapNs = UInt64(1e9 / cfg.tickHz)
         let ticker = Task {
@@ -90,10 +107,12 @@ struct ServerCommand: AsyncParsableCommand {
                 let now = Clock.monotonicNs()
                 if now < last &+ gapNs { try? await Task.sleep(nanoseconds: last &+ gapNs - now) }
                 last = Clock.monotonicNs()
-                for o in fusion.tick() {
+                let outs = fusion.tick()
+                for o in outs {
                     server.send(fusion.result(o, fusionTimeNs: Clock.wallNs()), toAgent: o.agent)
                     recorder?.record(o)
                 }
+                liveRef?.fused(outs, nowWallNs: Clock.wallNs())
             }
         }
         // Uplink budget: every interval, share it by coverage and cap each agent (Control).
@@ -176,9 +195,14 @@ struct ServerCommand: AsyncParsableCommand {
         let timer = Task {
             let start = Clock.monotonicNs()
             var lastStatus = start
+            var lastLive = start
             while !Task.isCancelled {
                 await sleepSeconds(0.2)
                 recorder?.flushIfDue()
+                if let liveRef, Clock.monotonicNs() - lastLive >= 500_000_000 {
+                    lastLive = Clock.monotonicNs()
+                    liveRef.tick(server: server, fusion: fusionRef, nowWallNs: Clock.wallNs())
+                }
                 let now = Clock.monotonicNs()
                 if duration > 0, Double(now - start) / 1e9 >= duration {
                     shutdown("duration")
@@ -204,6 +228,7 @@ struct ServerCommand: AsyncParsableCommand {
         ticker.cancel()
         _ = await ticker.value
         metrics?.close()
+        live?.close()
         recorder?.finish()  // flushes the recording's last chunk and its summary
         _ = signals
         print(serverTable(server).render())

@@ -41,19 +41,13 @@ final class DetectionRecorder: @unchecked Sendable {
     func record(_ o: FusionService.Output) {
         lock.lock()
         defer { lock.unlock() }
-        let c = cos(o.yaw)
-        let s = sin(o.yaw)
-        let world = o.boxes.map { b -> (Double, Double, Double, BEVBox) in
-            (
-                Double(o.position.x + c * b.x - s * b.y), Double(o.position.y + s * b.x + c * b.y),
-                Double(b.yaw + o.yaw), b
-            )
-        }
+        let world = o.worldBoxes
         if let writer {
             let stamp = RosTime(ns: o.captureTimeNs)
-            let dets = world.map { (x, y, yaw, b) in
+            let dets = world.map { b in
                 Detection3D(
-                    classID: "vehicle", score: Double(b.score), center: Pose3(x: x, y: y, z: 0.8, yaw: yaw),
+                    classID: "vehicle", score: Double(b.score),
+                    center: Pose3(x: Double(b.x), y: Double(b.y), z: 0.8, yaw: Double(b.yaw)),
                     size: SIMD3(Double(b.length), Double(b.width), 1.6), id: "")
             }
             attempt {
@@ -71,8 +65,8 @@ final class DetectionRecorder: @unchecked Sendable {
             }
         }
         if lines != nil || publisher != nil {
-            let boxes = world.map { (x, y, yaw, b) in
-                "{\"x\":\(x),\"y\":\(y),\"length\":\(b.length),\"width\":\(b.width),\"yaw\":\(yaw),\"score\":\(b.score)}"
+            let boxes = world.map { b in
+                "{\"x\":\(Double(b.x)),\"y\":\(Double(b.y)),\"length\":\(b.length),\"width\":\(b.width),\"yaw\":\(Double(b.yaw)),\"score\":\(b.score)}"
             }.joined(separator: ",")
             let line =
                 "{\"agent\":\"\(o.agent)\",\"sequence\":\(o.sequence),\"capture_time_ns\":\(o.captureTimeNs),\"fused\":[\(o.fusedAgents.map { "\"\($0)\"" }.joined(separator: ","))],\"frame\":\"map\",\"boxes\":[\(boxes)]}\n"

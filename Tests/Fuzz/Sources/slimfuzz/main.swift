@@ -6,7 +6,7 @@ import Glibc
 // broken one with a precondition failure, which libFuzzer records as a crash.
 
 enum Target: String, CaseIterable {
-    case wire, mcap, cdr, safetensors, config, http
+    case wire, mcap, cdr, safetensors, config, http, velodyne
     case rateTable = "rate-table"
 
     var run: (UnsafeRawBufferPointer) -> Void {
@@ -17,6 +17,7 @@ enum Target: String, CaseIterable {
         case .safetensors: fuzzSafetensors
         case .config: fuzzConfig
         case .http: fuzzHTTP
+        case .velodyne: fuzzVelodyne
         case .rateTable: fuzzRateTable
         }
     }

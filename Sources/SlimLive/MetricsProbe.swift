@@ -1,6 +1,6 @@
 import Foundation
 
-/// The client side of ``MetricsEndpoint``, for health checks: one blocking HTTP/1.0 GET with a
+/// The client side of an ``HTTPService`` Prometheus route, for health checks: one blocking HTTP/1.0 GET with a
 /// deadline on every step (connect, send, each read), to a numeric IPv4/IPv6 host or a name.
 /// Success is a `200` status line; the body is returned. Reads at most 64 MiB.
 public enum MetricsProbe {

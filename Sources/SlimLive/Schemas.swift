@@ -1,0 +1,31 @@
+/// JSON Schemas of the live channels, sent in `advertise` (Foxglove validates nothing with them,
+/// but a client learns the fields from them).
+enum Schemas {
+    static let vector3 = #"{"type":"object","properties":{"x":{"type":"number"},"y":{"type":"number"},"z":{"type":"number"}}}"#
+    static let quaternion =
+        #"{"type":"object","properties":{"x":{"type":"number"},"y":{"type":"number"},"z":{"type":"number"},"w":{"type":"number"}}}"#
+    static let time = #"{"type":"object","properties":{"sec":{"type":"integer"},"nsec":{"type":"integer"}}}"#
+
+    /// The parts of foxglove.SceneUpdate this server fills: entities of cubes.
+    static let sceneUpdate = """
+        {"title":"foxglove.SceneUpdate","type":"object","properties":{\
+        "deletions":{"type":"array","items":{"type":"object"}},\
+        "entities":{"type":"array","items":{"type":"object","properties":{\
+        "timestamp":\(time),"frame_id":{"type":"string"},"id":{"type":"string"},"lifetime":\(time),\
+        "frame_locked":{"type":"boolean"},\
+        "metadata":{"type":"array","items":{"type":"object","properties":{"key":{"type":"string"},"value":{"type":"string"}}}},\
+        "cubes":{"type":"array","items":{"type":"object","properties":{\
+        "pose":{"type":"object","properties":{"position":\(vector3),"orientation":\(quaternion)}},\
+        "size":\(vector3),\
+        "color":{"type":"object","properties":{"r":{"type":"number"},"g":{"type":"number"},"b":{"type":"number"},"a":{"type":"number"}}}}}}}}}}}
+        """
+
+    static let agentStates = """
+        {"title":"slimsplit.AgentStates","type":"object","properties":{"deadline_ms":{"type":"number"},\
+        "agents":{"type":"array","items":{"type":"object","properties":{\
+        "id":{"type":"string"},"x":{"type":"number"},"y":{"type":"number"},"yaw":{"type":"number"},\
+        "range_m":{"type":"number"},"width":{"type":"number"},"bits":{"type":"integer"},\
+        "frames":{"type":"integer"},"kb_per_frame":{"type":"number"},"rejected":{"type":"integer"},\
+        "latency_p50_ms":{"type":"number"},"latency_p99_ms":{"type":"number"},"deadline_misses":{"type":"integer"}}}}}}
+        """
+}
