@@ -12,12 +12,15 @@ import SlimServer
 ///   `fused/<agent>`), its boxes as cubes in the world frame, replaced on every pass.
 /// - `/agents/state`, `slimsplit.AgentStates`: every agent's pose, width, bits, KB per frame,
 ///   frames, capture-to-Result latency p50/p99 and deadline misses, twice a second.
+/// - `/agents/poses`, `foxglove.SceneUpdate`: each agent as an arrow, its grid's outline and a
+///   label with its width, bits and KB per frame (for Foxglove's 3D panel), twice a second.
 ///
 /// `fused(_:server:)` is called by the fusion loop (never blocks: publishing drops for slow
 /// clients); `tick(server:fusion:)` by the server's timer.
 public final class LiveView: Sendable {
     public static let detections: UInt32 = 1
     public static let agentStates: UInt32 = 2
+    public static let agentPoses: UInt32 = 3
     public let hub: FoxgloveHub
     public let http: HTTPService
     public let deadlineMs: Double
@@ -51,6 +54,9 @@ public final class LiveView: Sendable {
                     id: Self.detections, topic: "/fusion/detections", schemaName: "foxglove.SceneUpdate",
                     schema: Schemas.sceneUpdate),
                 .init(id: Self.agentStates, topic: "/agents/state", schemaName: "slimsplit.AgentStates", schema: Schemas.agentStates),
+                .init(
+                    id: Self.agentPoses, topic: "/agents/poses", schemaName: "foxglove.SceneUpdate",
+                    schema: Schemas.sceneUpdate),
             ])
         self.hub = hub
         self.deadlineMs = deadlineMs
@@ -108,6 +114,31 @@ public final class LiveView: Sendable {
         }
         let payload = json(["agents": agents, "deadline_ms": deadlineMs])
         hub.publish(channel: Self.agentStates, logTimeNs: nowWallNs, payload: Array(payload.utf8))
+        hub.publish(channel: Self.agentPoses, logTimeNs: nowWallNs, payload: Array(poseScene(agents, nowWallNs).utf8))
+    }
+
+    /// A `foxglove.SceneUpdate` of the agents: arrow, grid outline and label each.
+    func poseScene(_ agents: [[String: Any]], _ t: UInt64) -> String {
+        var entities: [String] = []
+        for a in agents {
+            guard let id = a["id"] as? String, let x = a["x"] as? Double, let y = a["y"] as? Double,
+                let yaw = a["yaw"] as? Double, let r = a["range_m"] as? Double
+            else { continue }
+            let q = "{\"x\":0,\"y\":0,\"z\":\(sin(yaw / 2)),\"w\":\(cos(yaw / 2))}"
+            let pose = "{\"position\":{\"x\":\(x),\"y\":\(y),\"z\":0.2},\"orientation\":\(q)}"
+            let corners = [(-r, -r), (r, -r), (r, r), (-r, r), (-r, -r)].map { (u, v) in
+                "{\"x\":\(x + cos(yaw) * u - sin(yaw) * v),\"y\":\(y + sin(yaw) * u + cos(yaw) * v),\"z\":0.05}"
+            }
+            let label = String(
+                format: "%@  w %.2f  %d bit  %.1f KB", id, a["width"] as? Double ?? 0, a["bits"] as? Int ?? 0,
+                a["kb_per_frame"] as? Double ?? 0)
+            entities.append(
+                "{\"timestamp\":{\"sec\":\(t / 1_000_000_000),\"nsec\":\(t % 1_000_000_000)},\"frame_id\":\"map\",\"id\":\"agent/\(id)\",\"lifetime\":{\"sec\":2,\"nsec\":0},\"frame_locked\":false,\"metadata\":[],"
+                    + "\"arrows\":[{\"pose\":\(pose),\"shaft_length\":3,\"shaft_diameter\":0.4,\"head_length\":1.2,\"head_diameter\":1,\"color\":{\"r\":0.3,\"g\":0.75,\"b\":1,\"a\":1}}],"
+                    + "\"lines\":[{\"type\":0,\"pose\":{\"position\":{\"x\":0,\"y\":0,\"z\":0},\"orientation\":{\"x\":0,\"y\":0,\"z\":0,\"w\":1}},\"thickness\":0.15,\"scale_invariant\":false,\"points\":[\(corners.joined(separator: ","))],\"color\":{\"r\":0.3,\"g\":0.75,\"b\":1,\"a\":0.6},\"colors\":[],\"indices\":[]}],"
+                    + "\"texts\":[{\"pose\":\(pose),\"billboard\":true,\"font_size\":14,\"scale_invariant\":true,\"color\":{\"r\":1,\"g\":1,\"b\":1,\"a\":1},\"text\":\"\(label)\"}]}")
+        }
+        return "{\"deletions\":[],\"entities\":[\(entities.joined(separator: ","))]}"
     }
 
     /// A `foxglove.SceneUpdate` with one entity: the agent's fused boxes in the world frame.

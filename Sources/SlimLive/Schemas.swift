@@ -5,8 +5,11 @@ enum Schemas {
     static let quaternion =
         #"{"type":"object","properties":{"x":{"type":"number"},"y":{"type":"number"},"z":{"type":"number"},"w":{"type":"number"}}}"#
     static let time = #"{"type":"object","properties":{"sec":{"type":"integer"},"nsec":{"type":"integer"}}}"#
+    static let color =
+        #"{"type":"object","properties":{"r":{"type":"number"},"g":{"type":"number"},"b":{"type":"number"},"a":{"type":"number"}}}"#
+    static let pose = #"{"type":"object","properties":{"position":"# + vector3 + #","orientation":"# + quaternion + "}}"
 
-    /// The parts of foxglove.SceneUpdate this server fills: entities of cubes.
+    /// The parts of foxglove.SceneUpdate this server fills: entities of cubes, arrows, lines, texts.
     static let sceneUpdate = """
         {"title":"foxglove.SceneUpdate","type":"object","properties":{\
         "deletions":{"type":"array","items":{"type":"object"}},\
@@ -15,9 +18,14 @@ enum Schemas {
         "frame_locked":{"type":"boolean"},\
         "metadata":{"type":"array","items":{"type":"object","properties":{"key":{"type":"string"},"value":{"type":"string"}}}},\
         "cubes":{"type":"array","items":{"type":"object","properties":{\
-        "pose":{"type":"object","properties":{"position":\(vector3),"orientation":\(quaternion)}},\
-        "size":\(vector3),\
-        "color":{"type":"object","properties":{"r":{"type":"number"},"g":{"type":"number"},"b":{"type":"number"},"a":{"type":"number"}}}}}}}}}}}
+        "pose":\(pose),"size":\(vector3),\
+        "color":\(color)}}},\
+        "arrows":{"type":"array","items":{"type":"object","properties":{"pose":\(pose),"shaft_length":{"type":"number"},\
+        "shaft_diameter":{"type":"number"},"head_length":{"type":"number"},"head_diameter":{"type":"number"},"color":\(color)}}},\
+        "lines":{"type":"array","items":{"type":"object","properties":{"type":{"type":"integer"},"pose":\(pose),\
+        "thickness":{"type":"number"},"scale_invariant":{"type":"boolean"},"points":{"type":"array","items":\(vector3)},"color":\(color)}}},\
+        "texts":{"type":"array","items":{"type":"object","properties":{"pose":\(pose),"billboard":{"type":"boolean"},\
+        "font_size":{"type":"number"},"scale_invariant":{"type":"boolean"},"color":\(color),"text":{"type":"string"}}}}}}}}}
         """
 
     static let agentStates = """

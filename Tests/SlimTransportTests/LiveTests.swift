@@ -150,6 +150,28 @@ struct LiveTests {
     }
 }
 
+extension LiveTests {
+    @Test("a WebSocket frame over the client limit closes that connection; other clients keep theirs")
+    func hugeFrame() async throws {
+        let hub = FoxgloveHub(name: "t", channels: [.init(id: 1, topic: "/t", schemaName: "s", schema: "{}")])
+        let http = try HTTPService(host: "127.0.0.1", port: 0, routes: [:], foxglove: hub, logger: Self.quiet)
+        defer { http.close() }
+        let upgrade =
+            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: foxglove.websocket.v1\r\n\r\n"
+        let good = try #require(TCPClient(port: http.port))
+        let bad = try #require(TCPClient(port: http.port))
+        good.send(upgrade)
+        bad.send(upgrade)
+        for _ in 0..<100 where hub.clientCount < 2 { try await Task.sleep(nanoseconds: 20_000_000) }
+        #expect(hub.clientCount == 2)
+        // A masked binary frame that declares 1 GiB (64-bit length), then a few bytes of it.
+        bad.send(bytes: [0x82, 0xFF, 0, 0, 0, 0, 0x40, 0, 0, 0, 1, 2, 3, 4] + [UInt8](repeating: 7, count: 64))
+        #expect(await bad.closedByPeer(within: 10), "the server kept reading a 1 GiB frame")
+        try await Task.sleep(nanoseconds: 100_000_000)
+        #expect(hub.clientCount == 1)
+    }
+}
+
 /// A TCP client on loopback for tests: sends raw bytes, notices when the server closes.
 final class TCPClient {
     let fd: Int32

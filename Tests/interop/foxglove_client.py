@@ -30,6 +30,11 @@ def check_message(topic, m):
                 if not all(k in c.get("pose", {}).get("position", {}) for k in "xyz") or "size" not in c:
                     return f"cube without pose or size: {c}"
         return None
+    if topic == "/agents/poses":
+        ents = m.get("entities")
+        if not isinstance(ents, list) or not all(e.get("arrows") and e.get("texts") for e in ents):
+            return "agent poses without arrows and labels"
+        return None
     if topic == "/agents/state":
         agents = m.get("agents")
         if not isinstance(agents, list) or not agents or not all("id" in a and "bits" in a for a in agents):
