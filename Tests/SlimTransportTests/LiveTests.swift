@@ -169,6 +169,10 @@ extension LiveTests {
         #expect(await bad.closedByPeer(within: 10), "the server kept reading a 1 GiB frame")
         try await Task.sleep(nanoseconds: 100_000_000)
         #expect(hub.clientCount == 1)
+        // The Foxglove SDK's name for the protocol is chosen when offered alone.
+        let sdk = try #require(TCPClient(port: http.port))
+        sdk.send(upgrade.replacingOccurrences(of: "foxglove.websocket.v1", with: "foxglove.sdk.v1"))
+        #expect(await sdk.received(contains: "Sec-WebSocket-Protocol: foxglove.sdk.v1", within: 10))
     }
 }
 
@@ -196,6 +200,25 @@ final class TCPClient {
 
     func send(_ text: String) { send(bytes: Array(text.utf8)) }
     func send(bytes: [UInt8]) { _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } }
+
+    /// Polls (without blocking a thread) until what the server sent contains `text`.
+    func received(contains text: String, within seconds: Double) async -> Bool {
+        var got: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 4096)
+        let end = Date().addingTimeInterval(seconds)
+        while Date() < end {
+            let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+            if n > 0 {
+                got += buf[0..<n]
+                if String(decoding: got, as: UTF8.self).lowercased().contains(text.lowercased()) { return true }
+            } else if n == 0 {
+                return false
+            } else {
+                try? await Task.sleep(nanoseconds: 20_000_000)
+            }
+        }
+        return false
+    }
 
     /// Polls (without blocking a thread) until the server closes the connection.
     func closedByPeer(within seconds: Double) async -> Bool {
