@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import SlimEngine
+import SlimPipeline
 import SlimSensors
 import SlimTransport
 

@@ -1,30 +1,7 @@
 import Glibc
 import SlimAgent
 import SlimEngine
-
-/// Recent per-stage times of an agent (seconds), for its Prometheus endpoint.
-final class AgentStageTimes: @unchecked Sendable {
-    private let lock = NSLockLike()
-    private var times: [String: [Double]] = [:]
-
-    func add(_ stage: String, _ s: Double) {
-        lock.locked {
-            var v = times[stage] ?? []
-            if v.count >= 512 { v.removeFirst(v.count - 511) }
-            v.append(s)
-            times[stage] = v
-        }
-    }
-
-    func quantiles() -> [(String, Double, Double)] {
-        lock.locked {
-            times.keys.sorted().map { k in
-                let v = times[k]!.sorted()
-                return (k, v[v.count / 2], v[min(v.count - 1, Int(0.99 * Double(v.count)))])
-            }
-        }
-    }
-}
+import SlimPipeline
 
 /// Prometheus text for an agent: frames, acks, results, drops, bytes, RTT, goodput, stages.
 func agentPrometheusText(_ a: FeatureAgent, stages: AgentStageTimes, widthIndex: Int?, bits: Int?) -> String {
@@ -66,16 +43,4 @@ func agentPrometheusText(_ a: FeatureAgent, stages: AgentStageTimes, widthIndex:
         l.append("slimsplit_agent_stage_seconds{agent=\"\(id)\",stage=\"\(k)\",quantile=\"0.99\"} \(p99)")
     }
     return l.joined(separator: "\n") + "\n"
-}
-
-/// A tiny mutex wrapper usable from non-Foundation code.
-final class NSLockLike: @unchecked Sendable {
-    private var m = pthread_mutex_t()
-    init() { pthread_mutex_init(&m, nil) }
-    deinit { pthread_mutex_destroy(&m) }
-    func locked<R>(_ body: () -> R) -> R {
-        pthread_mutex_lock(&m)
-        defer { pthread_mutex_unlock(&m) }
-        return body()
-    }
 }

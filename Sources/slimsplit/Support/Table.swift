@@ -21,19 +21,3 @@ struct TextTable {
         return out.joined(separator: "\n")
     }
 }
-
-func fmt(_ v: Double, _ decimals: Int = 1) -> String {
-    guard v.isFinite else { return "-" }
-    var p = 1.0
-    for _ in 0..<decimals { p *= 10 }
-    let r = (v * p).rounded() / p
-    var s = "\(r)"
-    if let dot = s.firstIndex(of: ".") {
-        let frac = s.distance(from: dot, to: s.endIndex) - 1
-        if frac < decimals { s += String(repeating: "0", count: decimals - frac) }
-        if decimals == 0 { s = String(s[..<dot]) }
-    } else if decimals > 0 {
-        s += "." + String(repeating: "0", count: decimals)
-    }
-    return s
-}

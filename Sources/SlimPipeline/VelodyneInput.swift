@@ -1,7 +1,5 @@
-import ArgumentParser
 import Foundation
 import Logging
-import SlimPipeline
 import SlimSensors
 import SlimTransport
 
@@ -11,7 +9,7 @@ import SlimTransport
 /// once per reason every 10 s; they never stop the stream. If the encoder is still busy when a
 /// sweep completes, the older waiting sweep is dropped and counted. A sweep is also closed when
 /// packets stop for 0.3 s.
-final class VelodyneInput: @unchecked Sendable {
+public final class VelodyneInput: @unchecked Sendable {
     let source: AgentConfig.VelodyneSource
     private let logger: Logger
     private let fd: Int32
@@ -35,10 +33,10 @@ final class VelodyneInput: @unchecked Sendable {
         if source.listen.hasPrefix("pcap:") {
             let path = String(source.listen.dropFirst(5))
             guard let data = FileManager.default.contents(atPath: path) else {
-                throw ValidationError("source.listen: cannot read the capture \(path)")
+                throw PipelineError("source.listen: cannot read the capture \(path)")
             }
             do { capture = try Pcap.udpPayloads(Array(data), port: 2368) } catch {
-                throw ValidationError("source.listen: \(path): \(error)")
+                throw PipelineError("source.listen: \(path): \(error)")
             }
             fd = -1
             logger.info("velodyne capture", metadata: ["file": "\(path)", "packets": "\(capture!.count)"])
@@ -47,11 +45,11 @@ final class VelodyneInput: @unchecked Sendable {
         capture = nil
         let target = source.listen.dropFirst("udp://".count)
         guard let colon = target.lastIndex(of: ":"), let port = UInt16(target[target.index(after: colon)...]) else {
-            throw ValidationError("source.listen: '\(source.listen)' must be udp://HOST:PORT")
+            throw PipelineError("source.listen: '\(source.listen)' must be udp://HOST:PORT")
         }
         let host = String(target[..<colon])
         fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
-        guard fd >= 0 else { throw ValidationError("source.listen: socket: \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw PipelineError("source.listen: socket: \(String(cString: strerror(errno)))") }
         var big: Int32 = 8 << 20
         setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &big, socklen_t(MemoryLayout<Int32>.size))
         var addr = sockaddr_in()
@@ -64,7 +62,7 @@ final class VelodyneInput: @unchecked Sendable {
         guard ok == 0 else {
             let why = String(cString: strerror(errno))
             Glibc.close(fd)
-            throw ValidationError("source.listen: bind \(source.listen): \(why)")
+            throw PipelineError("source.listen: bind \(source.listen): \(why)")
         }
         logger.info("velodyne", metadata: ["listen": "\(source.listen)", "model": "\(source.lidarModel.rawValue)"])
     }
@@ -132,14 +130,14 @@ final class VelodyneInput: @unchecked Sendable {
         return stream
     }
 
-    func close() {
+    public func close() {
         state.withLock { $0.closed = true }
     }
 
     deinit { if fd >= 0 { Glibc.close(fd) } }
 
     /// For the agent's summary: packets, sweeps, points per sweep, refusals by reason.
-    var summary: [String: Any] {
+    public var summary: [String: Any] {
         state.withLock { s in
             let a = s.assembler!
             return [

@@ -1,6 +1,5 @@
 import Foundation
 import SlimEngine
-import SlimPipeline
 import SlimSensors
 import SlimTransport
 import SlimWire
@@ -18,7 +17,7 @@ import SlimWire
 /// any time window gives that window's AP (Benchmarks/shaped_link_report.py).
 ///
 /// Benchmarking aid: it allocates per frame, so it is off unless asked for.
-final class FrameReport: @unchecked Sendable {
+public final class FrameReport: @unchecked Sendable {
     struct Sent {
         var frame: Int
         var dueNs: UInt64
@@ -35,11 +34,11 @@ final class FrameReport: @unchecked Sendable {
     private var pending: [UInt64: Sent] = [:]
     private let out: FileHandle
     private let startNs: UInt64
-    let deadlineNs: UInt64
+    public let deadlineNs: UInt64
     private(set) var frames = 0, missed = 0
     private var ap = AveragePrecision()
 
-    init(path: String, deadlineSeconds: Double, startNs: UInt64) throws {
+    public init(path: String, deadlineSeconds: Double, startNs: UInt64) throws {
         guard FileManager.default.createFile(atPath: path, contents: nil), let h = FileHandle(forWritingAtPath: path)
         else {
             throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: path])
@@ -56,7 +55,7 @@ final class FrameReport: @unchecked Sendable {
     }
 
     /// A Result from the server (on the agent's receiving task).
-    func result(_ r: ResultMessage, atNs now: UInt64) {
+    public func result(_ r: ResultMessage, atNs now: UInt64) {
         lock.lock()
         defer { lock.unlock() }
         guard let s = pending.removeValue(forKey: r.sequence) else { return }
@@ -78,7 +77,7 @@ final class FrameReport: @unchecked Sendable {
     }
 
     /// Per-frame totals: frames, deadline misses, and AP@0.3/0.5/0.7 of all frames.
-    var summary: (frames: Int, missed: Int, ap: [Float]) {
+    public var summary: (frames: Int, missed: Int, ap: [Float]) {
         lock.lock()
         defer { lock.unlock() }
         return (frames, missed, ap.percent)
@@ -109,7 +108,7 @@ final class FrameReport: @unchecked Sendable {
         out.write(Data(("{" + fields.joined(separator: ",") + "}\n").utf8))
     }
 
-    func close() {
+    public func close() {
         expire(atNs: 0, all: true)
         try? out.close()
     }

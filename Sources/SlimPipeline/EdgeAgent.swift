@@ -1,0 +1,197 @@
+import Foundation
+import Logging
+import SlimAgent
+import SlimEngine
+import SlimSensors
+import SlimTransport
+import SlimWire
+
+/// The edge agent's loop: frames from a source (a recording replayed at its recorded rate, or
+/// a live Velodyne sensor) through the edge encoder to the server, with the adaptation policy.
+/// Every sweep, whatever its source, takes one path (``send(_:pose:sensorHeight:)``): the
+/// adaptation (or the server's caps) first, then featurize, encode, quantize and submit.
+/// The command line (`slimsplit agent`) only parses options and runs one of these.
+public final class EdgeAgent {
+    public let agent: FeatureAgent
+    public let edge: EdgeEncoder
+    public let source: AgentConfig.RecordingSource
+    public let stages: AgentStageTimes
+    let logger: Logger
+    private var controller: WidthController?
+    private var appliedCapEpoch: UInt32?
+    private let fixedWidth: Int
+
+    public init(
+        agent: FeatureAgent, edge: EdgeEncoder, source: AgentConfig.RecordingSource, stages: AgentStageTimes,
+        logger: Logger
+    ) throws(PipelineError) {
+        self.agent = agent
+        self.edge = edge
+        self.source = source
+        self.stages = stages
+        self.logger = logger
+        fixedWidth = edge.widthIndex
+        // Adaptation: the configurations of the model's measured rate–accuracy table.
+        if let deadline = source.adaptDeadline {
+            guard let table = edge.rateAccuracy else {
+                throw PipelineError(
+                    "source.adapt needs the model's rate-accuracy table, which \(source.model) lacks "
+                        + "(training/evaluate.py --write-table adds it)")
+            }
+            var c = WidthController(configurations: table)
+            c.deadlineSeconds = deadline
+            controller = c
+        }
+    }
+
+    /// Sends one sweep (points in the agent's frame, z relative to the sensor); returns the bytes
+    /// submitted, or nil when the rate cap or the link refused it.
+    public func send(_ points: [SIMD4<Float>], pose: Pose3, sensorHeight: Double) -> Int? {
+        adapt()
+        guard !agent.rateCapped() else { return nil }
+        let shape = points.withUnsafeBufferPointer { edge.encode($0, sensorHeight: Float(sensorHeight)) }
+        let h = FeatureFrameHeader(
+            agentID: agent.identity.agentID, sequence: 0, captureTimeNs: Clock.wallNs(),
+            position: pose.position, orientation: pose.orientation, modelID: edge.modelID,
+            widthIndex: UInt8(edge.widthIndex), bits: UInt8(edge.bits), channels: shape.channels,
+            height: shape.height, width: shape.width, quant: .model, masked: shape.masked, codec: .lz4)
+        let bytes = edge.dense.withUnsafeBufferPointer { d in
+            edge.mask.withUnsafeBytes { m in agent.submit(h, dense: d, mask: shape.masked ? m : nil) }
+        }
+        if let bytes { controller?.observe(bytes: bytes) }
+        let st = edge.lastStageSeconds
+        stages.add("featurize", st.featurize)
+        stages.add("encode", st.encode)
+        stages.add("quantize", st.quantize)
+        stages.add("pack", agent.stats.lastPackSeconds)
+        return bytes
+    }
+
+    private func adapt() {
+        if var c = controller {
+            let g = agent.goodput
+            let caps = agent.control
+            let cfg = c.update(
+                goodputBytesPerSecond: g.bytesPerSecond, queueingSeconds: Double(g.queueingNs) / 1e9,
+                rttSeconds: Double(g.lastRTTNs) / 1e9,
+                maxWidthIndex: Int(caps?.maxWidthIndex ?? 255), maxBits: Int(caps?.maxBits ?? 8))
+            controller = c
+            if edge.widthIndex != cfg.widthIndex || edge.bits != cfg.bits || edge.threshold != cfg.threshold {
+                logger.info(
+                    "adapting",
+                    metadata: [
+                        "width_index": "\(cfg.widthIndex)", "bits": "\(cfg.bits)",
+                        "threshold": "\(cfg.threshold)",
+                        "goodput_kbit_s": "\(Int((g.bytesPerSecond ?? 0) * 8 / 1000))",
+                    ])
+                edge.widthIndex = cfg.widthIndex
+                edge.bits = cfg.bits
+                edge.threshold = cfg.threshold
+            }
+        } else if let caps = agent.control, caps.epoch != appliedCapEpoch {
+            // Fixed configuration, within the server's caps (worked out once per Control).
+            appliedCapEpoch = caps.epoch
+            let wi = min(fixedWidth, Int(caps.maxWidthIndex))
+            let bits =
+                (1...min(source.bits, max(Int(caps.maxBits), 1))).last {
+                    edge.quantization["\(wi).\($0)"] != nil
+                } ?? source.bits
+            if wi != edge.widthIndex || bits != edge.bits {
+                logger.info("capped by the server", metadata: ["width_index": "\(wi)", "bits": "\(bits)"])
+                edge.widthIndex = wi
+                edge.bits = bits
+            }
+        }
+    }
+
+    /// Replays one agent of a recording through the edge encoder at the recorded rate.
+    public func replay(frames: Int?, stop: Locked<Bool>, report: FrameReport?) async throws {
+        let rec = try RecordingFrames(path: source.recording)
+        let mine = rec.frames.filter { $0.agents[source.agent]?.points.isEmpty == false }
+        guard !mine.isEmpty else {
+            throw PipelineError("\(source.recording) has no LiDAR for agent \(source.agent) (agents: \(rec.agents))")
+        }
+        logger.info(
+            "replaying",
+            metadata: ["recording": "\(source.recording)", "agent": "\(source.agent)", "frames": "\(mine.count)"])
+        var sent = 0
+        let truthHalf = edge.featurizer.grid.xMax
+        // Loops continue the recorded rhythm: the first sweep again one frame period after the last.
+        let span = mine.last!.timeNs - mine[0].timeNs
+        let period = mine.count > 1 ? span / UInt64(mine.count - 1) : 100_000_000
+        var start = Clock.monotonicNs()
+        repeat {
+            defer { start = max(start + span + period, Clock.monotonicNs()) }
+            for (fi, f) in mine.enumerated() {
+                if stop.value || (frames.map { sent >= $0 } ?? false) { return }
+                let due = start + (f.timeNs - mine[0].timeNs)
+                let now = Clock.monotonicNs()
+                if due > now { try await Task.sleep(nanoseconds: due - now) }
+                let af = f.agents[source.agent]!
+                guard let truth = af.pose else { continue }
+                guard let bytes = send(af.points, pose: af.measuredPose ?? truth, sensorHeight: truth.position.z)
+                else { continue }
+                if let report {
+                    let gt = f.groundTruth(for: source.agent, half: truthHalf)
+                    report.sent(
+                        sequence: agent.lastSequence,
+                        .init(
+                            frame: fi, dueNs: due, wallNs: Clock.wallNs(), widthIndex: edge.widthIndex, bits: edge.bits,
+                            threshold: edge.threshold,
+                            bytes: bytes, goodputBytesPerSecond: agent.goodput.bytesPerSecond,
+                            rttNs: agent.goodput.lastRTTNs,
+                            truth: CooperativeSession.boxes(gt.boxes), own: gt.own))
+                    report.expire(atNs: Clock.monotonicNs())
+                }
+                sent += 1
+            }
+        } while source.loop && !stop.value
+    }
+
+    /// Streams a live Velodyne sensor (or a capture of one): packets are read and assembled into
+    /// sweeps on a thread of their own; each sweep goes through the edge encoder as it completes
+    /// (the newest waits if the encoder is busy; older ones are dropped and counted).
+    public func live(_ live: AgentConfig.VelodyneSource, frames: Int?, stop: Locked<Bool>) async throws -> VelodyneInput {
+        let input = try VelodyneInput(source: live, logger: logger)
+        let pose = Pose3(x: live.poseX, y: live.poseY, z: live.mountZ, yaw: live.poseYaw)
+        let c = Float(cos(live.mountYaw)), s = Float(sin(live.mountYaw))
+        let mx = Float(live.mountX), my = Float(live.mountY)
+        var points: [SIMD4<Float>] = []
+        var sent = 0
+        for await sweep in input.sweeps(stop: stop) {
+            // Sensor frame → the agent's frame (mounting offset and heading; z stays above the sensor).
+            points.removeAll(keepingCapacity: true)
+            for p in sweep { points.append(SIMD4(c * p.x - s * p.y + mx, s * p.x + c * p.y + my, p.z, p.w)) }
+            if send(points, pose: pose, sensorHeight: live.mountZ) != nil { sent += 1 }
+            if frames.map({ sent >= $0 }) ?? false { break }
+        }
+        input.close()
+        return input
+    }
+}
+
+/// Recent per-stage times of an agent (seconds), for its Prometheus endpoint.
+public final class AgentStageTimes: Sendable {
+    private let times = Locked<[String: [Double]]>([:])
+
+    public init() {}
+
+    public func add(_ stage: String, _ s: Double) {
+        times.withLock { t in
+            var v = t[stage] ?? []
+            if v.count >= 512 { v.removeFirst(v.count - 511) }
+            v.append(s)
+            t[stage] = v
+        }
+    }
+
+    /// Stage, p50, p99.
+    public func quantiles() -> [(String, Double, Double)] {
+        times.withLock { t in
+            t.keys.sorted().map { k in
+                let v = t[k]!.sorted()
+                return (k, v[v.count / 2], v[min(v.count - 1, Int(0.99 * Double(v.count)))])
+            }
+        }
+    }
+}
