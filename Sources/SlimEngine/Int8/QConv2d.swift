@@ -108,23 +108,11 @@ public final class QConv2d: @unchecked Sendable {
         let (oh, ow) = g.outputSize(height: x.height, width: x.width)
         y.reshape(height: oh, width: ow, channels: outChannels)
         var a = slim_qconv_args()
-        a.path = kernels.raw
-        a.in_h = Int32(x.height)
-        a.in_w = Int32(x.width)
-        a.in_cs = Int32(inChannels)
-        a.ci = Int32(inPerGroup)
-        a.out_h = Int32(oh)
-        a.out_w = Int32(ow)
-        a.out_cs = Int32(outChannels)
-        a.co = Int32(outPerGroup)
-        a.kh = Int32(g.kernel.h)
-        a.kw = Int32(g.kernel.w)
-        a.sh = Int32(g.stride.h)
-        a.sw = Int32(g.stride.w)
+        a.setShape(
+            path: kernels, input: (x.height, x.width, inChannels), output: (oh, ow, outChannels),
+            perGroup: (inPerGroup, outPerGroup), geometry: g)
         a.ph = Int32(g.padding.h)
         a.pw = Int32(g.padding.w)
-        a.dh = Int32(g.dilation.h)
-        a.dw = Int32(g.dilation.w)
         a.x_zp = input.zeroPoint
         a.y_zp = output.zeroPoint
         a.active = active

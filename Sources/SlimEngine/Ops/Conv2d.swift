@@ -195,21 +195,9 @@ public final class FloatConv2d: @unchecked Sendable {
             iw = ww
         }
         var a = slim_fconv_args()
-        a.path = kernels.raw
-        a.in_h = Int32(ih)
-        a.in_w = Int32(iw)
-        a.in_cs = Int32(inChannels)
-        a.ci = Int32(inPerGroup)
-        a.out_h = Int32(oh)
-        a.out_w = Int32(ow)
-        a.out_cs = Int32(outChannels)
-        a.co = Int32(outPerGroup)
-        a.kh = Int32(g.kernel.h)
-        a.kw = Int32(g.kernel.w)
-        a.sh = Int32(g.stride.h)
-        a.sw = Int32(g.stride.w)
-        a.dh = Int32(g.dilation.h)
-        a.dw = Int32(g.dilation.w)
+        a.setShape(
+            path: kernels, input: (ih, iw, inChannels), output: (oh, ow, outChannels),
+            perGroup: (inPerGroup, outPerGroup), geometry: g)
         a.act = activation == .relu ? 1 : activation == .relu6 ? 2 : 0
         a.active = active
         let taps = g.kernel.h * g.kernel.w
