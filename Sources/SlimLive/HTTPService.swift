@@ -196,7 +196,7 @@ public final class HTTPService: Sendable {
 
         func authorized(_ head: HTTPRequestHead) -> Bool {
             guard let token else { return true }
-            let (path, query) = split(head.uri)
+            let (path, query) = requestTarget(head.uri)
             if tokenExempt.contains(path) { return true }
             let given =
                 query.split(separator: "&").first { $0.hasPrefix("token=") }.map { String($0.dropFirst(6)) }
@@ -215,7 +215,7 @@ public final class HTTPService: Sendable {
 }
 
 /// Path and query of a request target.
-func split(_ uri: String) -> (path: String, query: Substring) {
+func requestTarget(_ uri: String) -> (path: String, query: Substring) {
     guard let q = uri.firstIndex(of: "?") else { return (uri, "") }
     return (String(uri[..<q]), uri[uri.index(after: q)...])
 }
@@ -301,7 +301,7 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
                 body: Array("a token is needed: ?token=... or Authorization: Bearer ...\n".utf8))
             return
         }
-        let path = split(h.uri).path
+        let path = requestTarget(h.uri).path
         guard let content = state.routes[path] else {
             let known = state.routes.keys.sorted().joined(separator: ", ")
             respond(context, status: .notFound, type: "text/plain", body: Array("not found: try \(known)\n".utf8))

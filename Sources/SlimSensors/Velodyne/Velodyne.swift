@@ -100,43 +100,48 @@ public struct VelodyneSweeps: Sendable {
         sinEl = model.elevationsDeg.map { Float(sin($0 * .pi / 180)) }
     }
 
-    /// Checks a whole packet; returns its block azimuths.
-    public func validate(_ p: UnsafeRawBufferPointer) throws(VelodynePacketError) -> [Int] {
+    /// Checks a whole packet before any of it is used.
+    public func validate(_ p: UnsafeRawBufferPointer) throws(VelodynePacketError) {
         guard p.count == Velodyne.packetSize else { throw .wrongSize(p.count) }
-        var azimuths: [Int] = []
-        azimuths.reserveCapacity(Velodyne.blocks)
         for b in 0..<Velodyne.blocks {
             let o = b * Velodyne.blockSize
             let flag = UInt16(p[o]) << 8 | UInt16(p[o + 1])
             guard flag == 0xFFEE else { throw .badBlockFlag(block: b, flag: flag) }
-            let az = UInt16(p[o + 2]) | UInt16(p[o + 3]) << 8
-            guard az < 36000 else { throw .badAzimuth(block: b, value: az) }
-            azimuths.append(Int(az))
+            let az = Self.azimuth(p, block: b)
+            guard az < 36000 else { throw .badAzimuth(block: b, value: UInt16(az)) }
         }
         let mode = p[1204]
         guard mode == 0x37 || mode == 0x38 else { throw .unsupportedReturnMode(mode) }
         guard p[1205] == model.productID else { throw .wrongProduct(p[1205]) }
-        return azimuths
+    }
+
+    /// Block `b`'s azimuth, hundredths of a degree (read from the packet: nothing allocated per packet).
+    static func azimuth(_ p: UnsafeRawBufferPointer, block b: Int) -> Int {
+        let o = b * Velodyne.blockSize
+        return Int(p[o + 2]) | Int(p[o + 3]) << 8
     }
 
     /// Adds one packet; returns the sweep it completed, if the azimuth wrapped in it.
     public mutating func add(_ p: UnsafeRawBufferPointer) -> [SIMD4<Float>]? {
         packets += 1
-        let azimuths: [Int]
-        do { azimuths = try validate(p) } catch {
+        do { try validate(p) } catch {
             counters[error.reason, default: 0] += 1
             return nil
         }
-        if let last, azimuths[0] < last, last - azimuths[0] < 18000 {
+        let first = Self.azimuth(p, block: 0)
+        if let last, first < last, last - first < 18000 {
             counters["reordered", default: 0] += 1
             return nil
         }
         var done: [SIMD4<Float>]?
         let firings = model.firingsPerBlock
         for b in 0..<Velodyne.blocks {
-            let az = azimuths[b]
+            let az = Self.azimuth(p, block: b)
             // The next block's azimuth sets the second firing's (the last block continues its step).
-            let next = b + 1 < Velodyne.blocks ? azimuths[b + 1] : az + (b > 0 ? (az - azimuths[b - 1] + 36000) % 36000 : 0)
+            let next =
+                b + 1 < Velodyne.blocks
+                ? Self.azimuth(p, block: b + 1)
+                : az + (b > 0 ? (az - Self.azimuth(p, block: b - 1) + 36000) % 36000 : 0)
             let span = (next - az + 36000) % 36000
             for f in 0..<firings {
                 let fa = (az + (firings == 2 && f == 1 ? span / 2 : 0)) % 36000
