@@ -68,6 +68,7 @@ class Agent:
         self.sent: dict[int, int] = {}  # sequence -> monotonic send time (ns)
         self.rtts: dict[int, float] = {}  # sequence -> ms
         self.results = 0
+        self.handovers: list[tuple[int, str, str]] = []
         self.errors: list[str] = []
 
     def send(self, msg) -> bool:
@@ -104,6 +105,9 @@ class Agent:
                     self.errors.append(f"ack for unknown or repeated sequence {msg.sequence}")
             elif isinstance(msg, ss.Result):
                 self.results += 1
+            elif isinstance(msg, ss.Handover):
+                # A single-session peer: it stays with this server (allowed by §4.6), and says so.
+                self.handovers.append((msg.action, msg.region, msg.endpoint))
             else:
                 self.errors.append(f"unexpected_kind: {type(msg).__name__} from server")
 
@@ -137,7 +141,7 @@ class Agent:
         rtts = list(self.rtts.values())
         return {
             "agent_id": self.args.agent_id, "control_received": self.control_received,
-            "frames_sent": len(self.sent), "acks": len(self.rtts), "results": self.results,
+            "frames_sent": len(self.sent), "acks": len(self.rtts), "results": self.results, "handovers": len(self.handovers),
             "rtt_ms_p50": round(statistics.median(rtts), 3) if rtts else None,
             "rtt_ms_p99": round(sorted(rtts)[min(len(rtts) - 1, int(0.99 * len(rtts)))], 3) if rtts else None,
             "rtt_ms_max": round(max(rtts), 3) if rtts else None,

@@ -18,7 +18,7 @@ from pathlib import Path
 import lz4.block
 
 import slimsplit_ref as ss
-from slimsplit_ref import (Ack, Control, Detection, FeatureFrame, Hello, Result, WireError,
+from slimsplit_ref import (Ack, Control, Detection, Handover, FeatureFrame, Hello, Result, WireError,
                            build_payload, decode, encode, encode_body, frame_message, to_json)
 
 T0 = 1_700_000_000_123_456_789
@@ -132,6 +132,19 @@ def valid_vectors():
     yield ("control_reserved_reason", "reason 9 is reserved and accepted",
            encode(Control(4294967295, 0, 1, 0.25, 9)), None)
 
+    key = bytes(range(1, 33))
+    yield ("handover_prepare", "prepare: mirror frames to region east at tcp://10.0.0.2:5555, Curve key 01..20",
+           encode(Handover(3, 1, "east", "tcp://10.0.0.2:5555", key)), None)
+    yield ("handover_commit", "commit: tcp://east.fleet.local:5555 is home now, no Curve",
+           encode(Handover(4, 2, "east", "tcp://east.fleet.local:5555")), None)
+    yield ("handover_cancel", "cancel the session to region west",
+           encode(Handover(5, 0, "west", "tcp://10.0.0.1:5555", key)), None)
+    yield ("handover_standby", "standby: ipc:///run/slimsplit/center.sock if this server goes silent",
+           encode(Handover(4294967295, 3, "center", "ipc:///run/slimsplit/center.sock")), None)
+    body, _ = encode_body(Handover(3, 1, "east", "tcp://10.0.0.2:5555", key))
+    yield ("handover_trailing", "handover_prepare with 3 bytes of a later revision's fields (skipped)",
+           frame_message(ss.KIND_HANDOVER, body + b"\x01\x02\x03"), "handover_prepare.bin")
+
 
 def invalid_vectors():
     """Yield (name, reason, description, bytes)."""
@@ -231,6 +244,16 @@ def invalid_vectors():
            encode(rep(hello, bits_mask=0)))
     yield ("field_out_of_range_hello_payload", "field_out_of_range",
            "Hello with a 1-byte payload", frame_message(ss.KIND_HELLO, hello_body, b"\x00"))
+    yield ("field_out_of_range_handover_action", "field_out_of_range", "Handover with action 4",
+           encode(Handover(1, 4, "east", "tcp://10.0.0.2:5555")))
+    yield ("field_out_of_range_handover_endpoint", "field_out_of_range",
+           "Handover whose endpoint is http://10.0.0.2 (not tcp:// or ipc://)",
+           encode(Handover(1, 2, "east", "http://10.0.0.2")))
+    yield ("field_out_of_range_handover_endpoint_space", "field_out_of_range",
+           "Handover whose endpoint has a space in it",
+           encode(Handover(1, 2, "east", "tcp://10.0.0.2 :5555")))
+    yield ("body_truncated_handover_key", "body_truncated", "Handover missing the last 16 bytes of server_key",
+           frame_message(ss.KIND_HANDOVER, encode_body(Handover(1, 2, "east", "tcp://10.0.0.2:5555"))[0][:-16]))
     yield ("field_out_of_range_max_bits", "field_out_of_range", "Control with max_bits 0",
            encode(Control(2, 255, 0, 0.0, 1)))
     yield ("field_out_of_range_max_rate", "field_out_of_range", "Control with max_rate_hz -1",

@@ -22,8 +22,8 @@ MAX_BODY_LENGTH = 65536
 RECORD_SIZE = 40
 MAX_DETECTIONS = 4096
 
-KIND_HELLO, KIND_FEATURE_FRAME, KIND_ACK, KIND_RESULT, KIND_CONTROL = 1, 2, 3, 4, 5
-KIND_NAMES = {1: "Hello", 2: "FeatureFrame", 3: "Ack", 4: "Result", 5: "Control"}
+KIND_HELLO, KIND_FEATURE_FRAME, KIND_ACK, KIND_RESULT, KIND_CONTROL, KIND_HANDOVER = 1, 2, 3, 4, 5, 6
+KIND_NAMES = {1: "Hello", 2: "FeatureFrame", 3: "Ack", 4: "Result", 5: "Control", 6: "Handover"}
 
 REASONS = (
     "truncated", "bad_magic", "unsupported_version", "over_limit", "length_mismatch",
@@ -169,7 +169,21 @@ class Control:
     kind = KIND_CONTROL
 
 
-Message = Hello | FeatureFrame | Ack | Result | Control
+HANDOVER_CANCEL, HANDOVER_PREPARE, HANDOVER_COMMIT, HANDOVER_STANDBY = 0, 1, 2, 3
+
+
+@dataclass
+class Handover:
+    epoch: int
+    action: int
+    region: str
+    endpoint: str
+    server_key: bytes = bytes(32)
+    trailing: bytes = field(default=b"", compare=False, repr=False)
+    kind = KIND_HANDOVER
+
+
+Message = Hello | FeatureFrame | Ack | Result | Control | Handover
 
 # ---------------------------------------------------------------------------------------------
 # Bit packing (LSB first) and FeatureFrame payloads.
@@ -303,6 +317,10 @@ def encode_body(msg: Message) -> tuple[bytes, bytes]:
     if isinstance(msg, Control):
         return struct.pack("<IBBfB", msg.epoch, msg.max_width_index, msg.max_bits,
                            msg.max_rate_hz, msg.reason), b""
+    if isinstance(msg, Handover):
+        endpoint = msg.endpoint.encode("ascii")
+        return (struct.pack("<IB", msg.epoch, msg.action) + _str(msg.region)
+                + bytes([len(endpoint)]) + endpoint + bytes(msg.server_key)), b""
     raise TypeError(f"not a SlimSplit message: {msg!r}")
 
 
@@ -450,8 +468,24 @@ def _decode_control(b: _Body, payload: bytes, limits: Limits) -> Control:
     return Control(epoch, max_width_index, max_bits, max_rate_hz, reason, b.rest())
 
 
+_ENDPOINT = re.compile(rb"(tcp|ipc)://[\x21-\x7e]+")
+
+
+def _decode_handover(b: _Body, payload: bytes, limits: Limits) -> Handover:
+    epoch, action = b.unpack("IB")
+    _check(action <= 3, "action > 3")
+    region = b.ident("region")
+    endpoint = b.take(b.one("B"))
+    _check(7 <= len(endpoint) and _ENDPOINT.fullmatch(endpoint) is not None,
+           "endpoint is not 7-255 printable bytes starting tcp:// or ipc://")
+    server_key = b.take(32)
+    _empty_payload(payload, "Handover")
+    return Handover(epoch, action, region, endpoint.decode("ascii"), server_key, b.rest())
+
+
 _DECODERS = {KIND_HELLO: _decode_hello, KIND_FEATURE_FRAME: _decode_frame, KIND_ACK: _decode_ack,
-             KIND_RESULT: _decode_result, KIND_CONTROL: _decode_control}
+             KIND_RESULT: _decode_result, KIND_CONTROL: _decode_control,
+             KIND_HANDOVER: _decode_handover}
 
 
 def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
@@ -490,6 +524,7 @@ _JSON_FIELDS = {
     Ack: ("sequence", "receive_time_ns", "bytes_received", "queue_delay_ns"),
     Result: ("sequence", "capture_time_ns", "fusion_time_ns", "record_size", "detections"),
     Control: ("epoch", "max_width_index", "max_bits", "max_rate_hz", "reason"),
+    Handover: ("epoch", "action", "region", "endpoint", "server_key"),
 }
 _CLASSES = {cls.__name__: cls for cls in _JSON_FIELDS}
 _DETECTION_FIELDS = ("class_id", "score", "center", "size", "yaw", "track_id")
@@ -520,6 +555,8 @@ def from_json(doc: dict) -> Message:
     f = dict(doc["fields"])
     if cls is Hello:
         f["model_hash"] = bytes.fromhex(f["model_hash"])
+    elif cls is Handover:
+        f["server_key"] = bytes.fromhex(f["server_key"])
     elif cls is FeatureFrame:
         f["position"], f["orientation"] = tuple(f["position"]), tuple(f["orientation"])
         f["payload"], raw_length = build_payload(doc["mask"], doc["values"], f["bits"], f["codec"])

@@ -5,6 +5,7 @@ public enum MessageKind: UInt8, Sendable, CaseIterable, CustomStringConvertible 
     case ack = 3
     case result = 4
     case control = 5
+    case handover = 6
 
     public var description: String {
         switch self {
@@ -13,6 +14,7 @@ public enum MessageKind: UInt8, Sendable, CaseIterable, CustomStringConvertible 
         case .ack: "Ack"
         case .result: "Result"
         case .control: "Control"
+        case .handover: "Handover"
         }
     }
 }

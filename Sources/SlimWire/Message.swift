@@ -54,6 +54,7 @@ public enum Message: Sendable, Equatable {
     case ack(Ack)
     case result(ResultMessage)
     case control(Control)
+    case handover(Handover)
 
     public static func decode(_ bytes: UnsafeRawBufferPointer, limits: WireLimits = .default) throws(WireError)
         -> Message
@@ -66,6 +67,7 @@ public enum Message: Sendable, Equatable {
         case .ack: return .ack(try Ack(body: &r, payload: env.payload, limits: limits))
         case .result: return .result(try ResultMessage(body: &r, payload: env.payload, limits: limits))
         case .control: return .control(try Control(body: &r, payload: env.payload, limits: limits))
+        case .handover: return .handover(try Handover(body: &r, payload: env.payload, limits: limits))
         }
     }
 
@@ -80,6 +82,7 @@ public enum Message: Sendable, Equatable {
         case .ack(let m): m.encoded()
         case .result(let m): m.encoded()
         case .control(let m): m.encoded()
+        case .handover(let m): m.encoded()
         }
     }
 
@@ -90,6 +93,7 @@ public enum Message: Sendable, Equatable {
         case .ack: .ack
         case .result: .result
         case .control: .control
+        case .handover: .handover
         }
     }
 }
@@ -255,6 +259,78 @@ public struct Control: WireMessage {
         }
         reason = try r.u8("reason")
         try requireEmptyPayload(payload, .control)
+    }
+}
+
+// MARK: - Handover
+
+/// Moves an agent between region servers, make-before-break (PROTOCOL.md §4.6).
+public struct Handover: WireMessage {
+    public static let kind = MessageKind.handover
+
+    public enum Action: UInt8, Sendable {
+        /// Close the session to `endpoint` opened for an earlier `prepare` (the agent turned back).
+        case cancel = 0
+        /// Open a session to `endpoint` and send every frame to it as well as to this server.
+        case prepare = 1
+        /// `endpoint` is the agent's home now: take Results from it, and leave this server once
+        /// it has acknowledged a frame.
+        case commit = 2
+        /// Where to go if this server goes silent (failover); no session is opened until then.
+        case standby = 3
+    }
+
+    public var epoch: UInt32
+    public var action: Action
+    /// Name of the region `endpoint` serves (an identifier).
+    public var region: String
+    /// The target server's ZeroMQ endpoint, `tcp://…` or `ipc://…`.
+    public var endpoint: String
+    /// The target server's Curve public key, 32 bytes; all zero when Curve is off.
+    public var serverKey: [UInt8]
+
+    public init(epoch: UInt32, action: Action, region: String, endpoint: String, serverKey: [UInt8]? = nil) {
+        self.epoch = epoch
+        self.action = action
+        self.region = region
+        self.endpoint = endpoint
+        self.serverKey = serverKey ?? [UInt8](repeating: 0, count: 32)
+    }
+
+    /// The Curve key, or nil when the target runs without Curve.
+    public var curveKey: [UInt8]? { serverKey.allSatisfy { $0 == 0 } ? nil : serverKey }
+
+    /// An endpoint a Handover may carry: 7–255 bytes of printable ASCII starting `tcp://` or `ipc://`.
+    public static func isValidEndpoint(_ raw: some Collection<UInt8>) -> Bool {
+        guard (7...255).contains(raw.count), raw.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else { return false }
+        let head = Array(raw.prefix(6))
+        return head == Array("tcp://".utf8) || head == Array("ipc://".utf8)
+    }
+
+    public var bodyLength: Int { 4 + 1 + 1 + region.utf8.count + 1 + endpoint.utf8.count + 32 }
+    public var payloadLength: Int { 0 }
+    public func writeBody(_ w: inout WireWriter) {
+        w.u32(epoch)
+        w.u8(action.rawValue)
+        w.identifier(region)
+        w.identifier(endpoint)
+        serverKey.withUnsafeBytes { w.bytes($0) }
+    }
+    public func writePayload(_ w: inout WireWriter) {}
+    public init(body r: inout WireReader, payload: UnsafeRawBufferPointer, limits: WireLimits) throws(WireError) {
+        epoch = try r.u32("epoch")
+        let a = try r.u8("action")
+        guard let action = Action(rawValue: a) else { throw WireError(.fieldOutOfRange, "action \(a) > 3") }
+        self.action = action
+        region = try r.identifier("region")
+        let n = Int(try r.u8("endpoint"))
+        let raw = try r.bytes(n, "endpoint")
+        guard Self.isValidEndpoint(raw) else {
+            throw WireError(.fieldOutOfRange, "endpoint must be 7-255 printable bytes starting tcp:// or ipc://")
+        }
+        endpoint = String(decoding: raw, as: UTF8.self)
+        serverKey = Array(try r.bytes(32, "server_key"))
+        try requireEmptyPayload(payload, .handover)
     }
 }
 

@@ -48,6 +48,7 @@ struct ValidVector: Decodable {
         var receiveTimeNs: UInt64?, bytesReceived: UInt32?, queueDelayNs: UInt32?
         var fusionTimeNs: UInt64?, recordSize: Int?, detections: [Detection]?
         var epoch: UInt32?, maxWidthIndex: UInt8?, maxBits: UInt8?, maxRateHz: Float?, reason: UInt8?
+        var action: UInt8?, region: String?, endpoint: String?, serverKey: String?
     }
     var kind: String
     var fields: Fields
@@ -90,6 +91,11 @@ private func expectedMessage(_ v: ValidVector, received: Message) throws -> Mess
             Control(
                 epoch: f.epoch!, maxWidthIndex: f.maxWidthIndex!, maxBits: f.maxBits!, maxRateHz: f.maxRateHz!,
                 reason: f.reason!))
+    case "Handover":
+        return .handover(
+            Handover(
+                epoch: f.epoch!, action: Handover.Action(rawValue: f.action!)!, region: f.region!,
+                endpoint: f.endpoint!, serverKey: unhex(f.serverKey!)))
     case "Result":
         let dets = f.detections!.map {
             Detection(
@@ -142,7 +148,7 @@ struct VectorTests {
             masked = masked || v.fields.maskMode == 1
             lz4 = lz4 || v.fields.codec == 1
         }
-        #expect(kinds == ["Hello", "FeatureFrame", "Ack", "Result", "Control"])
+        #expect(kinds == ["Hello", "FeatureFrame", "Ack", "Result", "Control", "Handover"])
         #expect(bits == Set(1...8))
         #expect(masked && lz4)
         let reasons = Set(try invalid.map { try Vectors.json("invalid", $0, as: InvalidVector.self).error })
