@@ -6,6 +6,7 @@ import PackageDescription
 // - swift-log: structured logging, the API every Swift server library logs through.
 // - Yams: YAML configs (the format of Configs/); libyaml-based, builds in seconds.
 // - swift-nio (NIOHTTP1, NIOWebSocket): the one HTTP stack, serving metrics, the live dashboard
+//   and, as a client, the fleet registry's etcd gateway (SlimFleet);
 //   and the Foxglove WebSocket protocol (SlimLive) with per-connection limits and timeouts.
 let strict: [SwiftSetting] = [
     .enableUpcomingFeature("ExistentialAny")
@@ -25,6 +26,7 @@ let package = Package(
         .library(name: "SlimPipeline", targets: ["SlimPipeline"]),
         .library(name: "SlimServer", targets: ["SlimServer"]),
         .library(name: "SlimLive", targets: ["SlimLive"]),
+        .library(name: "SlimFleet", targets: ["SlimFleet"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -81,6 +83,18 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
+        // Fleet of region servers: region map, registry on etcd (its HTTP/JSON gateway, over
+        // swift-nio's HTTP client codec), and the handover decisions.
+        .target(
+            name: "SlimFleet",
+            dependencies: [
+                "SlimWire", "SlimConfig",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
         // Edge agent: session, newest-frame-wins sending, RTT and goodput bookkeeping.
         .target(
             name: "SlimAgent",
@@ -107,7 +121,7 @@ let package = Package(
             name: "slimsplit",
             dependencies: [
                 "SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "SlimEngine", "SlimSensors",
-                "SlimPipeline", "SlimLive", "CZeroMQ", "TestSupport",
+                "SlimPipeline", "SlimLive", "SlimFleet", "CZeroMQ", "TestSupport",
                 "CShutdown",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -136,7 +150,7 @@ let package = Package(
             name: "SlimTransportTests",
             dependencies: [
                 "SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "SlimEngine", "SlimSensors",
-                "SlimPipeline", "SlimLive", "CZeroMQ", "TestSupport",
+                "SlimPipeline", "SlimLive", "SlimFleet", "CZeroMQ", "TestSupport",
             ],
             swiftSettings: strict),
     ]

@@ -17,12 +17,26 @@ public struct AgentLinkStats: Sendable, Equatable {
     public var bytesAcked = 0
     public var controlEpoch: UInt32 = 0
     public var control: Control?
+    /// Results taken (from the agent's home server; a link that is not home counts them as ignored).
     public var results = 0
+    public var resultsIgnored = 0
+    /// When the first and the last Result arrived on this link (monotonic ns; 0: none yet).
+    public var firstResultAtNs: UInt64 = 0
+    public var lastResultAtNs: UInt64 = 0
+    /// The same for the Results taken (while this link was the agent's home).
+    public var firstTakenResultAtNs: UInt64 = 0
+    public var lastTakenResultAtNs: UInt64 = 0
+    /// When the first Ack arrived on this link (monotonic ns; 0: none yet).
+    public var firstAckAtNs: UInt64 = 0
+    /// Handover messages received, and those refused as not from the agent's home.
+    public var handovers = 0
     public var connects = 0
     /// Seconds the last frame took to pack, compress and seal (CRC).
     public var lastPackSeconds = 0.0
     /// Round-trip times (submit → Ack) of the last `rttWindow` acknowledged frames, in ns.
     public var rttNs: [UInt64] = []
+
+    public init() {}
 
     public func rttPercentileMs(_ p: Double) -> Double? {
         guard !rttNs.isEmpty else { return nil }
@@ -58,6 +72,76 @@ public struct AgentIdentity: Sendable {
     }
 }
 
+/// Sequence numbers shared by every link of one agent: a frame keeps its number on every
+/// server it goes to, and numbering carries over when the agent moves to another server.
+public final class FrameSequence: Sendable {
+    private let value = Locked<UInt64>(0)
+    public init() {}
+    public func next() -> UInt64 {
+        value.withLock {
+            $0 += 1
+            return $0
+        }
+    }
+    public var last: UInt64 { value.value }
+}
+
+/// What became of each frame an agent handed to a socket, whichever server it went to: a
+/// frame is *lost* when no server acknowledged it. A ring of the last `capacity` sequence
+/// numbers (no allocation per frame); a frame pushed out of it unacknowledged counts as lost.
+public final class FrameLedger: Sendable {
+    public struct Counts: Sendable, Equatable {
+        /// Distinct frames handed to a socket, and distinct frames acknowledged by some server.
+        public var sent = 0
+        public var acked = 0
+        /// Acks for a frame another server (or an earlier send) had already acknowledged.
+        public var duplicateAcks = 0
+        /// Frames handed to a socket more than once (mirrored to a second server, or resent).
+        public var resent = 0
+    }
+    private struct Slot { var sequence: UInt64 = 0, acked = false }
+    private struct State {
+        var slots: [Slot]
+        var counts = Counts()
+        var evictedUnacked = 0
+    }
+    private let state: Locked<State>
+
+    public init(capacity: Int = 8192) { state = Locked(State(slots: .init(repeating: Slot(), count: capacity))) }
+
+    func sent(_ sequence: UInt64) {
+        state.withLock { s in
+            let i = Int(sequence % UInt64(s.slots.count))
+            if s.slots[i].sequence == sequence {
+                s.counts.resent += 1
+                return
+            }
+            if s.slots[i].sequence != 0, !s.slots[i].acked { s.evictedUnacked += 1 }
+            s.slots[i] = Slot(sequence: sequence, acked: false)
+            s.counts.sent += 1
+        }
+    }
+
+    func acked(_ sequence: UInt64) {
+        state.withLock { s in
+            let i = Int(sequence % UInt64(s.slots.count))
+            guard s.slots[i].sequence == sequence, !s.slots[i].acked else {
+                s.counts.duplicateAcks += 1
+                return
+            }
+            s.slots[i].acked = true
+            s.counts.acked += 1
+        }
+    }
+
+    public var counts: Counts { state.value.counts }
+
+    /// Frames handed to a socket that no server acknowledged (so far).
+    public var unacked: Int {
+        state.withLock { s in s.evictedUnacked + s.slots.count { $0.sequence != 0 && !$0.acked } }
+    }
+}
+
 /// The sending side of an edge agent: says Hello on every (re)connection, encodes frames into
 /// pooled buffers and hands them to the socket without copying, one frame on the link at a time
 /// (the newest waits for the previous one's Ack; an older waiting frame is replaced and counted),
@@ -73,6 +157,10 @@ public final class FeatureAgent: Sendable {
     private let state = Locked(State())
     private let logger: Logger
     static let rttWindow = 1024
+    public let sequence: FrameSequence
+    public let ledger: FrameLedger
+    private let handoverHandler = Locked<(@Sendable (Handover) -> Void)?>(nil)
+    private let takesResults = Locked(true)
 
     private struct State {
         var stats = AgentLinkStats()
@@ -87,6 +175,10 @@ public final class FeatureAgent: Sendable {
         /// The newest frame waiting for the link, encoded, not yet handed to the socket.
         var held: Held?
         var heldReplaced = 0
+        /// A copy of the frame on the link, for resending it to another server if this one
+        /// goes silent before acknowledging it (capacity reserved once: no allocation per frame).
+        var retained: [UInt8] = []
+        var retainedSeq: UInt64 = 0
         /// When the last frame was accepted for sending (for Control's `max_rate_hz`).
         var lastAcceptedAt: UInt64?
 
@@ -124,15 +216,50 @@ public final class FeatureAgent: Sendable {
     ///   programming error.
     public init(
         identity: AgentIdentity, server: String, curve: CurveClient?, options: SocketOptions = SocketOptions(),
-        maxFrameBytes: Int, buffers: Int = 4, logger: Logger, onResult: ResultHandler? = nil
+        maxFrameBytes: Int, buffers: Int = 4, logger: Logger, onResult: ResultHandler? = nil,
+        sequence: FrameSequence = FrameSequence(), ledger: FrameLedger = FrameLedger()
     ) throws(ZMQError) {
         self.identity = identity
         self.onResult = onResult
+        self.sequence = sequence
+        self.ledger = ledger
         endpoint = try DealerEndpoint(
             connect: server, curve: curve, options: options, greeting: identity.hello.encoded())
         self.logger = logger
         pool = SendBufferPool(count: buffers, bufferSize: maxFrameBytes)
-        state.withLock { $0.stats.rttNs.reserveCapacity(Self.rttWindow) }
+        state.withLock {
+            $0.stats.rttNs.reserveCapacity(Self.rttWindow)
+            $0.retained.reserveCapacity(maxFrameBytes)
+        }
+    }
+
+    /// Called (on the receiving task) for every Handover this link's server sends.
+    public func onHandover(_ handler: @escaping @Sendable (Handover) -> Void) { handoverHandler.withLock { $0 = handler } }
+
+    /// Whether Results from this link reach `onResult` (true for the agent's home server only).
+    public var acceptsResults: Bool {
+        get { takesResults.value }
+        set { takesResults.withLock { $0 = newValue } }
+    }
+
+    /// The goodput estimate, to carry over to another link.
+    public var estimatorState: GoodputEstimator { estimator.value }
+    public func adopt(estimator e: GoodputEstimator) { estimator.withLock { $0 = e } }
+
+    /// How long the frame on the link has waited for its Ack (nil: none waiting).
+    public func inFlightAge(now: UInt64) -> UInt64? {
+        state.withLock { s in s.inFlight.map { _ in now &- s.inFlightAt } }
+    }
+
+    /// Hands a copy of the unacknowledged frame on this link (if any) to `other`: failover.
+    @discardableResult
+    public func resendUnacked(to other: FeatureAgent) -> Bool {
+        let copy: (bytes: [UInt8], seq: UInt64)? = state.withLock { s in
+            guard s.inFlight != nil, s.retainedSeq == s.inFlight, !s.retained.isEmpty else { return nil }
+            return (s.retained, s.retainedSeq)
+        }
+        guard let copy else { return false }
+        return copy.bytes.withUnsafeBytes { other.submitEncoded($0, sequence: copy.seq) }
     }
 
     public var stats: AgentLinkStats {
@@ -144,13 +271,28 @@ public final class FeatureAgent: Sendable {
     /// The sequence number of the last frame `submit` sent (0 before the first).
     public var lastSequence: UInt64 { state.value.sequence }
 
+    /// Submits a frame another link of this agent already encoded (mirroring during a handover,
+    /// or a resend on failover): copied into this link's own buffer, then the same one-on-the-link
+    /// rule as `submit`. False when no buffer was free.
+    @discardableResult
+    public func submitEncoded(_ bytes: UnsafeRawBufferPointer, sequence: UInt64) -> Bool {
+        guard bytes.count <= pool.bufferSize, let buffer = pool.take() else {
+            state.withLock { $0.stats.framesNoBuffer += 1 }
+            return false
+        }
+        buffer.bytes.copyMemory(from: bytes)
+        state.withLock { s in
+            s.sequence = max(s.sequence, sequence)
+            s.stats.framesSubmitted += 1
+            s.stats.bytesSubmitted += bytes.count
+        }
+        enqueue(buffer, length: bytes.count, sequence: sequence, now: Clock.monotonicNs())
+        return true
+    }
+
     /// The caps of the server's latest Control, if any.
     public var control: Control? { state.value.stats.control }
 
-    /// Encodes and submits one frame. `header.sequence` and `agentID` are filled in here.
-    /// - Returns: the encoded length, or nil when no send buffer was free (the frame is
-    ///   dropped and counted).
-    @discardableResult
     /// True, and counted, when Control's `max_rate_hz` leaves no room for a frame now: a caller
     /// asks before it featurizes and encodes, so that a capped frame costs nothing. (`submit`
     /// keeps the cap either way.)
@@ -167,9 +309,15 @@ public final class FeatureAgent: Sendable {
         return Double(now &- last) < 1e9 / Double(rate)
     }
 
-    public func submit(_ header: FeatureFrameHeader, dense: UnsafeBufferPointer<UInt8>, mask: UnsafeRawBufferPointer?)
-        -> Int?
-    {
+    /// Encodes and submits one frame. `header.sequence` and `agentID` are filled in here; the
+    /// encoded bytes also go to each of `mirrors` (the agent's other servers during a handover).
+    /// - Returns: the encoded length, or nil when no send buffer was free (the frame is
+    ///   dropped and counted).
+    @discardableResult
+    public func submit(
+        _ header: FeatureFrameHeader, dense: UnsafeBufferPointer<UInt8>, mask: UnsafeRawBufferPointer?,
+        mirrors: [FeatureAgent] = []
+    ) -> Int? {
         // The server's Control caps the rate (PROTOCOL.md §4.5): a frame sooner than 1/max_rate_hz
         // after the last one accepted is not sent, and counted.
         let capped = state.withLock { s -> Bool in
@@ -188,33 +336,50 @@ public final class FeatureAgent: Sendable {
         }
         var h = header
         h.agentID = identity.agentID
-        h.sequence = state.withLock { s in
-            s.sequence += 1
-            return s.sequence
-        }
+        h.sequence = sequence.next()
         let t0 = Clock.monotonicNs()
         let length = encoder.withLock { $0.encoder.encode(h, dense: dense, mask: mask, into: buffer.bytes).length }
         let now = Clock.monotonicNs()
-        // One frame on the link at a time: while one is unacknowledged, the newest frame waits
-        // here and replaces an older waiting one, so a link that slows down never queues stale
-        // frames in socket buffers (they would all miss their deadline).
-        let (sendNow, dropped): (Bool, SendBuffer?) = state.withLock { s in
+        state.withLock { s in
+            s.sequence = h.sequence
             s.stats.lastPackSeconds = Double(now - t0) / 1e9
             s.stats.framesSubmitted += 1
             s.stats.bytesSubmitted += length
+        }
+        for m in mirrors { m.submitEncoded(UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<length]), sequence: h.sequence) }
+        enqueue(buffer, length: length, sequence: h.sequence, now: now)
+        return length
+    }
+
+    /// One frame on the link at a time: while one is unacknowledged, the newest frame waits
+    /// here and replaces an older waiting one, so a link that slows down never queues stale
+    /// frames in socket buffers (they would all miss their deadline).
+    private func enqueue(_ buffer: SendBuffer, length: Int, sequence: UInt64, now: UInt64) {
+        let (sendNow, dropped): (Bool, SendBuffer?) = state.withLock { s in
             let old = s.held?.buffer  // older than this frame either way: never sent after it
             if old != nil { s.heldReplaced += 1 }
             s.held = nil
             if s.inFlight == nil || now &- s.inFlightAt > Self.inFlightTimeoutNs {
-                s.markSent(h.sequence, at: now)
+                s.markSent(sequence, at: now)
+                Self.retain(&s, buffer, length, sequence)
                 return (true, old)
             }
-            s.held = Held(buffer: buffer, length: length, sequence: h.sequence)
+            s.held = Held(buffer: buffer, length: length, sequence: sequence)
             return (false, old)
         }
         dropped?.release()
-        if sendNow { endpoint.submitFrame(buffer, length: length) }
-        return length
+        if sendNow { handOver(buffer, length: length, sequence: sequence) }
+    }
+
+    private static func retain(_ s: inout State, _ buffer: SendBuffer, _ length: Int, _ sequence: UInt64) {
+        s.retained.removeAll(keepingCapacity: true)
+        s.retained.append(contentsOf: UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<length]))
+        s.retainedSeq = sequence
+    }
+
+    private func handOver(_ buffer: SendBuffer, length: Int, sequence: UInt64) {
+        ledger.sent(sequence)
+        endpoint.submitFrame(buffer, length: length)
     }
 
     /// The link is free again (an Ack, or a new connection): send the waiting frame, if any.
@@ -226,9 +391,10 @@ public final class FeatureAgent: Sendable {
             guard let h = s.held else { return nil }
             s.held = nil
             s.markSent(h.sequence, at: now)
+            Self.retain(&s, h.buffer, h.length, h.sequence)
             return h
         }
-        if let next { endpoint.submitFrame(next.buffer, length: next.length) }
+        if let next { handOver(next.buffer, length: next.length, sequence: next.sequence) }
     }
 
     /// Consumes the server's messages until the endpoint closes.
@@ -252,7 +418,9 @@ public final class FeatureAgent: Sendable {
         do throws(WireError) {
             switch try Message.decode(m.message.bytes) {
             case .ack(let ack):
+                ledger.acked(ack.sequence)
                 state.withLock { s in
+                    if s.stats.firstAckAtNs == 0 { s.stats.firstAckAtNs = now }
                     s.stats.acks += 1
                     s.stats.bytesAcked += Int(ack.bytesReceived)
                     let slot = Int(ack.sequence % UInt64(s.sentAt.count))
@@ -276,8 +444,22 @@ public final class FeatureAgent: Sendable {
                     }
                 }
             case .result(let r):
-                state.withLock { $0.stats.results += 1 }
-                onResult?(r)
+                let take = takesResults.value
+                state.withLock { s in
+                    if s.stats.firstResultAtNs == 0 { s.stats.firstResultAtNs = now }
+                    s.stats.lastResultAtNs = now
+                    if take {
+                        s.stats.results += 1
+                        if s.stats.firstTakenResultAtNs == 0 { s.stats.firstTakenResultAtNs = now }
+                        s.stats.lastTakenResultAtNs = now
+                    } else {
+                        s.stats.resultsIgnored += 1
+                    }
+                }
+                if take { onResult?(r) }
+            case .handover(let h):
+                state.withLock { $0.stats.handovers += 1 }
+                handoverHandler.value?(h)
             case .hello, .featureFrame:
                 throw WireError(.unexpectedKind, "servers do not send Hello or FeatureFrame")
             }

@@ -70,6 +70,9 @@ public final class ConfigSection {
 
     public func has(_ key: String) -> Bool { mapping[key] != nil }
 
+    /// The keys of this mapping, sorted (for sections whose keys are names, like a region map's).
+    public var keys: [String] { mapping.keys.sorted() }
+
     public func string(_ key: String, default value: String? = nil) throws(ConfigError) -> String {
         guard let n = node(key) else {
             if let value { return value }

@@ -12,7 +12,10 @@ import SlimWire
 /// adaptation (or the server's caps) first, then featurize, encode, quantize and submit.
 /// The command line (`slimsplit agent`) only parses options and runs one of these.
 public final class EdgeAgent {
-    public let agent: FeatureAgent
+    /// The agent's sessions: its home server, and the others of a fleet during a handover.
+    public let links: Roaming
+    /// The home link now (it changes when the agent moves to another region's server).
+    public var agent: FeatureAgent { links.home }
     public let edge: EdgeEncoder
     public let source: AgentConfig.RecordingSource
     public let stages: AgentStageTimes
@@ -22,10 +25,10 @@ public final class EdgeAgent {
     private let fixedWidth: Int
 
     public init(
-        agent: FeatureAgent, edge: EdgeEncoder, source: AgentConfig.RecordingSource, stages: AgentStageTimes,
+        links: Roaming, edge: EdgeEncoder, source: AgentConfig.RecordingSource, stages: AgentStageTimes,
         logger: Logger
     ) throws(PipelineError) {
-        self.agent = agent
+        self.links = links
         self.edge = edge
         self.source = source
         self.stages = stages
@@ -47,6 +50,7 @@ public final class EdgeAgent {
     /// Sends one sweep (points in the agent's frame, z relative to the sensor); returns the bytes
     /// submitted, or nil when the rate cap or the link refused it.
     public func send(_ points: [SIMD4<Float>], pose: Pose3, sensorHeight: Double) -> Int? {
+        links.step(now: Clock.monotonicNs())
         adapt()
         guard !agent.rateCapped() else { return nil }
         let shape = points.withUnsafeBufferPointer { edge.encode($0, sensorHeight: Float(sensorHeight)) }
@@ -56,7 +60,7 @@ public final class EdgeAgent {
             widthIndex: UInt8(edge.widthIndex), bits: UInt8(edge.bits), channels: shape.channels,
             height: shape.height, width: shape.width, quant: .model, masked: shape.masked, codec: .lz4)
         let bytes = edge.dense.withUnsafeBufferPointer { d in
-            edge.mask.withUnsafeBytes { m in agent.submit(h, dense: d, mask: shape.masked ? m : nil) }
+            edge.mask.withUnsafeBytes { m in links.submit(h, dense: d, mask: shape.masked ? m : nil) }
         }
         if let bytes { controller?.observe(bytes: bytes) }
         let st = edge.lastStageSeconds

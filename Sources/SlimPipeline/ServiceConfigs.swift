@@ -37,6 +37,24 @@ public struct ServerConfig: Sendable {
     public var liveHost: String
     public var liveToken: String?
     public var liveDeadlineMs: Double
+    /// Region server of a fleet (nil: a standalone server).
+    public var fleet: FleetSettings?
+
+    /// `fleet:`: the registry (etcd), this server's region, and the endpoint agents reach it at.
+    public struct FleetSettings: Sendable {
+        /// etcd client URL (its HTTP/JSON gateway), e.g. http://127.0.0.1:2379.
+        public var etcd: String
+        /// The region of the map this server serves.
+        public var region: String
+        /// The endpoint other servers hand agents over to (as agents must write it).
+        public var advertise: String
+        /// The region map file; nil: read the map from the registry.
+        public var regionsFile: String?
+        public var prefix: String
+        public var leaseTTLSeconds: Int
+        /// Instance name shown in the registry (default: the host name).
+        public var name: String?
+    }
 
     /// Key files of a Curve server: its secret key and a folder of allowed agents' `.pub` files.
     public struct CurveFiles: Sendable {
@@ -97,6 +115,28 @@ public struct ServerConfig: Sendable {
             throw ConfigError(
                 file: ctl.file, key: ctl.keyPath("uplink_budget_kbit_s"),
                 problem: "needs fusion.model (its rate-accuracy table)")
+        }
+        let fl = try root.section("fleet")
+        let etcd = try fl.optionalString("etcd"), region = try fl.optionalString("region")
+        let advertise = try fl.optionalString("advertise"), regions = try fl.optionalString("regions")
+        let prefix = try fl.string("prefix", default: "/slimsplit/")
+        let ttl = try fl.int("lease_ttl_s", default: 2, in: 1...3600)
+        let name = try fl.optionalString("name")
+        if let etcd, let region {
+            let adv = advertise ?? endpoint
+            guard adv.hasPrefix("tcp://") || adv.hasPrefix("ipc://"), !adv.contains("*"), !adv.contains("0.0.0.0") else {
+                throw ConfigError(
+                    file: fl.file, key: fl.keyPath("advertise"),
+                    problem: "'\(adv)' must be an endpoint agents can connect to (tcp://host:port, no wildcard)")
+            }
+            fleet = FleetSettings(
+                etcd: etcd, region: region, advertise: adv, regionsFile: regions.map { fl.resolvePath($0) },
+                prefix: prefix, leaseTTLSeconds: ttl, name: name)
+        } else {
+            for k in ["etcd", "region", "advertise", "regions", "prefix", "lease_ttl_s", "name"] where fl.has(k) {
+                throw ConfigError(file: fl.file, key: fl.keyPath(k), problem: "a fleet needs both fleet.etcd and fleet.region")
+            }
+            fleet = nil
         }
         let m = try root.section("metrics")
         metricsPort = try m.int("port", default: 9464, in: 0...65535)

@@ -58,12 +58,14 @@ public final class FeatureServer: Sendable {
     private let controlEpoch = Locked<UInt32>(0)
     private let onFrame: FrameHandler?
     private let check: FrameCheck?
+    private let onJoin: (@Sendable (_ agent: String) -> Void)?
 
     public init(
         endpoint: RouterEndpoint, options: ServerOptions = ServerOptions(), logger: Logger, check: FrameCheck? = nil,
-        onFrame: FrameHandler? = nil
+        onFrame: FrameHandler? = nil, onJoin: (@Sendable (_ agent: String) -> Void)? = nil
     ) {
         self.check = check
+        self.onJoin = onJoin
         self.endpoint = endpoint
         self.options = options
         self.logger = logger
@@ -139,6 +141,7 @@ public final class FeatureServer: Sendable {
                         s[route]!.keyName = m.peerName
                     }
                     routes.withLock { $0[hello.agentID] = route }
+                    onJoin?(hello.agentID)
                     let control = Control(
                         epoch: controlEpoch.withLock {
                             $0 &+= 1
@@ -193,7 +196,7 @@ public final class FeatureServer: Sendable {
                         s[route] = st
                     }
                     onFrame?(hello.agentID, frame)
-                case .ack, .result, .control:
+                case .ack, .result, .control, .handover:
                     throw WireError(.unexpectedKind, "\(env.kind) is sent by servers, not agents")
                 }
             } catch {
@@ -202,11 +205,12 @@ public final class FeatureServer: Sendable {
         }
     }
 
-    /// Sends a Result to an agent's current session; false if the agent has none.
+    /// Sends a message (a Result, a Handover) to an agent's current session; false if the agent
+    /// has none.
     @discardableResult
-    public func send(_ result: ResultMessage, toAgent agent: String) -> Bool {
+    public func send(_ message: some WireMessage, toAgent agent: String) -> Bool {
         guard let route = routes.value[agent] else { return false }
-        endpoint.send(to: route, length: result.encodedLength) { result.encode(into: $0) }
+        endpoint.send(to: route, length: message.encodedLength) { message.encode(into: $0) }
         return true
     }
 

@@ -80,6 +80,12 @@ public final class FusionService: @unchecked Sendable {
     nonisolated(unsafe) var beforeFusing: (@Sendable () -> Void)?
     private let maxChannels: Int
     public private(set) var dropped = 0
+    /// Frames not taken because their agent's slot already holds that sequence number or a later
+    /// one (a frame resent, or sent again by an agent that moved back): never fused twice.
+    public private(set) var duplicates = 0
+    /// Outputs for an (agent, sequence) already fused: counted to prove it stays 0.
+    public private(set) var fusedTwice = 0
+    private var lastFused: [String: UInt64] = [:]
     private var durations = [Double](repeating: 0, count: 512)  // ring of per-agent fusion times (s)
     private var durationCount = 0, durationSum = 0.0, resultCount = 0
     /// Per stage (decode, warp_fuse, head, nms): recent durations in seconds.
@@ -94,6 +100,7 @@ public final class FusionService: @unchecked Sendable {
     /// Counters and recent fusion durations, for the metrics endpoint.
     public struct Metrics: Sendable {
         public var results: Int, late: Int, count: Int, sum: Double
+        public var duplicates: Int, fusedTwice: Int
         public var quantiles: [(String, Double)]
         /// Stage → (p50, p99) seconds.
         public var stages: [(String, Double, Double)]
@@ -112,7 +119,7 @@ public final class FusionService: @unchecked Sendable {
         }
         return Metrics(
             results: resultCount, late: dropped, count: durationCount, sum: durationSum,
-            quantiles: [("0.5", q(0.5)), ("0.9", q(0.9)), ("0.99", q(0.99))], stages: stages)
+            duplicates: duplicates, fusedTwice: fusedTwice, quantiles: [("0.5", q(0.5)), ("0.9", q(0.9)), ("0.99", q(0.99))], stages: stages)
     }
 
     public init(modelFile: String, options: Options = Options()) throws {
@@ -163,6 +170,13 @@ public final class FusionService: @unchecked Sendable {
         }
         let h = f.header
         guard h.height == detector.height, h.width == detector.width, h.channels <= maxChannels else { return false }
+        lock.lock()
+        if let slot = slots[agent], slot.sequence >= h.sequence {
+            duplicates += 1
+            lock.unlock()
+            return false
+        }
+        lock.unlock()
         let params: (scale: [Float], zp: [Float])
         var empty: [Float]?
         switch h.quant {
@@ -224,6 +238,14 @@ public final class FusionService: @unchecked Sendable {
         slot.fresh = true
         slots[agent] = slot
         return true
+    }
+
+    /// An agent opened a new session (Hello): its numbering may start again (a restarted agent).
+    public func joined(agent: String) {
+        lock.lock()
+        defer { lock.unlock() }
+        slots[agent]?.sequence = 0
+        lastFused[agent] = nil
     }
 
     /// Each agent's latest reported pose and the capture time of its latest frame.
@@ -320,6 +342,8 @@ public final class FusionService: @unchecked Sendable {
             durationSum += dt
             resultCount += 1
             let e = j.slot
+            if let last = lastFused[j.ego], e.sequence <= last { fusedTwice += 1 }
+            lastFused[j.ego] = e.sequence
             outputs.append(
                 Output(
                     agent: j.ego, sequence: e.sequence, captureTimeNs: e.captureNs, fusedAgents: j.names, boxes: boxes,

@@ -66,6 +66,12 @@ public func prometheusText(server: FeatureServer, fusion: FusionService?) -> Str
         metric(
             "fusion_late_frames_total", "counter", "Frames left out of a fusion because they were outside the window.")
         lines.append("slimsplit_fusion_late_frames_total \(f.late)")
+        metric(
+            "fusion_duplicate_frames_total", "counter",
+            "Frames not taken because the agent's slot already held that sequence number or a later one.")
+        lines.append("slimsplit_fusion_duplicate_frames_total \(f.duplicates)")
+        metric("fusion_fused_twice_total", "counter", "Results for an agent frame that was already fused (should stay 0).")
+        lines.append("slimsplit_fusion_fused_twice_total \(f.fusedTwice)")
         metric("fusion_seconds", "summary", "Time to fuse and decode for one agent.")
         for (q, v) in f.quantiles { lines.append("slimsplit_fusion_seconds{quantile=\"\(q)\"} \(v)") }
         lines.append("slimsplit_fusion_seconds_sum \(f.sum)")

@@ -57,7 +57,7 @@ public struct SceneConfig: Sendable {
         parkedCars = try root.int("parked_cars", default: 8, in: 0...200)
         vehicles = try root.int("vehicles", default: 20, in: 1...200)
         let a = try root.section("agents")
-        agents = try a.int("vehicles", default: 2, in: 0...8)
+        agents = try a.int("vehicles", default: 2, in: 0...16)
         roadsideUnit = try a.bool("roadside_unit", default: true)
         if let y = try a.optionalString("roadside_unit_yaw_deg") {
             if y == "random" {

@@ -89,19 +89,27 @@ struct AgentCommand: AsyncParsableCommand {
             frameReport = try FrameReport(path: report, deadlineSeconds: src.deadline, startNs: Clock.monotonicNs())
         }
         let fr = frameReport
+        let frameBytes = max(1 << 20, maxFrameBytes(cfg.synthetic, agentID: cfg.agentID))
+        let onResult: FeatureAgent.ResultHandler = { r in fr?.result(r, atNs: Clock.monotonicNs()) }
         let agent = try FeatureAgent(
-            identity: identity, server: server ?? cfg.server,
-            curve: curve, options: cfg.socket,
-            maxFrameBytes: max(1 << 20, maxFrameBytes(cfg.synthetic, agentID: cfg.agentID)), logger: logger,
-            onResult: { r in fr?.result(r, atNs: Clock.monotonicNs()) })
-        let dealer = agent.endpoint
+            identity: identity, server: server ?? cfg.server, curve: curve, options: cfg.socket,
+            maxFrameBytes: frameBytes, logger: logger, onResult: onResult)
+        // Sessions to other servers of a fleet (Handover): same identity, numbering and ledger;
+        // the server key from the Handover, else the configured one (a fleet sharing one key pair).
+        let sequence = agent.sequence, ledger = agent.ledger, socket = cfg.socket, id = identity, homeCurve = curve
+        let links = Roaming(home: agent, logger: logger) { endpoint, key in
+            let c = homeCurve.map { CurveClient(keyPair: $0.keyPair, serverKey: key.map { CurveKey(bytes: $0) } ?? $0.serverKey) }
+            return try FeatureAgent(
+                identity: id, server: endpoint, curve: c, options: socket, maxFrameBytes: frameBytes, logger: logger,
+                onResult: onResult, sequence: sequence, ledger: ledger)
+        }
         let stop = Locked(false)
         let stages = AgentStageTimes()
         var metrics: HTTPService?
         if let port = metricsPort ?? (cfg.metricsPort == 0 ? nil : cfg.metricsPort) {
             let e = edge
             let text: @Sendable () -> String = {
-                agentPrometheusText(agent, stages: stages, widthIndex: e?.widthIndex, bits: e?.bits)
+                agentPrometheusText(links.home, stages: stages, widthIndex: e?.widthIndex, bits: e?.bits)
             }
             metrics = try HTTPService(
                 host: cfg.metricsHost, port: port, routes: ["/metrics": .prometheus(text)],
@@ -110,11 +118,11 @@ struct AgentCommand: AsyncParsableCommand {
         }
         let signals = onShutdownSignal { stop.withLock { $0 = true } }
         let consumer = Task { await agent.run() }
-        logger.info("streaming", metadata: ["agent": "\(cfg.agentID)", "server": "\(dealer.endpoint)"])
+        logger.info("streaming", metadata: ["agent": "\(cfg.agentID)", "server": "\(agent.endpoint.endpoint)"])
         let start = Clock.monotonicNs()
         var velodyne: VelodyneInput?
         if let edge, let src = cfg.source {
-            let loop = try EdgeAgent(agent: agent, edge: edge, source: src, stages: stages, logger: logger)
+            let loop = try EdgeAgent(links: links, edge: edge, source: src, stages: stages, logger: logger)
             if let live = src.velodyne {
                 velodyne = try await loop.live(live, frames: frames, stop: stop)
             } else {
@@ -123,23 +131,19 @@ struct AgentCommand: AsyncParsableCommand {
         } else {
             await runSynthetic(agent: agent, source: cfg.synthetic, seed: 1, stop: stop)
         }
-        // Give the last frames time to be acknowledged.
+        // Give the last frames time to be acknowledged (by whichever server they went to).
         let deadline = Clock.monotonicNs() + 2_000_000_000
-        while agent.stats.acks < agent.stats.framesSubmitted - agent.stats.framesReplaced,
-            Clock.monotonicNs() < deadline
-        {
-            await sleepSeconds(0.02)
-        }
+        while ledger.unacked > 0, Clock.monotonicNs() < deadline { await sleepSeconds(0.02) }
         if let frameReport {
             // Results of the last frames may still be on their way.
             let until = Clock.monotonicNs() + frameReport.deadlineNs + 500_000_000
             while Clock.monotonicNs() < until { await sleepSeconds(0.05) }
         }
-        dealer.close()
+        await links.closeAll()
         await consumer.value
         metrics?.close()
         _ = signals
-        print(agentTable([agent], seconds: Double(Clock.monotonicNs() - start) / 1e9).render())
+        print(agentTable([links.home] + links.mirrors, seconds: Double(Clock.monotonicNs() - start) / 1e9).render())
         if let frameReport {
             frameReport.close()
             let s = frameReport.summary
@@ -155,20 +159,50 @@ struct AgentCommand: AsyncParsableCommand {
             let v = velodyne.summary
             print("velodyne: \(v["datagrams"] ?? 0) packets, \(v["sweeps"] ?? 0) sweeps, refused or out of order: \(v["counters"] ?? [:])")
         }
-        if let summary { try writeSummary(agent, report: frameReport, velodyne: velodyne, to: summary) }
-        if agent.stats.acks == 0 { throw ExitCode(1) }
+        if let summary { try writeSummary(links, report: frameReport, velodyne: velodyne, to: summary) }
+        if ledger.counts.acked == 0 { throw ExitCode(1) }
     }
 
     /// The `--summary` JSON: what a script checking a session needs from each agent.
-    private func writeSummary(_ agent: FeatureAgent, report: FrameReport?, velodyne: VelodyneInput?, to path: String) throws {
-        let s = agent.stats
+    private func writeSummary(_ links: Roaming, report: FrameReport?, velodyne: VelodyneInput?, to path: String) throws {
+        let all = links.linkStats.map(\.stats)
+        let ledger = links.home.ledger.counts
+        var rtt: [UInt64] = []
+        for s in all { rtt += s.rttNs }
+        var merged = AgentLinkStats()
+        merged.rttNs = rtt
         var out: [String: Any] = [
-            "agent": agent.identity.agentID, "kernels": "\(KernelPath.default)", "frames": s.framesSubmitted,
-            "acked": s.acks, "results": s.results, "dropped": s.framesReplaced + s.framesNoBuffer + s.framesRateCapped,
-            "bytes": s.bytesSubmitted,
+            "agent": links.home.identity.agentID, "kernels": "\(KernelPath.default)",
+            // Frames: distinct sequence numbers handed to a socket, and those some server acknowledged.
+            "frames": ledger.sent, "acked": ledger.acked, "lost": links.home.ledger.unacked,
+            "results": all.reduce(0) { $0 + $1.results },
+            "dropped": all.reduce(0) { $0 + $1.framesReplaced + $1.framesNoBuffer + $1.framesRateCapped },
+            "bytes": all.reduce(0) { $0 + $1.bytesSubmitted },
         ]
-        if let p = s.rttPercentileMs(50) { out["rtt_p50_ms"] = p }
-        if let p = s.rttPercentileMs(99) { out["rtt_p99_ms"] = p }
+        if let p = merged.rttPercentileMs(50) { out["rtt_p50_ms"] = p }
+        if let p = merged.rttPercentileMs(99) { out["rtt_p99_ms"] = p }
+        if links.linkStats.count > 1 || !links.events.isEmpty {
+            out["roaming"] = [
+                "mirrored_frames": ledger.resent, "duplicate_acks": ledger.duplicateAcks,
+                "refused_handovers": links.refused, "home": links.home.endpoint.endpoint,
+                "events": links.events.map { e -> [String: Any] in
+                    [
+                        "kind": e.kind.rawValue, "from": e.from, "to": e.to, "at_ns": e.atNs,
+                        "last_old_result_ns": e.lastOldResultNs, "silent_since_ns": e.silentSinceNs,
+                        "first_new_result_ns": e.firstNewResultNs, "first_new_ack_ns": e.firstNewAckNs,
+                        "result_gap_ms": e.resultGapMs ?? NSNull(),
+                    ]
+                },
+                "links": links.linkStats.map { l -> [String: Any] in
+                    [
+                        "endpoint": l.endpoint, "frames": l.stats.framesSubmitted, "acks": l.stats.acks,
+                        "results": l.stats.results, "results_ignored": l.stats.resultsIgnored,
+                        "first_ack_ns": l.stats.firstAckAtNs, "first_result_ns": l.stats.firstResultAtNs,
+                        "last_result_ns": l.stats.lastResultAtNs,
+                    ]
+                },
+            ]
+        }
         if let r = report?.summary {
             out["report"] = ["frames": r.frames, "missed_deadline": r.missed, "ap30": Double(r.ap[0]), "ap50": Double(r.ap[1]), "ap70": Double(r.ap[2])]
         }

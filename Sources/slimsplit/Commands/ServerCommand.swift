@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import SlimConfig
 import SlimEngine
+import SlimFleet
 import SlimLive
 import SlimPipeline
 import SlimSensors
@@ -69,9 +70,33 @@ struct ServerCommand: AsyncParsableCommand {
         let (arrivals, arrived) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         var check: FeatureServer.FrameCheck?
         if let f = fusionRef { check = { _, header in f.check(header) } }
-        let server = FeatureServer(endpoint: router, options: options, logger: logger, check: check) { agent, frame in
-            if fusionRef?.ingest(agent: agent, frame) == true { arrived.yield() }
+        // A region server of a fleet: registered in etcd; tells agents when to move (Handover).
+        var membership: FleetMembership?
+        if let f = cfg.fleet {
+            membership = try await FleetMembership.start(
+                etcd: f.etcd, prefix: f.prefix, region: f.region, advertise: f.advertise,
+                serverKey: curve?.keyPair.publicKey.bytes, name: f.name ?? ProcessInfo.processInfo.hostName,
+                regionsFile: f.regionsFile, leaseTTLSeconds: f.leaseTTLSeconds, logger: logger)
         }
+        let fleet = membership
+        let serverRef = Locked<FeatureServer?>(nil)
+        let server = FeatureServer(
+            endpoint: router, options: options, logger: logger, check: check,
+            onFrame: { agent, frame in
+                if fusionRef?.ingest(agent: agent, frame) == true { arrived.yield() }
+                if let fleet {
+                    let p = frame.header.position
+                    for h in fleet.observe(agent: agent, x: Double(p.x), y: Double(p.y)) {
+                        serverRef.value?.send(h, toAgent: agent)
+                    }
+                }
+            },
+            onJoin: { agent in
+                fusionRef?.joined(agent: agent)
+                fleet?.joined(agent: agent)
+            })
+        serverRef.withLock { $0 = server }
+        let registryTask = Task { await fleet?.registry.run() }
         logger.info("listening", metadata: ["endpoint": "\(router.endpoint)"])
         let recorder: DetectionRecorder? =
             cfg.recordPath != nil || cfg.jsonLines != nil || cfg.publish != nil
@@ -80,6 +105,7 @@ struct ServerCommand: AsyncParsableCommand {
                 flushSeconds: cfg.recordFlushSeconds, logger: logger) : nil
         let serverMetrics: @Sendable () -> String = {
             prometheusText(server: server, fusion: fusionRef) + (recorder?.prometheusText ?? "")
+                + (fleet?.prometheusText ?? "")
         }
         var metrics: HTTPService?
         if cfg.metricsPort != 0 || metricsPort != nil {
@@ -177,6 +203,7 @@ struct ServerCommand: AsyncParsableCommand {
             else { return }  // once
             logger.info("shutting down", metadata: ["reason": "\(why)"])
             Task {
+                await fleet?.registry.stop()  // the lease goes now: the standby serves this region at once
                 arrived.finish()
                 _ = await ticker.value
                 if let fusion = fusionRef {
@@ -224,6 +251,8 @@ struct ServerCommand: AsyncParsableCommand {
         await server.run()
         timer.cancel()
         budgetTask?.cancel()
+        await fleet?.registry.stop()
+        _ = await registryTask.value
         arrived.finish()
         ticker.cancel()
         _ = await ticker.value

@@ -1,0 +1,67 @@
+import SlimWire
+
+/// What a region server tells each agent it hears from, as the agent moves (PROTOCOL.md §4.6):
+///
+/// - the agent's home region (whose core holds it) is served here: the nearest other live
+///   server whose region's margin holds it gets its frames too (`prepare`, or `cancel` once it
+///   leaves the margin), and it learns where to go if this server dies (`standby`);
+/// - its home region is served elsewhere: `commit` to that server. (A server that is only a
+///   mirror for the agent says `commit` to the agent's home, which the agent ignores.)
+///
+/// Only changes are sent: one Handover per decision, numbered per agent. Pure logic, no I/O.
+public struct HandoverPolicy: Sendable {
+    private struct Told: Sendable {
+        var epoch: UInt32 = 0
+        var mirror: String?
+        var commit: String?
+        var standby: String?
+    }
+    private var agents: [String: Told] = [:]
+
+    public init() {}
+
+    /// Forget what an agent was told (it opened a new session: a restarted agent knows nothing).
+    public mutating func forget(_ agent: String) { agents[agent] = nil }
+
+    /// The Handovers to send `agent`, now at world position (x, y), given the fleet's state.
+    public mutating func observe(agent: String, x: Double, y: Double, view: FleetView) -> [Handover] {
+        var t = agents[agent] ?? Told()
+        var out: [Handover] = []
+        func say(_ action: Handover.Action, _ m: FleetMember) {
+            t.epoch &+= 1
+            out.append(
+                Handover(
+                    epoch: t.epoch, action: action, region: m.region, endpoint: m.endpoint,
+                    serverKey: m.serverKeyBytes))
+        }
+        defer { agents[agent] = t }
+        let home = view.map.home(x: x, y: y)
+        if let h = home, let owner = view.server(for: h.name), owner != view.me {
+            if t.commit != owner.endpoint {
+                say(.commit, owner)
+                t.commit = owner.endpoint
+                t.mirror = nil
+            }
+            return out
+        }
+        t.commit = nil
+        // Home here (or outside every region: the agent stays with the server it has).
+        let want = view.map.overlapping(x: x, y: y, except: home?.name).lazy
+            .compactMap { view.server(for: $0.name) }.first { $0 != view.me }
+        if want?.endpoint != t.mirror {
+            if let w = want {
+                say(.prepare, w)
+            } else if let old = t.mirror, let m = view.members.values.first(where: { $0.endpoint == old }) {
+                say(.cancel, m)
+            } else if let old = t.mirror {
+                say(.cancel, FleetMember(region: "gone", endpoint: old, name: "gone"))
+            }
+            t.mirror = want?.endpoint
+        }
+        if let sbRegion = home?.standby, let sb = view.server(for: sbRegion), sb != view.me, t.standby != sb.endpoint {
+            say(.standby, sb)
+            t.standby = sb.endpoint
+        }
+        return out
+    }
+}
