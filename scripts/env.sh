@@ -18,6 +18,8 @@ pkg-config --exists liblz4 2>/dev/null || missing+=(liblz4-dev)
 pkg-config --exists libzstd 2>/dev/null || missing+=(libzstd-dev)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+# The test command also runs a real etcd (the fleet registry's tests); the demo does not need it.
+if [ "${SLIMSPLIT_WITH_ETCD:-0}" = 1 ]; then command -v etcd >/dev/null 2>&1 || missing+=(etcd-server); fi
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing system packages: ${missing[*]}"
     as_root apt-get update -qq

@@ -26,8 +26,11 @@ public struct AgentLinkStats: Sendable, Equatable {
     /// The same for the Results taken (while this link was the agent's home).
     public var firstTakenResultAtNs: UInt64 = 0
     public var lastTakenResultAtNs: UInt64 = 0
-    /// When the first Ack arrived on this link (monotonic ns; 0: none yet).
+    /// When the first Ack arrived on this link (monotonic ns; 0: none yet), and the first since
+    /// ``FeatureAgent/watchAcks(since:)`` (when the link became the agent's home).
     public var firstAckAtNs: UInt64 = 0
+    public var firstAckSinceWatchNs: UInt64 = 0
+    var ackWatchSinceNs: UInt64?
     /// Handover messages received, and those refused as not from the agent's home.
     public var handovers = 0
     public var connects = 0
@@ -234,12 +237,22 @@ public final class FeatureAgent: Sendable {
     }
 
     /// Called (on the receiving task) for every Handover this link's server sends.
-    public func onHandover(_ handler: @escaping @Sendable (Handover) -> Void) { handoverHandler.withLock { $0 = handler } }
+    public func onHandover(_ handler: @escaping @Sendable (Handover) -> Void) {
+        handoverHandler.withLock { $0 = handler }
+    }
 
     /// Whether Results from this link reach `onResult` (true for the agent's home server only).
     public var acceptsResults: Bool {
         get { takesResults.value }
         set { takesResults.withLock { $0 = newValue } }
+    }
+
+    /// Notes the time of the next Ack at or after `since` (in `stats.firstAckSinceWatchNs`).
+    public func watchAcks(since: UInt64) {
+        state.withLock { s in
+            s.stats.ackWatchSinceNs = since
+            s.stats.firstAckSinceWatchNs = 0
+        }
     }
 
     /// The goodput estimate, to carry over to another link.
@@ -346,7 +359,9 @@ public final class FeatureAgent: Sendable {
             s.stats.framesSubmitted += 1
             s.stats.bytesSubmitted += length
         }
-        for m in mirrors { m.submitEncoded(UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<length]), sequence: h.sequence) }
+        for m in mirrors {
+            m.submitEncoded(UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<length]), sequence: h.sequence)
+        }
         enqueue(buffer, length: length, sequence: h.sequence, now: now)
         return length
     }
@@ -421,6 +436,10 @@ public final class FeatureAgent: Sendable {
                 ledger.acked(ack.sequence)
                 state.withLock { s in
                     if s.stats.firstAckAtNs == 0 { s.stats.firstAckAtNs = now }
+                    if let t = s.stats.ackWatchSinceNs, now >= t {
+                        s.stats.firstAckSinceWatchNs = now
+                        s.stats.ackWatchSinceNs = nil
+                    }
                     s.stats.acks += 1
                     s.stats.bytesAcked += Int(ack.bytesReceived)
                     let slot = Int(ack.sequence % UInt64(s.sentAt.count))

@@ -14,18 +14,33 @@ public struct RoamingEvent: Sendable, Equatable {
     public var kind: Kind
     public var from: String
     public var to: String
-    /// Monotonic ns when the agent made `to` its home.
+    /// Monotonic ns when the agent made `to` its home, and the wall-clock time then.
     public var atNs: UInt64
+    public var atWallNs: UInt64 = Clock.wallNs()
     /// The last Result taken from the old home (monotonic ns; 0: none).
     public var lastOldResultNs: UInt64
     /// For a failover: when the old home's oldest unacknowledged frame was sent (the silence began).
     public var silentSinceNs: UInt64 = 0
-    /// The first Result taken from the new home, and its first Ack (monotonic ns; 0: none yet).
+    /// The first Result taken from the new home, and its first Ack after the move (monotonic ns;
+    /// 0: none yet).
     public var firstNewResultNs: UInt64 = 0
     public var firstNewAckNs: UInt64 = 0
+    /// Any Result on either session, taken or not: the old server's last, the new server's first.
+    /// Make-before-break: the new server already answers while the old one still does, so the
+    /// first comes before the last (a negative gap: no moment without a server).
+    public var lastOldAnyResultNs: UInt64 = 0
+    public var firstNewAnyResultNs: UInt64 = 0
 
-    /// Result gap: from the last Result taken from the old home to the first from the new, ms.
+    /// From the last Result received from the old server to the first from the new one, ms
+    /// (negative: both answered at once for that long).
     public var resultGapMs: Double? {
+        guard lastOldAnyResultNs > 0, firstNewAnyResultNs > 0 else { return nil }
+        return (Double(firstNewAnyResultNs) - Double(lastOldAnyResultNs)) / 1e6
+    }
+
+    /// From the last Result taken from the old home to the first taken from the new one, ms: the
+    /// interval the agent's stream of detections had across the move.
+    public var takenResultGapMs: Double? {
         guard lastOldResultNs > 0, firstNewResultNs > 0 else { return nil }
         return (Double(firstNewResultNs) - Double(lastOldResultNs)) / 1e6
     }
@@ -58,7 +73,12 @@ public final class Roaming: Sendable {
         var agent: FeatureAgent
         var task: Task<Void, Never>?
         var region: String
+        /// The Handover that opened this link (nil for the first), to open it again.
+        var origin: Handover?
         var epoch: UInt32 = 0
+        /// `prepare` and `standby` advice this server gave before it was the agent's home (a
+        /// Handover can overtake the commit that makes its sender home): applied when it becomes home.
+        var early: [Handover] = []
         /// Close this mirror once the home has acknowledged a frame and this time has passed.
         var leaveAfterNs: UInt64?
         var endpoint: String { agent.endpoint.endpoint }
@@ -70,7 +90,7 @@ public final class Roaming: Sendable {
         var standby: Handover?
         var failed: [String: UInt64] = [:]
         var events: [RoamingEvent] = []
-        var eventTargets: [FeatureAgent] = []
+        var eventLinks: [(from: FeatureAgent, to: FeatureAgent)] = []
         var retired: [AgentLinkStats] = []
         var refused = 0
     }
@@ -82,11 +102,16 @@ public final class Roaming: Sendable {
 
     /// - Parameter connect: opens sessions to other servers; nil keeps the agent on `home` (a
     ///   Handover is then refused and logged).
-    public init(home: FeatureAgent, region: String = "", options: Options = Options(), logger: Logger, connect: Connect?) {
+    public init(
+        home: FeatureAgent, region: String = "", options: Options = Options(), logger: Logger, connect: Connect?
+    ) {
         self.options = options
         self.connect = connect
         self.logger = logger
-        state = Locked(State(home: Link(agent: home, task: nil, region: region)))
+        // The first link can be reopened too (a failover back to it): its origin is the configured server.
+        let origin = Handover(
+            epoch: 0, action: .commit, region: region.isEmpty ? "home" : region, endpoint: home.endpoint.endpoint)
+        state = Locked(State(home: Link(agent: home, task: nil, region: region, origin: origin)))
         listen(home)
     }
 
@@ -96,11 +121,13 @@ public final class Roaming: Sendable {
     public var mirrors: [FeatureAgent] { state.value.mirrors.map(\.agent) }
     public var events: [RoamingEvent] {
         let s = state.value
-        return zip(s.events, s.eventTargets).map { e, a in
+        return zip(s.events, s.eventLinks).map { e, l in
             var e = e
-            let st = a.stats
-            e.firstNewResultNs = st.firstTakenResultAtNs
-            e.firstNewAckNs = st.firstAckAtNs
+            let new = l.to.stats
+            e.firstNewResultNs = new.firstTakenResultAtNs
+            e.firstNewAckNs = new.firstAckSinceWatchNs
+            e.firstNewAnyResultNs = new.firstResultAtNs
+            e.lastOldAnyResultNs = l.from.stats.lastResultAtNs
             return e
         }
     }
@@ -140,12 +167,18 @@ public final class Roaming: Sendable {
             }
             guard let age = s.home.agent.inFlightAge(now: now), age > options.failoverAfterNs else { return }
             let silentSince = now &- age
-            let next: Link
-            if let i = s.mirrors.firstIndex(where: { $0.agent.stats.acks > 0 && $0.leaveAfterNs == nil }) {
-                next = s.mirrors.remove(at: i)
-            } else if let sb = s.standby, let l = open(sb, &s) {
-                next = l
-            } else {
+            // A mirror that answers, else the standby. Either way a new session: its Hello makes
+            // the server accept the unacknowledged frame, which is older than what a mirror's
+            // session has already seen (the server fuses each sequence number once).
+            var target = s.standby.flatMap { $0.endpoint != s.home.endpoint ? $0 : nil }
+            if let i = s.mirrors.firstIndex(where: {
+                $0.agent.stats.acks > 0 && $0.leaveAfterNs == nil && $0.origin != nil
+            }) {
+                let m = s.mirrors.remove(at: i)
+                toClose.append(m)
+                target = m.origin
+            }
+            guard let target, let next = open(target, &s) else {
                 return  // nowhere to go: libzmq keeps reconnecting to the home
             }
             let old = s.home
@@ -164,45 +197,56 @@ public final class Roaming: Sendable {
         state.withLock { s in
             guard endpoint == s.home.endpoint, h.epoch > s.home.epoch else {
                 s.refused += 1
+                if let i = s.mirrors.firstIndex(where: { $0.endpoint == endpoint }),
+                    h.action == .prepare || h.action == .standby
+                {
+                    s.mirrors[i].early = Array((s.mirrors[i].early + [h]).suffix(4))
+                }
                 return
             }
             s.home.epoch = h.epoch
-            guard h.endpoint != s.home.endpoint else { return }
-            switch h.action {
-            case .standby:
-                s.standby = h
-            case .prepare:
-                if let i = s.mirrors.firstIndex(where: { $0.endpoint == h.endpoint }) {
-                    s.mirrors[i].leaveAfterNs = nil
-                } else if let l = open(h, &s) {
-                    s.mirrors.append(l)
-                }
-            case .cancel:
-                s.mirrors.removeAll { m in
-                    guard m.endpoint == h.endpoint else { return false }
-                    toClose.append(m)
-                    return true
-                }
-            case .commit:
-                if let t = s.failed[h.endpoint], now &- t < options.avoidFailedNs {
-                    s.refused += 1
-                    return
-                }
-                let next: Link
-                if let i = s.mirrors.firstIndex(where: { $0.endpoint == h.endpoint }) {
-                    next = s.mirrors.remove(at: i)
-                } else if let l = open(h, &s) {
-                    next = l
-                } else {
-                    return
-                }
-                var old = s.home
-                old.leaveAfterNs = now + options.leaveGraceNs
-                s.mirrors.append(old)
-                promote(next, from: old, kind: .handover, now: now, silentSince: 0, &s)
-            }
+            apply(h, now: now, &s, &toClose)
         }
         close(toClose)
+    }
+
+    /// Acts on a Handover from the home server.
+    private func apply(_ h: Handover, now: UInt64, _ s: inout State, _ toClose: inout [Link]) {
+        guard h.endpoint != s.home.endpoint else { return }
+        switch h.action {
+        case .standby:
+            s.standby = h
+        case .prepare:
+            if let i = s.mirrors.firstIndex(where: { $0.endpoint == h.endpoint }) {
+                s.mirrors[i].leaveAfterNs = nil
+            } else if let l = open(h, &s) {
+                s.mirrors.append(l)
+            }
+        case .cancel:
+            s.mirrors.removeAll { m in
+                guard m.endpoint == h.endpoint else { return false }
+                toClose.append(m)
+                return true
+            }
+        case .commit:
+            if let t = s.failed[h.endpoint], now &- t < options.avoidFailedNs {
+                s.refused += 1
+                return
+            }
+            let next: Link
+            if let i = s.mirrors.firstIndex(where: { $0.endpoint == h.endpoint }) {
+                next = s.mirrors.remove(at: i)
+            } else if let l = open(h, &s) {
+                next = l
+            } else {
+                return
+            }
+            var old = s.home
+            old.leaveAfterNs = now + options.leaveGraceNs
+            s.mirrors.append(old)
+            promote(next, from: old, kind: .handover, now: now, silentSince: 0, &s)
+            for e in next.early { apply(e, now: now, &s, &toClose) }
+        }
     }
 
     private func promote(
@@ -210,16 +254,19 @@ public final class Roaming: Sendable {
     ) {
         var next = next
         next.leaveAfterNs = nil
-        next.epoch = 0  // the new home numbers its own Handovers
+        next.epoch = next.early.map(\.epoch).max() ?? 0  // the new home numbers its own Handovers
+        defer { s.home.early = [] }
         next.agent.adopt(estimator: old.agent.estimatorState)
         old.agent.acceptsResults = false
         next.agent.acceptsResults = true
         s.home = next
+        if s.standby?.endpoint == next.endpoint { s.standby = nil }  // the new home names its own
         s.events.append(
             RoamingEvent(
                 kind: kind, from: old.endpoint, to: next.endpoint, atNs: now,
                 lastOldResultNs: old.agent.stats.lastTakenResultAtNs, silentSinceNs: silentSince))
-        s.eventTargets.append(next.agent)
+        s.eventLinks.append((old.agent, next.agent))
+        next.agent.watchAcks(since: now)
         logger.info(
             kind == .handover ? "handover" : "failover",
             metadata: ["from": "\(old.endpoint)", "to": "\(next.endpoint)", "region": "\(next.region)"])
@@ -235,7 +282,7 @@ public final class Roaming: Sendable {
             let a = try connect(h.endpoint, h.curveKey)
             a.acceptsResults = false
             listen(a)
-            return Link(agent: a, task: Task { await a.run() }, region: h.region)
+            return Link(agent: a, task: Task { await a.run() }, region: h.region, origin: h)
         } catch {
             logger.warning("cannot open a session", metadata: ["endpoint": "\(h.endpoint)", "error": "\(error)"])
             return nil

@@ -104,15 +104,21 @@ public struct EtcdClient: Sendable {
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         let promise = loop.makePromise(of: (Int, [UInt8]).self)
         let timeout = self.timeout
-        let channel = try await ClientBootstrap(group: loop)
-            .connectTimeout(timeout)
-            .channelInitializer { ch in
-                ch.eventLoop.makeCompletedFuture {
-                    try ch.pipeline.syncOperations.addHTTPClientHandlers()
-                    try ch.pipeline.syncOperations.addHandler(ResponseCollector(promise: promise))
+        let channel: any Channel
+        do {
+            channel = try await ClientBootstrap(group: loop)
+                .connectTimeout(timeout)
+                .channelInitializer { ch in
+                    ch.eventLoop.makeCompletedFuture {
+                        try ch.pipeline.syncOperations.addHTTPClientHandlers()
+                        try ch.pipeline.syncOperations.addHandler(ResponseCollector(promise: promise))
+                    }
                 }
-            }
-            .connect(host: host, port: port).get()
+                .connect(host: host, port: port).get()
+        } catch {
+            promise.fail(error)  // no channel, so no collector to complete it
+            throw error
+        }
         let deadline = channel.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
         var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: path)
         head.headers.add(name: "Host", value: "\(host):\(port)")
@@ -183,6 +189,8 @@ private final class ResponseCollector: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        finish(.failure(EtcdError(call: "response", problem: "connection closed before the response ended (or timed out)")))
+        finish(
+            .failure(EtcdError(call: "response", problem: "connection closed before the response ended (or timed out)"))
+        )
     }
 }

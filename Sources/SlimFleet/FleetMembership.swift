@@ -53,7 +53,8 @@ public final class FleetMembership: Sendable {
     /// The Handovers to send an agent whose latest accepted frame was taken at (x, y).
     public func observe(agent: String, x: Double, y: Double) -> [Handover] {
         let view = registry.view
-        let out = policy.withLock { $0.observe(agent: agent, x: x, y: y, view: view) }
+        let now = UInt64(DispatchTime.now().uptimeNanoseconds)
+        let out = policy.withLock { $0.observe(agent: agent, x: x, y: y, view: view, nowNs: now) }
         if !out.isEmpty { sent.withLock { for h in out { $0[h.action, default: 0] += 1 } } }
         return out
     }

@@ -8,24 +8,34 @@ import SlimWire
 /// - its home region is served elsewhere: `commit` to that server. (A server that is only a
 ///   mirror for the agent says `commit` to the agent's home, which the agent ignores.)
 ///
-/// Only changes are sent: one Handover per decision, numbered per agent. Pure logic, no I/O.
+/// Changes are sent at once, one Handover per decision, numbered per agent; and every
+/// `restateNs` the current advice is said again, since a Handover that reached the agent before
+/// it made this server its home was (rightly) ignored. Pure logic, no I/O.
 public struct HandoverPolicy: Sendable {
     private struct Told: Sendable {
         var epoch: UInt32 = 0
         var mirror: String?
         var commit: String?
         var standby: String?
+        var saidAtNs: UInt64 = 0
     }
     private var agents: [String: Told] = [:]
+    public var restateNs: UInt64
 
-    public init() {}
+    public init(restateNs: UInt64 = 1_000_000_000) { self.restateNs = restateNs }
 
     /// Forget what an agent was told (it opened a new session: a restarted agent knows nothing).
     public mutating func forget(_ agent: String) { agents[agent] = nil }
 
     /// The Handovers to send `agent`, now at world position (x, y), given the fleet's state.
-    public mutating func observe(agent: String, x: Double, y: Double, view: FleetView) -> [Handover] {
+    public mutating func observe(agent: String, x: Double, y: Double, view: FleetView, nowNs: UInt64) -> [Handover] {
         var t = agents[agent] ?? Told()
+        if nowNs &- t.saidAtNs >= restateNs {  // say it all again (an agent ignores what it has)
+            t.saidAtNs = nowNs
+            t.commit = nil
+            t.standby = nil
+            if t.mirror != nil { t.mirror = "" }  // re-prepare the same mirror; cancel if none is wanted
+        }
         var out: [Handover] = []
         func say(_ action: Handover.Action, _ m: FleetMember) {
             t.epoch &+= 1
@@ -53,7 +63,7 @@ public struct HandoverPolicy: Sendable {
                 say(.prepare, w)
             } else if let old = t.mirror, let m = view.members.values.first(where: { $0.endpoint == old }) {
                 say(.cancel, m)
-            } else if let old = t.mirror {
+            } else if let old = t.mirror, !old.isEmpty {
                 say(.cancel, FleetMember(region: "gone", endpoint: old, name: "gone"))
             }
             t.mirror = want?.endpoint

@@ -78,7 +78,8 @@ public struct RegionMap: Sendable, Equatable, Codable {
             let r = try rs.section(name)
             regions.append(
                 Region(
-                    name: name, minX: try r.double("x_min", in: -1e7...1e7), maxX: try r.double("x_max", in: -1e7...1e7),
+                    name: name, minX: try r.double("x_min", in: -1e7...1e7),
+                    maxX: try r.double("x_max", in: -1e7...1e7),
                     minY: try r.double("y_min", in: -1e7...1e7), maxY: try r.double("y_max", in: -1e7...1e7),
                     standby: try r.optionalString("standby")))
         }

@@ -108,7 +108,8 @@ public final class FleetRegistry: Sendable {
         try await etcd.put(prefix + "regions", try Self.json(v.map))
         lease.withLock { $0 = id }
         logger.info(
-            "registered", metadata: ["region": "\(v.me.region)", "lease_ttl_s": "\(ttlSeconds)", "etcd": "\(etcd.host):\(etcd.port)"])
+            "registered",
+            metadata: ["region": "\(v.me.region)", "lease_ttl_s": "\(ttlSeconds)", "etcd": "\(etcd.host):\(etcd.port)"])
         try await refresh()
     }
 
@@ -161,7 +162,9 @@ public final class FleetRegistry: Sendable {
                     $0 += 1
                     return $0
                 }
-                if n == 1 || n % 50 == 0 { logger.warning("registry", metadata: ["error": "\(error)", "errors": "\(n)"]) }
+                if n == 1 || n % 50 == 0 {
+                    logger.warning("registry", metadata: ["error": "\(error)", "errors": "\(n)"])
+                }
             }
             try? await Task.sleep(for: .milliseconds(Int(pollSeconds * 1000)))
         }

@@ -117,14 +117,17 @@ public struct ServerConfig: Sendable {
                 problem: "needs fusion.model (its rate-accuracy table)")
         }
         let fl = try root.section("fleet")
-        let etcd = try fl.optionalString("etcd"), region = try fl.optionalString("region")
-        let advertise = try fl.optionalString("advertise"), regions = try fl.optionalString("regions")
+        let etcd = try fl.optionalString("etcd")
+        let region = try fl.optionalString("region")
+        let advertise = try fl.optionalString("advertise")
+        let regions = try fl.optionalString("regions")
         let prefix = try fl.string("prefix", default: "/slimsplit/")
         let ttl = try fl.int("lease_ttl_s", default: 2, in: 1...3600)
         let name = try fl.optionalString("name")
         if let etcd, let region {
             let adv = advertise ?? endpoint
-            guard adv.hasPrefix("tcp://") || adv.hasPrefix("ipc://"), !adv.contains("*"), !adv.contains("0.0.0.0") else {
+            guard adv.hasPrefix("tcp://") || adv.hasPrefix("ipc://"), !adv.contains("*"), !adv.contains("0.0.0.0")
+            else {
                 throw ConfigError(
                     file: fl.file, key: fl.keyPath("advertise"),
                     problem: "'\(adv)' must be an endpoint agents can connect to (tcp://host:port, no wildcard)")
@@ -134,7 +137,8 @@ public struct ServerConfig: Sendable {
                 prefix: prefix, leaseTTLSeconds: ttl, name: name)
         } else {
             for k in ["etcd", "region", "advertise", "regions", "prefix", "lease_ttl_s", "name"] where fl.has(k) {
-                throw ConfigError(file: fl.file, key: fl.keyPath(k), problem: "a fleet needs both fleet.etcd and fleet.region")
+                throw ConfigError(
+                    file: fl.file, key: fl.keyPath(k), problem: "a fleet needs both fleet.etcd and fleet.region")
             }
             fleet = nil
         }
@@ -149,7 +153,9 @@ public struct ServerConfig: Sendable {
         if livePort != 0, !["127.0.0.1", "::1", "localhost"].contains(liveHost), (liveToken ?? "").isEmpty {
             throw ConfigError(
                 file: live.file, key: live.keyPath("token"),
-                problem: "required when live.host (\(liveHost)) is not a loopback address: anyone who reaches it would see the session")
+                problem:
+                    "required when live.host (\(liveHost)) is not a loopback address: anyone who reaches it would see the session"
+            )
         }
     }
 }
@@ -262,20 +268,23 @@ public struct AgentConfig: Sendable {
         let src = try root.section("source")
         let kind = try src.string("kind", default: "recording")
         guard ["recording", "velodyne"].contains(kind) else {
-            throw ConfigError(file: src.file, key: src.keyPath("kind"), problem: "'\(kind)' must be recording or velodyne")
+            throw ConfigError(
+                file: src.file, key: src.keyPath("kind"), problem: "'\(kind)' must be recording or velodyne")
         }
         var velodyne: VelodyneSource?
         if kind == "velodyne" {
             let listen = try src.string("listen", default: "udp://0.0.0.0:2368")
             guard listen.hasPrefix("udp://") || listen.hasPrefix("pcap:") else {
                 throw ConfigError(
-                    file: src.file, key: src.keyPath("listen"), problem: "'\(listen)' must be udp://HOST:PORT or pcap:FILE")
+                    file: src.file, key: src.keyPath("listen"),
+                    problem: "'\(listen)' must be udp://HOST:PORT or pcap:FILE")
             }
             let name = try src.string("lidar_model", default: "VLP-16")
             guard let lidarModel = VelodyneModel.named(name) else {
                 throw ConfigError(
                     file: src.file, key: src.keyPath("lidar_model"),
-                    problem: "'\(name)' is not one of \(VelodyneModel.allCases.map(\.rawValue).joined(separator: ", "))")
+                    problem: "'\(name)' is not one of \(VelodyneModel.allCases.map(\.rawValue).joined(separator: ", "))"
+                )
             }
             let mount = try src.section("mount")
             let pose = try src.section("pose")

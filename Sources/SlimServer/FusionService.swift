@@ -119,7 +119,8 @@ public final class FusionService: @unchecked Sendable {
         }
         return Metrics(
             results: resultCount, late: dropped, count: durationCount, sum: durationSum,
-            duplicates: duplicates, fusedTwice: fusedTwice, quantiles: [("0.5", q(0.5)), ("0.9", q(0.9)), ("0.99", q(0.99))], stages: stages)
+            duplicates: duplicates, fusedTwice: fusedTwice,
+            quantiles: [("0.5", q(0.5)), ("0.9", q(0.9)), ("0.99", q(0.99))], stages: stages)
     }
 
     public init(modelFile: String, options: Options = Options()) throws {

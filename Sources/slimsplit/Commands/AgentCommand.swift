@@ -84,7 +84,8 @@ struct AgentCommand: AsyncParsableCommand {
         var frameReport: FrameReport?
         if let report {
             guard let src = cfg.source, src.velodyne == nil else {
-                throw ValidationError("--report needs source.recording in \(config) (a live source has no ground truth)")
+                throw ValidationError(
+                    "--report needs source.recording in \(config) (a live source has no ground truth)")
             }
             frameReport = try FrameReport(path: report, deadlineSeconds: src.deadline, startNs: Clock.monotonicNs())
         }
@@ -96,9 +97,15 @@ struct AgentCommand: AsyncParsableCommand {
             maxFrameBytes: frameBytes, logger: logger, onResult: onResult)
         // Sessions to other servers of a fleet (Handover): same identity, numbering and ledger;
         // the server key from the Handover, else the configured one (a fleet sharing one key pair).
-        let sequence = agent.sequence, ledger = agent.ledger, socket = cfg.socket, id = identity, homeCurve = curve
+        let sequence = agent.sequence
+        let ledger = agent.ledger
+        let socket = cfg.socket
+        let id = identity
+        let homeCurve = curve
         let links = Roaming(home: agent, logger: logger) { endpoint, key in
-            let c = homeCurve.map { CurveClient(keyPair: $0.keyPair, serverKey: key.map { CurveKey(bytes: $0) } ?? $0.serverKey) }
+            let c = homeCurve.map {
+                CurveClient(keyPair: $0.keyPair, serverKey: key.map { CurveKey(bytes: $0) } ?? $0.serverKey)
+            }
             return try FeatureAgent(
                 identity: id, server: endpoint, curve: c, options: socket, maxFrameBytes: frameBytes, logger: logger,
                 onResult: onResult, sequence: sequence, ledger: ledger)
@@ -157,14 +164,17 @@ struct AgentCommand: AsyncParsableCommand {
         }
         if let velodyne {
             let v = velodyne.summary
-            print("velodyne: \(v["datagrams"] ?? 0) packets, \(v["sweeps"] ?? 0) sweeps, refused or out of order: \(v["counters"] ?? [:])")
+            print(
+                "velodyne: \(v["datagrams"] ?? 0) packets, \(v["sweeps"] ?? 0) sweeps, refused or out of order: \(v["counters"] ?? [:])"
+            )
         }
         if let summary { try writeSummary(links, report: frameReport, velodyne: velodyne, to: summary) }
         if ledger.counts.acked == 0 { throw ExitCode(1) }
     }
 
     /// The `--summary` JSON: what a script checking a session needs from each agent.
-    private func writeSummary(_ links: Roaming, report: FrameReport?, velodyne: VelodyneInput?, to path: String) throws {
+    private func writeSummary(_ links: Roaming, report: FrameReport?, velodyne: VelodyneInput?, to path: String) throws
+    {
         let all = links.linkStats.map(\.stats)
         let ledger = links.home.ledger.counts
         var rtt: [UInt64] = []
@@ -187,10 +197,11 @@ struct AgentCommand: AsyncParsableCommand {
                 "refused_handovers": links.refused, "home": links.home.endpoint.endpoint,
                 "events": links.events.map { e -> [String: Any] in
                     [
-                        "kind": e.kind.rawValue, "from": e.from, "to": e.to, "at_ns": e.atNs,
+                        "kind": e.kind.rawValue, "from": e.from, "to": e.to, "at_ns": e.atNs, "at_wall_ns": e.atWallNs,
                         "last_old_result_ns": e.lastOldResultNs, "silent_since_ns": e.silentSinceNs,
                         "first_new_result_ns": e.firstNewResultNs, "first_new_ack_ns": e.firstNewAckNs,
                         "result_gap_ms": e.resultGapMs ?? NSNull(),
+                        "taken_result_gap_ms": e.takenResultGapMs ?? NSNull(),
                     ]
                 },
                 "links": links.linkStats.map { l -> [String: Any] in
@@ -204,7 +215,10 @@ struct AgentCommand: AsyncParsableCommand {
             ]
         }
         if let r = report?.summary {
-            out["report"] = ["frames": r.frames, "missed_deadline": r.missed, "ap30": Double(r.ap[0]), "ap50": Double(r.ap[1]), "ap70": Double(r.ap[2])]
+            out["report"] = [
+                "frames": r.frames, "missed_deadline": r.missed, "ap30": Double(r.ap[0]), "ap50": Double(r.ap[1]),
+                "ap70": Double(r.ap[2]),
+            ]
         }
         if let velodyne { out["velodyne"] = velodyne.summary }
         let data = try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys])

@@ -110,18 +110,23 @@ struct ServerCommand: AsyncParsableCommand {
         var metrics: HTTPService?
         if cfg.metricsPort != 0 || metricsPort != nil {
             metrics = try HTTPService(
-                host: cfg.metricsHost, port: metricsPort ?? cfg.metricsPort, routes: ["/metrics": .prometheus(serverMetrics)],
+                host: cfg.metricsHost, port: metricsPort ?? cfg.metricsPort,
+                routes: ["/metrics": .prometheus(serverMetrics)],
                 dropsMetric: "slimsplit_metrics_clients_dropped_total", logger: logger)
             logger.info("metrics", metadata: ["url": "http://\(cfg.metricsHost):\(metrics!.port)/metrics"])
         }
         var live: LiveView?
         if cfg.livePort != 0 || livePort != nil {
             live = try LiveView(
-                host: cfg.liveHost, port: livePort ?? cfg.livePort, token: cfg.liveToken, deadlineMs: cfg.liveDeadlineMs,
+                host: cfg.liveHost, port: livePort ?? cfg.livePort, token: cfg.liveToken,
+                deadlineMs: cfg.liveDeadlineMs,
                 metrics: serverMetrics, logger: logger)
             logger.info(
                 "live view",
-                metadata: ["dashboard": "http://\(cfg.liveHost):\(live!.http.port)/", "foxglove": "ws://\(cfg.liveHost):\(live!.http.port)/"])
+                metadata: [
+                    "dashboard": "http://\(cfg.liveHost):\(live!.http.port)/",
+                    "foxglove": "ws://\(cfg.liveHost):\(live!.http.port)/",
+                ])
         }
         let liveRef = live
         // Fusion: every agent with a new frame gets the fused detections in its own frame.
