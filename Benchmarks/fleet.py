@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -79,6 +80,18 @@ def first_poses(recording: Path) -> dict[str, tuple[float, float]]:
             if ch.topic.endswith("/pose") and name not in poses:
                 poses[name] = (dec.pose.position.x, dec.pose.position.y)
     return poses
+
+
+def usage(pid: int) -> tuple[float, float] | None:
+    """CPU seconds (user + system) and peak RSS (MB) of a live process, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        rss = next(int(l.split()[1]) for l in Path(f"/proc/{pid}/status").read_text().splitlines()
+                   if l.startswith("VmHWM")) / 1024
+        return cpu, rss
+    except (OSError, StopIteration, IndexError, ValueError):
+        return None
 
 
 def cpu_model() -> str:
@@ -192,6 +205,9 @@ def main() -> int:
         killed_at_ns = None
         metrics: dict[str, dict] = {}
         while any(p.poll() is None for p in agent_procs.values()):
+            for s in servers:
+                if s["proc"].poll() is None and (u := usage(s["proc"].pid)):
+                    s["usage"], s["usage_at"] = u, time.monotonic()
             if killed_at_ns is None and kill_index >= 0 and time.monotonic() - started >= a.kill_at:
                 servers[kill_index]["proc"].send_signal(signal.SIGKILL)
                 killed_at_ns = time.monotonic_ns()
@@ -211,6 +227,8 @@ def main() -> int:
 
         # ---- what the agents saw
         summaries = {nm: json.loads((work / f"summary-{nm}.json").read_text()) for nm in agents}
+        recorded = {nm: int(re.search(r"frames=(\d+)", (work / f"agent-{nm}.log").read_text()).group(1))
+                    for nm in agents}
         sent = sum(s["frames"] for s in summaries.values())
         acked = sum(s["acked"] for s in summaries.values())
         lost = sum(s["lost"] for s in summaries.values())
@@ -238,6 +256,10 @@ def main() -> int:
         # Every frame after the re-homing acked: frames lost counts every unacknowledged one.
         fused_twice = sum(m.get("slimsplit_fusion_fused_twice_total", 0) for m in metrics.values())
         duplicates = sum(m.get("slimsplit_fusion_duplicate_frames_total", 0) for m in metrics.values())
+        server_usage = {s["region"]: {"cpu_cores": round(s["usage"][0] / max(s["usage_at"] - started, 1e-9), 3),
+                                      "peak_rss_mb": round(s["usage"][1], 1),
+                                      "frames": int(metrics.get(s["region"], {}).get("slimsplit_fusion_results_total", 0))}
+                        for s in servers if "usage" in s}
         out = {
             "benchmark": "fleet",
             "cpu": cpu_model(), "cores": os.cpu_count(),
@@ -247,7 +269,9 @@ def main() -> int:
             "killed": servers[kill_index]["region"] if kill_index >= 0 else None,
             "killed_after_s": a.kill_at if kill_index >= 0 else None,
             "frames_sent": sent, "frames_acked": acked, "frames_lost": lost,
-            "frames_not_sent_newest_wins": sum(s["dropped"] for s in summaries.values()),
+            # Sweeps no server got: replaced by a newer one while the home was silent (before a
+            # failover), or refused by a full send buffer.
+            "frames_not_sent": sum(recorded.values()) - sent,
             "fused_twice": int(fused_twice), "duplicate_frames_refused_by_fusion": int(duplicates),
             "mirrored_frames": sum(s.get("roaming", {}).get("mirrored_frames", 0) for s in summaries.values()),
             "handovers": len(handovers), "failovers": len(failovers),
@@ -261,6 +285,7 @@ def main() -> int:
                             "agents": len(failover_ms)},
             "rtt_during_handover_ms": {"p50": pct(rtt_near, 50), "p99": pct(rtt_near, 99), "n": len(rtt_near)},
             "rtt_p99_ms_all": pct([s["rtt_p99_ms"] for s in summaries.values() if "rtt_p99_ms" in s], 99),
+            "servers_usage": server_usage,
             "per_agent": {nm: {k: s[k] for k in ("frames", "acked", "lost", "results")}
                           | {"moves": [f"{e['kind']} {e['from'][-4:]}->{e['to'][-4:]}"
                                        for e in s.get("roaming", {}).get("events", [])]}

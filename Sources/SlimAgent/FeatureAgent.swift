@@ -264,15 +264,13 @@ public final class FeatureAgent: Sendable {
         state.withLock { s in s.inFlight.map { _ in now &- s.inFlightAt } }
     }
 
-    /// Hands a copy of the unacknowledged frame on this link (if any) to `other`: failover.
-    @discardableResult
-    public func resendUnacked(to other: FeatureAgent) -> Bool {
-        let copy: (bytes: [UInt8], seq: UInt64)? = state.withLock { s in
+    /// A copy of the frame on this link that its server has not acknowledged yet, if any (for a
+    /// failover: it is resent to the next server with ``submitEncoded(_:sequence:)``).
+    public var unackedFrame: (bytes: [UInt8], sequence: UInt64)? {
+        state.withLock { s in
             guard s.inFlight != nil, s.retainedSeq == s.inFlight, !s.retained.isEmpty else { return nil }
             return (s.retained, s.retainedSeq)
         }
-        guard let copy else { return false }
-        return copy.bytes.withUnsafeBytes { other.submitEncoded($0, sequence: copy.seq) }
     }
 
     public var stats: AgentLinkStats {
@@ -286,9 +284,10 @@ public final class FeatureAgent: Sendable {
 
     /// Submits a frame another link of this agent already encoded (mirroring during a handover,
     /// or a resend on failover): copied into this link's own buffer, then the same one-on-the-link
-    /// rule as `submit`. False when no buffer was free.
+    /// rule as `submit`, unless `resend`: a frame another server never acknowledged goes to the
+    /// socket at once and is never replaced by a newer one. False when no buffer was free.
     @discardableResult
-    public func submitEncoded(_ bytes: UnsafeRawBufferPointer, sequence: UInt64) -> Bool {
+    public func submitEncoded(_ bytes: UnsafeRawBufferPointer, sequence: UInt64, resend: Bool = false) -> Bool {
         guard bytes.count <= pool.bufferSize, let buffer = pool.take() else {
             state.withLock { $0.stats.framesNoBuffer += 1 }
             return false
@@ -299,7 +298,7 @@ public final class FeatureAgent: Sendable {
             s.stats.framesSubmitted += 1
             s.stats.bytesSubmitted += bytes.count
         }
-        enqueue(buffer, length: bytes.count, sequence: sequence, now: Clock.monotonicNs())
+        enqueue(buffer, length: bytes.count, sequence: sequence, now: Clock.monotonicNs(), force: resend)
         return true
     }
 
@@ -369,8 +368,13 @@ public final class FeatureAgent: Sendable {
     /// One frame on the link at a time: while one is unacknowledged, the newest frame waits
     /// here and replaces an older waiting one, so a link that slows down never queues stale
     /// frames in socket buffers (they would all miss their deadline).
-    private func enqueue(_ buffer: SendBuffer, length: Int, sequence: UInt64, now: UInt64) {
+    private func enqueue(_ buffer: SendBuffer, length: Int, sequence: UInt64, now: UInt64, force: Bool = false) {
         let (sendNow, dropped): (Bool, SendBuffer?) = state.withLock { s in
+            if force {
+                s.markSent(sequence, at: now)
+                Self.retain(&s, buffer, length, sequence)
+                return (true, nil)
+            }
             let old = s.held?.buffer  // older than this frame either way: never sent after it
             if old != nil { s.heldReplaced += 1 }
             s.held = nil

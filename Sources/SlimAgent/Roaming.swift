@@ -171,20 +171,29 @@ public final class Roaming: Sendable {
             // the server accept the unacknowledged frame, which is older than what a mirror's
             // session has already seen (the server fuses each sequence number once).
             var target = s.standby.flatMap { $0.endpoint != s.home.endpoint ? $0 : nil }
-            if let i = s.mirrors.firstIndex(where: {
+            let mirror = s.mirrors.firstIndex {
                 $0.agent.stats.acks > 0 && $0.leaveAfterNs == nil && $0.origin != nil
-            }) {
-                let m = s.mirrors.remove(at: i)
-                toClose.append(m)
-                target = m.origin
             }
+            if let mirror { target = s.mirrors[mirror].origin }
             guard let target, let next = open(target, &s) else {
                 return  // nowhere to go: libzmq keeps reconnecting to the home
             }
             let old = s.home
             s.failed[old.endpoint] = now
-            old.agent.resendUnacked(to: next.agent)
+            // Whatever is unacknowledged goes to the new session, oldest first, each frame once:
+            // the home's frame and the one on the mirror being replaced (it may be newer).
+            var unacked = [old.agent.unackedFrame].compactMap { $0 }
             toClose.append(old)
+            if let mirror {
+                let m = s.mirrors.remove(at: mirror)
+                if let f = m.agent.unackedFrame, !unacked.contains(where: { $0.sequence == f.sequence }) {
+                    unacked.append(f)
+                }
+                toClose.append(m)
+            }
+            for f in unacked.sorted(by: { $0.sequence < $1.sequence }) {
+                f.bytes.withUnsafeBytes { _ = next.agent.submitEncoded($0, sequence: f.sequence, resend: true) }
+            }
             promote(next, from: old, kind: .failover, now: now, silentSince: silentSince, &s)
         }
         close(toClose)

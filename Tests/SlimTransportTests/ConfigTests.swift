@@ -1,5 +1,6 @@
 import Foundation
 import SlimConfig
+import SlimFleet
 import SlimPipeline
 import SlimTransport
 import Testing
@@ -53,6 +54,31 @@ struct ConfigTests {
             #expect(c.agentID == a)
             #expect(c.source?.adaptDeadline != nil)
         }
+    }
+
+    @Test("deploy/k8s: the region servers' configs and the region map are valid")
+    func kubernetesConfigsLoad() throws {
+        let k8s = repoRoot.appendingPathComponent("deploy/k8s")
+        let map = try RegionMap.load(file: k8s.appendingPathComponent("regions.yaml").path)
+        for region in ["r0", "r1", "r2"] {
+            let c = try ServerConfig.load(file: k8s.appendingPathComponent("server-\(region).yaml").path)
+            let fleet = try #require(c.fleet)
+            #expect(fleet.region == region && map.region(named: region) != nil)
+            #expect(fleet.advertise.contains("slimsplit-\(region)."))
+            #expect(c.curve != nil && c.model == "/opt/slimsplit/Models/slimsplit-bev.safetensors")
+        }
+    }
+
+    @Test("fleet: both etcd and region, an advertised endpoint agents can reach")
+    func fleetKeys() {
+        #expect(serverError("endpoint: tcp://127.0.0.1:1\ncurve: {enabled: false}\nfleet: {region: a}\n")?.key == "fleet.region")
+        let wildcard = serverError(
+            "endpoint: tcp://0.0.0.0:1\ncurve: {enabled: false}\nfleet: {etcd: 'http://e:2379', region: a}\n")
+        #expect(wildcard?.key == "fleet.advertise")
+        #expect(
+            serverError(
+                "endpoint: tcp://0.0.0.0:1\ncurve: {enabled: false}\nfleet: {etcd: 'http://e:2379', region: a, advertise: 'tcp://s:1'}\n")
+                == nil)
     }
 
     @Test func unknownKeyIsNamedWithASuggestion() {
