@@ -44,7 +44,7 @@ struct BadInputTests {
                 as! [String: Any]
             var reason = RejectReason(rawValue: json["error"] as! String)!
             if let env = try? bytes.withUnsafeBytes({ try Envelope.open($0, limits: options.limits) }),
-                [.ack, .result, .control].contains(env.kind)
+                [.ack, .result, .control, .handover].contains(env.kind)
             {
                 reason = .unexpectedKind
             }
