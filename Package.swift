@@ -8,6 +8,8 @@ import PackageDescription
 // - swift-nio (NIOHTTP1, NIOWebSocket): the one HTTP stack, serving metrics, the live dashboard
 //   and, as a client, the fleet registry's etcd gateway (SlimFleet);
 //   and the Foxglove WebSocket protocol (SlimLive) with per-connection limits and timeouts.
+// - swift-service-lifecycle: the server's parts run as Services in one ServiceGroup, which orders
+//   their start and their graceful shutdown (fusion drains, then the recording closes).
 let strict: [SwiftSetting] = [
     .enableUpcomingFeature("ExistentialAny")
 ]
@@ -33,6 +35,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // System libraries, reached through pkg-config.
@@ -67,7 +70,10 @@ let package = Package(
         // Fusion server: sessions, validation, per-agent accounting.
         .target(
             name: "SlimServer",
-            dependencies: ["SlimWire", "SlimTransport", "SlimEngine", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "SlimWire", "SlimTransport", "SlimEngine", .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
             swiftSettings: strict),
         // HTTP on swift-nio: Prometheus metrics, the live dashboard and the Foxglove WebSocket
         // protocol (fused detections and agent state), with limits against slow and hostile clients.
@@ -114,7 +120,8 @@ let package = Package(
             name: "SlimPipeline",
             dependencies: [
                 "SlimWire", "SlimTransport", "SlimConfig", "SlimEngine", "SlimSensors", "SlimAgent", "SlimServer",
-                .product(name: "Logging", package: "swift-log"),
+                "SlimLive", "SlimFleet", .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict),
         .executableTarget(

@@ -145,7 +145,10 @@ public final class FleetRegistry: Sendable {
         var lastKeepAlive = ContinuousClock.now
         while !stopped.withLock({ $0 }) {
             do throws(EtcdError) {
-                if lease.withLock({ $0 }) == nil { try await register() }
+                if lease.withLock({ $0 }) == nil {
+                    if stopped.withLock({ $0 }) { break }  // stop() took the lease: never register again
+                    try await register()
+                }
                 if ContinuousClock.now - lastKeepAlive >= .milliseconds(ttlSeconds * 1000 / 3),
                     let id = lease.withLock({ $0 })
                 {
@@ -173,7 +176,11 @@ public final class FleetRegistry: Sendable {
     /// Stops `run()` and revokes the lease, so that the standby takes over at once (graceful exit).
     public func stop() async {
         stopped.withLock { $0 = true }
-        if let id = lease.withLock({ $0 }) { try? await etcd.revoke(lease: id) }
+        let id = lease.withLock { l in
+            defer { l = nil }
+            return l
+        }
+        if let id { try? await etcd.revoke(lease: id) }
     }
 
     static func json(_ v: some Encodable) throws(EtcdError) -> [UInt8] {

@@ -58,7 +58,7 @@ public final class CooperativeSession: @unchecked Sendable {
 
     public let config: Config
     public private(set) var reports: [String: AgentReport] = [:]
-    /// Called after every fusion pass with its outputs (from the server's receive path; keep it short).
+    /// Called after every fusion pass with its outputs (on the server's fusion task; keep it short).
     public var onFused: (@Sendable ([FusionService.Output], FeatureServer, FusionService) -> Void)?
     public private(set) var fuseMs: [Double] = []
     public private(set) var rejected = 0
@@ -89,27 +89,14 @@ public final class CooperativeSession: @unchecked Sendable {
         fopts.fusion = config.fusion
         fopts.int8Backbone = !config.floatServer
         let fusion = try FusionService(modelFile: config.model, options: fopts)
-        let fuseTimes = Locked<[Double]>([])
-        let observer = onFused
-        let expected = Set(agents)
-        let serverBox = Locked<FeatureServer?>(nil)
-        let server = FeatureServer(endpoint: router, logger: logger, check: { _, header in fusion.check(header) }) {
-            agent, frame in
-            fusion.ingest(agent: agent, frame)
-            let pending = Set(fusion.pending)
-            guard pending == expected else { return }
-            let t0 = monotonicNow()
-            let outs = fusion.tick()
-            fuseTimes.withLock { $0.append(Double(monotonicNow() - t0) / 1e6) }
-            guard let srv = serverBox.value else { return }
-            for o in outs {
-                _ = srv.send(
-                    fusion.result(o, fusionTimeNs: UInt64(Date().timeIntervalSince1970 * 1e9)), toAgent: o.agent)
-            }
-            observer?(outs, srv, fusion)
+        // The server fuses in lock-step: a pass when every agent's frame t is in.
+        let fusionServer = FusionServer(
+            endpoint: router, fusion: fusion, trigger: .allOf(Set(agents)), drainMs: 0, logger: logger)
+        if let observer = onFused {
+            fusionServer.observe { outs, s in observer(outs, s.server, fusion) }
         }
-        serverBox.withLock { $0 = server }
-        let serverTask = Task { await server.run() }
+        let server = fusionServer.server
+        let serverTask = Task { await fusionServer.run() }
 
         // Agents.
         let results = Locked<[String: [UInt64: (ResultMessage, UInt64)]]>([:])
@@ -151,97 +138,100 @@ public final class CooperativeSession: @unchecked Sendable {
         let span = frames.last!.timeNs - frames[0].timeNs
         let period = frames.count > 1 ? span / UInt64(frames.count - 1) : 100_000_000
         for loop in 0..<max(config.loops, 1) {
-        for (fi, f) in frames.enumerated() {
-            if config.realTime {
-                let due = startNs + UInt64(loop) * (span + period) + (f.timeNs - frames[0].timeNs)
-                let now = monotonicNow()
-                if due > now { try await Task.sleep(nanoseconds: due - now) }
-            }
-            var sent: [String: (seq: UInt64, t0: UInt64)] = [:]
-            var shapes: [String: (channels: Int, height: Int, width: Int, masked: Bool)] = [:]
-            for a in agents {
-                let af = f.agents[a]!
-                let e = edge[a]!
-                let pose = af.measuredPose ?? af.pose!
-                let t0 = monotonicNow()
-                // Live (real time): the wall clock at capture, so that latency reads true; else the recording's clock.
-                let captureNs =
-                    config.realTime
-                    ? UInt64(Date().timeIntervalSince1970 * 1e9) : f.timeNs + UInt64(loop) * (span + period)
-                let shape = af.points.withUnsafeBufferPointer {
-                    e.encode($0, sensorHeight: Float((af.pose ?? pose).position.z))
+            for (fi, f) in frames.enumerated() {
+                if config.realTime {
+                    let due = startNs + UInt64(loop) * (span + period) + (f.timeNs - frames[0].timeNs)
+                    let now = monotonicNow()
+                    if due > now { try await Task.sleep(nanoseconds: due - now) }
                 }
-                let t1 = monotonicNow()
-                var h = FeatureFrameHeader(
-                    agentID: a, sequence: 0, captureTimeNs: captureNs, position: pose.position,
-                    orientation: pose.orientation,
-                    modelID: e.modelID, widthIndex: UInt8(e.widthIndex), bits: UInt8(e.bits),
-                    channels: shape.channels, height: shape.height, width: shape.width, quant: .model,
-                    masked: shape.masked, codec: config.lz4 ? .lz4 : .none)
-                h.agentID = a
-                let length = e.dense.withUnsafeBufferPointer { d in
-                    e.mask.withUnsafeBytes { m in
-                        out.withUnsafeMutableBytes {
-                            wire.encode(h, dense: d, mask: shape.masked ? m : nil, into: $0).length
+                var sent: [String: (seq: UInt64, t0: UInt64)] = [:]
+                var shapes: [String: (channels: Int, height: Int, width: Int, masked: Bool)] = [:]
+                for a in agents {
+                    let af = f.agents[a]!
+                    let e = edge[a]!
+                    let pose = af.measuredPose ?? af.pose!
+                    let t0 = monotonicNow()
+                    // Live (real time): the wall clock at capture, so that latency reads true; else the recording's clock.
+                    let captureNs =
+                        config.realTime
+                        ? UInt64(Date().timeIntervalSince1970 * 1e9) : f.timeNs + UInt64(loop) * (span + period)
+                    let shape = af.points.withUnsafeBufferPointer {
+                        e.encode($0, sensorHeight: Float((af.pose ?? pose).position.z))
+                    }
+                    let t1 = monotonicNow()
+                    var h = FeatureFrameHeader(
+                        agentID: a, sequence: 0, captureTimeNs: captureNs, position: pose.position,
+                        orientation: pose.orientation,
+                        modelID: e.modelID, widthIndex: UInt8(e.widthIndex), bits: UInt8(e.bits),
+                        channels: shape.channels, height: shape.height, width: shape.width, quant: .model,
+                        masked: shape.masked, codec: config.lz4 ? .lz4 : .none)
+                    h.agentID = a
+                    let length = e.dense.withUnsafeBufferPointer { d in
+                        e.mask.withUnsafeBytes { m in
+                            out.withUnsafeMutableBytes {
+                                wire.encode(h, dense: d, mask: shape.masked ? m : nil, into: $0).length
+                            }
                         }
                     }
+                    let t2 = monotonicNow()
+                    let seqBefore = feature[a]!.stats.framesSubmitted
+                    let n = e.dense.withUnsafeBufferPointer { d in
+                        e.mask.withUnsafeBytes { m in feature[a]!.submit(h, dense: d, mask: shape.masked ? m : nil) }
+                    }
+                    _ = length
+                    reports[a]!.frames += 1
+                    reports[a]!.bytes += n ?? 0
+                    reports[a]!.edgeMs.append(Double(t1 - t0) / 1e6)
+                    reports[a]!.wireMs.append(Double(t2 - t1) / 1e6)
+                    sent[a] = (UInt64(seqBefore + 1), t2)
+                    shapes[a] = shape
                 }
-                let t2 = monotonicNow()
-                let seqBefore = feature[a]!.stats.framesSubmitted
-                let n = e.dense.withUnsafeBufferPointer { d in
-                    e.mask.withUnsafeBytes { m in feature[a]!.submit(h, dense: d, mask: shape.masked ? m : nil) }
+                // Single-agent baseline while the server fuses: the same features, fused with nobody.
+                for a in agents {
+                    let e = edge[a]!
+                    let shape = shapes[a]!
+                    e.dequantized(
+                        into: feat, channels: shape.channels, height: shape.height, width: shape.width,
+                        masked: shape.masked
+                    )
+                    let alone = single.detect(
+                        ego: 0, agents: [CooperativeDetector.AgentInput(features: feat, position: .zero, yaw: 0)],
+                        fusion: config.fusion)
+                    let gt = f.groundTruth(for: a)
+                    reports[a]!.singleAP.add(
+                        detections: Self.filter(alone, own: gt.own), groundTruth: Self.boxes(gt.boxes))
                 }
-                _ = length
-                reports[a]!.frames += 1
-                reports[a]!.bytes += n ?? 0
-                reports[a]!.edgeMs.append(Double(t1 - t0) / 1e6)
-                reports[a]!.wireMs.append(Double(t2 - t1) / 1e6)
-                sent[a] = (UInt64(seqBefore + 1), t2)
-                shapes[a] = shape
-            }
-            // Single-agent baseline while the server fuses: the same features, fused with nobody.
-            for a in agents {
-                let e = edge[a]!
-                let shape = shapes[a]!
-                e.dequantized(
-                    into: feat, channels: shape.channels, height: shape.height, width: shape.width, masked: shape.masked
-                )
-                let alone = single.detect(
-                    ego: 0, agents: [CooperativeDetector.AgentInput(features: feat, position: .zero, yaw: 0)],
-                    fusion: config.fusion)
-                let gt = f.groundTruth(for: a)
-                reports[a]!.singleAP.add(detections: Self.filter(alone, own: gt.own), groundTruth: Self.boxes(gt.boxes))
-            }
-            // Wait for every agent's Result for this frame.
-            let deadline = monotonicNow() + 10_000_000_000
-            while monotonicNow() < deadline {
+                // Wait for every agent's Result for this frame.
+                let deadline = monotonicNow() + 10_000_000_000
+                while monotonicNow() < deadline {
+                    let got = results.value
+                    if agents.allSatisfy({ got[$0]?[sent[$0]!.seq] != nil }) { break }
+                    try await Task.sleep(nanoseconds: 200_000)
+                }
                 let got = results.value
-                if agents.allSatisfy({ got[$0]?[sent[$0]!.seq] != nil }) { break }
-                try await Task.sleep(nanoseconds: 200_000)
-            }
-            let got = results.value
-            for a in agents {
-                guard let (r, receivedAt) = got[a]?[sent[a]!.seq] else { continue }
-                reports[a]!.results += 1
-                reports[a]!.roundTripMs.append(Double(receivedAt - sent[a]!.t0) / 1e6)
-                let dets = r.detections.map {
-                    BEVBox(
-                        x: $0.center.x, y: $0.center.y, length: $0.size.x, width: $0.size.y, yaw: $0.yaw,
-                        score: $0.score)
+                for a in agents {
+                    guard let (r, receivedAt) = got[a]?[sent[a]!.seq] else { continue }
+                    reports[a]!.results += 1
+                    reports[a]!.roundTripMs.append(Double(receivedAt - sent[a]!.t0) / 1e6)
+                    let dets = r.detections.map {
+                        BEVBox(
+                            x: $0.center.x, y: $0.center.y, length: $0.size.x, width: $0.size.y, yaw: $0.yaw,
+                            score: $0.score)
+                    }
+                    let gt = f.groundTruth(for: a)
+                    reports[a]!.detections[fi] = dets
+                    reports[a]!.fusedAP.add(
+                        detections: Self.filter(dets, own: gt.own), groundTruth: Self.boxes(gt.boxes))
                 }
-                let gt = f.groundTruth(for: a)
-                reports[a]!.detections[fi] = dets
-                reports[a]!.fusedAP.add(detections: Self.filter(dets, own: gt.own), groundTruth: Self.boxes(gt.boxes))
+                progress(loop * frames.count + fi + 1, max(config.loops, 1) * frames.count)
             }
-            progress(loop * frames.count + fi + 1, max(config.loops, 1) * frames.count)
         }
-        }
-        fuseMs = fuseTimes.value
+        fuseMs = fusionServer.passDurations.map { $0 * 1e3 }
         rejected = server.rejections.values.reduce(0, +)
         for f in feature.values { f.endpoint.close() }
-        router.close()
-        for t in tasks { await t.value }
+        fusionServer.shutdown()
         await serverTask.value
+        for t in tasks { await t.value }
     }
 
     public static func boxes(_ b: [RecordingFrames.BEVBoxLike]) -> [BEVBox] {

@@ -108,6 +108,10 @@ final class RawClient {
         socket = zmq_socket(ctx, ZMQ_DEALER)
         var zero: Int32 = 0
         zmq_setsockopt(socket, ZMQ_LINGER, &zero, 4)
+        // A DEALER with no connected peer (a refused Curve handshake) blocks in send forever, on a
+        // thread of the concurrency pool every other suite needs: give up after 2 s instead.
+        var sendTimeout: Int32 = 2000
+        zmq_setsockopt(socket, ZMQ_SNDTIMEO, &sendTimeout, 4)
         if var hwm = receiveHWM {
             zmq_setsockopt(socket, ZMQ_RCVHWM, &hwm, 4)
             var buf: Int32 = 65536

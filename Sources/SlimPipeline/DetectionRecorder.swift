@@ -13,16 +13,16 @@ import SlimTransport
 /// server's timer), so a crash loses at most that much. A write error stops the recording (the
 /// file stays readable up to it), is logged once and counted (`failures`); fusion, Results, JSON
 /// lines and publishing go on.
-final class DetectionRecorder: @unchecked Sendable {
+public final class DetectionRecorder: @unchecked Sendable {
     private let writer: RecordingWriter?
     private let lines: FileHandle?
     private let publisher: PublisherEndpoint?
     private let logger: Logger
     private let lock = NSLock()
     /// Writes refused since the recording failed (the first failure included).
-    private(set) var failures = 0
+    public private(set) var failures = 0
 
-    init(path: String?, jsonLines: String?, publish: String? = nil, flushSeconds: Double = 1, logger: Logger) throws {
+    public init(path: String?, jsonLines: String?, publish: String? = nil, flushSeconds: Double = 1, logger: Logger) throws {
         self.logger = logger
         writer = try path.map { try RecordingWriter(path: $0, flushInterval: flushSeconds) }
         publisher = try publish.map { try PublisherEndpoint(bind: $0) }
@@ -38,7 +38,7 @@ final class DetectionRecorder: @unchecked Sendable {
         }
     }
 
-    func record(_ o: FusionService.Output) {
+    public func record(_ o: FusionService.Output) {
         lock.lock()
         defer { lock.unlock() }
         let world = o.worldBoxes
@@ -76,7 +76,7 @@ final class DetectionRecorder: @unchecked Sendable {
     }
 
     /// Writes out the recording's open chunk if it is `flushSeconds` old (call from a timer).
-    func flushIfDue() {
+    public func flushIfDue() {
         lock.lock()
         defer { lock.unlock() }
         if let writer { attempt { try writer.flushIfDue() } }
@@ -90,7 +90,7 @@ final class DetectionRecorder: @unchecked Sendable {
         }
     }
 
-    var prometheusText: String {
+    public var prometheusText: String {
         lock.lock()
         defer { lock.unlock() }
         guard writer != nil else { return "" }
@@ -102,7 +102,7 @@ final class DetectionRecorder: @unchecked Sendable {
             """
     }
 
-    func finish() {
+    public func finish() {
         lock.lock()
         defer { lock.unlock() }
         if let writer { attempt { try writer.finish() } }

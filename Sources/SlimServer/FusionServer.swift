@@ -1,0 +1,144 @@
+import Logging
+import ServiceLifecycle
+import SlimTransport
+import SlimWire
+
+/// The fusion server as a service: the receive loop validates, acknowledges and hands frames to
+/// fusion (``FeatureServer``); fusion runs on its own task (``FusionService``) and sends every
+/// agent with a new frame the fused detections in its own frame. `slimsplit server`, `demo`,
+/// `eval` and the tests all run this one type.
+///
+/// Graceful shutdown (its ``run()`` under a `ServiceGroup` sees SIGTERM/SIGINT, or
+/// ``ServiceGroup/triggerGracefulShutdown()``): the pass under way ends, one last pass fuses every
+/// frame already acknowledged, its Results and pending Acks are handed to libzmq, which gets
+/// `drainMs` to send them, and then `run()` returns. Observers see every pass's outputs, the last
+/// one included, before `run()` returns.
+public final class FusionServer: Service, Sendable {
+    /// When a fusion pass runs.
+    public enum Trigger: Sendable {
+        /// As soon as a frame is in (frames that arrive together share a pass), at most this many
+        /// passes a second: a frame waits for no clock.
+        case arrival(maxPassesPerSecond: Double)
+        /// When every one of these agents has a frame newer than its last fusion (lock-step replay,
+        /// so that results are deterministic; `eval` and `demo` use it).
+        case allOf(Set<String>)
+    }
+
+    public typealias Observer = @Sendable (_ outputs: [FusionService.Output], _ server: FusionServer) -> Void
+    /// Extra work for an accepted frame, after fusion took it (the fleet's handover decisions).
+    public typealias FrameHook =
+        @Sendable (_ agent: String, _ frame: FeatureFrameDecoder.Decoded, _ server: FusionServer) -> Void
+
+    public let server: FeatureServer
+    public let fusion: FusionService?
+    public let trigger: Trigger
+    public let drainMs: Int
+    private let router: RouterEndpoint
+    private let observers = Locked<[Observer]>([])
+    private let arrivals: AsyncStream<Void>
+    private let arrived: AsyncStream<Void>.Continuation
+    private let passSeconds = Locked<[Double]>([])
+    private let logger: Logger
+
+    public init(
+        endpoint: RouterEndpoint, options: ServerOptions = ServerOptions(), fusion: FusionService?,
+        trigger: Trigger = .arrival(maxPassesPerSecond: 100), drainMs: Int = 1000, logger: Logger,
+        onFrame: FrameHook? = nil, onJoin: (@Sendable (_ agent: String) -> Void)? = nil
+    ) {
+        router = endpoint
+        self.fusion = fusion
+        self.trigger = trigger
+        self.drainMs = drainMs
+        self.logger = logger
+        (arrivals, arrived) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        let me = Locked<FusionServer?>(nil)
+        let arrived = self.arrived
+        var check: FeatureServer.FrameCheck?
+        if let fusion { check = { _, header in fusion.check(header) } }
+        server = FeatureServer(
+            endpoint: endpoint, options: options, logger: logger, check: check,
+            onFrame: { agent, frame in
+                if fusion?.ingest(agent: agent, frame) == true { arrived.yield() }
+                if let onFrame, let s = me.value { onFrame(agent, frame, s) }
+            },
+            onJoin: { agent in
+                fusion?.joined(agent: agent)
+                onJoin?(agent)
+            })
+        me.withLock { $0 = self }
+    }
+
+    /// Adds an observer of every fusion pass's outputs (the recording, the live view, a test).
+    /// Observers run on the fusion task after the pass's Results went out: keep them short.
+    public func observe(_ observer: @escaping Observer) { observers.withLock { $0.append(observer) } }
+
+    /// Durations of the recent fusion passes, seconds (the last 4096).
+    public var passDurations: [Double] { passSeconds.value }
+
+    /// Serves until a graceful shutdown, then drains (see the type's documentation).
+    public func run() async {
+        await withGracefulShutdownHandler {
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { await self.server.run() }
+                group.addTask { await self.fuseUntilShutdown() }
+            }
+        } onGracefulShutdown: {
+            self.arrived.finish()
+        }
+    }
+
+    /// Stops as a graceful shutdown would, without a service group (tests, one-shot sessions).
+    public func shutdown() { arrived.finish() }
+
+    private func fuseUntilShutdown() async {
+        var last: UInt64 = 0
+        // Without a model nothing arrives here: the loop only waits for the shutdown.
+        for await _ in arrivals {
+            guard let fusion else { continue }
+            switch trigger {
+            case .arrival(let rate):
+                let gapNs = UInt64(1e9 / max(rate, 0.001))
+                let now = Clock.monotonicNs()
+                if now < last &+ gapNs { try? await Task.sleep(nanoseconds: last &+ gapNs - now) }
+                last = Clock.monotonicNs()
+                pass(fusion, only: nil)
+            case .allOf(let agents):
+                if Set(fusion.pending).isSuperset(of: agents) { pass(fusion, only: nil) }
+            }
+        }
+        // Shutdown: every frame already acknowledged gets its Result.
+        if let fusion { pass(fusion, only: nil) }
+        router.drainAndClose(drainMs: Int32(clamping: drainMs))
+    }
+
+    private func pass(_ fusion: FusionService, only: [String]?) {
+        let t0 = Clock.monotonicNs()
+        let outs = fusion.tick(only: only)
+        guard !outs.isEmpty else { return }
+        let now = Clock.wallNs()
+        for o in outs { server.send(fusion.result(o, fusionTimeNs: now), toAgent: o.agent) }
+        let dt = Double(Clock.monotonicNs() - t0) / 1e9
+        passSeconds.withLock { p in
+            if p.count >= 4096 { p.removeFirst(p.count - 4095) }
+            p.append(dt)
+        }
+        for o in observers.value { o(outs, self) }
+    }
+}
+
+/// A service that waits for the graceful shutdown and then closes something (an HTTP endpoint, a
+/// recording): it lets the service group order the closing.
+public struct ClosingService: Service {
+    public let name: String
+    private let close: @Sendable () async -> Void
+
+    public init(_ name: String, close: @escaping @Sendable () async -> Void) {
+        self.name = name
+        self.close = close
+    }
+
+    public func run() async throws {
+        try? await gracefulShutdown()
+        await close()
+    }
+}
