@@ -62,94 +62,21 @@ struct AgentCommand: AsyncParsableCommand {
             return
         }
         let logger = try log.bootstrap(label: "slimsplit.agent", catchSignals: true)
-        var cfg = try AgentConfig.load(file: config)
-        if let frames { cfg.synthetic.frames = frames }
-        var curve: CurveClient?
-        if let c = cfg.curve {
-            curve = CurveClient(
-                keyPair: try CurveKeyPair(secretKeyFile: c.secretKey), serverKey: try CurveKey(file: c.serverKey))
-        }
-        var edge: EdgeEncoder?
-        var identity = AgentIdentity(agentID: cfg.agentID, modelID: "synthetic")
-        if let src = cfg.source {
-            let e = try EdgeEncoder(modelFile: src.model)
-            e.widthIndex = src.widthIndex ?? (e.model.architecture.widths.count - 1)
-            e.bits = src.bits
-            e.threshold = Float(src.threshold)
-            identity = AgentIdentity(
-                agentID: cfg.agentID, modelID: e.modelID,
-                widths: e.model.architecture.widths.map { UInt16(($0 * 1000).rounded()) }, bitsMask: e.bitsMask)
-            edge = e
-        }
-        var frameReport: FrameReport?
-        if let report {
-            guard let src = cfg.source, src.velodyne == nil else {
-                throw ValidationError(
-                    "--report needs source.recording in \(config) (a live source has no ground truth)")
-            }
-            frameReport = try FrameReport(path: report, deadlineSeconds: src.deadline, startNs: Clock.monotonicNs())
-        }
-        let fr = frameReport
-        let frameBytes = max(1 << 20, maxFrameBytes(cfg.synthetic, agentID: cfg.agentID))
-        let onResult: FeatureAgent.ResultHandler = { r in fr?.result(r, atNs: Clock.monotonicNs()) }
-        let agent = try FeatureAgent(
-            identity: identity, server: server ?? cfg.server, curve: curve, options: cfg.socket,
-            maxFrameBytes: frameBytes, logger: logger, onResult: onResult)
-        // Sessions to other servers of a fleet (Handover): same identity, numbering and ledger;
-        // the server key from the Handover, else the configured one (a fleet sharing one key pair).
-        let sequence = agent.sequence
-        let ledger = agent.ledger
-        let socket = cfg.socket
-        let id = identity
-        let homeCurve = curve
-        let links = Roaming(home: agent, logger: logger) { endpoint, key in
-            let c = homeCurve.map {
-                CurveClient(keyPair: $0.keyPair, serverKey: key.map { CurveKey(bytes: $0) } ?? $0.serverKey)
-            }
-            return try FeatureAgent(
-                identity: id, server: endpoint, curve: c, options: socket, maxFrameBytes: frameBytes, logger: logger,
-                onResult: onResult, sequence: sequence, ledger: ledger)
-        }
-        let stop = Locked(false)
-        let stages = AgentStageTimes()
-        var metrics: HTTPService?
-        if let port = metricsPort ?? (cfg.metricsPort == 0 ? nil : cfg.metricsPort) {
-            let e = edge
-            let text: @Sendable () -> String = {
-                agentPrometheusText(links.home, stages: stages, widthIndex: e?.widthIndex, bits: e?.bits)
-            }
-            metrics = try HTTPService(
-                host: cfg.metricsHost, port: port, routes: ["/metrics": .prometheus(text)],
-                dropsMetric: "slimsplit_metrics_clients_dropped_total", logger: logger)
-            logger.info("metrics", metadata: ["url": "http://\(cfg.metricsHost):\(metrics!.port)/metrics"])
-        }
-        let signals = onShutdownSignal { stop.withLock { $0 = true } }
-        let consumer = Task { await agent.run() }
-        logger.info("streaming", metadata: ["agent": "\(cfg.agentID)", "server": "\(agent.endpoint.endpoint)"])
+        let cfg = try AgentConfig.load(file: config)
+        var o = AgentServices.Overrides()
+        o.server = server
+        o.frames = frames
+        o.metricsPort = metricsPort
+        o.reportPath = report
+        let agent = try AgentServices(config: cfg, overrides: o, logger: logger)
+        let group = agent.group(logger: logger)
+        let signals = onShutdownSignal { Task { await group.triggerGracefulShutdown() } }
         let start = Clock.monotonicNs()
-        var velodyne: VelodyneInput?
-        if let edge, let src = cfg.source {
-            let loop = try EdgeAgent(links: links, edge: edge, source: src, stages: stages, logger: logger)
-            if let live = src.velodyne {
-                velodyne = try await loop.live(live, frames: frames, stop: stop)
-            } else {
-                try await loop.replay(frames: frames, stop: stop, report: frameReport)
-            }
-        } else {
-            await runSynthetic(agent: agent, source: cfg.synthetic, seed: 1, stop: stop)
-        }
-        // Give the last frames time to be acknowledged (by whichever server they went to).
-        let deadline = Clock.monotonicNs() + 2_000_000_000
-        while ledger.unacked > 0, Clock.monotonicNs() < deadline { await sleepSeconds(0.02) }
-        if let frameReport {
-            // Results of the last frames may still be on their way.
-            let until = Clock.monotonicNs() + frameReport.deadlineNs + 500_000_000
-            while Clock.monotonicNs() < until { await sleepSeconds(0.05) }
-        }
-        await links.closeAll()
-        await consumer.value
-        metrics?.close()
+        try await group.run()
         _ = signals
+        let links = agent.links
+        let frameReport = agent.report
+        let velodyne = agent.velodyne
         print(agentTable([links.home] + links.mirrors, seconds: Double(Clock.monotonicNs() - start) / 1e9).render())
         if let frameReport {
             frameReport.close()
@@ -169,7 +96,7 @@ struct AgentCommand: AsyncParsableCommand {
             )
         }
         if let summary { try writeSummary(links, report: frameReport, velodyne: velodyne, to: summary) }
-        if ledger.counts.acked == 0 { throw ExitCode(1) }
+        if links.home.ledger.counts.acked == 0 { throw ExitCode(1) }
     }
 
     /// The `--summary` JSON: what a script checking a session needs from each agent.

@@ -1,11 +1,12 @@
 import SlimAgent
 import SlimConfig
-import SlimPipeline
 import SlimTransport
 import SlimWire
 
 /// Drives a `FeatureAgent` with synthetic feature maps at a fixed rate.
-func runSynthetic(agent: FeatureAgent, source: AgentConfig.SyntheticSource, seed: UInt64, stop: Locked<Bool>) async {
+public func runSynthetic(agent: FeatureAgent, source: AgentConfig.SyntheticSource, seed: UInt64, stop: Locked<Bool>)
+    async
+{
     var features = SyntheticFeatures(
         channels: source.channels, height: source.height, width: source.width,
         bits: source.bits, occupancy: source.occupancy, seed: seed)
@@ -33,7 +34,7 @@ func runSynthetic(agent: FeatureAgent, source: AgentConfig.SyntheticSource, seed
 }
 
 /// Largest frame a synthetic source can produce (the send buffers' size).
-func maxFrameBytes(_ s: AgentConfig.SyntheticSource, agentID: String) -> Int {
+public func maxFrameBytes(_ s: AgentConfig.SyntheticSource, agentID: String) -> Int {
     let f = FeatureFrameHeader(
         agentID: agentID, sequence: 0, captureTimeNs: 0, modelID: "synthetic", widthIndex: 0,
         bits: UInt8(s.bits), channels: s.channels, height: s.height, width: s.width,
@@ -41,22 +42,4 @@ func maxFrameBytes(_ s: AgentConfig.SyntheticSource, agentID: String) -> Int {
             scales: .init(repeating: 1, count: s.channels), zeroPoints: .init(repeating: 0, count: s.channels)),
         masked: true)
     return FeatureFrameEncoder.maxEncodedLength(f)
-}
-
-func agentTable(_ agents: [FeatureAgent], seconds: Double) -> TextTable {
-    var t = TextTable([
-        "agent", "frames", "acked", "results", "replaced", "KB/frame", "kbit/s", "RTT p50 ms", "RTT p99 ms", "control",
-    ])
-    for a in agents {
-        let s = a.stats
-        let kb = s.framesSubmitted > 0 ? Double(s.bytesSubmitted) / Double(s.framesSubmitted) / 1024 : 0
-        let control = s.control.map { "epoch \($0.epoch)" } ?? "none"
-        t.add([
-            a.identity.agentID, "\(s.framesSubmitted)", "\(s.acks)", "\(s.results)",
-            "\(s.framesReplaced + s.framesNoBuffer)", fmt(kb, 2),
-            fmt(Double(s.bytesAcked) * 8 / 1000 / max(seconds, 1e-9), 0),
-            s.rttPercentileMs(50).map { fmt($0, 2) } ?? "-", s.rttPercentileMs(99).map { fmt($0, 2) } ?? "-", control,
-        ])
-    }
-    return t
 }

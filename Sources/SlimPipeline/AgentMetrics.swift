@@ -1,10 +1,9 @@
 import Glibc
 import SlimAgent
 import SlimEngine
-import SlimPipeline
 
 /// Prometheus text for an agent: frames, acks, results, drops, bytes, RTT, goodput, stages.
-func agentPrometheusText(_ a: FeatureAgent, stages: AgentStageTimes, widthIndex: Int?, bits: Int?) -> String {
+public func agentPrometheusText(_ a: FeatureAgent, stages: AgentStageTimes, widthIndex: Int?, bits: Int?) -> String {
     let s = a.stats
     let id = a.identity.agentID
     var l: [String] = []
