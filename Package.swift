@@ -57,12 +57,15 @@ let package = Package(
         // SIGINT / SIGTERM for graceful shutdown (a self-pipe signal handler).
         .target(name: "CShutdown"),
 
+        // The few things every layer shares: the system clock, the lock, rate-limited logging.
+        .target(
+            name: "SlimCore", dependencies: [.product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         // Wire format: messages, CRC-32C, bit packing, feature payloads (Protocol/PROTOCOL.md).
         .target(name: "SlimWire", dependencies: ["CKernels", "CLZ4"], swiftSettings: strict),
         // ZeroMQ transport: single-owner socket threads, CurveZMQ + ZAP, zero-copy sends.
         .target(
             name: "SlimTransport",
-            dependencies: ["CZeroMQ", "SlimWire", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CZeroMQ", "SlimCore", "SlimWire", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
         // YAML configuration files, validated with errors that name file and key (a reader only:
         // the server's and agent's configs are in SlimPipeline, so sensors link no transport).
@@ -71,7 +74,7 @@ let package = Package(
         .target(
             name: "SlimServer",
             dependencies: [
-                "SlimWire", "SlimTransport", "SlimEngine", .product(name: "Logging", package: "swift-log"),
+                "SlimCore", "SlimWire", "SlimTransport", "SlimEngine", .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict),
@@ -94,7 +97,7 @@ let package = Package(
         .target(
             name: "SlimFleet",
             dependencies: [
-                "SlimWire", "SlimConfig",
+                "SlimCore", "SlimWire", "SlimConfig",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -105,7 +108,7 @@ let package = Package(
         .target(
             name: "SlimAgent",
             dependencies: [
-                "SlimWire", "SlimTransport", "SlimEngine", "SlimSensors",
+                "SlimCore", "SlimWire", "SlimTransport", "SlimEngine", "SlimSensors",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
@@ -119,15 +122,16 @@ let package = Package(
         .target(
             name: "SlimPipeline",
             dependencies: [
-                "SlimWire", "SlimTransport", "SlimConfig", "SlimEngine", "SlimSensors", "SlimAgent", "SlimServer",
-                "SlimLive", "SlimFleet", .product(name: "Logging", package: "swift-log"),
+                "SlimCore", "SlimWire", "SlimTransport", "SlimConfig", "SlimEngine", "SlimSensors", "SlimAgent",
+                "SlimServer", "SlimLive", "SlimFleet", .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict),
         .executableTarget(
             name: "slimsplit",
             dependencies: [
-                "SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "SlimEngine", "SlimSensors",
+                "SlimCore", "SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "SlimEngine",
+                "SlimSensors",
                 "SlimPipeline", "SlimLive", "SlimFleet", "CZeroMQ", "TestSupport",
                 "CShutdown",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -138,7 +142,8 @@ let package = Package(
         .executableTarget(
             name: "slimsplit-bench",
             dependencies: [
-                "SlimWire", "SlimTransport", "SlimEngine", "SlimSensors", "SlimPipeline", "CZeroMQ", "CAllocCounter",
+                "SlimCore", "SlimWire", "SlimTransport", "SlimEngine", "SlimSensors", "SlimPipeline", "CZeroMQ",
+                "CAllocCounter",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -148,7 +153,8 @@ let package = Package(
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "SlimWireTests", dependencies: ["SlimWire"], swiftSettings: strict),
         .testTarget(name: "SlimEngineTests", dependencies: ["SlimEngine", "CAllocCounter"], swiftSettings: strict),
-        .testTarget(name: "SlimSensorsTests", dependencies: ["SlimSensors", "SlimEngine", "TestSupport"], swiftSettings: strict),
+        .testTarget(
+            name: "SlimSensorsTests", dependencies: ["SlimSensors", "SlimEngine", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "SlimPipelineTests",
             dependencies: ["SlimPipeline", "SlimAgent", "SlimEngine", "SlimSensors", "CAllocCounter"],

@@ -1,6 +1,6 @@
 import SlimEngine
 import SlimSensors
-import SlimTransport
+import SlimCore
 import SlimWire
 
 /// The agent's per-frame pipeline up to the wire: points → BEV grid → int8 encoder at the
@@ -119,18 +119,18 @@ public final class EdgeEncoder: @unchecked Sendable {
     public func encode(_ points: UnsafeBufferPointer<SIMD4<Float>>, sensorHeight: Float) -> (
         channels: Int, height: Int, width: Int, masked: Bool
     ) {
-        let t0 = Clock.monotonicNs()
+        let t0 = SystemClock.monotonicNs()
         featurizer.featurize(points, sensorHeight: sensorHeight, into: bev)
-        let t1 = Clock.monotonicNs()
+        let t1 = SystemClock.monotonicNs()
         if floatEncoder {
             let r = encodeFloat()
-            lastStageSeconds = (Double(t1 - t0) / 1e9, Double(Clock.monotonicNs() - t1) / 1e9, 0)
+            lastStageSeconds = (Double(t1 - t0) / 1e9, Double(SystemClock.monotonicNs() - t1) / 1e9, 0)
             return r
         }
         let out = encoder.runInt8(bev)
-        let t2 = Clock.monotonicNs()
+        let t2 = SystemClock.monotonicNs()
         defer {
-            lastStageSeconds = (Double(t1 - t0) / 1e9, Double(t2 - t1) / 1e9, Double(Clock.monotonicNs() - t2) / 1e9)
+            lastStageSeconds = (Double(t1 - t0) / 1e9, Double(t2 - t1) / 1e9, Double(SystemClock.monotonicNs() - t2) / 1e9)
         }
         let c = out.channels
         let h = out.height

@@ -298,7 +298,7 @@ public final class FeatureAgent: Sendable {
             s.stats.framesSubmitted += 1
             s.stats.bytesSubmitted += bytes.count
         }
-        enqueue(buffer, length: bytes.count, sequence: sequence, now: Clock.monotonicNs(), force: resend)
+        enqueue(buffer, length: bytes.count, sequence: sequence, now: SystemClock.monotonicNs(), force: resend)
         return true
     }
 
@@ -310,7 +310,7 @@ public final class FeatureAgent: Sendable {
     /// keeps the cap either way.)
     public func rateCapped() -> Bool {
         state.withLock { s in
-            guard Self.capped(s, Clock.monotonicNs()) else { return false }
+            guard Self.capped(s, SystemClock.monotonicNs()) else { return false }
             s.stats.framesRateCapped += 1
             return true
         }
@@ -333,7 +333,7 @@ public final class FeatureAgent: Sendable {
         // The server's Control caps the rate (PROTOCOL.md §4.5): a frame sooner than 1/max_rate_hz
         // after the last one accepted is not sent, and counted.
         let capped = state.withLock { s -> Bool in
-            let now = Clock.monotonicNs()
+            let now = SystemClock.monotonicNs()
             if Self.capped(s, now) {
                 s.stats.framesRateCapped += 1
                 return true
@@ -349,9 +349,9 @@ public final class FeatureAgent: Sendable {
         var h = header
         h.agentID = identity.agentID
         h.sequence = sequence.next()
-        let t0 = Clock.monotonicNs()
+        let t0 = SystemClock.monotonicNs()
         let length = encoder.withLock { $0.encoder.encode(h, dense: dense, mask: mask, into: buffer.bytes).length }
-        let now = Clock.monotonicNs()
+        let now = SystemClock.monotonicNs()
         state.withLock { s in
             s.sequence = h.sequence
             s.stats.lastPackSeconds = Double(now - t0) / 1e9
@@ -403,7 +403,7 @@ public final class FeatureAgent: Sendable {
 
     /// The link is free again (an Ack, or a new connection): send the waiting frame, if any.
     private func linkFree(acked sequence: UInt64?) {
-        let now = Clock.monotonicNs()
+        let now = SystemClock.monotonicNs()
         let next: Held? = state.withLock { s in
             if let sequence, let f = s.inFlight, sequence < f { return nil }  // an older frame's Ack
             s.inFlight = nil
@@ -433,7 +433,7 @@ public final class FeatureAgent: Sendable {
     }
 
     private func handle(_ m: ReceivedMessage) {
-        let now = Clock.monotonicNs()
+        let now = SystemClock.monotonicNs()
         do throws(WireError) {
             switch try Message.decode(m.message.bytes) {
             case .ack(let ack):

@@ -1,5 +1,5 @@
 import Logging
-import SlimTransport
+import SlimCore
 import SlimWire
 
 /// One move of an agent from one server to another.
@@ -16,7 +16,7 @@ public struct RoamingEvent: Sendable, Equatable {
     public var to: String
     /// Monotonic ns when the agent made `to` its home, and the wall-clock time then.
     public var atNs: UInt64
-    public var atWallNs: UInt64 = Clock.wallNs()
+    public var atWallNs: UInt64 = SystemClock.wallNs()
     /// The last Result taken from the old home (monotonic ns; 0: none).
     public var lastOldResultNs: UInt64
     /// For a failover: when the old home's oldest unacknowledged frame was sent (the silence began).
@@ -201,7 +201,7 @@ public final class Roaming: Sendable {
 
     /// A Handover from one of the links (its run task calls this).
     private func received(_ h: Handover, on endpoint: String) {
-        let now = Clock.monotonicNs()
+        let now = SystemClock.monotonicNs()
         var toClose: [Link] = []
         state.withLock { s in
             guard endpoint == s.home.endpoint, h.epoch > s.home.epoch else {

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import SlimCore
 import SlimWire
 import Synchronization
 
@@ -53,7 +54,7 @@ public final class FleetMembership: Sendable {
     /// The Handovers to send an agent whose latest accepted frame was taken at (x, y).
     public func observe(agent: String, x: Double, y: Double) -> [Handover] {
         let view = registry.view
-        let now = UInt64(DispatchTime.now().uptimeNanoseconds)
+        let now = SystemClock.monotonicNs()
         let out = policy.withLock { $0.observe(agent: agent, x: x, y: y, view: view, nowNs: now) }
         if !out.isEmpty { sent.withLock { for h in out { $0[h.action, default: 0] += 1 } } }
         return out

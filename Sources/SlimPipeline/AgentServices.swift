@@ -66,7 +66,7 @@ public final class AgentServices: Sendable {
             guard let src = cfg.source, src.velodyne == nil else {
                 throw PipelineError("--report needs source.recording (a live source has no ground truth)")
             }
-            report = try FrameReport(path: path, deadlineSeconds: src.deadline, startNs: Clock.monotonicNs())
+            report = try FrameReport(path: path, deadlineSeconds: src.deadline, startNs: SystemClock.monotonicNs())
         } else {
             report = nil
         }
@@ -74,7 +74,7 @@ public final class AgentServices: Sendable {
         var synthetic = cfg.synthetic
         if let n = overrides.frames { synthetic.frames = n }
         let frameBytes = max(1 << 20, maxFrameBytes(synthetic, agentID: cfg.agentID))
-        let onResult: FeatureAgent.ResultHandler = { r in fr?.result(r, atNs: Clock.monotonicNs()) }
+        let onResult: FeatureAgent.ResultHandler = { r in fr?.result(r, atNs: SystemClock.monotonicNs()) }
         let home = try FeatureAgent(
             identity: identity, server: overrides.server ?? cfg.server, curve: curve, options: cfg.socket,
             maxFrameBytes: frameBytes, logger: logger, onResult: onResult)
@@ -185,12 +185,12 @@ final class SourceService: Service, Sendable {
             stop.withLock { $0 = true }
         }
         let ledger = links.home.ledger
-        let deadline = Clock.monotonicNs() + 2_000_000_000
-        while ledger.unacked > 0, Clock.monotonicNs() < deadline { try? await Task.sleep(for: .milliseconds(20)) }
+        let deadline = SystemClock.monotonicNs() + 2_000_000_000
+        while ledger.unacked > 0, SystemClock.monotonicNs() < deadline { try? await Task.sleep(for: .milliseconds(20)) }
         if let report {
             // Results of the last frames may still be on their way.
-            let until = Clock.monotonicNs() + report.deadlineNs + 500_000_000
-            while Clock.monotonicNs() < until { try? await Task.sleep(for: .milliseconds(50)) }
+            let until = SystemClock.monotonicNs() + report.deadlineNs + 500_000_000
+            while SystemClock.monotonicNs() < until { try? await Task.sleep(for: .milliseconds(50)) }
         }
     }
 }

@@ -118,7 +118,7 @@ public final class CooperativeSession: @unchecked Sendable {
                 curve: CurveClient(keyPair: agentKeys[a]!, serverKey: serverKeys.publicKey),
                 maxFrameBytes: 1 << 20, logger: logger
             ) { r in
-                let now = monotonicNow()
+                let now = SystemClock.monotonicNs()
                 results.withLock { $0[a, default: [:]][r.sequence] = (r, now) }
             }
             feature[a] = fa
@@ -134,14 +134,14 @@ public final class CooperativeSession: @unchecked Sendable {
             for f in feature.values { f.endpoint.close() }
             router.close()
         }
-        let startNs = monotonicNow()
+        let startNs = SystemClock.monotonicNs()
         let span = frames.last!.timeNs - frames[0].timeNs
         let period = frames.count > 1 ? span / UInt64(frames.count - 1) : 100_000_000
         for loop in 0..<max(config.loops, 1) {
             for (fi, f) in frames.enumerated() {
                 if config.realTime {
                     let due = startNs + UInt64(loop) * (span + period) + (f.timeNs - frames[0].timeNs)
-                    let now = monotonicNow()
+                    let now = SystemClock.monotonicNs()
                     if due > now { try await Task.sleep(nanoseconds: due - now) }
                 }
                 var sent: [String: (seq: UInt64, t0: UInt64)] = [:]
@@ -150,7 +150,7 @@ public final class CooperativeSession: @unchecked Sendable {
                     let af = f.agents[a]!
                     let e = edge[a]!
                     let pose = af.measuredPose ?? af.pose!
-                    let t0 = monotonicNow()
+                    let t0 = SystemClock.monotonicNs()
                     // Live (real time): the wall clock at capture, so that latency reads true; else the recording's clock.
                     let captureNs =
                         config.realTime
@@ -158,7 +158,7 @@ public final class CooperativeSession: @unchecked Sendable {
                     let shape = af.points.withUnsafeBufferPointer {
                         e.encode($0, sensorHeight: Float((af.pose ?? pose).position.z))
                     }
-                    let t1 = monotonicNow()
+                    let t1 = SystemClock.monotonicNs()
                     var h = FeatureFrameHeader(
                         agentID: a, sequence: 0, captureTimeNs: captureNs, position: pose.position,
                         orientation: pose.orientation,
@@ -173,7 +173,7 @@ public final class CooperativeSession: @unchecked Sendable {
                             }
                         }
                     }
-                    let t2 = monotonicNow()
+                    let t2 = SystemClock.monotonicNs()
                     let seqBefore = feature[a]!.stats.framesSubmitted
                     let n = e.dense.withUnsafeBufferPointer { d in
                         e.mask.withUnsafeBytes { m in feature[a]!.submit(h, dense: d, mask: shape.masked ? m : nil) }
@@ -202,8 +202,8 @@ public final class CooperativeSession: @unchecked Sendable {
                         detections: Self.filter(alone, own: gt.own), groundTruth: Self.boxes(gt.boxes))
                 }
                 // Wait for every agent's Result for this frame.
-                let deadline = monotonicNow() + 10_000_000_000
-                while monotonicNow() < deadline {
+                let deadline = SystemClock.monotonicNs() + 10_000_000_000
+                while SystemClock.monotonicNs() < deadline {
                     let got = results.value
                     if agents.allSatisfy({ got[$0]?[sent[$0]!.seq] != nil }) { break }
                     try await Task.sleep(nanoseconds: 200_000)
@@ -262,4 +262,3 @@ public struct PipelineError: Error, CustomStringConvertible {
     public init(_ d: String) { description = d }
 }
 
-func monotonicNow() -> UInt64 { Clock.monotonicNs() }

@@ -3,7 +3,7 @@ import Logging
 import SlimAgent
 import SlimEngine
 import SlimSensors
-import SlimTransport
+import SlimCore
 import SlimWire
 
 /// The edge agent's loop: frames from a source (a recording replayed at its recorded rate, or
@@ -50,12 +50,12 @@ public final class EdgeAgent {
     /// Sends one sweep (points in the agent's frame, z relative to the sensor); returns the bytes
     /// submitted, or nil when the rate cap or the link refused it.
     public func send(_ points: [SIMD4<Float>], pose: Pose3, sensorHeight: Double) -> Int? {
-        links.step(now: Clock.monotonicNs())
+        links.step(now: SystemClock.monotonicNs())
         adapt()
         guard !agent.rateCapped() else { return nil }
         let shape = points.withUnsafeBufferPointer { edge.encode($0, sensorHeight: Float(sensorHeight)) }
         let h = FeatureFrameHeader(
-            agentID: agent.identity.agentID, sequence: 0, captureTimeNs: Clock.wallNs(),
+            agentID: agent.identity.agentID, sequence: 0, captureTimeNs: SystemClock.wallNs(),
             position: pose.position, orientation: pose.orientation, modelID: edge.modelID,
             widthIndex: UInt8(edge.widthIndex), bits: UInt8(edge.bits), channels: shape.channels,
             height: shape.height, width: shape.width, quant: .model, masked: shape.masked, codec: .lz4)
@@ -123,13 +123,13 @@ public final class EdgeAgent {
         // Loops continue the recorded rhythm: the first sweep again one frame period after the last.
         let span = mine.last!.timeNs - mine[0].timeNs
         let period = mine.count > 1 ? span / UInt64(mine.count - 1) : 100_000_000
-        var start = Clock.monotonicNs()
+        var start = SystemClock.monotonicNs()
         repeat {
-            defer { start = max(start + span + period, Clock.monotonicNs()) }
+            defer { start = max(start + span + period, SystemClock.monotonicNs()) }
             for (fi, f) in mine.enumerated() {
                 if stop.value || (frames.map { sent >= $0 } ?? false) { return }
                 let due = start + (f.timeNs - mine[0].timeNs)
-                let now = Clock.monotonicNs()
+                let now = SystemClock.monotonicNs()
                 if due > now { try await Task.sleep(nanoseconds: due - now) }
                 let af = f.agents[source.agent]!
                 guard let truth = af.pose else { continue }
@@ -140,12 +140,12 @@ public final class EdgeAgent {
                     report.sent(
                         sequence: agent.lastSequence,
                         .init(
-                            frame: fi, dueNs: due, wallNs: Clock.wallNs(), widthIndex: edge.widthIndex, bits: edge.bits,
+                            frame: fi, dueNs: due, wallNs: SystemClock.wallNs(), widthIndex: edge.widthIndex, bits: edge.bits,
                             threshold: edge.threshold,
                             bytes: bytes, goodputBytesPerSecond: agent.goodput.bytesPerSecond,
                             rttNs: agent.goodput.lastRTTNs,
                             truth: CooperativeSession.boxes(gt.boxes), own: gt.own))
-                    report.expire(atNs: Clock.monotonicNs())
+                    report.expire(atNs: SystemClock.monotonicNs())
                 }
                 sent += 1
             }

@@ -1,7 +1,7 @@
 import Foundation
 import SlimEngine
 import SlimSensors
-import SlimTransport
+import SlimCore
 import SlimWire
 
 /// `slimsplit agent --report FILE`: one JSON line per frame the agent replays, written when the

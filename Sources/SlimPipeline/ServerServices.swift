@@ -129,7 +129,7 @@ public final class ServerServices: Sendable {
         let live = self.live
         fusionServer.observe { outs, _ in
             for o in outs { recorder?.record(o) }
-            live?.fused(outs, nowWallNs: Clock.wallNs())
+            live?.fused(outs, nowWallNs: SystemClock.wallNs())
         }
 
         var list: [ServiceGroupConfiguration.ServiceConfiguration] = []
@@ -189,7 +189,7 @@ struct UplinkBudgetService: Service {
         var lastCaps: [String: UplinkBudget.Cap] = [:]
         while await napUnlessStopping(Int(interval * 1000)) {
             let stats = server.stats
-            let now = Clock.wallNs()
+            let now = SystemClock.wallNs()
             let agents = fusion.agentPoses.filter { now &- $0.captureNs < 5_000_000_000 || $0.captureNs > now }
                 .map { p in
                     let frames = stats[p.agent]?.frames ?? 0
@@ -228,15 +228,15 @@ struct Housekeeping: Service {
     let logger: Logger
 
     func run() async throws {
-        let start = Clock.monotonicNs()
+        let start = SystemClock.monotonicNs()
         var lastStatus = start
         var lastLive = start
         while await napUnlessStopping(200) {
             recorder?.flushIfDue()
-            let now = Clock.monotonicNs()
+            let now = SystemClock.monotonicNs()
             if let live, now - lastLive >= 500_000_000 {
                 lastLive = now
-                live.tick(server: server, fusion: fusion, nowWallNs: Clock.wallNs())
+                live.tick(server: server, fusion: fusion, nowWallNs: SystemClock.wallNs())
             }
             if let duration, duration > 0, Double(now - start) / 1e9 >= duration {
                 logger.info("shutting down", metadata: ["reason": "duration"])

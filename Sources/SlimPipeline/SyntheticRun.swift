@@ -1,6 +1,6 @@
 import SlimAgent
 import SlimConfig
-import SlimTransport
+import SlimCore
 import SlimWire
 
 /// Drives a `FeatureAgent` with synthetic feature maps at a fixed rate.
@@ -14,11 +14,11 @@ public func runSynthetic(agent: FeatureAgent, source: AgentConfig.SyntheticSourc
         agentID: agent.identity.agentID, widthIndex: source.widthIndex,
         masked: source.mask, lz4: source.lz4)
     let period = UInt64(1e9 / source.rateHz)
-    let start = Clock.monotonicNs()
+    let start = SystemClock.monotonicNs()
     var n = 0
     while !stop.value, source.frames == 0 || n < source.frames {
         var h = header
-        h.captureTimeNs = Clock.wallNs()
+        h.captureTimeNs = SystemClock.wallNs()
         if let c = agent.control, c.maxBits < h.bits { h.bits = c.maxBits }  // respect the server's cap
         features.dense.withUnsafeBufferPointer { dense in
             features.mask.withUnsafeBytes { mask in
@@ -28,7 +28,7 @@ public func runSynthetic(agent: FeatureAgent, source: AgentConfig.SyntheticSourc
         n += 1
         features.next()
         let due = start + UInt64(n) * period
-        let now = Clock.monotonicNs()
+        let now = SystemClock.monotonicNs()
         if due > now { try? await Task.sleep(nanoseconds: due - now) }
     }
 }

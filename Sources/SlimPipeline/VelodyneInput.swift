@@ -84,7 +84,7 @@ public final class VelodyneInput: @unchecked Sendable {
                     return (sweep, s.assembler!.counters)
                 }
                 if let sweep { deliver(sweep) }
-                let now = Clock.monotonicNs()
+                let now = SystemClock.monotonicNs()
                 for (reason, n) in counters where n != logged[reason] && now &- (lastLog[reason] ?? 0) > 10_000_000_000 {
                     lastLog[reason] = now
                     logged[reason] = n
@@ -92,22 +92,22 @@ public final class VelodyneInput: @unchecked Sendable {
                 }
             }
             if let capture {
-                let start = Clock.monotonicNs()
+                let start = SystemClock.monotonicNs()
                 let t0 = capture.first?.timeNs ?? 0
                 for d in capture {
                     if stop.value || state.withLock({ $0.closed }) { break }
                     let due = start + (d.timeNs &- t0)
-                    let now = Clock.monotonicNs()
+                    let now = SystemClock.monotonicNs()
                     if due > now { usleep(useconds_t(min((due - now) / 1000, 1_000_000))) }
                     d.payload.withUnsafeBytes { take($0) }
                 }
             } else {
                 var buf = [UInt8](repeating: 0, count: 65536)
-                var quietSince = Clock.monotonicNs()
+                var quietSince = SystemClock.monotonicNs()
                 while !stop.value, !state.withLock({ $0.closed }) {
                     var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
                     if poll(&p, 1, 100) <= 0 {
-                        if Clock.monotonicNs() - quietSince > 300_000_000,
+                        if SystemClock.monotonicNs() - quietSince > 300_000_000,
                             let sweep = state.withLock({ $0.assembler!.flush() })
                         {
                             deliver(sweep)
@@ -117,7 +117,7 @@ public final class VelodyneInput: @unchecked Sendable {
                     while true {
                         let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
                         if n < 0 { break }
-                        quietSince = Clock.monotonicNs()
+                        quietSince = SystemClock.monotonicNs()
                         buf.withUnsafeBytes { take(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
                     }
                 }

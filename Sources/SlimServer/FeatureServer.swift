@@ -177,9 +177,9 @@ public final class FeatureServer: Sendable {
                     if let check, let problem = check(hello.agentID, h) { throw problem }
                     session.lastSequence = h.sequence
                     sessions[route] = session
-                    let now = Clock.monotonicNs()
+                    let now = SystemClock.monotonicNs()
                     let ack = Ack(
-                        sequence: h.sequence, receiveTimeNs: Clock.wallNs() &- (now &- m.receivedAtNs),
+                        sequence: h.sequence, receiveTimeNs: SystemClock.wallNs() &- (now &- m.receivedAtNs),
                         bytesReceived: UInt32(bytes.count),
                         queueDelayNs: UInt32(clamping: now &- m.receivedAtNs))
                     endpoint.send(to: route, length: ack.encodedLength) { ack.encode(into: $0) }

@@ -98,9 +98,9 @@ public final class FusionServer: Service, Sendable {
             switch trigger {
             case .arrival(let rate):
                 let gapNs = UInt64(1e9 / max(rate, 0.001))
-                let now = Clock.monotonicNs()
+                let now = SystemClock.monotonicNs()
                 if now < last &+ gapNs { try? await Task.sleep(nanoseconds: last &+ gapNs - now) }
-                last = Clock.monotonicNs()
+                last = SystemClock.monotonicNs()
                 pass(fusion, only: nil)
             case .allOf(let agents):
                 if Set(fusion.pending).isSuperset(of: agents) { pass(fusion, only: nil) }
@@ -112,12 +112,12 @@ public final class FusionServer: Service, Sendable {
     }
 
     private func pass(_ fusion: FusionService, only: [String]?) {
-        let t0 = Clock.monotonicNs()
+        let t0 = SystemClock.monotonicNs()
         let outs = fusion.tick(only: only)
         guard !outs.isEmpty else { return }
-        let now = Clock.wallNs()
+        let now = SystemClock.wallNs()
         for o in outs { server.send(fusion.result(o, fusionTimeNs: now), toAgent: o.agent) }
-        let dt = Double(Clock.monotonicNs() - t0) / 1e9
+        let dt = Double(SystemClock.monotonicNs() - t0) / 1e9
         passSeconds.withLock { p in
             if p.count >= 4096 { p.removeFirst(p.count - 4095) }
             p.append(dt)

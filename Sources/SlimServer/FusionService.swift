@@ -1,7 +1,7 @@
 import Foundation
 import Logging
 import SlimEngine
-import SlimTransport
+import SlimCore
 import SlimWire
 
 /// Fuses the agents' features and answers each agent with detections in its own frame.
@@ -162,9 +162,9 @@ public final class FusionService: @unchecked Sendable {
     /// shape does not match the model's transmitted map.
     @discardableResult
     public func ingest(agent: String, _ f: FeatureFrameDecoder.Decoded) -> Bool {
-        let t0 = monotonicSeconds()
+        let t0 = SystemClock.monotonicSeconds()
         defer {
-            let dt = monotonicSeconds() - t0
+            let dt = SystemClock.monotonicSeconds() - t0
             lock.lock()
             addStage("dequantize", dt)
             lock.unlock()
@@ -314,10 +314,10 @@ public final class FusionService: @unchecked Sendable {
             DispatchQueue.concurrentPerform(iterations: workers) { w in
                 for k in stride(from: w, to: jobsCopy.count, by: workers) {
                     let j = jobsCopy[k]
-                    let t0 = monotonicSeconds()
+                    let t0 = SystemClock.monotonicSeconds()
                     let boxes = dets[w].detect(
                         ego: j.names.firstIndex(of: j.ego)!, agents: j.inputs, fusion: fusionMode)
-                    let dt = monotonicSeconds() - t0
+                    let dt = SystemClock.monotonicSeconds() - t0
                     let st = dets[w].lastStageSeconds
                     results.withLock { $0[k] = (boxes, dt, (st.warpFuse, st.head, st.nms)) }
                 }
@@ -365,4 +365,3 @@ public final class FusionService: @unchecked Sendable {
     }
 }
 
-func monotonicSeconds() -> Double { Double(Clock.monotonicNs()) / 1e9 }

@@ -298,7 +298,7 @@ final class SocketLoop: @unchecked Sendable {
                 more = zmq_msg_more(part.msg) != 0
             }
             let event = ReceivedMessage(
-                routingID: routing, message: msg, receivedAtNs: Clock.monotonicNs(),
+                routingID: routing, message: msg, receivedAtNs: SystemClock.monotonicNs(),
                 peerName: zap == nil ? nil : msg.property("User-Id"), extraParts: extra)
             let dropped: Bool
             if case .dropped = continuation.yield(.message(event)) { dropped = true } else { dropped = false }

@@ -138,22 +138,6 @@ public final class ZMQMessage: @unchecked Sendable {
     }
 }
 
-/// Monotonic and wall-clock time in nanoseconds.
-public enum Clock {
-    public static func monotonicNs() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-    }
-
-    /// Nanoseconds since the Unix epoch, as the protocol's timestamps are.
-    public static func wallNs() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-    }
-}
-
 /// The string in a NUL-terminated C buffer (without the deprecated array overload).
 public func cString(_ buffer: [CChar]) -> String {
     buffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }

@@ -4,7 +4,7 @@ import Foundation
 import SlimEngine
 import SlimPipeline
 import SlimSensors
-import SlimTransport
+import SlimCore
 
 /// The edge encoder at every width, float and int8, one thread, on every kernel path asked for.
 struct EncoderBench: ParsableCommand {
@@ -113,9 +113,9 @@ struct EncoderBench: ParsableCommand {
         // Width switching: a field write, no allocation.
         let switches = 1_000_000
         let a0 = slim_alloc_count()
-        let t0 = Clock.monotonicNs()
+        let t0 = SystemClock.monotonicNs()
         for i in 0..<switches { encoder.widthIndex = i % m.architecture.widths.count }
-        let switchNs = Double(Clock.monotonicNs() - t0) / Double(switches)
+        let switchNs = Double(SystemClock.monotonicNs() - t0) / Double(switches)
         let doc: [String: Any] = [
             "benchmark": "encoder", "model": model, "input_shape": [c, h, w], "sparse": !dense, "threads": 1,
             "runs": runs,
@@ -189,9 +189,9 @@ struct EncoderBench: ParsableCommand {
         let a0 = slim_alloc_count()
         for _ in 0..<runs {
             setup()
-            let t = Clock.monotonicNs()
+            let t = SystemClock.monotonicNs()
             body()
-            times.append(Double(Clock.monotonicNs() - t) / 1e6)
+            times.append(Double(SystemClock.monotonicNs() - t) / 1e6)
         }
         let allocs = Double(slim_alloc_count() - a0) / Double(runs)
         times.sort()

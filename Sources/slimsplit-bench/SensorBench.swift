@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 import SlimEngine
 import SlimSensors
-import SlimTransport
+import SlimCore
 
 /// Simulator and featurizer throughput, one core.
 struct SensorBench: ParsableCommand {
@@ -21,28 +21,28 @@ struct SensorBench: ParsableCommand {
         config.duration = 5
         var sim = Simulator(config: config, seed: 1)
         var frames: [SimFrame] = []
-        let t0 = Clock.monotonicNs()
+        let t0 = SystemClock.monotonicNs()
         for _ in 0..<sim.frameCount { frames.append(sim.next()) }
-        let simS = Double(Clock.monotonicNs() - t0) / 1e9
+        let simS = Double(SystemClock.monotonicNs() - t0) / 1e9
         let path = NSTemporaryDirectory() + "slimsplit-bench-\(getpid()).mcap"
-        let t1 = Clock.monotonicNs()
+        let t1 = SystemClock.monotonicNs()
         let w = try RecordingWriter(path: path)
         for f in frames { try w.write(f) }
         try w.finish()
-        let writeS = Double(Clock.monotonicNs() - t1) / 1e9
+        let writeS = Double(SystemClock.monotonicNs() - t1) / 1e9
         try? FileManager.default.removeItem(atPath: path)
 
         let featurizer = BEVFeaturizer()
         let out = FloatTensor(height: 128, width: 128, channels: 8)
         let clouds = frames.flatMap { $0.agents.map(\.points) }
         let total = clouds.reduce(0) { $0 + $1.count }
-        let t2 = Clock.monotonicNs()
+        let t2 = SystemClock.monotonicNs()
         var reps = 0
         repeat {
             for c in clouds { c.withUnsafeBufferPointer { featurizer.featurize($0, sensorHeight: 1.9, into: out) } }
             reps += 1
-        } while Clock.monotonicNs() - t2 < 1_000_000_000
-        let featS = Double(Clock.monotonicNs() - t2) / 1e9
+        } while SystemClock.monotonicNs() - t2 < 1_000_000_000
+        let featS = Double(SystemClock.monotonicNs() - t2) / 1e9
         let doc: [String: Any] = [
             "benchmark": "sensors", "scene": scene, "agents": sim.agentIDs.count, "frames": frames.count,
             "lidar": ["beams": config.lidar.beams, "azimuth_resolution_deg": config.lidar.azimuthResolution],

@@ -112,18 +112,18 @@ struct WireBench: ParsableCommand {
         let decoder = FeatureFrameDecoder()
         let iterations = max(20, 50_000_000 / (cs.c * cs.h * cs.w))
         var length = 0
-        let t0 = Clock.monotonicNs()
+        let t0 = SystemClock.monotonicNs()
         features.dense.withUnsafeBufferPointer { d in
             out.withUnsafeMutableBytes { o in
                 for _ in 0..<iterations { length = encoder.encode(header, dense: d, mask: nil, into: o).length }
             }
         }
-        let t1 = Clock.monotonicNs()
+        let t1 = SystemClock.monotonicNs()
         try out.withUnsafeBytes { o in
             let m = UnsafeRawBufferPointer(rebasing: o[0..<length])
             for _ in 0..<iterations { _ = try decoder.decode(try Envelope.open(m), messageLength: length) }
         }
-        let t2 = Clock.monotonicNs()
+        let t2 = SystemClock.monotonicNs()
         return (Double(t1 - t0) / 1e3 / Double(iterations), Double(t2 - t1) / 1e3 / Double(iterations))
     }
 
@@ -149,7 +149,7 @@ struct WireBench: ParsableCommand {
         let pool = SendBufferPool(count: 16, bufferSize: FeatureFrameEncoder.maxEncodedLength(header))
         let decoder = FeatureFrameDecoder()
         let dense = features.dense
-        let stopAt = Clock.monotonicNs() + UInt64(seconds * 1e9)
+        let stopAt = SystemClock.monotonicNs() + UInt64(seconds * 1e9)
         let sentBox = Locked(0)
         let wireBox = Locked(0)
 
@@ -161,7 +161,7 @@ struct WireBench: ParsableCommand {
             var n = 0
             var wire = 0
             dense.withUnsafeBufferPointer { d in
-                while Clock.monotonicNs() < stopAt {
+                while SystemClock.monotonicNs() < stopAt {
                     if framed {
                         guard let b = pool.take() else {
                             sched_yield()
@@ -187,7 +187,7 @@ struct WireBench: ParsableCommand {
             sentBox.withLock { $0 = n }
             wireBox.withLock { $0 = wire }
         }
-        let t0 = Clock.monotonicNs()
+        let t0 = SystemClock.monotonicNs()
         sender.start()
         var received = 0
         var id = zmq_msg_t()
@@ -209,7 +209,7 @@ struct WireBench: ParsableCommand {
             }
             received += 1
         }
-        let elapsed = Double(Clock.monotonicNs() - t0) / 1e9
+        let elapsed = Double(SystemClock.monotonicNs() - t0) / 1e9
         zmq_msg_close(&id)
         zmq_msg_close(&msg)
         while sentBox.value == 0 && received > 0 && !sender.isFinished { usleep(1000) }

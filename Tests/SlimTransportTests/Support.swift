@@ -16,8 +16,8 @@ let testLogger: Logger = {
 /// Polls `condition` every 10 ms until it holds or `seconds` pass; returns whether it held.
 /// Tests wait on outcomes, never assert durations.
 func eventually(_ seconds: Double = 10, _ condition: () -> Bool) async -> Bool {
-    let deadline = Clock.monotonicNs() + UInt64(seconds * 1e9)
-    while Clock.monotonicNs() < deadline {
+    let deadline = SystemClock.monotonicNs() + UInt64(seconds * 1e9)
+    while SystemClock.monotonicNs() < deadline {
         if condition() { return true }
         try? await Task.sleep(nanoseconds: 10_000_000)
     }
@@ -80,9 +80,9 @@ final class TestAgent: Sendable {
     func stream(_ count: Int) async -> Bool {
         for _ in 0..<count {
             let before = agent.stats.acks
-            let deadline = Clock.monotonicNs() + 20_000_000_000
+            let deadline = SystemClock.monotonicNs() + 20_000_000_000
             var acked = false
-            while !acked, Clock.monotonicNs() < deadline {
+            while !acked, SystemClock.monotonicNs() < deadline {
                 Self.dense.withUnsafeBufferPointer { _ = agent.submit(Self.header, dense: $0, mask: nil) }
                 acked = await eventually(2, { self.agent.stats.acks > before })
             }

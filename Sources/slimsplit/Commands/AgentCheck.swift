@@ -74,14 +74,14 @@ enum AgentCheck {
                 identity: identity, server: endpoint, curve: curve, options: cfg.socket, maxFrameBytes: 1 << 16,
                 logger: logger)
             let consumer = Task { await agent.run() }
-            let t0 = Clock.monotonicNs()
-            while agent.control == nil, Clock.monotonicNs() - t0 < 5_000_000_000 {
+            let t0 = SystemClock.monotonicNs()
+            while agent.control == nil, SystemClock.monotonicNs() - t0 < 5_000_000_000 {
                 try? await Task.sleep(nanoseconds: 20_000_000)
             }
             if let c = agent.control {
                 line(
                     true, "server",
-                    "\(endpoint) answered the Hello (Control epoch \(c.epoch)) in \((Clock.monotonicNs() - t0) / 1_000_000) ms"
+                    "\(endpoint) answered the Hello (Control epoch \(c.epoch)) in \((SystemClock.monotonicNs() - t0) / 1_000_000) ms"
                 )
             } else {
                 line(

@@ -8,7 +8,7 @@ import SlimLive
 import SlimPipeline
 import SlimSensors
 import SlimServer
-import SlimTransport
+import SlimCore
 import SlimWire
 
 struct AgentCommand: AsyncParsableCommand {
@@ -71,13 +71,13 @@ struct AgentCommand: AsyncParsableCommand {
         let agent = try AgentServices(config: cfg, overrides: o, logger: logger)
         let group = agent.group(logger: logger)
         let signals = onShutdownSignal { Task { await group.triggerGracefulShutdown() } }
-        let start = Clock.monotonicNs()
+        let start = SystemClock.monotonicNs()
         try await group.run()
         _ = signals
         let links = agent.links
         let frameReport = agent.report
         let velodyne = agent.velodyne
-        print(agentTable([links.home] + links.mirrors, seconds: Double(Clock.monotonicNs() - start) / 1e9).render())
+        print(agentTable([links.home] + links.mirrors, seconds: Double(SystemClock.monotonicNs() - start) / 1e9).render())
         if let frameReport {
             frameReport.close()
             let s = frameReport.summary

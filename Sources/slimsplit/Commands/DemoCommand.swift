@@ -103,7 +103,7 @@ struct DemoCommand: AsyncParsableCommand {
         }
 
         let stop = Locked(false)
-        let start = Clock.monotonicNs()
+        let start = SystemClock.monotonicNs()
         let producers = agents.enumerated().map { i, a in
             Task { await runSynthetic(agent: a, source: sources[i], seed: UInt64(i + 1), stop: stop) }
         }
@@ -111,20 +111,20 @@ struct DemoCommand: AsyncParsableCommand {
             while !Task.isCancelled {
                 await sleepSeconds(1)
                 if Task.isCancelled { break }
-                print("\n[\(fmt(Double(Clock.monotonicNs() - start) / 1e9, 0)) s]")
+                print("\n[\(fmt(Double(SystemClock.monotonicNs() - start) / 1e9, 0)) s]")
                 print(serverTable(server).render())
             }
         }
         for p in producers { await p.value }
-        let deadline = Clock.monotonicNs() + 3_000_000_000
-        while Clock.monotonicNs() < deadline,
+        let deadline = SystemClock.monotonicNs() + 3_000_000_000
+        while SystemClock.monotonicNs() < deadline,
             agents.contains(where: { $0.stats.acks < $0.stats.framesSubmitted - $0.stats.framesReplaced })
                 || reference?.isRunning == true
         {
             await sleepSeconds(0.05)
         }
         live.cancel()
-        let elapsed = Double(Clock.monotonicNs() - start) / 1e9
+        let elapsed = Double(SystemClock.monotonicNs() - start) / 1e9
         var referenceOK = true
         if let reference {
             if reference.isRunning { reference.terminate() }
@@ -168,7 +168,7 @@ struct DemoCommand: AsyncParsableCommand {
                 host: "127.0.0.1", port: livePort, token: nil, metrics: { "" }, logger: Logger(label: "slimsplit.live"))
             let lastState = Locked<UInt64>(0)
             session.onFused = { outs, server, fusion in
-                let now = Clock.wallNs()
+                let now = SystemClock.wallNs()
                 view.fused(outs, nowWallNs: now)
                 let due = lastState.withLock { last in
                     guard now &- last >= 500_000_000 else { return false }

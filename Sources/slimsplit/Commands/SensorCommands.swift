@@ -47,17 +47,17 @@ struct RecordCommand: ParsableCommand {
         var bar = ProgressBar("record \(config.name)", total: sim.frameCount)
         var simNs: UInt64 = 0
         var points = 0
-        let start = Clock.monotonicNs()
+        let start = SystemClock.monotonicNs()
         for i in 0..<sim.frameCount {
-            let t0 = Clock.monotonicNs()
+            let t0 = SystemClock.monotonicNs()
             let frame = sim.next()
-            simNs += Clock.monotonicNs() - t0
+            simNs += SystemClock.monotonicNs() - t0
             points += frame.agents.reduce(0) { $0 + $1.points.count }
             try writer.write(frame)
             bar.update(i + 1)
         }
         try writer.finish()
-        let wall = Double(Clock.monotonicNs() - start) / 1e9
+        let wall = Double(SystemClock.monotonicNs() - start) / 1e9
         let simulated = Double(sim.frameCount) / config.rate
         let size = (try? FileManager.default.attributesOfItem(atPath: out)[.size] as? Int) ?? 0
         print(
@@ -160,7 +160,7 @@ struct ReplayCommand: ParsableCommand {
         var counts: [Int] = []
         var packets = 0
         var outOfRange = 0
-        let start = Clock.monotonicNs()
+        let start = SystemClock.monotonicNs()
         var loops = 0
         repeat {
             for (i, (t, points)) in sweeps.enumerated() {
@@ -172,7 +172,7 @@ struct ReplayCommand: ParsableCommand {
                     let at = sweepStart + Double(k) / Double(enc.packets.count) * period / speed
                     if let sender {
                         let due = start + UInt64(at * 1e9)
-                        let now = Clock.monotonicNs()
+                        let now = SystemClock.monotonicNs()
                         if due > now { usleep(useconds_t((due - now) / 1000)) }
                         sender.send(p)
                     } else {
