@@ -1,6 +1,6 @@
+import SlimCore
 import SlimEngine
 import SlimSensors
-import SlimCore
 import SlimWire
 
 /// The agent's per-frame pipeline up to the wire: points → BEV grid → int8 encoder at the
@@ -13,12 +13,12 @@ public final class EdgeEncoder: @unchecked Sendable {
     public let model: SlimmableModel
     public let featurizer: BEVFeaturizer
     public let encoder: SlimmableEncoder
-    public let quantization: [String: FeatureQuantization]
+    public let quantization: [QuantKey: FeatureQuantization]
     /// The model's rate–accuracy table (nil when the file has none), for `WidthController`.
     public let rateAccuracy: [RateAccuracyEntry]?
-    /// Requantization tables by `widthIndex * 9 + bits` (an integer key: a string key would
-    /// allocate on every frame).
-    private let tables: [[UInt8]?]
+    /// Requantization tables from the int8 encoder's output code to each transmitted quantization's
+    /// (one lookup per value; hashing the key is once per frame).
+    private let tables: [QuantKey: [UInt8]]
     private let bev: FloatTensor
     /// Channel-major codes of the last frame (C × H × W at the current width).
     public private(set) var dense: [UInt8]
@@ -42,13 +42,12 @@ public final class EdgeEncoder: @unchecked Sendable {
         encoder = SlimmableEncoder(model: model, inputHeight: grid.height, inputWidth: grid.width)
         quantization = try FeatureQuantization.all(in: st)
         rateAccuracy = try RateAccuracyEntry.table(in: st, quantization: quantization)
-        var t = [[UInt8]?](repeating: nil, count: model.architecture.widths.count * 9)
+        var t: [QuantKey: [UInt8]] = [:]
         for (key, q) in quantization {
-            let parts = key.split(separator: ".")
-            guard let wi = Int(parts[0]), let b = Int(parts[1]), wi < model.architecture.widths.count,
-                let out = model.int8?[wi][encoder.outputLayer].output
+            guard key.widthIndex < model.architecture.widths.count,
+                let out = model.int8?[key.widthIndex][encoder.outputLayer].output
             else { continue }
-            t[wi * 9 + b] = q.table(from: out)
+            t[key] = q.table(from: out)
         }
         tables = t
         bev = FloatTensor(height: grid.height, width: grid.width, channels: BEVGrid.channels)
@@ -68,7 +67,7 @@ public final class EdgeEncoder: @unchecked Sendable {
         let h = out.height
         let w = out.width
         let cells = h * w
-        guard let q = quantization["\(widthIndex).\(bits)"] else {
+        guard let q = quantization[QuantKey(widthIndex: widthIndex, bits: bits)] else {
             preconditionFailure("no feature quantization for width \(widthIndex), \(bits) bits in \(model.file)")
         }
         let qmax = Float((1 << bits) - 1)
@@ -96,7 +95,7 @@ public final class EdgeEncoder: @unchecked Sendable {
     /// The last frame's features as the server dequantizes them (H × W × C, NHWC), for
     /// evaluating the pipeline offline; cells outside the mask are 0.
     public func dequantized(into t: FloatTensor, channels c: Int, height h: Int, width w: Int, masked: Bool) {
-        let q = quantization["\(widthIndex).\(bits)"]!
+        let q = quantization[QuantKey(widthIndex: widthIndex, bits: bits)]!
         t.reshape(height: h, width: w, channels: c)
         let cells = h * w
         for cell in 0..<cells {
@@ -108,7 +107,8 @@ public final class EdgeEncoder: @unchecked Sendable {
     /// Bit depths the model has parameters for at every width, as a Hello `bits_mask`.
     public var bitsMask: UInt8 {
         var m: UInt8 = 0
-        for b in 1...8 where model.architecture.widths.indices.allSatisfy({ quantization["\($0).\(b)"] != nil }) {
+        for b in 1...8
+        where model.architecture.widths.indices.allSatisfy({ quantization[QuantKey(widthIndex: $0, bits: b)] != nil }) {
             m |= 1 << (b - 1)
         }
         return m
@@ -130,13 +130,17 @@ public final class EdgeEncoder: @unchecked Sendable {
         let out = encoder.runInt8(bev)
         let t2 = SystemClock.monotonicNs()
         defer {
-            lastStageSeconds = (Double(t1 - t0) / 1e9, Double(t2 - t1) / 1e9, Double(SystemClock.monotonicNs() - t2) / 1e9)
+            lastStageSeconds = (
+                Double(t1 - t0) / 1e9, Double(t2 - t1) / 1e9, Double(SystemClock.monotonicNs() - t2) / 1e9
+            )
         }
         let c = out.channels
         let h = out.height
         let w = out.width
         let cells = h * w
-        guard (1...8).contains(bits), let table = tables[widthIndex * 9 + bits], let q = encoder.outputQuant else {
+        guard (1...8).contains(bits), let table = tables[QuantKey(widthIndex: widthIndex, bits: bits)],
+            let q = encoder.outputQuant
+        else {
             preconditionFailure("no feature quantization for width \(widthIndex), \(bits) bits in \(model.file)")
         }
         let masked = threshold > 0

@@ -98,7 +98,7 @@ public final class EdgeAgent {
             let wi = min(fixedWidth, Int(caps.maxWidthIndex))
             let bits =
                 (1...min(source.bits, max(Int(caps.maxBits), 1))).last {
-                    edge.quantization["\(wi).\($0)"] != nil
+                    edge.quantization[QuantKey(widthIndex: wi, bits: $0)] != nil
                 } ?? source.bits
             if wi != edge.widthIndex || bits != edge.bits {
                 logger.info("capped by the server", metadata: ["width_index": "\(wi)", "bits": "\(bits)"])

@@ -70,7 +70,7 @@ public final class FusionService: @unchecked Sendable {
     public let options: Options
     private let detectors: [CooperativeDetector]  // one per worker thread
     private var detector: CooperativeDetector { detectors[0] }
-    private let quantization: [String: FeatureQuantization]
+    private let quantization: [QuantKey: FeatureQuantization]
     private let lock = NSLock()
     private var slots: [String: Slot] = [:]
     /// Maps a running tick reads (by identity, with a count): ingest never writes into them.
@@ -145,7 +145,7 @@ public final class FusionService: @unchecked Sendable {
             return WireError(.modelMismatch, "frame has \(h.channels) channels, the model's map at most \(maxChannels)")
         }
         if case .model = h.quant {
-            guard let q = quantization["\(h.widthIndex).\(h.bits)"] else {
+            guard let q = quantization[QuantKey(widthIndex: Int(h.widthIndex), bits: Int(h.bits))] else {
                 return WireError(
                     .modelMismatch, "the model has no quantization for width index \(h.widthIndex) at \(h.bits) bits")
             }
@@ -183,7 +183,7 @@ public final class FusionService: @unchecked Sendable {
         switch h.quant {
         case .inline(let s, let z): params = (s, z.map(Float.init))
         case .model:
-            guard let q = quantization["\(h.widthIndex).\(h.bits)"], q.scale.count == h.channels else { return false }
+            guard let q = quantization[QuantKey(widthIndex: Int(h.widthIndex), bits: Int(h.bits))], q.scale.count == h.channels else { return false }
             params = (q.scale, q.zeroPoint)
             empty = q.empty
         }

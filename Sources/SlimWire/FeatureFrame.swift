@@ -1,5 +1,5 @@
 /// How a frame's dequantization parameters are given (PROTOCOL.md §4.2).
-public enum QuantParams: Sendable, Equatable {
+public enum FrameQuantization: Sendable, Equatable {
     /// Per-channel scale and zero point, carried in the frame.
     case inline(scales: [Float], zeroPoints: [UInt8])
     /// The model's static parameters for this width and bit depth.
@@ -28,7 +28,7 @@ public struct FeatureFrameHeader: Sendable, Equatable {
     public var channels: Int
     public var height: Int
     public var width: Int
-    public var quant: QuantParams
+    public var quant: FrameQuantization
     public var masked: Bool
     public var codec: PayloadCodec
     /// Payload length once the codec is undone: mask bytes + packed value bytes.
@@ -38,7 +38,7 @@ public struct FeatureFrameHeader: Sendable, Equatable {
         agentID: String, sequence: UInt64, captureTimeNs: UInt64,
         position: SIMD3<Double> = .zero, orientation: SIMD4<Double> = SIMD4(0, 0, 0, 1),
         modelID: String, widthIndex: UInt8, bits: UInt8, channels: Int, height: Int, width: Int,
-        quant: QuantParams, masked: Bool = false, codec: PayloadCodec = .none, rawLength: Int = 0
+        quant: FrameQuantization, masked: Bool = false, codec: PayloadCodec = .none, rawLength: Int = 0
     ) {
         self.agentID = agentID
         self.sequence = sequence

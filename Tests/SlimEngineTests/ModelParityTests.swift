@@ -61,7 +61,7 @@ enum ModelParity {
             encoder.widthIndex = wi
             let bg = encoder.plans[encoder.outputLayer].qBackground[wi]
             for bits in [8, 4, 2] {
-                guard let q = quant["\(wi).\(bits)"], let empty = q.empty, let oq = encoder.outputQuant else {
+                guard let q = quant[QuantKey(widthIndex: wi, bits: bits)], let empty = q.empty, let oq = encoder.outputQuant else {
                     continue
                 }
                 let table = q.table(from: oq)

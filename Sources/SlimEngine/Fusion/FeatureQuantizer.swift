@@ -1,5 +1,17 @@
 import Foundation
 
+/// Which of the model's transmitted-feature quantizations: a width index and a bit depth (the
+/// `features.{width}.{bits}.*` tensors of the model file).
+public struct QuantKey: Hashable, Sendable, CustomStringConvertible {
+    public var widthIndex: Int
+    public var bits: Int
+    public init(widthIndex: Int, bits: Int) {
+        self.widthIndex = widthIndex
+        self.bits = bits
+    }
+    public var description: String { "\(widthIndex).\(bits)" }
+}
+
 /// The transmitted features' per-channel affine quantization (`features.{width}.{bits}.scale`
 /// and `.zero_point` in the model file): q = clamp(round(x / scale[c] + zp[c]), 0, 2^bits − 1),
 /// x ≈ (q − zp[c]) · scale[c]. The agent quantizes its int8 encoder output with it; the server
@@ -20,9 +32,9 @@ public struct FeatureQuantization: Sendable {
         self.empty = empty
     }
 
-    /// Every (width, bits) pair the model file carries, keyed by "width_index.bits".
-    public static func all(in st: Safetensors) throws(ModelFileError) -> [String: FeatureQuantization] {
-        var out: [String: FeatureQuantization] = [:]
+    /// Every (width, bits) pair the model file carries.
+    public static func all(in st: Safetensors) throws(ModelFileError) -> [QuantKey: FeatureQuantization] {
+        var out: [QuantKey: FeatureQuantization] = [:]
         for name in st.tensors.keys where name.hasPrefix("features.") && name.hasSuffix(".scale") {
             let parts = name.split(separator: ".")
             guard parts.count == 4, let wi = Int(parts[1]), let bits = Int(parts[2]), (1...8).contains(bits) else {
@@ -45,7 +57,8 @@ public struct FeatureQuantization: Sendable {
                     kind: .tensor, file: st.file, subject: "features.\(wi).\(bits).empty",
                     problem: "values must be finite")
             }
-            out["\(wi).\(bits)"] = FeatureQuantization(scale: s, zeroPoint: z, bits: bits, empty: e)
+            out[QuantKey(widthIndex: wi, bits: bits)] = FeatureQuantization(
+                scale: s, zeroPoint: z, bits: bits, empty: e)
         }
         return out
     }

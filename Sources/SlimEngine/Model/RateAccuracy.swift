@@ -23,7 +23,7 @@ public struct RateAccuracyEntry: Sendable, Equatable {
     /// `training/evaluate.py --write-table` (docs/model-format.md). Entries the file cannot serve
     /// (no feature quantization for that width and depth) are refused.
     /// - Returns: nil when the file has no table.
-    public static func table(in st: Safetensors, quantization: [String: FeatureQuantization]) throws(ModelFileError)
+    public static func table(in st: Safetensors, quantization: [QuantKey: FeatureQuantization]) throws(ModelFileError)
         -> [Self]?
     {
         guard let text = st.metadata["rate_accuracy"] else { return nil }
@@ -31,7 +31,7 @@ public struct RateAccuracyEntry: Sendable, Equatable {
     }
 
     /// The table from its JSON text (the value of metadata `rate_accuracy` in `file`).
-    public static func table(json text: String, file: String, quantization: [String: FeatureQuantization])
+    public static func table(json text: String, file: String, quantization: [QuantKey: FeatureQuantization])
         throws(ModelFileError) -> [Self]
     {
         func fail(_ problem: String) -> ModelFileError {
@@ -50,7 +50,7 @@ public struct RateAccuracyEntry: Sendable, Equatable {
                 throw fail("entries[\(i)]: needs width_index, bits, bytes and ap50")
             }
             let threshold = (e["threshold"] as? NSNumber)?.doubleValue ?? 0
-            guard quantization["\(wi).\(bits)"] != nil else {
+            guard quantization[QuantKey(widthIndex: wi, bits: bits)] != nil else {
                 throw fail("entries[\(i)]: no feature quantization for width index \(wi) at \(bits) bits")
             }
             // Ranges a real table lies in: a map is at most a message (1 GiB is the largest limit),

@@ -37,9 +37,13 @@ func fuzzSafetensors(_ input: UnsafeRawBufferPointer) {
 // The rate–accuracy table (model metadata `rate_accuracy`, JSON) against a model that serves
 // widths 0–2 at 4 and 8 bits. Invariant: every accepted entry is servable and in range, and the
 // table written back as JSON reads as the same table.
-private let quantization: [String: FeatureQuantization] = {
-    var q: [String: FeatureQuantization] = [:]
-    for w in 0..<3 { for b in [4, 8] { q["\(w).\(b)"] = FeatureQuantization(scale: [1], zeroPoint: [0], bits: b) } }
+private let quantization: [QuantKey: FeatureQuantization] = {
+    var q: [QuantKey: FeatureQuantization] = [:]
+    for w in 0..<3 {
+        for b in [4, 8] {
+            q[QuantKey(widthIndex: w, bits: b)] = FeatureQuantization(scale: [1], zeroPoint: [0], bits: b)
+        }
+    }
     return q
 }()
 
@@ -47,7 +51,8 @@ func fuzzRateTable(_ input: UnsafeRawBufferPointer) {
     guard let table = tableOf(String(decoding: input, as: UTF8.self)) else { return }
     for e in table {
         invariant(
-            quantization["\(e.widthIndex).\(e.bits)"] != nil && e.bytes > 0 && e.bytes <= Double(1 << 30)
+            quantization[QuantKey(widthIndex: e.widthIndex, bits: e.bits)] != nil && e.bytes > 0
+                && e.bytes <= Double(1 << 30)
                 && (0...100).contains(e.ap50) && (0...1e6).contains(e.threshold), "an invalid entry was accepted: \(e)")
     }
     let entries: [[String: Any]] = table.map {
