@@ -23,6 +23,7 @@ let package = Package(
         .library(name: "SlimTransport", targets: ["SlimTransport"]),
         // For Tests/Fuzz (a package of its own, built with libFuzzer and AddressSanitizer).
         .library(name: "SlimEngine", targets: ["SlimEngine"]),
+        .library(name: "SlimPerception", targets: ["SlimPerception"]),
         .library(name: "SlimSensors", targets: ["SlimSensors"]),
         .library(name: "SlimConfig", targets: ["SlimConfig"]),
         .library(name: "SlimPipeline", targets: ["SlimPipeline"]),
@@ -74,7 +75,7 @@ let package = Package(
         .target(
             name: "SlimServer",
             dependencies: [
-                "SlimCore", "SlimWire", "SlimTransport", "SlimEngine", .product(name: "Logging", package: "swift-log"),
+                "SlimCore", "SlimWire", "SlimTransport", "SlimEngine", "SlimPerception", .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict),
@@ -83,7 +84,7 @@ let package = Package(
         .target(
             name: "SlimLive",
             dependencies: [
-                "SlimServer", "SlimEngine",
+                "SlimServer", "SlimEngine", "SlimPerception",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -108,12 +109,15 @@ let package = Package(
         .target(
             name: "SlimAgent",
             dependencies: [
-                "SlimCore", "SlimWire", "SlimTransport", "SlimEngine", "SlimSensors",
+                "SlimCore", "SlimWire", "SlimTransport", "SlimEngine", "SlimPerception", "SlimSensors",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
         // Neural engine: NHWC tensors, float and int8 kernels, slimmable layers, safetensors models.
         .target(name: "SlimEngine", dependencies: ["CKernels"], swiftSettings: strict),
+        // Perception on the engine: the transmitted features' quantization and the model's
+        // rate-accuracy table, cooperative detection (warp, fusion, head, NMS), BEV boxes, AP.
+        .target(name: "SlimPerception", dependencies: ["SlimEngine"], swiftSettings: strict),
         // Sensor streams: MCAP (ROS 2) recording and replay, LiDAR scene simulator, BEV featurizer.
         .target(
             name: "SlimSensors", dependencies: ["CKernels", "CLZ4", "CZstd", "SlimEngine", "SlimConfig"],
@@ -122,7 +126,7 @@ let package = Package(
         .target(
             name: "SlimPipeline",
             dependencies: [
-                "SlimCore", "SlimWire", "SlimTransport", "SlimConfig", "SlimEngine", "SlimSensors", "SlimAgent",
+                "SlimCore", "SlimWire", "SlimTransport", "SlimConfig", "SlimEngine", "SlimPerception", "SlimSensors", "SlimAgent",
                 "SlimServer", "SlimLive", "SlimFleet", .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -130,7 +134,7 @@ let package = Package(
         .executableTarget(
             name: "slimsplit",
             dependencies: [
-                "SlimCore", "SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "SlimEngine",
+                "SlimCore", "SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "SlimEngine", "SlimPerception",
                 "SlimSensors",
                 "SlimPipeline", "SlimLive", "SlimFleet", "CZeroMQ", "TestSupport",
                 "CShutdown",
@@ -142,7 +146,7 @@ let package = Package(
         .executableTarget(
             name: "slimsplit-bench",
             dependencies: [
-                "SlimCore", "SlimWire", "SlimTransport", "SlimEngine", "SlimSensors", "SlimPipeline", "CZeroMQ",
+                "SlimCore", "SlimWire", "SlimTransport", "SlimEngine", "SlimPerception", "SlimSensors", "SlimPipeline", "CZeroMQ",
                 "CAllocCounter",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -152,17 +156,17 @@ let package = Package(
         // Running subprocesses from tests without blocking the concurrency pool.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "SlimWireTests", dependencies: ["SlimWire"], swiftSettings: strict),
-        .testTarget(name: "SlimEngineTests", dependencies: ["SlimEngine", "CAllocCounter"], swiftSettings: strict),
+        .testTarget(name: "SlimEngineTests", dependencies: ["SlimEngine", "SlimPerception", "CAllocCounter"], swiftSettings: strict),
         .testTarget(
             name: "SlimSensorsTests", dependencies: ["SlimSensors", "SlimEngine", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "SlimPipelineTests",
-            dependencies: ["SlimPipeline", "SlimAgent", "SlimEngine", "SlimSensors", "CAllocCounter"],
+            dependencies: ["SlimPipeline", "SlimAgent", "SlimEngine", "SlimPerception", "SlimSensors", "CAllocCounter"],
             swiftSettings: strict),
         .testTarget(
             name: "SlimTransportTests",
             dependencies: [
-                "SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "SlimEngine", "SlimSensors",
+                "SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "SlimEngine", "SlimPerception", "SlimSensors",
                 "SlimPipeline", "SlimLive", "SlimFleet", "CZeroMQ", "TestSupport",
             ],
             swiftSettings: strict),

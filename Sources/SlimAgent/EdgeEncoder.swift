@@ -1,5 +1,6 @@
 import SlimCore
 import SlimEngine
+import SlimPerception
 import SlimSensors
 import SlimWire
 

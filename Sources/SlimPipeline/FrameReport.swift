@@ -1,5 +1,6 @@
 import Foundation
 import SlimEngine
+import SlimPerception
 import SlimSensors
 import SlimCore
 import SlimWire

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import SlimEngine
+import SlimPerception
 import SlimCore
 import SlimWire
 

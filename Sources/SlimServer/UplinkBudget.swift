@@ -1,5 +1,6 @@
 import Foundation
 import SlimEngine
+import SlimPerception
 
 /// Shares a region's uplink budget between agents in proportion to what each contributes, and
 /// turns each share into a cap (`Control`: largest width index and bit depth).

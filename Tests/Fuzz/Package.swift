@@ -18,6 +18,7 @@ let package = Package(
                 .product(name: "SlimWire", package: "SlimSplit"),
                 .product(name: "SlimSensors", package: "SlimSplit"),
                 .product(name: "SlimEngine", package: "SlimSplit"),
+                .product(name: "SlimPerception", package: "SlimSplit"),
                 .product(name: "SlimConfig", package: "SlimSplit"),
                 .product(name: "SlimPipeline", package: "SlimSplit"),
                 .product(name: "SlimServer", package: "SlimSplit"),

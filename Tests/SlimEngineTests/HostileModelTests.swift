@@ -1,3 +1,4 @@
+import SlimPerception
 import Foundation
 import Testing
 

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import SlimAgent
 import SlimEngine
+import SlimPerception
 import SlimSensors
 import Testing
 

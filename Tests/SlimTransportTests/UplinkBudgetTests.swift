@@ -1,6 +1,7 @@
 import Foundation
 import SlimAgent
 import SlimEngine
+import SlimPerception
 import SlimServer
 import SlimTransport
 import Testing

@@ -1,4 +1,5 @@
 import SlimEngine
+import SlimPerception
 
 /// Chooses width, bit depth and sparsity so that each frame arrives before its deadline at the
 /// best accuracy the link allows.

@@ -82,7 +82,9 @@ public final class FloatConv2d: @unchecked Sendable {
         willSet { precondition(newValue.isSupported, "kernel path \(newValue) is not supported on this CPU") }
     }
     let inPerGroup: Int, outPerGroup: Int, chunks: Int
-    let packed: UnsafeMutableBufferPointer<SIMD16<Float>>
+    /// The packed weights, in the kernel's layout (a layer that mixes several convolutions' weights,
+    /// like the rotation-steered fusion, writes them here).
+    public let packed: UnsafeMutableBufferPointer<SIMD16<Float>>
     let bias: UnsafeMutableBufferPointer<SIMD16<Float>>
     let depthwise: Bool
     /// Zero-padded copy of the input (grown once to the largest input, then reused).

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import SlimEngine
+import SlimPerception
 import SlimPipeline
 
 struct EvalCommand: AsyncParsableCommand {

@@ -1,5 +1,6 @@
 import Foundation
 import SlimEngine
+import SlimPerception
 
 // The safetensors reader and the architecture validation behind it (edge encoder, server
 // detector, rate–accuracy table). Invariants: every tensor the reader accepts lies inside the

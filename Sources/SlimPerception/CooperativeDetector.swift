@@ -1,4 +1,5 @@
 import Foundation
+import SlimEngine
 
 /// The server half of the cooperative detector (`server` in the model file): zero fill, the
 /// pose-conditioned channel mixing `rotate` (when the model has it), warp of every agent's

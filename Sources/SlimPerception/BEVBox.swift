@@ -1,4 +1,5 @@
 import Foundation
+import SlimEngine
 
 /// A detected or ground-truth box in the BEV plane of one frame.
 public struct BEVBox: Sendable, Equatable {

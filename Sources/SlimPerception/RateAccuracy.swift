@@ -1,4 +1,5 @@
 import Foundation
+import SlimEngine
 
 /// One configuration of the model's measured rate–accuracy table.
 public struct RateAccuracyEntry: Sendable, Equatable {

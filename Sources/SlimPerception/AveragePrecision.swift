@@ -1,3 +1,5 @@
+import SlimEngine
+
 /// BEV average precision as `training/evaluate.py` computes it: detections matched greedily by
 /// score to unused ground-truth boxes at an IoU threshold; AP = area under the interpolated
 /// precision–recall curve (all points), pooled over every ego frame added.

@@ -1,4 +1,5 @@
 import Foundation
+import SlimEngine
 
 /// Which of the model's transmitted-feature quantizations: a width index and a bit depth (the
 /// `features.{width}.{bits}.*` tensors of the model file).
