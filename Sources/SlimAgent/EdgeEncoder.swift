@@ -59,7 +59,7 @@ public final class EdgeEncoder: @unchecked Sendable {
         bits = 8
         let (oh, ow) = (encoder.plans[encoder.outputLayer].outHeight, encoder.plans[encoder.outputLayer].outWidth)
         dense = [UInt8](repeating: 0, count: maxOut * oh * ow)
-        mask = [UInt8](repeating: 0, count: (oh * ow + 7) / 8)
+        mask = [UInt8](repeating: 0, count: CellMask.byteCount(cells: oh * ow))
     }
 
     private func encodeFloat() -> (channels: Int, height: Int, width: Int, masked: Bool) {
@@ -83,7 +83,7 @@ public final class EdgeEncoder: @unchecked Sendable {
                     let d = src[ch] - background[ch]
                     n += d * d
                 }
-                if n > threshold * threshold { mask[cell >> 3] |= 1 << UInt8(cell & 7) }
+                if n > threshold * threshold { CellMask.insert(cell, into: &mask) }
             }
             for ch in 0..<c {
                 dense[ch * cells + cell] = UInt8(
@@ -100,7 +100,7 @@ public final class EdgeEncoder: @unchecked Sendable {
         t.reshape(height: h, width: w, channels: c)
         let cells = h * w
         for cell in 0..<cells {
-            let on = !masked || mask[cell >> 3] & (1 << UInt8(cell & 7)) != 0
+            let on = !masked || CellMask.contains(mask, cell)
             for ch in 0..<c { t.storage[cell * c + ch] = on ? q.dequantize(dense[ch * cells + cell], channel: ch) : 0 }
         }
     }
@@ -159,7 +159,7 @@ public final class EdgeEncoder: @unchecked Sendable {
                             let x = q.scale * Float(Int32(src[ch]) - Int32(background[ch]))
                             n += x * x
                         }
-                        if n > thresholdSquared { mask[cell >> 3] |= 1 << UInt8(cell & 7) }
+                        if n > thresholdSquared { CellMask.insert(cell, into: &mask) }
                     }
                     for ch in 0..<c { d[ch * cells + cell] = tb[ch * 256 + Int(src[ch])] }
                 }

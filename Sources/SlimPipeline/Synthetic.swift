@@ -18,7 +18,7 @@ public struct SyntheticFeatures {
         self.bits = bits
         self.occupancy = occupancy
         dense = [UInt8](repeating: 0, count: channels * height * width)
-        mask = [UInt8](repeating: 0, count: (height * width + 7) / 8)
+        mask = [UInt8](repeating: 0, count: CellMask.byteCount(cells: height * width))
         rng = SimRandom(state: seed)
         next()
     }
@@ -43,8 +43,8 @@ public struct SyntheticFeatures {
             for y in y0..<min(height, y0 + h) {
                 for x in x0..<min(width, x0 + w) {
                     let i = y * width + x
-                    if mask[i >> 3] & (1 << UInt8(i & 7)) == 0 { filled += 1 }
-                    mask[i >> 3] |= 1 << UInt8(i & 7)
+                    if !CellMask.contains(mask, i) { filled += 1 }
+                    CellMask.insert(i, into: &mask)
                     let r = rng.next()
                     for c in 0..<channels {
                         let v = Int((r >> UInt64(c % 56)) & 0xFF) * maxQ / 255

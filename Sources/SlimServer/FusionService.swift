@@ -1,8 +1,8 @@
 import Foundation
 import Logging
+import SlimCore
 import SlimEngine
 import SlimPerception
-import SlimCore
 import SlimWire
 
 /// Fuses the agents' features and answers each agent with detections in its own frame.
@@ -184,7 +184,9 @@ public final class FusionService: @unchecked Sendable {
         switch h.quant {
         case .inline(let s, let z): params = (s, z.map(Float.init))
         case .model:
-            guard let q = quantization[QuantKey(widthIndex: Int(h.widthIndex), bits: Int(h.bits))], q.scale.count == h.channels else { return false }
+            guard let q = quantization[QuantKey(widthIndex: Int(h.widthIndex), bits: Int(h.bits))],
+                q.scale.count == h.channels
+            else { return false }
             params = (q.scale, q.zeroPoint)
             empty = q.empty
         }
@@ -207,7 +209,7 @@ public final class FusionService: @unchecked Sendable {
             // Cells left out take the model's empty-cell value (PROTOCOL.md §4.2), else 0.
             var n = 0
             for cell in 0..<cells {
-                if m[cell >> 3] & (1 << UInt8(cell & 7)) != 0 {
+                if CellMask.contains(m, cell) {
                     for ch in 0..<c {
                         dst[cell * c + ch] = (Float(f.values[ch * k + n]) - params.zp[ch]) * params.scale[ch]
                     }
@@ -365,4 +367,3 @@ public final class FusionService: @unchecked Sendable {
             })
     }
 }
-

@@ -59,7 +59,7 @@ public struct FeatureFrameHeader: Sendable, Equatable {
 
     public var cells: Int { height * width }
     /// Mask bytes in the raw payload: ⌈H·W/8⌉ when masked, else 0.
-    public var maskLength: Int { masked ? (cells + 7) / 8 : 0 }
+    public var maskLength: Int { masked ? CellMask.byteCount(cells: cells) : 0 }
 
     var quantLength: Int {
         if case .inline(let s, _) = quant { return 1 + 5 * s.count }

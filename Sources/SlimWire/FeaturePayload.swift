@@ -44,7 +44,7 @@ public enum FeaturePayload {
         if let mask {
             for c in 0..<channels {
                 let plane = c * cells
-                for i in 0..<cells where mask[i >> 3] & (1 << UInt8(i & 7)) != 0 {
+                for i in 0..<cells where CellMask.contains(mask, i) {
                     bw.put(dense[plane + i])
                 }
             }
@@ -150,9 +150,7 @@ public enum FeaturePayload {
     ) {
         var raw = [UInt8]()
         if let mask {
-            var bytes = [UInt8](repeating: 0, count: (mask.count + 7) / 8)
-            for (i, on) in mask.enumerated() where on { bytes[i >> 3] |= 1 << UInt8(i & 7) }
-            raw += bytes
+            raw += CellMask.bytes(mask)
         }
         var packed = [UInt8](repeating: 0, count: packedLength(values: values.count, bits: bits))
         values.withUnsafeBufferPointer { v in
@@ -177,7 +175,7 @@ public enum FeaturePayload {
             return try checkRaw(h, raw: raw)
         }
         let raw = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(rawBuffer)[0..<h.rawLength])
-        let mask: [Bool]? = h.masked ? (0..<h.cells).map { raw[$0 >> 3] & (1 << UInt8($0 & 7)) != 0 } : nil
+        let mask: [Bool]? = h.masked ? CellMask.flags(raw, cells: h.cells) : nil
         let count = h.channels * sent
         var values = [UInt8](repeating: 0, count: count)
         values.withUnsafeMutableBufferPointer { out in
