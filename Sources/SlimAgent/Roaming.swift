@@ -89,10 +89,28 @@ public final class Roaming: Sendable {
         var mirrors: [Link] = []
         var standby: Handover?
         var failed: [String: UInt64] = [:]
+        /// The last `keptEvents` moves; the newest `liveEvents` of them still read their links'
+        /// statistics (first Result and Ack of the new home), older ones are frozen, so that a
+        /// long drive keeps neither an unbounded list nor closed links' send buffers alive.
         var events: [RoamingEvent] = []
-        var eventLinks: [(from: FeatureAgent, to: FeatureAgent)] = []
+        var eventLinks: [(from: FeatureAgent, to: FeatureAgent)?] = []
+        var moves: [RoamingEvent.Kind: Int] = [:]
         var retired: [AgentLinkStats] = []
         var refused = 0
+    }
+    static let keptEvents = 256
+    static let liveEvents = 8
+    static let keptRetired = 32
+
+    private static func read(_ e: RoamingEvent, _ l: (from: FeatureAgent, to: FeatureAgent)?) -> RoamingEvent {
+        guard let l else { return e }
+        var e = e
+        let new = l.to.stats
+        e.firstNewResultNs = new.firstTakenResultAtNs
+        e.firstNewAckNs = new.firstAckSinceWatchNs
+        e.firstNewAnyResultNs = new.firstResultAtNs
+        e.lastOldAnyResultNs = l.from.stats.lastResultAtNs
+        return e
     }
 
     public let options: Options
@@ -121,16 +139,10 @@ public final class Roaming: Sendable {
     public var mirrors: [FeatureAgent] { state.value.mirrors.map(\.agent) }
     public var events: [RoamingEvent] {
         let s = state.value
-        return zip(s.events, s.eventLinks).map { e, l in
-            var e = e
-            let new = l.to.stats
-            e.firstNewResultNs = new.firstTakenResultAtNs
-            e.firstNewAckNs = new.firstAckSinceWatchNs
-            e.firstNewAnyResultNs = new.firstResultAtNs
-            e.lastOldAnyResultNs = l.from.stats.lastResultAtNs
-            return e
-        }
+        return zip(s.events, s.eventLinks).map { Self.read($0, $1) }
     }
+    /// Moves since the start, by kind (``events`` keeps the last 256).
+    public var moves: [RoamingEvent.Kind: Int] { state.value.moves }
     /// Handover messages refused: from a server that is not the agent's home, or older epochs.
     public var refused: Int { state.value.refused }
     /// Every link's statistics, the closed ones included, home first.
@@ -275,6 +287,16 @@ public final class Roaming: Sendable {
                 kind: kind, from: old.endpoint, to: next.endpoint, atNs: now,
                 lastOldResultNs: old.agent.stats.lastTakenResultAtNs, silentSinceNs: silentSince))
         s.eventLinks.append((old.agent, next.agent))
+        s.moves[kind, default: 0] += 1
+        if s.eventLinks.count > Self.liveEvents {  // freeze the oldest still reading its links
+            let i = s.eventLinks.count - Self.liveEvents - 1
+            s.events[i] = Self.read(s.events[i], s.eventLinks[i])
+            s.eventLinks[i] = nil
+        }
+        if s.events.count > Self.keptEvents {
+            s.events.removeFirst(s.events.count - Self.keptEvents)
+            s.eventLinks.removeFirst(s.eventLinks.count - Self.keptEvents)
+        }
         next.agent.watchAcks(since: now)
         logger.info(
             kind == .handover ? "handover" : "failover",
@@ -305,7 +327,10 @@ public final class Roaming: Sendable {
 
     private func close(_ links: [Link]) {
         guard !links.isEmpty else { return }
-        state.withLock { s in s.retired += links.map { $0.agent.stats } }
+        state.withLock { s in
+            s.retired += links.map { $0.agent.stats }
+            if s.retired.count > Self.keptRetired { s.retired.removeFirst(s.retired.count - Self.keptRetired) }
+        }
         for l in links { l.agent.endpoint.close() }
     }
 

@@ -99,6 +99,7 @@ public final class AgentServices: Sendable {
             let stages = self.stages
             let text: @Sendable () -> String = {
                 agentPrometheusText(links.home, stages: stages, widthIndex: e?.widthIndex, bits: e?.bits)
+                    + roamingPrometheusText(links)
             }
             let m = try HTTPService(
                 host: cfg.metricsHost, port: port, routes: ["/metrics": .prometheus(text)],
@@ -193,4 +194,23 @@ final class SourceService: Service, Sendable {
             while SystemClock.monotonicNs() < until { try? await Task.sleep(for: .milliseconds(50)) }
         }
     }
+}
+
+/// Prometheus lines of an agent's moves between servers (a fleet): handovers, failovers, refused advice.
+func roamingPrometheusText(_ links: Roaming) -> String {
+    let id = links.home.identity.agentID
+    let m = links.moves
+    return """
+        # HELP slimsplit_agent_moves_total Moves to another server: handover (make-before-break) or failover (home silent).
+        # TYPE slimsplit_agent_moves_total counter
+        slimsplit_agent_moves_total{agent="\(id)",kind="handover"} \(m[.handover] ?? 0)
+        slimsplit_agent_moves_total{agent="\(id)",kind="failover"} \(m[.failover] ?? 0)
+        # HELP slimsplit_agent_handovers_refused_total Handover messages ignored: not from the agent's home, or older.
+        # TYPE slimsplit_agent_handovers_refused_total counter
+        slimsplit_agent_handovers_refused_total{agent="\(id)"} \(links.refused)
+        # HELP slimsplit_agent_frames_unacked Frames handed to a socket that no server has acknowledged yet.
+        # TYPE slimsplit_agent_frames_unacked gauge
+        slimsplit_agent_frames_unacked{agent="\(id)"} \(links.home.ledger.unacked)
+
+        """
 }

@@ -42,6 +42,16 @@ public final class DetectionRecorder: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         let world = o.worldBoxes
+        // JSON lines first: a crash between the two never leaves the recording ahead of the lines.
+        if lines != nil || publisher != nil {
+            let boxes = world.map { b in
+                "{\"x\":\(Double(b.x)),\"y\":\(Double(b.y)),\"length\":\(b.length),\"width\":\(b.width),\"yaw\":\(Double(b.yaw)),\"score\":\(b.score)}"
+            }.joined(separator: ",")
+            let line =
+                "{\"agent\":\"\(o.agent)\",\"sequence\":\(o.sequence),\"capture_time_ns\":\(o.captureTimeNs),\"fused\":[\(o.fusedAgents.map { "\"\($0)\"" }.joined(separator: ","))],\"frame\":\"map\",\"boxes\":[\(boxes)]}\n"
+            lines?.write(Data(line.utf8))
+            publisher?.publish(Array(line.dropLast().utf8))
+        }
         if let writer {
             let stamp = RosTime(ns: o.captureTimeNs)
             let dets = world.map { b in
@@ -63,15 +73,6 @@ public final class DetectionRecorder: @unchecked Sendable {
                         pose: Pose3(x: Double(o.position.x), y: Double(o.position.y), yaw: Double(o.yaw))
                     ).encoded())
             }
-        }
-        if lines != nil || publisher != nil {
-            let boxes = world.map { b in
-                "{\"x\":\(Double(b.x)),\"y\":\(Double(b.y)),\"length\":\(b.length),\"width\":\(b.width),\"yaw\":\(Double(b.yaw)),\"score\":\(b.score)}"
-            }.joined(separator: ",")
-            let line =
-                "{\"agent\":\"\(o.agent)\",\"sequence\":\(o.sequence),\"capture_time_ns\":\(o.captureTimeNs),\"fused\":[\(o.fusedAgents.map { "\"\($0)\"" }.joined(separator: ","))],\"frame\":\"map\",\"boxes\":[\(boxes)]}\n"
-            lines?.write(Data(line.utf8))
-            publisher?.publish(Array(line.dropLast().utf8))
         }
     }
 

@@ -79,7 +79,10 @@ public final class FusionServer: Service, Sendable {
     public func run() async {
         await withGracefulShutdownHandler {
             await withTaskGroup(of: Void.self) { group in
-                group.addTask { await self.server.run() }
+                group.addTask {
+                    await self.server.run()
+                    self.arrived.finish()  // the socket closed: no more frames, so fusion ends too
+                }
                 group.addTask { await self.fuseUntilShutdown() }
             }
         } onGracefulShutdown: {
