@@ -115,6 +115,9 @@ def main() -> int:
     ap.add_argument("--margin", type=float, default=15, help="overlap margin, m")
     ap.add_argument("--kill", type=int, default=None, help="index of the server to kill (default: the middle one; -1: none)")
     ap.add_argument("--kill-at", type=float, default=10, help="seconds after the agents start replaying")
+    ap.add_argument("--signal", choices=["kill", "term"], default="kill",
+                    help="kill: SIGKILL (a crash: agents fail over); term: SIGTERM (a graceful stop: the server "
+                         "revokes its lease and hands its agents to their standby)")
     ap.add_argument("--lease-ttl", type=int, default=1)
     ap.add_argument("--model", default=str(ROOT / "Models/slimsplit-bev.safetensors"))
     ap.add_argument("--workdir", default=None)
@@ -209,7 +212,7 @@ def main() -> int:
                 if s["proc"].poll() is None and (u := usage(s["proc"].pid)):
                     s["usage"], s["usage_at"] = u, time.monotonic()
             if killed_at_ns is None and kill_index >= 0 and time.monotonic() - started >= a.kill_at:
-                servers[kill_index]["proc"].send_signal(signal.SIGKILL)
+                servers[kill_index]["proc"].send_signal(signal.SIGKILL if a.signal == "kill" else signal.SIGTERM)
                 killed_at_ns = time.monotonic_ns()
             for s in servers:
                 if s["proc"].poll() is None:
@@ -268,6 +271,7 @@ def main() -> int:
             "lease_ttl_s": a.lease_ttl,
             "killed": servers[kill_index]["region"] if kill_index >= 0 else None,
             "killed_after_s": a.kill_at if kill_index >= 0 else None,
+            "signal": a.signal,
             "frames_sent": sent, "frames_acked": acked, "frames_lost": lost,
             # Sweeps no server got: replaced by a newer one while the home was silent (before a
             # failover), or refused by a full send buffer.

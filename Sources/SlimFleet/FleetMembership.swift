@@ -60,6 +60,15 @@ public final class FleetMembership: Sendable {
         return out
     }
 
+    /// The commits that send every agent this server is home to its standby (see
+    /// ``HandoverPolicy/farewells(view:)``); call after the lease is revoked.
+    public func farewells() -> [(agent: String, handover: Handover)] {
+        let view = registry.view
+        let out = policy.withLock { $0.farewells(view: view) }
+        sent.withLock { $0[.commit, default: 0] += out.count }
+        return out
+    }
+
     /// Prometheus lines: regions served, live servers, Handovers sent by action, registry errors.
     public var prometheusText: String {
         let v = registry.view

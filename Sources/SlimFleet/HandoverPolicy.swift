@@ -24,6 +24,28 @@ public struct HandoverPolicy: Sendable {
 
     public init(restateNs: UInt64 = 1_000_000_000) { self.restateNs = restateNs }
 
+    /// Leaving (a graceful shutdown, after the lease is revoked): every agent this server is home
+    /// to is told to commit to the standby it was given, so that it moves make-before-break
+    /// instead of failing over after a silence. Agents with no standby are left to fail over.
+    public mutating func farewells(view: FleetView) -> [(agent: String, handover: Handover)] {
+        var out: [(String, Handover)] = []
+        for (agent, var t) in agents where t.commit == nil {
+            guard let sb = t.standby, let m = view.members.values.first(where: { $0.endpoint == sb }), m != view.me
+            else { continue }
+            t.epoch &+= 1
+            out.append(
+                (
+                    agent,
+                    Handover(
+                        epoch: t.epoch, action: .commit, region: m.region, endpoint: m.endpoint,
+                        serverKey: m.serverKeyBytes)
+                ))
+            t.commit = m.endpoint
+            agents[agent] = t
+        }
+        return out.sorted { $0.0 < $1.0 }
+    }
+
     /// Forget what an agent was told (it opened a new session: a restarted agent knows nothing).
     public mutating func forget(_ agent: String) { agents[agent] = nil }
 

@@ -126,6 +126,19 @@ public final class ServerServices: Sendable {
         } else {
             live = nil
         }
+        if let fleet {
+            // Leaving: the registry service (stopped first) has revoked the lease; once the standby
+            // has seen that, every agent is told to move to it, and gets time to do so (its frames
+            // are still taken and acknowledged meanwhile). A crash skips this: agents fail over.
+            fusionServer.onShutdown { s in
+                await fleet.registry.stop()
+                try? await Task.sleep(for: .milliseconds(Int(fleet.registry.pollSeconds * 2000) + 50))
+                let bye = fleet.farewells()
+                for (agent, h) in bye { s.server.send(h, toAgent: agent) }
+                logger.info("handing agents over", metadata: ["agents": "\(bye.count)"])
+                if !bye.isEmpty { try? await Task.sleep(for: .milliseconds(600)) }
+            }
+        }
         let live = self.live
         fusionServer.observe { outs, _ in
             for o in outs { recorder?.record(o) }

@@ -39,6 +39,7 @@ public final class FusionServer: Service, Sendable {
     private let arrived: AsyncStream<Void>.Continuation
     private let passSeconds = Locked<[Double]>([])
     private let logger: Logger
+    private let beforeShutdown = Locked<(@Sendable (FusionServer) async -> Void)?>(nil)
 
     public init(
         endpoint: RouterEndpoint, options: ServerOptions = ServerOptions(), fusion: FusionService?,
@@ -72,6 +73,12 @@ public final class FusionServer: Service, Sendable {
     /// Observers run on the fusion task after the pass's Results went out: keep them short.
     public func observe(_ observer: @escaping Observer) { observers.withLock { $0.append(observer) } }
 
+    /// Work to do when a graceful shutdown begins, while frames are still taken and acknowledged
+    /// (a fleet server hands its agents over); the last pass and the drain follow it.
+    public func onShutdown(_ work: @escaping @Sendable (FusionServer) async -> Void) {
+        beforeShutdown.withLock { $0 = work }
+    }
+
     /// Durations of the recent fusion passes, seconds (the last 4096).
     public var passDurations: [Double] { passSeconds.value }
 
@@ -86,7 +93,14 @@ public final class FusionServer: Service, Sendable {
                 group.addTask { await self.fuseUntilShutdown() }
             }
         } onGracefulShutdown: {
-            self.arrived.finish()
+            if let work = self.beforeShutdown.value {
+                Task {
+                    await work(self)
+                    self.arrived.finish()
+                }
+            } else {
+                self.arrived.finish()
+            }
         }
     }
 

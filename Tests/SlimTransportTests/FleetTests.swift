@@ -94,6 +94,19 @@ struct FleetPolicyTests {
         #expect(p.observe(agent: "a", x: 51, y: 0, view: eastGone, nowNs: 2).allSatisfy { $0.action != .commit })
     }
 
+    @Test("leaving: every agent this server is home to is told to commit to its standby")
+    func farewells() throws {
+        let map = try twoRegions()
+        var p = HandoverPolicy()
+        let v = FleetView(map: map, members: ["west": west, "east": east], me: west)
+        _ = p.observe(agent: "a", x: -50, y: 0, view: v, nowNs: 1)  // home here, standby east
+        _ = p.observe(agent: "b", x: 50, y: 0, view: v, nowNs: 1)  // home is east: not ours to move
+        let bye = p.farewells(view: v)
+        #expect(bye.map(\.agent) == ["a"])
+        #expect(bye.first?.handover.action == .commit && bye.first?.handover.endpoint == east.endpoint)
+        #expect(p.farewells(view: v).isEmpty)  // said once
+    }
+
     @Test("advice is said again every second (an agent ignores what reached it before the server was its home)")
     func restates() throws {
         let map = try twoRegions()
