@@ -207,6 +207,14 @@ def main() -> int:
         kill_index = (n // 2) if a.kill is None else a.kill
         killed_at_ns = None
         metrics: dict[str, dict] = {}
+
+        def scrape_live():  # the latest metrics of every server still running (a killed one keeps its last)
+            for s in servers:
+                if s["proc"].poll() is None:
+                    try:
+                        metrics[s["region"]] = scrape(s["metrics"])
+                    except OSError:
+                        pass
         while any(p.poll() is None for p in agent_procs.values()):
             for s in servers:
                 if s["proc"].poll() is None and (u := usage(s["proc"].pid)):
@@ -214,19 +222,9 @@ def main() -> int:
             if killed_at_ns is None and kill_index >= 0 and time.monotonic() - started >= a.kill_at:
                 servers[kill_index]["proc"].send_signal(signal.SIGKILL if a.signal == "kill" else signal.SIGTERM)
                 killed_at_ns = time.monotonic_ns()
-            for s in servers:
-                if s["proc"].poll() is None:
-                    try:
-                        metrics[s["region"]] = scrape(s["metrics"])
-                    except OSError:
-                        pass
+            scrape_live()
             time.sleep(0.25)
-        for s in servers:
-            if s["proc"].poll() is None:
-                try:
-                    metrics[s["region"]] = scrape(s["metrics"])
-                except OSError:
-                    pass
+        scrape_live()
 
         # ---- what the agents saw
         summaries = {nm: json.loads((work / f"summary-{nm}.json").read_text()) for nm in agents}

@@ -179,7 +179,9 @@ public final class FeatureAgent: Sendable {
         var held: Held?
         var heldReplaced = 0
         /// A copy of the frame on the link, for resending it to another server if this one
-        /// goes silent before acknowledging it (capacity reserved once: no allocation per frame).
+        /// goes silent before acknowledging it: kept only once there is another server to go to
+        /// (``FeatureAgent/retainsFrames``), with its capacity reserved then (no allocation per frame).
+        var retains = false
         var retained: [UInt8] = []
         var retainedSeq: UInt64 = 0
         /// When the last frame was accepted for sending (for Control's `max_rate_hz`).
@@ -230,9 +232,19 @@ public final class FeatureAgent: Sendable {
             connect: server, curve: curve, options: options, greeting: identity.hello.encoded())
         self.logger = logger
         pool = SendBufferPool(count: buffers, bufferSize: maxFrameBytes)
-        state.withLock {
-            $0.stats.rttNs.reserveCapacity(Self.rttWindow)
-            $0.retained.reserveCapacity(maxFrameBytes)
+        state.withLock { $0.stats.rttNs.reserveCapacity(Self.rttWindow) }
+    }
+
+    /// Whether a copy of the unacknowledged frame is kept for a failover (off until the agent has
+    /// a standby or a mirror to fail over to: a lone agent copies nothing).
+    public var retainsFrames: Bool {
+        get { state.value.retains }
+        set {
+            let capacity = pool.bufferSize
+            state.withLock { s in
+                s.retains = newValue
+                if newValue { s.retained.reserveCapacity(capacity) }
+            }
         }
     }
 
@@ -391,6 +403,7 @@ public final class FeatureAgent: Sendable {
     }
 
     private static func retain(_ s: inout State, _ buffer: SendBuffer, _ length: Int, _ sequence: UInt64) {
+        guard s.retains else { return }
         s.retained.removeAll(keepingCapacity: true)
         s.retained.append(contentsOf: UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<length]))
         s.retainedSeq = sequence

@@ -237,6 +237,7 @@ public final class Roaming: Sendable {
         switch h.action {
         case .standby:
             s.standby = h
+            s.home.agent.retainsFrames = true  // there is somewhere to fail over to now
         case .prepare:
             if let i = s.mirrors.firstIndex(where: { $0.endpoint == h.endpoint }) {
                 s.mirrors[i].leaveAfterNs = nil
@@ -312,6 +313,8 @@ public final class Roaming: Sendable {
         do {
             let a = try connect(h.endpoint, h.curveKey)
             a.acceptsResults = false
+            a.retainsFrames = true
+            s.home.agent.retainsFrames = true  // the new link is somewhere to fail over to
             listen(a)
             return Link(agent: a, task: Task { await a.run() }, region: h.region, origin: h)
         } catch {

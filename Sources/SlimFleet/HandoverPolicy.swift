@@ -14,7 +14,7 @@ import SlimWire
 public struct HandoverPolicy: Sendable {
     private struct Told: Sendable {
         var epoch: UInt32 = 0
-        var mirror: String?
+        var mirror: FleetMember?
         var commit: String?
         var standby: String?
         var saidAtNs: UInt64 = 0
@@ -52,11 +52,11 @@ public struct HandoverPolicy: Sendable {
     /// The Handovers to send `agent`, now at world position (x, y), given the fleet's state.
     public mutating func observe(agent: String, x: Double, y: Double, view: FleetView, nowNs: UInt64) -> [Handover] {
         var t = agents[agent] ?? Told()
-        if nowNs &- t.saidAtNs >= restateNs {  // say it all again (an agent ignores what it has)
+        let restating = nowNs &- t.saidAtNs >= restateNs  // say it all again (an agent ignores what it has)
+        if restating {
             t.saidAtNs = nowNs
             t.commit = nil
             t.standby = nil
-            if t.mirror != nil { t.mirror = "" }  // re-prepare the same mirror; cancel if none is wanted
         }
         var out: [Handover] = []
         func say(_ action: Handover.Action, _ m: FleetMember) {
@@ -80,15 +80,13 @@ public struct HandoverPolicy: Sendable {
         // Home here (or outside every region: the agent stays with the server it has).
         let want = view.map.overlapping(x: x, y: y, except: home?.name).lazy
             .compactMap { view.server(for: $0.name) }.first { $0 != view.me }
-        if want?.endpoint != t.mirror {
+        if want != t.mirror || (restating && want != nil) {
             if let w = want {
                 say(.prepare, w)
-            } else if let old = t.mirror, let m = view.members.values.first(where: { $0.endpoint == old }) {
-                say(.cancel, m)
-            } else if let old = t.mirror, !old.isEmpty {
-                say(.cancel, FleetMember(region: "gone", endpoint: old, name: "gone"))
+            } else if let old = t.mirror {
+                say(.cancel, old)
             }
-            t.mirror = want?.endpoint
+            t.mirror = want
         }
         if let sbRegion = home?.standby, let sb = view.server(for: sbRegion), sb != view.me, t.standby != sb.endpoint {
             say(.standby, sb)

@@ -114,7 +114,8 @@ public final class AgentServices: Sendable {
             loop = try EdgeAgent(links: links, edge: edge, source: src, stages: stages, logger: logger)
         }
         source = SourceService(
-            loop: loop.map(SendableBox.init), links: links, synthetic: synthetic, frames: overrides.frames,
+            // The source service is the loop's one user from here on.
+            loop: loop.map(UncheckedSendable.init), links: links, synthetic: synthetic, frames: overrides.frames,
             report: report,
             logger: logger)
         logger.info("streaming", metadata: ["agent": "\(cfg.agentID)", "server": "\(home.endpoint.endpoint)"])
@@ -126,12 +127,6 @@ public final class AgentServices: Sendable {
         c.maximumGracefulShutdownDuration = .milliseconds(Int(maximumShutdownSeconds * 1000))
         return ServiceGroup(configuration: c)
     }
-}
-
-/// The edge agent's loop is used from its one task only (it holds the encoder's buffers).
-struct SendableBox<T>: @unchecked Sendable {
-    let value: T
-    init(_ value: T) { self.value = value }
 }
 
 /// The agent's sessions: the home link's receive task until the group stops, then every link closes.
@@ -149,7 +144,7 @@ struct LinksService: Service {
 /// synthetic features. At its end, or at the graceful shutdown, the last frames get up to 2 s for
 /// their Acks (from whichever server they went to) and, with a report, their Results.
 final class SourceService: Service, Sendable {
-    let loop: SendableBox<EdgeAgent>?
+    let loop: UncheckedSendable<EdgeAgent>?
     let links: Roaming
     let synthetic: AgentConfig.SyntheticSource
     let frames: Int?
@@ -158,7 +153,7 @@ final class SourceService: Service, Sendable {
     let velodyne = Locked<VelodyneInput?>(nil)
 
     init(
-        loop: SendableBox<EdgeAgent>?, links: Roaming, synthetic: AgentConfig.SyntheticSource, frames: Int?,
+        loop: UncheckedSendable<EdgeAgent>?, links: Roaming, synthetic: AgentConfig.SyntheticSource, frames: Int?,
         report: FrameReport?, logger: Logger
     ) {
         self.loop = loop

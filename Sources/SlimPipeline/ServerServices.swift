@@ -190,14 +190,13 @@ public final class ServerServices: Sendable {
 
 /// Every interval, shares the uplink budget by coverage and caps each agent (Control).
 struct UplinkBudgetService: Service {
-    var budget: UplinkBudget
+    let budget: UplinkBudget
     let server: FeatureServer
     let fusion: FusionService
     let interval: Double
     let logger: Logger
 
     func run() async throws {
-        var budget = self.budget
         var lastFrames: [String: Int] = [:]
         var lastCaps: [String: UplinkBudget.Cap] = [:]
         while await napUnlessStopping(Int(interval * 1000)) {
@@ -224,7 +223,6 @@ struct UplinkBudgetService: Service {
                         ])
                 }
             }
-            _ = budget
         }
     }
 }

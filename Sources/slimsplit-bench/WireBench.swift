@@ -154,7 +154,7 @@ struct WireBench: ParsableCommand {
         let wireBox = Locked(0)
 
         // Sender: a plain thread owning the dealer.
-        let dealerBox = UnsafeSendable(dealer)
+        let dealerBox = UncheckedSendable(dealer)
         let sender = Thread {
             let dealer = dealerBox.value
             let encoder = FeatureFrameEncoder()
@@ -217,9 +217,4 @@ struct WireBench: ParsableCommand {
         zmq_close(router)
         return Measure(fps: Double(received) / elapsed, wireBytes: framed ? wireBox.value : cs.c * cs.h * cs.w)
     }
-}
-
-struct UnsafeSendable<T>: @unchecked Sendable {
-    let value: T
-    init(_ v: T) { value = v }
 }

@@ -130,20 +130,6 @@ struct FleetSessionTests {
         FileManager.default.isExecutableFile(atPath: $0)
     }
 
-    static func freePort() -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
-        _ = withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
-        }
-        return Int(UInt16(bigEndian: addr.sin_port))
-    }
-
     final class Proc: @unchecked Sendable {
         let p = Process()
         let log: URL
@@ -208,8 +194,8 @@ struct FleetSessionTests {
             "regions.yaml",
             "margin_m: 10\nregions:\n  west: {x_min: -1000, x_max: 0, y_min: -100, y_max: 100, standby: east}\n"
                 + "  east: {x_min: 0, x_max: 1000, y_min: -100, y_max: 100, standby: west}\n")
-        let client = Self.freePort()
-        let peer = Self.freePort()
+        let client = freeLoopbackPort()
+        let peer = freeLoopbackPort()
         procs.append(
             try Proc(
                 Self.etcd!,
@@ -239,7 +225,7 @@ struct FleetSessionTests {
 
         var servers: [String: (endpoint: String, proc: Proc)] = [:]
         for region in ["west", "east"] {
-            let port = Self.freePort()
+            let port = freeLoopbackPort()
             try write(
                 "server-\(region).yaml",
                 "endpoint: tcp://127.0.0.1:\(port)\ncurve: {enabled: false}\nmetrics: {port: 0}\n"

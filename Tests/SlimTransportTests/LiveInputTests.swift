@@ -17,10 +17,12 @@ struct LiveInputTests {
         defer { try? FileManager.default.removeItem(at: dir) }
         let model = repoRoot.appendingPathComponent("Models/slimsplit-bev.safetensors").path
         let serverConfig = dir.appendingPathComponent("server.yaml")
-        try "endpoint: tcp://127.0.0.1:0\ncurve: {enabled: false}\nfusion: {model: \(model)}\nmetrics: {port: 0}\n".write(
-            to: serverConfig, atomically: true, encoding: .utf8)
+        try "endpoint: tcp://127.0.0.1:0\ncurve: {enabled: false}\nfusion: {model: \(model)}\nmetrics: {port: 0}\n"
+            .write(
+                to: serverConfig, atomically: true, encoding: .utf8)
         let serverLog = dir.appendingPathComponent("server.txt")
-        let server = try start(bin, ["server", "--config", serverConfig.path, "--status-interval", "0"], log: serverLog)
+        let server = try start(
+            bin, ["server", "--config", serverConfig.path, "--status-interval", "0"], log: serverLog)
         defer { if server.isRunning { server.terminate() } }
         var endpoint: String?
         for _ in 0..<1200 where endpoint == nil && server.isRunning {
@@ -31,7 +33,7 @@ struct LiveInputTests {
             try await Task.sleep(nanoseconds: 50_000_000)
         }
         let server_ = try #require(endpoint, "the server did not say where it listens")
-        let udp = freeUDPPort()
+        let udp = freeLoopbackPort(udp: true)
         let agentConfig = dir.appendingPathComponent("agent.yaml")
         try """
         agent_id: car-1
@@ -48,7 +50,9 @@ struct LiveInputTests {
             listening = ((try? String(contentsOf: agentLog, encoding: .utf8)) ?? "").contains("velodyne")
             try await Task.sleep(nanoseconds: 50_000_000)
         }
-        #expect(listening, "the agent never opened its UDP socket: \((try? String(contentsOf: agentLog, encoding: .utf8)) ?? "")")
+        #expect(
+            listening,
+            "the agent never opened its UDP socket: \((try? String(contentsOf: agentLog, encoding: .utf8)) ?? "")")
         let replay = await runProcess(
             [
                 bin, "replay", repoRoot.appendingPathComponent("Tests/Fixtures/sample.mcap").path, "--as", "velodyne",
@@ -61,7 +65,9 @@ struct LiveInputTests {
         try await Task.sleep(nanoseconds: 1_500_000_000)  // the last sweep closes after 0.3 s of quiet; Results come back
         kill(agent.processIdentifier, SIGTERM)
         for _ in 0..<600 where agent.isRunning { try await Task.sleep(nanoseconds: 50_000_000) }
-        let got = (try? Data(contentsOf: summary)).flatMap { try? JSONSerialization.jsonObject(with: $0) as? [String: Any] }
+        let got = (try? Data(contentsOf: summary)).flatMap {
+            try? JSONSerialization.jsonObject(with: $0) as? [String: Any]
+        }
         let velodyne = got?["velodyne"] as? [String: Any]
         let sentCounts = sent?["points_per_sweep"] as? [Int] ?? []
         let gotCounts = velodyne?["points_per_sweep"] as? [Int] ?? []
@@ -69,7 +75,9 @@ struct LiveInputTests {
         #expect(gotCounts == sentCounts, "agent \(gotCounts) vs sent \(sentCounts)")
         #expect((velodyne?["counters"] as? [String: Int])?.isEmpty == true, "\(velodyne ?? [:])")
         // Every sweep was assembled (above); a busy machine may skip some in the encoder (newest wins).
-        #expect((got?["results"] as? Int ?? 0) > 0, "\(got ?? [:]) \((try? String(contentsOf: agentLog, encoding: .utf8)) ?? "")")
+        #expect(
+            (got?["results"] as? Int ?? 0) > 0,
+            "\(got ?? [:]) \((try? String(contentsOf: agentLog, encoding: .utf8)) ?? "")")
         #expect((got?["acked"] as? Int ?? 0) + (got?["dropped"] as? Int ?? 0) >= (got?["frames"] as? Int ?? 1))
     }
 
@@ -82,21 +90,5 @@ struct LiveInputTests {
         p.standardError = p.standardOutput
         try p.run()
         return p
-    }
-
-    private func freeUDPPort() -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
-        defer { close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        _ = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
-        }
-        return Int(UInt16(bigEndian: addr.sin_port))
     }
 }
