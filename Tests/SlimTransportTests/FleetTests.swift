@@ -216,7 +216,7 @@ struct FleetSessionTests {
             if !up { try await Task.sleep(for: .milliseconds(100)) }
         }
         try #require(up, "etcd did not start: \(procs[0].text.suffix(2000))")
-        let lease = try await etcd.grant(ttlSeconds: 5)
+        let lease = try await etcd.grant(ttlSeconds: 60)  // long: a loaded machine may pause this task for seconds
         try await etcd.put("/t/a", Array("x".utf8), lease: lease)
         #expect(try await etcd.range(prefix: "/t/").map(\.key) == ["/t/a"])
         #expect(try await etcd.keepAlive(lease: lease) > 0)
@@ -229,7 +229,7 @@ struct FleetSessionTests {
             try write(
                 "server-\(region).yaml",
                 "endpoint: tcp://127.0.0.1:\(port)\ncurve: {enabled: false}\nmetrics: {port: 0}\n"
-                    + "fleet: {etcd: 'http://127.0.0.1:\(client)', region: \(region), regions: regions.yaml, lease_ttl_s: 1}\n"
+                    + "fleet: {etcd: 'http://127.0.0.1:\(client)', region: \(region), regions: regions.yaml, lease_ttl_s: 2}\n"
             )
             servers[region] = (
                 "tcp://127.0.0.1:\(port)",
