@@ -38,19 +38,28 @@ public struct RateAccuracyEntry: Sendable, Equatable {
         func fail(_ problem: String) -> ModelFileError {
             ModelFileError(kind: .header, file: file, subject: "__metadata__.rate_accuracy", problem: problem)
         }
-        guard let root = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
-            let entries = root["entries"] as? [[String: Any]], !entries.isEmpty
+        // JSONDecoder, not JSONSerialization: on Linux the latter reads a number with many digits
+        // as an NSDecimalNumber whose double is not the nearest one, so a table would not read
+        // back as itself once written (found by the rate-table fuzz target).
+        struct Entry: Decodable {
+            var width_index: Int?
+            var bits: Int?
+            var threshold: Double?
+            var bytes: Double?
+            var ap50: Double?
+        }
+        struct Document: Decodable { var entries: [Entry]? }
+        guard let doc = try? JSONDecoder().decode(Document.self, from: Data(text.utf8)),
+            let entries = doc.entries, !entries.isEmpty
         else {
             throw fail("not a JSON object with a non-empty 'entries' list")
         }
         var out: [Self] = []
         for (i, e) in entries.enumerated() {
-            guard let wi = e["width_index"] as? Int, let bits = e["bits"] as? Int,
-                let bytes = (e["bytes"] as? NSNumber)?.doubleValue, let ap = (e["ap50"] as? NSNumber)?.doubleValue
-            else {
+            guard let wi = e.width_index, let bits = e.bits, let bytes = e.bytes, let ap = e.ap50 else {
                 throw fail("entries[\(i)]: needs width_index, bits, bytes and ap50")
             }
-            let threshold = (e["threshold"] as? NSNumber)?.doubleValue ?? 0
+            let threshold = e.threshold ?? 0
             guard quantization[QuantKey(widthIndex: wi, bits: bits)] != nil else {
                 throw fail("entries[\(i)]: no feature quantization for width index \(wi) at \(bits) bits")
             }

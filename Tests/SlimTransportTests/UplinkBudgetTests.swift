@@ -21,6 +21,25 @@ struct UplinkBudgetTests {
         return t
     }()
 
+    @Test("the model's rate-accuracy table reads numbers as their nearest double and names a bad entry")
+    func tableFromJSON() throws {
+        let q: [QuantKey: FeatureQuantization] = [
+            QuantKey(widthIndex: 0, bits: 8): FeatureQuantization(scale: [1], zeroPoint: [0], bits: 8)
+        ]
+        // 38 digits: JSONSerialization on Linux reads this as an NSDecimalNumber whose double is
+        // three ulps off the nearest one; the table must read as Double's own parse.
+        let digits = "216.44444444444444444444444444444444444"
+        let json = #"{"entries":[{"width_index":0,"bits":8,"bytes":\#(digits),"ap50":67.28}]}"#
+        let table = try RateAccuracyEntry.table(json: json, file: "m.safetensors", quantization: q)
+        #expect(table == [RateAccuracyEntry(widthIndex: 0, bits: 8, bytes: try #require(Double(digits)), ap50: 67.28)])
+        let missing = #"{"entries":[{"width_index":0,"bits":8,"bytes":1,"ap50":1},{"width_index":0,"bits":8}]}"#
+        let error = #expect(throws: ModelFileError.self) {
+            try RateAccuracyEntry.table(json: missing, file: "m.safetensors", quantization: q)
+        }
+        #expect("\(String(describing: error))".contains("entries[1]"))
+        #expect("\(String(describing: error))".contains("m.safetensors"))
+    }
+
     @Test("a roadside unit that alone sees its road earns more than two cars that see the same one")
     func shares() {
         let budget = UplinkBudget(bitsPerSecond: 4_000_000, table: Self.table)
