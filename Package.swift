@@ -75,7 +75,8 @@ let package = Package(
         .target(
             name: "SlimServer",
             dependencies: [
-                "SlimCore", "SlimWire", "SlimTransport", "SlimEngine", "SlimPerception", .product(name: "Logging", package: "swift-log"),
+                "SlimCore", "SlimWire", "SlimTransport", "SlimEngine", "SlimPerception",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict),
@@ -126,7 +127,8 @@ let package = Package(
         .target(
             name: "SlimPipeline",
             dependencies: [
-                "SlimCore", "SlimWire", "SlimTransport", "SlimConfig", "SlimEngine", "SlimPerception", "SlimSensors", "SlimAgent",
+                "SlimCore", "SlimWire", "SlimTransport", "SlimConfig", "SlimEngine", "SlimPerception", "SlimSensors",
+                "SlimAgent",
                 "SlimServer", "SlimLive", "SlimFleet", .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -134,7 +136,8 @@ let package = Package(
         .executableTarget(
             name: "slimsplit",
             dependencies: [
-                "SlimCore", "SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "SlimEngine", "SlimPerception",
+                "SlimCore", "SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "SlimEngine",
+                "SlimPerception",
                 "SlimSensors",
                 "SlimPipeline", "SlimLive", "SlimFleet", "CZeroMQ", "TestSupport",
                 "CShutdown",
@@ -146,7 +149,8 @@ let package = Package(
         .executableTarget(
             name: "slimsplit-bench",
             dependencies: [
-                "SlimCore", "SlimWire", "SlimTransport", "SlimEngine", "SlimPerception", "SlimSensors", "SlimPipeline", "CZeroMQ",
+                "SlimCore", "SlimWire", "SlimTransport", "SlimEngine", "SlimPerception", "SlimSensors", "SlimPipeline",
+                "CZeroMQ",
                 "CAllocCounter",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -156,17 +160,24 @@ let package = Package(
         // Running subprocesses from tests without blocking the concurrency pool.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "SlimWireTests", dependencies: ["SlimWire"], swiftSettings: strict),
-        .testTarget(name: "SlimEngineTests", dependencies: ["SlimEngine", "SlimPerception", "CAllocCounter"], swiftSettings: strict),
+        .testTarget(
+            name: "SlimEngineTests", dependencies: ["SlimEngine", "SlimPerception", "CAllocCounter"],
+            swiftSettings: strict),
         .testTarget(
             name: "SlimSensorsTests", dependencies: ["SlimSensors", "SlimEngine", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "SlimPipelineTests",
-            dependencies: ["SlimPipeline", "SlimAgent", "SlimEngine", "SlimPerception", "SlimSensors", "CAllocCounter"],
+            dependencies: [
+                "SlimPipeline", "SlimAgent", "SlimEngine", "SlimPerception", "SlimSensors", "SlimServer",
+                "SlimTransport",
+                "CAllocCounter",
+            ],
             swiftSettings: strict),
         .testTarget(
             name: "SlimTransportTests",
             dependencies: [
-                "SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "SlimEngine", "SlimPerception", "SlimSensors",
+                "SlimWire", "SlimTransport", "SlimConfig", "SlimServer", "SlimAgent", "SlimEngine", "SlimPerception",
+                "SlimSensors",
                 "SlimPipeline", "SlimLive", "SlimFleet", "CZeroMQ", "TestSupport",
             ],
             swiftSettings: strict),

@@ -3,7 +3,7 @@
 
 Connects a DEALER socket (a CurveZMQ client when keys are given), sends a Hello, waits for the
 server's welcome Control, sends N FeatureFrames (C=16, H=32, W=32 sparse synthetic features,
-identity pose), collects the Acks (and any Result or Control) and prints a summary with the
+identity pose; or Boxes messages with --payload), collects the Acks (and any Result or Control) and prints a summary with the
 round-trip times. Exit status 0 iff the Control arrived and every frame was acked before the
 timeout.
 
@@ -44,6 +44,13 @@ def synthetic_frame(agent_id: str, sequence: int, bits: int, width_index: int, *
     return ss.FeatureFrame(agent_id, sequence, time.time_ns(), (0.0, 0.0, 0.0),
                            (0.0, 0.0, 0.0, 1.0), "ref-model", width_index, bits, C, H, W, 0,
                            [0.0625] * C, [zp] * C, int(mask), codec, raw_length, payload)
+
+
+def synthetic_boxes(agent_id: str, sequence: int) -> ss.Boxes:
+    """The agent's own detections (§4.7): three cars around it, identity pose."""
+    dets = [ss.Detection(0, 0.5 + 0.1 * k, (8.0 * (k + 1), 2.0 - 2.0 * k, 0.8), (4.5, 1.875, 1.6),
+                         0.25 * k, 0) for k in range(3)]
+    return ss.Boxes(agent_id, sequence, time.time_ns(), (0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0), dets)
 
 
 class Agent:
@@ -125,8 +132,11 @@ class Agent:
         for sequence in range(1, a.frames + 1):
             self.pump(next_send)
             max_width_index, max_bits, max_rate = self.caps
-            frame = synthetic_frame(a.agent_id, sequence, min(a.bits, max_bits),
-                                    min(len(WIDTHS) - 1, max_width_index), mask=a.mask, lz4=a.lz4)
+            if a.payload == "boxes" or (a.payload == "mixed" and sequence % 2 == 0):
+                frame = synthetic_boxes(a.agent_id, sequence)
+            else:
+                frame = synthetic_frame(a.agent_id, sequence, min(a.bits, max_bits),
+                                        min(len(WIDTHS) - 1, max_width_index), mask=a.mask, lz4=a.lz4)
             if self.send(frame):
                 self.sent[sequence] = time.monotonic_ns()
             interval = max(a.interval, 1.0 / max_rate if max_rate > 0 else 0.0)
@@ -166,6 +176,8 @@ def main(argv=None) -> int:
     ap.add_argument("--public-key", metavar="FILE", help="own public key (Z85 file)")
     ap.add_argument("--secret-key", metavar="FILE", help="own secret key (Z85 file)")
     ap.add_argument("--frames", type=int, default=10, help="frames to send (default %(default)s)")
+    ap.add_argument("--payload", choices=("map", "boxes", "mixed"), default="map",
+                    help="send feature maps, Boxes (§4.7), or both in turn (default %(default)s)")
     ap.add_argument("--interval", type=float, default=0.1,
                     help="seconds between frames (default %(default)s)")
     ap.add_argument("--bits", type=int, default=8, choices=range(1, 9), metavar="1..8",

@@ -18,7 +18,7 @@ from pathlib import Path
 import lz4.block
 
 import slimsplit_ref as ss
-from slimsplit_ref import (Ack, Control, Detection, Handover, FeatureFrame, Hello, Result, WireError,
+from slimsplit_ref import (Ack, Boxes, Control, Detection, Handover, FeatureFrame, Hello, Result, WireError,
                            build_payload, decode, encode, encode_body, frame_message, to_json)
 
 T0 = 1_700_000_000_123_456_789
@@ -145,6 +145,15 @@ def valid_vectors():
     yield ("handover_trailing", "handover_prepare with 3 bytes of a later revision's fields (skipped)",
            frame_message(ss.KIND_HANDOVER, body + b"\x01\x02\x03"), "handover_prepare.bin")
 
+    boxes = Boxes(AGENT, 109, T0 + 900_000_000, POSITION, ORIENTATION, detections())
+    yield ("boxes_3", "an agent's own three detections in its sensor frame (revision 1.2)",
+           encode(boxes), None)
+    yield ("boxes_empty", "an agent that sees nothing this frame still sends its pose",
+           encode(Boxes(AGENT, 110, T0 + 1_000_000_000, POSITION, ORIENTATION, [])), None)
+    body, payload = encode_body(boxes)
+    yield ("boxes_trailing", "boxes_3 with 2 bytes of a later revision's fields (skipped)",
+           frame_message(ss.KIND_BOXES, body + b"\x07\x07", payload), "boxes_3.bin")
+
 
 def invalid_vectors():
     """Yield (name, reason, description, bytes)."""
@@ -254,6 +263,17 @@ def invalid_vectors():
            encode(Handover(1, 2, "east", "tcp://10.0.0.2 :5555")))
     yield ("body_truncated_handover_key", "body_truncated", "Handover missing the last 16 bytes of server_key",
            frame_message(ss.KIND_HANDOVER, encode_body(Handover(1, 2, "east", "tcp://10.0.0.2:5555"))[0][:-16]))
+    b_body, b_payload = encode_body(Boxes(AGENT, 109, T0, POSITION, ORIENTATION, detections()))
+    yield ("payload_size_mismatch_boxes", "payload_size_mismatch",
+           "Boxes with detection_count 3 and a 119-byte payload",
+           frame_message(ss.KIND_BOXES, b_body, b_payload[:119]))
+    bad = detections()
+    bad[1] = dataclasses.replace(bad[1], score=1.5)
+    yield ("field_out_of_range_boxes_score", "field_out_of_range", "Boxes whose second detection has score 1.5",
+           encode(Boxes(AGENT, 109, T0, POSITION, ORIENTATION, bad)))
+    yield ("field_out_of_range_boxes_orientation", "field_out_of_range",
+           "Boxes whose orientation quaternion has norm 2",
+           encode(Boxes(AGENT, 109, T0, POSITION, (0.0, 0.0, 0.0, 2.0), detections())))
     yield ("field_out_of_range_max_bits", "field_out_of_range", "Control with max_bits 0",
            encode(Control(2, 255, 0, 0.0, 1)))
     yield ("field_out_of_range_max_rate", "field_out_of_range", "Control with max_rate_hz -1",

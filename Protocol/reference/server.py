@@ -3,7 +3,7 @@
 
 Binds a ROUTER socket (optionally a Curve server with ZAP domain "slimsplit" and an allow-list
 folder of NAME.pub files), answers each Hello with a welcome Control, acks every accepted
-FeatureFrame, and counts rejected messages by sender and reason code (PROTOCOL.md §5, §7). It
+FeatureFrame and Boxes message, and counts rejected messages by sender and reason code (PROTOCOL.md §5, §7). It
 stops by itself after --max-messages messages or --duration seconds and prints a summary.
 
 Example:
@@ -102,17 +102,17 @@ class Server:
             self.epochs[msg.agent_id] += 1
             self.stats["hellos"] += 1
             return [ss.encode(ss.Control(self.epochs[msg.agent_id], 255, 8, 0.0, 0))]
-        if not isinstance(msg, ss.FeatureFrame):
+        if not isinstance(msg, (ss.FeatureFrame, ss.Boxes)):
             return self.reject(rid, "unexpected_kind")
         session = self.sessions.get(rid)
         if session is None:
             return self.reject(rid, "hello_required")
         if msg.agent_id != session["agent_id"]:
             return self.reject(rid, "agent_mismatch")
+        if isinstance(msg, ss.FeatureFrame) and msg.width_index >= len(session["widths"]):
+            return self.reject(rid, "field_out_of_range")
         if session["last"] is not None and msg.sequence <= session["last"]:
             return self.reject(rid, "stale_sequence")
-        if msg.width_index >= len(session["widths"]):
-            return self.reject(rid, "field_out_of_range")
         session["last"] = msg.sequence
         self.stats["accepted"] += 1
         delay = min(time.monotonic_ns() - received_mono, 2**32 - 1)

@@ -22,8 +22,8 @@ MAX_BODY_LENGTH = 65536
 RECORD_SIZE = 40
 MAX_DETECTIONS = 4096
 
-KIND_HELLO, KIND_FEATURE_FRAME, KIND_ACK, KIND_RESULT, KIND_CONTROL, KIND_HANDOVER = 1, 2, 3, 4, 5, 6
-KIND_NAMES = {1: "Hello", 2: "FeatureFrame", 3: "Ack", 4: "Result", 5: "Control", 6: "Handover"}
+KIND_HELLO, KIND_FEATURE_FRAME, KIND_ACK, KIND_RESULT, KIND_CONTROL, KIND_HANDOVER, KIND_BOXES = range(1, 8)
+KIND_NAMES = {1: "Hello", 2: "FeatureFrame", 3: "Ack", 4: "Result", 5: "Control", 6: "Handover", 7: "Boxes"}
 
 REASONS = (
     "truncated", "bad_magic", "unsupported_version", "over_limit", "length_mismatch",
@@ -183,7 +183,21 @@ class Handover:
     kind = KIND_HANDOVER
 
 
-Message = Hello | FeatureFrame | Ack | Result | Control | Handover
+@dataclass
+class Boxes:
+    """An agent's own detections in its sensor frame (§4.7, revision 1.2)."""
+    agent_id: str
+    sequence: int
+    capture_time_ns: int
+    position: tuple[float, float, float]
+    orientation: tuple[float, float, float, float]
+    detections: list[Detection]
+    record_size: int = RECORD_SIZE  # as received; `encode` always writes 40
+    trailing: bytes = field(default=b"", compare=False, repr=False)
+    kind = KIND_BOXES
+
+
+Message = Hello | FeatureFrame | Ack | Result | Control | Handover | Boxes
 
 # ---------------------------------------------------------------------------------------------
 # Bit packing (LSB first) and FeatureFrame payloads.
@@ -311,9 +325,12 @@ def encode_body(msg: Message) -> tuple[bytes, bytes]:
     if isinstance(msg, Result):
         body = struct.pack("<QQQHH", msg.sequence, msg.capture_time_ns, msg.fusion_time_ns,
                            len(msg.detections), RECORD_SIZE)
-        payload = b"".join(struct.pack("<HHf3f3ffI", d.class_id, 0, d.score, *d.center, *d.size,
-                                       d.yaw, d.track_id) for d in msg.detections)
-        return body, payload
+        return body, _records(msg.detections)
+    if isinstance(msg, Boxes):
+        body = (_str(msg.agent_id) + struct.pack("<QQ3d4dHH", msg.sequence, msg.capture_time_ns,
+                                                 *msg.position, *msg.orientation,
+                                                 len(msg.detections), RECORD_SIZE))
+        return body, _records(msg.detections)
     if isinstance(msg, Control):
         return struct.pack("<IBBfB", msg.epoch, msg.max_width_index, msg.max_bits,
                            msg.max_rate_hz, msg.reason), b""
@@ -322,6 +339,11 @@ def encode_body(msg: Message) -> tuple[bytes, bytes]:
         return (struct.pack("<IB", msg.epoch, msg.action) + _str(msg.region)
                 + bytes([len(endpoint)]) + endpoint + bytes(msg.server_key)), b""
     raise TypeError(f"not a SlimSplit message: {msg!r}")
+
+
+def _records(detections: list[Detection]) -> bytes:
+    return b"".join(struct.pack("<HHf3f3ffI", d.class_id, 0, d.score, *d.center, *d.size,
+                                d.yaw, d.track_id) for d in detections)
 
 
 def encode(msg: Message) -> bytes:
@@ -394,14 +416,19 @@ def _decode_hello(b: _Body, payload: bytes, limits: Limits) -> Hello:
     return Hello(agent_id, model_id, model_hash, sensor_kind, widths, bits_mask, b.rest())
 
 
-def _decode_frame(b: _Body, payload: bytes, limits: Limits) -> FeatureFrame:
-    agent_id = b.ident("agent_id")
-    sequence, capture_time_ns = b.unpack("QQ")
+def _pose(b: _Body):
     position = b.unpack("3d")
     _check(_finite(*position), "position not finite")
     orientation = b.unpack("4d")
     _check(_finite(*orientation), "orientation not finite")
     _check(abs(math.sqrt(sum(q * q for q in orientation)) - 1.0) <= 1e-3, "|q| not within 1±1e-3")
+    return position, orientation
+
+
+def _decode_frame(b: _Body, payload: bytes, limits: Limits) -> FeatureFrame:
+    agent_id = b.ident("agent_id")
+    sequence, capture_time_ns = b.unpack("QQ")
+    position, orientation = _pose(b)
     model_id = b.ident("model_id")
     width_index, bits = b.unpack("BB")
     _check(1 <= bits <= 8, "bits outside 1..8")
@@ -441,8 +468,7 @@ def _decode_ack(b: _Body, payload: bytes, limits: Limits) -> Ack:
     return msg
 
 
-def _decode_result(b: _Body, payload: bytes, limits: Limits) -> Result:
-    sequence, capture_time_ns, fusion_time_ns, count, record_size = b.unpack("QQQHH")
+def _detections(count: int, record_size: int, payload: bytes) -> list[Detection]:
     _check(count <= MAX_DETECTIONS, "detection_count > 4096")
     _check(record_size >= RECORD_SIZE, "record_size < 40")
     if len(payload) != count * record_size:
@@ -457,7 +483,23 @@ def _decode_result(b: _Body, payload: bytes, limits: Limits) -> Result:
         _check(sl > 0 and sw > 0 and sh > 0, "size not > 0")
         detections.append(Detection(class_id, score, (cx, cy, cz), (sl, sw, sh), yaw, track_id,
                                     rec[RECORD_SIZE:]))
+    return detections
+
+
+def _decode_result(b: _Body, payload: bytes, limits: Limits) -> Result:
+    sequence, capture_time_ns, fusion_time_ns, count, record_size = b.unpack("QQQHH")
+    detections = _detections(count, record_size, payload)
     return Result(sequence, capture_time_ns, fusion_time_ns, detections, record_size, b.rest())
+
+
+def _decode_boxes(b: _Body, payload: bytes, limits: Limits) -> Boxes:
+    agent_id = b.ident("agent_id")
+    sequence, capture_time_ns = b.unpack("QQ")
+    position, orientation = _pose(b)
+    count, record_size = b.unpack("HH")
+    detections = _detections(count, record_size, payload)
+    return Boxes(agent_id, sequence, capture_time_ns, position, orientation, detections,
+                 record_size, b.rest())
 
 
 def _decode_control(b: _Body, payload: bytes, limits: Limits) -> Control:
@@ -485,7 +527,7 @@ def _decode_handover(b: _Body, payload: bytes, limits: Limits) -> Handover:
 
 _DECODERS = {KIND_HELLO: _decode_hello, KIND_FEATURE_FRAME: _decode_frame, KIND_ACK: _decode_ack,
              KIND_RESULT: _decode_result, KIND_CONTROL: _decode_control,
-             KIND_HANDOVER: _decode_handover}
+             KIND_HANDOVER: _decode_handover, KIND_BOXES: _decode_boxes}
 
 
 def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
@@ -525,6 +567,8 @@ _JSON_FIELDS = {
     Result: ("sequence", "capture_time_ns", "fusion_time_ns", "record_size", "detections"),
     Control: ("epoch", "max_width_index", "max_bits", "max_rate_hz", "reason"),
     Handover: ("epoch", "action", "region", "endpoint", "server_key"),
+    Boxes: ("agent_id", "sequence", "capture_time_ns", "position", "orientation", "record_size",
+            "detections"),
 }
 _CLASSES = {cls.__name__: cls for cls in _JSON_FIELDS}
 _DETECTION_FIELDS = ("class_id", "score", "center", "size", "yaw", "track_id")
@@ -561,10 +605,12 @@ def from_json(doc: dict) -> Message:
         f["position"], f["orientation"] = tuple(f["position"]), tuple(f["orientation"])
         f["payload"], raw_length = build_payload(doc["mask"], doc["values"], f["bits"], f["codec"])
         assert raw_length == f["raw_length"], "raw_length does not match mask and values"
-    elif cls is Result:
+    if cls in (Result, Boxes):
         f["detections"] = [Detection(d["class_id"], d["score"], tuple(d["center"]),
                                      tuple(d["size"]), d["yaw"], d["track_id"])
                            for d in f["detections"]]
+    if cls is Boxes:
+        f["position"], f["orientation"] = tuple(f["position"]), tuple(f["orientation"])
     return cls(**f)
 
 

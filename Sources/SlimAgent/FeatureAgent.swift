@@ -342,6 +342,37 @@ public final class FeatureAgent: Sendable {
         _ header: FeatureFrameHeader, dense: UnsafeBufferPointer<UInt8>, mask: UnsafeRawBufferPointer?,
         mirrors: [FeatureAgent] = []
     ) -> Int? {
+        submitEncoding(mirrors: mirrors) { sequence, bytes in
+            var h = header
+            h.agentID = identity.agentID
+            h.sequence = sequence
+            return encoder.withLock { $0.encoder.encode(h, dense: dense, mask: mask, into: bytes).length }
+        }
+    }
+
+    /// Submits the agent's own detections (the boxes rung, PROTOCOL.md §4.7) under the same rules
+    /// as a frame: numbered in the same sequence, one on the link at a time, mirrored, rate-capped.
+    /// `boxes.sequence` and `agentID` are filled in here.
+    @discardableResult
+    public func submit(boxes: Boxes, mirrors: [FeatureAgent] = []) -> Int? {
+        var b = boxes
+        b.agentID = identity.agentID
+        if b.detections.count > 4096 { b.detections.removeLast(b.detections.count - 4096) }
+        guard b.encodedLength <= pool.bufferSize else {
+            // The send buffers are sized for a feature map, which is far larger than 4096 boxes.
+            preconditionFailure("a Boxes message of \(b.encodedLength) bytes does not fit a send buffer")
+        }
+        return submitEncoding(mirrors: mirrors) { sequence, bytes in
+            b.sequence = sequence
+            return b.encode(into: bytes)
+        }
+    }
+
+    /// The common path of every numbered message: the rate cap, a pooled buffer, the next
+    /// sequence number, `encode` (into the buffer; returns the length), mirrors, the link.
+    private func submitEncoding(
+        mirrors: [FeatureAgent], _ encode: (_ sequence: UInt64, _ into: UnsafeMutableRawBufferPointer) -> Int
+    ) -> Int? {
         // The server's Control caps the rate (PROTOCOL.md §4.5): a frame sooner than 1/max_rate_hz
         // after the last one accepted is not sent, and counted.
         let capped = state.withLock { s -> Bool in
@@ -358,22 +389,20 @@ public final class FeatureAgent: Sendable {
             state.withLock { $0.stats.framesNoBuffer += 1 }
             return nil
         }
-        var h = header
-        h.agentID = identity.agentID
-        h.sequence = sequence.next()
+        let seq = sequence.next()
         let t0 = SystemClock.monotonicNs()
-        let length = encoder.withLock { $0.encoder.encode(h, dense: dense, mask: mask, into: buffer.bytes).length }
+        let length = encode(seq, buffer.bytes)
         let now = SystemClock.monotonicNs()
         state.withLock { s in
-            s.sequence = h.sequence
+            s.sequence = seq
             s.stats.lastPackSeconds = Double(now - t0) / 1e9
             s.stats.framesSubmitted += 1
             s.stats.bytesSubmitted += length
         }
         for m in mirrors {
-            m.submitEncoded(UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<length]), sequence: h.sequence)
+            m.submitEncoded(UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<length]), sequence: seq)
         }
-        enqueue(buffer, length: length, sequence: h.sequence, now: now)
+        enqueue(buffer, length: length, sequence: seq, now: now)
         return length
     }
 
@@ -496,8 +525,8 @@ public final class FeatureAgent: Sendable {
             case .handover(let h):
                 state.withLock { $0.stats.handovers += 1 }
                 handoverHandler.value?(h)
-            case .hello, .featureFrame:
-                throw WireError(.unexpectedKind, "servers do not send Hello or FeatureFrame")
+            case .hello, .featureFrame, .boxes:
+                throw WireError(.unexpectedKind, "servers do not send Hello, FeatureFrame or Boxes")
             }
         } catch {
             logger.warning(

@@ -160,6 +160,12 @@ public final class Roaming: Sendable {
         return home.submit(header, dense: dense, mask: mask, mirrors: mirrors)
     }
 
+    /// Sends the agent's own detections home (and to the mirrors), the boxes rung.
+    public func submit(boxes: Boxes) -> Int? {
+        let (home, mirrors) = state.withLock { s in (s.home.agent, s.mirrors.map(\.agent)) }
+        return home.submit(boxes: boxes, mirrors: mirrors)
+    }
+
     /// Runs the home's link task (the first link's; later links run their own).
     public func run() async {
         await home.run()

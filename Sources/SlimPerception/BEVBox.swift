@@ -29,6 +29,19 @@ public struct BEVBox: Sendable, Equatable {
         }
     }
 
+    /// The box, given in a frame at `from` with heading `fromYaw`, in a frame at `to` with heading
+    /// `toYaw` (both poses in one common frame, e.g. the world).
+    public func moved(from: SIMD2<Float>, _ fromYaw: Float, to: SIMD2<Float>, _ toYaw: Float) -> BEVBox {
+        let c = cos(fromYaw)
+        let s = sin(fromYaw)
+        let world = SIMD2(from.x + c * x - s * y, from.y + s * x + c * y)
+        var w = self
+        w.x = world.x
+        w.y = world.y
+        w.yaw = yaw + fromYaw
+        return toYaw == 0 && to == .zero ? w : w.transformed(intoFrameAt: to, heading: toYaw)
+    }
+
     /// The box seen from a frame at `origin` with heading `heading` (both in this box's frame).
     public func transformed(intoFrameAt origin: SIMD2<Float>, heading: Float) -> BEVBox {
         let c = cos(-heading)

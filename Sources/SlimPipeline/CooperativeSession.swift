@@ -36,6 +36,13 @@ public final class CooperativeSession: @unchecked Sendable {
         public var fusionThreads = 1
         /// Times to play the recording (each pass continues the recorded rhythm).
         public var loops = 1
+        /// Every agent runs the whole detector itself and sends its boxes (the boxes rung,
+        /// PROTOCOL.md §4.7): live late fusion, the baseline a map must beat. Width, bits and
+        /// threshold then do not apply (the agent's detector runs at full width, 8 bits).
+        public var lateFusion = false
+        /// These agents send boxes, the others maps (a mixed group: the server fuses the maps and
+        /// merges the boxes).
+        public var boxAgents: Set<String> = []
         public init(recording: String, model: String) {
             self.recording = recording
             self.model = model
@@ -50,8 +57,8 @@ public final class CooperativeSession: @unchecked Sendable {
         public var bytes = 0
         public var fusedAP = AveragePrecision()
         public var singleAP = AveragePrecision()
-        public var edgeMs: [Double] = []  // featurize + encode + quantize
-        public var wireMs: [Double] = []  // pack + LZ4 + envelope
+        public var edgeMs: [Double] = []  // featurize + encode + quantize (+ the detector, late fusion)
+        public var wireMs: [Double] = []  // pack + LZ4 + envelope + CRC
         public var roundTripMs: [Double] = []  // submit → Result
         /// Detections per frame index, in the agent's frame.
         public var detections: [Int: [BEVBox]] = [:]
@@ -126,10 +133,10 @@ public final class CooperativeSession: @unchecked Sendable {
             tasks.append(Task { await fa.run() })
             reports[a] = AgentReport(agent: a)
         }
-        let wire = FeatureFrameEncoder()
-        var out = [UInt8](repeating: 0, count: 1 << 20)
         let single = try CooperativeDetector(Safetensors(contentsOf: config.model), maxAgents: 1)
         single.useInt8 = !config.floatServer && single.hasInt8
+        let own = config.lateFusion || !config.boxAgents.isEmpty ? try OwnDetector(modelFile: config.model) : nil
+        own?.detector.useInt8 = single.useInt8
         let feat = FloatTensor(height: 32, width: 32, channels: 256)
         defer {
             for f in feature.values { f.endpoint.close() }
@@ -146,58 +153,59 @@ public final class CooperativeSession: @unchecked Sendable {
                     if due > now { try await Task.sleep(nanoseconds: due - now) }
                 }
                 var sent: [String: (seq: UInt64, t0: UInt64)] = [:]
-                var shapes: [String: (channels: Int, height: Int, width: Int, masked: Bool)] = [:]
                 for a in agents {
                     let af = f.agents[a]!
                     let e = edge[a]!
+                    let fa = feature[a]!
                     let pose = af.measuredPose ?? af.pose!
+                    let sensorHeight = Float((af.pose ?? pose).position.z)
                     let t0 = SystemClock.monotonicNs()
                     // Live (real time): the wall clock at capture, so that latency reads true; else the recording's clock.
                     let captureNs =
                         config.realTime
                         ? UInt64(Date().timeIntervalSince1970 * 1e9) : f.timeNs + UInt64(loop) * (span + period)
-                    let shape = af.points.withUnsafeBufferPointer {
-                        e.encode($0, sensorHeight: Float((af.pose ?? pose).position.z))
-                    }
-                    let t1 = SystemClock.monotonicNs()
-                    var h = FeatureFrameHeader(
-                        agentID: a, sequence: 0, captureTimeNs: captureNs, position: pose.position,
-                        orientation: pose.orientation,
-                        modelID: e.modelID, widthIndex: UInt8(e.widthIndex), bits: UInt8(e.bits),
-                        channels: shape.channels, height: shape.height, width: shape.width, quant: .model,
-                        masked: shape.masked, codec: config.lz4 ? .lz4 : .none)
-                    h.agentID = a
-                    let length = e.dense.withUnsafeBufferPointer { d in
-                        e.mask.withUnsafeBytes { m in
-                            out.withUnsafeMutableBytes {
-                                wire.encode(h, dense: d, mask: shape.masked ? m : nil, into: $0).length
-                            }
+                    let n: Int?
+                    let alone: [BEVBox]
+                    var submittedNs: UInt64 = 0
+                    if let own, config.lateFusion || config.boxAgents.contains(a) {
+                        // The boxes rung: the agent's own detections are its message, and its baseline.
+                        alone = af.points.withUnsafeBufferPointer { own.detect(e, $0, sensorHeight: sensorHeight) }
+                        n = fa.submit(
+                            boxes: Boxes(
+                                agentID: a, sequence: 0, captureTimeNs: captureNs, position: pose.position,
+                                orientation: pose.orientation,
+                                detections: alone.map { b in
+                                    Detection(
+                                        classID: 0, score: min(max(b.score, 0), 1), center: SIMD3(b.x, b.y, 0.8),
+                                        size: SIMD3(max(b.length, 0.1), max(b.width, 0.1), 1.6), yaw: b.yaw)
+                                }))
+                        submittedNs = SystemClock.monotonicNs()
+                    } else {
+                        let shape = af.points.withUnsafeBufferPointer { e.encode($0, sensorHeight: sensorHeight) }
+                        let h = FeatureFrameHeader(
+                            agentID: a, sequence: 0, captureTimeNs: captureNs, position: pose.position,
+                            orientation: pose.orientation,
+                            modelID: e.modelID, widthIndex: UInt8(e.widthIndex), bits: UInt8(e.bits),
+                            channels: shape.channels, height: shape.height, width: shape.width, quant: .model,
+                            masked: shape.masked, codec: config.lz4 ? .lz4 : .none)
+                        n = e.dense.withUnsafeBufferPointer { d in
+                            e.mask.withUnsafeBytes { m in fa.submit(h, dense: d, mask: shape.masked ? m : nil) }
                         }
+                        submittedNs = SystemClock.monotonicNs()
+                        // Single-agent baseline: the same features, fused with nobody.
+                        e.dequantized(
+                            into: feat, channels: shape.channels, height: shape.height, width: shape.width,
+                            masked: shape.masked)
+                        alone = single.detect(
+                            ego: 0, agents: [CooperativeDetector.AgentInput(features: feat, position: .zero, yaw: 0)],
+                            fusion: config.fusion)
                     }
-                    let t2 = SystemClock.monotonicNs()
-                    let seqBefore = feature[a]!.stats.framesSubmitted
-                    let n = e.dense.withUnsafeBufferPointer { d in
-                        e.mask.withUnsafeBytes { m in feature[a]!.submit(h, dense: d, mask: shape.masked ? m : nil) }
-                    }
-                    _ = length
+                    let pack = fa.stats.lastPackSeconds * 1e3
                     reports[a]!.frames += 1
                     reports[a]!.bytes += n ?? 0
-                    reports[a]!.edgeMs.append(Double(t1 - t0) / 1e6)
-                    reports[a]!.wireMs.append(Double(t2 - t1) / 1e6)
-                    sent[a] = (UInt64(seqBefore + 1), t2)
-                    shapes[a] = shape
-                }
-                // Single-agent baseline while the server fuses: the same features, fused with nobody.
-                for a in agents {
-                    let e = edge[a]!
-                    let shape = shapes[a]!
-                    e.dequantized(
-                        into: feat, channels: shape.channels, height: shape.height, width: shape.width,
-                        masked: shape.masked
-                    )
-                    let alone = single.detect(
-                        ego: 0, agents: [CooperativeDetector.AgentInput(features: feat, position: .zero, yaw: 0)],
-                        fusion: config.fusion)
+                    reports[a]!.edgeMs.append(Double(submittedNs - t0) / 1e6 - pack)
+                    reports[a]!.wireMs.append(pack)
+                    sent[a] = (fa.lastSequence, submittedNs)
                     let gt = f.groundTruth(for: a)
                     reports[a]!.singleAP.add(
                         detections: Self.filter(alone, own: gt.own), groundTruth: Self.boxes(gt.boxes))
@@ -262,4 +270,3 @@ public struct PipelineError: Error, CustomStringConvertible {
     public let description: String
     public init(_ d: String) { description = d }
 }
-

@@ -1,10 +1,10 @@
 import Foundation
 import Logging
 import SlimAgent
+import SlimCore
 import SlimEngine
 import SlimPerception
 import SlimSensors
-import SlimCore
 import SlimWire
 
 /// The edge agent's loop: frames from a source (a recording replayed at its recorded rate, or
@@ -22,6 +22,9 @@ public final class EdgeAgent {
     public let stages: AgentStageTimes
     let logger: Logger
     private var controller: WidthController?
+    /// The whole detector on the agent, for the boxes rung (adapting agents whose model has the
+    /// server half).
+    private let own: OwnDetector?
     private var appliedCapEpoch: UInt32?
     private let fixedWidth: Int
 
@@ -44,9 +47,22 @@ public final class EdgeAgent {
             }
             var c = WidthController(configurations: table)
             c.deadlineSeconds = deadline
+            do {
+                own = try OwnDetector(modelFile: source.model)
+                c.fallsToBoxes = true
+            } catch {
+                own = nil
+                logger.warning(
+                    "no boxes rung: the model's server half does not load", metadata: ["detail": "\(error)"])
+            }
             controller = c
+        } else {
+            own = nil
         }
     }
+
+    /// Whether the adaptation has the agent send its own detections now (the boxes rung).
+    public var sendsBoxes: Bool { controller?.sendsBoxes == true && own != nil }
 
     /// Sends one sweep (points in the agent's frame, z relative to the sensor); returns the bytes
     /// submitted, or nil when the rate cap or the link refused it.
@@ -54,6 +70,7 @@ public final class EdgeAgent {
         links.step(now: SystemClock.monotonicNs())
         adapt()
         guard !agent.rateCapped() else { return nil }
+        if sendsBoxes, let own { return sendBoxes(own, points, pose: pose, sensorHeight: sensorHeight) }
         let shape = points.withUnsafeBufferPointer { edge.encode($0, sensorHeight: Float(sensorHeight)) }
         let h = FeatureFrameHeader(
             agentID: agent.identity.agentID, sequence: 0, captureTimeNs: SystemClock.wallNs(),
@@ -72,8 +89,28 @@ public final class EdgeAgent {
         return bytes
     }
 
+    /// The boxes rung: the whole detector here, its boxes to the server (PROTOCOL.md §4.7).
+    private func sendBoxes(_ own: OwnDetector, _ points: [SIMD4<Float>], pose: Pose3, sensorHeight: Double) -> Int? {
+        let boxes = points.withUnsafeBufferPointer { own.detect(edge, $0, sensorHeight: Float(sensorHeight)) }
+        let height: Float = 1.6
+        let message = Boxes(
+            agentID: agent.identity.agentID, sequence: 0, captureTimeNs: SystemClock.wallNs(),
+            position: pose.position, orientation: pose.orientation,
+            detections: boxes.map { b in
+                Detection(
+                    classID: 0, score: min(max(b.score, 0), 1), center: SIMD3(b.x, b.y, height / 2),
+                    size: SIMD3(max(b.length, 0.1), max(b.width, 0.1), height), yaw: b.yaw)
+            })
+        let bytes = links.submit(boxes: message)
+        if let bytes { controller?.observe(bytes: bytes) }
+        stages.add("encode", own.lastSeconds.encode)
+        stages.add("detect_own", own.lastSeconds.detect)
+        return bytes
+    }
+
     private func adapt() {
         if var c = controller {
+            let wasBoxes = c.sendsBoxes
             let g = agent.goodput
             let caps = agent.control
             let cfg = c.update(
@@ -81,6 +118,11 @@ public final class EdgeAgent {
                 rttSeconds: Double(g.lastRTTNs) / 1e9,
                 maxWidthIndex: Int(caps?.maxWidthIndex ?? 255), maxBits: Int(caps?.maxBits ?? 8))
             controller = c
+            if c.sendsBoxes != wasBoxes {
+                logger.info(
+                    c.sendsBoxes ? "adapting: boxes (no map fits the link)" : "adapting: maps again",
+                    metadata: ["goodput_kbit_s": "\(Int((g.bytesPerSecond ?? 0) * 8 / 1000))"])
+            }
             if edge.widthIndex != cfg.widthIndex || edge.bits != cfg.bits || edge.threshold != cfg.threshold {
                 logger.info(
                     "adapting",
@@ -141,8 +183,8 @@ public final class EdgeAgent {
                     report.sent(
                         sequence: agent.lastSequence,
                         .init(
-                            frame: fi, dueNs: due, wallNs: SystemClock.wallNs(), widthIndex: edge.widthIndex, bits: edge.bits,
-                            threshold: edge.threshold,
+                            frame: fi, dueNs: due, wallNs: SystemClock.wallNs(), boxes: sendsBoxes,
+                            widthIndex: edge.widthIndex, bits: edge.bits, threshold: edge.threshold,
                             bytes: bytes, goodputBytesPerSecond: agent.goodput.bytesPerSecond,
                             rttNs: agent.goodput.lastRTTNs,
                             truth: CooperativeSession.boxes(gt.boxes), own: gt.own))
@@ -156,11 +198,14 @@ public final class EdgeAgent {
     /// Streams a live Velodyne sensor (or a capture of one): packets are read and assembled into
     /// sweeps on a thread of their own; each sweep goes through the edge encoder as it completes
     /// (the newest waits if the encoder is busy; older ones are dropped and counted).
-    public func live(_ live: AgentConfig.VelodyneSource, frames: Int?, stop: Locked<Bool>) async throws -> VelodyneInput {
+    public func live(_ live: AgentConfig.VelodyneSource, frames: Int?, stop: Locked<Bool>) async throws -> VelodyneInput
+    {
         let input = try VelodyneInput(source: live, logger: logger)
         let pose = Pose3(x: live.poseX, y: live.poseY, z: live.mountZ, yaw: live.poseYaw)
-        let c = Float(cos(live.mountYaw)), s = Float(sin(live.mountYaw))
-        let mx = Float(live.mountX), my = Float(live.mountY)
+        let c = Float(cos(live.mountYaw))
+        let s = Float(sin(live.mountYaw))
+        let mx = Float(live.mountX)
+        let my = Float(live.mountY)
         var points: [SIMD4<Float>] = []
         var sent = 0
         for await sweep in input.sweeps(stop: stop) {

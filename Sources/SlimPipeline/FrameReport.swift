@@ -1,8 +1,8 @@
 import Foundation
+import SlimCore
 import SlimEngine
 import SlimPerception
 import SlimSensors
-import SlimCore
 import SlimWire
 
 /// `slimsplit agent --report FILE`: one JSON line per frame the agent replays, written when the
@@ -24,6 +24,8 @@ public final class FrameReport: @unchecked Sendable {
         var dueNs: UInt64
         /// Wall-clock time the frame was sent (for lining up with an external trace), ns.
         var wallNs: UInt64
+        /// Sent as the agent's own detections (the boxes rung) rather than a map.
+        var boxes: Bool
         var widthIndex: Int, bits: Int, threshold: Float
         var bytes: Int
         var goodputBytesPerSecond: Double?
@@ -96,7 +98,8 @@ public final class FrameReport: @unchecked Sendable {
             "\"t_s\":\(num(Double(s.dueNs &- startNs) / 1e9, 3))",
             "\"wall_s\":\(num(Double(s.wallNs) / 1e9, 3))",
             "\"frame\":\(s.frame)",
-            "\"width_index\":\(s.widthIndex)", "\"bits\":\(s.bits)", "\"threshold\":\(num(Double(s.threshold), 4))",
+            "\"payload\":\"\(s.boxes ? "boxes" : "map")\"", "\"width_index\":\(s.widthIndex)", "\"bits\":\(s.bits)",
+            "\"threshold\":\(num(Double(s.threshold), 4))",
             "\"bytes\":\(s.bytes)",
             "\"goodput_kbit_s\":\(s.goodputBytesPerSecond.map { num($0 * 8 / 1000, 1) } ?? "null")",
             "\"rtt_ms\":\(num(Double(s.rttNs) / 1e6, 2))",

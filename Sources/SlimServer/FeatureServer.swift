@@ -7,7 +7,9 @@ public struct AgentStats: Sendable, Equatable {
     public var agentID: String?
     /// Name of the agent's Curve key in the allow-list, when Curve is on.
     public var keyName: String?
+    /// Numbered messages accepted (FeatureFrames and Boxes), and of them Boxes.
     public var frames = 0
+    public var boxesMessages = 0
     public var bytes = 0
     public var rawBytes = 0
     public var lastSequence: UInt64 = 0
@@ -59,13 +61,16 @@ public final class FeatureServer: Sendable {
     private let onFrame: FrameHandler?
     private let check: FrameCheck?
     private let onJoin: (@Sendable (_ agent: String) -> Void)?
+    public typealias BoxesHandler = @Sendable (_ agent: String, _ boxes: Boxes) -> Void
+    private let onBoxes: BoxesHandler?
 
     public init(
         endpoint: RouterEndpoint, options: ServerOptions = ServerOptions(), logger: Logger, check: FrameCheck? = nil,
-        onFrame: FrameHandler? = nil, onJoin: (@Sendable (_ agent: String) -> Void)? = nil
+        onFrame: FrameHandler? = nil, onBoxes: BoxesHandler? = nil, onJoin: (@Sendable (_ agent: String) -> Void)? = nil
     ) {
         self.check = check
         self.onJoin = onJoin
+        self.onBoxes = onBoxes
         self.endpoint = endpoint
         self.options = options
         self.logger = logger
@@ -83,6 +88,7 @@ public final class FeatureServer: Sendable {
             s.dropped = dropped[route] ?? [:]
             if var existing = out[key] {  // an agent that reconnected under a new routing id
                 existing.frames += s.frames
+                existing.boxesMessages += s.boxesMessages
                 existing.bytes += s.bytes
                 existing.rawBytes += s.rawBytes
                 existing.rejected.merge(s.rejected, uniquingKeysWith: +)
@@ -171,18 +177,8 @@ public final class FeatureServer: Sendable {
                     guard hello.bitsMask & (1 << (h.bits - 1)) != 0 else {
                         throw WireError(.fieldOutOfRange, "bits \(h.bits) not announced in Hello's bits_mask")
                     }
-                    if let last = session.lastSequence, h.sequence <= last {
-                        throw WireError(.staleSequence, "sequence \(h.sequence) not after \(last)")
-                    }
                     if let check, let problem = check(hello.agentID, h) { throw problem }
-                    session.lastSequence = h.sequence
-                    sessions[route] = session
-                    let now = SystemClock.monotonicNs()
-                    let ack = Ack(
-                        sequence: h.sequence, receiveTimeNs: SystemClock.wallNs() &- (now &- m.receivedAtNs),
-                        bytesReceived: UInt32(bytes.count),
-                        queueDelayNs: UInt32(clamping: now &- m.receivedAtNs))
-                    endpoint.send(to: route, length: ack.encodedLength) { ack.encode(into: $0) }
+                    try accept(h.sequence, of: route, &session, &sessions, message: m)
                     statsByRoute.withLock { s in
                         var st = s[route, default: AgentStats()]
                         st.frames += 1
@@ -196,6 +192,27 @@ public final class FeatureServer: Sendable {
                         s[route] = st
                     }
                     onFrame?(hello.agentID, frame)
+                case .boxes:
+                    guard let hello = session.hello else {
+                        throw WireError(.helloRequired, "Boxes before Hello on this connection")
+                    }
+                    var r = WireReader(env.body)
+                    let boxes = try Boxes(body: &r, payload: env.payload, limits: options.limits)
+                    guard boxes.agentID == hello.agentID else {
+                        throw WireError(
+                            .agentMismatch, "Boxes says agent \(boxes.agentID), session is \(hello.agentID)")
+                    }
+                    try accept(boxes.sequence, of: route, &session, &sessions, message: m)
+                    statsByRoute.withLock { s in
+                        var st = s[route, default: AgentStats()]
+                        st.frames += 1
+                        st.boxesMessages += 1
+                        st.bytes += bytes.count
+                        st.rawBytes += bytes.count
+                        st.lastSequence = boxes.sequence
+                        s[route] = st
+                    }
+                    onBoxes?(hello.agentID, boxes)
                 case .ack, .result, .control, .handover:
                     throw WireError(.unexpectedKind, "\(env.kind) is sent by servers, not agents")
                 }
@@ -203,6 +220,24 @@ public final class FeatureServer: Sendable {
                 reject(error, route: route, session: session, peerName: m.peerName)
             }
         }
+    }
+
+    /// Takes a numbered message (FeatureFrame or Boxes) that passed its checks: its sequence must
+    /// follow the session's last, then it is acknowledged (PROTOCOL.md §4.3).
+    private func accept(
+        _ sequence: UInt64, of route: RoutingID, _ session: inout Session, _ sessions: inout [RoutingID: Session],
+        message m: ReceivedMessage
+    ) throws(WireError) {
+        if let last = session.lastSequence, sequence <= last {
+            throw WireError(.staleSequence, "sequence \(sequence) not after \(last)")
+        }
+        session.lastSequence = sequence
+        sessions[route] = session
+        let now = SystemClock.monotonicNs()
+        let ack = Ack(
+            sequence: sequence, receiveTimeNs: SystemClock.wallNs() &- (now &- m.receivedAtNs),
+            bytesReceived: UInt32(m.message.bytes.count), queueDelayNs: UInt32(clamping: now &- m.receivedAtNs))
+        endpoint.send(to: route, length: ack.encodedLength) { ack.encode(into: $0) }
     }
 
     /// Sends a message (a Result, a Handover) to an agent's current session; false if the agent

@@ -62,6 +62,9 @@ public final class FusionServer: Service, Sendable {
                 if fusion?.ingest(agent: agent, frame) == true { arrived.yield() }
                 if let onFrame, let s = me.value { onFrame(agent, frame, s) }
             },
+            onBoxes: { agent, boxes in
+                if fusion?.ingest(agent: agent, boxes: boxes) == true { arrived.yield() }
+            },
             onJoin: { agent in
                 fusion?.joined(agent: agent)
                 onJoin?(agent)

@@ -44,17 +44,7 @@ public final class FusionService: @unchecked Sendable {
         public var yaw: Float
 
         /// The boxes in the world frame: the agent's pose applied to centre and yaw.
-        public var worldBoxes: [BEVBox] {
-            let c = cos(yaw)
-            let s = sin(yaw)
-            return boxes.map { b in
-                var w = b
-                w.x = position.x + c * b.x - s * b.y
-                w.y = position.y + s * b.x + c * b.y
-                w.yaw = b.yaw + yaw
-                return w
-            }
-        }
+        public var worldBoxes: [BEVBox] { boxes.map { $0.moved(from: position, yaw, to: .zero, 0) } }
     }
 
     struct Slot {
@@ -66,6 +56,19 @@ public final class FusionService: @unchecked Sendable {
         var captureNs: UInt64 = 0
         var sequence: UInt64 = 0
         var fresh = false
+        /// The agent's own detections (its frame) when its latest message was Boxes: it then
+        /// joins fusions by late fusion, and `features` is not used.
+        var boxes: [BEVBox]?
+
+        /// A new message's numbering, time and pose (the BEV pose: x, y and the yaw of the quaternion).
+        mutating func take(sequence: UInt64, captureNs: UInt64, position p: SIMD3<Double>, orientation q: SIMD4<Double>)
+        {
+            position = SIMD2(Float(p.x), Float(p.y))
+            yaw = Float(atan2(2 * (q.w * q.z + q.x * q.y), 1 - 2 * (q.y * q.y + q.z * q.z)))
+            self.captureNs = captureNs
+            self.sequence = sequence
+            fresh = true
+        }
     }
 
     public let options: Options
@@ -80,6 +83,8 @@ public final class FusionService: @unchecked Sendable {
     /// hold a pass there to show that ingest does not wait for it).
     nonisolated(unsafe) var beforeFusing: (@Sendable () -> Void)?
     private let maxChannels: Int
+    /// The model's empty-cell features at full width: the map of an ego on the boxes rung.
+    private let emptyMap: FloatTensor
     public private(set) var dropped = 0
     /// Frames not taken because their agent's slot already holds that sequence number or a later
     /// one (a frame resent, or sent again by an agent that moved back): never fused twice.
@@ -130,6 +135,13 @@ public final class FusionService: @unchecked Sendable {
         for d in detectors { d.useInt8 = options.int8Backbone && d.hasInt8 }
         quantization = try FeatureQuantization.all(in: st)
         maxChannels = detectors[0].channels
+        let d = detectors[0]
+        emptyMap = FloatTensor(height: d.height, width: d.width, channels: d.channels)
+        let full = quantization.filter { $0.value.scale.count == d.channels && $0.value.empty != nil }
+            .max { ($0.key.widthIndex, $0.key.bits) < ($1.key.widthIndex, $1.key.bits) }
+        for cell in 0..<(d.height * d.width) {
+            for ch in 0..<d.channels { emptyMap.storage[cell * d.channels + ch] = full?.value.empty?[ch] ?? 0 }
+        }
         rateAccuracy = try RateAccuracyEntry.table(in: st, quantization: quantization)
         self.options = options
     }
@@ -227,7 +239,6 @@ public final class FusionService: @unchecked Sendable {
                 for cell in 0..<cells { dst[cell * c + ch] = (Float(f.values[ch * cells + cell]) - z) * s }
             }
         }
-        let q = h.orientation
         lock.lock()
         defer { lock.unlock() }
         var slot = slots[agent] ?? Slot(features: target)
@@ -235,14 +246,37 @@ public final class FusionService: @unchecked Sendable {
             slot.spare = slot.features  // ingest checks it is not pinned before reuse
             slot.features = target
         }
-        slot.position = SIMD2(Float(h.position.x), Float(h.position.y))
-        slot.yaw = Float(atan2(2 * (q.w * q.z + q.x * q.y), 1 - 2 * (q.y * q.y + q.z * q.z)))
-        slot.captureNs = h.captureTimeNs
-        slot.sequence = h.sequence
-        slot.fresh = true
+        slot.boxes = nil
+        slot.take(sequence: h.sequence, captureNs: h.captureTimeNs, position: h.position, orientation: h.orientation)
         slots[agent] = slot
         return true
     }
+
+    /// Takes an agent's own detections (a Boxes message) into its slot: until its next
+    /// FeatureFrame it joins fusions by late fusion. False for a sequence already taken.
+    @discardableResult
+    public func ingest(agent: String, boxes m: Boxes) -> Bool {
+        let boxes = m.detections.map { d in
+            BEVBox(x: d.center.x, y: d.center.y, length: d.size.x, width: d.size.y, yaw: d.yaw, score: d.score)
+        }
+        lock.lock()
+        defer { lock.unlock() }
+        if let slot = slots[agent], slot.sequence >= m.sequence {
+            duplicates += 1
+            return false
+        }
+        var slot =
+            slots[agent]
+            ?? Slot(features: FloatTensor(height: detector.height, width: detector.width, channels: maxChannels))
+        slot.boxes = boxes
+        slot.take(sequence: m.sequence, captureNs: m.captureTimeNs, position: m.position, orientation: m.orientation)
+        slots[agent] = slot
+        boxesTaken += 1
+        return true
+    }
+
+    /// Boxes messages taken (the agents on the boxes rung).
+    public private(set) var boxesTaken = 0
 
     /// An agent opened a new session (Hello): its numbering may start again (a restarted agent).
     public func joined(agent: String) {
@@ -282,7 +316,12 @@ public final class FusionService: @unchecked Sendable {
             var ego: String
             var slot: Slot
             var names: [String]
+            /// The maps fused (the ego's first when it sent a map; an empty map at its pose when
+            /// it sent boxes), and the ego's index among them (nil: no map to fuse).
             var inputs: [CooperativeDetector.AgentInput]
+            var egoIndex: Int?
+            /// Agents on the boxes rung: their detections and poses, merged by late fusion.
+            var late: [(boxes: [BEVBox], position: SIMD2<Float>, yaw: Float)]
         }
         var jobs: [Job] = []
         lock.lock()
@@ -297,12 +336,23 @@ public final class FusionService: @unchecked Sendable {
                 }
                 return true
             }
-            let inputs = names.map { n in
-                CooperativeDetector.AgentInput(
-                    features: slots[n]!.features, position: slots[n]!.position, yaw: slots[n]!.yaw)
+            var inputs: [CooperativeDetector.AgentInput] = []
+            var late: [(boxes: [BEVBox], position: SIMD2<Float>, yaw: Float)] = []
+            for n in names {
+                let s = slots[n]!
+                if let b = s.boxes {
+                    late.append((b, s.position, s.yaw))
+                } else {
+                    inputs.append(.init(features: s.features, position: s.position, yaw: s.yaw))
+                }
+            }
+            var egoIndex = names.filter { slots[$0]!.boxes == nil }.firstIndex(of: ego)
+            if egoIndex == nil, !inputs.isEmpty {
+                inputs.insert(.init(features: emptyMap, position: e.position, yaw: e.yaw), at: 0)
+                egoIndex = 0
             }
             for i in inputs { pinned[ObjectIdentifier(i.features), default: 0] += 1 }
-            jobs.append(Job(ego: ego, slot: e, names: names, inputs: inputs))
+            jobs.append(Job(ego: ego, slot: e, names: names, inputs: inputs, egoIndex: egoIndex, late: late))
             slots[ego]!.fresh = false  // a frame that arrives during the pass marks it fresh again
         }
         lock.unlock()
@@ -318,11 +368,24 @@ public final class FusionService: @unchecked Sendable {
                 for k in stride(from: w, to: jobsCopy.count, by: workers) {
                     let j = jobsCopy[k]
                     let t0 = SystemClock.monotonicSeconds()
-                    let boxes = dets[w].detect(
-                        ego: j.names.firstIndex(of: j.ego)!, agents: j.inputs, fusion: fusionMode)
+                    var boxes = j.egoIndex.map { dets[w].detect(ego: $0, agents: j.inputs, fusion: fusionMode) } ?? []
+                    var st: (Double, Double, Double) = j.egoIndex == nil ? (0, 0, 0) : dets[w].lastStageSeconds
+                    if !j.late.isEmpty {
+                        // Late fusion: every boxes agent's detections in the ego's frame, within
+                        // its grid, with what the maps gave; one NMS over them all.
+                        let t1 = SystemClock.monotonicSeconds()
+                        let half = dets[w].halfExtent
+                        for l in j.late {
+                            for b in l.boxes {
+                                let m = b.moved(from: l.position, l.yaw, to: j.slot.position, j.slot.yaw)
+                                if abs(m.x) <= half, abs(m.y) <= half { boxes.append(m) }
+                            }
+                        }
+                        boxes = RotatedIoU.nms(boxes, threshold: dets[w].nmsIoU)
+                        st.2 += SystemClock.monotonicSeconds() - t1
+                    }
                     let dt = SystemClock.monotonicSeconds() - t0
-                    let st = dets[w].lastStageSeconds
-                    results.withLock { $0[k] = (boxes, dt, (st.warpFuse, st.head, st.nms)) }
+                    results.withLock { $0[k] = (boxes, dt, (st.0, st.1, st.2)) }
                 }
             }
         }

@@ -6,6 +6,7 @@ public enum MessageKind: UInt8, Sendable, CaseIterable, CustomStringConvertible 
     case result = 4
     case control = 5
     case handover = 6
+    case boxes = 7
 
     public var description: String {
         switch self {
@@ -15,6 +16,7 @@ public enum MessageKind: UInt8, Sendable, CaseIterable, CustomStringConvertible 
         case .result: "Result"
         case .control: "Control"
         case .handover: "Handover"
+        case .boxes: "Boxes"
         }
     }
 }

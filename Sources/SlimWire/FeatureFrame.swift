@@ -74,13 +74,7 @@ public struct FeatureFrameHeader: Sendable, Equatable {
         w.identifier(agentID)
         w.u64(sequence)
         w.u64(captureTimeNs)
-        w.f64(position.x)
-        w.f64(position.y)
-        w.f64(position.z)
-        w.f64(orientation.x)
-        w.f64(orientation.y)
-        w.f64(orientation.z)
-        w.f64(orientation.w)
+        writePose(&w, position, orientation)
         w.identifier(modelID)
         w.u8(widthIndex)
         w.u8(bits)
@@ -106,16 +100,7 @@ public struct FeatureFrameHeader: Sendable, Equatable {
         agentID = try r.identifier("agent_id")
         sequence = try r.u64("sequence")
         captureTimeNs = try r.u64("capture_time_ns")
-        position = SIMD3(try r.f64("position"), try r.f64("position"), try r.f64("position"))
-        orientation = SIMD4(
-            try r.f64("orientation"), try r.f64("orientation"), try r.f64("orientation"), try r.f64("orientation"))
-        guard position.x.isFinite, position.y.isFinite, position.z.isFinite else {
-            throw WireError(.fieldOutOfRange, "position \(position) is not finite")
-        }
-        let norm = (orientation * orientation).sum().squareRoot()
-        guard norm.isFinite, abs(norm - 1) <= 1e-3 else {
-            throw WireError(.fieldOutOfRange, "orientation quaternion has norm \(norm), expected 1 ± 1e-3")
-        }
+        (position, orientation) = try readPose(&r)
         modelID = try r.identifier("model_id")
         widthIndex = try r.u8("width_index")
         bits = try r.u8("bits")
@@ -211,4 +196,30 @@ public struct FeatureFrame: WireMessage {
         self.payload = Array(payload)
         _ = try FeaturePayload.decode(self)  // a frame is only valid with a valid payload
     }
+}
+
+/// `position` f64[3] (finite) and `orientation` f64[4] (a unit quaternion x, y, z, w, |q| within
+/// 1 ± 1e-3): the sensor pose of a FeatureFrame (§4.2) and of a Boxes message (§4.7).
+func readPose(_ r: inout WireReader) throws(WireError) -> (SIMD3<Double>, SIMD4<Double>) {
+    let position = SIMD3(try r.f64("position"), try r.f64("position"), try r.f64("position"))
+    let orientation = SIMD4(
+        try r.f64("orientation"), try r.f64("orientation"), try r.f64("orientation"), try r.f64("orientation"))
+    guard position.x.isFinite, position.y.isFinite, position.z.isFinite else {
+        throw WireError(.fieldOutOfRange, "position \(position) is not finite")
+    }
+    let norm = (orientation * orientation).sum().squareRoot()
+    guard norm.isFinite, abs(norm - 1) <= 1e-3 else {
+        throw WireError(.fieldOutOfRange, "orientation quaternion has norm \(norm), expected 1 ± 1e-3")
+    }
+    return (position, orientation)
+}
+
+func writePose(_ w: inout WireWriter, _ position: SIMD3<Double>, _ orientation: SIMD4<Double>) {
+    w.f64(position.x)
+    w.f64(position.y)
+    w.f64(position.z)
+    w.f64(orientation.x)
+    w.f64(orientation.y)
+    w.f64(orientation.z)
+    w.f64(orientation.w)
 }

@@ -55,6 +55,7 @@ public enum Message: Sendable, Equatable {
     case result(ResultMessage)
     case control(Control)
     case handover(Handover)
+    case boxes(Boxes)
 
     public static func decode(_ bytes: UnsafeRawBufferPointer, limits: WireLimits = .default) throws(WireError)
         -> Message
@@ -68,6 +69,7 @@ public enum Message: Sendable, Equatable {
         case .result: return .result(try ResultMessage(body: &r, payload: env.payload, limits: limits))
         case .control: return .control(try Control(body: &r, payload: env.payload, limits: limits))
         case .handover: return .handover(try Handover(body: &r, payload: env.payload, limits: limits))
+        case .boxes: return .boxes(try Boxes(body: &r, payload: env.payload, limits: limits))
         }
     }
 
@@ -83,6 +85,7 @@ public enum Message: Sendable, Equatable {
         case .result(let m): m.encoded()
         case .control(let m): m.encoded()
         case .handover(let m): m.encoded()
+        case .boxes(let m): m.encoded()
         }
     }
 
@@ -94,6 +97,7 @@ public enum Message: Sendable, Equatable {
         case .result: .result
         case .control: .control
         case .handover: .handover
+        case .boxes: .boxes
         }
     }
 }
@@ -357,34 +361,9 @@ public struct Detection: Sendable, Equatable {
         self.yaw = yaw
         self.trackID = trackID
     }
-}
 
-/// Detections for one fused tick (PROTOCOL.md §4.4). Named `ResultMessage` to keep clear of
-/// Swift's `Result`.
-public struct ResultMessage: WireMessage {
-    public static let kind = MessageKind.result
-    public var sequence: UInt64
-    public var captureTimeNs: UInt64
-    public var fusionTimeNs: UInt64
-    public var detections: [Detection]
-
-    public init(sequence: UInt64, captureTimeNs: UInt64, fusionTimeNs: UInt64, detections: [Detection]) {
-        self.sequence = sequence
-        self.captureTimeNs = captureTimeNs
-        self.fusionTimeNs = fusionTimeNs
-        self.detections = detections
-    }
-
-    public var bodyLength: Int { 28 }
-    public var payloadLength: Int { detections.count * Detection.recordSize }
-    public func writeBody(_ w: inout WireWriter) {
-        w.u64(sequence)
-        w.u64(captureTimeNs)
-        w.u64(fusionTimeNs)
-        w.u16(UInt16(detections.count))
-        w.u16(UInt16(Detection.recordSize))
-    }
-    public func writePayload(_ w: inout WireWriter) {
+    /// Writes records of `recordSize` bytes (PROTOCOL.md §4.4).
+    static func write(_ detections: [Detection], to w: inout WireWriter) {
         for d in detections {
             w.u16(d.classID)
             w.u16(0)
@@ -399,12 +378,12 @@ public struct ResultMessage: WireMessage {
             w.u32(d.trackID)
         }
     }
-    public init(body r: inout WireReader, payload: UnsafeRawBufferPointer, limits: WireLimits) throws(WireError) {
-        sequence = try r.u64("sequence")
-        captureTimeNs = try r.u64("capture_time_ns")
-        fusionTimeNs = try r.u64("fusion_time_ns")
-        let count = Int(try r.u16("detection_count"))
-        let recordSize = Int(try r.u16("record_size"))
+
+    /// Reads `count` records of `recordSize` bytes (≥ 40; bytes past the first 40 are skipped),
+    /// checking the count against the limits and the payload length before allocating.
+    static func records(count: Int, recordSize: Int, payload: UnsafeRawBufferPointer, limits: WireLimits)
+        throws(WireError) -> [Detection]
+    {
         guard count <= min(4096, limits.maxDetections) else {
             throw WireError(.fieldOutOfRange, "detection_count \(count) over \(min(4096, limits.maxDetections))")
         }
@@ -436,6 +415,42 @@ public struct ResultMessage: WireMessage {
             }
             dets.append(Detection(classID: classID, score: score, center: c, size: s, yaw: yaw, trackID: track))
         }
-        detections = dets
+        return dets
+    }
+}
+
+/// Detections for one fused tick (PROTOCOL.md §4.4). Named `ResultMessage` to keep clear of
+/// Swift's `Result`.
+public struct ResultMessage: WireMessage {
+    public static let kind = MessageKind.result
+    public var sequence: UInt64
+    public var captureTimeNs: UInt64
+    public var fusionTimeNs: UInt64
+    public var detections: [Detection]
+
+    public init(sequence: UInt64, captureTimeNs: UInt64, fusionTimeNs: UInt64, detections: [Detection]) {
+        self.sequence = sequence
+        self.captureTimeNs = captureTimeNs
+        self.fusionTimeNs = fusionTimeNs
+        self.detections = detections
+    }
+
+    public var bodyLength: Int { 28 }
+    public var payloadLength: Int { detections.count * Detection.recordSize }
+    public func writeBody(_ w: inout WireWriter) {
+        w.u64(sequence)
+        w.u64(captureTimeNs)
+        w.u64(fusionTimeNs)
+        w.u16(UInt16(detections.count))
+        w.u16(UInt16(Detection.recordSize))
+    }
+    public func writePayload(_ w: inout WireWriter) { Detection.write(detections, to: &w) }
+    public init(body r: inout WireReader, payload: UnsafeRawBufferPointer, limits: WireLimits) throws(WireError) {
+        sequence = try r.u64("sequence")
+        captureTimeNs = try r.u64("capture_time_ns")
+        fusionTimeNs = try r.u64("fusion_time_ns")
+        detections = try Detection.records(
+            count: Int(try r.u16("detection_count")), recordSize: Int(try r.u16("record_size")), payload: payload,
+            limits: limits)
     }
 }

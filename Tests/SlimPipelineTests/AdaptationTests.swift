@@ -99,6 +99,37 @@ struct AdaptationTests {
         #expect(c.ceilingBytes == .infinity)  // ...ten in a row are
     }
 
+    @Test("below the cheapest map is the boxes rung: down to it when no map fits, back after upAfter frames")
+    func boxesRung() {
+        var c = WidthController(configurations: Self.table)
+        // Without the rung, a link too slow for anything keeps the cheapest map.
+        _ = c.update(goodputBytesPerSecond: 20_000)
+        #expect(!c.sendsBoxes && c.configuration.bytes == 2_689)
+        c = WidthController(configurations: Self.table)
+        c.fallsToBoxes = true
+        _ = c.update(goodputBytesPerSecond: 250_000)
+        #expect(!c.sendsBoxes)
+        // 160 kbit/s: even the 2.7 kB map needs 134 ms of a 70 ms budget: boxes at once (the
+        // cheapest map is the one it comes back to).
+        _ = c.update(goodputBytesPerSecond: 20_000)
+        #expect(c.sendsBoxes && c.configuration.bytes == 2_689)
+        // Back: the cheapest map fits again (60 kB/s: 45 ms), but only after ten frames.
+        for _ in 0..<9 { _ = c.update(goodputBytesPerSecond: 60_000) }
+        #expect(c.sendsBoxes)
+        _ = c.update(goodputBytesPerSecond: 60_000)
+        #expect(!c.sendsBoxes && c.configuration.bytes == 2_689)
+        // A quick return to boxes (within probeFrames) doubles the wait for the next try.
+        _ = c.update(goodputBytesPerSecond: 20_000)
+        #expect(c.sendsBoxes)
+        for _ in 0..<19 { _ = c.update(goodputBytesPerSecond: 60_000) }
+        #expect(c.sendsBoxes)
+        _ = c.update(goodputBytesPerSecond: 60_000)
+        #expect(!c.sendsBoxes)
+        // Saturation while at the cheapest map (queueing delay) falls to boxes as well.
+        _ = c.update(goodputBytesPerSecond: 60_000, queueingSeconds: 0.05)
+        #expect(c.sendsBoxes)
+    }
+
     @Test("the controller scales the table's bytes by what the frames measure")
     func bytesScale() {
         var c = WidthController(configurations: Self.table)

@@ -80,7 +80,7 @@ struct SessionTests {
     static let referencePeer = pythonImportsNow("zmq, lz4")
 
     @Test(
-        "the Python reference agent (Protocol/reference) completes a session with the Swift server, Curve on",
+        "the Python reference agent (Protocol/reference) completes a session of maps and boxes with the Swift server, Curve on",
         .enabled(if: referencePeer, "python3 with pyzmq and lz4 is not available (scripts/test installs them)"))
     func pythonReferenceAgent() async throws {
         let keys = try CurveKeyPair.generate()
@@ -94,11 +94,13 @@ struct SessionTests {
             [
                 "python3", "Protocol/reference/agent.py", "--endpoint", server.router.endpoint, "--agent-id", "ref-1",
                 "--server-key", "\(dir)/server.pub", "--key", "\(dir)/ref-1", "--frames", "12", "--interval", "0.02",
-                "--lz4", "--mask", "--bits", "3", "--timeout", "15", "--json",
+                "--lz4", "--mask", "--bits", "3", "--payload", "mixed", "--timeout", "15", "--json",
             ], directory: repoRoot)
         #expect(r?.status == 0, "reference agent: \(r?.output ?? "did not finish")")
+        // Maps and Boxes (§4.7) in turn: every one accepted and acknowledged.
         let s = server.server.stats["ref-1"]
         #expect(s?.frames == 12)
+        #expect(s?.boxesMessages == 6)
         #expect(s?.bits == 3)
         #expect(s?.keyName == "ref-1")
         #expect(server.server.rejections.isEmpty)

@@ -96,12 +96,15 @@ private func expectedMessage(_ v: ValidVector, received: Message) throws -> Mess
             Handover(
                 epoch: f.epoch!, action: Handover.Action(rawValue: f.action!)!, region: f.region!,
                 endpoint: f.endpoint!, serverKey: unhex(f.serverKey!)))
+    case "Boxes":
+        return .boxes(
+            Boxes(
+                agentID: f.agentId!, sequence: f.sequence!, captureTimeNs: f.captureTimeNs!,
+                position: SIMD3(f.position![0], f.position![1], f.position![2]),
+                orientation: SIMD4(f.orientation![0], f.orientation![1], f.orientation![2], f.orientation![3]),
+                detections: detections(f)))
     case "Result":
-        let dets = f.detections!.map {
-            Detection(
-                classID: $0.classId, score: $0.score, center: SIMD3($0.center[0], $0.center[1], $0.center[2]),
-                size: SIMD3($0.size[0], $0.size[1], $0.size[2]), yaw: $0.yaw, trackID: $0.trackId)
-        }
+        let dets = detections(f)
         return .result(
             ResultMessage(
                 sequence: f.sequence!, captureTimeNs: f.captureTimeNs!, fusionTimeNs: f.fusionTimeNs!, detections: dets)
@@ -128,6 +131,14 @@ private func expectedMessage(_ v: ValidVector, received: Message) throws -> Mess
     }
 }
 
+private func detections(_ f: ValidVector.Fields) -> [Detection] {
+    f.detections!.map {
+        Detection(
+            classID: $0.classId, score: $0.score, center: SIMD3($0.center[0], $0.center[1], $0.center[2]),
+            size: SIMD3($0.size[0], $0.size[1], $0.size[2]), yaw: $0.yaw, trackID: $0.trackId)
+    }
+}
+
 enum VectorError: Error { case wrongKind }
 
 @Suite("Protocol test vectors")
@@ -148,7 +159,7 @@ struct VectorTests {
             masked = masked || v.fields.maskMode == 1
             lz4 = lz4 || v.fields.codec == 1
         }
-        #expect(kinds == ["Hello", "FeatureFrame", "Ack", "Result", "Control", "Handover"])
+        #expect(kinds == ["Hello", "FeatureFrame", "Ack", "Result", "Control", "Handover", "Boxes"])
         #expect(bits == Set(1...8))
         #expect(masked && lz4)
         let reasons = Set(try invalid.map { try Vectors.json("invalid", $0, as: InvalidVector.self).error })

@@ -16,6 +16,12 @@ import SlimPerception
 /// `upAfter` × 2^k frames (k ≤ 4 consecutive failures) — exponential back-off, as TCP does for
 /// retransmissions — or until the goodput estimate has stayed twice as high for `upAfter` frames. Server caps (`Control`) bound every choice. Choosing is arithmetic on a
 /// small table: no allocation.
+///
+/// Below the cheapest map is the boxes rung (`fallsToBoxes`): when even the cheapest allowed
+/// configuration does not fit (or the link is saturated while it is sent), the agent sends its
+/// own detections instead (`sendsBoxes`), a few hundred bytes. It goes back to maps once the
+/// cheapest has been feasible for `upAfter` consecutive frames (`upAfter` × 2^k after k quick
+/// returns to boxes, k ≤ 4).
 public struct WidthController: Sendable {
     /// A row of the model's rate–accuracy table: width, bits, sparsity threshold, expected bytes
     /// per frame, AP@0.5 (higher is better).
@@ -47,6 +53,11 @@ public struct WidthController: Sendable {
     private var betterLink = 0
     private var failures = 0
     private var sinceUp = Int.max
+    /// Whether the boxes rung is below the cheapest map.
+    public var fallsToBoxes = false
+    /// True while the agent should send its own detections (Boxes) rather than a map.
+    public private(set) var sendsBoxes = false
+    private var boxesStreak = 0, boxesFailures = 0, sinceMaps = Int.max
 
     /// - Parameter configurations: ordered by accuracy or not; the cheapest is the fallback.
     public init(configurations: [Configuration]) {
@@ -106,11 +117,38 @@ public struct WidthController: Sendable {
             }
             return pick
         }
+        if sendsBoxes {
+            // Back to maps once the cheapest fits, and has for long enough.
+            if let c = cheapestAllowed(), feasible(configurations[c]), q <= saturatedQueueingSeconds {
+                boxesStreak += 1
+                if boxesStreak >= upAfter << min(boxesFailures, 4) {
+                    sendsBoxes = false
+                    boxesStreak = 0
+                    current = c
+                    sinceMaps = 0
+                    betterStreak = 0
+                }
+            } else {
+                boxesStreak = 0
+            }
+            return configuration
+        }
+        if sinceMaps < Int.max { sinceMaps += 1 }
         let cur = configuration.bytes
         let saturated = q > saturatedQueueingSeconds || rttSeconds > budget
         if !feasible(configuration) || saturated {
             // Down at once: the best feasible configuration smaller than this one (or the cheapest).
             let down = mostAccurate { feasible($0) && $0.bytes < cur } ?? cheapestAllowed() ?? current
+            if fallsToBoxes, !feasible(configurations[down]) || (down == current && saturated) {
+                // Not even the cheapest map fits: the boxes rung.
+                if sinceMaps <= probeFrames { boxesFailures += 1 } else if sinceMaps != Int.max { boxesFailures = 0 }
+                sendsBoxes = true
+                boxesStreak = 0
+                current = down
+                betterStreak = 0
+                sinceUp = Int.max
+                return configuration
+            }
             if configurations[down].bytes < cur {
                 if sinceUp <= probeFrames {  // the last step up did not hold: back off
                     failures += 1

@@ -45,6 +45,13 @@ struct EvalCommand: AsyncParsableCommand {
     @Flag(help: "Run the server's backbone in float, as training/evaluate.py does (the server runs int8).")
     var floatServer = false
 
+    @Flag(
+        help: """
+            Late fusion, live: every agent runs the whole detector (int8, full width) and sends its own boxes \
+            (the Boxes message, the adaptation's lowest rung); the server merges them. The baseline a map must beat.
+            """)
+    var lateFusion = false
+
     @Flag(help: "Print JSON.")
     var json = false
 
@@ -61,6 +68,7 @@ struct EvalCommand: AsyncParsableCommand {
         config.firstFrame = firstFrame
         config.floatEncoder = floatEncoder
         config.floatServer = floatServer
+        config.lateFusion = lateFusion
         guard let f = CooperativeDetector.Fusion(rawValue: fusion) else {
             throw ValidationError("--fusion must be attention or max")
         }
@@ -114,7 +122,8 @@ func evalReport(_ s: CooperativeSession) -> [String: Any] {
         ])
     }
     return [
-        "recording": s.config.recording, "model": s.config.model, "bits": s.config.bits,
+        "recording": s.config.recording, "model": s.config.model, "payload": s.config.lateFusion ? "boxes" : "map",
+        "bits": s.config.bits,
         "width_index": s.config.widthIndex ?? -1, "threshold": s.config.threshold, "fusion": s.config.fusion.rawValue,
         "fused_ap": apDict(fused), "alone_ap": apDict(alone), "agents": agents,
         "server_fusion_ms": ["p50": percentile(s.fuseMs, 0.5), "p99": percentile(s.fuseMs, 0.99)],

@@ -1,0 +1,184 @@
+import Foundation
+import Logging
+import SlimAgent
+import SlimEngine
+import SlimPerception
+import SlimSensors
+import SlimServer
+import SlimTransport
+import SlimWire
+import Testing
+
+@testable import SlimPipeline
+
+/// The boxes rung (PROTOCOL.md §4.7) end to end: agents send their own detections over the real
+/// sockets, the server merges them, and what comes back is what the offline merge gives.
+@Suite("Late fusion: Boxes messages over ZeroMQ, merged by the server")
+struct LateFusionTests {
+    static let agents = ["car_1", "rsu_1"]
+
+    /// Per frame and agent, the agent's own detections (OwnDetector, as the agents ran it) and pose.
+    static func offline(frames n: Int) throws -> [[String: (boxes: [BEVBox], position: SIMD2<Float>, yaw: Float)]] {
+        let rec = try RecordingFrames(path: samplePath)
+        let frames = Array(
+            rec.frames.filter { f in agents.allSatisfy { f.agents[$0]?.points.isEmpty == false } }.prefix(n))
+        let own = try OwnDetector(modelFile: modelPath)
+        let edge = try EdgeEncoder(modelFile: modelPath)
+        return frames.map { f in
+            var out: [String: (boxes: [BEVBox], position: SIMD2<Float>, yaw: Float)] = [:]
+            for a in agents {
+                let af = f.agents[a]!
+                let pose = af.measuredPose ?? af.pose!
+                let boxes = af.points.withUnsafeBufferPointer {
+                    own.detect(edge, $0, sensorHeight: Float(af.pose!.position.z))
+                }
+                out[a] = (boxes, SIMD2(Float(pose.position.x), Float(pose.position.y)), Float(pose.yaw))
+            }
+            return out
+        }
+    }
+
+    /// A lock-step session of car_1 and rsu_1 over the first `frames` frames of the sample.
+    static func session(frames: Int, _ configure: (inout CooperativeSession.Config) -> Void) async throws
+        -> CooperativeSession
+    {
+        var logger = Logger(label: "test")
+        logger.logLevel = .error
+        var config = CooperativeSession.Config(recording: samplePath, model: modelPath)
+        config.agents = agents
+        config.maxFrames = frames
+        configure(&config)
+        let session = CooperativeSession(config)
+        try await session.run(logger: logger)
+        #expect(session.rejected == 0)
+        return session
+    }
+
+    /// Box lists equal up to the wire's float32 (the Result carries the same values).
+    static func expectSame(_ online: [BEVBox]?, _ offline: [BEVBox], _ what: String) {
+        guard let online else {
+            Issue.record("no Result for \(what)")
+            return
+        }
+        #expect(online.count == offline.count, "\(what): \(online.count) vs \(offline.count) boxes")
+        for (x, y) in zip(online, offline) {
+            #expect(
+                abs(x.x - y.x) < 1e-3 && abs(x.y - y.y) < 1e-3 && abs(x.yaw - y.yaw) < 1e-4
+                    && abs(x.score - y.score) < 1e-6, "\(what): \(x) vs \(y)")
+        }
+    }
+
+    @Test("every agent on the boxes rung: each gets the NMS of everyone's boxes in its frame")
+    func allBoxes() async throws {
+        let session = try await Self.session(frames: 5) { $0.lateFusion = true }
+        let expected = try Self.offline(frames: 5)
+        var compared = 0
+        for (fi, per) in expected.enumerated() {
+            for ego in Self.agents {
+                let e = per[ego]!
+                var merged: [BEVBox] = []
+                for a in Self.agents {
+                    let o = per[a]!
+                    merged += o.boxes.map { $0.moved(from: o.position, o.yaw, to: e.position, e.yaw) }
+                        .filter { abs($0.x) <= 32 && abs($0.y) <= 32 }
+                }
+                Self.expectSame(
+                    session.reports[ego]!.detections[fi], RotatedIoU.nms(merged, threshold: 0.1), "\(ego) frame \(fi)")
+                compared += 1
+            }
+        }
+        #expect(compared == 10)
+        let sent = expected.flatMap { $0.values.map(\.boxes.count) }.reduce(0, +)
+        #expect(sent >= 10, "the agents' own detectors found \(sent) boxes in 5 frames")
+        for a in Self.agents {
+            let r = session.reports[a]!
+            #expect(r.results == 5)
+            // A box list is a few hundred bytes: 88 of header and 40 a box.
+            #expect(r.bytes > 0 && r.bytes / r.frames < 1_398)
+        }
+    }
+
+    @Test("a mixed group: the car's map is fused, the roadside unit's boxes merged into it")
+    func mixed() async throws {
+        let session = try await Self.session(frames: 4) { $0.boxAgents = ["rsu_1"] }
+        let expected = try Self.offline(frames: 4)
+        // The car's fused result offline: the detector on its map alone, then the unit's boxes.
+        let rec = try RecordingFrames(path: samplePath)
+        let frames = Array(
+            rec.frames.filter { f in Self.agents.allSatisfy { f.agents[$0]?.points.isEmpty == false } }.prefix(4))
+        let detector = try CooperativeDetector(Safetensors(contentsOf: modelPath))
+        let edge = try EdgeEncoder(modelFile: modelPath)
+        let feat = FloatTensor(height: 32, width: 32, channels: 64)
+        for (fi, f) in frames.enumerated() {
+            let af = f.agents["car_1"]!
+            let shape = af.points.withUnsafeBufferPointer { edge.encode($0, sensorHeight: Float(af.pose!.position.z)) }
+            edge.dequantized(
+                into: feat, channels: shape.channels, height: shape.height, width: shape.width, masked: shape.masked)
+            let car = expected[fi]["car_1"]!
+            let rsu = expected[fi]["rsu_1"]!
+            var merged = detector.detect(ego: 0, agents: [.init(features: feat, position: car.position, yaw: car.yaw)])
+            merged += rsu.boxes.map { $0.moved(from: rsu.position, rsu.yaw, to: car.position, car.yaw) }
+                .filter { abs($0.x) <= 32 && abs($0.y) <= 32 }
+            Self.expectSame(
+                session.reports["car_1"]!.detections[fi], RotatedIoU.nms(merged, threshold: 0.1), "car_1 frame \(fi)")
+        }
+        // The unit (boxes, no map of its own) still gets the car's map fused into its grid.
+        #expect(session.reports["rsu_1"]!.results == 4)
+        #expect(session.reports["rsu_1"]!.bytes / 4 < 1_398)
+        #expect(session.reports["car_1"]!.bytes / 4 > 10_000)
+    }
+}
+
+@Suite("The adapting agent falls to the boxes rung")
+struct BoxesRungTests {
+    @Test("an agent whose link carries no map in time sends Boxes, and its Results still come back")
+    func agentFallsToBoxes() async throws {
+        var logger = Logger(label: "test")
+        logger.logLevel = .error
+        let router = try RouterEndpoint(bind: "tcp://127.0.0.1:0", curve: nil, logger: logger)
+        let fusion = try FusionService(modelFile: modelPath)
+        let server = FusionServer(endpoint: router, fusion: fusion, drainMs: 0, logger: logger)
+        let serverTask = Task { await server.run() }
+        let results = Locked<[UInt64]>([])
+        let edge = try EdgeEncoder(modelFile: modelPath)
+        let agent = try FeatureAgent(
+            identity: AgentIdentity(
+                agentID: "car-1", modelID: edge.modelID,
+                widths: edge.model.architecture.widths.map { UInt16(($0 * 1000).rounded()) }, bitsMask: edge.bitsMask),
+            server: router.endpoint, curve: nil, maxFrameBytes: 1 << 20, logger: logger
+        ) { r in results.withLock { $0.append(r.sequence) } }
+        let links = Roaming(home: agent, logger: logger, connect: nil)
+        let linkTask = Task { await links.run() }
+        // A 2 ms deadline: even the cheapest map (2.7 kB) does not fit what is left of it once the
+        // encoder's 5 ms are counted, whatever the link. The controller's rule is the same one a
+        // slow link trips (bytes ÷ goodput over the budget); Benchmarks/shaped_link.sh shows it on
+        // a shaped link.
+        let source = AgentConfig.RecordingSource(
+            recording: samplePath, agent: "car_1", model: modelPath, widthIndex: nil, bits: 8, threshold: 0,
+            loop: false, adaptDeadline: 0.002)
+        let loop = try EdgeAgent(links: links, edge: edge, source: source, stages: AgentStageTimes(), logger: logger)
+        // The first frames go before any Ack (no goodput yet): maps. Then boxes. Replayed in
+        // short runs until four Boxes went in (no clock in the test's logic: a loaded machine
+        // only takes longer).
+        var boxes: Int { server.server.stats["car-1"]?.boxesMessages ?? 0 }
+        let giveUp = SystemClock.monotonicNs() + 60_000_000_000
+        while boxes < 4, SystemClock.monotonicNs() < giveUp {
+            try await loop.replay(frames: 3, stop: Locked(false), report: nil)
+        }
+        #expect(loop.sendsBoxes)
+        // The last message was Boxes: its Result comes back (the newest message is always fused).
+        let last = agent.lastSequence
+        while !results.value.contains(last), SystemClock.monotonicNs() < giveUp {
+            try await Task.sleep(nanoseconds: 10_000_000)
+        }
+        #expect(results.value.contains(last), "no Result for the Boxes message \(last): \(results.value)")
+        let stats = try #require(server.server.stats["car-1"])
+        #expect(stats.boxesMessages >= 4, "\(stats.boxesMessages) of \(stats.frames) messages were Boxes")
+        #expect(stats.rejectedTotal == 0)
+        #expect(fusion.boxesTaken == stats.boxesMessages)
+        agent.endpoint.close()
+        server.shutdown()
+        await serverTask.value
+        await linkTask.value
+    }
+}
