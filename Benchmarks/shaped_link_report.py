@@ -39,12 +39,19 @@ def ap(frames: list[dict], key: str = "tp50") -> float:
     return float(100 * np.sum((rec[idx + 1] - rec[idx]) * prec[idx + 1]))
 
 
+def config_label(f: dict) -> str:
+    """w<width index>/<bits>b[/s sparse], or "boxes" for the boxes rung (the agent's own detections)."""
+    if f.get("payload") == "boxes":
+        return "boxes"
+    return f"w{f['width_index']}/{f['bits']}b{'/s' if f['threshold'] > 0 else ''}"
+
+
 def summarize(frames: list[dict]) -> dict:
     if not frames:
         return {"frames": 0}
     lat = np.array([f["latency_ms"] for f in frames if f["latency_ms"] is not None])
     good = [f["goodput_kbit_s"] for f in frames if f["goodput_kbit_s"] is not None]
-    cfg = collections.Counter(f"w{f['width_index']}/{f['bits']}b{'/s' if f['threshold'] > 0 else ''}" for f in frames)
+    cfg = collections.Counter(config_label(f) for f in frames)
     return {
         "frames": len(frames),
         "config": cfg.most_common(1)[0][0],
@@ -133,11 +140,11 @@ def plot(trace, runs, segments, path):
         ax[1].plot([r["wall_s"] - t0 for r in rows], [r["bytes"] / 1000 for r in rows], ".", ms=3, color=colors[name], label=name)
     prev, last_t = None, -1e9
     for r in runs["adaptive"]:
-        cfg = f"w{r['width_index']}/{r['bits']}b{'/s' if r['threshold'] > 0 else ''}"
+        cfg = config_label(r)
         if cfg != prev and r["wall_s"] - last_t > 3:  # label changes, at most one every 3 s
             ax[1].annotate(cfg, (r["wall_s"] - t0, r["bytes"] / 1000), fontsize=7, xytext=(2, 6), textcoords="offset points")
             prev, last_t = cfg, r["wall_s"]
-    ax[1].set_ylabel("kB per frame (adaptive: w<width index>/<bits>b[/s sparse])")
+    ax[1].set_ylabel("kB per frame")
     ax[1].set_yscale("log")
     ax[1].legend(fontsize=7)
     # 3: latency (capture -> detections back), missed frames at the top
@@ -145,7 +152,8 @@ def plot(trace, runs, segments, path):
         pts = [(r["wall_s"] - t0, r["latency_ms"] if r["latency_ms"] is not None else 2000) for r in rows]
         ax[2].plot(*zip(*pts), ".", ms=3, color=colors[name], label=name)
     ax[2].axhline(100, ls="--", color="k", lw=1, label="deadline 100 ms")
-    ax[2].set_ylabel("latency ms (no result: 2000)")
+    ax[2].set_ylabel("latency ms")
+    ax[2].text(0.01, 0.94, "points at 2000: no result in time", transform=ax[2].transAxes, fontsize=7, va="top")
     ax[2].set_yscale("log")
     ax[2].legend(fontsize=7)
     # 4: AP@0.5 per segment

@@ -113,9 +113,12 @@ public final class EdgeAgent {
             let wasBoxes = c.sendsBoxes
             let g = agent.goodput
             let caps = agent.control
+            // A frame still unacknowledged is a round trip at least that long: on a link that just
+            // collapsed no Ack comes for seconds, and the last estimate would still say it is fast.
+            let waiting = agent.inFlightAge(now: SystemClock.monotonicNs()) ?? 0
             let cfg = c.update(
                 goodputBytesPerSecond: g.bytesPerSecond, queueingSeconds: Double(g.queueingNs) / 1e9,
-                rttSeconds: Double(g.lastRTTNs) / 1e9,
+                rttSeconds: Double(max(g.lastRTTNs, waiting)) / 1e9,
                 maxWidthIndex: Int(caps?.maxWidthIndex ?? 255), maxBits: Int(caps?.maxBits ?? 8))
             controller = c
             if c.sendsBoxes != wasBoxes {

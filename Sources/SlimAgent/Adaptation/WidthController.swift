@@ -21,7 +21,9 @@ import SlimPerception
 /// configuration does not fit (or the link is saturated while it is sent), the agent sends its
 /// own detections instead (`sendsBoxes`), a few hundred bytes. It goes back to maps once the
 /// cheapest has been feasible for `upAfter` consecutive frames (`upAfter` × 2^k after k quick
-/// returns to boxes, k ≤ 4).
+/// returns to boxes, k ≤ 2: the estimate from small Boxes messages overstates the link, so a
+/// probe often fails, but one costs a frame or two; a longer back-off would keep an agent on boxes
+/// for many seconds after its link came back).
 public struct WidthController: Sendable {
     /// A row of the model's rate–accuracy table: width, bits, sparsity threshold, expected bytes
     /// per frame, AP@0.5 (higher is better).
@@ -121,7 +123,7 @@ public struct WidthController: Sendable {
             // Back to maps once the cheapest fits, and has for long enough.
             if let c = cheapestAllowed(), feasible(configurations[c]), q <= saturatedQueueingSeconds {
                 boxesStreak += 1
-                if boxesStreak >= upAfter << min(boxesFailures, 4) {
+                if boxesStreak >= upAfter << min(boxesFailures, 2) {
                     sendsBoxes = false
                     boxesStreak = 0
                     current = c
