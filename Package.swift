@@ -118,10 +118,10 @@ let package = Package(
         .target(name: "SlimEngine", dependencies: ["CKernels"], swiftSettings: strict),
         // Perception on the engine: the transmitted features' quantization and the model's
         // rate-accuracy table, cooperative detection (warp, fusion, head, NMS), BEV boxes, AP.
-        .target(name: "SlimPerception", dependencies: ["SlimEngine"], swiftSettings: strict),
+        .target(name: "SlimPerception", dependencies: ["SlimCore", "SlimEngine"], swiftSettings: strict),
         // Sensor streams: MCAP (ROS 2) recording and replay, LiDAR scene simulator, BEV featurizer.
         .target(
-            name: "SlimSensors", dependencies: ["CKernels", "CLZ4", "CZstd", "SlimEngine", "SlimConfig"],
+            name: "SlimSensors", dependencies: ["CKernels", "CLZ4", "CZstd", "SlimCore", "SlimEngine", "SlimConfig"],
             swiftSettings: strict),
         // End to end: agents replaying a recording and the fusion server, over real sockets.
         .target(

@@ -19,7 +19,8 @@ SPLITS = {
     "train": [("train-int-a", range(1, 7)), ("train-int-b", range(11, 17)), ("train-int-c", range(21, 27)),
               ("train-str-a", range(31, 37)), ("train-str-b", range(41, 47))],
     "val": [("val-int", range(101, 103)), ("val-str", range(111, 113))],
-    "test": [("test-int", range(201, 204)), ("test-int-wide", range(211, 214)), ("test-str", range(221, 224))],
+    "test": [("test-int", range(201, 204)), ("test-int-wide", range(211, 214)), ("test-str", range(221, 224)),
+             ("test-int-busy", range(231, 234)), ("test-str4", range(241, 244))],
 }
 
 

@@ -7,6 +7,8 @@ public struct AveragePrecision: Sendable {
     public static let thresholds: [Float] = [0.3, 0.5, 0.7]
     private var scores: [Float] = []
     private var truePositive: [[Bool]] = Self.thresholds.map { _ in [] }
+    /// Per threshold: detections left out of this AP (matched to ground truth outside a subset).
+    private var ignored: [[Bool]] = Self.thresholds.map { _ in [] }
     public private(set) var groundTruth = 0
 
     public init() {}
@@ -22,19 +24,46 @@ public struct AveragePrecision: Sendable {
     public mutating func add(scores s: [Float], truePositive tp: [[Bool]], groundTruth n: Int) {
         precondition(tp.count == Self.thresholds.count && tp.allSatisfy { $0.count == s.count })
         groundTruth += n
-        for ti in truePositive.indices { truePositive[ti] += tp[ti] }
+        for ti in truePositive.indices {
+            truePositive[ti] += tp[ti]
+            ignored[ti] += repeatElement(false, count: s.count)
+        }
         scores += s
+    }
+
+    /// Adds one frame for the AP of a subset of the ground truth (objects one agent sees, a range
+    /// bin): only ground truth with `counted` true counts; a detection matched to other ground
+    /// truth is left out, an unmatched one is a false positive where `unmatchedCounts` holds
+    /// (e.g. it lies in the range bin) and left out elsewhere.
+    public mutating func add(
+        detections: [BEVBox], groundTruth gt: [BEVBox], counted: [Bool], unmatchedCounts: (BEVBox) -> Bool
+    ) {
+        precondition(counted.count == gt.count)
+        let matched = Self.matches(detections: detections, groundTruth: gt)
+        groundTruth += counted.count { $0 }
+        scores += detections.map(\.score)
+        for ti in Self.thresholds.indices {
+            for (d, g) in matched[ti].enumerated() {
+                truePositive[ti].append(g.map { counted[$0] } ?? false)
+                ignored[ti].append(g.map { !counted[$0] } ?? !unmatchedCounts(detections[d]))
+            }
+        }
     }
 
     /// One frame's greedy matching: per threshold, whether each detection is a true positive.
     public static func match(detections: [BEVBox], groundTruth gt: [BEVBox]) -> [[Bool]] {
+        matches(detections: detections, groundTruth: gt).map { $0.map { $0 != nil } }
+    }
+
+    /// Greedy matching by score: per threshold, the ground truth each detection matched, if any.
+    public static func matches(detections: [BEVBox], groundTruth gt: [BEVBox]) -> [[Int?]] {
         let order = detections.indices.sorted {
             detections[$0].score > detections[$1].score || (detections[$0].score == detections[$1].score && $0 < $1)
         }
         let iou = detections.map { d in gt.map { RotatedIoU.iou(d, $0) } }
         return thresholds.map { t in
             var used = [Bool](repeating: false, count: gt.count)
-            var tp = [Bool](repeating: false, count: detections.count)
+            var match = [Int?](repeating: nil, count: detections.count)
             for d in order where !gt.isEmpty {
                 var best = -1
                 var bestIoU: Float = -1
@@ -44,10 +73,10 @@ public struct AveragePrecision: Sendable {
                 }
                 if best >= 0, bestIoU >= t {
                     used[best] = true
-                    tp[d] = true
+                    match[d] = best
                 }
             }
-            return tp
+            return match
         }
     }
 
@@ -55,19 +84,22 @@ public struct AveragePrecision: Sendable {
     public mutating func merge(_ o: AveragePrecision) {
         groundTruth += o.groundTruth
         scores += o.scores
-        for i in truePositive.indices { truePositive[i] += o.truePositive[i] }
+        for i in truePositive.indices {
+            truePositive[i] += o.truePositive[i]
+            ignored[i] += o.ignored[i]
+        }
     }
 
     /// AP in percent at each threshold (nan without ground truth).
     public var percent: [Float] {
-        truePositive.map { tp in
+        zip(truePositive, ignored).map { tp, skip in
             guard groundTruth > 0 else { return .nan }
             let o = scores.indices.sorted { scores[$0] > scores[$1] || (scores[$0] == scores[$1] && $0 < $1) }
             var rec: [Float] = [0]
             var prec: [Float] = [0]
             var ctp: Float = 0
             var cfp: Float = 0
-            for i in o {
+            for i in o where !skip[i] {
                 if tp[i] { ctp += 1 } else { cfp += 1 }
                 rec.append(ctp / Float(groundTruth))
                 prec.append(ctp / max(ctp + cfp, 1e-9))

@@ -43,6 +43,11 @@ public final class CooperativeSession: @unchecked Sendable {
         /// These agents send boxes, the others maps (a mixed group: the server fuses the maps and
         /// merges the boxes).
         public var boxAgents: Set<String> = []
+        /// Conditions (evaluation only, FusionService.Options): Gaussian noise on the other agents'
+        /// poses in each agent's fusion (σ metres, σ degrees), and the other agents' latency: 0 or
+        /// one frame period of the recording (their previous frame is fused, with its pose).
+        public var poseNoise: (metres: Float, degrees: Float)?
+        public var othersLatencyMs: Double = 0
         public init(recording: String, model: String) {
             self.recording = recording
             self.model = model
@@ -57,12 +62,19 @@ public final class CooperativeSession: @unchecked Sendable {
         public var bytes = 0
         public var fusedAP = AveragePrecision()
         public var singleAP = AveragePrecision()
+        /// Fused AP@ split by how many agents see the object (index 0: one, 1: two or more) and
+        /// by its distance from the agent (``rangeBins``).
+        public var fusedBySeen = [AveragePrecision](repeating: AveragePrecision(), count: 2)
+        public var fusedByRange = [AveragePrecision](repeating: AveragePrecision(), count: 3)
         public var edgeMs: [Double] = []  // featurize + encode + quantize (+ the detector, late fusion)
         public var wireMs: [Double] = []  // pack + LZ4 + envelope + CRC
         public var roundTripMs: [Double] = []  // submit → Result
         /// Detections per frame index, in the agent's frame.
         public var detections: [Int: [BEVBox]] = [:]
     }
+
+    /// Distance bins of ``AgentReport/fusedByRange``, metres from the agent: [0, 15), [15, 30), [30, ∞).
+    public static let rangeBins: [Float] = [0, 15, 30]
 
     public let config: Config
     public private(set) var reports: [String: AgentReport] = [:]
@@ -96,6 +108,16 @@ public final class CooperativeSession: @unchecked Sendable {
         fopts.threads = config.fusionThreads
         fopts.fusion = config.fusion
         fopts.int8Backbone = !config.floatServer
+        fopts.poseNoise = config.poseNoise
+        if config.othersLatencyMs != 0 {
+            let periodMs = frames.count > 1 ? Double(frames[1].timeNs - frames[0].timeNs) / 1e6 : 0
+            guard abs(config.othersLatencyMs - periodMs) <= 1 else {
+                throw PipelineError(
+                    "latency \(config.othersLatencyMs) ms: the other agents can be late by one frame of "
+                        + "\(config.recording), \(periodMs) ms, or 0")
+            }
+            fopts.othersOneFrameLate = true
+        }
         let fusion = try FusionService(modelFile: config.model, options: fopts)
         // The server fuses in lock-step: a pass when every agent's frame t is in.
         let fusionServer = FusionServer(
@@ -170,6 +192,7 @@ public final class CooperativeSession: @unchecked Sendable {
                     if let own, config.lateFusion || config.boxAgents.contains(a) {
                         // The boxes rung: the agent's own detections are its message, and its baseline.
                         alone = af.points.withUnsafeBufferPointer { own.detect(e, $0, sensorHeight: sensorHeight) }
+                        submittedNs = SystemClock.monotonicNs()  // before: its Result may beat the next line
                         n = fa.submit(
                             boxes: Boxes(
                                 agentID: a, sequence: 0, captureTimeNs: captureNs, position: pose.position,
@@ -179,7 +202,6 @@ public final class CooperativeSession: @unchecked Sendable {
                                         classID: 0, score: min(max(b.score, 0), 1), center: SIMD3(b.x, b.y, 0.8),
                                         size: SIMD3(max(b.length, 0.1), max(b.width, 0.1), 1.6), yaw: b.yaw)
                                 }))
-                        submittedNs = SystemClock.monotonicNs()
                     } else {
                         let shape = af.points.withUnsafeBufferPointer { e.encode($0, sensorHeight: sensorHeight) }
                         let h = FeatureFrameHeader(
@@ -188,10 +210,10 @@ public final class CooperativeSession: @unchecked Sendable {
                             modelID: e.modelID, widthIndex: UInt8(e.widthIndex), bits: UInt8(e.bits),
                             channels: shape.channels, height: shape.height, width: shape.width, quant: .model,
                             masked: shape.masked, codec: config.lz4 ? .lz4 : .none)
+                        submittedNs = SystemClock.monotonicNs()
                         n = e.dense.withUnsafeBufferPointer { d in
                             e.mask.withUnsafeBytes { m in fa.submit(h, dense: d, mask: shape.masked ? m : nil) }
                         }
-                        submittedNs = SystemClock.monotonicNs()
                         // Single-agent baseline: the same features, fused with nobody.
                         e.dequantized(
                             into: feat, channels: shape.channels, height: shape.height, width: shape.width,
@@ -203,12 +225,12 @@ public final class CooperativeSession: @unchecked Sendable {
                     let pack = fa.stats.lastPackSeconds * 1e3
                     reports[a]!.frames += 1
                     reports[a]!.bytes += n ?? 0
-                    reports[a]!.edgeMs.append(Double(submittedNs - t0) / 1e6 - pack)
+                    reports[a]!.edgeMs.append(Double(submittedNs - t0) / 1e6)
                     reports[a]!.wireMs.append(pack)
                     sent[a] = (fa.lastSequence, submittedNs)
                     let gt = f.groundTruth(for: a)
                     reports[a]!.singleAP.add(
-                        detections: Self.filter(alone, own: gt.own), groundTruth: Self.boxes(gt.boxes))
+                        detections: Self.filter(alone, own: gt.own), groundTruth: gt.boxes)
                 }
                 // Wait for every agent's Result for this frame.
                 let deadline = SystemClock.monotonicNs() + 10_000_000_000
@@ -229,8 +251,23 @@ public final class CooperativeSession: @unchecked Sendable {
                     }
                     let gt = f.groundTruth(for: a)
                     reports[a]!.detections[fi] = dets
-                    reports[a]!.fusedAP.add(
-                        detections: Self.filter(dets, own: gt.own), groundTruth: Self.boxes(gt.boxes))
+                    let kept = Self.filter(dets, own: gt.own)
+                    let truth = gt.boxes
+                    reports[a]!.fusedAP.add(detections: kept, groundTruth: truth)
+                    for k in 0..<2 {
+                        reports[a]!.fusedBySeen[k].add(
+                            detections: kept, groundTruth: truth,
+                            counted: gt.seenBy.map { ($0 >= 2 ? 1 : 0) == k },
+                            unmatchedCounts: { _ in true })  // a false positive counts in both (as Waymo's levels)
+                    }
+                    func bin(_ x: Float, _ y: Float) -> Int {
+                        Self.rangeBins.lastIndex { (x * x + y * y).squareRoot() >= $0 } ?? 0
+                    }
+                    for k in Self.rangeBins.indices {
+                        reports[a]!.fusedByRange[k].add(
+                            detections: kept, groundTruth: truth, counted: truth.map { bin($0.x, $0.y) == k },
+                            unmatchedCounts: { bin($0.x, $0.y) == k })
+                    }
                 }
                 progress(loop * frames.count + fi + 1, max(config.loops, 1) * frames.count)
             }
@@ -243,13 +280,9 @@ public final class CooperativeSession: @unchecked Sendable {
         for t in tasks { await t.value }
     }
 
-    public static func boxes(_ b: [RecordingFrames.BEVBoxLike]) -> [BEVBox] {
-        b.map { BEVBox(x: $0.x, y: $0.y, length: $0.length, width: $0.width, yaw: $0.yaw) }
-    }
-
     /// Drops detections outside the grid or inside the ego's own vehicle (+0.5 m), as
     /// training/evaluate.py does.
-    public static func filter(_ dets: [BEVBox], own: [RecordingFrames.BEVBoxLike], half: Float = 32) -> [BEVBox] {
+    public static func filter(_ dets: [BEVBox], own: [BEVBox], half: Float = 32) -> [BEVBox] {
         dets.filter { d in
             guard abs(d.x) < half, abs(d.y) < half else { return false }
             for o in own {

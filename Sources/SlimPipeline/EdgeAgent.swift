@@ -190,7 +190,7 @@ public final class EdgeAgent {
                             widthIndex: edge.widthIndex, bits: edge.bits, threshold: edge.threshold,
                             bytes: bytes, goodputBytesPerSecond: agent.goodput.bytesPerSecond,
                             rttNs: agent.goodput.lastRTTNs,
-                            truth: CooperativeSession.boxes(gt.boxes), own: gt.own))
+                            truth: gt.boxes, own: gt.own))
                     report.expire(atNs: SystemClock.monotonicNs())
                 }
                 sent += 1

@@ -30,7 +30,7 @@ public final class FrameReport: @unchecked Sendable {
         var bytes: Int
         var goodputBytesPerSecond: Double?
         var rttNs: UInt64
-        var truth: [BEVBox], own: [RecordingFrames.BEVBoxLike]
+        var truth: [BEVBox], own: [BEVBox]
     }
 
     private let lock = NSLock()

@@ -77,8 +77,7 @@ public final class ServerServices: Sendable {
         var onFrame: FusionServer.FrameHook?
         var onJoin: (@Sendable (String) -> Void)?
         if let fleet {
-            onFrame = { agent, frame, s in
-                let p = frame.header.position
+            onFrame = { agent, p, s in
                 for h in fleet.observe(agent: agent, x: Double(p.x), y: Double(p.y)) {
                     s.server.send(h, toAgent: agent)
                 }

@@ -25,9 +25,10 @@ public final class FusionServer: Service, Sendable {
     }
 
     public typealias Observer = @Sendable (_ outputs: [FusionService.Output], _ server: FusionServer) -> Void
-    /// Extra work for an accepted frame, after fusion took it (the fleet's handover decisions).
+    /// Extra work for an accepted numbered message (a FeatureFrame or Boxes), after fusion took it,
+    /// with the sensor position it reported (the fleet's handover decisions).
     public typealias FrameHook =
-        @Sendable (_ agent: String, _ frame: FeatureFrameDecoder.Decoded, _ server: FusionServer) -> Void
+        @Sendable (_ agent: String, _ position: SIMD3<Double>, _ server: FusionServer) -> Void
 
     public let server: FeatureServer
     public let fusion: FusionService?
@@ -60,10 +61,11 @@ public final class FusionServer: Service, Sendable {
             endpoint: endpoint, options: options, logger: logger, check: check,
             onFrame: { agent, frame in
                 if fusion?.ingest(agent: agent, frame) == true { arrived.yield() }
-                if let onFrame, let s = me.value { onFrame(agent, frame, s) }
+                if let onFrame, let s = me.value { onFrame(agent, frame.header.position, s) }
             },
             onBoxes: { agent, boxes in
                 if fusion?.ingest(agent: agent, boxes: boxes) == true { arrived.yield() }
+                if let onFrame, let s = me.value { onFrame(agent, boxes.position, s) }
             },
             onJoin: { agent in
                 fusion?.joined(agent: agent)

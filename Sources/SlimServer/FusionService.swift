@@ -30,6 +30,14 @@ public final class FusionService: @unchecked Sendable {
         public var int8Backbone = true
         public var fusion: CooperativeDetector.Fusion = .attention
         public var boxHeight: Float = 1.6
+        /// Evaluation only (`slimsplit eval --pose-noise`): Gaussian noise, σ metres per axis and
+        /// σ degrees of yaw, added to every other agent's pose in each agent's fusion (the V2XSet
+        /// convention; maps and boxes alike). Reproducible: drawn from the agents' names and the
+        /// ego's sequence number.
+        public var poseNoise: (metres: Float, degrees: Float)?
+        /// Evaluation only (`slimsplit eval --latency-ms`): each agent's fusion takes the other
+        /// agents' previous message (one frame old, with its pose), as if they arrived that late.
+        public var othersOneFrameLate = false
         public init() {}
     }
 
@@ -59,6 +67,8 @@ public final class FusionService: @unchecked Sendable {
         /// The agent's own detections (its frame) when its latest message was Boxes: it then
         /// joins fusions by late fusion, and `features` is not used.
         var boxes: [BEVBox]?
+        /// The message before (only with `othersOneFrameLate`): a copy of its map or its boxes.
+        var previous: Previous?
 
         /// A new message's numbering, time and pose (the BEV pose: x, y and the yaw of the quaternion).
         mutating func take(sequence: UInt64, captureNs: UInt64, position p: SIMD3<Double>, orientation q: SIMD4<Double>)
@@ -69,6 +79,26 @@ public final class FusionService: @unchecked Sendable {
             self.sequence = sequence
             fresh = true
         }
+    }
+
+    struct Previous {
+        var features: FloatTensor
+        var boxes: [BEVBox]?
+        var position: SIMD2<Float>, yaw: Float, captureNs: UInt64
+    }
+
+    /// Keeps the slot's current message as `previous` (before a new one replaces it).
+    private func keepPrevious(_ slot: inout Slot) {
+        guard options.othersOneFrameLate, slot.sequence > 0 else { return }
+        var buffer = slot.previous?.features
+        if let b = buffer, pinned[ObjectIdentifier(b)] != nil { buffer = nil }  // a tick reads it
+        let copy = buffer ?? FloatTensor(height: detector.height, width: detector.width, channels: maxChannels)
+        if slot.boxes == nil {
+            copy.reshape(height: slot.features.height, width: slot.features.width, channels: slot.features.channels)
+            copy.values.update(from: slot.features.values)
+        }
+        slot.previous = Previous(
+            features: copy, boxes: slot.boxes, position: slot.position, yaw: slot.yaw, captureNs: slot.captureNs)
     }
 
     public let options: Options
@@ -242,6 +272,7 @@ public final class FusionService: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         var slot = slots[agent] ?? Slot(features: target)
+        keepPrevious(&slot)
         if slot.features !== target {
             slot.spare = slot.features  // ingest checks it is not pinned before reuse
             slot.features = target
@@ -268,6 +299,7 @@ public final class FusionService: @unchecked Sendable {
         var slot =
             slots[agent]
             ?? Slot(features: FloatTensor(height: detector.height, width: detector.width, channels: maxChannels))
+        keepPrevious(&slot)
         slot.boxes = boxes
         slot.take(sequence: m.sequence, captureNs: m.captureTimeNs, position: m.position, orientation: m.orientation)
         slots[agent] = slot
@@ -327,9 +359,26 @@ public final class FusionService: @unchecked Sendable {
         lock.lock()
         for ego in (only ?? slots.filter(\.value.fresh).map(\.key)).sorted() {
             guard let e = slots[ego] else { continue }
-            let names = slots.keys.sorted().filter { n in
+            // What each agent contributes: its latest message (its previous one for the others
+            // with othersOneFrameLate), its pose (with the evaluation's noise for the others).
+            var view: [String: (features: FloatTensor, boxes: [BEVBox]?, position: SIMD2<Float>, yaw: Float)] = [:]
+            for (n, s) in slots {
+                if n == ego || !options.othersOneFrameLate {
+                    view[n] = (s.features, s.boxes, s.position, s.yaw)
+                } else if let p = s.previous {
+                    view[n] = (p.features, p.boxes, p.position, p.yaw)
+                }
+                if n != ego, let noise = options.poseNoise, var v = view[n] {
+                    var rng = NoiseSource(ego, n, e.sequence)
+                    v.position += SIMD2(rng.gaussian(), rng.gaussian()) * noise.metres
+                    v.yaw += rng.gaussian() * noise.degrees * .pi / 180
+                    view[n] = v
+                }
+            }
+            let names = view.keys.sorted().filter { n in
                 let s = slots[n]!
-                let dt = s.captureNs > e.captureNs ? s.captureNs - e.captureNs : e.captureNs - s.captureNs
+                let captureNs = n == ego || !options.othersOneFrameLate ? s.captureNs : s.previous!.captureNs
+                let dt = captureNs > e.captureNs ? captureNs - e.captureNs : e.captureNs - captureNs
                 if dt > options.windowNs, n != ego {
                     dropped += 1
                     return options.useLateFrames
@@ -339,14 +388,14 @@ public final class FusionService: @unchecked Sendable {
             var inputs: [CooperativeDetector.AgentInput] = []
             var late: [(boxes: [BEVBox], position: SIMD2<Float>, yaw: Float)] = []
             for n in names {
-                let s = slots[n]!
+                let s = view[n]!
                 if let b = s.boxes {
                     late.append((b, s.position, s.yaw))
                 } else {
                     inputs.append(.init(features: s.features, position: s.position, yaw: s.yaw))
                 }
             }
-            var egoIndex = names.filter { slots[$0]!.boxes == nil }.firstIndex(of: ego)
+            var egoIndex = names.filter { view[$0]!.boxes == nil }.firstIndex(of: ego)
             if egoIndex == nil, !inputs.isEmpty {
                 inputs.insert(.init(features: emptyMap, position: e.position, yaw: e.yaw), at: 0)
                 egoIndex = 0
@@ -428,5 +477,35 @@ public final class FusionService: @unchecked Sendable {
                     classID: 0, score: min(max(b.score, 0), 1), center: SIMD3(b.x, b.y, options.boxHeight / 2),
                     size: SIMD3(max(b.length, 0.1), max(b.width, 0.1), options.boxHeight), yaw: b.yaw)
             })
+    }
+}
+
+/// Reproducible Gaussian draws for the evaluation's pose noise: SplitMix64 seeded by FNV-1a of the
+/// ego's and the other agent's names and the ego's sequence number, Box–Muller.
+struct NoiseSource {
+    private var state: UInt64
+
+    init(_ ego: String, _ other: String, _ sequence: UInt64) {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in ego.utf8 + [0] + other.utf8 {
+            h ^= UInt64(b)
+            h = h &* 0x100_0000_01b3
+        }
+        state = h ^ (sequence &* 0x9e37_79b9_7f4a_7c15)
+    }
+
+    mutating func next() -> UInt64 {
+        state &+= 0x9e37_79b9_7f4a_7c15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+        return z ^ (z >> 31)
+    }
+
+    /// A standard normal draw.
+    mutating func gaussian() -> Float {
+        let u1 = (Double(next() >> 11) + 1) / 9_007_199_254_740_993  // (0, 1]
+        let u2 = Double(next() >> 11) / 9_007_199_254_740_992
+        return Float((-2 * log(u1)).squareRoot() * cos(2 * .pi * u2))
     }
 }

@@ -98,6 +98,49 @@ struct LateFusionTests {
         }
     }
 
+    @Test("conditions: the others one frame late are their previous boxes; pose noise is reproducible")
+    func conditions() async throws {
+        let late = try await Self.session(frames: 5) {
+            $0.lateFusion = true
+            $0.othersLatencyMs = 100
+        }
+        let expected = try Self.offline(frames: 5)
+        for fi in 0..<5 {
+            for ego in Self.agents {
+                let e = expected[fi][ego]!
+                var merged = e.boxes.filter { abs($0.x) <= 32 && abs($0.y) <= 32 }
+                if fi > 0 {  // frame 0: the others have no earlier message yet
+                    for a in Self.agents where a != ego {
+                        let o = expected[fi - 1][a]!
+                        merged += o.boxes.map { $0.moved(from: o.position, o.yaw, to: e.position, e.yaw) }
+                            .filter { abs($0.x) <= 32 && abs($0.y) <= 32 }
+                    }
+                }
+                Self.expectSame(
+                    late.reports[ego]!.detections[fi], RotatedIoU.nms(merged, threshold: 0.1), "\(ego) frame \(fi)")
+            }
+        }
+        let noisy = try await Self.session(frames: 3) {
+            $0.lateFusion = true
+            $0.poseNoise = (0.4, 0.4)
+        }
+        let again = try await Self.session(frames: 3) {
+            $0.lateFusion = true
+            $0.poseNoise = (0.4, 0.4)
+        }
+        let clean = try await Self.session(frames: 3) { $0.lateFusion = true }
+        var moved = 0
+        for fi in 0..<3 {
+            for ego in Self.agents {
+                Self.expectSame(noisy.reports[ego]!.detections[fi], again.reports[ego]!.detections[fi]!, "\(ego) \(fi)")
+                let a = noisy.reports[ego]!.detections[fi] ?? []
+                let b = clean.reports[ego]!.detections[fi] ?? []
+                if a.count != b.count || zip(a, b).contains(where: { abs($0.x - $1.x) > 1e-3 }) { moved += 1 }
+            }
+        }
+        #expect(moved > 0, "pose noise changed no result")
+    }
+
     @Test("a mixed group: the car's map is fused, the roadside unit's boxes merged into it")
     func mixed() async throws {
         let session = try await Self.session(frames: 4) { $0.boxAgents = ["rsu_1"] }
@@ -180,5 +223,39 @@ struct BoxesRungTests {
         server.shutdown()
         await serverTask.value
         await linkTask.value
+    }
+}
+
+@Suite("AP of a subset of the ground truth")
+struct SubsetAPTests {
+    @Test("detections of other ground truth are left out; unmatched ones count where asked")
+    func subset() {
+        let near = BEVBox(x: 5, y: 0, length: 4, width: 2, yaw: 0)
+        let far = BEVBox(x: 25, y: 0, length: 4, width: 2, yaw: 0)
+        var hitNear = near
+        hitNear.score = 0.9
+        var hitFar = far
+        hitFar.score = 0.95
+        var ghost = BEVBox(x: 10, y: 10, length: 4, width: 2, yaw: 0)
+        ghost.score = 0.99
+        // Only `near` counts: the detection of `far` is left out, so one TP out of one: 100.
+        var ap = AveragePrecision()
+        ap.add(
+            detections: [hitFar, hitNear], groundTruth: [near, far], counted: [true, false],
+            unmatchedCounts: { _ in true })
+        #expect(ap.groundTruth == 1)
+        #expect(abs(ap.percent[1] - 100) < 1e-3)
+        // An unmatched detection above it that counts halves the precision at full recall: 50.
+        ap = AveragePrecision()
+        ap.add(
+            detections: [ghost, hitFar, hitNear], groundTruth: [near, far], counted: [true, false],
+            unmatchedCounts: { _ in true })
+        #expect(abs(ap.percent[1] - 50) < 1e-3)
+        // The same ghost outside the bin (unmatchedCounts false) is left out: 100 again.
+        ap = AveragePrecision()
+        ap.add(
+            detections: [ghost, hitFar, hitNear], groundTruth: [near, far], counted: [true, false],
+            unmatchedCounts: { _ in false })
+        #expect(abs(ap.percent[1] - 100) < 1e-3)
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import SlimCore
 
 /// The frames of a recording, grouped by capture time: each agent's cloud and poses, and the
 /// ground truth. Loaded whole (recordings for evaluation and demos are small); a message that
@@ -16,15 +17,21 @@ public struct RecordingFrames: Sendable {
         public var objects: [Detection3D] = []
         /// LiDAR points of each agent on each object (from /ground_truth/visibility), by track id.
         public var pointsByTrack: [String: Int] = [:]
+        /// How many agents see each track with at least one LiDAR point.
+        public var agentsByTrack: [String: Int] = [:]
 
         /// Ground-truth vehicles in `agent`'s frame by the V2X convention of
         /// training/evaluate.py: centre within ±`half` m, seen by at least one agent (≥ 1
-        /// point), not the agent's own vehicle (`car_k` is track k). Also returns the own box.
-        public func groundTruth(for agent: String, half: Float = 32) -> (boxes: [BEVBoxLike], own: [BEVBoxLike]) {
-            guard let pose = agents[agent]?.pose else { return ([], []) }
+        /// point), not the agent's own vehicle (`car_k` is track k). Also returns, per box, how
+        /// many agents see it, and the own box.
+        public func groundTruth(for agent: String, half: Float = 32) -> (
+            boxes: [BEVBox], seenBy: [Int], own: [BEVBox]
+        ) {
+            guard let pose = agents[agent]?.pose else { return ([], [], []) }
             let ownTrack = agent.hasPrefix("car_") ? String(agent.dropFirst(4)) : nil
-            var boxes: [BEVBoxLike] = []
-            var own: [BEVBoxLike] = []
+            var boxes: [BEVBox] = []
+            var seenBy: [Int] = []
+            var own: [BEVBox] = []
             let c = cos(-pose.yaw)
             let s = sin(-pose.yaw)
             for o in objects {
@@ -32,7 +39,7 @@ public struct RecordingFrames: Sendable {
                 let dy = o.center.position.y - pose.position.y
                 var yaw = o.center.yaw - pose.yaw
                 yaw = atan2(sin(yaw), cos(yaw))
-                let b = BEVBoxLike(
+                let b = BEVBox(
                     x: Float(c * dx - s * dy), y: Float(s * dx + c * dy), length: Float(o.size.x),
                     width: Float(o.size.y), yaw: Float(yaw))
                 if o.id == ownTrack {
@@ -41,14 +48,10 @@ public struct RecordingFrames: Sendable {
                 }
                 guard (pointsByTrack[o.id] ?? 0) >= 1, abs(b.x) < half, abs(b.y) < half else { continue }
                 boxes.append(b)
+                seenBy.append(agentsByTrack[o.id] ?? 0)
             }
-            return (boxes, own)
+            return (boxes, seenBy, own)
         }
-    }
-
-    /// A box in an agent's frame: centre, length, width, yaw.
-    public struct BEVBoxLike: Sendable {
-        public var x, y, length, width, yaw: Float
     }
 
     public var frames: [Frame]
@@ -78,8 +81,14 @@ public struct RecordingFrames: Sendable {
                     let v = try Visibility.decode(m.data)
                     for (ti, t) in v.trackIDs.enumerated() {
                         var n = 0
-                        for ai in v.agentIDs.indices { n += Int(v.pointCounts[ai * v.trackIDs.count + ti]) }
+                        var seeing = 0
+                        for ai in v.agentIDs.indices {
+                            let k = Int(v.pointCounts[ai * v.trackIDs.count + ti])
+                            n += k
+                            if k > 0 { seeing += 1 }
+                        }
                         f.pointsByTrack["\(t)"] = n
+                        f.agentsByTrack["\(t)"] = seeing
                     }
                 }
             } catch {

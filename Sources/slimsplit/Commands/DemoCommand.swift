@@ -43,7 +43,8 @@ struct DemoCommand: AsyncParsableCommand {
 
     @Option(
         help:
-            "Serve the live view on 127.0.0.1:PORT: dashboard http://127.0.0.1:PORT/ and Foxglove WebSocket ws://127.0.0.1:PORT/ (cooperative demo).")
+            "Serve the live view on 127.0.0.1:PORT: dashboard http://127.0.0.1:PORT/ and Foxglove WebSocket ws://127.0.0.1:PORT/ (cooperative demo)."
+    )
     var livePort: Int?
 
     @Option(help: "Times to play the recording (cooperative demo; default 1, or 20 with --live-port).")
@@ -178,17 +179,18 @@ struct DemoCommand: AsyncParsableCommand {
                 if due { view.tick(server: server, fusion: fusion, nowWallNs: now) }
             }
             live = view
-            print("live view: dashboard http://127.0.0.1:\(view.http.port)/  Foxglove ws://127.0.0.1:\(view.http.port)/")
+            print(
+                "live view: dashboard http://127.0.0.1:\(view.http.port)/  Foxglove ws://127.0.0.1:\(view.http.port)/")
         }
         defer { live?.close() }
         print("server and agents on 127.0.0.1, Curve on; \(recording) at its recorded rate, \(bits)-bit features")
         try await session.run(logger: logger) { done, total in
             if done % 10 == 0 || done == total {
                 print("\n[frame \(done)/\(total)]")
-                print(evalTable(session).render())
+                print(evalTable([session]).render())
             }
         }
-        let r = evalReport(session)
+        let r = evalReport([session])
         let fused = r["fused_ap"] as! [String: Double]
         let alone = r["alone_ap"] as! [String: Double]
         print(

@@ -18,8 +18,8 @@ struct EvalCommand: AsyncParsableCommand {
               slimsplit eval --recording Tests/Fixtures/sample.mcap --json
             """)
 
-    @Option(help: "Recording (MCAP) with ground truth.")
-    var recording: String = "Tests/Fixtures/sample.mcap"
+    @Option(help: "Recording (MCAP) with ground truth; repeat it to pool several (AP over all their ego-frames).")
+    var recording: [String] = ["Tests/Fixtures/sample.mcap"]
 
     @Option(help: "Model file.")
     var model: String = "Models/slimsplit-bev.safetensors"
@@ -52,6 +52,16 @@ struct EvalCommand: AsyncParsableCommand {
             """)
     var lateFusion = false
 
+    @Option(
+        help: ArgumentHelp(
+            "Pose noise on the other agents in each agent's fusion: σ metres per axis, σ degrees of yaw (V2XSet: 0.2,0.2).",
+            valueName: "m,deg"))
+    var poseNoise: String?
+
+    @Option(
+        help: "The other agents' latency in each agent's fusion: 0, or one frame of the recording (100 ms at 10 Hz).")
+    var latencyMs: Double = 0
+
     @Flag(help: "Print JSON.")
     var json = false
 
@@ -61,7 +71,7 @@ struct EvalCommand: AsyncParsableCommand {
         var lo = log
         if lo.logLevel == "info" { lo.logLevel = "warning" }
         let logger = try lo.bootstrap(label: "slimsplit.eval")
-        var config = CooperativeSession.Config(recording: recording, model: model)
+        var config = CooperativeSession.Config(recording: recording[0], model: model)
         config.widthIndex = widthIndex
         config.bits = bits
         config.threshold = threshold
@@ -69,24 +79,38 @@ struct EvalCommand: AsyncParsableCommand {
         config.floatEncoder = floatEncoder
         config.floatServer = floatServer
         config.lateFusion = lateFusion
+        config.othersLatencyMs = latencyMs
+        if let poseNoise {
+            let parts = poseNoise.split(separator: ",").map { Float($0.trimmingCharacters(in: .whitespaces)) }
+            guard parts.count == 2, let m = parts[0], let d = parts[1], m >= 0, d >= 0, m.isFinite, d.isFinite else {
+                throw ValidationError("--pose-noise takes two non-negative numbers, metres and degrees: 0.2,0.2")
+            }
+            config.poseNoise = (m, d)
+        }
         guard let f = CooperativeDetector.Fusion(rawValue: fusion) else {
             throw ValidationError("--fusion must be attention or max")
         }
         config.fusion = f
-        let session = CooperativeSession(config)
-        var bar = ProgressBar("eval", total: 1)
-        try await session.run(logger: logger) { done, total in
-            if bar.total != total { bar = ProgressBar("eval", total: total) }
-            bar.update(done)
+        var sessions: [CooperativeSession] = []
+        for (i, r) in recording.enumerated() {
+            config.recording = r
+            let session = CooperativeSession(config)
+            let label = recording.count > 1 ? "eval \(i + 1)/\(recording.count)" : "eval"
+            var bar = ProgressBar(label, total: 1)
+            try await session.run(logger: logger) { done, total in
+                if bar.total != total { bar = ProgressBar(label, total: total) }
+                bar.update(done)
+            }
+            sessions.append(session)
         }
-        let doc = evalReport(session)
+        let doc = evalReport(sessions)
         if json {
             print(
                 String(
                     decoding: try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys]),
                     as: UTF8.self))
         } else {
-            print(evalTable(session).render())
+            print(evalTable(sessions).render())
             let ap = doc["fused_ap"] as! [String: Double]
             let alone = doc["alone_ap"] as! [String: Double]
             print(
@@ -103,13 +127,20 @@ func apDict(_ ap: AveragePrecision) -> [String: Double] {
     }
 }
 
-func evalReport(_ s: CooperativeSession) -> [String: Any] {
+/// The eval document of one or more sessions of one configuration: AP pooled over every
+/// session's ego-frames, agents (by name) pooled across sessions.
+func evalReport(_ sessions: [CooperativeSession]) -> [String: Any] {
+    let s = sessions[0]
     var fused = AveragePrecision()
     var alone = AveragePrecision()
+    var bySeen = [AveragePrecision](repeating: AveragePrecision(), count: 2)
+    var byRange = [AveragePrecision](repeating: AveragePrecision(), count: CooperativeSession.rangeBins.count)
     var agents: [[String: Any]] = []
-    for (name, r) in s.reports.sorted(by: { $0.key < $1.key }) {
+    for (name, r) in pooledReports(sessions) {
         fused.merge(r.fusedAP)
         alone.merge(r.singleAP)
+        for k in bySeen.indices { bySeen[k].merge(r.fusedBySeen[k]) }
+        for k in byRange.indices { byRange[k].merge(r.fusedByRange[k]) }
         agents.append([
             "agent": name, "frames": r.frames, "results": r.results,
             "bytes_per_frame": r.frames > 0 ? r.bytes / r.frames : 0,
@@ -122,20 +153,59 @@ func evalReport(_ s: CooperativeSession) -> [String: Any] {
         ])
     }
     return [
-        "recording": s.config.recording, "model": s.config.model, "payload": s.config.lateFusion ? "boxes" : "map",
+        "recording": sessions.count == 1 ? s.config.recording : sessions.map(\.config.recording) as Any,
+        "model": s.config.model, "payload": s.config.lateFusion ? "boxes" : "map",
         "bits": s.config.bits,
         "width_index": s.config.widthIndex ?? -1, "threshold": s.config.threshold, "fusion": s.config.fusion.rawValue,
         "fused_ap": apDict(fused), "alone_ap": apDict(alone), "agents": agents,
-        "server_fusion_ms": ["p50": percentile(s.fuseMs, 0.5), "p99": percentile(s.fuseMs, 0.99)],
-        "rejected_messages": s.rejected,
+        "fused_ap_by_agents_seeing": ["1": apDict(bySeen[0]), "2+": apDict(bySeen[1])],
+        "fused_ap_by_range_m": Dictionary(
+            uniqueKeysWithValues: CooperativeSession.rangeBins.enumerated().map { k, lo in
+                let bins = CooperativeSession.rangeBins
+                return (k + 1 < bins.count ? "\(Int(lo))-\(Int(bins[k + 1]))" : "\(Int(lo))+", apDict(byRange[k]))
+            }),
+        "conditions": [
+            "pose_noise_m": Double(s.config.poseNoise?.metres ?? 0),
+            "pose_noise_deg": Double(s.config.poseNoise?.degrees ?? 0),
+            "others_latency_ms": s.config.othersLatencyMs,
+        ],
+        "server_fusion_ms": [
+            "p50": percentile(sessions.flatMap(\.fuseMs), 0.5), "p99": percentile(sessions.flatMap(\.fuseMs), 0.99),
+        ],
+        "rejected_messages": sessions.map(\.rejected).reduce(0, +),
     ]
 }
 
-func evalTable(_ s: CooperativeSession) -> TextTable {
+/// Each agent's reports of all sessions merged (AP pooled, samples concatenated), by name.
+func pooledReports(_ sessions: [CooperativeSession]) -> [(String, CooperativeSession.AgentReport)] {
+    var out: [String: CooperativeSession.AgentReport] = [:]
+    for s in sessions {
+        for (name, r) in s.reports {
+            guard var m = out[name] else {
+                out[name] = r
+                continue
+            }
+            m.frames += r.frames
+            m.results += r.results
+            m.bytes += r.bytes
+            m.fusedAP.merge(r.fusedAP)
+            m.singleAP.merge(r.singleAP)
+            for k in m.fusedBySeen.indices { m.fusedBySeen[k].merge(r.fusedBySeen[k]) }
+            for k in m.fusedByRange.indices { m.fusedByRange[k].merge(r.fusedByRange[k]) }
+            m.edgeMs += r.edgeMs
+            m.wireMs += r.wireMs
+            m.roundTripMs += r.roundTripMs
+            out[name] = m
+        }
+    }
+    return out.sorted { $0.key < $1.key }
+}
+
+func evalTable(_ sessions: [CooperativeSession]) -> TextTable {
     var t = TextTable([
         "agent", "frames", "results", "KB/frame", "AP@0.5 fused", "AP@0.5 alone", "RTT p50 ms", "RTT p99 ms",
     ])
-    for (name, r) in s.reports.sorted(by: { $0.key < $1.key }) {
+    for (name, r) in pooledReports(sessions) {
         t.add([
             name, "\(r.frames)", "\(r.results)", fmt(Double(r.bytes) / Double(max(r.frames, 1)) / 1024, 2),
             fmt(Double(r.fusedAP.percent[1])), fmt(Double(r.singleAP.percent[1])),

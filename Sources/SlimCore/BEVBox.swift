@@ -1,0 +1,58 @@
+import Foundation
+
+/// A detected or ground-truth box in the BEV plane of one frame: what the detector outputs, what
+/// a recording's ground truth gives, what late fusion merges (one box type for all of them; the
+/// wire's 3-D record is `Detection`).
+public struct BEVBox: Sendable, Equatable {
+    public var x: Float, y: Float
+    /// Length (along yaw) and width, metres.
+    public var length: Float, width: Float
+    public var yaw: Float
+    public var score: Float
+
+    public init(x: Float, y: Float, length: Float, width: Float, yaw: Float, score: Float = 1) {
+        self.x = x
+        self.y = y
+        self.length = length
+        self.width = width
+        self.yaw = yaw
+        self.score = score
+    }
+
+    /// Corners, counter-clockwise.
+    public var corners: [SIMD2<Float>] {
+        let c = cos(yaw)
+        let s = sin(yaw)
+        return [(1, 1), (-1, 1), (-1, -1), (1, -1)].map { (a: Float, b: Float) in
+            let dx = a * length / 2
+            let dy = b * width / 2
+            return SIMD2(x + c * dx - s * dy, y + s * dx + c * dy)
+        }
+    }
+
+    /// The box, given in a frame at `from` with heading `fromYaw`, in a frame at `to` with heading
+    /// `toYaw` (both poses in one common frame, e.g. the world).
+    public func moved(from: SIMD2<Float>, _ fromYaw: Float, to: SIMD2<Float>, _ toYaw: Float) -> BEVBox {
+        let c = cos(fromYaw)
+        let s = sin(fromYaw)
+        let world = SIMD2(from.x + c * x - s * y, from.y + s * x + c * y)
+        var w = self
+        w.x = world.x
+        w.y = world.y
+        w.yaw = yaw + fromYaw
+        return toYaw == 0 && to == .zero ? w : w.transformed(intoFrameAt: to, heading: toYaw)
+    }
+
+    /// The box seen from a frame at `origin` with heading `heading` (both in this box's frame).
+    public func transformed(intoFrameAt origin: SIMD2<Float>, heading: Float) -> BEVBox {
+        let c = cos(-heading)
+        let s = sin(-heading)
+        let dx = x - origin.x
+        let dy = y - origin.y
+        var out = self
+        out.x = c * dx - s * dy
+        out.y = s * dx + c * dy
+        out.yaw = atan2(sin(yaw - heading), cos(yaw - heading))
+        return out
+    }
+}
