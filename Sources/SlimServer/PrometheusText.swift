@@ -14,8 +14,12 @@ public func prometheusText(server: FeatureServer, fusion: FusionService?) -> Str
         "engine_info", "gauge",
         "The engine's kernel path (portable, avx2, avx-vnni, avx512, neon, neon-dot), as a label.")
     lines.append("slimsplit_engine_info{kernels=\"\(KernelPath.default)\"} 1")
-    metric("frames_total", "counter", "Feature frames accepted, per agent.")
+    metric("frames_total", "counter", "Numbered messages accepted (feature frames and Boxes), per agent.")
     for (a, s) in stats { lines.append("slimsplit_frames_total{agent=\"\(a)\"} \(s.frames)") }
+    metric(
+        "boxes_messages_total", "counter",
+        "Boxes messages accepted (the agent's own detections: the boxes rung), per agent.")
+    for (a, s) in stats { lines.append("slimsplit_boxes_messages_total{agent=\"\(a)\"} \(s.boxesMessages)") }
     metric("bytes_total", "counter", "Bytes of accepted feature frames, per agent.")
     for (a, s) in stats { lines.append("slimsplit_bytes_total{agent=\"\(a)\"} \(s.bytes)") }
     metric("rejected_total", "counter", "Messages rejected, per agent and reason (PROTOCOL.md section 7).")
@@ -70,7 +74,8 @@ public func prometheusText(server: FeatureServer, fusion: FusionService?) -> Str
             "fusion_duplicate_frames_total", "counter",
             "Frames not taken because the agent's slot already held that sequence number or a later one.")
         lines.append("slimsplit_fusion_duplicate_frames_total \(f.duplicates)")
-        metric("fusion_fused_twice_total", "counter", "Results for an agent frame that was already fused (should stay 0).")
+        metric(
+            "fusion_fused_twice_total", "counter", "Results for an agent frame that was already fused (should stay 0).")
         lines.append("slimsplit_fusion_fused_twice_total \(f.fusedTwice)")
         metric("fusion_seconds", "summary", "Time to fuse and decode for one agent.")
         for (q, v) in f.quantiles { lines.append("slimsplit_fusion_seconds{quantile=\"\(q)\"} \(v)") }

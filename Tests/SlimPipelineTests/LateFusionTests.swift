@@ -219,6 +219,9 @@ struct BoxesRungTests {
         #expect(stats.boxesMessages >= 4, "\(stats.boxesMessages) of \(stats.frames) messages were Boxes")
         #expect(stats.rejectedTotal == 0)
         #expect(fusion.boxesTaken == stats.boxesMessages)
+        #expect(
+            prometheusText(server: server.server, fusion: fusion).contains(
+                "slimsplit_boxes_messages_total{agent=\"car-1\"} \(stats.boxesMessages)"))
         agent.endpoint.close()
         server.shutdown()
         await serverTask.value
