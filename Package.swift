@@ -62,7 +62,7 @@ let package = Package(
         .target(
             name: "SlimCore", dependencies: [.product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         // Wire format: messages, CRC-32C, bit packing, feature payloads (Protocol/PROTOCOL.md).
-        .target(name: "SlimWire", dependencies: ["CKernels", "CLZ4"], swiftSettings: strict),
+        .target(name: "SlimWire", dependencies: ["CKernels", "CLZ4", "SlimCore"], swiftSettings: strict),
         // ZeroMQ transport: single-owner socket threads, CurveZMQ + ZAP, zero-copy sends.
         .target(
             name: "SlimTransport",

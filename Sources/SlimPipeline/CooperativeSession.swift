@@ -196,12 +196,7 @@ public final class CooperativeSession: @unchecked Sendable {
                         n = fa.submit(
                             boxes: Boxes(
                                 agentID: a, sequence: 0, captureTimeNs: captureNs, position: pose.position,
-                                orientation: pose.orientation,
-                                detections: alone.map { b in
-                                    Detection(
-                                        classID: 0, score: min(max(b.score, 0), 1), center: SIMD3(b.x, b.y, 0.8),
-                                        size: SIMD3(max(b.length, 0.1), max(b.width, 0.1), 1.6), yaw: b.yaw)
-                                }))
+                                orientation: pose.orientation, detections: alone.map { Detection($0) }))
                     } else {
                         let shape = af.points.withUnsafeBufferPointer { e.encode($0, sensorHeight: sensorHeight) }
                         let h = FeatureFrameHeader(
@@ -244,11 +239,7 @@ public final class CooperativeSession: @unchecked Sendable {
                     guard let (r, receivedAt) = got[a]?[sent[a]!.seq] else { continue }
                     reports[a]!.results += 1
                     reports[a]!.roundTripMs.append(Double(receivedAt - sent[a]!.t0) / 1e6)
-                    let dets = r.detections.map {
-                        BEVBox(
-                            x: $0.center.x, y: $0.center.y, length: $0.size.x, width: $0.size.y, yaw: $0.yaw,
-                            score: $0.score)
-                    }
+                    let dets = r.detections.map(\.bevBox)
                     let gt = f.groundTruth(for: a)
                     reports[a]!.detections[fi] = dets
                     let kept = Self.filter(dets, own: gt.own)

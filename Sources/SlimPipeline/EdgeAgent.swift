@@ -92,15 +92,9 @@ public final class EdgeAgent {
     /// The boxes rung: the whole detector here, its boxes to the server (PROTOCOL.md §4.7).
     private func sendBoxes(_ own: OwnDetector, _ points: [SIMD4<Float>], pose: Pose3, sensorHeight: Double) -> Int? {
         let boxes = points.withUnsafeBufferPointer { own.detect(edge, $0, sensorHeight: Float(sensorHeight)) }
-        let height: Float = 1.6
         let message = Boxes(
             agentID: agent.identity.agentID, sequence: 0, captureTimeNs: SystemClock.wallNs(),
-            position: pose.position, orientation: pose.orientation,
-            detections: boxes.map { b in
-                Detection(
-                    classID: 0, score: min(max(b.score, 0), 1), center: SIMD3(b.x, b.y, height / 2),
-                    size: SIMD3(max(b.length, 0.1), max(b.width, 0.1), height), yaw: b.yaw)
-            })
+            position: pose.position, orientation: pose.orientation, detections: boxes.map { Detection($0) })
         let bytes = links.submit(boxes: message)
         if let bytes { controller?.observe(bytes: bytes) }
         stages.add("encode", own.lastSeconds.encode)

@@ -62,9 +62,7 @@ public final class FrameReport: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         guard let s = pending.removeValue(forKey: r.sequence) else { return }
-        let boxes = r.detections.map {
-            BEVBox(x: $0.center.x, y: $0.center.y, length: $0.size.x, width: $0.size.y, yaw: $0.yaw, score: $0.score)
-        }
+        let boxes = r.detections.map(\.bevBox)
         write(s, latencyNs: now &- s.dueNs, detections: boxes)
     }
 

@@ -29,7 +29,7 @@ public final class FusionService: @unchecked Sendable {
         /// Run the server's backbone in int8 when the model has it (float otherwise).
         public var int8Backbone = true
         public var fusion: CooperativeDetector.Fusion = .attention
-        public var boxHeight: Float = 1.6
+        public var boxHeight = Detection.vehicleHeight
         /// Evaluation only (`slimsplit eval --pose-noise`): Gaussian noise, σ metres per axis and
         /// σ degrees of yaw, added to every other agent's pose in each agent's fusion (the V2XSet
         /// convention; maps and boxes alike). Reproducible: drawn from the agents' names and the
@@ -287,9 +287,7 @@ public final class FusionService: @unchecked Sendable {
     /// FeatureFrame it joins fusions by late fusion. False for a sequence already taken.
     @discardableResult
     public func ingest(agent: String, boxes m: Boxes) -> Bool {
-        let boxes = m.detections.map { d in
-            BEVBox(x: d.center.x, y: d.center.y, length: d.size.x, width: d.size.y, yaw: d.yaw, score: d.score)
-        }
+        let boxes = m.detections.map(\.bevBox)
         lock.lock()
         defer { lock.unlock() }
         if let slot = slots[agent], slot.sequence >= m.sequence {
@@ -472,11 +470,7 @@ public final class FusionService: @unchecked Sendable {
     public func result(_ o: Output, fusionTimeNs: UInt64) -> ResultMessage {
         ResultMessage(
             sequence: o.sequence, captureTimeNs: o.captureTimeNs, fusionTimeNs: fusionTimeNs,
-            detections: o.boxes.prefix(4096).map { b in
-                Detection(
-                    classID: 0, score: min(max(b.score, 0), 1), center: SIMD3(b.x, b.y, options.boxHeight / 2),
-                    size: SIMD3(max(b.length, 0.1), max(b.width, 0.1), options.boxHeight), yaw: b.yaw)
-            })
+            detections: o.boxes.prefix(4096).map { Detection($0, height: options.boxHeight) })
     }
 }
 
