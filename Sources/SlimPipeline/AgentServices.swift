@@ -16,7 +16,7 @@ import SlimWire
 /// Start order: metrics, links, source. The source ending (a recording played out, `--frames`
 /// sent) shuts the group down; so does SIGTERM. The source stops first, waits up to 2 s for the
 /// last frames' Acks (and, with a report, for their Results), then the links close, then metrics.
-public final class AgentServices: Sendable {
+public final class AgentServices: ServiceSet, Sendable {
     public let links: Roaming
     public let edge: EdgeEncoder?
     public let report: FrameReport?
@@ -119,13 +119,6 @@ public final class AgentServices: Sendable {
             report: report,
             logger: logger)
         logger.info("streaming", metadata: ["agent": "\(cfg.agentID)", "server": "\(home.endpoint.endpoint)"])
-    }
-
-    /// The group to run (a graceful shutdown is bounded by `maximumShutdownSeconds`).
-    public func group(logger: Logger, maximumShutdownSeconds: Double = 10) -> ServiceGroup {
-        var c = ServiceGroupConfiguration(services: services, logger: logger)
-        c.maximumGracefulShutdownDuration = .milliseconds(Int(maximumShutdownSeconds * 1000))
-        return ServiceGroup(configuration: c)
     }
 }
 

@@ -17,7 +17,7 @@ import SlimWire
 /// SIGTERM the lease is revoked first (the standby takes over the region at once), the fusion
 /// server drains (last pass, Results and Acks out), and the recording is closed last, with every
 /// Result in it.
-public final class ServerServices: Sendable {
+public final class ServerServices: ServiceSet, Sendable {
     public let fusionServer: FusionServer
     public let router: RouterEndpoint
     public let recorder: DetectionRecorder?
@@ -178,13 +178,6 @@ public final class ServerServices: Sendable {
         if let fleet { list.append(.init(service: RegistryService(registry: fleet.registry))) }
         services = list
     }
-
-    /// The group to run: graceful shutdown bounded by `maximumShutdownSeconds`.
-    public func group(logger: Logger, maximumShutdownSeconds: Double = 10) -> ServiceGroup {
-        var c = ServiceGroupConfiguration(services: services, logger: logger)
-        c.maximumGracefulShutdownDuration = .milliseconds(Int(maximumShutdownSeconds * 1000))
-        return ServiceGroup(configuration: c)
-    }
 }
 
 /// Every interval, shares the uplink budget by coverage and caps each agent (Control).
@@ -284,5 +277,20 @@ struct RegistryService: Service {
             Task { await registry.stop() }
         }
         await registry.stop()
+    }
+}
+
+/// A process's services, in start order (the server's, the agent's).
+public protocol ServiceSet {
+    var services: [ServiceGroupConfiguration.ServiceConfiguration] { get }
+}
+
+extension ServiceSet {
+    /// The group to run: shut down in reverse order, a graceful shutdown bounded by
+    /// `maximumShutdownSeconds`.
+    public func group(logger: Logger, maximumShutdownSeconds: Double = 10) -> ServiceGroup {
+        var c = ServiceGroupConfiguration(services: services, logger: logger)
+        c.maximumGracefulShutdownDuration = .milliseconds(Int(maximumShutdownSeconds * 1000))
+        return ServiceGroup(configuration: c)
     }
 }
