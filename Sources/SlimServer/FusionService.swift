@@ -359,12 +359,16 @@ public final class FusionService: @unchecked Sendable {
             guard let e = slots[ego] else { continue }
             // What each agent contributes: its latest message (its previous one for the others
             // with othersOneFrameLate), its pose (with the evaluation's noise for the others).
-            var view: [String: (features: FloatTensor, boxes: [BEVBox]?, position: SIMD2<Float>, yaw: Float)] = [:]
+            var view:
+                [String: (
+                    features: FloatTensor, boxes: [BEVBox]?, position: SIMD2<Float>, yaw: Float, captureNs: UInt64
+                )] =
+                    [:]
             for (n, s) in slots {
                 if n == ego || !options.othersOneFrameLate {
-                    view[n] = (s.features, s.boxes, s.position, s.yaw)
+                    view[n] = (s.features, s.boxes, s.position, s.yaw, s.captureNs)
                 } else if let p = s.previous {
-                    view[n] = (p.features, p.boxes, p.position, p.yaw)
+                    view[n] = (p.features, p.boxes, p.position, p.yaw, p.captureNs)
                 }
                 if n != ego, let noise = options.poseNoise, var v = view[n] {
                     var rng = NoiseSource(ego, n, e.sequence)
@@ -374,8 +378,7 @@ public final class FusionService: @unchecked Sendable {
                 }
             }
             let names = view.keys.sorted().filter { n in
-                let s = slots[n]!
-                let captureNs = n == ego || !options.othersOneFrameLate ? s.captureNs : s.previous!.captureNs
+                let captureNs = view[n]!.captureNs
                 let dt = captureNs > e.captureNs ? captureNs - e.captureNs : e.captureNs - captureNs
                 if dt > options.windowNs, n != ego {
                     dropped += 1
