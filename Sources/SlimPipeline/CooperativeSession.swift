@@ -228,7 +228,9 @@ public final class CooperativeSession: @unchecked Sendable {
                         detections: Self.filter(alone, own: gt.own), groundTruth: gt.boxes)
                 }
                 // Wait for every agent's Result for this frame.
-                let deadline = SystemClock.monotonicNs() + 10_000_000_000
+                // Lock-step: wait as long as the pass takes (a loaded machine, the portable
+                // kernels); the bound only keeps a lost Result from hanging the session.
+                let deadline = SystemClock.monotonicNs() + 60_000_000_000
                 while SystemClock.monotonicNs() < deadline {
                     let got = results.value
                     if agents.allSatisfy({ got[$0]?[sent[$0]!.seq] != nil }) { break }
