@@ -30,6 +30,7 @@ REASONS = (
     "crc_mismatch", "unknown_kind", "body_truncated", "field_out_of_range",
     "payload_size_mismatch", "codec_error", "hello_required", "agent_mismatch",
     "stale_sequence", "unexpected_kind", "unauthenticated", "identity_mismatch", "model_mismatch",
+    "ack_backlog",
 )
 
 _IDENT = re.compile(rb"[A-Za-z0-9._-]{1,64}")

@@ -65,7 +65,7 @@ class TestInvalidVectors(unittest.TestCase):
         reasons = {doc["error"] for _, _, doc in load("invalid")}
         single_message = set(ss.REASONS) - {"hello_required", "agent_mismatch", "stale_sequence",
                                             "unexpected_kind", "unauthenticated", "identity_mismatch",
-                                            "model_mismatch"}
+                                            "model_mismatch", "ack_backlog"}
         self.assertEqual(reasons, single_message)
 
     def test_rejected_with_reason(self):

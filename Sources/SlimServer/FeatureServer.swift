@@ -5,6 +5,8 @@ import SlimWire
 /// What the server knows of one connected agent (one routing id).
 public struct AgentStats: Sendable, Equatable {
     public var agentID: String?
+    /// Hellos accepted (each answered with a Control).
+    public var hellos = 0
     /// Name of the agent's Curve key in the allow-list, when Curve is on.
     public var keyName: String?
     /// Numbered messages accepted (FeatureFrames and Boxes), and of them Boxes.
@@ -21,6 +23,8 @@ public struct AgentStats: Sendable, Equatable {
     public var rejected: [RejectReason: Int] = [:]
     /// Messages to this agent the socket dropped, by reason (send_queue_full, unroutable).
     public var dropped: [String: Int] = [:]
+    /// Acks and Controls held for this agent because its queue is full (never dropped).
+    public var backlog = 0
 
     public var rejectedTotal: Int { rejected.values.reduce(0, +) }
 }
@@ -28,6 +32,10 @@ public struct AgentStats: Sendable, Equatable {
 /// Server settings that concern the protocol (transport settings live in `SocketOptions`).
 public struct ServerOptions: Sendable {
     public var limits = WireLimits()
+    /// Acks and Controls an agent may leave unread (held by the server, which never drops them)
+    /// before its numbered messages are refused [`ack_backlog`]: bounds the memory one agent
+    /// that sends without reading can take.
+    public var ackBacklog = 256
     /// Seconds between two log lines for the same agent and reject reason.
     public var rejectLogInterval: Double = 5
     public init() {}
@@ -82,17 +90,20 @@ public final class FeatureServer: Sendable {
     /// valid Hello).
     public var stats: [String: AgentStats] {
         var out: [String: AgentStats] = [:]
-        let dropped = endpoint.counters.droppedByRoute
+        let counters = endpoint.counters
         for (route, var s) in statsByRoute.value {
             let key = s.agentID ?? s.keyName ?? "route-\(route)"
-            s.dropped = dropped[route] ?? [:]
+            s.dropped = counters.droppedByRoute[route] ?? [:]
+            s.backlog = counters.reliableBacklog[route] ?? 0
             if var existing = out[key] {  // an agent that reconnected under a new routing id
                 existing.frames += s.frames
+                existing.hellos += s.hellos
                 existing.boxesMessages += s.boxesMessages
                 existing.bytes += s.bytes
                 existing.rawBytes += s.rawBytes
                 existing.rejected.merge(s.rejected, uniquingKeysWith: +)
                 existing.dropped.merge(s.dropped, uniquingKeysWith: +)
+                existing.backlog += s.backlog
                 if s.lastSequence > existing.lastSequence {
                     existing.lastSequence = s.lastSequence
                     existing.widthPerMille = s.widthPerMille
@@ -140,10 +151,12 @@ public final class FeatureServer: Sendable {
                         throw WireError(
                             .identityMismatch, "Hello says agent \(hello.agentID), the connection's key is \(key)")
                     }
+                    try requireReading(route)
                     session = Session(hello: hello, lastSequence: nil)
                     sessions[route] = session
                     statsByRoute.withLock { s in
                         s[route, default: AgentStats()].agentID = hello.agentID
+                        s[route]!.hellos += 1
                         s[route]!.keyName = m.peerName
                     }
                     routes.withLock { $0[hello.agentID] = route }
@@ -231,6 +244,7 @@ public final class FeatureServer: Sendable {
         if let last = session.lastSequence, sequence <= last {
             throw WireError(.staleSequence, "sequence \(sequence) not after \(last)")
         }
+        try requireReading(route)
         session.lastSequence = sequence
         sessions[route] = session
         let now = SystemClock.monotonicNs()
@@ -240,12 +254,26 @@ public final class FeatureServer: Sendable {
         endpoint.send(to: route, length: ack.encodedLength) { ack.encode(into: $0) }
     }
 
+    /// Acks and Controls are never dropped for a full queue: they wait for the agent to read. An
+    /// agent that leaves `ackBacklog` of them unread gets no more until it does (its numbered
+    /// messages and Hellos are refused), so one agent cannot make the server hold without bound.
+    private func requireReading(_ route: RoutingID) throws(WireError) {
+        let unread = endpoint.reliableBacklog(of: route)
+        guard unread < options.ackBacklog else {
+            throw WireError(
+                .ackBacklog, "\(unread) Acks and Controls unread (limit \(options.ackBacklog)): read them first")
+        }
+    }
+
     /// Sends a message (a Result, a Handover) to an agent's current session; false if the agent
-    /// has none.
+    /// has none. Results are best-effort (dropped, counted, when the agent's queue is full);
+    /// everything else waits for room, like Acks and Controls.
     @discardableResult
     public func send(_ message: some WireMessage, toAgent agent: String) -> Bool {
         guard let route = routes.value[agent] else { return false }
-        endpoint.send(to: route, length: message.encodedLength) { message.encode(into: $0) }
+        // A Result is replaced by the next pass's: it is shed when the agent's queue is full.
+        let delivery: Delivery = type(of: message).kind == .result ? .bestEffort : .reliable
+        endpoint.send(to: route, length: message.encodedLength, delivery: delivery) { message.encode(into: $0) }
         return true
     }
 

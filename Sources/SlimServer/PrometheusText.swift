@@ -33,13 +33,18 @@ public func prometheusText(server: FeatureServer, fusion: FusionService?) -> Str
     }
     metric(
         "send_dropped_total", "counter",
-        "Messages to an agent that the server's socket dropped, by reason: send_queue_full (its queue at socket.send_hwm) or unroutable (gone)."
+        "Messages to an agent that the server's socket dropped, by reason: send_queue_full (a Result while its queue was at socket.send_hwm; Acks and Controls wait instead) or unroutable (gone)."
     )
     for (a, s) in stats {
         for (r, n) in s.dropped.sorted(by: { $0.key < $1.key }) {
             lines.append("slimsplit_send_dropped_total{agent=\"\(a)\",reason=\"\(r)\"} \(n)")
         }
     }
+    metric(
+        "send_backlog", "gauge",
+        "Acks and Controls held for an agent whose queue is full (never dropped; past a bound its frames are refused: ack_backlog)."
+    )
+    for (a, s) in stats { lines.append("slimsplit_send_backlog{agent=\"\(a)\"} \(s.backlog)") }
     metric("width", "gauge", "Width (fraction of channels) of each agent's last frame.")
     for (a, s) in stats { lines.append("slimsplit_width{agent=\"\(a)\"} \(Double(s.widthPerMille) / 1000)") }
     metric("bits", "gauge", "Bits per value of each agent's last frame.")

@@ -104,12 +104,20 @@ public final class RouterEndpoint: Sendable {
     }
 
     /// Sends `length` bytes written by `write` straight into libzmq's message buffer. Never
-    /// blocks: if the agent is gone or its queue is full the message is dropped and counted.
-    public func send(to routingID: RoutingID, length: Int, _ write: (UnsafeMutableRawBufferPointer) -> Void) {
+    /// blocks. If the agent is gone the message is dropped and counted; if its queue is full, a
+    /// `.reliable` message waits (in order, retried) and a `.bestEffort` one is dropped and counted.
+    public func send(
+        to routingID: RoutingID, length: Int, delivery: Delivery = .reliable,
+        _ write: (UnsafeMutableRawBufferPointer) -> Void
+    ) {
         let m = ZMQMessage(size: length)
         write(m.mutableBytes)
-        loop.enqueue(m, to: routingID)
+        loop.enqueue(m, to: routingID, delivery: delivery)
     }
+
+    /// Reliable messages (Acks, Controls) waiting for room in an agent's queue: an agent that
+    /// does not read them should not be sent more (`FeatureServer` refuses its frames).
+    public func reliableBacklog(of routingID: RoutingID) -> Int { loop.reliableBacklog(of: routingID) }
 
     public var counters: TransportCounters { loop.counters }
     /// Refused Curve handshakes by client public key (Z85).

@@ -25,6 +25,17 @@ public struct ReceivedMessage: Sendable {
     public let extraParts: Int
 }
 
+/// How hard a router tries to deliver a message when the agent's queue (`send_hwm`) is full.
+public enum Delivery: Sendable {
+    /// Held, in order, and retried until the agent's queue has room: Acks, Controls and
+    /// Handovers, which the protocol promises for every accepted message. Dropped (and counted)
+    /// only when the agent is gone.
+    case reliable
+    /// Dropped and counted when the agent's queue is full or while its reliable messages wait:
+    /// Results, which the next fusion pass replaces.
+    case bestEffort
+}
+
 /// A ZeroMQ routing id (the server's handle for one connected agent).
 public struct RoutingID: Hashable, Sendable, CustomStringConvertible {
     public let bytes: [UInt8]
@@ -47,8 +58,12 @@ public struct TransportCounters: Sendable, Equatable {
     /// Extra parts of multi-part messages (the protocol uses single-part messages only).
     public var multipartDiscarded = 0
     /// Router only: outbound messages dropped, per destination and reason ("send_queue_full":
-    /// the peer's queue was at send_hwm; "unroutable": the peer was gone).
+    /// a best-effort message while the peer's queue was at send_hwm; "unroutable": the peer was
+    /// gone). Reliable messages are never dropped for a full queue: they wait (`reliableBacklog`).
     public var droppedByRoute: [RoutingID: [String: Int]] = [:]
+    /// Router only: reliable messages waiting for room in each peer's queue (peers with none
+    /// are absent).
+    public var reliableBacklog: [RoutingID: Int] = [:]
     /// Router only: failed Curve handshakes by kind ("no_detail": e.g. a plain client to a Curve
     /// server, "protocol": e.g. a wrong server key, "auth": the ZAP handler refused the key).
     public var handshakeFailures: [String: Int] = [:]
@@ -68,10 +83,13 @@ final class SocketLoop: @unchecked Sendable {
     private struct Outgoing {
         var routingID: RoutingID?
         var message: ZMQMessage
+        var delivery: Delivery = .reliable
     }
 
     private struct Shared {
         var outbox: [Outgoing] = []
+        // Router: reliable messages waiting for room in their peer's queue, in order per peer.
+        var held: [RoutingID: [Outgoing]] = [:]
         var frame: ZMQMessage?  // newest-wins slot (agent frames)
         var stopping = false
         /// With `stopping`: hand what is queued to libzmq and give it this long to deliver it.
@@ -148,9 +166,14 @@ final class SocketLoop: @unchecked Sendable {
     var counters: TransportCounters { shared.withLock { $0.counters } }
 
     /// Queues a message for sending, in order. `routingID` is required on a router.
-    func enqueue(_ message: ZMQMessage, to routingID: RoutingID?) {
-        shared.withLock { $0.outbox.append(Outgoing(routingID: routingID, message: message)) }
+    func enqueue(_ message: ZMQMessage, to routingID: RoutingID?, delivery: Delivery = .reliable) {
+        shared.withLock { $0.outbox.append(Outgoing(routingID: routingID, message: message, delivery: delivery)) }
         wake()
+    }
+
+    /// Router only: reliable messages waiting for room in `routingID`'s queue.
+    func reliableBacklog(of routingID: RoutingID) -> Int {
+        shared.withLock { $0.counters.reliableBacklog[routingID] ?? 0 }
     }
 
     /// Puts a frame in the newest-wins slot. Returns true when it replaced an unsent frame.
@@ -195,6 +218,8 @@ final class SocketLoop: @unchecked Sendable {
     private func run() {
         var items = [zmq_pollitem_t](repeating: zmq_pollitem_t(), count: 4)
         var outbox: [Outgoing] = []
+        // Router: reliable messages waiting for room in their peer's queue, in order per peer.
+        var held: [RoutingID: [Outgoing]] = [:]
         var frame: ZMQMessage?
         // Frames wait until this connection has been greeted (the agent's Hello went first).
         let needsGreeting = shared.withLock { $0.greeting != nil }
@@ -208,7 +233,14 @@ final class SocketLoop: @unchecked Sendable {
             }
             if stopping {
                 if drainMs > 0 {
-                    flush(&outbox)  // into libzmq's queues; the linger below delivers them
+                    // Into libzmq's queues (held messages as their peers make room, up to the
+                    // drain time); the linger below delivers them.
+                    let deadline = SystemClock.monotonicNs() + UInt64(drainMs) * 1_000_000
+                    flush(&outbox, held: &held)
+                    while !held.isEmpty, SystemClock.monotonicNs() < deadline {
+                        _ = zmq_poll(nil, 0, 2)
+                        flush(&outbox, held: &held)
+                    }
                     lingerMs = drainMs
                 }
                 break
@@ -230,7 +262,8 @@ final class SocketLoop: @unchecked Sendable {
                     socket: monitor.handle, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0)
                 n += 1
             }
-            let rc = zmq_poll(&items, n, -1)
+            // Held messages are retried every 2 ms: a ROUTER cannot poll one peer's queue.
+            let rc = zmq_poll(&items, n, held.isEmpty ? -1 : 2)
             if rc < 0 {
                 if zmq_errno() == EINTR { continue }
                 break  // context terminated
@@ -249,8 +282,8 @@ final class SocketLoop: @unchecked Sendable {
                 }
             }
             if items[0].revents & Int16(ZMQ_POLLIN) != 0 { receiveAvailable() }
-            if items[0].revents & Int16(ZMQ_POLLOUT) != 0 || !outbox.isEmpty {
-                flush(&outbox)
+            if items[0].revents & Int16(ZMQ_POLLOUT) != 0 || !outbox.isEmpty || !held.isEmpty {
+                flush(&outbox, held: &held)
                 if outbox.isEmpty, greeted {
                     if frame == nil {
                         frame = shared.withLock { s in
@@ -263,6 +296,7 @@ final class SocketLoop: @unchecked Sendable {
             }
         }
         outbox.removeAll()
+        held.removeAll()
         frame = nil
         shared.withLock {
             $0.frame = nil
@@ -310,34 +344,70 @@ final class SocketLoop: @unchecked Sendable {
         }
     }
 
-    private func flush(_ outbox: inout [Outgoing]) {
-        var i = 0
-        while i < outbox.count {
-            let o = outbox[i]
-            if isRouter {
-                // Router: a message that cannot go now is dropped and counted, so one slow or
-                // departed agent never holds up the others.
-                let ok = sendRouted(o)
-                shared.withLock { s in
-                    if ok {
-                        s.counters.sent += 1
-                    } else {
-                        let unroutable = zmq_errno() == EHOSTUNREACH
-                        if unroutable { s.counters.unroutable += 1 } else { s.counters.sendQueueFull += 1 }
-                        if let id = o.routingID {
-                            s.counters.droppedByRoute[id, default: [:]][
-                                unroutable ? "unroutable" : "send_queue_full", default: 0] += 1
-                        }
-                    }
-                }
-                i += 1
-            } else {
-                guard zmq_msg_send(o.message.msg, socket.handle, ZMQ_DONTWAIT) >= 0 else { break }
+    private func flush(_ outbox: inout [Outgoing], held: inout [RoutingID: [Outgoing]]) {
+        guard isRouter else {
+            var i = 0
+            while i < outbox.count, zmq_msg_send(outbox[i].message.msg, socket.handle, ZMQ_DONTWAIT) >= 0 {
                 shared.withLock { $0.counters.sent += 1 }
                 i += 1
             }
+            outbox.removeFirst(i)
+            return
         }
-        outbox.removeFirst(i)
+        // Router. Held messages first, oldest first per peer; a peer whose queue is still full
+        // keeps the rest of its queue. One slow or departed agent never holds up the others.
+        var sent = 0
+        var dropped: [(RoutingID, String)] = []
+        var backlogChanged = false
+        for (id, queue) in held {
+            var i = 0
+            while i < queue.count {
+                if sendRouted(queue[i]) {
+                    sent += 1
+                } else if zmq_errno() == EHOSTUNREACH {
+                    dropped += Array(repeating: (id, "unroutable"), count: queue.count - i)
+                    i = queue.count
+                    break
+                } else {
+                    break
+                }
+                i += 1
+            }
+            if i > 0 {
+                backlogChanged = true
+                held[id] = i == queue.count ? nil : Array(queue[i...])
+            }
+        }
+        for o in outbox {
+            guard let id = o.routingID else { continue }
+            if held[id] != nil {  // keep the order behind the peer's held messages
+                if o.delivery == .reliable {
+                    held[id]!.append(o)
+                    backlogChanged = true
+                } else {
+                    dropped.append((id, "send_queue_full"))
+                }
+            } else if sendRouted(o) {
+                sent += 1
+            } else if zmq_errno() == EHOSTUNREACH {
+                dropped.append((id, "unroutable"))
+            } else if o.delivery == .reliable {
+                held[id] = [o]
+                backlogChanged = true
+            } else {
+                dropped.append((id, "send_queue_full"))
+            }
+        }
+        outbox.removeAll(keepingCapacity: true)
+        guard sent > 0 || !dropped.isEmpty || backlogChanged else { return }
+        shared.withLock { s in
+            s.counters.sent += sent
+            for (id, reason) in dropped {
+                if reason == "unroutable" { s.counters.unroutable += 1 } else { s.counters.sendQueueFull += 1 }
+                s.counters.droppedByRoute[id, default: [:]][reason, default: 0] += 1
+            }
+            if backlogChanged { s.counters.reliableBacklog = held.mapValues(\.count) }
+        }
     }
 
     private func sendRouted(_ o: Outgoing) -> Bool {

@@ -21,6 +21,9 @@ public enum RejectReason: String, Sendable, CaseIterable, Hashable, Codable {
     case identityMismatch = "identity_mismatch"
     /// A frame whose shape or quantization contradicts the model the server fuses with.
     case modelMismatch = "model_mismatch"
+    /// A numbered message from an agent that has left too many of the server's Acks and Controls
+    /// unread (the server holds them rather than drop them, up to a bound).
+    case ackBacklog = "ack_backlog"
 }
 
 /// A rejected message: the reason code plus what and where, for a person reading the log.

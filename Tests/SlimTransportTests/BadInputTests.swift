@@ -213,4 +213,54 @@ struct SendDropTests {
                 "slimsplit_send_dropped_total{agent=\"car-1\",reason=\"send_queue_full\"}"))
         await server.stop()
     }
+
+    @Test("Acks and Controls are never dropped: an agent that stops reading gets every one once it reads; past the bound its messages are refused (ack_backlog)")
+    func acksWaitForASlowReader() async throws {
+        let keys = try CurveKeyPair.generate()
+        var socket = SocketOptions()
+        socket.sendHWM = 2
+        var options = ServerOptions()
+        options.ackBacklog = 40
+        let server = try TestServer(allowed: ["car-1": keys], options: options, socket: socket)
+        let client = RawClient(
+            endpoint: server.router.endpoint, serverKey: server.keys.publicKey, keys: keys, receiveHWM: 1)
+        client.send(Hello(agentID: "car-1", modelID: "test").encoded())
+        #expect(await eventually(60) { client.receive(timeoutMs: 20).map { $0[5] } == 5 }, "no Control")
+        // Fill every buffer between server and client with big Results, which are best effort.
+        let det = Detection(classID: 0, score: 0.5, center: SIMD3(1, 2, 0), size: SIMD3(4, 2, 1.5), yaw: 0)
+        let result = ResultMessage(
+            sequence: 1, captureTimeNs: 1, fusionTimeNs: 2, detections: [Detection](repeating: det, count: 4096))
+        for _ in 0..<400 { server.server.send(result, toAgent: "car-1") }
+        #expect(await eventually(60) { (server.server.stats["car-1"]?.dropped["send_queue_full"] ?? 0) > 0 })
+        // Hellos, then frames, from the client, which reads nothing meanwhile.
+        let hellos = 30
+        let frames = 150
+        for _ in 0..<hellos { client.send(Hello(agentID: "car-1", modelID: "test").encoded()) }
+        for i in 1...frames { client.send(frameBytes(agent: "car-1", sequence: UInt64(i))) }
+        let handled = { (s: AgentStats?) in (s?.hellos ?? 0) + (s?.frames ?? 0) + (s?.rejectedTotal ?? 0) }
+        #expect(await eventually(60) { handled(server.server.stats["car-1"]) == 1 + hellos + frames })
+        let before = try #require(server.server.stats["car-1"])
+        #expect(before.backlog > 0, "nothing was held: the buffers were not full")
+        #expect((before.rejected[.ackBacklog] ?? 0) > 0, "the bound was never reached")
+        #expect(before.rejected.keys.allSatisfy { $0 == .ackBacklog }, "\(before.rejected)")
+        #expect(before.hellos > 1 && before.frames > 0, "\(before.hellos) Hellos, \(before.frames) frames accepted")
+        // Now read everything: one Control per accepted Hello and one Ack per accepted frame.
+        var acks = 0
+        var controls = 0
+        #expect(
+            await eventually(120) {
+                while let m = client.receive(timeoutMs: 5) {
+                    if m[5] == 3 { acks += 1 }
+                    if m[5] == 5 { controls += 1 }
+                }
+                return acks == before.frames && controls == before.hellos - 1
+            }, "acks \(acks) of \(before.frames), controls \(controls) of \(before.hellos - 1)")
+        let after = try #require(server.server.stats["car-1"])
+        #expect(after.backlog == 0)
+        #expect(after.dropped["unroutable"] == nil)
+        #expect(
+            prometheusText(server: server.server, fusion: nil).contains(
+                "slimsplit_rejected_total{agent=\"car-1\",reason=\"ack_backlog\"}"))
+        await server.stop()
+    }
 }
