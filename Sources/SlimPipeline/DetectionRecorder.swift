@@ -4,6 +4,7 @@ import SlimEngine
 import SlimSensors
 import SlimServer
 import SlimTransport
+import Synchronization
 
 /// Writes the server's fused detections: to an MCAP recording (`/fusion/detections`,
 /// vision_msgs/msg/Detection3DArray in the world frame, plus each agent's reported pose) that
@@ -13,19 +14,27 @@ import SlimTransport
 /// server's timer), so a crash loses at most that much. A write error stops the recording (the
 /// file stays readable up to it), is logged once and counted (`failures`); fusion, Results, JSON
 /// lines and publishing go on.
-public final class DetectionRecorder: @unchecked Sendable {
-    private let writer: RecordingWriter?
-    private let lines: FileHandle?
+public final class DetectionRecorder: Sendable {
+    /// The outputs, written in one order by one thread at a time.
+    private struct Outputs: ~Copyable {
+        let writer: RecordingWriter?
+        let lines: FileHandle?
+        /// Writes refused since the recording failed (the first failure included).
+        var failures = 0
+    }
+    private let outputs: Mutex<Outputs>
+    private let hasWriter: Bool
     private let publisher: PublisherEndpoint?
     private let logger: Logger
-    private let lock = NSLock()
+
     /// Writes refused since the recording failed (the first failure included).
-    public private(set) var failures = 0
+    public var failures: Int { outputs.withLock { $0.failures } }
 
     public init(path: String?, jsonLines: String?, publish: String? = nil, flushSeconds: Double = 1, logger: Logger) throws {
         self.logger = logger
-        writer = try path.map { try RecordingWriter(path: $0, flushInterval: flushSeconds) }
+        let writer = try path.map { try RecordingWriter(path: $0, flushInterval: flushSeconds) }
         publisher = try publish.map { try PublisherEndpoint(bind: $0) }
+        let lines: FileHandle?
         if let j = jsonLines {
             if j == "-" {
                 lines = FileHandle.standardOutput
@@ -36,23 +45,27 @@ public final class DetectionRecorder: @unchecked Sendable {
         } else {
             lines = nil
         }
+        hasWriter = writer != nil
+        outputs = Mutex(Outputs(writer: writer, lines: lines))
     }
 
     public func record(_ o: FusionService.Output) {
-        lock.lock()
-        defer { lock.unlock() }
+        outputs.withLock { out in record(o, into: &out) }
+    }
+
+    private func record(_ o: FusionService.Output, into out: inout Outputs) {
         let world = o.worldBoxes
         // JSON lines first: a crash between the two never leaves the recording ahead of the lines.
-        if lines != nil || publisher != nil {
+        if out.lines != nil || publisher != nil {
             let boxes = world.map { b in
                 "{\"x\":\(Double(b.x)),\"y\":\(Double(b.y)),\"length\":\(b.length),\"width\":\(b.width),\"yaw\":\(Double(b.yaw)),\"score\":\(b.score)}"
             }.joined(separator: ",")
             let line =
                 "{\"agent\":\"\(o.agent)\",\"sequence\":\(o.sequence),\"capture_time_ns\":\(o.captureTimeNs),\"fused\":[\(o.fusedAgents.map { "\"\($0)\"" }.joined(separator: ","))],\"frame\":\"map\",\"boxes\":[\(boxes)]}\n"
-            lines?.write(Data(line.utf8))
+            out.lines?.write(Data(line.utf8))
             publisher?.publish(Array(line.dropLast().utf8))
         }
-        if let writer {
+        if let writer = out.writer {
             let stamp = RosTime(ns: o.captureTimeNs)
             let dets = world.map { b in
                 Detection3D(
@@ -60,7 +73,7 @@ public final class DetectionRecorder: @unchecked Sendable {
                     center: Pose3(x: Double(b.x), y: Double(b.y), z: 0.8, yaw: Double(b.yaw)),
                     size: SIMD3(Double(b.length), Double(b.width), 1.6), id: "")
             }
-            attempt {
+            attempt(&out) {
                 try writer.write(
                     topic: Topics.fusedDetections, type: Detection3DArray.typeName, timeNs: o.captureTimeNs,
                     data: Detection3DArray(header: RosHeader(stamp: stamp, frameID: "map"), detections: dets).encoded())
@@ -78,23 +91,24 @@ public final class DetectionRecorder: @unchecked Sendable {
 
     /// Writes out the recording's open chunk if it is `flushSeconds` old (call from a timer).
     public func flushIfDue() {
-        lock.lock()
-        defer { lock.unlock() }
-        if let writer { attempt { try writer.flushIfDue() } }
+        outputs.withLock { out in
+            if let writer = out.writer { attempt(&out) { try writer.flushIfDue() } }
+        }
     }
 
-    /// Caller holds the lock. The first failure is logged; every refused write is counted.
-    private func attempt(_ body: () throws -> Void) {
+    /// Under the lock. The first failure is logged; every refused write is counted.
+    private func attempt(_ out: inout Outputs, _ body: () throws -> Void) {
         do { try body() } catch {
-            failures += 1
-            if failures == 1 { logger.error("recording stopped; fusion goes on", metadata: ["error": "\(error)"]) }
+            out.failures += 1
+            if out.failures == 1 {
+                logger.error("recording stopped; fusion goes on", metadata: ["error": "\(error)"])
+            }
         }
     }
 
     public var prometheusText: String {
-        lock.lock()
-        defer { lock.unlock() }
-        guard writer != nil else { return "" }
+        guard hasWriter else { return "" }
+        let failures = self.failures
         return """
             # HELP slimsplit_record_failures_total Writes to the recording refused since a write error stopped it (disk full, file gone).
             # TYPE slimsplit_record_failures_total counter
@@ -104,9 +118,9 @@ public final class DetectionRecorder: @unchecked Sendable {
     }
 
     public func finish() {
-        lock.lock()
-        defer { lock.unlock() }
-        if let writer { attempt { try writer.finish() } }
+        outputs.withLock { out in
+            if let writer = out.writer { attempt(&out) { try writer.finish() } }
+        }
         publisher?.close()
     }
 }

@@ -18,8 +18,8 @@ import SlimWire
 /// any time window gives that window's AP (Benchmarks/shaped_link_report.py).
 ///
 /// Benchmarking aid: it allocates per frame, so it is off unless asked for.
-public final class FrameReport: @unchecked Sendable {
-    struct Sent {
+public final class FrameReport: Sendable {
+    struct Sent: Sendable {
         var frame: Int
         var dueNs: UInt64
         /// Wall-clock time the frame was sent (for lining up with an external trace), ns.
@@ -33,13 +33,16 @@ public final class FrameReport: @unchecked Sendable {
         var truth: [BEVBox], own: [BEVBox]
     }
 
-    private let lock = NSLock()
-    private var pending: [UInt64: Sent] = [:]
+    /// Frames waiting for their Result, the totals so far, and the file (written under the lock).
+    private struct State: Sendable {
+        var pending: [UInt64: Sent] = [:]
+        var frames = 0, missed = 0
+        var ap = AveragePrecision()
+    }
+    private let state = Locked(State())
     private let out: FileHandle
     private let startNs: UInt64
     public let deadlineNs: UInt64
-    private(set) var frames = 0, missed = 0
-    private var ap = AveragePrecision()
 
     public init(path: String, deadlineSeconds: Double, startNs: UInt64) throws {
         guard FileManager.default.createFile(atPath: path, contents: nil), let h = FileHandle(forWritingAtPath: path)
@@ -52,45 +55,40 @@ public final class FrameReport: @unchecked Sendable {
     }
 
     func sent(sequence: UInt64, _ s: Sent) {
-        lock.lock()
-        pending[sequence] = s
-        lock.unlock()
+        state.withLock { $0.pending[sequence] = s }
     }
 
     /// A Result from the server (on the agent's receiving task).
     public func result(_ r: ResultMessage, atNs now: UInt64) {
-        lock.lock()
-        defer { lock.unlock() }
-        guard let s = pending.removeValue(forKey: r.sequence) else { return }
-        let boxes = r.detections.map(\.bevBox)
-        write(s, latencyNs: now &- s.dueNs, detections: boxes)
+        state.withLock { st in
+            guard let s = st.pending.removeValue(forKey: r.sequence) else { return }
+            write(s, latencyNs: now &- s.dueNs, detections: r.detections.map(\.bevBox), into: &st)
+        }
     }
 
     /// Frames still without a result 2 s past their deadline are written as missed.
     func expire(atNs now: UInt64, all: Bool = false) {
-        lock.lock()
-        defer { lock.unlock() }
-        for (seq, s) in pending.sorted(by: { $0.key < $1.key }) where all || now > s.dueNs + deadlineNs + 2_000_000_000
-        {
-            pending[seq] = nil
-            write(s, latencyNs: nil, detections: [])
+        state.withLock { st in
+            for (seq, s) in st.pending.sorted(by: { $0.key < $1.key })
+            where all || now > s.dueNs + deadlineNs + 2_000_000_000 {
+                st.pending[seq] = nil
+                write(s, latencyNs: nil, detections: [], into: &st)
+            }
         }
     }
 
     /// Per-frame totals: frames, deadline misses, and AP@0.3/0.5/0.7 of all frames.
     public var summary: (frames: Int, missed: Int, ap: [Float]) {
-        lock.lock()
-        defer { lock.unlock() }
-        return (frames, missed, ap.percent)
+        state.withLock { ($0.frames, $0.missed, $0.ap.percent) }
     }
 
-    private func write(_ s: Sent, latencyNs: UInt64?, detections: [BEVBox]) {
+    private func write(_ s: Sent, latencyNs: UInt64?, detections: [BEVBox], into st: inout State) {
         let onTime = latencyNs.map { $0 <= deadlineNs } ?? false
         let dets = onTime ? CooperativeSession.filter(detections, own: s.own) : []
         let tp = AveragePrecision.match(detections: dets, groundTruth: s.truth)
-        ap.add(scores: dets.map(\.score), truePositive: tp, groundTruth: s.truth.count)
-        frames += 1
-        if !onTime { missed += 1 }
+        st.ap.add(scores: dets.map(\.score), truePositive: tp, groundTruth: s.truth.count)
+        st.frames += 1
+        if !onTime { st.missed += 1 }
         func flags(_ v: [Bool]) -> String { "[" + v.map { $0 ? "1" : "0" }.joined(separator: ",") + "]" }
         let fields: [String] = [
             "\"t_s\":\(num(Double(s.dueNs &- startNs) / 1e9, 3))",

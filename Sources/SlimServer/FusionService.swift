@@ -4,6 +4,7 @@ import SlimCore
 import SlimEngine
 import SlimPerception
 import SlimWire
+import Synchronization
 
 /// Fuses the agents' features and answers each agent with detections in its own frame.
 ///
@@ -88,7 +89,7 @@ public final class FusionService: @unchecked Sendable {
     }
 
     /// Keeps the slot's current message as `previous` (before a new one replaces it).
-    private func keepPrevious(_ slot: inout Slot) {
+    private func keepPrevious(_ slot: inout Slot, pinned: [ObjectIdentifier: Int]) {
         guard options.othersOneFrameLate, slot.sequence > 0 else { return }
         var buffer = slot.previous?.features
         if let b = buffer, pinned[ObjectIdentifier(b)] != nil { buffer = nil }  // a tick reads it
@@ -105,33 +106,46 @@ public final class FusionService: @unchecked Sendable {
     private let detectors: [CooperativeDetector]  // one per worker thread
     private var detector: CooperativeDetector { detectors[0] }
     private let quantization: [QuantKey: FeatureQuantization]
-    private let lock = NSLock()
-    private var slots: [String: Slot] = [:]
-    /// Maps a running tick reads (by identity, with a count): ingest never writes into them.
-    private var pinned: [ObjectIdentifier: Int] = [:]
+    /// What ingest and tick share, behind one lock.
+    private struct State {
+        var slots: [String: Slot] = [:]
+        /// Maps a running tick reads (by identity, with a count): ingest never writes into them.
+        var pinned: [ObjectIdentifier: Int] = [:]
+        /// Frames left out of a fusion because they were outside the window.
+        var dropped = 0
+        /// Frames not taken because their agent's slot already holds that sequence number or a
+        /// later one (a frame resent, or sent again by an agent that moved back): never fused twice.
+        var duplicates = 0
+        /// Outputs for an (agent, sequence) already fused: counted to prove it stays 0.
+        var fusedTwice = 0
+        /// Boxes messages taken (the agents on the boxes rung).
+        var boxesTaken = 0
+        var lastFused: [String: UInt64] = [:]
+        var durations = [Double](repeating: 0, count: 512)  // ring of per-agent fusion times (s)
+        var durationCount = 0, durationSum = 0.0, resultCount = 0
+        /// Per stage (decode, warp_fuse, head, nms): recent durations in seconds.
+        var stageTimes: [String: [Double]] = [:]
+
+        mutating func addStage(_ name: String, _ s: Double) {
+            var v = stageTimes[name] ?? []
+            if v.count >= 512 { v.removeFirst(v.count - 511) }
+            v.append(s)
+            stageTimes[name] = v
+        }
+    }
+    private let state = Mutex(State())
     /// Called by `tick` between gathering its inputs and fusing them, without the lock held (tests
     /// hold a pass there to show that ingest does not wait for it).
     nonisolated(unsafe) var beforeFusing: (@Sendable () -> Void)?
     private let maxChannels: Int
     /// The model's empty-cell features at full width: the map of an ego on the boxes rung.
     private let emptyMap: FloatTensor
-    public private(set) var dropped = 0
-    /// Frames not taken because their agent's slot already holds that sequence number or a later
-    /// one (a frame resent, or sent again by an agent that moved back): never fused twice.
-    public private(set) var duplicates = 0
-    /// Outputs for an (agent, sequence) already fused: counted to prove it stays 0.
-    public private(set) var fusedTwice = 0
-    private var lastFused: [String: UInt64] = [:]
-    private var durations = [Double](repeating: 0, count: 512)  // ring of per-agent fusion times (s)
-    private var durationCount = 0, durationSum = 0.0, resultCount = 0
-    /// Per stage (decode, warp_fuse, head, nms): recent durations in seconds.
-    private var stageTimes: [String: [Double]] = [:]
-    private func addStage(_ name: String, _ s: Double) {
-        var v = stageTimes[name] ?? []
-        if v.count >= 512 { v.removeFirst(v.count - 511) }
-        v.append(s)
-        stageTimes[name] = v
-    }
+    /// Frames left out of a fusion because they were outside the window.
+    public var dropped: Int { state.withLock { $0.dropped } }
+    /// Frames not taken because their agent's slot already held that sequence number or a later one.
+    public var duplicates: Int { state.withLock { $0.duplicates } }
+    /// Outputs for an (agent, sequence) already fused (should stay 0).
+    public var fusedTwice: Int { state.withLock { $0.fusedTwice } }
 
     /// Counters and recent fusion durations, for the metrics endpoint.
     public struct Metrics: Sendable {
@@ -142,9 +156,10 @@ public final class FusionService: @unchecked Sendable {
         public var stages: [(String, Double, Double)]
     }
 
-    public var metrics: Metrics {
-        lock.lock()
-        defer { lock.unlock() }
+    public var metrics: Metrics { state.withLock { Self.metrics($0) } }
+
+    private static func metrics(_ s: borrowing State) -> Metrics {
+        let (durations, durationCount, stageTimes) = (s.durations, s.durationCount, s.stageTimes)
         let recent = Array(durations.prefix(min(durationCount, durations.count))).sorted()
         func q(_ p: Double) -> Double {
             recent.isEmpty ? 0 : recent[min(recent.count - 1, Int(p * Double(recent.count)))]
@@ -154,8 +169,8 @@ public final class FusionService: @unchecked Sendable {
             return (k, v[min(v.count - 1, v.count / 2)], v[min(v.count - 1, Int(0.99 * Double(v.count)))])
         }
         return Metrics(
-            results: resultCount, late: dropped, count: durationCount, sum: durationSum,
-            duplicates: duplicates, fusedTwice: fusedTwice,
+            results: s.resultCount, late: s.dropped, count: durationCount, sum: s.durationSum,
+            duplicates: s.duplicates, fusedTwice: s.fusedTwice,
             quantiles: [("0.5", q(0.5)), ("0.9", q(0.9)), ("0.99", q(0.99))], stages: stages)
     }
 
@@ -208,19 +223,16 @@ public final class FusionService: @unchecked Sendable {
         let t0 = SystemClock.monotonicSeconds()
         defer {
             let dt = SystemClock.monotonicSeconds() - t0
-            lock.lock()
-            addStage("dequantize", dt)
-            lock.unlock()
+            state.withLock { $0.addStage("dequantize", dt) }
         }
         let h = f.header
         guard h.height == detector.height, h.width == detector.width, h.channels <= maxChannels else { return false }
-        lock.lock()
-        if let slot = slots[agent], slot.sequence >= h.sequence {
-            duplicates += 1
-            lock.unlock()
-            return false
+        let duplicate = state.withLock { s in
+            guard let slot = s.slots[agent], slot.sequence >= h.sequence else { return false }
+            s.duplicates += 1
+            return true
         }
-        lock.unlock()
+        if duplicate { return false }
         let params: (scale: [Float], zp: [Float])
         var empty: [Float]?
         switch h.quant {
@@ -233,13 +245,11 @@ public final class FusionService: @unchecked Sendable {
             empty = q.empty
         }
         // Take a buffer no tick is reading (under the lock), fill it without the lock.
-        lock.lock()
-        var buffer: FloatTensor?
-        if let spare = slots[agent]?.spare, pinned[ObjectIdentifier(spare)] == nil {
-            buffer = spare
-            slots[agent]!.spare = nil
+        let buffer = state.withLock { s -> FloatTensor? in
+            guard let spare = s.slots[agent]?.spare, s.pinned[ObjectIdentifier(spare)] == nil else { return nil }
+            s.slots[agent]!.spare = nil
+            return spare
         }
-        lock.unlock()
         let target = buffer ?? FloatTensor(height: detector.height, width: detector.width, channels: maxChannels)
         let c = h.channels
         let cells = h.cells
@@ -269,17 +279,18 @@ public final class FusionService: @unchecked Sendable {
                 for cell in 0..<cells { dst[cell * c + ch] = (Float(f.values[ch * cells + cell]) - z) * s }
             }
         }
-        lock.lock()
-        defer { lock.unlock() }
-        var slot = slots[agent] ?? Slot(features: target)
-        keepPrevious(&slot)
-        if slot.features !== target {
-            slot.spare = slot.features  // ingest checks it is not pinned before reuse
-            slot.features = target
+        state.withLock { s in
+            var slot = s.slots[agent] ?? Slot(features: target)
+            keepPrevious(&slot, pinned: s.pinned)
+            if slot.features !== target {
+                slot.spare = slot.features  // ingest checks it is not pinned before reuse
+                slot.features = target
+            }
+            slot.boxes = nil
+            slot.take(
+                sequence: h.sequence, captureNs: h.captureTimeNs, position: h.position, orientation: h.orientation)
+            s.slots[agent] = slot
         }
-        slot.boxes = nil
-        slot.take(sequence: h.sequence, captureNs: h.captureTimeNs, position: h.position, orientation: h.orientation)
-        slots[agent] = slot
         return true
     }
 
@@ -288,40 +299,41 @@ public final class FusionService: @unchecked Sendable {
     @discardableResult
     public func ingest(agent: String, boxes m: Boxes) -> Bool {
         let boxes = m.detections.map(\.bevBox)
-        lock.lock()
-        defer { lock.unlock() }
-        if let slot = slots[agent], slot.sequence >= m.sequence {
-            duplicates += 1
-            return false
+        return state.withLock { s in
+            if let slot = s.slots[agent], slot.sequence >= m.sequence {
+                s.duplicates += 1
+                return false
+            }
+            var slot =
+                s.slots[agent]
+                ?? Slot(features: FloatTensor(height: detector.height, width: detector.width, channels: maxChannels))
+            keepPrevious(&slot, pinned: s.pinned)
+            slot.boxes = boxes
+            slot.take(
+                sequence: m.sequence, captureNs: m.captureTimeNs, position: m.position, orientation: m.orientation)
+            s.slots[agent] = slot
+            s.boxesTaken += 1
+            return true
         }
-        var slot =
-            slots[agent]
-            ?? Slot(features: FloatTensor(height: detector.height, width: detector.width, channels: maxChannels))
-        keepPrevious(&slot)
-        slot.boxes = boxes
-        slot.take(sequence: m.sequence, captureNs: m.captureTimeNs, position: m.position, orientation: m.orientation)
-        slots[agent] = slot
-        boxesTaken += 1
-        return true
     }
 
     /// Boxes messages taken (the agents on the boxes rung).
-    public private(set) var boxesTaken = 0
+    public var boxesTaken: Int { state.withLock { $0.boxesTaken } }
 
     /// An agent opened a new session (Hello): its numbering may start again (a restarted agent).
     public func joined(agent: String) {
-        lock.lock()
-        defer { lock.unlock() }
-        slots[agent]?.sequence = 0
-        lastFused[agent] = nil
+        state.withLock { s in
+            s.slots[agent]?.sequence = 0
+            s.lastFused[agent] = nil
+        }
     }
 
     /// Each agent's latest reported pose and the capture time of its latest frame.
     public var agentPoses: [(agent: String, position: SIMD2<Float>, yaw: Float, captureNs: UInt64)] {
-        lock.lock()
-        defer { lock.unlock() }
-        return slots.map { ($0.key, $0.value.position, $0.value.yaw, $0.value.captureNs) }.sorted {
-            $0.agent < $1.agent
+        state.withLock { s in
+            s.slots.map { ($0.key, $0.value.position, $0.value.yaw, $0.value.captureNs) }.sorted {
+                $0.agent < $1.agent
+            }
         }
     }
 
@@ -334,78 +346,13 @@ public final class FusionService: @unchecked Sendable {
 
     /// Agents with a frame newer than their last fusion.
     public var pending: [String] {
-        lock.lock()
-        defer { lock.unlock() }
-        return slots.filter(\.value.fresh).map(\.key).sorted()
+        state.withLock { $0.slots.filter(\.value.fresh).map(\.key).sorted() }
     }
 
     /// Fuses for every agent with a new frame (or for `only`). The inputs are gathered and their
     /// maps pinned under the lock; the fusion itself runs without it.
     public func tick(only: [String]? = nil) -> [Output] {
-        struct Job: @unchecked Sendable {
-            var ego: String
-            var slot: Slot
-            var names: [String]
-            /// The maps fused (the ego's first when it sent a map; an empty map at its pose when
-            /// it sent boxes), and the ego's index among them (nil: no map to fuse).
-            var inputs: [CooperativeDetector.AgentInput]
-            var egoIndex: Int?
-            /// Agents on the boxes rung: their detections and poses, merged by late fusion.
-            var late: [(boxes: [BEVBox], position: SIMD2<Float>, yaw: Float)]
-        }
-        var jobs: [Job] = []
-        lock.lock()
-        for ego in (only ?? slots.filter(\.value.fresh).map(\.key)).sorted() {
-            guard let e = slots[ego] else { continue }
-            // What each agent contributes: its latest message (its previous one for the others
-            // with othersOneFrameLate), its pose (with the evaluation's noise for the others).
-            var view:
-                [String: (
-                    features: FloatTensor, boxes: [BEVBox]?, position: SIMD2<Float>, yaw: Float, captureNs: UInt64
-                )] =
-                    [:]
-            for (n, s) in slots {
-                if n == ego || !options.othersOneFrameLate {
-                    view[n] = (s.features, s.boxes, s.position, s.yaw, s.captureNs)
-                } else if let p = s.previous {
-                    view[n] = (p.features, p.boxes, p.position, p.yaw, p.captureNs)
-                }
-                if n != ego, let noise = options.poseNoise, var v = view[n] {
-                    var rng = NoiseSource(ego, n, e.sequence)
-                    v.position += SIMD2(rng.gaussian(), rng.gaussian()) * noise.metres
-                    v.yaw += rng.gaussian() * noise.degrees * .pi / 180
-                    view[n] = v
-                }
-            }
-            let names = view.keys.sorted().filter { n in
-                let captureNs = view[n]!.captureNs
-                let dt = captureNs > e.captureNs ? captureNs - e.captureNs : e.captureNs - captureNs
-                if dt > options.windowNs, n != ego {
-                    dropped += 1
-                    return options.useLateFrames
-                }
-                return true
-            }
-            var inputs: [CooperativeDetector.AgentInput] = []
-            var late: [(boxes: [BEVBox], position: SIMD2<Float>, yaw: Float)] = []
-            for n in names {
-                let s = view[n]!
-                if let b = s.boxes {
-                    late.append((b, s.position, s.yaw))
-                } else {
-                    inputs.append(.init(features: s.features, position: s.position, yaw: s.yaw))
-                }
-            }
-            var egoIndex = names.filter { view[$0]!.boxes == nil }.firstIndex(of: ego)
-            if egoIndex == nil, !inputs.isEmpty {
-                inputs.insert(.init(features: emptyMap, position: e.position, yaw: e.yaw), at: 0)
-                egoIndex = 0
-            }
-            for i in inputs { pinned[ObjectIdentifier(i.features), default: 0] += 1 }
-            jobs.append(Job(ego: ego, slot: e, names: names, inputs: inputs, egoIndex: egoIndex, late: late))
-            slots[ego]!.fresh = false  // a frame that arrives during the pass marks it fresh again
-        }
-        lock.unlock()
+        let jobs = state.withLock { s in gather(only: only, &s) }
         beforeFusing?()
         // Fuse in parallel, each worker with its own detector.
         let results = Locked<[Int: ([BEVBox], Double, (Double, Double, Double))]>([:])
@@ -439,34 +386,102 @@ public final class FusionService: @unchecked Sendable {
                 }
             }
         }
-        lock.lock()
-        defer { lock.unlock() }
-        for j in jobs {
-            for i in j.inputs {
-                let id = ObjectIdentifier(i.features)
-                pinned[id] = pinned[id].map { $0 > 1 ? $0 - 1 : nil } ?? nil
-            }
-        }
-        var outputs: [Output] = []
         let done = results.value
-        for (k, j) in jobs.enumerated() {
-            guard let (boxes, dt, st) = done[k] else { continue }
-            addStage("warp_fuse", st.0)
-            addStage("head", st.1)
-            addStage("nms", st.2)
-            durations[durationCount % durations.count] = dt
-            durationCount += 1
-            durationSum += dt
-            resultCount += 1
-            let e = j.slot
-            if let last = lastFused[j.ego], e.sequence <= last { fusedTwice += 1 }
-            lastFused[j.ego] = e.sequence
-            outputs.append(
-                Output(
-                    agent: j.ego, sequence: e.sequence, captureTimeNs: e.captureNs, fusedAgents: j.names, boxes: boxes,
-                    position: e.position, yaw: e.yaw))
+        return state.withLock { s in
+            for j in jobs {
+                for i in j.inputs {
+                    let id = ObjectIdentifier(i.features)
+                    s.pinned[id] = s.pinned[id].map { $0 > 1 ? $0 - 1 : nil } ?? nil
+                }
+            }
+            var outputs: [Output] = []
+            for (k, j) in jobs.enumerated() {
+                guard let (boxes, dt, st) = done[k] else { continue }
+                s.addStage("warp_fuse", st.0)
+                s.addStage("head", st.1)
+                s.addStage("nms", st.2)
+                s.durations[s.durationCount % s.durations.count] = dt
+                s.durationCount += 1
+                s.durationSum += dt
+                s.resultCount += 1
+                let e = j.slot
+                if let last = s.lastFused[j.ego], e.sequence <= last { s.fusedTwice += 1 }
+                s.lastFused[j.ego] = e.sequence
+                outputs.append(
+                    Output(
+                        agent: j.ego, sequence: e.sequence, captureTimeNs: e.captureNs, fusedAgents: j.names,
+                        boxes: boxes, position: e.position, yaw: e.yaw))
+            }
+            return outputs
         }
-        return outputs
+    }
+
+    private struct Job: @unchecked Sendable {
+        var ego: String
+        var slot: Slot
+        var names: [String]
+        /// The maps fused (the ego's first when it sent a map; an empty map at its pose when it
+        /// sent boxes), and the ego's index among them (nil: no map to fuse).
+        var inputs: [CooperativeDetector.AgentInput]
+        var egoIndex: Int?
+        /// Agents on the boxes rung: their detections and poses, merged by late fusion.
+        var late: [(boxes: [BEVBox], position: SIMD2<Float>, yaw: Float)]
+    }
+
+    /// Under the lock: what each fresh ego's fusion reads, with its maps pinned.
+    private func gather(only: [String]?, _ state: inout State) -> [Job] {
+        var jobs: [Job] = []
+        for ego in (only ?? state.slots.filter(\.value.fresh).map(\.key)).sorted() {
+            guard let e = state.slots[ego] else { continue }
+            // What each agent contributes: its latest message (its previous one for the others
+            // with othersOneFrameLate), its pose (with the evaluation's noise for the others).
+            var view:
+                [String: (
+                    features: FloatTensor, boxes: [BEVBox]?, position: SIMD2<Float>, yaw: Float, captureNs: UInt64
+                )] =
+                    [:]
+            for (n, slot) in state.slots {
+                if n == ego || !options.othersOneFrameLate {
+                    view[n] = (slot.features, slot.boxes, slot.position, slot.yaw, slot.captureNs)
+                } else if let p = slot.previous {
+                    view[n] = (p.features, p.boxes, p.position, p.yaw, p.captureNs)
+                }
+                if n != ego, let noise = options.poseNoise, var v = view[n] {
+                    var rng = NoiseSource(ego, n, e.sequence)
+                    v.position += SIMD2(rng.gaussian(), rng.gaussian()) * noise.metres
+                    v.yaw += rng.gaussian() * noise.degrees * .pi / 180
+                    view[n] = v
+                }
+            }
+            let names = view.keys.sorted().filter { n in
+                let captureNs = view[n]!.captureNs
+                let dt = captureNs > e.captureNs ? captureNs - e.captureNs : e.captureNs - captureNs
+                if dt > options.windowNs, n != ego {
+                    state.dropped += 1
+                    return options.useLateFrames
+                }
+                return true
+            }
+            var inputs: [CooperativeDetector.AgentInput] = []
+            var late: [(boxes: [BEVBox], position: SIMD2<Float>, yaw: Float)] = []
+            for n in names {
+                let s = view[n]!
+                if let b = s.boxes {
+                    late.append((b, s.position, s.yaw))
+                } else {
+                    inputs.append(.init(features: s.features, position: s.position, yaw: s.yaw))
+                }
+            }
+            var egoIndex = names.filter { view[$0]!.boxes == nil }.firstIndex(of: ego)
+            if egoIndex == nil, !inputs.isEmpty {
+                inputs.insert(.init(features: emptyMap, position: e.position, yaw: e.yaw), at: 0)
+                egoIndex = 0
+            }
+            for i in inputs { state.pinned[ObjectIdentifier(i.features), default: 0] += 1 }
+            jobs.append(Job(ego: ego, slot: e, names: names, inputs: inputs, egoIndex: egoIndex, late: late))
+            state.slots[ego]!.fresh = false  // a frame that arrives during the pass marks it fresh again
+        }
+        return jobs
     }
 
     /// A Result message for an output (boxes in the agent's frame).
