@@ -58,7 +58,7 @@ public final class FeatureServer: Sendable {
         var lastSequence: UInt64?
     }
 
-    public let endpoint: RouterEndpoint
+    public let endpoint: any ServerTransport
     public let options: ServerOptions
     private let logger: Logger
     private let rejectLog: RateLimitedLog
@@ -73,7 +73,8 @@ public final class FeatureServer: Sendable {
     private let onBoxes: BoxesHandler?
 
     public init(
-        endpoint: RouterEndpoint, options: ServerOptions = ServerOptions(), logger: Logger, check: FrameCheck? = nil,
+        endpoint: any ServerTransport, options: ServerOptions = ServerOptions(), logger: Logger,
+        check: FrameCheck? = nil,
         onFrame: FrameHandler? = nil, onBoxes: BoxesHandler? = nil, onJoin: (@Sendable (_ agent: String) -> Void)? = nil
     ) {
         self.check = check

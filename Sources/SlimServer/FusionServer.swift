@@ -34,7 +34,7 @@ public final class FusionServer: Service, Sendable {
     public let fusion: FusionService?
     public let trigger: Trigger
     public let drainMs: Int
-    private let router: RouterEndpoint
+    private let router: any ServerTransport
     private let observers = Locked<[Observer]>([])
     private let arrivals: AsyncStream<Void>
     private let arrived: AsyncStream<Void>.Continuation
@@ -43,7 +43,7 @@ public final class FusionServer: Service, Sendable {
     private let beforeShutdown = Locked<(@Sendable (FusionServer) async -> Void)?>(nil)
 
     public init(
-        endpoint: RouterEndpoint, options: ServerOptions = ServerOptions(), fusion: FusionService?,
+        endpoint: any ServerTransport, options: ServerOptions = ServerOptions(), fusion: FusionService?,
         trigger: Trigger = .arrival(maxPassesPerSecond: 100), drainMs: Int = 1000, logger: Logger,
         onFrame: FrameHook? = nil, onJoin: (@Sendable (_ agent: String) -> Void)? = nil
     ) {

@@ -53,7 +53,7 @@ private let monitorCounter = Atomic<Int>(0)
 ///
 /// Received messages arrive on `events` in arrival order (libzmq fair-queues between agents).
 /// `send` may be called from any thread.
-public final class RouterEndpoint: Sendable {
+public final class RouterEndpoint: ServerTransport {
     private let loop: SocketLoop
     private let zapRejections: Locked<[String: Int]>
     /// The bound endpoint, with the port resolved when bound to port 0.
@@ -107,7 +107,7 @@ public final class RouterEndpoint: Sendable {
     /// blocks. If the agent is gone the message is dropped and counted; if its queue is full, a
     /// `.reliable` message waits (in order, retried) and a `.bestEffort` one is dropped and counted.
     public func send(
-        to routingID: RoutingID, length: Int, delivery: Delivery = .reliable,
+        to routingID: RoutingID, length: Int, delivery: Delivery,
         _ write: (UnsafeMutableRawBufferPointer) -> Void
     ) {
         let m = ZMQMessage(size: length)

@@ -2,77 +2,6 @@ import CZeroMQ
 import Glibc
 import Synchronization
 
-/// What a socket thread hands to its consumer.
-public enum TransportEvent: Sendable {
-    /// A complete single-part message; on the server with the sender's routing id.
-    case message(ReceivedMessage)
-    /// A connection completed its handshake (the agent then sends Hello).
-    case connected
-    /// A connection was lost; libzmq reconnects by itself.
-    case disconnected
-}
-
-public struct ReceivedMessage: Sendable {
-    /// The sender's routing id (server side only).
-    public let routingID: RoutingID
-    public let message: ZMQMessage
-    /// Monotonic clock at receipt, for queue-delay measurement.
-    public let receivedAtNs: UInt64
-    /// The authenticated peer's name from the allow-list (ZAP "User-Id"), if Curve is on.
-    public let peerName: String?
-    /// Parts beyond the first (the protocol uses single-part messages; extra parts were
-    /// read and discarded, and the receiver rejects the message).
-    public let extraParts: Int
-}
-
-/// How hard a router tries to deliver a message when the agent's queue (`send_hwm`) is full.
-public enum Delivery: Sendable {
-    /// Held, in order, and retried until the agent's queue has room: Acks, Controls and
-    /// Handovers, which the protocol promises for every accepted message. Dropped (and counted)
-    /// only when the agent is gone.
-    case reliable
-    /// Dropped and counted when the agent's queue is full or while its reliable messages wait:
-    /// Results, which the next fusion pass replaces.
-    case bestEffort
-}
-
-/// A ZeroMQ routing id (the server's handle for one connected agent).
-public struct RoutingID: Hashable, Sendable, CustomStringConvertible {
-    public let bytes: [UInt8]
-    public init(_ bytes: [UInt8]) { self.bytes = bytes }
-    public static let none = RoutingID([])
-    public var description: String { bytes.map { String($0, radix: 16) }.joined() }
-}
-
-/// Counters kept by a socket thread.
-public struct TransportCounters: Sendable, Equatable {
-    public var received = 0
-    public var sent = 0
-    /// Inbound messages dropped because the consumer fell `inboundCapacity` behind.
-    public var inboundDropped = 0
-    /// Outbound messages dropped: peer gone (`EHOSTUNREACH`) or its queue full.
-    public var unroutable = 0
-    public var sendQueueFull = 0
-    /// Agent only: frames replaced by a newer one before they reached the socket.
-    public var framesReplaced = 0
-    /// Extra parts of multi-part messages (the protocol uses single-part messages only).
-    public var multipartDiscarded = 0
-    /// Router only: outbound messages dropped, per destination and reason ("send_queue_full":
-    /// a best-effort message while the peer's queue was at send_hwm; "unroutable": the peer was
-    /// gone). Reliable messages are never dropped for a full queue: they wait (`reliableBacklog`).
-    public var droppedByRoute: [RoutingID: [String: Int]] = [:]
-    /// Router only: reliable messages waiting for room in each peer's queue (peers with none
-    /// are absent).
-    public var reliableBacklog: [RoutingID: Int] = [:]
-    /// Router only: failed Curve handshakes by kind ("no_detail": e.g. a plain client to a Curve
-    /// server, "protocol": e.g. a wrong server key, "auth": the ZAP handler refused the key).
-    public var handshakeFailures: [String: Int] = [:]
-    /// Router only: connections closed after a successful handshake (the peer left, its
-    /// heartbeat timed out, or libzmq dropped it for a message over `maxMessageBytes`: libzmq
-    /// reports all three as one disconnect event).
-    public var sessionsLost = 0
-}
-
 /// Owns one ZeroMQ socket (plus its ZAP handler and monitor) on a dedicated thread.
 ///
 /// libzmq sockets are not thread-safe; every call on them happens on this thread. Other threads
@@ -88,8 +17,6 @@ final class SocketLoop: @unchecked Sendable {
 
     private struct Shared {
         var outbox: [Outgoing] = []
-        // Router: reliable messages waiting for room in their peer's queue, in order per peer.
-        var held: [RoutingID: [Outgoing]] = [:]
         var frame: ZMQMessage?  // newest-wins slot (agent frames)
         var stopping = false
         /// With `stopping`: hand what is queued to libzmq and give it this long to deliver it.
@@ -218,8 +145,8 @@ final class SocketLoop: @unchecked Sendable {
     private func run() {
         var items = [zmq_pollitem_t](repeating: zmq_pollitem_t(), count: 4)
         var outbox: [Outgoing] = []
-        // Router: reliable messages waiting for room in their peer's queue, in order per peer.
-        var held: [RoutingID: [Outgoing]] = [:]
+        // Router: reliable messages waiting for room in their peer's queue.
+        var routed = RoutedOutbox<ZMQMessage>()
         var frame: ZMQMessage?
         // Frames wait until this connection has been greeted (the agent's Hello went first).
         let needsGreeting = shared.withLock { $0.greeting != nil }
@@ -236,10 +163,10 @@ final class SocketLoop: @unchecked Sendable {
                     // Into libzmq's queues (held messages as their peers make room, up to the
                     // drain time); the linger below delivers them.
                     let deadline = SystemClock.monotonicNs() + UInt64(drainMs) * 1_000_000
-                    flush(&outbox, held: &held)
-                    while !held.isEmpty, SystemClock.monotonicNs() < deadline {
+                    flush(&outbox, &routed)
+                    while routed.isHolding, SystemClock.monotonicNs() < deadline {
                         _ = zmq_poll(nil, 0, 2)
-                        flush(&outbox, held: &held)
+                        flush(&outbox, &routed)
                     }
                     lingerMs = drainMs
                 }
@@ -263,7 +190,7 @@ final class SocketLoop: @unchecked Sendable {
                 n += 1
             }
             // Held messages are retried every 2 ms: a ROUTER cannot poll one peer's queue.
-            let rc = zmq_poll(&items, n, held.isEmpty ? -1 : 2)
+            let rc = zmq_poll(&items, n, routed.isHolding ? 2 : -1)
             if rc < 0 {
                 if zmq_errno() == EINTR { continue }
                 break  // context terminated
@@ -282,8 +209,8 @@ final class SocketLoop: @unchecked Sendable {
                 }
             }
             if items[0].revents & Int16(ZMQ_POLLIN) != 0 { receiveAvailable() }
-            if items[0].revents & Int16(ZMQ_POLLOUT) != 0 || !outbox.isEmpty || !held.isEmpty {
-                flush(&outbox, held: &held)
+            if items[0].revents & Int16(ZMQ_POLLOUT) != 0 || !outbox.isEmpty || routed.isHolding {
+                flush(&outbox, &routed)
                 if outbox.isEmpty, greeted {
                     if frame == nil {
                         frame = shared.withLock { s in
@@ -296,7 +223,7 @@ final class SocketLoop: @unchecked Sendable {
             }
         }
         outbox.removeAll()
-        held.removeAll()
+        routed.removeAll()
         frame = nil
         shared.withLock {
             $0.frame = nil
@@ -344,7 +271,7 @@ final class SocketLoop: @unchecked Sendable {
         }
     }
 
-    private func flush(_ outbox: inout [Outgoing], held: inout [RoutingID: [Outgoing]]) {
+    private func flush(_ outbox: inout [Outgoing], _ routed: inout RoutedOutbox<ZMQMessage>) {
         guard isRouter else {
             var i = 0
             while i < outbox.count, zmq_msg_send(outbox[i].message.msg, socket.handle, ZMQ_DONTWAIT) >= 0 {
@@ -354,69 +281,23 @@ final class SocketLoop: @unchecked Sendable {
             outbox.removeFirst(i)
             return
         }
-        // Router. Held messages first, oldest first per peer; a peer whose queue is still full
-        // keeps the rest of its queue. One slow or departed agent never holds up the others.
-        var sent = 0
-        var dropped: [(RoutingID, String)] = []
-        var backlogChanged = false
-        for (id, queue) in held {
-            var i = 0
-            while i < queue.count {
-                if sendRouted(queue[i]) {
-                    sent += 1
-                } else if zmq_errno() == EHOSTUNREACH {
-                    dropped += Array(repeating: (id, "unroutable"), count: queue.count - i)
-                    i = queue.count
-                    break
-                } else {
-                    break
-                }
-                i += 1
-            }
-            if i > 0 {
-                backlogChanged = true
-                held[id] = i == queue.count ? nil : Array(queue[i...])
-            }
-        }
-        for o in outbox {
-            guard let id = o.routingID else { continue }
-            if held[id] != nil {  // keep the order behind the peer's held messages
-                if o.delivery == .reliable {
-                    held[id]!.append(o)
-                    backlogChanged = true
-                } else {
-                    dropped.append((id, "send_queue_full"))
-                }
-            } else if sendRouted(o) {
-                sent += 1
-            } else if zmq_errno() == EHOSTUNREACH {
-                dropped.append((id, "unroutable"))
-            } else if o.delivery == .reliable {
-                held[id] = [o]
-                backlogChanged = true
-            } else {
-                dropped.append((id, "send_queue_full"))
-            }
+        let items = outbox.compactMap { o in
+            o.routingID.map { Routed(routingID: $0, message: o.message, delivery: o.delivery) }
         }
         outbox.removeAll(keepingCapacity: true)
-        guard sent > 0 || !dropped.isEmpty || backlogChanged else { return }
-        shared.withLock { s in
-            s.counters.sent += sent
-            for (id, reason) in dropped {
-                if reason == "unroutable" { s.counters.unroutable += 1 } else { s.counters.sendQueueFull += 1 }
-                s.counters.droppedByRoute[id, default: [:]][reason, default: 0] += 1
-            }
-            if backlogChanged { s.counters.reliableBacklog = held.mapValues(\.count) }
+        let outcome = routed.flush(items) { r in
+            if sendRouted(r.routingID, r.message) { return .sent }
+            return zmq_errno() == EHOSTUNREACH ? .gone : .full
         }
+        if !outcome.isEmpty { shared.withLock { $0.counters.record(outcome) } }
     }
 
-    private func sendRouted(_ o: Outgoing) -> Bool {
-        guard let id = o.routingID else { return false }
+    private func sendRouted(_ id: RoutingID, _ message: ZMQMessage) -> Bool {
         let rc = id.bytes.withUnsafeBytes {
             zmq_send(socket.handle, $0.baseAddress, $0.count, ZMQ_SNDMORE | ZMQ_DONTWAIT)
         }
         guard rc >= 0 else { return false }
-        return zmq_msg_send(o.message.msg, socket.handle, ZMQ_DONTWAIT) >= 0
+        return zmq_msg_send(message.msg, socket.handle, ZMQ_DONTWAIT) >= 0
     }
 
     private func sendFrame(_ f: ZMQMessage) -> Bool {

@@ -101,7 +101,7 @@ final class ZMQSocket {
 
 /// An owned `zmq_msg_t`. Received messages are handed to consumers in this box, so their bytes
 /// are never copied; the message is closed when the box goes away, on whatever thread that is.
-public final class ZMQMessage: @unchecked Sendable {
+public final class ZMQMessage: ReceivedBytes, @unchecked Sendable {
     let msg: UnsafeMutablePointer<zmq_msg_t>
 
     init() {
