@@ -164,15 +164,13 @@ public final class CooperativeSession: @unchecked Sendable {
             for f in feature.values { f.endpoint.close() }
             router.close()
         }
-        let startNs = SystemClock.monotonicNs()
+        var pacer = Pacer(origin: 0)  // stamps: ns since the first frame, loops continuing the rhythm
         let span = frames.last!.timeNs - frames[0].timeNs
         let period = frames.count > 1 ? span / UInt64(frames.count - 1) : 100_000_000
         for loop in 0..<max(config.loops, 1) {
             for (fi, f) in frames.enumerated() {
                 if config.realTime {
-                    let due = startNs + UInt64(loop) * (span + period) + (f.timeNs - frames[0].timeNs)
-                    let now = SystemClock.monotonicNs()
-                    if due > now { try await Task.sleep(nanoseconds: due - now) }
+                    try await pacer.wait(for: UInt64(loop) * (span + period) + (f.timeNs - frames[0].timeNs))
                 }
                 var sent: [String: (seq: UInt64, t0: UInt64)] = [:]
                 for a in agents {

@@ -163,14 +163,13 @@ public final class EdgeAgent {
         // Loops continue the recorded rhythm: the first sweep again one frame period after the last.
         let span = mine.last!.timeNs - mine[0].timeNs
         let period = mine.count > 1 ? span / UInt64(mine.count - 1) : 100_000_000
-        var start = SystemClock.monotonicNs()
+        var pacer = Pacer(origin: mine[0].timeNs)
         repeat {
-            defer { start = max(start + span + period, SystemClock.monotonicNs()) }
+            defer { pacer.restart(at: max(pacer.startNs + span + period, SystemClock.monotonicNs())) }
             for (fi, f) in mine.enumerated() {
                 if stop.value || (frames.map { sent >= $0 } ?? false) { return }
-                let due = start + (f.timeNs - mine[0].timeNs)
-                let now = SystemClock.monotonicNs()
-                if due > now { try await Task.sleep(nanoseconds: due - now) }
+                let due = pacer.due(f.timeNs)
+                try await pacer.wait(for: f.timeNs)
                 let af = f.agents[source.agent]!
                 guard let truth = af.pose else { continue }
                 guard let bytes = send(af.points, pose: af.measuredPose ?? truth, sensorHeight: truth.position.z)

@@ -14,7 +14,7 @@ public func runSynthetic(agent: FeatureAgent, source: AgentConfig.SyntheticSourc
         agentID: agent.identity.agentID, widthIndex: source.widthIndex,
         masked: source.mask, lz4: source.lz4)
     let period = UInt64(1e9 / source.rateHz)
-    let start = SystemClock.monotonicNs()
+    var pacer = Pacer(origin: 0)  // frame n is due n periods after the start
     var n = 0
     while !stop.value, source.frames == 0 || n < source.frames {
         var h = header
@@ -27,9 +27,7 @@ public func runSynthetic(agent: FeatureAgent, source: AgentConfig.SyntheticSourc
         }
         n += 1
         features.next()
-        let due = start + UInt64(n) * period
-        let now = SystemClock.monotonicNs()
-        if due > now { try? await Task.sleep(nanoseconds: due - now) }
+        try? await pacer.wait(for: UInt64(n) * period)
     }
 }
 

@@ -92,13 +92,10 @@ public final class VelodyneInput: @unchecked Sendable {
                 }
             }
             if let capture {
-                let start = SystemClock.monotonicNs()
-                let t0 = capture.first?.timeNs ?? 0
+                var pacer = Pacer()  // at the capture's own timestamps
                 for d in capture {
                     if stop.value || state.withLock({ $0.closed }) { break }
-                    let due = start + (d.timeNs &- t0)
-                    let now = SystemClock.monotonicNs()
-                    if due > now { usleep(useconds_t(min((due - now) / 1000, 1_000_000))) }
+                    pacer.waitBlocking(for: d.timeNs)
                     d.payload.withUnsafeBytes { take($0) }
                 }
             } else {

@@ -1,5 +1,6 @@
 import CKernels
 import Foundation
+import SlimCore
 import Glibc
 
 /// How an MCAP writer compresses its chunks (`lz4`, what `ros2 bag record` writes; `zstd`, the
@@ -96,7 +97,7 @@ public final class MCAPWriter {
     {
         if let failure { throw failure }
         let c = channels[Int(id) - 1]
-        if chunk.bytes.isEmpty { chunkOpenedNs = monotonicNs() }
+        if chunk.bytes.isEmpty { chunkOpenedNs = SystemClock.monotonicNs() }
         if c.schemaID != 0, !writtenInChunk.contains("s\(c.schemaID)") {
             let s = schemas[Int(c.schemaID) - 1]
             chunk.record(.schema) {
@@ -139,7 +140,7 @@ public final class MCAPWriter {
 
     private var due: Bool {
         guard let flushInterval, !chunk.bytes.isEmpty else { return false }
-        return Double(monotonicNs() &- chunkOpenedNs) / 1e9 >= flushInterval
+        return Double(SystemClock.monotonicNs() &- chunkOpenedNs) / 1e9 >= flushInterval
     }
 
     /// Writes out the open chunk if `flushInterval` has passed since its first message.

@@ -1,4 +1,5 @@
 import Foundation
+import SlimCore
 
 /// Topic names of SlimSplit recordings.
 public enum Topics {
@@ -163,18 +164,9 @@ public struct Replay {
             let reader = try MCAPReader(path: path)
             var pending: [RecordedMessage] = []
             var stop = false
-            var wallStart: UInt64 = 0
-            var logStart: UInt64 = 0
+            var pacer = speed.flatMap { $0 > 0 ? Pacer(speed: $0) : nil }
             func emit(_ m: RecordedMessage) -> Bool {
-                if let speed, speed > 0 {
-                    if wallStart == 0 {
-                        wallStart = monotonicNs()
-                        logStart = m.logTime
-                    }
-                    let due = wallStart + UInt64(Double(m.logTime &- logStart) / speed)
-                    let now = monotonicNs()
-                    if m.logTime > logStart, due > now { usleep(UInt32(min((due - now) / 1000, 10_000_000))) }
-                }
+                pacer?.waitBlocking(for: m.logTime)
                 return body(m)
             }
             try reader.forEachMessage { m in
@@ -197,10 +189,4 @@ public struct Replay {
             pass += 1
         } while loop
     }
-}
-
-func monotonicNs() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }

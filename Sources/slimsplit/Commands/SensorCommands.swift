@@ -160,7 +160,7 @@ struct ReplayCommand: ParsableCommand {
         var counts: [Int] = []
         var packets = 0
         var outOfRange = 0
-        let start = SystemClock.monotonicNs()
+        var pacer = Pacer(origin: 0)  // stamps: ns since the stream's start, speed already applied
         var loops = 0
         repeat {
             for (i, (t, points)) in sweeps.enumerated() {
@@ -171,9 +171,7 @@ struct ReplayCommand: ParsableCommand {
                 for (k, p) in enc.packets.enumerated() {
                     let at = sweepStart + Double(k) / Double(enc.packets.count) * period / speed
                     if let sender {
-                        let due = start + UInt64(at * 1e9)
-                        let now = SystemClock.monotonicNs()
-                        if due > now { usleep(useconds_t((due - now) / 1000)) }
+                        pacer.waitBlocking(for: UInt64(at * 1e9))
                         sender.send(p)
                     } else {
                         capture.append(Pcap.Datagram(timeNs: sweeps[0].0 + UInt64(at * 1e9), payload: p))
