@@ -33,9 +33,7 @@ public struct BEVBox: Sendable, Equatable {
     /// The box, given in a frame at `from` with heading `fromYaw`, in a frame at `to` with heading
     /// `toYaw` (both poses in one common frame, e.g. the world).
     public func moved(from: SIMD2<Float>, _ fromYaw: Float, to: SIMD2<Float>, _ toYaw: Float) -> BEVBox {
-        let c = cos(fromYaw)
-        let s = sin(fromYaw)
-        let world = SIMD2(from.x + c * x - s * y, from.y + s * x + c * y)
+        let world = Pose2D(from, yaw: fromYaw).toCommon(SIMD2(x, y))
         var w = self
         w.x = world.x
         w.y = world.y
@@ -45,14 +43,12 @@ public struct BEVBox: Sendable, Equatable {
 
     /// The box seen from a frame at `origin` with heading `heading` (both in this box's frame).
     public func transformed(intoFrameAt origin: SIMD2<Float>, heading: Float) -> BEVBox {
-        let c = cos(-heading)
-        let s = sin(-heading)
-        let dx = x - origin.x
-        let dy = y - origin.y
+        let frame = Pose2D(origin, yaw: heading)
+        let p = frame.toLocal(SIMD2(x, y))
         var out = self
-        out.x = c * dx - s * dy
-        out.y = s * dx + c * dy
-        out.yaw = atan2(sin(yaw - heading), cos(yaw - heading))
+        out.x = p.x
+        out.y = p.y
+        out.yaw = frame.toLocal(heading: yaw)
         return out
     }
 }

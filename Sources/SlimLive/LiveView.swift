@@ -1,4 +1,5 @@
 import Foundation
+import SlimCore
 import Logging
 import NIOConcurrencyHelpers
 import SlimEngine
@@ -126,8 +127,10 @@ public final class LiveView: Sendable {
             else { continue }
             let q = "{\"x\":0,\"y\":0,\"z\":\(sin(yaw / 2)),\"w\":\(cos(yaw / 2))}"
             let pose = "{\"position\":{\"x\":\(x),\"y\":\(y),\"z\":0.2},\"orientation\":\(q)}"
+            let frame = Pose2D(x: x, y: y, yaw: yaw)
             let corners = [(-r, -r), (r, -r), (r, r), (-r, r), (-r, -r)].map { (u, v) in
-                "{\"x\":\(x + cos(yaw) * u - sin(yaw) * v),\"y\":\(y + sin(yaw) * u + cos(yaw) * v),\"z\":0.05}"
+                let p = frame.toCommon(SIMD2(u, v))
+                return "{\"x\":\(p.x),\"y\":\(p.y),\"z\":0.05}"
             }
             let label = String(
                 format: "%@  w %.2f  %d bit  %.1f KB", id, a["width"] as? Double ?? 0, a["bits"] as? Int ?? 0,

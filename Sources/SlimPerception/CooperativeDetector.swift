@@ -1,4 +1,5 @@
 import Foundation
+import SlimCore
 import SlimEngine
 
 /// The server half of the cooperative detector (`server` in the model file): zero fill, the
@@ -203,12 +204,8 @@ public final class CooperativeDetector: @unchecked Sendable {
         let d = ego.yaw - j.yaw
         let c = cos(d)
         let s = sin(d)
-        let t = ego.position - j.position
-        let cj = cos(-j.yaw)
-        let sj = sin(-j.yaw)
-        let tx = (cj * t.x - sj * t.y) / halfExtent
-        let ty = (sj * t.x + cj * t.y) / halfExtent
-        return [c, -s, tx, s, c, ty]
+        let t = Pose2D(j.position, yaw: j.yaw).toLocal(ego.position) / halfExtent
+        return [c, -s, t.x, s, c, t.y]
     }
 
     /// The raw head outputs for the ego `agents[ego]` (heatmap logits, offset, log size, yaw

@@ -277,13 +277,8 @@ public final class CooperativeSession: @unchecked Sendable {
         dets.filter { d in
             guard abs(d.x) < half, abs(d.y) < half else { return false }
             for o in own {
-                let c = cos(o.yaw)
-                let s = sin(o.yaw)
-                let dx = d.x - o.x
-                let dy = d.y - o.y
-                let lx = c * dx + s * dy
-                let ly = -s * dx + c * dy
-                if abs(lx) < o.length / 2 + 0.5, abs(ly) < o.width / 2 + 0.5 { return false }
+                let l = Pose2D(x: o.x, y: o.y, yaw: o.yaw).toLocal(SIMD2(d.x, d.y))
+                if abs(l.x) < o.length / 2 + 0.5, abs(l.y) < o.width / 2 + 0.5 { return false }
             }
             return true
         }

@@ -75,7 +75,7 @@ public final class FusionService: @unchecked Sendable {
         mutating func take(sequence: UInt64, captureNs: UInt64, position p: SIMD3<Double>, orientation q: SIMD4<Double>)
         {
             position = SIMD2(Float(p.x), Float(p.y))
-            yaw = Float(atan2(2 * (q.w * q.z + q.x * q.y), 1 - 2 * (q.y * q.y + q.z * q.z)))
+            yaw = Float(Pose2D.yaw(ofQuaternion: q))
             self.captureNs = captureNs
             self.sequence = sequence
             fresh = true

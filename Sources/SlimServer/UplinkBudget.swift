@@ -1,4 +1,5 @@
 import Foundation
+import SlimCore
 import SlimEngine
 import SlimPerception
 
@@ -52,23 +53,18 @@ public struct UplinkBudget: Sendable {
         guard !agents.isEmpty else { return [:] }
         let n = Int((2 * halfExtent / cell).rounded())
         var credit = [Double](repeating: 0, count: agents.count)
-        for (a, ag) in agents.enumerated() {
-            let c = cos(ag.yaw)
-            let s = sin(ag.yaw)
+        let poses = agents.map { Pose2D($0.position, yaw: $0.yaw) }
+        for (a, pose) in poses.enumerated() {
             for i in 0..<n {
                 for j in 0..<n {
                     // Cell centre in the agent's frame, then in the world.
                     let lx = (Float(j) + 0.5) * cell - halfExtent
                     let ly = (Float(i) + 0.5) * cell - halfExtent
-                    let w = ag.position + SIMD2(c * lx - s * ly, s * lx + c * ly)
+                    let w = pose.toCommon(SIMD2(lx, ly))
                     var k = 0
-                    for o in agents {
-                        let d = w - o.position
-                        let oc = cos(o.yaw)
-                        let os = sin(o.yaw)
-                        let ox = oc * d.x + os * d.y
-                        let oy = -os * d.x + oc * d.y
-                        if abs(ox) <= halfExtent, abs(oy) <= halfExtent { k += 1 }
+                    for o in poses {
+                        let l = o.toLocal(w)
+                        if abs(l.x) <= halfExtent, abs(l.y) <= halfExtent { k += 1 }
                     }
                     credit[a] += 1 / Double(max(k, 1))
                 }

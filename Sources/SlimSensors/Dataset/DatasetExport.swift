@@ -1,4 +1,5 @@
 import Foundation
+import SlimCore
 import SlimEngine
 
 /// Writes training shards from recordings (docs/dataset-format.md): the BEV input of every
@@ -116,13 +117,10 @@ public struct DatasetExporter {
                     poses += row(pose)
                     measured += row(f.measured[a] ?? pose)
                     // Boxes in this agent's frame, within the grid plus a margin.
-                    let cy = cos(-pose.yaw)
-                    let sy = sin(-pose.yaw)
+                    let frame = Pose2D(x: pose.position.x, y: pose.position.y, yaw: pose.yaw)
                     for o in objects {
-                        let dx = o.center.position.x - pose.position.x
-                        let dy = o.center.position.y - pose.position.y
-                        let x = cy * dx - sy * dy
-                        let y = sy * dx + cy * dy
+                        let p = frame.toLocal(SIMD2(o.center.position.x, o.center.position.y))
+                        let (x, y) = (p.x, p.y)
                         guard Float(x) > grid.xMin - 5, Float(x) < grid.xMax + 5, Float(y) > grid.yMin - 5,
                             Float(y) < grid.yMax + 5
                         else { continue }
@@ -132,8 +130,7 @@ public struct DatasetExporter {
                         {
                             n = Int32(v.pointCounts[ai2 * v.trackIDs.count + ti])
                         }
-                        var yaw = o.center.yaw - pose.yaw
-                        yaw = atan2(sin(yaw), cos(yaw))
+                        let yaw = frame.toLocal(heading: o.center.yaw)
                         boxesAgent += [
                             Float(x), Float(y), Float(o.center.position.z), Float(o.size.x), Float(o.size.y),
                             Float(o.size.z),

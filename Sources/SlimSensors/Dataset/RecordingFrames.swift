@@ -32,16 +32,12 @@ public struct RecordingFrames: Sendable {
             var boxes: [BEVBox] = []
             var seenBy: [Int] = []
             var own: [BEVBox] = []
-            let c = cos(-pose.yaw)
-            let s = sin(-pose.yaw)
+            let frame = Pose2D(x: pose.position.x, y: pose.position.y, yaw: pose.yaw)
             for o in objects {
-                let dx = o.center.position.x - pose.position.x
-                let dy = o.center.position.y - pose.position.y
-                var yaw = o.center.yaw - pose.yaw
-                yaw = atan2(sin(yaw), cos(yaw))
+                let p = frame.toLocal(SIMD2(o.center.position.x, o.center.position.y))
                 let b = BEVBox(
-                    x: Float(c * dx - s * dy), y: Float(s * dx + c * dy), length: Float(o.size.x),
-                    width: Float(o.size.y), yaw: Float(yaw))
+                    x: Float(p.x), y: Float(p.y), length: Float(o.size.x), width: Float(o.size.y),
+                    yaw: Float(frame.toLocal(heading: o.center.yaw)))
                 if o.id == ownTrack {
                     own.append(b)
                     continue

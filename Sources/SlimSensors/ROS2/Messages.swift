@@ -1,4 +1,5 @@
 import Foundation
+import SlimCore
 
 /// builtin_interfaces/Time.
 public struct RosTime: Sendable, Equatable {
@@ -51,12 +52,7 @@ public struct Pose3: Sendable, Equatable {
         orientation = SIMD4(0, 0, sin(yaw / 2), cos(yaw / 2))
     }
     /// Heading about +z.
-    public var yaw: Double {
-        let q = orientation
-        let s: Double = 2 * (q.w * q.z + q.x * q.y)
-        let c: Double = 1 - 2 * (q.y * q.y + q.z * q.z)
-        return atan2(s, c)
-    }
+    public var yaw: Double { Pose2D.yaw(ofQuaternion: orientation) }
 
     func write(_ w: inout CDRWriter) {
         w.f64(position.x)
