@@ -144,9 +144,54 @@ static size_t flag_high_bytes(const uint8_t *padded, size_t pixels, int cpad, ui
 }
 #endif
 
-// ---- portable kernel: int16 pairs, plain loops over 16 output channels (the vectorizer's) ----
+// ---- portable kernel: int16 pairs, 16 output channels per step ----
+// On x86-64 it uses what every x86-64 CPU has, SSE2's pmaddwd (a broadcast pair of input channels
+// times 4 channels' weight pairs, exact for any byte), two pixels at a time so that the
+// accumulators stay in the 16 xmm registers. Elsewhere plain loops.
 #define AI __attribute__((always_inline)) static inline
 
+#if defined(__x86_64__) && defined(__SSE2__)
+#include <emmintrin.h>
+
+AI void kernel_portable(const slim_qconv_args *a, const slim_qctx *c, const int16_t *const xq[4], int blk, const int NB,
+                        uint8_t *const dq[4]) {
+    (void)NB;
+    int32_t acc[4][16];
+    const int16_t *wb = a->pairs + (size_t)blk * c->blk_stride;
+    for (int h = 0; h < 4; h += 2) {
+        __m128i a0 = _mm_setzero_si128(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        const int16_t *x0p = xq[h], *x1p = xq[h + 1];
+        for (int k = 0; k < c->nk; k++) {
+            const int16_t *w = wb + c->wo[k];
+            const __m128i w0 = _mm_loadu_si128((const __m128i *)w), w1 = _mm_loadu_si128((const __m128i *)(w + 8)),
+                          w2 = _mm_loadu_si128((const __m128i *)(w + 16)), w3 = _mm_loadu_si128((const __m128i *)(w + 24));
+            int32_t p0, p1;
+            memcpy(&p0, x0p + c->xo[k], 4);
+            memcpy(&p1, x1p + c->xo[k], 4);
+            const __m128i x0 = _mm_set1_epi32(p0), x1 = _mm_set1_epi32(p1);
+            a0 = _mm_add_epi32(a0, _mm_madd_epi16(x0, w0));
+            a1 = _mm_add_epi32(a1, _mm_madd_epi16(x0, w1));
+            a2 = _mm_add_epi32(a2, _mm_madd_epi16(x0, w2));
+            a3 = _mm_add_epi32(a3, _mm_madd_epi16(x0, w3));
+            b0 = _mm_add_epi32(b0, _mm_madd_epi16(x1, w0));
+            b1 = _mm_add_epi32(b1, _mm_madd_epi16(x1, w1));
+            b2 = _mm_add_epi32(b2, _mm_madd_epi16(x1, w2));
+            b3 = _mm_add_epi32(b3, _mm_madd_epi16(x1, w3));
+        }
+        _mm_storeu_si128((__m128i *)&acc[h][0], a0);
+        _mm_storeu_si128((__m128i *)&acc[h][4], a1);
+        _mm_storeu_si128((__m128i *)&acc[h][8], a2);
+        _mm_storeu_si128((__m128i *)&acc[h][12], a3);
+        _mm_storeu_si128((__m128i *)&acc[h + 1][0], b0);
+        _mm_storeu_si128((__m128i *)&acc[h + 1][4], b1);
+        _mm_storeu_si128((__m128i *)&acc[h + 1][8], b2);
+        _mm_storeu_si128((__m128i *)&acc[h + 1][12], b3);
+    }
+    const int c0 = blk * 16, n = a->co - c0 < 16 ? a->co - c0 : 16;
+    for (int p = 0; p < 4; p++)
+        for (int o = 0; o < n; o++) dq[p][c0 + o] = slim_requant(acc[p][o], c->badj[c0 + o], a->mult[c0 + o], a->y_zp);
+}
+#else
 AI void kernel_portable(const slim_qconv_args *a, const slim_qctx *c, const int16_t *const xq[4], int blk, const int NB,
                         uint8_t *const dq[4]) {
     (void)NB;
@@ -164,6 +209,7 @@ AI void kernel_portable(const slim_qconv_args *a, const slim_qctx *c, const int1
     for (int p = 0; p < 4; p++)
         for (int o = 0; o < n; o++) dq[p][c0 + o] = slim_requant(acc[p][o], c->badj[c0 + o], a->mult[c0 + o], a->y_zp);
 }
+#endif
 
 #define CD_ARGS slim_qconv_args
 #define CD_CTX slim_qctx
