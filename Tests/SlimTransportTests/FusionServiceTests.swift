@@ -62,7 +62,7 @@ struct FusionServiceTests {
             for s in UInt64(2)...4 { _ = try? Self.ingest(fusion, agent: "a", sequence: s, x: 1) }
             ingested.set(true)
         }.start()
-        let inWhileFusing = await eventually(20) { ingested.get() }
+        let inWhileFusing = await eventually(60) { ingested.get() }
         fusion.beforeFusing = nil
         release.signal()
         #expect(await eventually(300) { tickDone.get() })

@@ -68,9 +68,9 @@ struct LiveTests {
         defer { http.close() }
         let fd = try #require(TCPClient(port: http.port))
         fd.send("GET /metr")
-        #expect(await fd.closedByPeer(within: 10), "the server kept a half-sent request open")
+        #expect(await fd.closedByPeer(within: 60), "the server kept a half-sent request open")
         #expect(http.dropped["request_timeout"] == 1, "\(http.dropped)")
-        guard case .success = MetricsProbe.get(host: "127.0.0.1", port: http.port, path: "/metrics", timeoutSeconds: 5)
+        guard case .success = MetricsProbe.get(host: "127.0.0.1", port: http.port, path: "/metrics", timeoutSeconds: 30)
         else {
             Issue.record("the endpoint stopped answering")
             return
@@ -88,7 +88,7 @@ struct LiveTests {
         let idle = try [#require(TCPClient(port: http.port)), #require(TCPClient(port: http.port))]
         try await Task.sleep(nanoseconds: 200_000_000)
         let third = try #require(TCPClient(port: http.port))
-        #expect(await third.closedByPeer(within: 10))
+        #expect(await third.closedByPeer(within: 60))
         #expect(http.dropped["too_many_clients"] == 1, "\(http.dropped)")
         _ = idle
     }
@@ -100,7 +100,7 @@ struct LiveTests {
             routes: ["/": .init(type: "text/html") { Array("page".utf8) }, "/metrics": .prometheus { "up 1\n" }],
             token: "s3cret", tokenExempt: ["/metrics"], logger: Self.quiet)
         defer { http.close() }
-        let get = { (path: String) in MetricsProbe.get(host: "127.0.0.1", port: http.port, path: path, timeoutSeconds: 5) }
+        let get = { (path: String) in MetricsProbe.get(host: "127.0.0.1", port: http.port, path: path, timeoutSeconds: 30) }
         guard case .failure(let refused) = get("/") else {
             Issue.record("the page was served without the token")
             return
@@ -166,13 +166,13 @@ extension LiveTests {
         #expect(hub.clientCount == 2)
         // A masked binary frame that declares 1 GiB (64-bit length), then a few bytes of it.
         bad.send(bytes: [0x82, 0xFF, 0, 0, 0, 0, 0x40, 0, 0, 0, 1, 2, 3, 4] + [UInt8](repeating: 7, count: 64))
-        #expect(await bad.closedByPeer(within: 10), "the server kept reading a 1 GiB frame")
+        #expect(await bad.closedByPeer(within: 60), "the server kept reading a 1 GiB frame")
         try await Task.sleep(nanoseconds: 100_000_000)
         #expect(hub.clientCount == 1)
         // The Foxglove SDK's name for the protocol is chosen when offered alone.
         let sdk = try #require(TCPClient(port: http.port))
         sdk.send(upgrade.replacingOccurrences(of: "foxglove.websocket.v1", with: "foxglove.sdk.v1"))
-        #expect(await sdk.received(contains: "Sec-WebSocket-Protocol: foxglove.sdk.v1", within: 10))
+        #expect(await sdk.received(contains: "Sec-WebSocket-Protocol: foxglove.sdk.v1", within: 60))
     }
 }
 

@@ -15,14 +15,14 @@ struct SessionTests {
         let server = try TestServer(allowed: ["car-1": keys])
         let agent = try TestAgent(id: "car-1", server: server, keys: keys)
         #expect(await agent.stream(20))
-        #expect(await eventually(10) { agent.agent.stats.control != nil })
+        #expect(await eventually(60) { agent.agent.stats.control != nil })
         let s = server.server.stats["car-1"]
         // Every frame the agent handed to the socket arrived and was acknowledged: 20, or more if
         // a loaded machine made the helper submit a fresh frame after waiting 2 s for an Ack (that
         // frame waits behind the one on the link and may be replaced by the next: never sent).
         #expect(agent.agent.stats.framesSubmitted >= 20)
         #expect(
-            await eventually(10) {
+            await eventually(60) {
                 let sent = agent.agent.ledger.counts.sent
                 return sent >= 20 && server.server.stats["car-1"]?.frames == sent
                     && agent.agent.stats.rttNs.count == sent && agent.agent.ledger.unacked == 0
@@ -41,7 +41,7 @@ struct SessionTests {
         let server = try TestServer(allowed: [:], curve: false, endpoint: path)
         let agent = try TestAgent(id: "a-1", server: server, keys: nil, curve: false)
         #expect(await agent.stream(5), "\(server.server.stats) \(server.router.counters) \(agent.agent.stats)")
-        #expect(await eventually(10) { server.server.stats["a-1"]?.frames == agent.agent.stats.framesSubmitted })
+        #expect(await eventually(60) { server.server.stats["a-1"]?.frames == agent.agent.stats.framesSubmitted })
         await agent.stop()
         await server.stop()
     }
@@ -58,7 +58,7 @@ struct SessionTests {
         for _ in 0..<5 {
             TestAgent.dense.withUnsafeBufferPointer { _ = agent.submit(TestAgent.header, dense: $0, mask: nil) }
         }
-        #expect(await eventually(10) { agent.stats.framesReplaced == 3 })
+        #expect(await eventually(60) { agent.stats.framesReplaced == 3 })
         #expect(agent.stats.framesNoBuffer == 0)  // replaced frames gave their buffers back
         dealer.close()
     }

@@ -44,7 +44,7 @@ struct ShutdownTests {
             await eventually(60) { log().contains("listening") || !p.isRunning }, "the server never said it listens")
         #expect(log().contains("listening"), "\(log())")
         kill(p.processIdentifier, sig)
-        let stopped = await eventually(30) { !p.isRunning }
+        let stopped = await eventually(60) { !p.isRunning }
         if !stopped { kill(p.processIdentifier, SIGKILL) }
         p.waitUntilExit()
         let table = (try? String(contentsOf: outFile, encoding: .utf8)) ?? ""

@@ -15,7 +15,7 @@ let testLogger: Logger = {
 
 /// Polls `condition` every 10 ms until it holds or `seconds` pass; returns whether it held.
 /// Tests wait on outcomes, never assert durations.
-func eventually(_ seconds: Double = 10, _ condition: () -> Bool) async -> Bool {
+func eventually(_ seconds: Double = 60, _ condition: () -> Bool) async -> Bool {
     let deadline = SystemClock.monotonicNs() + UInt64(seconds * 1e9)
     while SystemClock.monotonicNs() < deadline {
         if condition() { return true }
