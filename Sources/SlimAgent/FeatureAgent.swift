@@ -154,7 +154,7 @@ public final class FrameLedger: Sendable {
 /// socket's events on its own task.
 public final class FeatureAgent: Sendable {
     public let identity: AgentIdentity
-    public let endpoint: DealerEndpoint
+    public let endpoint: any ClientTransport
     private let pool: SendBufferPool
     private let encoder = Locked(EncoderBox())
     private let state = Locked(State())
@@ -219,17 +219,30 @@ public final class FeatureAgent: Sendable {
     /// Connects to the server (in the background; libzmq reconnects with back-off).
     /// - Parameter maxFrameBytes: size of each send buffer; frames that do not fit are a
     ///   programming error.
-    public init(
+    public convenience init(
         identity: AgentIdentity, server: String, curve: CurveClient?, options: SocketOptions = SocketOptions(),
         maxFrameBytes: Int, buffers: Int = 4, logger: Logger, onResult: ResultHandler? = nil,
         sequence: FrameSequence = FrameSequence(), ledger: FrameLedger = FrameLedger()
     ) throws(ZMQError) {
+        self.init(
+            identity: identity,
+            transport: try DealerEndpoint(
+                connect: server, curve: curve, options: options, greeting: identity.hello.encoded()),
+            maxFrameBytes: maxFrameBytes, buffers: buffers, logger: logger, onResult: onResult, sequence: sequence,
+            ledger: ledger)
+    }
+
+    /// An agent over a given transport (an in-memory one in tests). The transport sends the
+    /// agent's Hello first on every connection.
+    public init(
+        identity: AgentIdentity, transport: any ClientTransport, maxFrameBytes: Int, buffers: Int = 4, logger: Logger,
+        onResult: ResultHandler? = nil, sequence: FrameSequence = FrameSequence(), ledger: FrameLedger = FrameLedger()
+    ) {
         self.identity = identity
         self.onResult = onResult
         self.sequence = sequence
         self.ledger = ledger
-        endpoint = try DealerEndpoint(
-            connect: server, curve: curve, options: options, greeting: identity.hello.encoded())
+        endpoint = transport
         self.logger = logger
         pool = SendBufferPool(count: buffers, bufferSize: maxFrameBytes)
         state.withLock { $0.stats.rttNs.reserveCapacity(Self.rttWindow) }

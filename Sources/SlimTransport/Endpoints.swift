@@ -137,7 +137,7 @@ public final class RouterEndpoint: ServerTransport {
 /// Frames go through a newest-wins slot: while the link is busy (or down), a newer frame
 /// replaces the one waiting, and the replaced one is counted in `framesReplaced`. Control
 /// messages (Hello) are queued in order and sent before frames.
-public final class DealerEndpoint: Sendable {
+public final class DealerEndpoint: ClientTransport {
     private let loop: SocketLoop
     public let endpoint: String
     public var events: AsyncStream<TransportEvent> { loop.events }

@@ -31,15 +31,18 @@ public final class InMemoryRouter: ServerTransport {
     }
 
     /// A new connection; `name` is what an authenticating transport would report as the peer's
-    /// key name (`ReceivedMessage.peerName`).
-    public func connect(name: String? = nil) -> InMemoryPeer {
+    /// key name (`ReceivedMessage.peerName`), `greeting` what it sends first (an agent's Hello,
+    /// as `DealerEndpoint` does on every connection).
+    public func connect(name: String? = nil, greeting: [UInt8]? = nil) -> InMemoryPeer {
         let id = state.withLock { s -> RoutingID in
             s.nextPeer += 1
             let id = RoutingID(Array("peer-\(s.nextPeer)".utf8))
             s.queues[id] = []
             return id
         }
-        return InMemoryPeer(router: self, routingID: id, name: name)
+        let peer = InMemoryPeer(router: self, routingID: id, name: name)
+        if let greeting { peer.send(greeting) }
+        return peer
     }
 
     public func send(
@@ -102,11 +105,15 @@ public final class InMemoryRouter: ServerTransport {
     }
 }
 
-/// One connection to an `InMemoryRouter`: what an agent's socket would be.
-public final class InMemoryPeer: Sendable {
+/// One connection to an `InMemoryRouter`: what an agent's socket would be. A test reads the
+/// server's messages with `receive()`, or hands the peer to a `FeatureAgent` as its
+/// `ClientTransport`, which reads them from `events` (use one or the other).
+public final class InMemoryPeer: ClientTransport {
     private let router: InMemoryRouter
     public let routingID: RoutingID
     public let name: String?
+    private let stream = Mutex<AsyncStream<TransportEvent>?>(nil)
+    private let sent = Mutex(0)
 
     fileprivate init(router: InMemoryRouter, routingID: RoutingID, name: String?) {
         self.router = router
@@ -115,7 +122,52 @@ public final class InMemoryPeer: Sendable {
     }
 
     /// Sends one message to the server (an event on the router's `events`).
-    public func send(_ bytes: [UInt8]) { router.deliver(bytes, from: self) }
+    public func send(_ bytes: [UInt8]) {
+        router.deliver(bytes, from: self)
+        sent.withLock { $0 += 1 }
+    }
+
+    /// In memory a frame is delivered at once: it is copied out, its buffer goes back to the
+    /// pool, and nothing is ever replaced.
+    @discardableResult
+    public func submitFrame(_ buffer: SendBuffer, length: Int) -> Bool {
+        let bytes = [UInt8](UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<length]))
+        buffer.release()
+        send(bytes)
+        return false
+    }
+
+    /// The server's messages as events, for a `FeatureAgent`. The connection exists from
+    /// `connect` on and never drops, so there is no `.connected` or `.disconnected` event.
+    public var events: AsyncStream<TransportEvent> {
+        stream.withLock { s in
+            if let s { return s }
+            let (events, continuation) = AsyncStream.makeStream(of: TransportEvent.self)
+            let me = self
+            Task {
+                while let m = await me.receive() {
+                    continuation.yield(
+                        .message(
+                            ReceivedMessage(
+                                routingID: .none, message: InMemoryBytes(m), receivedAtNs: SystemClock.monotonicNs(),
+                                peerName: nil)))
+                }
+                continuation.finish()
+            }
+            s = events
+            return events
+        }
+    }
+
+    public var counters: TransportCounters {
+        var c = TransportCounters()
+        c.sent = sent.withLock { $0 }
+        return c
+    }
+
+    public var endpoint: String { "inmemory://\(String(decoding: routingID.bytes, as: UTF8.self))" }
+
+    public func close() { disconnect() }
 
     /// The next message from the server, waiting for it; nil once the router is closed and the
     /// peer has read everything, or after `disconnect`. Reading makes room: held messages follow.

@@ -24,6 +24,23 @@ public protocol ServerTransport: AnyObject, Sendable {
     func close()
 }
 
+/// The agent's end of a transport: one connection to a server. The server's messages arrive on
+/// `events`; small messages (Hello) go in order, frames through a newest-wins slot.
+public protocol ClientTransport: AnyObject, Sendable {
+    var events: AsyncStream<TransportEvent> { get }
+    /// Queues a small message to be sent in order, ahead of frames.
+    func send(_ bytes: [UInt8])
+    /// Sends a frame written into `buffer` (given back to its pool once sent); a frame still
+    /// waiting when a newer one comes is replaced and counted (`framesReplaced`). Returns true if
+    /// it replaced one.
+    @discardableResult func submitFrame(_ buffer: SendBuffer, length: Int) -> Bool
+    var counters: TransportCounters { get }
+    /// Where it connects (for logs and summaries).
+    var endpoint: String { get }
+    /// Closes the connection and finishes `events`. Idempotent.
+    func close()
+}
+
 extension ServerTransport {
     /// Sends a reliable message (an Ack, a Control, a Handover).
     public func send(to routingID: RoutingID, length: Int, _ write: (UnsafeMutableRawBufferPointer) -> Void) {

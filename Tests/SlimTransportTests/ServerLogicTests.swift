@@ -1,4 +1,5 @@
 import Logging
+import SlimAgent
 import SlimServer
 import SlimTransport
 import SlimWire
@@ -142,5 +143,58 @@ struct ServerLogicTests {
         #expect(h.server.stats["car-1"]?.dropped == ["unroutable": 4])
         #expect(h.server.stats["car-1"]?.backlog == 0)
         await h.stop()
+    }
+}
+
+/// `FeatureAgent`'s link rules over the in-memory transport, with the test as the server: every
+/// step waits for the agent's next message on the router, never for the clock.
+@Suite("Agent logic over the in-memory transport, driven by events")
+struct AgentLogicTests {
+    /// The next message the agent sent, decoded.
+    static func next(_ events: inout AsyncStream<TransportEvent>.Iterator) async throws -> (RoutingID, Message) {
+        while let e = await events.next() {
+            if case .message(let m) = e { return (m.routingID, try Message.decode(Array(m.message.bytes))) }
+        }
+        throw CancellationError()
+    }
+
+    static func sequence(_ m: Message) -> UInt64? {
+        if case .featureFrame(let f) = m { return f.header.sequence }
+        return nil
+    }
+
+    @Test("Hello first; one frame on the link, the newest waiting replaces older ones; an Ack sends it; Control is kept")
+    func oneFrameOnTheLink() async throws {
+        let router = InMemoryRouter()
+        var events = router.events.makeAsyncIterator()
+        let identity = AgentIdentity(agentID: "car-1", modelID: "test")
+        let agent = FeatureAgent(
+            identity: identity, transport: router.connect(name: "car-1", greeting: identity.hello.encoded()),
+            maxFrameBytes: 1 << 16, logger: testLogger)
+        let run = Task { await agent.run() }
+        let (route, hello) = try await Self.next(&events)
+        guard case .hello(let h) = hello else { Issue.record("not a Hello first: \(hello)"); return }
+        #expect(h.agentID == "car-1")
+        func submit() {
+            TestAgent.dense.withUnsafeBufferPointer { _ = agent.submit(TestAgent.header, dense: $0, mask: nil) }
+        }
+        submit()  // 1: on the link
+        #expect(Self.sequence(try await Self.next(&events).1) == 1)
+        submit()  // 2: waits (1 is not acknowledged)
+        submit()  // 3: replaces 2
+        #expect(agent.stats.framesReplaced == 1)
+        let control = Control(epoch: 7, maxWidthIndex: 1, maxBits: 4, maxRateHz: 0, reason: 1)
+        router.send(to: route, length: control.encodedLength, delivery: .reliable) { control.encode(into: $0) }
+        let ack = Ack(sequence: 1, receiveTimeNs: 0, bytesReceived: 100, queueDelayNs: 0)
+        router.send(to: route, length: ack.encodedLength, delivery: .reliable) { ack.encode(into: $0) }
+        // The Ack frees the link: the waiting frame goes, and it is 3.
+        #expect(Self.sequence(try await Self.next(&events).1) == 3)
+        // Messages are handled in order, so the Control came before that Ack.
+        #expect(agent.control?.epoch == 7 && agent.control?.maxBits == 4)
+        let s = agent.stats
+        #expect(s.acks == 1 && s.rttNs.count == 1 && s.framesSubmitted == 3)
+        #expect(agent.ledger.unacked == 1)  // 3 is on the link
+        router.close()
+        await run.value
     }
 }
