@@ -1,7 +1,7 @@
 import Foundation
-import NIOConcurrencyHelpers
 import NIOCore
 import NIOWebSocket
+import SlimCore
 
 /// The server side of the Foxglove WebSocket protocol (subprotocol `foxglove.websocket.v1`, and
 /// `foxglove.sdk.v1`, the name the Foxglove SDK gives the same protocol): on connect a client gets
@@ -32,8 +32,8 @@ public final class FoxgloveHub: Sendable {
 
     public let name: String
     public let channels: [Channel]
-    private let sessions = NIOLockedValueBox<[ObjectIdentifier: FoxgloveSession]>([:])
-    private let counters = NIOLockedValueBox<[String: Int]>([:])
+    private let sessions = Locked<[ObjectIdentifier: FoxgloveSession]>([:])
+    private let counters = Locked<[String: Int]>([:])
 
     public init(name: String, channels: [Channel]) {
         self.name = name
@@ -42,18 +42,18 @@ public final class FoxgloveHub: Sendable {
 
     /// Sends `payload` (JSON) on `channel` to every client subscribed to it.
     public func publish(channel: UInt32, logTimeNs: UInt64, payload: [UInt8]) {
-        let targets = sessions.withLockedValue { Array($0.values) }
+        let targets = sessions.withLock { Array($0.values) }
         for s in targets { s.send(channel: channel, logTimeNs: logTimeNs, payload: payload) }
-        counters.withLockedValue { $0["published", default: 0] += 1 }
+        counters.withLock { $0["published", default: 0] += 1 }
     }
 
     /// Clients connected now.
-    public var clientCount: Int { sessions.withLockedValue { $0.count } }
+    public var clientCount: Int { sessions.withLock { $0.count } }
 
     /// Prometheus text: clients, messages sent, and messages dropped by reason (slow_client) and
     /// client messages refused (bad_message).
     public var prometheusText: String {
-        let c = counters.withLockedValue { $0 }
+        let c = counters.withLock { $0 }
         var s = "# HELP slimsplit_live_clients Foxglove WebSocket clients connected.\n# TYPE slimsplit_live_clients gauge\n"
         s += "slimsplit_live_clients \(clientCount)\n"
         s += "# HELP slimsplit_live_messages_total Messages sent to live clients.\n# TYPE slimsplit_live_messages_total counter\n"
@@ -63,9 +63,9 @@ public final class FoxgloveHub: Sendable {
         return s
     }
 
-    func count(_ what: String, _ n: Int = 1) { counters.withLockedValue { $0[what, default: 0] += n } }
-    func add(_ s: FoxgloveSession) { sessions.withLockedValue { $0[ObjectIdentifier(s)] = s } }
-    func remove(_ s: FoxgloveSession) { _ = sessions.withLockedValue { $0.removeValue(forKey: ObjectIdentifier(s)) } }
+    func count(_ what: String, _ n: Int = 1) { counters.withLock { $0[what, default: 0] += n } }
+    func add(_ s: FoxgloveSession) { sessions.withLock { $0[ObjectIdentifier(s)] = s } }
+    func remove(_ s: FoxgloveSession) { _ = sessions.withLock { $0.removeValue(forKey: ObjectIdentifier(s)) } }
 
     var serverInfo: String {
         json(["op": "serverInfo", "name": name, "capabilities": [String](), "supportedEncodings": ["json"],
@@ -96,8 +96,8 @@ final class FoxgloveSession: ChannelInboundHandler, @unchecked Sendable {
     let hub: FoxgloveHub
     let state: HTTPService.State
     /// Subscription id → channel id.
-    private let subscriptions = NIOLockedValueBox<[UInt32: UInt32]>([:])
-    private let channel = NIOLockedValueBox<(any NIOCore.Channel)?>(nil)
+    private let subscriptions = Locked<[UInt32: UInt32]>([:])
+    private let channel = Locked<(any NIOCore.Channel)?>(nil)
 
     init(hub: FoxgloveHub, state: HTTPService.State) {
         self.hub = hub
@@ -105,7 +105,7 @@ final class FoxgloveSession: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        channel.withLockedValue { $0 = context.channel }
+        channel.withLock { $0 = context.channel }
         sendText(context, hub.serverInfo)
         sendText(context, hub.advertise)
         context.flush()
@@ -158,12 +158,12 @@ final class FoxgloveSession: ChannelInboundHandler, @unchecked Sendable {
                 guard let id = (s["id"] as? NSNumber)?.uint32Value, let ch = (s["channelId"] as? NSNumber)?.uint32Value,
                     hub.channels.contains(where: { $0.id == ch })
                 else { return "subscribe: bad id or unknown channelId in \(s)" }
-                subscriptions.withLockedValue { $0[id] = ch }
+                subscriptions.withLock { $0[id] = ch }
             }
             return nil
         case "unsubscribe":
             guard let ids = obj["subscriptionIds"] as? [NSNumber] else { return "unsubscribe: no subscriptionIds" }
-            subscriptions.withLockedValue { for i in ids { $0.removeValue(forKey: i.uint32Value) } }
+            subscriptions.withLock { for i in ids { $0.removeValue(forKey: i.uint32Value) } }
             return nil
         default:
             return "unsupported op \(op)"
@@ -178,8 +178,8 @@ final class FoxgloveSession: ChannelInboundHandler, @unchecked Sendable {
     /// Queues one Message Data frame per subscription to `channel`, unless the socket is not
     /// writable (then the message is dropped and counted).
     func send(channel ch: UInt32, logTimeNs: UInt64, payload: [UInt8]) {
-        let subs = subscriptions.withLockedValue { $0.filter { $0.value == ch }.map(\.key) }
-        guard !subs.isEmpty, let channel = channel.withLockedValue({ $0 }) else { return }
+        let subs = subscriptions.withLock { $0.filter { $0.value == ch }.map(\.key) }
+        guard !subs.isEmpty, let channel = channel.withLock({ $0 }) else { return }
         let hub = self.hub
         channel.eventLoop.execute {
             guard channel.isActive else { return }

@@ -1,9 +1,9 @@
 import Logging
-import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
 import NIOWebSocket
+import SlimCore
 
 /// One HTTP listener on swift-nio: fixed routes (`GET path` → content from a closure) and,
 /// optionally, the Foxglove WebSocket protocol on `/` (``FoxgloveHub``). Serves the Prometheus
@@ -87,7 +87,7 @@ public final class HTTPService: Sendable {
             routes: routes, foxglove: foxglove, token: token, tokenExempt: [], dropsMetric: nil, limits: limits,
             logger: logger)
         try state.configure(channel)
-        return { state.dropped.withLockedValue { $0 } }
+        return { state.dropped.withLock { $0 } }
     }
 
     /// Closes the listener and every connection; returns when its thread has stopped.
@@ -101,7 +101,7 @@ public final class HTTPService: Sendable {
     public func droppedText(name: String) -> String { state.droppedText(name: name) }
 
     /// Connections dropped so far, by reason.
-    public var dropped: [String: Int] { state.dropped.withLockedValue { $0 } }
+    public var dropped: [String: Int] { state.dropped.withLock { $0 } }
 
     /// What every connection shares: routes, limits, counters.
     final class State: Sendable {
@@ -112,8 +112,8 @@ public final class HTTPService: Sendable {
         let dropsMetric: String?
         let limits: Limits
         let logger: Logger
-        let dropped = NIOLockedValueBox<[String: Int]>([:])
-        let open = NIOLockedValueBox<(http: Int, ws: Int)>((0, 0))
+        let dropped = Locked<[String: Int]>([:])
+        let open = Locked<(http: Int, ws: Int)>((0, 0))
 
         init(
             routes: [String: Content], foxglove: FoxgloveHub?, token: String?, tokenExempt: Set<String>,
@@ -128,12 +128,12 @@ public final class HTTPService: Sendable {
             self.logger = logger
         }
 
-        func count(_ reason: String) { dropped.withLockedValue { $0[reason, default: 0] += 1 } }
+        func count(_ reason: String) { dropped.withLock { $0[reason, default: 0] += 1 } }
 
         func droppedText(name: String) -> String {
             var s =
                 "# HELP \(name) Connections to this endpoint closed unanswered or cut off, by reason: request_timeout, too_many_clients, bad_request, unauthorized, bad_frame.\n# TYPE \(name) counter\n"
-            for (reason, n) in dropped.withLockedValue({ $0 }).sorted(by: { $0.key < $1.key }) {
+            for (reason, n) in dropped.withLock({ $0 }).sorted(by: { $0.key < $1.key }) {
                 s += "\(name){reason=\"\(reason)\"} \(n)\n"
             }
             return s
@@ -162,7 +162,7 @@ public final class HTTPService: Sendable {
                             _ = try? sync.removeHandler(name: "deadline")
                             _ = try? sync.removeHandler(name: "request")
                             if let count = try? sync.handler(type: ConnectionCount.self) { count.websocket = true }
-                            open.withLockedValue {
+                            open.withLock {
                                 $0.http -= 1
                                 $0.ws += 1
                             }
@@ -187,7 +187,7 @@ public final class HTTPService: Sendable {
                 count("bad_request")
                 return nil
             }
-            guard open.withLockedValue({ $0.ws }) < limits.maxWebSockets else {
+            guard open.withLock({ $0.ws }) < limits.maxWebSockets else {
                 count("too_many_clients")
                 return nil
             }
@@ -229,7 +229,7 @@ final class ConnectionCount: ChannelInboundHandler {
     init(state: HTTPService.State) { self.state = state }
 
     func channelActive(context: ChannelHandlerContext) {
-        let over = state.open.withLockedValue { o -> Bool in
+        let over = state.open.withLock { o -> Bool in
             o.http += 1
             return o.http > state.limits.maxConnections
         }
@@ -242,7 +242,7 @@ final class ConnectionCount: ChannelInboundHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         let ws = websocket
-        state.open.withLockedValue { o in
+        state.open.withLock { o in
             if ws { o.ws -= 1 } else { o.http -= 1 }
         }
         context.fireChannelInactive()

@@ -1,7 +1,6 @@
 import Foundation
-import SlimCore
 import Logging
-import NIOConcurrencyHelpers
+import SlimCore
 import SlimEngine
 import SlimServer
 
@@ -25,7 +24,7 @@ public final class LiveView: Sendable {
     public let hub: FoxgloveHub
     public let http: HTTPService
     public let deadlineMs: Double
-    private let latency = NIOLockedValueBox<[String: Latencies]>([:])
+    private let latency = Locked<[String: Latencies]>([:])
 
     /// The last `capacity` capture-to-Result latencies of an agent, and its deadline misses.
     struct Latencies {
@@ -75,7 +74,7 @@ public final class LiveView: Sendable {
     /// One fusion pass's outputs: their boxes on `/fusion/detections`, and each agent's
     /// capture-to-Result latency noted (`nowWallNs` is when the Results went out).
     public func fused(_ outputs: [FusionService.Output], nowWallNs: UInt64) {
-        latency.withLockedValue { l in
+        latency.withLock { l in
             // Only captures stamped by a wall clock (a replay's recorded clock gives no latency).
             for o in outputs where nowWallNs >= o.captureTimeNs && nowWallNs - o.captureTimeNs < 60_000_000_000 {
                 l[o.agent, default: Latencies()].add(Double(nowWallNs - o.captureTimeNs) / 1e6, deadline: deadlineMs)
@@ -92,7 +91,7 @@ public final class LiveView: Sendable {
         guard hub.clientCount > 0 else { return }
         let stats = server.stats
         let poses = Dictionary((fusion?.agentPoses ?? []).map { ($0.agent, $0) }, uniquingKeysWith: { a, _ in a })
-        let lat = latency.withLockedValue { $0 }
+        let lat = latency.withLock { $0 }
         let range = Double(fusion?.halfExtent ?? 32)
         var agents: [[String: Any]] = []
         for (id, s) in stats.sorted(by: { $0.key < $1.key }) {
