@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Ack latency does not depend on fusion load: one agent's Ack RTT p50/p99 (Submit to Ack, as the
-# agent measures it) with the server fusing only its frames, then with three more agents and the
+# agent measures it) with the server fusing only its frames, then with seven more agents and the
 # server's engine forced to the portable kernels so that fusion saturates a core. Loopback, Curve
 # off, release build. Prints JSON with both and the difference.
 #   Benchmarks/ack_latency.sh [seconds-per-run]
@@ -31,7 +31,7 @@ run() {  # run NAME SERVER_KERNELS AGENTS...
     kill -TERM "$server"; wait "$server" 2>/dev/null || true
 }
 run alone "" car-1:car_1
-run loaded portable car-1:car_1 car-2:car_2 rsu-1:rsu_1 car-3:car_1
+run loaded portable car-1:car_1 car-2:car_2 rsu-1:rsu_1 car-3:car_1 car-4:car_2 rsu-2:rsu_1 car-5:car_1 car-6:car_2
 py=python3
 [ -x .venv/bin/python3 ] && py=.venv/bin/python3
 "$py" - "$work" <<'PY'
@@ -43,7 +43,7 @@ def row(name, agent):
         if f and f[0] == agent:
             return {"frames": int(f[1]), "acked": int(f[2]), "results": int(f[3]), "rtt_p50_ms": float(f[7]), "rtt_p99_ms": float(f[8])}
 alone, loaded = row("alone", "car-1"), row("loaded", "car-1")
-others = {a: row("loaded", a) for a in ("car-2", "rsu-1", "car-3")}
+others = {a: row("loaded", a) for a in ("car-2", "rsu-1", "car-3", "car-4", "rsu-2", "car-5", "car-6")}
 print(json.dumps({"benchmark": "ack_latency", "alone": alone, "loaded": loaded, "loaded_others": others,
                   "server_kernels_loaded": "portable",
                   "rtt_p99_difference_ms": round(loaded["rtt_p99_ms"] - alone["rtt_p99_ms"], 2)}, indent=2))
