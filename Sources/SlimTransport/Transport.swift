@@ -133,4 +133,3 @@ public struct TransportCounters: Sendable, Equatable {
     /// reports all three as one disconnect event).
     public var sessionsLost = 0
 }
-

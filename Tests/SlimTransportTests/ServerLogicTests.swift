@@ -54,7 +54,10 @@ struct ServerLogicTests {
         let h = Harness()
         let car = h.router.connect()
         car.send(Self.hello("car-1"))
-        guard case .control(let c) = try await Self.next(car) else { Issue.record("no Control"); return }
+        guard case .control(let c) = try await Self.next(car) else {
+            Issue.record("no Control")
+            return
+        }
         #expect(c.epoch >= 1 && c.reason == 0)
         for s in 1...3 { car.send(frameBytes(agent: "car-1", sequence: UInt64(s))) }
         var acked: [UInt64] = []
@@ -75,7 +78,10 @@ struct ServerLogicTests {
         car.send(frameBytes(agent: "car-2", sequence: 6))  // another agent's id
         car.send(frameBytes(agent: "car-1", sequence: 4))  // older
         car.send(frameBytes(agent: "car-1", sequence: 7))
-        guard case .control = try await Self.next(car) else { Issue.record("no Control"); return }
+        guard case .control = try await Self.next(car) else {
+            Issue.record("no Control")
+            return
+        }
         // Only the two valid frames are acknowledged, in order, and nothing comes between.
         #expect(Self.ackSequence(try await Self.next(car)) == 5)
         #expect(Self.ackSequence(try await Self.next(car)) == 7)
@@ -114,7 +120,10 @@ struct ServerLogicTests {
         #expect(h.server.send(result, toAgent: "car-1"))
         #expect(h.server.stats["car-1"]?.dropped == ["send_queue_full": 1])
         // Reading releases the held Acks, in order.
-        guard case .control = try await Self.next(car) else { Issue.record("no Control first"); return }
+        guard case .control = try await Self.next(car) else {
+            Issue.record("no Control first")
+            return
+        }
         var acked: [UInt64] = []
         for _ in 1...6 { acked.append(try #require(Self.ackSequence(try await Self.next(car)))) }
         #expect(acked == Array(1...6))
@@ -124,7 +133,10 @@ struct ServerLogicTests {
         car.send(frameBytes(agent: "car-1", sequence: 21))
         #expect(Self.ackSequence(try await Self.next(car)) == 21)
         #expect(h.server.send(result, toAgent: "car-1"))
-        guard case .result(let r) = try await Self.next(car) else { Issue.record("no Result"); return }
+        guard case .result(let r) = try await Self.next(car) else {
+            Issue.record("no Result")
+            return
+        }
         #expect(r.sequence == 6)
         await h.stop()
     }
@@ -163,7 +175,8 @@ struct AgentLogicTests {
         return nil
     }
 
-    @Test("Hello first; one frame on the link, the newest waiting replaces older ones; an Ack sends it; Control is kept")
+    @Test(
+        "Hello first; one frame on the link, the newest waiting replaces older ones; an Ack sends it; Control is kept")
     func oneFrameOnTheLink() async throws {
         let router = InMemoryRouter()
         var events = router.events.makeAsyncIterator()
@@ -173,7 +186,10 @@ struct AgentLogicTests {
             maxFrameBytes: 1 << 16, logger: testLogger)
         let run = Task { await agent.run() }
         let (route, hello) = try await Self.next(&events)
-        guard case .hello(let h) = hello else { Issue.record("not a Hello first: \(hello)"); return }
+        guard case .hello(let h) = hello else {
+            Issue.record("not a Hello first: \(hello)")
+            return
+        }
         #expect(h.agentID == "car-1")
         func submit() {
             TestAgent.dense.withUnsafeBufferPointer { _ = agent.submit(TestAgent.header, dense: $0, mask: nil) }
