@@ -16,7 +16,7 @@ import Synchronization
 /// lines and publishing go on.
 public final class DetectionRecorder: Sendable {
     /// The outputs, written in one order by one thread at a time.
-    private struct Outputs: ~Copyable {
+    private struct Outputs {
         let writer: RecordingWriter?
         let lines: FileHandle?
         /// Writes refused since the recording failed (the first failure included).

@@ -34,7 +34,9 @@ struct RoutedOutbox<Message> {
 
     /// Retries what is held, then tries `outbox` in order; `attempt` hands one message to the
     /// agent's queue.
-    mutating func flush(_ outbox: [Routed<Message>], _ attempt: (Routed<Message>) -> Attempt) -> DeliveryOutcome {
+    mutating func flush(
+        _ outbox: some Sequence<Routed<Message>>, _ attempt: (Routed<Message>) -> Attempt
+    ) -> DeliveryOutcome {
         var outcome = DeliveryOutcome()
         var changed = false
         for (id, queue) in held {

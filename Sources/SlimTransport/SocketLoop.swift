@@ -281,14 +281,15 @@ final class SocketLoop: @unchecked Sendable {
             outbox.removeFirst(i)
             return
         }
-        let items = outbox.compactMap { o in
+        // Lazily: no array is made per flush on the send path.
+        let items = outbox.lazy.compactMap { o in
             o.routingID.map { Routed(routingID: $0, message: o.message, delivery: o.delivery) }
         }
-        outbox.removeAll(keepingCapacity: true)
         let outcome = routed.flush(items) { r in
             if sendRouted(r.routingID, r.message) { return .sent }
             return zmq_errno() == EHOSTUNREACH ? .gone : .full
         }
+        outbox.removeAll(keepingCapacity: true)
         if !outcome.isEmpty { shared.withLock { $0.counters.record(outcome) } }
     }
 
