@@ -81,6 +81,8 @@ public final class CooperativeSession: @unchecked Sendable {
     /// Called after every fusion pass with its outputs (on the server's fusion task; keep it short).
     public var onFused: (@Sendable ([FusionService.Output], FeatureServer, FusionService) -> Void)?
     public private(set) var fuseMs: [Double] = []
+    /// Per stage of one agent's fusion (warp_fuse, head, nms, dequantize): p50 and p99, ms.
+    public private(set) var stageMs: [String: (p50: Double, p99: Double)] = [:]
     public private(set) var rejected = 0
 
     public init(_ config: Config) { self.config = config }
@@ -264,6 +266,7 @@ public final class CooperativeSession: @unchecked Sendable {
             }
         }
         fuseMs = fusionServer.passDurations.map { $0 * 1e3 }
+        for (name, p50, p99) in fusion.metrics.stages { stageMs[name] = (p50 * 1e3, p99 * 1e3) }
         rejected = server.rejections.values.reduce(0, +)
         for f in feature.values { f.endpoint.close() }
         fusionServer.shutdown()

@@ -58,10 +58,14 @@ public final class ServerServices: ServiceSet, Sendable {
             fo.windowNs = UInt64(cfg.windowMs * 1e6)
             fo.fusion = cfg.fusionMode == "max" ? .max : .attention
             fo.useLateFrames = cfg.useLateFrames
+            fo.threads = cfg.fusionThreads
             fusionService = try FusionService(modelFile: model, options: fo)
             logger.info(
                 "fusion on",
-                metadata: ["model": "\(model)", "max_passes_per_s": "\(cfg.tickHz)", "mode": "\(cfg.fusionMode)"])
+                metadata: [
+                    "model": "\(model)", "max_passes_per_s": "\(cfg.tickHz)", "mode": "\(cfg.fusionMode)",
+                    "threads": "\(cfg.fusionThreads)",
+                ])
         }
         // A region server of a fleet: registered in etcd; tells agents when to move (Handover).
         if let f = cfg.fleet {

@@ -59,7 +59,7 @@ public final class FusionServer: Service, Sendable {
         onFrame: FrameHook? = nil, onJoin: (@Sendable (_ agent: String) -> Void)? = nil
     ) {
         router = endpoint
-        worker = FusionThread(nice: fusionNice)
+        worker = FusionThread(nice: fusionNice, threads: fusion?.threads ?? 1)
         self.fusion = fusion
         self.trigger = trigger
         self.drainMs = drainMs
@@ -150,7 +150,8 @@ public final class FusionServer: Service, Sendable {
 
     private func pass(_ fusion: FusionService, only: [String]?) async {
         let t0 = SystemClock.monotonicNs()
-        let outs = await worker.run { fusion.tick(only: only) }
+        let worker = self.worker
+        let outs = await worker.run { fusion.tick(only: only, parallel: worker.parallel) }
         guard !outs.isEmpty else { return }
         let now = SystemClock.wallNs()
         for o in outs { server.send(fusion.result(o, fusionTimeNs: now), toAgent: o.agent) }
@@ -180,31 +181,37 @@ public struct ClosingService: Service {
     }
 }
 
-/// One thread for fusion passes, niced below the rest of the server (Linux nice values are per
-/// thread), so that the socket threads and the receive loop preempt a pass at once. It also keeps
-/// a pass, which computes for milliseconds, off Swift's cooperative pool (as many threads as
-/// cores), where it would hold a thread every other task needs.
+/// The threads fusion passes run on, niced below the rest of the server (Linux nice values are
+/// per thread), so that the socket threads and the receive loop preempt a pass at once. They also
+/// keep a pass, which computes for milliseconds, off Swift's cooperative pool (as many threads as
+/// cores), where it would hold a thread every other task needs. A pass runs on one of them and
+/// spreads its agents over all of them (``parallel(_:_:)``); passes never overlap.
 final class FusionThread: Sendable {
     private struct Queue {
         var jobs: [@Sendable () -> Void] = []
         var stopping = false
     }
     private let queue = Mutex(Queue())
-    /// Counts queued jobs (and the stop): the thread sleeps on it.
+    /// Counts queued jobs (and one stop per thread): the threads sleep on it.
     private let ready = DispatchSemaphore(value: 0)
+    /// Threads in the pool (at least 1).
+    let count: Int
 
-    init(nice: Int32) {
-        let box = Unmanaged.passRetained(Context(queue: self, nice: nice))
-        var t = pthread_t()
-        pthread_create(
-            &t, nil,
-            { arg in
-                let c = Unmanaged<Context>.fromOpaque(arg!).takeRetainedValue()
-                _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, c.nice)  // this thread only
-                c.queue.loop()
-                return nil
-            }, box.toOpaque())
-        pthread_detach(t)
+    init(nice: Int32, threads: Int = 1) {
+        count = max(1, threads)
+        for _ in 0..<count {
+            let box = Unmanaged.passRetained(Context(queue: self, nice: nice))
+            var t = pthread_t()
+            pthread_create(
+                &t, nil,
+                { arg in
+                    let c = Unmanaged<Context>.fromOpaque(arg!).takeRetainedValue()
+                    _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, c.nice)  // this thread only
+                    c.queue.loop()
+                    return nil
+                }, box.toOpaque())
+            pthread_detach(t)
+        }
     }
 
     private final class Context: Sendable {
@@ -226,7 +233,45 @@ final class FusionThread: Sendable {
         }
     }
 
-    /// Runs `body` on the thread and returns its value.
+    /// Calls `body(0) … body(n − 1)`, spread over the pool; returns when all have returned. Call
+    /// it from a job of this pool (a pass): that thread takes part, and the others are idle, since
+    /// passes do not overlap, so every helper it queues runs. Iterations are claimed one at a
+    /// time, so a helper that starts late finds nothing left and returns at once.
+    func parallel(_ n: Int, _ body: @escaping @Sendable (Int) -> Void) {
+        let helpers = min(n, count) - 1
+        guard helpers > 0 else {
+            for i in 0..<n { body(i) }
+            return
+        }
+        let next = Mutex(0)
+        let done = DispatchGroup()
+        let work: @Sendable () -> Void = {
+            while true {
+                let i = next.withLock { k -> Int in
+                    defer { k += 1 }
+                    return k
+                }
+                guard i < n else { return }
+                body(i)
+            }
+        }
+        let queued = queue.withLock { q -> Bool in
+            guard !q.stopping else { return false }
+            for _ in 0..<helpers {
+                done.enter()
+                q.jobs.append {
+                    work()
+                    done.leave()
+                }
+            }
+            return true
+        }
+        if queued { for _ in 0..<helpers { ready.signal() } }
+        work()
+        if queued { done.wait() }
+    }
+
+    /// Runs `body` on a thread of the pool and returns its value.
     func run<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
         await withCheckedContinuation { (c: CheckedContinuation<T, Never>) in
             let accepted = queue.withLock { q -> Bool in
@@ -238,12 +283,12 @@ final class FusionThread: Sendable {
         }
     }
 
-    /// Ends the thread once the queued jobs are done. Idempotent.
+    /// Ends the threads once the queued jobs are done. Idempotent.
     func stop() {
         let first = queue.withLock { q -> Bool in
             defer { q.stopping = true }
             return !q.stopping
         }
-        if first { ready.signal() }
+        if first { for _ in 0..<count { ready.signal() } }
     }
 }

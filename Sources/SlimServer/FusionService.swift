@@ -20,9 +20,8 @@ public final class FusionService: @unchecked Sendable {
     public struct Options: Sendable {
         /// Frames captured further apart than this are not fused together.
         public var windowNs: UInt64 = 150_000_000
-        /// Threads a tick fuses on (one agent each at a time). On this project's 2-vCPU machine a
-        /// second thread did not shorten the tick (39 ms either way for 4 agents), so the
-        /// default is 1; servers with real cores can raise it.
+        /// Threads a tick fuses on (one agent each at a time; each thread has its own detector and
+        /// buffers). `slimsplit server` sets it from `fusion.threads` (default: one per core).
         public var threads = 1
         /// Fuse frames outside the window anyway, each with its own pose (they are still
         /// counted as late); by default they are left out.
@@ -104,6 +103,8 @@ public final class FusionService: @unchecked Sendable {
 
     public let options: Options
     private let detectors: [CooperativeDetector]  // one per worker thread
+    /// Threads a tick fuses on (``Options/threads``).
+    public var threads: Int { detectors.count }
     private var detector: CooperativeDetector { detectors[0] }
     private let quantization: [QuantKey: FeatureQuantization]
     /// What ingest and tick share, behind one lock.
@@ -351,7 +352,12 @@ public final class FusionService: @unchecked Sendable {
 
     /// Fuses for every agent with a new frame (or for `only`). The inputs are gathered and their
     /// maps pinned under the lock; the fusion itself runs without it.
-    public func tick(only: [String]? = nil) -> [Output] {
+    public func tick(
+        only: [String]? = nil,
+        parallel: (_ n: Int, _ body: @escaping @Sendable (Int) -> Void) -> Void = {
+            DispatchQueue.concurrentPerform(iterations: $0, execute: $1)
+        }
+    ) -> [Output] {
         let jobs = state.withLock { s in gather(only: only, &s) }
         beforeFusing?()
         // Fuse in parallel, each worker with its own detector.
@@ -361,7 +367,7 @@ public final class FusionService: @unchecked Sendable {
         let dets = detectors
         let jobsCopy = jobs
         if workers > 0 {
-            DispatchQueue.concurrentPerform(iterations: workers) { w in
+            parallel(workers) { w in
                 for k in stride(from: w, to: jobsCopy.count, by: workers) {
                     let j = jobsCopy[k]
                     let t0 = SystemClock.monotonicSeconds()

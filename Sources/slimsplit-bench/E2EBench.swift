@@ -79,6 +79,7 @@ struct E2EBench: AsyncParsableCommand {
             "capture_to_result_ms": ["p50": percentile(latency, 0.5), "p99": percentile(latency, 0.99)],
             "server_tick_ms": ["p50": percentile(perTick, 0.5), "p99": percentile(perTick, 0.99)],
             "capacity_agent_frames_per_s": capacity.rounded(),
+            "server_stage_ms": session.stageMs.mapValues { ["p50": $0.p50, "p99": $0.p99] },
             "bytes_per_frame": session.reports.values.map { $0.frames > 0 ? $0.bytes / $0.frames : 0 }.reduce(0, +)
                 / max(session.reports.count, 1),
             "kernels": path.name, "fusion_threads": config.fusionThreads, "cpu": cpuDescription(),

@@ -89,6 +89,28 @@ struct ModelMismatchTests {
             codec: .none)
     }
 
+    /// A pass spread over a pool of niced threads (`fusion.threads`) fuses exactly what one thread
+    /// fuses: each worker has its own detector, and the Results come back per agent.
+    @Test func passOverThreadPool() async throws {
+        func run(threads: Int) async throws -> [String: [BEVBox]] {
+            var o = FusionService.Options()
+            o.threads = threads
+            let fusion = try FusionService(modelFile: FusionServiceTests.model, options: o)
+            for (k, a) in ["a", "b", "c", "d", "e"].enumerated() {
+                #expect(try FusionServiceTests.ingest(fusion, agent: a, sequence: 1, x: Double(k) * 6))
+            }
+            let pool = FusionThread(nice: 10, threads: threads)
+            defer { pool.stop() }
+            let outs = await pool.run { fusion.tick(parallel: pool.parallel) }
+            return Dictionary(uniqueKeysWithValues: outs.map { ($0.agent, $0.boxes) })
+        }
+        let one = try await run(threads: 1)
+        let three = try await run(threads: 3)
+        #expect(one.count == 5)
+        #expect(one.values.map(\.count).reduce(0, +) > 0, "the synthetic maps give detections to compare")
+        #expect(one == three)
+    }
+
     @Test func shapes() throws {
         let fusion = try FusionService(modelFile: FusionServiceTests.model)
         #expect(fusion.check(Self.header(c: 64, h: 32, w: 32)) == nil)
