@@ -30,8 +30,8 @@ struct E2EBench: AsyncParsableCommand {
     @Option(help: "Bits per transmitted value.")
     var bits: Int = 4
 
-    @Option(help: "Threads the server fuses on.")
-    var fusionThreads: Int = 1
+    @Option(help: "Threads the server fuses on (0: one per core, as `slimsplit server` does).")
+    var fusionThreads: Int = 0
 
     @Option(
         help:
@@ -60,7 +60,7 @@ struct E2EBench: AsyncParsableCommand {
         var config = CooperativeSession.Config(recording: file, model: model)
         config.bits = bits
         config.realTime = true
-        config.fusionThreads = max(1, fusionThreads)
+        config.fusionThreads = fusionThreads > 0 ? fusionThreads : ProcessInfo.processInfo.activeProcessorCount
         let session = CooperativeSession(config)
         try await session.run(logger: logger)
         var latency: [Double] = []
