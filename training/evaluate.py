@@ -133,6 +133,18 @@ class APAccum:
         return {t: 100 * ap_from(np.concatenate(self.s[t]), np.concatenate(self.tp[t]), self.n_gt) for t in IOUS}
 
 
+def keep_scored(b: np.ndarray, s: np.ndarray, own: np.ndarray):
+    """Detections ``b`` [N, 5] (x, y, l, w, yaw), scores ``s``: those inside the grid and not inside
+    an ``own`` vehicle box (+0.5 m), which the convention ignores."""
+    if len(b) == 0:
+        return b, s
+    k = in_grid(b[:, :2])
+    for o in own:
+        d = (b[:, :2] - o[:2]) @ rot(o[4])
+        k &= ~((np.abs(d[:, 0]) < o[2] / 2 + 0.5) & (np.abs(d[:, 1]) < o[3] / 2 + 0.5))
+    return b[k], s[k]
+
+
 # ---------------------------------------------------------------------------------------------
 # transmission size
 
@@ -201,15 +213,7 @@ def main() -> None:
         ob = be[own][:, [0, 1, 3, 4, 6]]
         return g, ob
 
-    def filt(b, s, own):
-        if len(b) == 0:
-            return b, s
-        k = in_grid(b[:, :2])
-        for o in own:
-            d = (b[:, :2] - o[:2]) @ rot(o[4])
-            k &= ~((np.abs(d[:, 0]) < o[2] / 2 + 0.5) & (np.abs(d[:, 1]) < o[3] / 2 + 0.5))
-        return b[k], s[k]
-
+    filt = keep_scored
     GT = {(fi, e): gt_for(ds.frames[fi], e) for fi, e in ego_items}
 
     def feat_of(fr_idx, agent, wi, bits, sparse=None):

@@ -28,8 +28,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from slimsplit_train.arch import load_arch  # noqa: E402
-from slimsplit_train.coop import (CoopModel, FrameSet, augment, boxes_to_frame, det_loss, in_grid,  # noqa: E402
-                                  kd_loss, make_targets, theta_ego_from)
+from slimsplit_train.coop import (CoopModel, FrameSet, augment, boxes_to_frame, choose_agents, det_loss,  # noqa: E402
+                                  in_grid, kd_loss, make_targets, theta_ego_from)
 
 
 def build_batch(ds: FrameSet, idxs, rng: random.Random, aug: bool, full_agents: bool = False,
@@ -40,11 +40,8 @@ def build_batch(ds: FrameSet, idxs, rng: random.Random, aug: bool, full_agents: 
     for n, fi in enumerate(idxs):
         fr = ds.frames[fi]
         na = len(fr["samples"])
-        ego = rng.randrange(na)
-        others = [a for a in range(na) if a != ego]
-        rng.shuffle(others)
-        k = na - 1 if full_agents or rng.random() < full_agents_p else rng.randrange(na)   # 0 .. na-1 others
-        sel = [ego] + others[:k]
+        sel = choose_agents(na, rng, lambda: full_agents or rng.random() < full_agents_p)
+        ego = sel[0]
         b = ds.bev[fr["samples"][sel]].float()
         poses = fr["pose"][sel]
         boxes = fr["boxes"]

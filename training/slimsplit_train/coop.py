@@ -295,6 +295,29 @@ class FeatureQuant(nn.Module):
 # server
 
 
+def frame_slots(owner: torch.Tensor, n_frames: int) -> tuple[torch.Tensor, int]:
+    """owner [A] frame index of each agent -> (slot [A]: the agent's place among its frame's agents,
+    the largest agent count of a frame)."""
+    nmax = int(torch.bincount(owner, minlength=n_frames).max())
+    slot = torch.zeros(len(owner), dtype=torch.long)
+    seen: dict[int, int] = {}
+    for a in range(len(owner)):
+        o = int(owner[a])
+        slot[a] = seen.get(o, 0)
+        seen[o] = int(slot[a]) + 1
+    return slot, nmax
+
+
+def choose_agents(na: int, rng: random.Random, keep_all) -> list[int]:
+    """A random ego first, then all the other agents (when ``keep_all()``, asked after the shuffle) or
+    a random subset of them."""
+    ego = rng.randrange(na)
+    others = [a for a in range(na) if a != ego]
+    rng.shuffle(others)
+    k = na - 1 if keep_all() else rng.randrange(na)   # 0 .. na-1 others
+    return [ego] + others[:k]
+
+
 class ConvBNReLU(nn.Sequential):
     def __init__(self, cin, cout, k=3, dilation=1):
         super().__init__(nn.Conv2d(cin, cout, k, padding=dilation * (k // 2), dilation=dilation, bias=False),
@@ -362,15 +385,8 @@ class Server(nn.Module):
         """wf [A, C, H, W] warped features, owner [A] frame index -> fused [n_frames, C, H, W].
         Agents of a frame are padded to the largest count; an absent agent or a cell outside an
         agent's view never wins (the ego covers its whole grid)."""
-        counts = torch.bincount(owner, minlength=n_frames)
-        nmax = int(counts.max())
         A, C, H, W = wf.shape
-        slot = torch.zeros(A, dtype=torch.long)
-        seen: dict[int, int] = {}
-        for a in range(A):
-            o = int(owner[a])
-            slot[a] = seen.get(o, 0)
-            seen[o] = int(slot[a]) + 1
+        slot, nmax = frame_slots(owner, n_frames)
         feats = wf.new_zeros(n_frames, nmax, C, H, W)
         mask = torch.zeros(n_frames, nmax, 1, H, W, dtype=torch.bool)
         feats[owner, slot] = wf

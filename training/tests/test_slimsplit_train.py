@@ -216,5 +216,32 @@ class FixtureTests(unittest.TestCase):
             self.assertLess(Path(f).stat().st_size, limit, f)
 
 
+
+class DeepFusionTests(unittest.TestCase):
+    """slimsplit_train/deep.py: the boxes an agent's head predicts, carried into the ego's frame."""
+
+    def test_boxes_in_ego_match_late_fusion_moves(self):
+        from slimsplit_train.coop import rot, theta_ego_from, wrap
+        from slimsplit_train.deep import DeepModel
+        g = torch.Generator().manual_seed(3)
+        H = W = 32
+        p = {"heatmap": torch.randn(1, 1, H, W, generator=g), "offset": torch.rand(1, 2, H, W, generator=g),
+             "size": torch.randn(1, 2, H, W, generator=g), "yaw": torch.randn(1, 2, H, W, generator=g)}
+        ego, agent = np.array([3.0, -4.0, 0.7]), np.array([-10.0, 6.0, -2.1])
+        th = torch.from_numpy(theta_ego_from(ego, agent)[None]).float()
+        out = DeepModel.boxes_in_ego(p, th)[0].numpy()
+        for r, c in ((0, 0), (5, 17), (31, 9)):
+            xj = (c + p["offset"][0, 0, r, c].item()) * 2 - 32            # the head's decode, agent frame
+            yj = (r + p["offset"][0, 1, r, c].item()) * 2 - 32
+            world = np.array([xj, yj]) @ rot(agent[2]).T + agent[:2]    # as late fusion moves a box
+            e = (world - ego[:2]) @ rot(ego[2])
+            np.testing.assert_allclose(out[1:3, r, c] * 32, e, atol=1e-3)
+            psi = 0.5 * math.atan2(p["yaw"][0, 0, r, c].item(), p["yaw"][0, 1, r, c].item())
+            psi_e = wrap(psi + agent[2] - ego[2])
+            got = 0.5 * math.atan2(out[5, r, c], out[6, r, c])
+            self.assertAlmostEqual(math.sin(2 * (got - psi_e)), 0.0, places=4)
+            np.testing.assert_allclose(out[3:5, r, c], p["size"][0, :, r, c].numpy())
+
+
 if __name__ == "__main__":
     unittest.main()
