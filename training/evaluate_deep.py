@@ -248,7 +248,21 @@ def main() -> None:
                        int(round(np.mean(nb))))
     Path(a.json).write_text(json.dumps({"ckpt": a.ckpt, "frames": len(frames), "ego_frames": len(items),
                                         "recordings": ds.recordings, "results": results}, indent=1))
+    write_table(results, Path(a.json).with_suffix(".md"))
     print(f"done in {time.time() - t0:.0f} s -> {a.json}")
+
+
+def write_table(results, path: Path) -> None:
+    """One row per method, AP@0.5 / AP@0.7 under each condition (the table in docs/evaluation.md)."""
+    conds = list(dict.fromkeys(r["condition"] for r in results if r["condition"] != "clean"))
+    methods = list(dict.fromkeys(r["method"] for r in results))
+    lines = ["| method | bytes / agent-frame | clean | " + " | ".join(conds) + " |",
+             "|---|---:|---|" + "---|" * len(conds)]
+    for m in methods:
+        by = {r["condition"]: r for r in results if r["method"] == m}
+        cells = [f"{by[c]['ap50']:.1f} / {by[c]['ap70']:.1f}" if c in by else "same" for c in ["clean"] + conds]
+        lines.append(f"| {m} | {next(iter(by.values()))['bytes']:,} | " + " | ".join(cells) + " |")
+    path.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
