@@ -32,7 +32,7 @@ public final class CooperativeSession: @unchecked Sendable {
         public var lz4 = true
         /// Send frames at their recorded rate instead of as fast as the pipeline goes.
         public var realTime = false
-        /// Threads the server fuses on (FusionService.Options.threads).
+        /// Threads the server fuses on (FusionService.Options.threads; 0: one per core).
         public var fusionThreads = 1
         /// Times to play the recording (each pass continues the recorded rhythm).
         public var loops = 1
@@ -83,6 +83,8 @@ public final class CooperativeSession: @unchecked Sendable {
     public private(set) var fuseMs: [Double] = []
     /// Per stage of one agent's fusion (warp_fuse, head, nms, dequantize): p50 and p99, ms.
     public private(set) var stageMs: [String: (p50: Double, p99: Double)] = [:]
+    /// Threads the server fused on (``Config/fusionThreads`` resolved).
+    public private(set) var fusionThreads = 0
     public private(set) var rejected = 0
 
     public init(_ config: Config) { self.config = config }
@@ -267,6 +269,7 @@ public final class CooperativeSession: @unchecked Sendable {
         }
         fuseMs = fusionServer.passDurations.map { $0 * 1e3 }
         for (name, p50, p99) in fusion.metrics.stages { stageMs[name] = (p50 * 1e3, p99 * 1e3) }
+        fusionThreads = fusion.threads
         rejected = server.rejections.values.reduce(0, +)
         for f in feature.values { f.endpoint.close() }
         fusionServer.shutdown()

@@ -59,12 +59,13 @@ public final class ServerServices: ServiceSet, Sendable {
             fo.fusion = cfg.fusionMode == "max" ? .max : .attention
             fo.useLateFrames = cfg.useLateFrames
             fo.threads = cfg.fusionThreads
-            fusionService = try FusionService(modelFile: model, options: fo)
+            let service = try FusionService(modelFile: model, options: fo)
+            fusionService = service
             logger.info(
                 "fusion on",
                 metadata: [
                     "model": "\(model)", "max_passes_per_s": "\(cfg.tickHz)", "mode": "\(cfg.fusionMode)",
-                    "threads": "\(cfg.fusionThreads)",
+                    "threads": "\(service.threads)",
                 ])
         }
         // A region server of a fleet: registered in etcd; tells agents when to move (Handover).

@@ -1,4 +1,3 @@
-import Foundation
 import SlimConfig
 import SlimSensors
 import SlimTransport
@@ -16,7 +15,7 @@ public struct ServerConfig: Sendable {
     public var tickHz: Double
     public var windowMs: Double
     public var fusionMode: String
-    /// Threads a fusion pass spreads the agents over (`fusion.threads`; 0 in the file: one per core).
+    /// Threads a fusion pass spreads the agents over (`fusion.threads`; 0: one per core).
     public var fusionThreads: Int
     /// MCAP file the server records fused detections to (world frame, /fusion/detections).
     public var recordPath: String?
@@ -100,8 +99,7 @@ public struct ServerConfig: Sendable {
         tickHz = try f.double("tick_hz", default: 100, in: 0.1...1000)
         windowMs = try f.double("window_ms", default: 150, in: 1...10_000)
         fusionMode = try f.string("mode", default: "attention")
-        let threads = try f.int("threads", default: 0, in: 0...256)
-        fusionThreads = threads == 0 ? ProcessInfo.processInfo.activeProcessorCount : threads
+        fusionThreads = try f.int("threads", default: 0, in: 0...256)
         guard ["attention", "max"].contains(fusionMode) else {
             throw ConfigError(file: f.file, key: f.keyPath("mode"), problem: "'\(fusionMode)' must be attention or max")
         }

@@ -11,8 +11,9 @@ import SlimWire
 /// the service has detectors, `fusion.threads`), below the receive path's scheduling priority,
 /// and sends every agent with a new frame the fused detections in its own frame. The pass
 /// threads' nice value (`fusionNice`, 10) lets the socket threads and the receive loop preempt a
-/// pass: on Linux a woken thread of equal priority otherwise often waits a scheduler slice (~3 ms) behind it, and one agent's Ack RTT p50 was the
-/// length of a pass (3.4 ms; 0.8 ms with the nice value, measured on a 2-core EPYC VM). It still
+/// pass: on Linux a woken thread of equal priority otherwise often waits a scheduler slice
+/// (~3 ms) behind it, and one agent's Ack RTT p50 was the length of a pass (3.4 ms; 0.8 ms with
+/// the nice value, measured on a 2-core EPYC VM). It still
 /// gets its share of a CPU that other work saturates (SCHED_IDLE, which removes the rest of the
 /// tail, starved fusion beside two CPU hogs: 15 Results for 200 frames). `slimsplit server`, `demo`,
 /// `eval` and the tests all run this one type.

@@ -21,7 +21,7 @@ public final class FusionService: @unchecked Sendable {
         /// Frames captured further apart than this are not fused together.
         public var windowNs: UInt64 = 150_000_000
         /// Threads a tick fuses on (one agent each at a time; each thread has its own detector and
-        /// buffers). `slimsplit server` sets it from `fusion.threads` (default: one per core).
+        /// buffers); 0: one per core. `slimsplit server` takes it from `fusion.threads`.
         public var threads = 1
         /// Fuse frames outside the window anyway, each with its own pose (they are still
         /// counted as late); by default they are left out.
@@ -177,7 +177,8 @@ public final class FusionService: @unchecked Sendable {
 
     public init(modelFile: String, options: Options = Options()) throws {
         let st = try Safetensors(contentsOf: modelFile)
-        detectors = try (0..<max(1, options.threads)).map { _ in try CooperativeDetector(st) }
+        let threads = options.threads > 0 ? options.threads : ProcessInfo.processInfo.activeProcessorCount
+        detectors = try (0..<max(1, threads)).map { _ in try CooperativeDetector(st) }
         for d in detectors { d.useInt8 = options.int8Backbone && d.hasInt8 }
         quantization = try FeatureQuantization.all(in: st)
         maxChannels = detectors[0].channels

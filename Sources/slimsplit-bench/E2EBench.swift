@@ -60,7 +60,7 @@ struct E2EBench: AsyncParsableCommand {
         var config = CooperativeSession.Config(recording: file, model: model)
         config.bits = bits
         config.realTime = true
-        config.fusionThreads = fusionThreads > 0 ? fusionThreads : ProcessInfo.processInfo.activeProcessorCount
+        config.fusionThreads = fusionThreads
         let session = CooperativeSession(config)
         try await session.run(logger: logger)
         var latency: [Double] = []
@@ -82,7 +82,7 @@ struct E2EBench: AsyncParsableCommand {
             "server_stage_ms": session.stageMs.mapValues { ["p50": $0.p50, "p99": $0.p99] },
             "bytes_per_frame": session.reports.values.map { $0.frames > 0 ? $0.bytes / $0.frames : 0 }.reduce(0, +)
                 / max(session.reports.count, 1),
-            "kernels": path.name, "fusion_threads": config.fusionThreads, "cpu": cpuDescription(),
+            "kernels": path.name, "fusion_threads": session.fusionThreads, "cpu": cpuDescription(),
         ]
         print(
             String(

@@ -74,6 +74,28 @@ struct FusionServiceTests {
         let next = fusion.tick()
         #expect(next.map(\.agent) == ["a"] && next.first?.sequence == 4 && next.first?.position.x == 1)
     }
+
+    /// A pass spread over a pool of niced threads (`fusion.threads`) fuses exactly what one thread
+    /// fuses: each worker has its own detector, and the Results come back per agent.
+    @Test func passOverThreadPool() async throws {
+        func run(threads: Int) async throws -> [String: [BEVBox]] {
+            var o = FusionService.Options()
+            o.threads = threads
+            let fusion = try FusionService(modelFile: Self.model, options: o)
+            for (k, a) in ["a", "b", "c", "d", "e"].enumerated() {
+                #expect(try Self.ingest(fusion, agent: a, sequence: 1, x: Double(k) * 6))
+            }
+            let pool = FusionThread(nice: 10, threads: threads)
+            defer { pool.stop() }
+            let outs = await pool.run { fusion.tick(parallel: pool.parallel) }
+            return Dictionary(uniqueKeysWithValues: outs.map { ($0.agent, $0.boxes) })
+        }
+        let one = try await run(threads: 1)
+        let three = try await run(threads: 3)
+        #expect(one.count == 5)
+        #expect(one.values.map(\.count).reduce(0, +) > 0, "the synthetic maps give detections to compare")
+        #expect(one == three)
+    }
 }
 
 @Suite("Frames that contradict the model are rejected before the Ack (model_mismatch)")
@@ -87,28 +109,6 @@ struct ModelMismatchTests {
             quant: modelQuant
                 ? .model : .inline(scales: .init(repeating: 0.1, count: c), zeroPoints: .init(repeating: 0, count: c)),
             codec: .none)
-    }
-
-    /// A pass spread over a pool of niced threads (`fusion.threads`) fuses exactly what one thread
-    /// fuses: each worker has its own detector, and the Results come back per agent.
-    @Test func passOverThreadPool() async throws {
-        func run(threads: Int) async throws -> [String: [BEVBox]] {
-            var o = FusionService.Options()
-            o.threads = threads
-            let fusion = try FusionService(modelFile: FusionServiceTests.model, options: o)
-            for (k, a) in ["a", "b", "c", "d", "e"].enumerated() {
-                #expect(try FusionServiceTests.ingest(fusion, agent: a, sequence: 1, x: Double(k) * 6))
-            }
-            let pool = FusionThread(nice: 10, threads: threads)
-            defer { pool.stop() }
-            let outs = await pool.run { fusion.tick(parallel: pool.parallel) }
-            return Dictionary(uniqueKeysWithValues: outs.map { ($0.agent, $0.boxes) })
-        }
-        let one = try await run(threads: 1)
-        let three = try await run(threads: 3)
-        #expect(one.count == 5)
-        #expect(one.values.map(\.count).reduce(0, +) > 0, "the synthetic maps give detections to compare")
-        #expect(one == three)
     }
 
     @Test func shapes() throws {
