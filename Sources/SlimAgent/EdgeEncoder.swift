@@ -7,6 +7,11 @@ import SlimWire
 /// The agent's per-frame pipeline up to the wire: points → BEV grid → int8 encoder at the
 /// current width → per-channel quantization to the current bit depth → optional cell mask.
 ///
+/// With a deep-fusion model (`architecture.deep`) the encoder runs at full width and its map goes
+/// through the model's agent stage (`DeepAgentStage`: backbone, own head, 1×1 compression); the
+/// transmitted map is then the K-channel message and the mask the cells the own head marks
+/// (`threshold` is then the heatmap probability, σ > threshold, dilated 3×3).
+///
 /// Width, bit depth and threshold are plain fields: changing them reloads nothing and
 /// allocates nothing (every table is built at `init`). Not thread-safe.
 public final class EdgeEncoder: @unchecked Sendable {
@@ -17,6 +22,10 @@ public final class EdgeEncoder: @unchecked Sendable {
     public let quantization: [QuantKey: FeatureQuantization]
     /// The model's rate–accuracy table (nil when the file has none), for `WidthController`.
     public let rateAccuracy: [RateAccuracyEntry]?
+    /// The deep-fusion agent stage, when the model is a deep-fusion model.
+    public let deep: DeepAgentStage?
+    /// The encoder's dequantized output, the deep stage's input.
+    private let deepInput: FloatTensor?
     /// Requantization tables from the int8 encoder's output code to each transmitted quantization's
     /// (one lookup per value; hashing the key is once per frame).
     private let tables: [QuantKey: [UInt8]]
@@ -51,6 +60,13 @@ public final class EdgeEncoder: @unchecked Sendable {
             t[key] = q.table(from: out)
         }
         tables = t
+        if let spec = try DeepArchitecture(st) {
+            deep = try DeepAgentStage(st, spec: spec)
+            deepInput = FloatTensor(height: spec.height, width: spec.width, channels: spec.inputChannels)
+        } else {
+            deep = nil
+            deepInput = nil
+        }
         bev = FloatTensor(height: grid.height, width: grid.width, channels: BEVGrid.channels)
         let maxOut = model.architecture.layers.last!.outChannels
         dense = []
@@ -58,12 +74,13 @@ public final class EdgeEncoder: @unchecked Sendable {
         widthIndex = model.architecture.widths.count - 1
         bits = 8
         let (oh, ow) = (encoder.plans[encoder.outputLayer].outHeight, encoder.plans[encoder.outputLayer].outWidth)
-        dense = [UInt8](repeating: 0, count: maxOut * oh * ow)
+        dense = [UInt8](repeating: 0, count: max(maxOut, deep?.spec.messageChannels ?? 0) * oh * ow)
         mask = [UInt8](repeating: 0, count: CellMask.byteCount(cells: oh * ow))
     }
 
     private func encodeFloat() -> (channels: Int, height: Int, width: Int, masked: Bool) {
         let out = encoder.runFloat(bev)
+        if let deep { return encodeDeep(deep, out) }
         let c = out.channels
         let h = out.height
         let w = out.width
@@ -93,6 +110,34 @@ public final class EdgeEncoder: @unchecked Sendable {
         return (c, h, w, masked)
     }
 
+    /// The deep stage on the encoder's float map, its message quantized into `dense` and its
+    /// selection into `mask`.
+    private func encodeDeep(_ deep: DeepAgentStage, _ f: FloatTensor) -> (
+        channels: Int, height: Int, width: Int, masked: Bool
+    ) {
+        precondition(
+            widthIndex == model.architecture.widths.count - 1, "a deep-fusion model's agent runs at full width")
+        guard let q = quantization[QuantKey(widthIndex: widthIndex, bits: bits)] else {
+            preconditionFailure("no message quantization at \(bits) bits in \(model.file)")
+        }
+        deep.run(f, threshold: threshold)
+        let m = deep.message
+        let (c, h, w) = (m.channels, m.height, m.width)
+        let cells = h * w
+        let qmax = Float((1 << bits) - 1)
+        let masked = threshold > 0
+        if masked { for i in 0..<mask.count { mask[i] = 0 } }
+        for cell in 0..<cells {
+            if masked, deep.sent[cell] != 0 { CellMask.insert(cell, into: &mask) }
+            let src = m.pointer + cell * c
+            for ch in 0..<c {
+                dense[ch * cells + cell] = UInt8(
+                    min(max((src[ch] / q.scale[ch] + q.zeroPoint[ch]).rounded(.toNearestOrEven), 0), qmax))
+            }
+        }
+        return (c, h, w, masked)
+    }
+
     /// The last frame's features as the server dequantizes them (H × W × C, NHWC), for
     /// evaluating the pipeline offline; cells outside the mask are 0.
     public func dequantized(into t: FloatTensor, channels c: Int, height h: Int, width w: Int, masked: Bool) {
@@ -108,8 +153,9 @@ public final class EdgeEncoder: @unchecked Sendable {
     /// Bit depths the model has parameters for at every width, as a Hello `bits_mask`.
     public var bitsMask: UInt8 {
         var m: UInt8 = 0
-        for b in 1...8
-        where model.architecture.widths.indices.allSatisfy({ quantization[QuantKey(widthIndex: $0, bits: b)] != nil }) {
+        // A deep-fusion model sends at full width only.
+        let widths = deep == nil ? Array(model.architecture.widths.indices) : [model.architecture.widths.count - 1]
+        for b in 1...8 where widths.allSatisfy({ quantization[QuantKey(widthIndex: $0, bits: b)] != nil }) {
             m |= 1 << (b - 1)
         }
         return m
@@ -134,6 +180,11 @@ public final class EdgeEncoder: @unchecked Sendable {
             lastStageSeconds = (
                 Double(t1 - t0) / 1e9, Double(t2 - t1) / 1e9, Double(SystemClock.monotonicNs() - t2) / 1e9
             )
+        }
+        if let deep, let f = deepInput, let q = encoder.outputQuant {
+            f.reshape(height: out.height, width: out.width, channels: out.channels)
+            for i in 0..<out.count { f.storage[i] = q.scale * Float(Int32(out.storage[i]) - q.zeroPoint) }
+            return encodeDeep(deep, f)
         }
         let c = out.channels
         let h = out.height

@@ -307,37 +307,10 @@ public final class CooperativeDetector: @unchecked Sendable {
         let o = forward(ego: ego, agents: agents, fusion: fusion)
         let t2 = now()
         defer { lastStageSeconds.nms = now() - t2 }
-        let hm = o[0]
-        let off = o[1]
-        let size = o[2]
-        let yaw = o[3]
-        var cands: [(Float, Int)] = []
-        for i in 0..<height {
-            for j in 0..<width {
-                let v = hm[i, j, 0]
-                var peak = true
-                for di in -1...1 {
-                    for dj in -1...1 where (di != 0 || dj != 0) {
-                        let ii = i + di
-                        let jj = j + dj
-                        if ii >= 0, ii < height, jj >= 0, jj < width, hm[ii, jj, 0] > v { peak = false }
-                    }
-                }
-                let s = 1 / (1 + exp(-v))
-                if peak, s > peakThreshold { cands.append((s, i * width + j)) }
-            }
-        }
-        cands.sort { $0.0 > $1.0 || ($0.0 == $1.0 && $0.1 < $1.1) }
-        let boxes = cands.prefix(topK).map { (s, idx) -> BEVBox in
-            let i = idx / width
-            let j = idx % width
-            let l = exp(min(max(size[i, j, 0], -3), 4))
-            let w = exp(min(max(size[i, j, 1], -3), 4))
-            return BEVBox(
-                x: (Float(j) + off[i, j, 0]) * cell - halfExtent, y: (Float(i) + off[i, j, 1]) * cell - halfExtent,
-                length: l, width: w, yaw: yawFactor * atan2(yaw[i, j, 0], yaw[i, j, 1]), score: s)
-        }
-        return RotatedIoU.nms(boxes, threshold: nmsIoU)
+        return HeadDecoder(
+            height: height, width: width, cell: cell, halfExtent: halfExtent, yawFactor: yawFactor,
+            peakThreshold: peakThreshold, topK: topK, nmsIoU: nmsIoU
+        ).boxes(o)
     }
 }
 
@@ -407,8 +380,12 @@ final class PoseConditionedConv {
             weight: [Float](repeating: 0, count: c * c), bias: bias, inChannels: c, outChannels: c, geometry: g)
     }
 
-    /// y = W(a)·x + bias, with `cos` = cos a and `sin` = sin a.
-    func run(_ x: FloatTensor, cos c: Float, sin s: Float, into y: FloatTensor) {
+    /// y = W(a)·x + bias, with `cos` = cos a and `sin` = sin a (outputs whose `active` flag is 0
+    /// are `background` instead, as `FloatConv2d.run`).
+    func run(
+        _ x: FloatTensor, cos c: Float, sin s: Float, into y: FloatTensor, active: UnsafePointer<UInt8>? = nil,
+        background: UnsafePointer<Float>? = nil
+    ) {
         let t1 = c
         let t2 = s
         let t3 = c * c - s * s
@@ -431,11 +408,56 @@ final class PoseConditionedConv {
             w.addProduct(v4, b4[i])
             dst[i] = w
         }
-        conv.run(x, into: y)
+        conv.run(x, into: y, active: active, background: background)
     }
 }
 
-private func now() -> Double {
+/// CenterPoint decoding shared by every detector head: heatmap peaks (3×3 local maxima whose
+/// sigmoid exceeds `peakThreshold`, the `topK` best, ties by cell index), each a box at
+/// ((column, row) + offset) · cell − halfExtent with size exp(clamp(log size, −3, 4)) and yaw
+/// `yawFactor` · atan2(sin, cos), then rotated NMS at `nmsIoU` (training/slimsplit_train/coop.py `decode`).
+public struct HeadDecoder: Sendable {
+    public var height: Int, width: Int
+    public var cell: Float, halfExtent: Float, yawFactor: Float
+    public var peakThreshold: Float, topK: Int, nmsIoU: Float
+
+    /// - Parameter o: heatmap logits (1 channel), offset (2), log size (2), yaw (2), each H × W.
+    public func boxes(_ o: [FloatTensor]) -> [BEVBox] {
+        let hm = o[0]
+        let off = o[1]
+        let size = o[2]
+        let yaw = o[3]
+        var cands: [(Float, Int)] = []
+        for i in 0..<height {
+            for j in 0..<width {
+                let v = hm[i, j, 0]
+                var peak = true
+                for di in -1...1 {
+                    for dj in -1...1 where (di != 0 || dj != 0) {
+                        let ii = i + di
+                        let jj = j + dj
+                        if ii >= 0, ii < height, jj >= 0, jj < width, hm[ii, jj, 0] > v { peak = false }
+                    }
+                }
+                let s = 1 / (1 + exp(-v))
+                if peak, s > peakThreshold { cands.append((s, i * width + j)) }
+            }
+        }
+        cands.sort { $0.0 > $1.0 || ($0.0 == $1.0 && $0.1 < $1.1) }
+        let boxes = cands.prefix(topK).map { (s, idx) -> BEVBox in
+            let i = idx / width
+            let j = idx % width
+            let l = exp(min(max(size[i, j, 0], -3), 4))
+            let w = exp(min(max(size[i, j, 1], -3), 4))
+            return BEVBox(
+                x: (Float(j) + off[i, j, 0]) * cell - halfExtent, y: (Float(i) + off[i, j, 1]) * cell - halfExtent,
+                length: l, width: w, yaw: yawFactor * atan2(yaw[i, j, 0], yaw[i, j, 1]), score: s)
+        }
+        return RotatedIoU.nms(boxes, threshold: nmsIoU)
+    }
+}
+
+func now() -> Double {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9

@@ -159,10 +159,13 @@ public final class CooperativeSession: @unchecked Sendable {
             tasks.append(Task { await fa.run() })
             reports[a] = AgentReport(agent: a)
         }
-        let single = try CooperativeDetector(Safetensors(contentsOf: config.model), maxAgents: 1)
-        single.useInt8 = !config.floatServer && single.hasInt8
+        // The single-agent baseline: the map model's server half with the agent alone, or a deep-fusion
+        // agent's own head.
+        let modelFile = try Safetensors(contentsOf: config.model)
+        let single = try DeepArchitecture(modelFile) == nil ? try CooperativeDetector(modelFile, maxAgents: 1) : nil
+        single?.useInt8 = !config.floatServer && single?.hasInt8 == true
         let own = config.lateFusion || !config.boxAgents.isEmpty ? try OwnDetector(modelFile: config.model) : nil
-        own?.detector.useInt8 = single.useInt8
+        own?.detector?.useInt8 = single?.useInt8 ?? false
         let feat = FloatTensor(height: 32, width: 32, channels: 256)
         defer {
             for f in feature.values { f.endpoint.close() }
@@ -212,12 +215,17 @@ public final class CooperativeSession: @unchecked Sendable {
                             e.mask.withUnsafeBytes { m in fa.submit(h, dense: d, mask: shape.masked ? m : nil) }
                         }
                         // Single-agent baseline: the same features, fused with nobody.
-                        e.dequantized(
-                            into: feat, channels: shape.channels, height: shape.height, width: shape.width,
-                            masked: shape.masked)
-                        alone = single.detect(
-                            ego: 0, agents: [CooperativeDetector.AgentInput(features: feat, position: .zero, yaw: 0)],
-                            fusion: config.fusion)
+                        if let single {
+                            e.dequantized(
+                                into: feat, channels: shape.channels, height: shape.height, width: shape.width,
+                                masked: shape.masked)
+                            alone = single.detect(
+                                ego: 0,
+                                agents: [CooperativeDetector.AgentInput(features: feat, position: .zero, yaw: 0)],
+                                fusion: config.fusion)
+                        } else {
+                            alone = e.deep?.boxes() ?? []
+                        }
                     }
                     let pack = fa.stats.lastPackSeconds * 1e3
                     reports[a]!.frames += 1

@@ -102,10 +102,10 @@ public final class FusionService: @unchecked Sendable {
     }
 
     public let options: Options
-    private let detectors: [CooperativeDetector]  // one per worker thread
+    private let detectors: [any FusionDetector]  // one per worker thread
     /// Threads a tick fuses on (``Options/threads``).
     public var threads: Int { detectors.count }
-    private var detector: CooperativeDetector { detectors[0] }
+    private var detector: any FusionDetector { detectors[0] }
     private let quantization: [QuantKey: FeatureQuantization]
     /// What ingest and tick share, behind one lock.
     private struct State {
@@ -138,7 +138,11 @@ public final class FusionService: @unchecked Sendable {
     /// Called by `tick` between gathering its inputs and fusing them, without the lock held (tests
     /// hold a pass there to show that ingest does not wait for it).
     nonisolated(unsafe) var beforeFusing: (@Sendable () -> Void)?
+    /// Channels of a slot's map: the transmitted channels, and with deep fusion one more, the
+    /// sent flag of each cell (1 where the frame's mask has it).
     private let maxChannels: Int
+    /// Channels a frame may carry at most.
+    private let mapChannels: Int
     /// The model's empty-cell features at full width: the map of an ego on the boxes rung.
     private let emptyMap: FloatTensor
     /// Frames left out of a fusion because they were outside the window.
@@ -178,16 +182,20 @@ public final class FusionService: @unchecked Sendable {
     public init(modelFile: String, options: Options = Options()) throws {
         let st = try Safetensors(contentsOf: modelFile)
         let threads = options.threads > 0 ? options.threads : ProcessInfo.processInfo.activeProcessorCount
-        detectors = try (0..<max(1, threads)).map { _ in try CooperativeDetector(st) }
-        for d in detectors { d.useInt8 = options.int8Backbone && d.hasInt8 }
+        detectors = try (0..<max(1, threads)).map { _ throws(ModelFileError) in try makeFusionDetector(st) }
+        for case let d as CooperativeDetector in detectors { d.useInt8 = options.int8Backbone && d.hasInt8 }
         quantization = try FeatureQuantization.all(in: st)
-        maxChannels = detectors[0].channels
         let d = detectors[0]
-        emptyMap = FloatTensor(height: d.height, width: d.width, channels: d.channels)
-        let full = quantization.filter { $0.value.scale.count == d.channels && $0.value.empty != nil }
+        maxChannels = d.inputChannels
+        mapChannels = d is DeepFusionDetector ? d.inputChannels - 1 : d.inputChannels
+        // An ego on the boxes rung fuses from an empty map at its pose: the model's empty-cell
+        // features (a deep-fusion map: nothing sent).
+        emptyMap = FloatTensor(height: d.height, width: d.width, channels: maxChannels)
+        let slotChannels = d.inputChannels
+        let full = quantization.filter { $0.value.scale.count == slotChannels && $0.value.empty != nil }
             .max { ($0.key.widthIndex, $0.key.bits) < ($1.key.widthIndex, $1.key.bits) }
         for cell in 0..<(d.height * d.width) {
-            for ch in 0..<d.channels { emptyMap.storage[cell * d.channels + ch] = full?.value.empty?[ch] ?? 0 }
+            for ch in 0..<slotChannels { emptyMap.storage[cell * slotChannels + ch] = full?.value.empty?[ch] ?? 0 }
         }
         rateAccuracy = try RateAccuracyEntry.table(in: st, quantization: quantization)
         self.options = options
@@ -201,8 +209,8 @@ public final class FusionService: @unchecked Sendable {
                 .modelMismatch,
                 "frame is \(h.height)×\(h.width) cells, the model fuses \(detector.height)×\(detector.width)")
         }
-        guard h.channels <= maxChannels else {
-            return WireError(.modelMismatch, "frame has \(h.channels) channels, the model's map at most \(maxChannels)")
+        guard h.channels <= mapChannels else {
+            return WireError(.modelMismatch, "frame has \(h.channels) channels, the model's map at most \(mapChannels)")
         }
         if case .model = h.quant {
             guard let q = quantization[QuantKey(widthIndex: Int(h.widthIndex), bits: Int(h.bits))] else {
@@ -228,7 +236,7 @@ public final class FusionService: @unchecked Sendable {
             state.withLock { $0.addStage("dequantize", dt) }
         }
         let h = f.header
-        guard h.height == detector.height, h.width == detector.width, h.channels <= maxChannels else { return false }
+        guard h.height == detector.height, h.width == detector.width, h.channels <= mapChannels else { return false }
         let duplicate = state.withLock { s in
             guard let slot = s.slots[agent], slot.sequence >= h.sequence else { return false }
             s.duplicates += 1
@@ -255,7 +263,10 @@ public final class FusionService: @unchecked Sendable {
         let target = buffer ?? FloatTensor(height: detector.height, width: detector.width, channels: maxChannels)
         let c = h.channels
         let cells = h.cells
-        target.reshape(height: h.height, width: h.width, channels: c)
+        // Deep fusion: one more channel per cell, 1 where the frame sent it.
+        let flag = mapChannels < maxChannels
+        let stride = flag ? c + 1 : c
+        target.reshape(height: h.height, width: h.width, channels: stride)
         let dst = target.pointer
         // Values are channel-major over the sent cells (k-th sent cell); unsent cells are 0.
         let k = f.sentCells
@@ -263,23 +274,26 @@ public final class FusionService: @unchecked Sendable {
             // Cells left out take the model's empty-cell value (PROTOCOL.md §4.2), else 0.
             var n = 0
             for cell in 0..<cells {
-                if CellMask.contains(m, cell) {
+                let on = CellMask.contains(m, cell)
+                if on {
                     for ch in 0..<c {
-                        dst[cell * c + ch] = (Float(f.values[ch * k + n]) - params.zp[ch]) * params.scale[ch]
+                        dst[cell * stride + ch] = (Float(f.values[ch * k + n]) - params.zp[ch]) * params.scale[ch]
                     }
                     n += 1
                 } else if let empty {
-                    for ch in 0..<c { dst[cell * c + ch] = empty[ch] }
+                    for ch in 0..<c { dst[cell * stride + ch] = empty[ch] }
                 } else {
-                    for ch in 0..<c { dst[cell * c + ch] = 0 }
+                    for ch in 0..<c { dst[cell * stride + ch] = 0 }
                 }
+                if flag { dst[cell * stride + c] = on ? 1 : 0 }
             }
         } else {
             for ch in 0..<c {
                 let s = params.scale[ch]
                 let z = params.zp[ch]
-                for cell in 0..<cells { dst[cell * c + ch] = (Float(f.values[ch * cells + cell]) - z) * s }
+                for cell in 0..<cells { dst[cell * stride + ch] = (Float(f.values[ch * cells + cell]) - z) * s }
             }
+            if flag { for cell in 0..<cells { dst[cell * stride + c] = 1 } }
         }
         state.withLock { s in
             var slot = s.slots[agent] ?? Slot(features: target)
@@ -367,6 +381,7 @@ public final class FusionService: @unchecked Sendable {
         let fusionMode = options.fusion
         let dets = detectors
         let jobsCopy = jobs
+        for d in dets { d.beginPass() }
         if workers > 0 {
             parallel(workers) { w in
                 for k in stride(from: w, to: jobsCopy.count, by: workers) {

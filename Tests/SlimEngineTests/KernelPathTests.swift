@@ -5,7 +5,7 @@ import Testing
 
 /// Every kernel path this CPU runs against the same fixtures: random int8 convolutions against
 /// the plain definition (exact), ONNX Runtime's QLinearConv fixtures (exact), PyTorch's float
-/// convolutions (1e-4), the reference encoder at every width, and the shipped model. A path the
+/// convolutions (1e-4), the reference encoder at every width, the shipped model and the deep-fusion model. A path the
 /// CPU lacks is reported as skipped, with the reason; the ARM paths also run under qemu
 /// (scripts/arm-parity).
 @Suite("Kernel paths: every path the CPU runs passes the parity fixtures", .serialized)
@@ -16,6 +16,7 @@ struct KernelPathTests {
         for name in FloatOpParity.convolutions { try FloatOpParity.check(name, path: path) }
         try EncoderParity.check(path)
         try ModelParity.check(path)
+        try DeepParity.check(path)
     }
 
     @Test("portable") func portable() throws { try Self.check(.portable) }

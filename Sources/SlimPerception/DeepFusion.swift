@@ -1,0 +1,446 @@
+import Foundation
+import SlimCore
+import SlimEngine
+
+/// A deep-fusion model file's `architecture.deep` (training/export_deep.py, docs/model-format.md):
+/// the agent runs the encoder, a backbone and its own head, and sends a K-channel compression of the
+/// backbone at the cells its head marks; the server fuses those messages (`DeepFusionDetector`).
+public struct DeepArchitecture: Sendable {
+    /// Encoder output channels (the backbone's input), backbone and head channels, message channels K.
+    public let inputChannels: Int, backboneChannels: Int, headChannels: Int, messageChannels: Int
+    /// The geometry channels carried through the warp: heatmap, centre x, y, log l, log w, sin 2ψ, cos 2ψ.
+    public static let geometryChannels = 7
+    public let dilations: [Int]
+    public let height: Int, width: Int
+    public let halfExtent: Float, cell: Float
+    public let peakThreshold: Float, topK: Int, nmsIoU: Float
+
+    /// nil when the file is not a deep-fusion model (no `architecture.deep`).
+    public init?(_ st: Safetensors) throws(ModelFileError) {
+        func fail(_ s: String, _ p: String) -> ModelFileError {
+            ModelFileError(kind: .architecture, file: st.file, subject: "architecture.deep\(s)", problem: p)
+        }
+        guard let text = st.metadata["architecture"],
+            let arch = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
+            let deep = arch["deep"]
+        else { return nil }
+        guard let d = deep as? [String: Any] else { throw fail("", "not an object") }
+        func int(_ k: String, _ r: ClosedRange<Int>, in o: [String: Any] = d, at p: String = "") throws(ModelFileError)
+            -> Int
+        {
+            guard let n = o[k] as? Int, r.contains(n) else {
+                throw fail("\(p).\(k)", "\(o[k].map { "\($0)" } ?? "missing"): expected an integer in \(r)")
+            }
+            return n
+        }
+        func number(_ k: String, in o: [String: Any], at p: String) throws(ModelFileError) -> Float {
+            guard let v = o[k] as? Double, v.isFinite, v > 0 else {
+                throw fail("\(p).\(k)", "\(o[k].map { "\($0)" } ?? "missing"): expected a positive number")
+            }
+            return Float(v)
+        }
+        inputChannels = try int("input_channels", 1...1024)
+        backboneChannels = try int("backbone_channels", 1...1024)
+        headChannels = try int("head_channels", 1...1024)
+        messageChannels = try int("message_channels", 1...255)
+        guard try int("geometry_channels", 0...64) == Self.geometryChannels else {
+            throw fail(".geometry_channels", "this engine runs the geometry variant (7 channels)")
+        }
+        guard let dl = d["backbone_dilations"] as? [Int], (1...16).contains(dl.count), dl.allSatisfy((1...8).contains)
+        else {
+            throw fail(".backbone_dilations", "expected 1 to 16 integers in 1...8")
+        }
+        dilations = dl
+        guard let g = d["grid"] as? [String: Any] else { throw fail(".grid", "missing or not an object") }
+        height = try int("height", 1...1024, in: g, at: ".grid")
+        width = try int("width", 1...1024, in: g, at: ".grid")
+        halfExtent = try number("x_max", in: g, at: ".grid")
+        cell = try number("cell", in: g, at: ".grid")
+        guard let dec = d["decode"] as? [String: Any], dec["yaw_encoding"] as? String == "double_angle" else {
+            throw fail(".decode", "missing, or yaw_encoding is not double_angle")
+        }
+        peakThreshold = try number("peak_threshold", in: dec, at: ".decode")
+        topK = try int("top_k", 1...4096, in: dec, at: ".decode")
+        nmsIoU = try number("nms_iou", in: dec, at: ".decode")
+    }
+
+    var decoder: HeadDecoder {
+        HeadDecoder(
+            height: height, width: width, cell: cell, halfExtent: halfExtent, yawFactor: 0.5,
+            peakThreshold: peakThreshold, topK: topK, nmsIoU: nmsIoU)
+    }
+}
+
+/// A float convolution read from `{name}.weight` / `{name}.bias`, shapes checked.
+func floatConv(
+    _ st: Safetensors, _ name: String, in cin: Int, out cout: Int, kernel k: Int = 1, dilation: Int = 1,
+    relu: Bool = false
+) throws(ModelFileError) -> FloatConv2d {
+    FloatConv2d(
+        weight: try st.floats("\(name).weight", shape: [cout, cin, k, k]),
+        bias: try st.floats("\(name).bias", shape: [cout]), inChannels: cin, outChannels: cout,
+        geometry: ConvGeometry(
+            kernel: (k, k), padding: (dilation * (k / 2), dilation * (k / 2)), dilation: (dilation, dilation)),
+        activation: relu ? .relu : .none)
+}
+
+/// A CenterPoint head: a shared 3×3 convolution (ReLU), then 1×1 heatmap (1), offset (2),
+/// log size (2) and yaw (sin 2ψ, cos 2ψ). Buffers planned at init.
+final class DetectionHead {
+    let shared: FloatConv2d
+    let heads: [FloatConv2d]
+    let hidden: FloatTensor
+    let outs: [FloatTensor]
+
+    init(_ st: Safetensors, _ prefix: String, in cin: Int, channels: Int, height h: Int, width w: Int)
+        throws(ModelFileError)
+    {
+        shared = try floatConv(st, "\(prefix).shared", in: cin, out: channels, kernel: 3, relu: true)
+        var hs: [FloatConv2d] = []
+        for (n, c) in [("heatmap", 1), ("offset", 2), ("size", 2), ("yaw", 2)] {
+            hs.append(try floatConv(st, "\(prefix).\(n)", in: channels, out: c))
+        }
+        heads = hs
+        hidden = FloatTensor(height: h, width: w, channels: channels)
+        outs = hs.map { FloatTensor(height: h, width: w, channels: $0.outChannels) }
+    }
+
+    var convs: [FloatConv2d] { [shared] + heads }
+
+    /// Heatmap logits, offset, log size, yaw; valid until the next run. Cells whose `active` flag
+    /// is 0 read `background` (zeros of at least `channels` floats).
+    @discardableResult
+    func run(_ x: FloatTensor, active: UnsafePointer<UInt8>? = nil, background: UnsafePointer<Float>? = nil)
+        -> [FloatTensor]
+    {
+        shared.run(x, into: hidden, active: active, background: background)
+        for (h, o) in zip(heads, outs) { h.run(hidden, into: o, active: active, background: background) }
+        return outs
+    }
+}
+
+/// The agent's half of a deep-fusion model, after the encoder: backbone, its own head (its
+/// single-agent detections: the boxes rung and the "alone" baseline), the cells worth sending
+/// (σ(own heatmap) > threshold, dilated 3×3) and the message (1×1 compression to K channels).
+/// Buffers are planned at init; `run` allocates nothing. Not thread-safe.
+public final class DeepAgentStage: @unchecked Sendable {
+    public let spec: DeepArchitecture
+    let backbone: [FloatConv2d]
+    let head: DetectionHead
+    let compress: FloatConv2d
+    let a: FloatTensor, b: FloatTensor
+    /// The last message (H × W × K, before quantization).
+    public let message: FloatTensor
+    /// The last selection: 1 per cell sent, 0 otherwise (every cell when the threshold was ≤ 0).
+    public private(set) var sent: [UInt8]
+    public var kernels: KernelPath = .default {
+        didSet { for c in backbone + head.convs + [compress] { c.kernels = kernels } }
+    }
+
+    public init(_ st: Safetensors, spec: DeepArchitecture) throws(ModelFileError) {
+        self.spec = spec
+        let (c, bb, h, w) = (spec.inputChannels, spec.backboneChannels, spec.height, spec.width)
+        var convs: [FloatConv2d] = []
+        for (k, d) in spec.dilations.enumerated() {
+            convs.append(
+                try floatConv(st, "deep.agent.backbone.\(k)", in: k == 0 ? c : bb, out: bb, kernel: 3, dilation: d,
+                    relu: true))
+        }
+        backbone = convs
+        head = try DetectionHead(st, "deep.agent.head", in: bb, channels: spec.headChannels, height: h, width: w)
+        compress = try floatConv(st, "deep.agent.compress", in: bb, out: spec.messageChannels)
+        a = FloatTensor(height: h, width: w, channels: bb)
+        b = FloatTensor(height: h, width: w, channels: bb)
+        message = FloatTensor(height: h, width: w, channels: spec.messageChannels)
+        sent = [UInt8](repeating: 1, count: h * w)
+    }
+
+    /// Runs on the encoder's full-width float map `f` (H × W × input channels).
+    public func run(_ f: FloatTensor, threshold: Float) {
+        precondition(f.channels == spec.inputChannels && f.height == spec.height && f.width == spec.width)
+        var x = f
+        var y = a
+        for conv in backbone {
+            conv.run(x, into: y)
+            x = y
+            y = (y === a) ? b : a
+        }
+        let o = head.run(x)
+        compress.run(x, into: message)
+        let (h, w) = (spec.height, spec.width)
+        guard threshold > 0 else {
+            for i in sent.indices { sent[i] = 1 }
+            return
+        }
+        // σ(heatmap) > threshold, dilated by a 3×3 max (training: max_pool2d(s, 3, 1, 1)).
+        let hm = o[0]
+        for i in 0..<h {
+            for j in 0..<w {
+                var on: UInt8 = 0
+                for ii in max(0, i - 1)...min(h - 1, i + 1) where on == 0 {
+                    for jj in max(0, j - 1)...min(w - 1, j + 1) where 1 / (1 + exp(-hm[ii, jj, 0])) > threshold {
+                        on = 1
+                        break
+                    }
+                }
+                sent[i * w + j] = on
+            }
+        }
+    }
+
+    /// The agent's own detections from the last `run` (its frame).
+    public func boxes() -> [BEVBox] { spec.decoder.boxes(head.outs) }
+
+    /// The own head's raw outputs of the last run (heatmap, offset, size, yaw).
+    public var headOutputs: [FloatTensor] { head.outs }
+}
+
+/// The server's half of a deep-fusion model. An agent's input is its dequantized message with one
+/// more channel: H × W × (K + 1), channel K = 1 where the agent sent the cell, 0 elsewhere.
+///
+/// Per agent, in its own grid, at its sent cells only: `decompress` (1×1, ReLU) and the peer
+/// head (its own boxes read from the message). Per (ego, agent): the pose-conditioned 1×1
+/// `rotate`, the boxes turned into the ego's frame as 7 geometry channels (`boxes_in_ego`), and the
+/// warp (the sent channel warped alongside, valid where > 0.5). Per ego: attention over the agents
+/// valid at a cell, the geometry's centre re-expressed as offsets from each ego cell
+/// (`cell_relative`), `fuse` (3×3, ReLU), the head, decoding. Mirrors
+/// training/slimsplit_train/deep.py `DeepModel.server`.
+///
+/// Within a pass (`beginPass`), an agent's decompress and peer head run once for all egos, keyed by
+/// the identity of its input tensor (a pass's inputs are not written while it runs). Buffers are
+/// planned for `maxAgents` (grown once if more come). Not thread-safe.
+public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
+    public let spec: DeepArchitecture
+    public var height: Int { spec.height }
+    public var width: Int { spec.width }
+    public var halfExtent: Float { spec.halfExtent }
+    public var cell: Float { spec.cell }
+    public var nmsIoU: Float { spec.nmsIoU }
+    /// Channels of an agent's input: K message channels and the sent flag.
+    public var inputChannels: Int { spec.messageChannels + 1 }
+    public private(set) var lastStageSeconds: (warpFuse: Double, head: Double, nms: Double) = (0, 0, 0)
+    public var kernels: KernelPath = .default {
+        didSet {
+            for c in [decompress, score, fuse, rotate.conv] + peerHead.convs + head.convs { c.kernels = kernels }
+        }
+    }
+
+    let decompress: FloatConv2d
+    let peerHead: DetectionHead
+    let rotate: PoseConditionedConv
+    let score: FloatConv2d
+    let fuse: FloatConv2d
+    let head: DetectionHead
+    let zeros: [Float]
+    /// Per agent of the pass (by slot): its message, sent flags, decompressed map, peer boxes (7 raw channels).
+    var message: [FloatTensor] = [], sentFlags: [[UInt8]] = [], decompressed: [FloatTensor] = [],
+        peer: [FloatTensor] = []
+    var prepared: [ObjectIdentifier: Int] = [:]
+    /// Per agent of an ego's fusion: rotated map + geometry + sent (B + 8 channels), warped, score.
+    var stacked: [FloatTensor] = [], warped: [FloatTensor] = [], scores: [FloatTensor] = []
+    let rotated: FloatTensor, fused: FloatTensor, y: FloatTensor
+
+    public init(_ st: Safetensors, spec: DeepArchitecture, maxAgents: Int = 8) throws(ModelFileError) {
+        self.spec = spec
+        let (k, bb, g) = (spec.messageChannels, spec.backboneChannels, DeepArchitecture.geometryChannels)
+        let (h, w) = (spec.height, spec.width)
+        decompress = try floatConv(st, "deep.server.decompress", in: k, out: bb, relu: true)
+        peerHead = try DetectionHead(st, "deep.server.peer_head", in: bb, channels: spec.headChannels, height: h, width: w)
+        rotate = PoseConditionedConv(
+            weight: try st.floats("deep.server.rotate.weight", shape: [bb, PoseConditionedConv.terms * bb, 1, 1]),
+            bias: try st.floats("deep.server.rotate.bias", shape: [bb]), channels: bb)
+        // The score reads the B + 7 fused channels; its input here also has the sent flag (weight 0).
+        let sw = try st.floats("deep.server.score.weight", shape: [1, bb + g, 1, 1])
+        score = FloatConv2d(
+            weight: sw + [0], bias: try st.floats("deep.server.score.bias", shape: [1]), inChannels: bb + g + 1,
+            outChannels: 1, geometry: ConvGeometry(kernel: (1, 1)))
+        fuse = try floatConv(st, "deep.server.fuse", in: bb + g, out: bb, kernel: 3, relu: true)
+        head = try DetectionHead(st, "deep.server.head", in: bb, channels: spec.headChannels, height: h, width: w)
+        zeros = [Float](repeating: 0, count: max(bb, spec.headChannels, 16) + 16)
+        rotated = FloatTensor(height: h, width: w, channels: bb)
+        fused = FloatTensor(height: h, width: w, channels: bb + g)
+        y = FloatTensor(height: h, width: w, channels: bb)
+        grow(to: maxAgents)
+    }
+
+    private func grow(to n: Int) {
+        let (k, bb, g) = (spec.messageChannels, spec.backboneChannels, DeepArchitecture.geometryChannels)
+        let (h, w) = (spec.height, spec.width)
+        while message.count < n {
+            message.append(FloatTensor(height: h, width: w, channels: k))
+            sentFlags.append([UInt8](repeating: 0, count: h * w))
+            decompressed.append(FloatTensor(height: h, width: w, channels: bb))
+            peer.append(FloatTensor(height: h, width: w, channels: g))
+        }
+        while stacked.count < n {
+            stacked.append(FloatTensor(height: h, width: w, channels: bb + g + 1))
+            warped.append(FloatTensor(height: h, width: w, channels: bb + g + 1))
+            scores.append(FloatTensor(height: h, width: w, channels: 1))
+        }
+    }
+
+    /// Forgets the agents prepared in the last pass (their input tensors may now hold new messages).
+    public func beginPass() { prepared.removeAll(keepingCapacity: true) }
+
+    /// The slot of an agent's decompressed map and peer boxes, computing them on first use in a pass.
+    func prepare(_ input: FloatTensor) -> Int {
+        let id = ObjectIdentifier(input)
+        if let s = prepared[id] { return s }
+        let s = prepared.count
+        grow(to: s + 1)
+        prepared[id] = s
+        let k = spec.messageChannels
+        precondition(input.channels == k + 1 && input.height == height && input.width == width)
+        let m = message[s]
+        m.reshape(height: height, width: width, channels: k)
+        for cell in 0..<(height * width) {
+            let src = input.pointer + cell * (k + 1)
+            (m.pointer + cell * k).update(from: src, count: k)
+            sentFlags[s][cell] = src[k] > 0.5 ? 1 : 0
+        }
+        zeros.withUnsafeBufferPointer { z in
+            sentFlags[s].withUnsafeBufferPointer { act in
+                decompress.run(m, into: decompressed[s], active: act.baseAddress!, background: z.baseAddress!)
+                let o = peerHead.run(decompressed[s], active: act.baseAddress!, background: z.baseAddress!)
+                let p = peer[s]
+                for cell in 0..<(height * width) {
+                    let d = p.pointer + cell * 7
+                    d[0] = o[0].storage[cell]
+                    d[1] = o[1].storage[2 * cell]
+                    d[2] = o[1].storage[2 * cell + 1]
+                    d[3] = o[2].storage[2 * cell]
+                    d[4] = o[2].storage[2 * cell + 1]
+                    d[5] = o[3].storage[2 * cell]
+                    d[6] = o[3].storage[2 * cell + 1]
+                }
+            }
+        }
+        return s
+    }
+
+    /// The 2×3 `affine_grid` matrix that samples agent `j`'s grid at the ego grid's cells.
+    public func theta(ego: CooperativeDetector.AgentInput, agent j: CooperativeDetector.AgentInput) -> [Float] {
+        let d = ego.yaw - j.yaw
+        let t = Pose2D(j.position, yaw: j.yaw).toLocal(ego.position) / halfExtent
+        return [cos(d), -sin(d), t.x, sin(d), cos(d), t.y]
+    }
+
+    /// The fused head's raw outputs for `agents[ego]` (heatmap logits, offset, log size, yaw), each
+    /// H × W × C in the ego's grid; valid until the next call.
+    public func forward(ego: Int, agents: [CooperativeDetector.AgentInput]) -> [FloatTensor] {
+        precondition(agents.indices.contains(ego))
+        let t0 = now()
+        let (bb, g) = (spec.backboneChannels, DeepArchitecture.geometryChannels)
+        let cs = bb + g + 1
+        let slots = agents.map { prepare($0.features) }
+        grow(to: agents.count)
+        let (h, w) = (height, width)
+        for (j, ag) in agents.enumerated() {
+            let s = slots[j]
+            let th = theta(ego: agents[ego], agent: ag)
+            let (c, sn) = (th[0], th[3])
+            zeros.withUnsafeBufferPointer { z in
+                sentFlags[s].withUnsafeBufferPointer { act in
+                    rotate.run(
+                        decompressed[s], cos: c, sin: sn, into: rotated, active: act.baseAddress!,
+                        background: z.baseAddress!)
+                }
+            }
+            // boxes_in_ego: centre and axis of the box each sent cell predicts, in the ego's frame.
+            let (c2, s2) = (c * c - sn * sn, 2 * sn * c)
+            let st = stacked[j]
+            st.reshape(height: h, width: w, channels: cs)
+            let p = peer[s]
+            for i in 0..<h {
+                for jj in 0..<w {
+                    let cell = i * w + jj
+                    let dst = st.pointer + cell * cs
+                    (dst).update(from: rotated.pointer + cell * bb, count: bb)
+                    guard sentFlags[s][cell] != 0 else {
+                        for q in bb..<cs { dst[q] = 0 }
+                        continue
+                    }
+                    let r = p.pointer + cell * 7
+                    let cx = (Float(jj) + r[1]) * 2 / Float(w) - 1
+                    let cy = (Float(i) + r[2]) * 2 / Float(h) - 1
+                    let dx = cx - th[2]
+                    let dy = cy - th[5]
+                    dst[bb] = 1 / (1 + exp(-r[0]))
+                    dst[bb + 1] = c * dx + sn * dy
+                    dst[bb + 2] = -sn * dx + c * dy
+                    dst[bb + 3] = r[3]
+                    dst[bb + 4] = r[4]
+                    dst[bb + 5] = r[5] * c2 - r[6] * s2
+                    dst[bb + 6] = r[6] * c2 + r[5] * s2
+                    dst[bb + 7] = 1
+                }
+            }
+            PoseWarp.warp(st, theta: th, height: h, width: w, into: warped[j])
+            score.run(warped[j], into: scores[j])
+        }
+        // Attention over the agents whose warped sent flag is > 0.5 at a cell; 0 where none.
+        let fc = bb + g
+        fused.reshape(height: h, width: w, channels: fc)
+        let n = agents.count
+        for cell in 0..<(h * w) {
+            let dst = fused.pointer + cell * fc
+            for q in 0..<fc { dst[q] = 0 }
+            var mx = -Float.infinity
+            for j in 0..<n where warped[j].storage[cell * cs + cs - 1] > 0.5 { mx = max(mx, scores[j].storage[cell]) }
+            guard mx.isFinite else { continue }
+            var sum: Float = 0
+            for j in 0..<n where warped[j].storage[cell * cs + cs - 1] > 0.5 { sum += exp(scores[j].storage[cell] - mx) }
+            for j in 0..<n where warped[j].storage[cell * cs + cs - 1] > 0.5 {
+                let wt = exp(scores[j].storage[cell] - mx) / sum
+                let src = warped[j].pointer + cell * cs
+                for q in 0..<fc { dst[q] += wt * src[q] }
+            }
+            // cell_relative: the fused centre as an offset from this cell, in cells.
+            let has: Float = dst[bb] > 0 ? 1 : 0
+            let (i, jj) = (cell / w, cell % w)
+            dst[bb + 1] = ((dst[bb + 1] + 1) * Float(w) / 2 - Float(jj)) * has
+            dst[bb + 2] = ((dst[bb + 2] + 1) * Float(h) / 2 - Float(i)) * has
+        }
+        let t1 = now()
+        fuse.run(fused, into: y)
+        let o = head.run(y)
+        lastStageSeconds = (t1 - t0, now() - t1, 0)
+        return o
+    }
+
+    public func detect(
+        ego: Int, agents: [CooperativeDetector.AgentInput], fusion: CooperativeDetector.Fusion = .attention
+    ) -> [BEVBox] {
+        let o = forward(ego: ego, agents: agents)
+        let t2 = now()
+        defer { lastStageSeconds.nms = now() - t2 }
+        return spec.decoder.boxes(o)
+    }
+}
+
+/// What the fusion service runs per ego: today's map fusion (`CooperativeDetector`) or deep fusion.
+public protocol FusionDetector: AnyObject, Sendable {
+    var height: Int { get }
+    var width: Int { get }
+    var halfExtent: Float { get }
+    var cell: Float { get }
+    var nmsIoU: Float { get }
+    /// Channels of an agent's input tensor.
+    var inputChannels: Int { get }
+    var lastStageSeconds: (warpFuse: Double, head: Double, nms: Double) { get }
+    var kernels: KernelPath { get set }
+    /// Called once before each pass of `detect` calls.
+    func beginPass()
+    func detect(ego: Int, agents: [CooperativeDetector.AgentInput], fusion: CooperativeDetector.Fusion) -> [BEVBox]
+}
+
+extension CooperativeDetector: FusionDetector {
+    public var inputChannels: Int { channels }
+    public func beginPass() {}
+}
+
+/// The server half of a model file: deep fusion when it has `architecture.deep`, else map fusion.
+public func makeFusionDetector(_ st: Safetensors, maxAgents: Int = 8) throws(ModelFileError) -> any FusionDetector {
+    if let spec = try DeepArchitecture(st) { return try DeepFusionDetector(st, spec: spec, maxAgents: maxAgents) }
+    return try CooperativeDetector(st, maxAgents: maxAgents)
+}

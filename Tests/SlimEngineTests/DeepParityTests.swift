@@ -1,0 +1,82 @@
+import Foundation
+import SlimPerception
+import Testing
+
+@testable import SlimEngine
+
+/// The deep-fusion model (Models/slimsplit-deep.safetensors) against PyTorch on two agents of a
+/// test frame (Tests/Fixtures/engine/deep_io.safetensors, written by training/export_deep.py
+/// --fixture): each agent's stage (backbone, own head, message, the cells it sends at τ = 0.2) from
+/// its float encoder map, and the server's fused head for agent 0 from both float messages.
+enum DeepParity {
+    static let model = Fixtures.root.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Models/slimsplit-deep.safetensors").path
+    static let io = Fixtures.root.appendingPathComponent("deep_io.safetensors").path
+
+    /// Agent `k` of a float [A, C, H, W] tensor, NHWC.
+    static func slice(_ st: Safetensors, _ name: String, _ k: Int) throws -> FloatTensor {
+        let s = st.tensors[name]!.shape
+        let all = try st.floats(name)
+        let n = s[1] * s[2] * s[3]
+        let x = FloatTensor(height: s[2], width: s[3], channels: s[1])
+        Array(all[k * n..<(k + 1) * n]).withUnsafeBufferPointer { x.load(nchw: $0) }
+        return x
+    }
+
+    static func check(_ path: KernelPath) throws {
+        guard FileManager.default.fileExists(atPath: Self.model), FileManager.default.fileExists(atPath: Self.io) else {
+            Issue.record("missing \(Self.model) or \(Self.io)")
+            return
+        }
+        let st = try Safetensors(contentsOf: Self.model)
+        let io = try Safetensors(contentsOf: Self.io)
+        let tau = Float(io.metadata["tau"] ?? "") ?? 0.2
+        let spec = try #require(try DeepArchitecture(st))
+        let agent = try DeepAgentStage(st, spec: spec)
+        agent.kernels = path
+        let server = try DeepFusionDetector(st, spec: spec)
+        server.kernels = path
+        let poses = try io.floats("poses")
+        var inputs: [CooperativeDetector.AgentInput] = []
+        var sentTotal = 0
+        for k in 0..<2 {
+            agent.run(try slice(io, "features", k), threshold: tau)
+            let msg = try slice(io, "message", k)
+            let err = relativeError(agent.message.nchw(), msg.nchw())
+            #expect(err <= 1e-3, "agent \(k) message: \(err)")
+            for (name, t) in zip(["heatmap", "offset", "size", "yaw"], agent.headOutputs) {
+                let e = relativeError(t.nchw(), try slice(io, "local.\(name)", k).nchw())
+                #expect(e <= 1e-3, "agent \(k) own head \(name): \(e)")
+            }
+            let want = try slice(io, "sent", k)
+            let differ = (0..<want.count).filter { (want.storage[$0] > 0.5) != (agent.sent[$0] != 0) }.count
+            #expect(differ == 0, "agent \(k): \(differ) cells selected differently")
+            sentTotal += agent.sent.reduce(0) { $0 + Int($1) }
+            // The server's input: the (float) message with the sent flag as channel K.
+            let kc = spec.messageChannels
+            let x = FloatTensor(height: msg.height, width: msg.width, channels: kc + 1)
+            for cell in 0..<(msg.height * msg.width) {
+                for c in 0..<kc { x.storage[cell * (kc + 1) + c] = msg.storage[cell * kc + c] }
+                x.storage[cell * (kc + 1) + kc] = want.storage[cell]
+            }
+            inputs.append(.init(features: x, position: SIMD2(poses[3 * k], poses[3 * k + 1]), yaw: poses[3 * k + 2]))
+        }
+        // Not vacuous: both agents send some cells, not all.
+        #expect(sentTotal > 20 && sentTotal < 2 * 1024, "\(sentTotal) cells sent")
+        let theta = try io.floats("theta")
+        for k in 0..<2 {
+            let th = server.theta(ego: inputs[0], agent: inputs[k])
+            #expect(zip(th, theta[6 * k..<6 * k + 6]).allSatisfy { abs($0 - $1) < 1e-5 }, "theta \(k): \(th)")
+        }
+        server.beginPass()
+        let outs = server.forward(ego: 0, agents: inputs)
+        let first = outs[0].nchw()
+        for (name, t) in zip(["heatmap", "offset", "size", "yaw"], outs) {
+            let err = relativeError(t.nchw(), try slice(io, "fused.\(name)", 0).nchw())
+            #expect(err <= 1e-3, "fused \(name): \(err)")
+        }
+        // The same pass again (agents prepared once) gives the same outputs.
+        #expect(server.forward(ego: 0, agents: inputs)[0].nchw() == first)
+        #expect(!server.detect(ego: 0, agents: inputs).isEmpty, "the fused head finds no box")
+    }
+}

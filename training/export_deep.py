@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Export the deep-fusion model (slimsplit_train/deep.py) as a SlimSplit model file the engine runs,
+and its parity fixture.
+
+    python training/export_deep.py --out Models/slimsplit-deep.safetensors \
+        --fixture Tests/Fixtures/deep-parity.safetensors
+
+The file (docs/model-format.md, "Deep-fusion model files") holds
+  * the encoder, as in every model file: float weights, switchable BN and int8 tensors per width
+    (min/max calibration on validation BEVs); the agent runs it at full width;
+  * ``deep.agent.*`` (float, no BN): the agent's backbone (``deep.agent.backbone.{k}``), its own
+    head (``deep.agent.head.{shared,heatmap,offset,size,yaw}``) and ``deep.agent.compress`` (1x1, 96 -> K);
+  * ``deep.server.*`` (float): ``decompress`` (1x1, K -> 96, ReLU), ``peer_head.*``, ``rotate``
+    (pose-conditioned 1x1, [96, 5 * 96, 1, 1]), ``score`` (1x1, 96 + 7 -> 1), ``fuse`` (3x3, 96 + 7 -> 96,
+    ReLU), ``head.*``;
+  * the message's quantizers ``features.{full width index}.{bits}.scale`` / ``.zero_point`` (K channels);
+  * ``__metadata__.architecture``: the encoder's architecture plus ``deep`` (shapes, dilations, grid,
+    decode), which the engine checks every tensor against.
+
+The fixture: two agents of a test frame (their float encoder maps and poses) with what PyTorch computes
+from them: each agent's message before quantization, its cells sent at tau = 0.2, its own head's
+outputs, and ego 0's fused head outputs from the other's float message at those cells.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from slimsplit_train.arch import FORMAT, FORMAT_VERSION, arch_json, validate_arch  # noqa: E402
+from slimsplit_train.coop import GRID, FrameSet, encoder_forward, theta_ego_from  # noqa: E402
+from slimsplit_train.deep import GEOMETRY_CHANNELS, DeepModel, load_weights  # noqa: E402
+from slimsplit_train.model_io import check_tensors, float_tensors  # noqa: E402
+from slimsplit_train.quantize import quantize_net  # noqa: E402
+from slimsplit_train.st_write import save_file  # noqa: E402
+
+HEADS = ("heatmap", "offset", "size", "yaw")
+FIXTURE_TAU = 0.2
+
+
+def np32(t: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().cpu().numpy().astype(np.float32))
+
+
+def deep_tensors(m: DeepModel) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+
+    def put(name, conv):
+        out[f"{name}.weight"] = np32(conv.weight)
+        out[f"{name}.bias"] = np32(conv.bias)
+
+    def head(prefix, h):
+        put(f"{prefix}.shared", h.shared[0])
+        for n in HEADS:
+            put(f"{prefix}.{n}", getattr(h, n))
+
+    for k, blk in enumerate(m.backbone):
+        put(f"deep.agent.backbone.{k}", blk[0])
+    head("deep.agent.head", m.local_head)
+    put("deep.agent.compress", m.compress)
+    put("deep.server.decompress", m.decompress[0])
+    head("deep.server.peer_head", m.peer_head)
+    put("deep.server.rotate", m.rotate_conv)
+    put("deep.server.score", m.score)
+    put("deep.server.fuse", m.fuse_conv[0])
+    head("deep.server.head", m.head)
+    wi = len(m.arch["widths"]) - 1
+    with torch.no_grad():
+        for b in m.quant.bits:
+            s, zp = m.quant.params(0, b)
+            out[f"features.{wi}.{b}.scale"] = np32(s)
+            out[f"features.{wi}.{b}.zero_point"] = np32(zp)
+    return out
+
+
+def deep_arch(m: DeepModel) -> dict:
+    return {
+        "doc": "deep fusion (training/slimsplit_train/deep.py): the agent runs encoder, backbone, its own head and "
+               "sends compress(backbone) at the cells where sigmoid(own heatmap) > threshold, dilated 3x3; the "
+               "server decompresses, reads each agent's boxes (peer_head), carries them through the warp in the "
+               "ego's frame (7 geometry channels), fuses by attention over the agents that sent a cell, fuse, head",
+        "input_channels": m.C, "backbone_channels": m.B, "head_channels": m.head.shared[0].out_channels,
+        "message_channels": m.K, "geometry_channels": GEOMETRY_CHANNELS if m.geometry else 0,
+        "backbone_dilations": [blk[0].dilation[0] for blk in m.backbone],
+        "rotate_terms": ["1", "cos a", "sin a", "cos 2a", "sin 2a"],
+        "bits": list(m.quant.bits),
+        "grid": {"x_min": -GRID, "x_max": GRID, "y_min": -GRID, "y_max": GRID, "cell": 2.0, "height": 32, "width": 32},
+        "decode": {"yaw_encoding": "double_angle", "peak_threshold": 0.05, "top_k": 60, "nms_iou": 0.1},
+    }
+
+
+@torch.no_grad()
+def fixture(m: DeepModel, ds: FrameSet, path: Path) -> None:
+    """Two agents of the first test frame that has at least two."""
+    fr = next(f for f in ds.frames if len(f["samples"]) >= 2 and f["frame"] > 0)
+    idx = [int(s) for s in fr["samples"][:2]]
+    poses = np.asarray(fr["pose"][:2], np.float64)
+    bev = ds.bev[idx].float()
+    f = encoder_forward(m.encoder, bev, len(m.arch["widths"]) - 1, False)
+    d = m.backbone(f)
+    local = m.local_head(d)
+    c = m.compress(d)
+    sent = m.selection(local, FIXTURE_TAU)
+    theta = torch.from_numpy(np.stack([theta_ego_from(poses[0], poses[j]) for j in range(2)])).float()
+    fused = m.server(c, sent, theta, torch.zeros(2, dtype=torch.long), 1)
+    t = {"features": np32(f), "poses": poses.astype(np.float32), "theta": np32(theta), "message": np32(c),
+         "sent": np32(sent)}
+    for n in HEADS:
+        t[f"local.{n}"] = np32(local[n])
+        t[f"fused.{n}"] = np32(fused[n])
+    save_file(t, str(path), metadata={"tau": str(FIXTURE_TAU), "frame": f"{fr['rec']}:{fr['frame']}"})
+    print(f"wrote {path} ({path.stat().st_size} bytes); sent cells {int(sent.sum())} of {sent.numel()}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ckpt", default=str(HERE / "checkpoints/deep-fusion.safetensors"))
+    ap.add_argument("--data", default="/work/data")
+    ap.add_argument("--out", default=str(ROOT / "Models/slimsplit-deep.safetensors"))
+    ap.add_argument("--fixture", default="", help="also write the parity fixture here")
+    ap.add_argument("--calib", type=int, default=64, help="validation BEVs for the encoder's int8 calibration")
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    m = load_weights(a.ckpt)
+    if not m.geometry:
+        sys.exit("export_deep: the engine runs the geometry variant only (train_deep.py --geometry)")
+    enc = m.encoder
+    enc.eval()
+    val = FrameSet(Path(a.data) / "val/shards", frame_stride=5)
+    step = max(1, val.bev.shape[0] // a.calib)
+    calib = [val.bev[k:k + 1].float() for k in range(0, val.bev.shape[0], step)][: a.calib]
+    enc_arch = {k: v for k, v in m.arch.items() if k not in ("server", "deep")}
+    tensors = float_tensors(enc)
+    tensors.update(quantize_net(enc, calib))
+    check_tensors(enc_arch, tensors)
+    tensors.update(deep_tensors(m))
+    arch = dict(enc_arch)
+    arch["deep"] = deep_arch(m)
+    validate_arch(arch)
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "architecture": arch_json(arch)}
+    out = Path(a.out)
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(out), metadata=meta)
+    print(f"wrote {out} ({out.stat().st_size} bytes, {len(tensors)} tensors)")
+    if a.fixture:
+        fixture(m, FrameSet(Path(a.data) / "test/shards"), Path(a.fixture))
+
+
+if __name__ == "__main__":
+    main()
