@@ -15,7 +15,10 @@ The file (docs/model-format.md, "Deep-fusion model files") holds
     ReLU), ``head.*``;
   * the message's quantizers ``features.{full width index}.{bits}.scale`` / ``.zero_point`` (K channels);
   * ``__metadata__.architecture``: the encoder's architecture plus ``deep`` (shapes, dilations, grid,
-    decode), which the engine checks every tensor against.
+    decode), which the engine checks every tensor against;
+  * ``__metadata__.rate_accuracy``: the message configurations (bits, tau as the threshold) with their
+    bytes and AP@0.5 from ``training/evaluate_deep.py``'s clean-pose results (``--table``), which the
+    adapting agent chooses from, as with every model file.
 
 The fixture: two agents of a test frame (their float encoder maps and poses) with what PyTorch computes
 from them: each agent's message before quantization, its cells sent at tau = 0.2, its own head's
@@ -81,6 +84,24 @@ def deep_tensors(m: DeepModel) -> dict[str, np.ndarray]:
     return out
 
 
+def rate_table(path: Path, wi: int) -> str:
+    """``rate_accuracy`` from evaluate_deep.py's JSON: its clean rows "deep, {bits} bit, ..." (maps
+    without the merged boxes), as entries (full width, bits, threshold = tau or 0, bytes, ap50)."""
+    import re
+    doc = json.loads(path.read_text())
+    entries = []
+    for r in doc["results"]:
+        m = re.fullmatch(r"deep, (\d) bit, (every cell|tau ([0-9.]+))", r["method"])
+        if r["condition"] != "clean" or not m:
+            continue
+        entries.append({"width_index": wi, "bits": int(m.group(1)), "threshold": float(m.group(3) or 0),
+                        "bytes": float(r["bytes"]), "ap50": round(float(r["ap50"]), 2)})
+    if not entries:
+        sys.exit(f"export_deep: no clean 'deep, N bit, ...' rows in {path}")
+    return json.dumps({"source": f"training/evaluate_deep.py ({path.name})", "entries": entries},
+                      separators=(",", ":"))
+
+
 def deep_arch(m: DeepModel) -> dict:
     return {
         "doc": "deep fusion (training/slimsplit_train/deep.py): the agent runs encoder, backbone, its own head and "
@@ -126,6 +147,8 @@ def main() -> None:
     ap.add_argument("--data", default="/work/data")
     ap.add_argument("--out", default=str(ROOT / "Models/slimsplit-deep.safetensors"))
     ap.add_argument("--fixture", default="", help="also write the parity fixture here")
+    ap.add_argument("--table", default=str(ROOT / "docs/bench/deep-fusion-eval.json"),
+                    help="evaluate_deep.py JSON whose clean results become the rate-accuracy table ('' for none)")
     ap.add_argument("--calib", type=int, default=64, help="validation BEVs for the encoder's int8 calibration")
     a = ap.parse_args()
     torch.set_num_threads(2)
@@ -146,6 +169,8 @@ def main() -> None:
     arch["deep"] = deep_arch(m)
     validate_arch(arch)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "architecture": arch_json(arch)}
+    if a.table:
+        meta["rate_accuracy"] = rate_table(Path(a.table), len(m.arch["widths"]) - 1)
     out = Path(a.out)
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(out), metadata=meta)
     print(f"wrote {out} ({out.stat().st_size} bytes, {len(tensors)} tensors)")

@@ -139,14 +139,19 @@ public final class EdgeEncoder: @unchecked Sendable {
     }
 
     /// The last frame's features as the server dequantizes them (H × W × C, NHWC), for
-    /// evaluating the pipeline offline; cells outside the mask are 0.
+    /// evaluating the pipeline offline; cells outside the mask are 0. With a deep-fusion model,
+    /// C + 1 channels: the last is 1 where the cell was sent (`DeepFusionDetector`'s input).
     public func dequantized(into t: FloatTensor, channels c: Int, height h: Int, width w: Int, masked: Bool) {
         let q = quantization[QuantKey(widthIndex: widthIndex, bits: bits)]!
-        t.reshape(height: h, width: w, channels: c)
+        let stride = deep == nil ? c : c + 1
+        t.reshape(height: h, width: w, channels: stride)
         let cells = h * w
         for cell in 0..<cells {
             let on = !masked || CellMask.contains(mask, cell)
-            for ch in 0..<c { t.storage[cell * c + ch] = on ? q.dequantize(dense[ch * cells + cell], channel: ch) : 0 }
+            for ch in 0..<c {
+                t.storage[cell * stride + ch] = on ? q.dequantize(dense[ch * cells + cell], channel: ch) : 0
+            }
+            if stride > c { t.storage[cell * stride + c] = on ? 1 : 0 }
         }
     }
 

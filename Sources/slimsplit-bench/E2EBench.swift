@@ -30,6 +30,11 @@ struct E2EBench: AsyncParsableCommand {
     @Option(help: "Bits per transmitted value.")
     var bits: Int = 4
 
+    @Option(
+        help:
+            "Sparsity threshold (0: every cell): on the feature norm, or a deep-fusion model's heatmap probability.")
+    var threshold: Float = 0
+
     @Option(help: "Threads the server fuses on (0: one per core, as `slimsplit server` does).")
     var fusionThreads: Int = 0
 
@@ -59,6 +64,7 @@ struct E2EBench: AsyncParsableCommand {
         logger.logLevel = .error
         var config = CooperativeSession.Config(recording: file, model: model)
         config.bits = bits
+        config.threshold = threshold
         config.realTime = true
         config.fusionThreads = fusionThreads
         let session = CooperativeSession(config)
@@ -74,7 +80,11 @@ struct E2EBench: AsyncParsableCommand {
         let capacity = perTick.isEmpty ? 0 : n / (percentile(perTick, 0.5) / 1000)
         let doc: [String: Any] = [
             "benchmark": "e2e", "agents": sim.agentIDs.count, "rate_hz": scene.rate, "frames": sim.frameCount,
-            "bits": bits,
+            "bits": bits, "threshold": Double(threshold), "model": model,
+            "edge_ms": [
+                "p50": percentile(session.reports.values.flatMap(\.edgeMs), 0.5),
+                "p99": percentile(session.reports.values.flatMap(\.edgeMs), 0.99),
+            ],
             "transport": "tcp://127.0.0.1, Curve on",
             "capture_to_result_ms": ["p50": percentile(latency, 0.5), "p99": percentile(latency, 0.99)],
             "server_tick_ms": ["p50": percentile(perTick, 0.5), "p99": percentile(perTick, 0.99)],

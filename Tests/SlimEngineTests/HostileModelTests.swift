@@ -75,3 +75,72 @@ struct HostileModelTests {
         }
     }
 }
+
+/// The same for a deep-fusion model's `architecture.deep` and its tensors.
+@Suite("Hostile deep-fusion model files: typed errors, not crashes")
+struct HostileDeepModelTests {
+    static let deep = Fixtures.root.deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
+        .appendingPathComponent("Models/slimsplit-deep.safetensors").path
+
+    /// The deep model's metadata with `edit` applied to `architecture.deep`, with its tensors unless `dropTensors`.
+    static func file(dropTensors: Bool = false, _ edit: (inout [String: Any]) -> Void) throws -> Safetensors {
+        let st = try Safetensors(contentsOf: deep)
+        var arch = try #require(
+            try JSONSerialization.jsonObject(with: Data(st.metadata["architecture"]!.utf8)) as? [String: Any])
+        var d = try #require(arch["deep"] as? [String: Any])
+        edit(&d)
+        arch["deep"] = d
+        var w = SafetensorsWriter()
+        w.metadata = st.metadata
+        w.metadata["architecture"] = String(decoding: try JSONSerialization.data(withJSONObject: arch), as: UTF8.self)
+        if !dropTensors {
+            for name in st.tensors.keys.sorted() where name.hasPrefix("deep.") {
+                w.add(name, .f32, shape: st.tensors[name]!.shape, try st.floats(name))
+            }
+        }
+        return try Safetensors(bytes: w.serialized(), file: "hostile.safetensors")
+    }
+
+    struct Case: Sendable, CustomStringConvertible {
+        var description: String
+        var subject: String
+        var dropTensors = false
+        var edit: @Sendable (inout [String: Any]) -> Void
+    }
+
+    static let cases: [Case] = [
+        Case(description: "no message channels", subject: "message_channels") { $0["message_channels"] = 0 },
+        Case(description: "backbone channels as a string", subject: "backbone_channels") {
+            $0["backbone_channels"] = "96"
+        },
+        Case(description: "another geometry", subject: "geometry_channels") { $0["geometry_channels"] = 5 },
+        Case(description: "a dilation of 100", subject: "backbone_dilations") { $0["backbone_dilations"] = [1, 100] },
+        Case(description: "a grid a billion cells wide", subject: "grid.width") { d in
+            var g = d["grid"] as! [String: Any]
+            g["width"] = 1_000_000_000
+            d["grid"] = g
+        },
+        Case(description: "a yaw encoding it does not know", subject: "decode") { d in
+            var g = d["decode"] as! [String: Any]
+            g["yaw_encoding"] = "quaternion"
+            d["decode"] = g
+        },
+        Case(description: "channels that do not match the tensors", subject: "deep.") { $0["head_channels"] = 32 },
+        Case(description: "valid architecture, tensors missing", subject: "deep.", dropTensors: true) { _ in },
+    ]
+
+    @Test(arguments: cases)
+    func refused(_ c: Case) throws {
+        let st = try Self.file(dropTensors: c.dropTensors, c.edit)
+        do {
+            let spec = try #require(try DeepArchitecture(st))
+            _ = try DeepFusionDetector(st, spec: spec)
+            _ = try DeepAgentStage(st, spec: spec)
+            Issue.record("\(c): accepted")
+        } catch let error as ModelFileError {
+            #expect(error.subject.contains(c.subject), "\(c): \(error)")
+            #expect(error.description.contains("hostile.safetensors"))
+        }
+    }
+}

@@ -12,6 +12,7 @@ let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingL
     .deletingLastPathComponent()
 let modelPath = root.appendingPathComponent("Models/slimsplit-bev.safetensors").path
 let samplePath = root.appendingPathComponent("Tests/Fixtures/sample.mcap").path
+let deepModelPath = root.appendingPathComponent("Models/slimsplit-deep.safetensors").path
 
 @Suite("End to end: agents and the fusion server over ZeroMQ on the committed sample")
 struct EndToEndTests {
@@ -71,6 +72,72 @@ struct EndToEndTests {
         for a in config.agents! {
             #expect(session.reports[a]!.results == 6)
             #expect(session.reports[a]!.bytes > 0)
+        }
+    }
+}
+
+@Suite("Deep fusion end to end: messages over ZeroMQ, fused by the server")
+struct DeepFusionEndToEndTests {
+    @Test("2 bit at the cells each agent's head marks: under 1,398 bytes, and the Results are the offline fusion's")
+    func deepSessionMatchesOffline() async throws {
+        var logger = Logger(label: "test")
+        logger.logLevel = .error
+        var config = CooperativeSession.Config(recording: samplePath, model: deepModelPath)
+        config.agents = ["car_1", "car_2", "rsu_1"]
+        config.maxFrames = 5
+        config.bits = 2
+        config.threshold = 0.2
+        let session = CooperativeSession(config)
+        try await session.run(logger: logger)
+        #expect(session.rejected == 0)
+
+        let st = try Safetensors(contentsOf: deepModelPath)
+        let detector = try DeepFusionDetector(st, spec: try #require(try DeepArchitecture(st)))
+        let rec = try RecordingFrames(path: samplePath)
+        let frames = Array(
+            rec.frames.filter { f in config.agents!.allSatisfy { f.agents[$0]?.points.isEmpty == false } }.prefix(5))
+        let encoders = try config.agents!.map { _ in try EdgeEncoder(modelFile: deepModelPath) }
+        let feats = config.agents!.map { _ in FloatTensor(height: 32, width: 32, channels: 17) }
+        var compared = 0
+        var boxes = 0
+        for (fi, f) in frames.enumerated() {
+            var inputs: [CooperativeDetector.AgentInput] = []
+            for (k, a) in config.agents!.enumerated() {
+                let e = encoders[k]
+                (e.bits, e.threshold) = (2, 0.2)
+                let af = f.agents[a]!
+                let pose = af.measuredPose ?? af.pose!
+                let shape = af.points.withUnsafeBufferPointer { e.encode($0, sensorHeight: Float(af.pose!.position.z)) }
+                #expect(shape.channels == 16 && shape.masked)
+                e.dequantized(
+                    into: feats[k], channels: shape.channels, height: shape.height, width: shape.width, masked: true)
+                inputs.append(
+                    .init(
+                        features: feats[k], position: SIMD2(Float(pose.position.x), Float(pose.position.y)),
+                        yaw: Float(pose.yaw)))
+            }
+            detector.beginPass()
+            for (k, a) in config.agents!.enumerated() {
+                let offline = detector.detect(ego: k, agents: inputs)
+                guard let online = session.reports[a]!.detections[fi] else {
+                    Issue.record("no Result for \(a) frame \(fi)")
+                    continue
+                }
+                #expect(online.count == offline.count, "\(a) frame \(fi): \(online.count) vs \(offline.count) boxes")
+                for (x, y) in zip(online, offline) {
+                    #expect(abs(x.x - y.x) < 1e-4 && abs(x.y - y.y) < 1e-4 && abs(x.score - y.score) < 1e-6)
+                }
+                boxes += offline.count
+                compared += 1
+            }
+        }
+        #expect(compared == 15)
+        #expect(boxes > 0, "no box detected: the comparison would be empty")
+        for a in config.agents! {
+            let r = session.reports[a]!
+            #expect(r.results == 5)
+            // On the wire, header included: the message fits one GeoNetworking packet.
+            #expect(r.bytes > 0 && r.bytes / r.frames < 1_398, "\(a): \(r.bytes / r.frames) bytes per frame")
         }
     }
 }

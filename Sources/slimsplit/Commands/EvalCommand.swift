@@ -16,6 +16,9 @@ struct EvalCommand: AsyncParsableCommand {
             training/evaluate.py: each agent in turn is the ego, ground truth within its ±32 m, seen by at least one
             agent, not its own vehicle. "alone" runs the same model on the ego's features only.
               slimsplit eval --recording Tests/Fixtures/sample.mcap --json
+              slimsplit eval --model Models/slimsplit-deep.safetensors --budget-bytes 1398 --pose-noise 0.2,0.2 --latency-ms 100
+            Methods: intermediate (maps: the model's feature maps, or a deep-fusion model's messages), late (every
+            agent's own boxes), single (each agent's own detections, nothing shared; measured in the same run).
             """)
 
     @Option(help: "Recording (MCAP) with ground truth; repeat it to pool several (AP over all their ego-frames).")
@@ -24,13 +27,25 @@ struct EvalCommand: AsyncParsableCommand {
     @Option(help: "Model file.")
     var model: String = "Models/slimsplit-bev.safetensors"
 
+    @Option(help: "intermediate | late | single.")
+    var method: String = "intermediate"
+
+    @Option(
+        help: """
+            Bytes per agent-frame: run the most accurate configuration of the model's rate-accuracy table that \
+            fits (width, bits, threshold); late fusion when none does. Overrides --width-index, --bits, --threshold.
+            """)
+    var budgetBytes: Int?
+
     @Option(help: "Width index (default: the widest).")
     var widthIndex: Int?
 
     @Option(help: "Bits per transmitted value.")
     var bits: Int = 8
 
-    @Option(help: "Sparsity threshold on the feature norm (0: send every cell).")
+    @Option(
+        help:
+            "Sparsity threshold (0: send every cell): on the feature norm, or a deep-fusion model's heatmap probability.")
     var threshold: Float = 0
 
     @Option(help: "Fusion: attention or max.")
@@ -47,8 +62,8 @@ struct EvalCommand: AsyncParsableCommand {
 
     @Flag(
         help: """
-            Late fusion, live: every agent runs the whole detector (int8, full width) and sends its own boxes \
-            (the Boxes message, the adaptation's lowest rung); the server merges them. The baseline a map must beat.
+            Same as --method late. Late fusion, live: every agent runs the whole detector (int8, full width) and \
+            sends its own boxes (the Boxes message, the adaptation's lowest rung); the server merges them.
             """)
     var lateFusion = false
 
@@ -78,7 +93,28 @@ struct EvalCommand: AsyncParsableCommand {
         config.firstFrame = firstFrame
         config.floatEncoder = floatEncoder
         config.floatServer = floatServer
-        config.lateFusion = lateFusion
+        guard ["intermediate", "late", "single"].contains(method) else {
+            throw ValidationError("--method must be intermediate, late or single")
+        }
+        config.lateFusion = lateFusion || method == "late"
+        var chosen: [String: Any]?
+        if let budgetBytes {
+            guard budgetBytes > 0 else { throw ValidationError("--budget-bytes must be positive") }
+            let st = try Safetensors(contentsOf: model)
+            guard let table = try RateAccuracyEntry.table(in: st, quantization: FeatureQuantization.all(in: st)) else {
+                throw ValidationError("--budget-bytes: \(model) has no rate-accuracy table (metadata rate_accuracy)")
+            }
+            if let best = table.filter({ $0.bytes <= Double(budgetBytes) }).max(by: { $0.ap50 < $1.ap50 }) {
+                (config.widthIndex, config.bits, config.threshold) = (best.widthIndex, best.bits, best.threshold)
+                chosen = [
+                    "width_index": best.widthIndex, "bits": best.bits, "threshold": Double(best.threshold),
+                    "table_bytes": best.bytes, "table_ap50": best.ap50,
+                ]
+            } else if method == "intermediate" {
+                config.lateFusion = true  // no map fits: the boxes rung
+                chosen = ["payload": "boxes"]
+            }
+        }
         config.othersLatencyMs = latencyMs
         if let poseNoise {
             let parts = poseNoise.split(separator: ",").map { Float($0.trimmingCharacters(in: .whitespaces)) }
@@ -103,7 +139,16 @@ struct EvalCommand: AsyncParsableCommand {
             }
             sessions.append(session)
         }
-        let doc = evalReport(sessions)
+        var doc = evalReport(sessions)
+        doc["method"] = method == "intermediate" && config.lateFusion ? "late" : method
+        if let chosen { doc["budget"] = ["bytes": budgetBytes!, "chosen": chosen] }
+        if method == "single" {
+            // Nothing shared: the agents' own detections, scored in the same run.
+            doc["ap"] = doc["alone_ap"]
+            doc["bytes_per_agent_frame"] = 0
+        } else {
+            doc["ap"] = doc["fused_ap"]
+        }
         if json {
             print(
                 String(
@@ -111,10 +156,10 @@ struct EvalCommand: AsyncParsableCommand {
                     as: UTF8.self))
         } else {
             print(evalTable(sessions).render())
-            let ap = doc["fused_ap"] as! [String: Double]
+            let ap = doc["ap"] as! [String: Double]
             let alone = doc["alone_ap"] as! [String: Double]
             print(
-                "fused AP@0.3/0.5/0.7: \(fmt(ap["0.3"]!)) / \(fmt(ap["0.5"]!)) / \(fmt(ap["0.7"]!));  alone: \(fmt(alone["0.3"]!)) / \(fmt(alone["0.5"]!)) / \(fmt(alone["0.7"]!))"
+                "\(doc["method"]!) AP@0.3/0.5/0.7: \(fmt(ap["0.3"]!)) / \(fmt(ap["0.5"]!)) / \(fmt(ap["0.7"]!));  alone: \(fmt(alone["0.3"]!)) / \(fmt(alone["0.5"]!)) / \(fmt(alone["0.7"]!))"
             )
         }
     }
@@ -155,6 +200,11 @@ func evalReport(_ sessions: [CooperativeSession]) -> [String: Any] {
     return [
         "recording": sessions.count == 1 ? s.config.recording : sessions.map(\.config.recording) as Any,
         "model": s.config.model, "payload": s.config.lateFusion ? "boxes" : "map",
+        "bytes_per_agent_frame": {
+            let all = pooledReports(sessions).map(\.1)
+            let frames = all.map(\.frames).reduce(0, +)
+            return frames > 0 ? Double(all.map(\.bytes).reduce(0, +)) / Double(frames) : 0
+        }(),
         "bits": s.config.bits,
         "width_index": s.config.widthIndex ?? -1, "threshold": s.config.threshold, "fusion": s.config.fusion.rawValue,
         "fused_ap": apDict(fused), "alone_ap": apDict(alone), "agents": agents,
