@@ -8,9 +8,12 @@ held-out test recordings, pooled, for each method under each condition:
               single agent (no cooperation) is the clean run's "alone";
   conditions  clean; pose noise 0.2 m / 0.2 deg and 0.4 m / 0.4 deg on the other agents; the other
               agents 100 ms late; the V2XSet "noisy" setting (0.2 m / 0.2 deg and 100 ms).
+With --deep, the methods are the deep-fusion model's (Models/slimsplit-deep.safetensors): late fusion of
+its agents' own detections (the fair baseline: the same single-agent detector), and its messages at
+8 bit every cell, 4 bit tau 0.1 and 2 bit tau 0.2 (the most accurate that fits 1,398 bytes).
 Writes the JSON of every run, a markdown table and a plot (AP@0.5 per condition and method).
 
-  Benchmarks/conditions.py [--bin .build/release/slimsplit] [--recordings DIR] [--out DIR]
+  Benchmarks/conditions.py [--bin .build/release/slimsplit] [--recordings DIR] [--out DIR] [--deep]
 
 --recordings DIR holds the test recordings; missing ones are recorded first with `slimsplit
 record` from training/scenes (the test split of training/gen_data.py, deterministic seeds).
@@ -33,6 +36,13 @@ METHODS = [
     ("late fusion (boxes)", ["--late-fusion"]),
     ("intermediate, w=1.0, 8 bit", ["--width-index", "3", "--bits", "8"]),
     ("intermediate, w=0.25, 2 bit, sparse", ["--width-index", "0", "--bits", "2", "--threshold", "1.5228"]),
+]
+DEEP = "Models/slimsplit-deep.safetensors"
+DEEP_METHODS = [
+    ("late fusion (own boxes)", ["--model", DEEP, "--method", "late"]),
+    ("deep, 8 bit, every cell", ["--model", DEEP, "--bits", "8"]),
+    ("deep, 4 bit, tau 0.1", ["--model", DEEP, "--bits", "4", "--threshold", "0.1"]),
+    ("deep, 2 bit, tau 0.2 (budget 1,398 B)", ["--model", DEEP, "--budget-bytes", "1398"]),
 ]
 CONDITIONS = [
     ("clean", []),
@@ -63,7 +73,10 @@ def main() -> None:
     ap.add_argument("--recordings", type=Path, default=Path("/tmp/slimsplit-test-recordings"))
     ap.add_argument("--out", type=Path, default=Path("/tmp/slimsplit-conditions"))
     ap.add_argument("--from-json", type=Path, help="only redo the table and plot of an earlier run's conditions.json")
+    ap.add_argument("--deep", action="store_true", help="the deep-fusion model's methods")
     a = ap.parse_args()
+    if a.deep or (a.from_json and json.loads(a.from_json.read_text()).get("deep")):
+        METHODS[:] = DEEP_METHODS
     if a.from_json:
         doc = json.loads(a.from_json.read_text())
         a.out.mkdir(parents=True, exist_ok=True)
@@ -93,8 +106,9 @@ def main() -> None:
             r = runs[-1]
             print(f"{method:38s} {cond:34s} {r['bytes_per_agent_frame']:>7,} B  AP@.3/.5/.7 "
                   f"{r['ap']['0.3']:.1f} {r['ap']['0.5']:.1f} {r['ap']['0.7']:.1f}  ({time.time() - t0:.0f} s)", flush=True)
-    single = next(r["alone_ap"] for r in runs if r["method"].startswith("intermediate, w=1.0") and r["condition"] == "clean")
-    doc = {"recordings": recs, "runs": runs, "single_agent_ap": single, "wall_s": round(time.time() - t0)}
+    single = next(r["alone_ap"] for r in runs if r["method"] == METHODS[1][0] and r["condition"] == "clean")
+    doc = {"recordings": recs, "runs": runs, "single_agent_ap": single, "wall_s": round(time.time() - t0),
+           "deep": a.deep}
     (a.out / "conditions.json").write_text(json.dumps(doc, indent=1))
     (a.out / "conditions.md").write_text(table(runs, single))
     plot(runs, single, a.out / "conditions.png")
@@ -142,7 +156,8 @@ def plot(runs, single, path: Path) -> None:
         ax.set_ylabel(f"BEV AP@{key} (%)")
         ax.grid(True, axis="y", alpha=0.3)
     axes[0].legend(fontsize=7, loc="lower left")
-    fig.suptitle("Live late vs intermediate fusion on the held-out test recordings (slimsplit eval)")
+    kind = "deep" if METHODS == DEEP_METHODS else "intermediate"
+    fig.suptitle(f"Live late vs {kind} fusion on the held-out test recordings (slimsplit eval)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

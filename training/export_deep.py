@@ -10,6 +10,10 @@ The file (docs/model-format.md, "Deep-fusion model files") holds
     (min/max calibration on validation BEVs); the agent runs it at full width;
   * ``deep.agent.*`` (float, no BN): the agent's backbone (``deep.agent.backbone.{k}``), its own
     head (``deep.agent.head.{shared,heatmap,offset,size,yaw}``) and ``deep.agent.compress`` (1x1, 96 -> K);
+    and the backbone in int8 (``deep.agent.backbone.{k}.int8.weight|weight_scale|bias|qparams``), which
+    reads the int8 encoder's output codes as they are (its input quantization,
+    ``deep.agent.int8.input.qparams``, is the encoder output's at full width) and is calibrated by min/max on validation BEVs; the agent dequantizes its output for the
+    float head and compression;
   * ``deep.server.*`` (float): ``decompress`` (1x1, K -> 96, ReLU), ``peer_head.*``, ``rotate``
     (pose-conditioned 1x1, [96, 5 * 96, 1, 1]), ``score`` (1x1, 96 + 7 -> 1), ``fuse`` (3x3, 96 + 7 -> 96,
     ReLU), ``head.*``;
@@ -22,7 +26,8 @@ The file (docs/model-format.md, "Deep-fusion model files") holds
 
 The fixture: two agents of a test frame (their float encoder maps and poses) with what PyTorch computes
 from them: each agent's message before quantization, its cells sent at tau = 0.2, its own head's
-outputs, and ego 0's fused head outputs from the other's float message at those cells.
+outputs, and ego 0's fused head outputs from the other's float message at those cells; and the int8
+backbone's output codes (numpy QLinearConv reference) for the maps quantized as the int8 encoder's output.
 """
 from __future__ import annotations
 
@@ -42,7 +47,8 @@ from slimsplit_train.arch import FORMAT, FORMAT_VERSION, arch_json, validate_arc
 from slimsplit_train.coop import GRID, FrameSet, encoder_forward, theta_ego_from  # noqa: E402
 from slimsplit_train.deep import GEOMETRY_CHANNELS, DeepModel, load_weights  # noqa: E402
 from slimsplit_train.model_io import check_tensors, float_tensors  # noqa: E402
-from slimsplit_train.quantize import quantize_net  # noqa: E402
+from slimsplit_train.quantize import (qlinearconv_ref, qparams_from_range, quantize_net,  # noqa: E402
+                                      quantize_tensor, quantize_weights)
 from slimsplit_train.st_write import save_file  # noqa: E402
 
 HEADS = ("heatmap", "offset", "size", "yaw")
@@ -102,6 +108,44 @@ def rate_table(path: Path, wi: int) -> str:
                       separators=(",", ":"))
 
 
+@torch.no_grad()
+def backbone_int8(m: DeepModel, tensors: dict[str, np.ndarray], calib: list[torch.Tensor]) -> dict[str, np.ndarray]:
+    """The agent backbone's int8 tensors: input = the int8 encoder's output quantization at full width,
+    each layer's (ReLU) output from min/max over the calibration BEVs (float model)."""
+    wi = len(m.arch["widths"]) - 1
+    hi = [0.0] * len(m.backbone)
+    for x in calib:
+        f = encoder_forward(m.encoder, x, wi, False)
+        for k, blk in enumerate(m.backbone):
+            f = blk(f)
+            hi[k] = max(hi[k], float(f.max()))
+    prev = tensors[f"{m.arch['output']}.int8.{wi}.qparams"]
+    out = {"deep.agent.int8.input.qparams": prev.copy()}
+    for k, blk in enumerate(m.backbone):
+        q, sc, b = quantize_weights(np32(blk[0].weight), np32(blk[0].bias), float(prev[0]))
+        qp = qparams_from_range(0.0, hi[k])
+        name = f"deep.agent.backbone.{k}.int8"
+        out.update({f"{name}.weight": q, f"{name}.weight_scale": sc, f"{name}.bias": b, f"{name}.qparams": qp})
+        prev = qp
+    return out
+
+
+def backbone_int8_ref(m: DeepModel, tensors: dict[str, np.ndarray], f: np.ndarray) -> np.ndarray:
+    """uint8 [1, B, H, W]: the int8 backbone (numpy QLinearConv) on one float encoder map quantized as
+    the int8 encoder's output."""
+    wi = len(m.arch["widths"]) - 1
+    qp = tensors[f"{m.arch['output']}.int8.{wi}.qparams"]
+    x = quantize_tensor(f[None], qp)
+    for k, blk in enumerate(m.backbone):
+        name = f"deep.agent.backbone.{k}.int8"
+        d = blk[0].dilation[0]
+        y_qp = tensors[f"{name}.qparams"]
+        x = qlinearconv_ref(x, qp, tensors[f"{name}.weight"], tensors[f"{name}.weight_scale"], tensors[f"{name}.bias"],
+                            y_qp, (1, 1), (d, d), (d, d), 1)
+        qp = y_qp
+    return x
+
+
 def deep_arch(m: DeepModel) -> dict:
     return {
         "doc": "deep fusion (training/slimsplit_train/deep.py): the agent runs encoder, backbone, its own head and "
@@ -119,7 +163,7 @@ def deep_arch(m: DeepModel) -> dict:
 
 
 @torch.no_grad()
-def fixture(m: DeepModel, ds: FrameSet, path: Path) -> None:
+def fixture(m: DeepModel, ds: FrameSet, path: Path, tensors: dict[str, np.ndarray]) -> None:
     """Two agents of the first test frame that has at least two."""
     fr = next(f for f in ds.frames if len(f["samples"]) >= 2 and f["frame"] > 0)
     idx = [int(s) for s in fr["samples"][:2]]
@@ -134,6 +178,7 @@ def fixture(m: DeepModel, ds: FrameSet, path: Path) -> None:
     fused = m.server(c, sent, theta, torch.zeros(2, dtype=torch.long), 1)
     t = {"features": np32(f), "poses": poses.astype(np.float32), "theta": np32(theta), "message": np32(c),
          "sent": np32(sent)}
+    t["backbone_q"] = np.concatenate([backbone_int8_ref(m, tensors, t["features"][k]) for k in range(2)])
     for n in HEADS:
         t[f"local.{n}"] = np32(local[n])
         t[f"fused.{n}"] = np32(fused[n])
@@ -165,6 +210,7 @@ def main() -> None:
     tensors.update(quantize_net(enc, calib))
     check_tensors(enc_arch, tensors)
     tensors.update(deep_tensors(m))
+    tensors.update(backbone_int8(m, tensors, calib))
     arch = dict(enc_arch)
     arch["deep"] = deep_arch(m)
     validate_arch(arch)
@@ -175,7 +221,7 @@ def main() -> None:
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(out), metadata=meta)
     print(f"wrote {out} ({out.stat().st_size} bytes, {len(tensors)} tensors)")
     if a.fixture:
-        fixture(m, FrameSet(Path(a.data) / "test/shards"), Path(a.fixture))
+        fixture(m, FrameSet(Path(a.data) / "test/shards"), Path(a.fixture), tensors)
 
 
 if __name__ == "__main__":

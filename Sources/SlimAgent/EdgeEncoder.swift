@@ -8,7 +8,8 @@ import SlimWire
 /// current width → per-channel quantization to the current bit depth → optional cell mask.
 ///
 /// With a deep-fusion model (`architecture.deep`) the encoder runs at full width and its map goes
-/// through the model's agent stage (`DeepAgentStage`: backbone, own head, 1×1 compression); the
+/// through the model's agent stage (`DeepAgentStage`: backbone, int8 where the file has it and the
+/// encoder runs int8, own head, 1×1 compression); the
 /// transmitted map is then the K-channel message and the mask the cells the own head marks
 /// (`threshold` is then the heatmap probability, σ > threshold, dilated 3×3).
 ///
@@ -110,9 +111,9 @@ public final class EdgeEncoder: @unchecked Sendable {
         return (c, h, w, masked)
     }
 
-    /// The deep stage on the encoder's float map, its message quantized into `dense` and its
-    /// selection into `mask`.
-    private func encodeDeep(_ deep: DeepAgentStage, _ f: FloatTensor) -> (
+    /// The deep stage on the encoder's float map (nil: it already ran), its message quantized into
+    /// `dense` and its selection into `mask`.
+    private func encodeDeep(_ deep: DeepAgentStage, _ f: FloatTensor?) -> (
         channels: Int, height: Int, width: Int, masked: Bool
     ) {
         precondition(
@@ -120,7 +121,7 @@ public final class EdgeEncoder: @unchecked Sendable {
         guard let q = quantization[QuantKey(widthIndex: widthIndex, bits: bits)] else {
             preconditionFailure("no message quantization at \(bits) bits in \(model.file)")
         }
-        deep.run(f, threshold: threshold)
+        if let f { deep.run(f, threshold: threshold) }
         let m = deep.message
         let (c, h, w) = (m.channels, m.height, m.width)
         let cells = h * w
@@ -185,6 +186,11 @@ public final class EdgeEncoder: @unchecked Sendable {
             lastStageSeconds = (
                 Double(t1 - t0) / 1e9, Double(t2 - t1) / 1e9, Double(SystemClock.monotonicNs() - t2) / 1e9
             )
+        }
+        if let deep, deep.hasInt8, deep.inputQuant == encoder.outputQuant {
+            // The int8 backbone reads the encoder's codes as they are.
+            deep.run(quantized: out, threshold: threshold)
+            return encodeDeep(deep, nil)
         }
         if let deep, let f = deepInput, let q = encoder.outputQuant {
             f.reshape(height: out.height, width: out.width, channels: out.channels)

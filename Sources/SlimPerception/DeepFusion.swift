@@ -117,6 +117,22 @@ final class DetectionHead {
         for (h, o) in zip(heads, outs) { h.run(hidden, into: o, active: active, background: background) }
         return outs
     }
+
+    /// The same with separate backgrounds: `sharedBackground` for the shared convolution's
+    /// inactive outputs, `outBackground` for the heads' (their channels one after another: 1 + 2 + 2 + 2).
+    @discardableResult
+    func run(
+        _ x: FloatTensor, active: UnsafePointer<UInt8>, sharedBackground: UnsafePointer<Float>,
+        outBackground: UnsafePointer<Float>
+    ) -> [FloatTensor] {
+        shared.run(x, into: hidden, active: active, background: sharedBackground)
+        var at = 0
+        for (h, o) in zip(heads, outs) {
+            h.run(hidden, into: o, active: active, background: outBackground + at)
+            at += h.outChannels
+        }
+        return outs
+    }
 }
 
 /// The agent's half of a deep-fusion model, after the encoder: backbone, its own head (its
@@ -126,6 +142,12 @@ final class DetectionHead {
 public final class DeepAgentStage: @unchecked Sendable {
     public let spec: DeepArchitecture
     let backbone: [FloatConv2d]
+    /// The backbone in int8 (`deep.agent.backbone.{k}.int8.*`), when the file has it: it reads the
+    /// int8 encoder's output codes (quantization `inputQuant`) and its output is dequantized.
+    let qBackbone: [QConv2d]
+    /// The int8 backbone's input quantization (`deep.agent.int8.input.qparams`): the encoder output's.
+    public let inputQuant: QuantParams?
+    let qa: QTensor, qb: QTensor
     let head: DetectionHead
     let compress: FloatConv2d
     let a: FloatTensor, b: FloatTensor
@@ -134,8 +156,12 @@ public final class DeepAgentStage: @unchecked Sendable {
     /// The last selection: 1 per cell sent, 0 otherwise (every cell when the threshold was ≤ 0).
     public private(set) var sent: [UInt8]
     public var kernels: KernelPath = .default {
-        didSet { for c in backbone + head.convs + [compress] { c.kernels = kernels } }
+        didSet {
+            for c in backbone + head.convs + [compress] { c.kernels = kernels }
+            for c in qBackbone { c.kernels = kernels }
+        }
     }
+    public var hasInt8: Bool { !qBackbone.isEmpty }
 
     public init(_ st: Safetensors, spec: DeepArchitecture) throws(ModelFileError) {
         self.spec = spec
@@ -147,6 +173,41 @@ public final class DeepAgentStage: @unchecked Sendable {
                     relu: true))
         }
         backbone = convs
+        var qc: [QConv2d] = []
+        var inQ: QuantParams?
+        if st.tensors["deep.agent.int8.input.qparams"] != nil {
+            let ip = try st.floats("deep.agent.int8.input.qparams", shape: [2])
+            guard ip[0] > 0, ip[0].isFinite, (0...255).contains(ip[1]), ip[1] == ip[1].rounded() else {
+                throw ModelFileError(
+                    kind: .tensor, file: st.file, subject: "deep.agent.int8.input.qparams",
+                    problem: "scale must be > 0 and the zero point a whole number in 0...255")
+            }
+            var prev = QuantParams(scale: ip[0], zeroPoint: Int32(ip[1]))
+            inQ = prev
+            for (k, d) in spec.dilations.enumerated() {
+                let name = "deep.agent.backbone.\(k).int8"
+                let cin = k == 0 ? c : bb
+                let op = try st.floats("\(name).qparams", shape: [2])
+                guard op[0] > 0, op[0].isFinite, (0...255).contains(op[1]), op[1] == op[1].rounded() else {
+                    throw ModelFileError(
+                        kind: .tensor, file: st.file, subject: "\(name).qparams",
+                        problem: "scale must be > 0 and the zero point a whole number in 0...255")
+                }
+                let out = QuantParams(scale: op[0], zeroPoint: Int32(op[1]))
+                qc.append(
+                    QConv2d(
+                        weight: try st.array("\(name).weight", as: .i8, shape: [bb, cin, 3, 3]),
+                        weightScale: try st.floats("\(name).weight_scale", shape: [bb]),
+                        bias: try st.array("\(name).bias", as: .i32, shape: [bb]), inChannels: cin, outChannels: bb,
+                        geometry: ConvGeometry(kernel: (3, 3), padding: (d, d), dilation: (d, d)), input: prev,
+                        output: out))
+                prev = out
+            }
+        }
+        qBackbone = qc
+        inputQuant = inQ
+        qa = QTensor(height: h, width: w, channels: bb)
+        qb = QTensor(height: h, width: w, channels: bb)
         head = try DetectionHead(st, "deep.agent.head", in: bb, channels: spec.headChannels, height: h, width: w)
         compress = try floatConv(st, "deep.agent.compress", in: bb, out: spec.messageChannels)
         a = FloatTensor(height: h, width: w, channels: bb)
@@ -155,7 +216,7 @@ public final class DeepAgentStage: @unchecked Sendable {
         sent = [UInt8](repeating: 1, count: h * w)
     }
 
-    /// Runs on the encoder's full-width float map `f` (H × W × input channels).
+    /// Runs on the encoder's full-width float map `f` (H × W × input channels), float backbone.
     public func run(_ f: FloatTensor, threshold: Float) {
         precondition(f.channels == spec.inputChannels && f.height == spec.height && f.width == spec.width)
         var x = f
@@ -165,6 +226,30 @@ public final class DeepAgentStage: @unchecked Sendable {
             x = y
             y = (y === a) ? b : a
         }
+        finish(x, threshold: threshold)
+    }
+
+    /// Runs on the int8 encoder's full-width output codes (quantization `inputQuant`), int8
+    /// backbone; requires `hasInt8`.
+    public func run(quantized q: QTensor, threshold: Float) {
+        precondition(hasInt8 && q.channels == spec.inputChannels && q.height == spec.height && q.width == spec.width)
+        var x = q
+        var y = qa
+        for conv in qBackbone {
+            conv.run(x, into: y)
+            x = y
+            y = (y === qa) ? qb : qa
+        }
+        let out = qBackbone.last!.output
+        a.reshape(height: x.height, width: x.width, channels: x.channels)
+        for i in 0..<x.count { a.storage[i] = out.scale * Float(Int32(x.storage[i]) - out.zeroPoint) }
+        finish(a, threshold: threshold)
+    }
+
+    /// The int8 backbone's output codes of the last `run(quantized:)`.
+    public var backboneCodes: QTensor { qBackbone.count % 2 == 1 ? qa : qb }
+
+    private func finish(_ x: FloatTensor, threshold: Float) {
         let o = head.run(x)
         compress.run(x, into: message)
         let (h, w) = (spec.height, spec.width)
@@ -207,8 +292,11 @@ public final class DeepAgentStage: @unchecked Sendable {
 /// training/slimsplit_train/deep.py `DeepModel.server`.
 ///
 /// Within a pass (`beginPass`), an agent's decompress and peer head run once for all egos, keyed by
-/// the identity of its input tensor (a pass's inputs are not written while it runs). Buffers are
-/// planned for `maxAgents` (grown once if more come). Not thread-safe.
+/// the identity of its input tensor (a pass's inputs are not written while it runs). Per ego, the
+/// fuse convolution and the head compute only the cells whose receptive field holds a cell some
+/// agent sent (or reaches the grid's edge); elsewhere their output is what an empty fused map
+/// gives, computed once at init: exact, not an approximation. Buffers are planned for `maxAgents`
+/// (grown once if more come). Not thread-safe.
 public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
     public let spec: DeepArchitecture
     public var height: Int { spec.height }
@@ -221,14 +309,15 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
     public private(set) var lastStageSeconds: (warpFuse: Double, head: Double, nms: Double) = (0, 0, 0)
     public var kernels: KernelPath = .default {
         didSet {
-            for c in [decompress, score, fuse, rotate.conv] + peerHead.convs + head.convs { c.kernels = kernels }
+            for c in [decompress, fuse, rotate.conv] + peerHead.convs + head.convs { c.kernels = kernels }
         }
     }
 
     let decompress: FloatConv2d
     let peerHead: DetectionHead
     let rotate: PoseConditionedConv
-    let score: FloatConv2d
+    /// The attention score's weights over the B + 7 fused channels, and its bias.
+    let scoreWeight: [Float], scoreBias: Float
     let fuse: FloatConv2d
     let head: DetectionHead
     let zeros: [Float]
@@ -239,6 +328,12 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
     /// Per agent of an ego's fusion: rotated map + geometry + sent (B + 8 channels), warped, score.
     var stacked: [FloatTensor] = [], warped: [FloatTensor] = [], scores: [FloatTensor] = []
     let rotated: FloatTensor, fused: FloatTensor, y: FloatTensor
+    /// Activity per cell: of the fused map, of the fuse convolution's output, of the head's.
+    let fusedActive: UnsafeMutableBufferPointer<UInt8>, fuseActive: UnsafeMutableBufferPointer<UInt8>,
+        headActive: UnsafeMutableBufferPointer<UInt8>, rows: UnsafeMutableBufferPointer<UInt8>
+    /// What an empty fused map gives at an interior cell: fuse's output (B), the head's shared
+    /// layer's (head channels) and its outputs' (7), one after another.
+    let backgrounds: UnsafeMutableBufferPointer<Float>
 
     public init(_ st: Safetensors, spec: DeepArchitecture, maxAgents: Int = 8) throws(ModelFileError) {
         self.spec = spec
@@ -249,18 +344,33 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
         rotate = PoseConditionedConv(
             weight: try st.floats("deep.server.rotate.weight", shape: [bb, PoseConditionedConv.terms * bb, 1, 1]),
             bias: try st.floats("deep.server.rotate.bias", shape: [bb]), channels: bb)
-        // The score reads the B + 7 fused channels; its input here also has the sent flag (weight 0).
-        let sw = try st.floats("deep.server.score.weight", shape: [1, bb + g, 1, 1])
-        score = FloatConv2d(
-            weight: sw + [0], bias: try st.floats("deep.server.score.bias", shape: [1]), inChannels: bb + g + 1,
-            outChannels: 1, geometry: ConvGeometry(kernel: (1, 1)))
+        scoreWeight = try st.floats("deep.server.score.weight", shape: [1, bb + g, 1, 1])
+        scoreBias = try st.floats("deep.server.score.bias", shape: [1])[0]
         fuse = try floatConv(st, "deep.server.fuse", in: bb + g, out: bb, kernel: 3, relu: true)
         head = try DetectionHead(st, "deep.server.head", in: bb, channels: spec.headChannels, height: h, width: w)
         zeros = [Float](repeating: 0, count: max(bb, spec.headChannels, 16) + 16)
         rotated = FloatTensor(height: h, width: w, channels: bb)
         fused = FloatTensor(height: h, width: w, channels: bb + g)
         y = FloatTensor(height: h, width: w, channels: bb)
+        fusedActive = .allocate(capacity: h * w)
+        fuseActive = .allocate(capacity: h * w)
+        headActive = .allocate(capacity: h * w)
+        rows = .allocate(capacity: h * w)
+        // The backgrounds: the dense layers on an empty fused map, read at an interior cell.
+        fused.reshape(height: h, width: w, channels: bb + g)
+        fused.fill(0)
+        fuse.run(fused, into: y)
+        let o = head.run(y)
+        let (ci, cj) = (h / 2, w / 2)
+        let values = ([y, head.hidden] + o).flatMap { t in (0..<t.channels).map { t[ci, cj, $0] } }
+        backgrounds = .allocate(capacity: values.count)
+        _ = backgrounds.initialize(from: values)
         grow(to: maxAgents)
+    }
+
+    deinit {
+        for b in [fusedActive, fuseActive, headActive, rows] { b.deallocate() }
+        backgrounds.deallocate()
     }
 
     private func grow(to n: Int) {
@@ -355,11 +465,11 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
                 for jj in 0..<w {
                     let cell = i * w + jj
                     let dst = st.pointer + cell * cs
-                    (dst).update(from: rotated.pointer + cell * bb, count: bb)
                     guard sentFlags[s][cell] != 0 else {
-                        for q in bb..<cs { dst[q] = 0 }
+                        dst.update(repeating: 0, count: cs)
                         continue
                     }
+                    dst.update(from: rotated.pointer + cell * bb, count: bb)
                     let r = p.pointer + cell * 7
                     let cx = (Float(jj) + r[1]) * 2 / Float(w) - 1
                     let cy = (Float(i) + r[2]) * 2 / Float(h) - 1
@@ -375,8 +485,7 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
                     dst[bb + 7] = 1
                 }
             }
-            PoseWarp.warp(st, theta: th, height: h, width: w, into: warped[j])
-            score.run(warped[j], into: scores[j])
+            warpSent(st, theta: th, agent: j)
         }
         // Attention over the agents whose warped sent flag is > 0.5 at a cell; 0 where none.
         let fc = bb + g
@@ -387,6 +496,7 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
             for q in 0..<fc { dst[q] = 0 }
             var mx = -Float.infinity
             for j in 0..<n where warped[j].storage[cell * cs + cs - 1] > 0.5 { mx = max(mx, scores[j].storage[cell]) }
+            fusedActive[cell] = mx.isFinite ? 1 : 0
             guard mx.isFinite else { continue }
             var sum: Float = 0
             for j in 0..<n where warped[j].storage[cell * cs + cs - 1] > 0.5 { sum += exp(scores[j].storage[cell] - mx) }
@@ -402,10 +512,67 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
             dst[bb + 2] = ((dst[bb + 2] + 1) * Float(h) / 2 - Float(i)) * has
         }
         let t1 = now()
-        fuse.run(fused, into: y)
-        let o = head.run(y)
+        fuse.geometry.propagateActivity(
+            fusedActive.baseAddress!, height: h, width: w, into: fuseActive.baseAddress!, scratch: rows.baseAddress!)
+        head.shared.geometry.propagateActivity(
+            fuseActive.baseAddress!, height: h, width: w, into: headActive.baseAddress!, scratch: rows.baseAddress!)
+        let bg = UnsafePointer(backgrounds.baseAddress!)
+        fuse.run(fused, into: y, active: UnsafePointer(fuseActive.baseAddress!), background: bg)
+        let o = head.run(
+            y, active: UnsafePointer(headActive.baseAddress!), sharedBackground: bg + bb,
+            outBackground: bg + bb + spec.headChannels)
         lastStageSeconds = (t1 - t0, now() - t1, 0)
         return o
+    }
+
+    /// `PoseWarp.warp` of agent `j`'s stacked map into `warped[j]`, computed only where the warped
+    /// sent flag (the last channel) exceeds 0.5, with the attention score there; elsewhere the flag
+    /// is 0 and nothing else is written (an invalid cell is never read).
+    func warpSent(_ x: FloatTensor, theta: [Float], agent j: Int) {
+        let (h, w, c) = (height, width, x.channels)
+        let y = warped[j]
+        let sc = scores[j]
+        y.reshape(height: h, width: w, channels: c)
+        sc.reshape(height: h, width: w, channels: 1)
+        for i in 0..<h {
+            let yn = (2 * Float(i) + 1) / Float(h) - 1
+            for jj in 0..<w {
+                let cell = i * w + jj
+                let dst = y.pointer + cell * c
+                dst[c - 1] = 0
+                let xn = (2 * Float(jj) + 1) / Float(w) - 1
+                let fx = ((theta[0] * xn + theta[1] * yn + theta[2] + 1) * Float(w) - 1) / 2
+                let fy = ((theta[3] * xn + theta[4] * yn + theta[5] + 1) * Float(h) - 1) / 2
+                guard fx.isFinite, fy.isFinite, fx > -1, fy > -1, fx < Float(w), fy < Float(h) else { continue }
+                let x0 = Int(fx.rounded(.down))
+                let y0 = Int(fy.rounded(.down))
+                let ax = fx - Float(x0)
+                let ay = fy - Float(y0)
+                // The four corners inside the grid and their weights (as grid_sample, zeros outside).
+                var corners = SIMD4<Int>(repeating: -1)
+                var weights: SIMD4<Float> = .zero
+                var flag: Float = 0
+                for k in 0..<4 {
+                    let (yy, xx) = (y0 + k / 2, x0 + k % 2)
+                    guard yy >= 0, yy < h, xx >= 0, xx < w else { continue }
+                    let wt = (k / 2 == 0 ? 1 - ay : ay) * (k % 2 == 0 ? 1 - ax : ax)
+                    let src = (yy * w + xx) * c
+                    corners[k] = src
+                    weights[k] = wt
+                    flag += wt * x.storage[src + c - 1]
+                }
+                guard flag > 0.5 else { continue }
+                for q in 0..<c { dst[q] = 0 }
+                for k in 0..<4 where corners[k] >= 0 {
+                    let wt = weights[k]
+                    let p = x.pointer + corners[k]
+                    for q in 0..<c { dst[q] += wt * p[q] }
+                }
+                var s = scoreBias
+                for q in 0..<scoreWeight.count { s += scoreWeight[q] * dst[q] }
+                sc.storage[cell] = s
+            }
+        }
     }
 
     public func detect(

@@ -61,6 +61,22 @@ enum DeepParity {
             }
             inputs.append(.init(features: x, position: SIMD2(poses[3 * k], poses[3 * k + 1]), yaw: poses[3 * k + 2]))
         }
+        // The int8 backbone on the maps quantized as the int8 encoder's output: bit-exact with the
+        // numpy QLinearConv reference; its dequantized output stays close to float (message within 2 %).
+        let inQ = try #require(agent.inputQuant)
+        let codes = try io.array("backbone_q", as: .u8, UInt8.self)
+        for k in 0..<2 {
+            let f = try slice(io, "features", k)
+            let q = QTensor(height: f.height, width: f.width, channels: f.channels)
+            for i in 0..<f.count { q.storage[i] = inQ.quantize(f.storage[i]) }
+            agent.run(quantized: q, threshold: tau)
+            let got = agent.backboneCodes.nchw()
+            let n = got.count
+            let want = codes[k * n..<(k + 1) * n]
+            #expect(got.elementsEqual(want), "agent \(k): \(zip(got, want).filter { $0 != $1 }.count) int8 codes differ")
+            let err = relativeError(agent.message.nchw(), try slice(io, "message", k).nchw())
+            #expect(err <= 0.02, "agent \(k) message from the int8 backbone: \(err)")
+        }
         // Not vacuous: both agents send some cells, not all.
         #expect(sentTotal > 20 && sentTotal < 2 * 1024, "\(sentTotal) cells sent")
         let theta = try io.floats("theta")

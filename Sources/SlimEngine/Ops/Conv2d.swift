@@ -283,3 +283,20 @@ public func foldBatchNorm(
     }
     return (w, b)
 }
+
+extension ConvGeometry {
+    /// Marks the outputs of a convolution of this geometry over an `height` × `width` input whose
+    /// receptive field holds an active input (`input[i]` ≠ 0), or reaches the padding (where the
+    /// input is 0, not the background): only those differ from the output for an all-background
+    /// input. `output` takes the output size's cells; `scratch` at least height × output width bytes.
+    public func propagateActivity(
+        _ input: UnsafePointer<UInt8>, height: Int, width: Int, into output: UnsafeMutablePointer<UInt8>,
+        scratch: UnsafeMutablePointer<UInt8>
+    ) {
+        let (oh, ow) = outputSize(height: height, width: width)
+        slim_dilate_activity(
+            input, Int32(height), Int32(width), output, Int32(oh), Int32(ow), Int32(kernel.h), Int32(kernel.w),
+            Int32(stride.h), Int32(stride.w), Int32(padding.h), Int32(padding.w), Int32(dilation.h), Int32(dilation.w),
+            scratch)
+    }
+}
