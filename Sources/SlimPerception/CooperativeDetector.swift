@@ -169,8 +169,7 @@ public final class CooperativeDetector: @unchecked Sendable {
         var qc: [QConv2d] = []
         var qin: QuantParams?
         if st.tensors["server.int8.input.qparams"] != nil {
-            let ip = try st.floats("server.int8.input.qparams", shape: [2])
-            qin = QuantParams(scale: ip[0], zeroPoint: Int32(ip[1]))
+            qin = try st.quantParams("server.int8.input.qparams")
             var prev = qin!
             // The backbone only: head.shared stays float, since the small sin/cos yaw outputs do
             // not survive its quantization noise (measured: AP@0.5 halves).
@@ -180,8 +179,7 @@ public final class CooperativeDetector: @unchecked Sendable {
                 let w: [Int8] = try st.array("server.\(name).int8.weight", as: .i8, shape: [cout, cin, k[0], k[1]])
                 let ws = try st.floats("server.\(name).int8.weight_scale", shape: [cout])
                 let b: [Int32] = try st.array("server.\(name).int8.bias", as: .i32, shape: [cout])
-                let op = try st.floats("server.\(name).int8.qparams", shape: [2])
-                let out = QuantParams(scale: op[0], zeroPoint: Int32(op[1]))
+                let out = try st.quantParams("server.\(name).int8.qparams")
                 qc.append(
                     QConv2d(
                         weight: w, weightScale: ws, bias: b, inChannels: cin, outChannels: cout,

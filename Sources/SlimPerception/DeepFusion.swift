@@ -176,24 +176,12 @@ public final class DeepAgentStage: @unchecked Sendable {
         var qc: [QConv2d] = []
         var inQ: QuantParams?
         if st.tensors["deep.agent.int8.input.qparams"] != nil {
-            let ip = try st.floats("deep.agent.int8.input.qparams", shape: [2])
-            guard ip[0] > 0, ip[0].isFinite, (0...255).contains(ip[1]), ip[1] == ip[1].rounded() else {
-                throw ModelFileError(
-                    kind: .tensor, file: st.file, subject: "deep.agent.int8.input.qparams",
-                    problem: "scale must be > 0 and the zero point a whole number in 0...255")
-            }
-            var prev = QuantParams(scale: ip[0], zeroPoint: Int32(ip[1]))
+            var prev = try st.quantParams("deep.agent.int8.input.qparams")
             inQ = prev
             for (k, d) in spec.dilations.enumerated() {
                 let name = "deep.agent.backbone.\(k).int8"
                 let cin = k == 0 ? c : bb
-                let op = try st.floats("\(name).qparams", shape: [2])
-                guard op[0] > 0, op[0].isFinite, (0...255).contains(op[1]), op[1] == op[1].rounded() else {
-                    throw ModelFileError(
-                        kind: .tensor, file: st.file, subject: "\(name).qparams",
-                        problem: "scale must be > 0 and the zero point a whole number in 0...255")
-                }
-                let out = QuantParams(scale: op[0], zeroPoint: Int32(op[1]))
+                let out = try st.quantParams("\(name).qparams")
                 qc.append(
                     QConv2d(
                         weight: try st.array("\(name).weight", as: .i8, shape: [bb, cin, 3, 3]),

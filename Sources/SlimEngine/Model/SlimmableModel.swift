@@ -94,13 +94,13 @@ public struct SlimmableModel: Sendable {
                     il.append(
                         Int8Layer(
                             weight: q, weightScale: scale, bias: bias,
-                            output: try qparams(st, "\(l.name).int8.\(wi).qparams")))
+                            output: try st.quantParams("\(l.name).int8.\(wi).qparams")))
                 }
             }
             floats.append(fl)
             if hasInt8 {
                 ints.append(il)
-                inputQ.append(try qparams(st, "\(arch.input.name).int8.\(wi).qparams"))
+                inputQ.append(try st.quantParams("\(arch.input.name).int8.\(wi).qparams"))
             }
         }
         float = floats
@@ -109,12 +109,16 @@ public struct SlimmableModel: Sendable {
     }
 }
 
-private func qparams(_ st: Safetensors, _ name: String) throws(ModelFileError) -> QuantParams {
-    let v = try st.floats(name, shape: [2])
-    guard v[0] > 0, v[0].isFinite, v[1] >= 0, v[1] <= 255, v[1] == v[1].rounded() else {
-        throw ModelFileError(
-            kind: .tensor, file: st.file, subject: name,
-            problem: "scale must be > 0 and the zero point an integer in 0...255, got \(v)")
+extension Safetensors {
+    /// An activation's uint8 quantization (F32 [2]: scale, zero point), checked: a finite scale
+    /// > 0 and a whole zero point in 0...255, else a `ModelFileError` naming the tensor.
+    public func quantParams(_ name: String) throws(ModelFileError) -> QuantParams {
+        let v = try floats(name, shape: [2])
+        guard v[0] > 0, v[0].isFinite, v[1] >= 0, v[1] <= 255, v[1] == v[1].rounded() else {
+            throw ModelFileError(
+                kind: .tensor, file: file, subject: name,
+                problem: "scale must be > 0 and the zero point an integer in 0...255, got \(v)")
+        }
+        return QuantParams(scale: v[0], zeroPoint: Int32(v[1]))
     }
-    return QuantParams(scale: v[0], zeroPoint: Int32(v[1]))
 }
