@@ -150,14 +150,10 @@ def keep_scored(b: np.ndarray, s: np.ndarray, own: np.ndarray):
 
 
 def pack_bits(codes: np.ndarray, bits: int) -> bytes:
+    """Values of ``bits`` bits (1 ... 8) packed LSB first, as PROTOCOL.md section 4.2 packs them."""
     c = codes.astype(np.uint8).ravel()
-    per = 8 // bits
-    pad = (-len(c)) % per
-    c = np.concatenate([c, np.zeros(pad, np.uint8)]).reshape(-1, per)
-    out = np.zeros(len(c), np.uint8)
-    for k in range(per):
-        out |= (c[:, k] << (k * bits)).astype(np.uint8)
-    return out.tobytes()
+    stream = ((c[:, None] >> np.arange(bits, dtype=np.uint8)) & 1).astype(np.uint8).ravel()
+    return np.packbits(stream, bitorder="little").tobytes()
 
 
 def lz4_size(b: bytes) -> int:

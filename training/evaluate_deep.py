@@ -52,7 +52,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default="/work/data/deep/eval.json")
     ap.add_argument("--configs", default="none:none,8:none,4:0.1,2:0.1,4:0.2,2:0.2,2:0.3",
-                    help="message configurations bits:tau (none = float / every cell)")
+                    help="message configurations bits:tau (none = float / every cell; vq = the residual codebook)")
+    ap.add_argument("--codebook", default=str(HERE / "checkpoints/deep-codebook.safetensors"),
+                    help="residual codebooks for the 'vq' configurations (training/train_codebook.py)")
     ap.add_argument("--conditions", default=",".join(CONDITIONS))
     ap.add_argument("--union", action="store_true",
                     help="also: the fused detections merged (NMS) with the others' boxes read from their messages")
@@ -147,11 +149,17 @@ def main() -> None:
     configs = []
     for c in a.configs.split(","):
         b, t = c.split(":")
-        configs.append((None if b == "none" else int(b), None if t == "none" else float(t)))
+        configs.append((None if b == "none" else b if b == "vq" else int(b), None if t == "none" else float(t)))
+    books = None
+    if any(b == "vq" for b, _ in configs):
+        from safetensors.torch import load_file
+        from slimsplit_train import codebook
+        books = load_file(a.codebook)["codebook"]
+        vq_bits = codebook.index_bits(books.shape[1])
 
     def message(s, bits, tau):
         c = comp[s][None]
-        m = model.quant(c, 0, bits)
+        m = codebook.quantize_map(c[0], books)[None] if bits == "vq" else model.quant(c, 0, bits)
         sent = model.selection({"heatmap": heat[s][None]}, tau)
         return m[0], sent[0]
 
@@ -160,9 +168,14 @@ def main() -> None:
         sent = model.selection({"heatmap": heat[s][None]}, tau)[0, 0].numpy() > 0.5
         if bits is None:
             return lz4_size(c[0].numpy().astype(np.float32).tobytes())
-        codes = model.quant.codes(c, 0, bits)[0].numpy()
-        payload = (np.packbits(sent.ravel()).tobytes() if tau is not None else b"") + pack_bits(codes[:, sent], bits)
-        return lz4_size(payload)
+        if bits == "vq":
+            # the indices level by level over the sent cells (PROTOCOL.md 4.2, quant_mode 2)
+            x = c[0].permute(1, 2, 0).reshape(-1, c.shape[1])[torch.from_numpy(sent.ravel())]
+            codes, b = codebook.encode(x, books).T.numpy(), vq_bits
+        else:
+            codes, b = model.quant.codes(c, 0, bits)[0].numpy()[:, sent], bits
+        mask = np.packbits(sent.ravel(), bitorder="little").tobytes() if tau is not None else b""
+        return lz4_size(mask + pack_bits(codes, b))
 
     # the shipped model's single-agent detections (its server with the agent's map alone): the
     # late fusion the live system runs today (slimsplit eval --late-fusion)
@@ -230,7 +243,9 @@ def main() -> None:
                     out = model.server(torch.stack(ms), torch.stack(sents), torch.from_numpy(np.stack(th)).float(),
                                        torch.tensor(ow), len(chunk))
                     res += decode(out)
-            name = f"deep, {'float' if bits is None else f'{bits} bit'}, " + \
+            kind = "float" if bits is None else f"codebook {books.shape[0]} x {books.shape[1]}" if bits == "vq" \
+                else f"{bits} bit"
+            name = f"deep, {kind}, " + \
                    ("every cell" if tau is None else f"tau {tau}")
             record(name, cond, res, int(round(np.mean(nb))))
             if a.union and model.geometry:

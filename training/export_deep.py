@@ -17,7 +17,9 @@ The file (docs/model-format.md, "Deep-fusion model files") holds
   * ``deep.server.*`` (float): ``decompress`` (1x1, K -> 96, ReLU), ``peer_head.*``, ``rotate``
     (pose-conditioned 1x1, [96, 5 * 96, 1, 1]), ``score`` (1x1, 96 + 7 -> 1), ``fuse`` (3x3, 96 + 7 -> 96,
     ReLU), ``head.*``;
-  * the message's quantizers ``features.{full width index}.{bits}.scale`` / ``.zero_point`` (K channels);
+  * the message's quantizers ``features.{full width index}.{bits}.scale`` / ``.zero_point`` (K channels),
+    and its residual codebooks ``features.{full width index}.codebook`` [levels, size, K] (``--codebook``,
+    training/train_codebook.py) for codebook frames;
   * ``__metadata__.architecture``: the encoder's architecture plus ``deep`` (shapes, dilations, grid,
     decode), which the engine checks every tensor against;
   * ``__metadata__.rate_accuracy``: the message configurations (bits, tau as the threshold) with their
@@ -90,22 +92,26 @@ def deep_tensors(m: DeepModel) -> dict[str, np.ndarray]:
     return out
 
 
-def rate_table(path: Path, wi: int) -> str:
+def rate_table(paths: list[Path], wi: int) -> str:
     """``rate_accuracy`` from evaluate_deep.py's JSON: its clean rows "deep, {bits} bit, ..." (maps
     without the merged boxes), as entries (full width, bits, threshold = tau or 0, bytes, ap50)."""
     import re
-    doc = json.loads(path.read_text())
     entries = []
-    for r in doc["results"]:
-        m = re.fullmatch(r"deep, (\d) bit, (every cell|tau ([0-9.]+))", r["method"])
+    for r in (r for p in paths for r in json.loads(p.read_text())["results"]):
+        m = re.fullmatch(r"deep, (?:(\d) bit|codebook (\d+) x (\d+)), (every cell|tau ([0-9.]+))", r["method"])
         if r["condition"] != "clean" or not m:
             continue
-        entries.append({"width_index": wi, "bits": int(m.group(1)), "threshold": float(m.group(3) or 0),
-                        "bytes": float(r["bytes"]), "ap50": round(float(r["ap50"]), 2)})
+        e = {"width_index": wi, "threshold": float(m.group(5) or 0), "bytes": float(r["bytes"]),
+             "ap50": round(float(r["ap50"]), 2)}
+        if m.group(1):
+            e["bits"] = int(m.group(1))
+        else:
+            e["bits"], e["payload"] = int(m.group(3)).bit_length() - 1, "codebook"
+        entries.append(e)
     if not entries:
-        sys.exit(f"export_deep: no clean 'deep, N bit, ...' rows in {path}")
-    return json.dumps({"source": f"training/evaluate_deep.py ({path.name})", "entries": entries},
-                      separators=(",", ":"))
+        sys.exit(f"export_deep: no clean 'deep, N bit, ...' rows in {', '.join(map(str, paths))}")
+    return json.dumps({"source": "training/evaluate_deep.py (" + ", ".join(p.name for p in paths) + ")",
+                       "entries": entries}, separators=(",", ":"))
 
 
 @torch.no_grad()
@@ -193,7 +199,10 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "Models/slimsplit-deep.safetensors"))
     ap.add_argument("--fixture", default="", help="also write the parity fixture here")
     ap.add_argument("--table", default=str(ROOT / "docs/bench/deep-fusion-eval.json"),
-                    help="evaluate_deep.py JSON whose clean results become the rate-accuracy table ('' for none)")
+                    help="evaluate_deep.py JSON files (comma-separated) whose clean results become the "
+                         "rate-accuracy table ('' for none)")
+    ap.add_argument("--codebook", default=str(HERE / "checkpoints/deep-codebook.safetensors"),
+                    help="residual codebooks (training/train_codebook.py; '' for none)")
     ap.add_argument("--calib", type=int, default=64, help="validation BEVs for the encoder's int8 calibration")
     a = ap.parse_args()
     torch.set_num_threads(2)
@@ -211,12 +220,15 @@ def main() -> None:
     check_tensors(enc_arch, tensors)
     tensors.update(deep_tensors(m))
     tensors.update(backbone_int8(m, tensors, calib))
+    if a.codebook:
+        from safetensors.numpy import load_file
+        tensors[f"features.{len(m.arch['widths']) - 1}.codebook"] = load_file(a.codebook)["codebook"]
     arch = dict(enc_arch)
     arch["deep"] = deep_arch(m)
     validate_arch(arch)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "architecture": arch_json(arch)}
     if a.table:
-        meta["rate_accuracy"] = rate_table(Path(a.table), len(m.arch["widths"]) - 1)
+        meta["rate_accuracy"] = rate_table([Path(p) for p in a.table.split(",")], len(m.arch["widths"]) - 1)
     out = Path(a.out)
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(out), metadata=meta)
     print(f"wrote {out} ({out.stat().st_size} bytes, {len(tensors)} tensors)")

@@ -109,6 +109,11 @@ def valid_vectors():
            encode(sparse_frame(2, masked=False, quant_mode=0, sequence=401)), None)
     yield ("frame_b4_mask_lz4", "4-bit, C=8 H=16 W=16, static quantization, mask, LZ4 block",
            encode(sparse_frame(4, masked=True, quant_mode=1, sequence=402)), None)
+    # A codebook frame: C = 3 residual levels, 7-bit codeword indices at the sent cells.
+    yield ("frame_codebook_b7_mask", "codebook (quant_mode 2): 3 levels of 7-bit indices, H=8 W=8, mask, "
+           "no codec",
+           encode(frame(7, 3, 8, 8, values=pattern(3 * sum(small_mask(64)), 7), mask=small_mask(64),
+                        quant_mode=2, sequence=403)), None)
 
     yield "ack", "ack of frame 108", encode(Ack(108, T0 + 10_812_345_678, 1234, 250_000)), None
     yield ("ack_saturated", "ack with queue_delay_ns saturated at 2^32-1",
@@ -230,7 +235,7 @@ def invalid_vectors():
     yield ("field_out_of_range_agent_id", "field_out_of_range",
            "frame_b4 with agent_id 'agent 01' (space is not an identifier character)",
            encode(rep(f4, agent_id="agent 01")))
-    yield ("field_out_of_range_quant_mode", "field_out_of_range", "frame_b8 with quant_mode 2",
+    yield ("field_out_of_range_quant_mode", "field_out_of_range", "frame_b8 with quant_mode 3",
            frame_message(ss.KIND_FEATURE_FRAME,
                          *_patch_quant_mode(encode_body(rep(f8, quant_mode=1, scales=None,
                                                             zero_points=None)))))
@@ -316,9 +321,9 @@ def invalid_vectors():
 
 
 def _patch_quant_mode(body_payload: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
-    """Set quant_mode (the byte before mask_mode, codec, raw_length) of a static frame to 2."""
+    """Set quant_mode (the byte before mask_mode, codec, raw_length) of a static frame to 3."""
     body, payload = body_payload
-    return body[:-7] + b"\x02" + body[-6:], payload
+    return body[:-7] + b"\x03" + body[-6:], payload
 
 
 # ---------------------------------------------------------------------------------------------

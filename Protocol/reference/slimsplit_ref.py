@@ -116,7 +116,7 @@ class FeatureFrame:
     channels: int
     height: int
     width: int
-    quant_mode: int
+    quant_mode: int  # 0 inline, 1 static (the model's), 2 codebook (the model's residual codebooks)
     scales: list[float] | None  # only with quant_mode 0
     zero_points: list[int] | None  # only with quant_mode 0
     mask_mode: int
@@ -443,7 +443,7 @@ def _decode_frame(b: _Body, payload: bytes, limits: Limits) -> FeatureFrame:
     if channels * height * width > limits.max_values:
         raise WireError("over_limit", f"C·H·W > {limits.max_values}")
     quant_mode = b.one("B")
-    _check(quant_mode in (0, 1), "quant_mode not 0/1")
+    _check(quant_mode in (0, 1, 2), "quant_mode not in 0...2")
     scales = zero_points = None
     if quant_mode == 0:
         scales = list(b.unpack(f"{channels}f"))

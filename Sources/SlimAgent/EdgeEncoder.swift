@@ -25,6 +25,13 @@ public final class EdgeEncoder: @unchecked Sendable {
     public let rateAccuracy: [RateAccuracyEntry]?
     /// The deep-fusion agent stage, when the model is a deep-fusion model.
     public let deep: DeepAgentStage?
+    /// Residual codebooks per width index (`features.{width}.codebook`), for codebook frames.
+    public let codebooks: [Int: FeatureCodebook]
+    /// Send codebook indices (PROTOCOL.md §4.2, quant_mode 2) instead of scalar codes; needs a
+    /// codebook at the current width (a deep-fusion model's). `bits` then does not apply.
+    public var codebook = false
+    /// Scratch of one residual.
+    private var residual: [Float]
     /// The encoder's dequantized output, the deep stage's input.
     private let deepInput: FloatTensor?
     /// Requantization tables from the int8 encoder's output code to each transmitted quantization's
@@ -61,6 +68,8 @@ public final class EdgeEncoder: @unchecked Sendable {
             t[key] = q.table(from: out)
         }
         tables = t
+        codebooks = try FeatureCodebook.all(in: st)
+        residual = [Float](repeating: 0, count: codebooks.values.map(\.dim).max() ?? 0)
         if let spec = try DeepArchitecture(st) {
             deep = try DeepAgentStage(st, spec: spec)
             deepInput = FloatTensor(height: spec.height, width: spec.width, channels: spec.inputChannels)
@@ -75,7 +84,8 @@ public final class EdgeEncoder: @unchecked Sendable {
         widthIndex = model.architecture.widths.count - 1
         bits = 8
         let (oh, ow) = (encoder.plans[encoder.outputLayer].outHeight, encoder.plans[encoder.outputLayer].outWidth)
-        dense = [UInt8](repeating: 0, count: max(maxOut, deep?.spec.messageChannels ?? 0) * oh * ow)
+        let maxLevels = codebooks.values.map(\.levels).max() ?? 0
+        dense = [UInt8](repeating: 0, count: max(maxOut, deep?.spec.messageChannels ?? 0, maxLevels) * oh * ow)
         mask = [UInt8](repeating: 0, count: CellMask.byteCount(cells: oh * ow))
     }
 
@@ -118,16 +128,36 @@ public final class EdgeEncoder: @unchecked Sendable {
     ) {
         precondition(
             widthIndex == model.architecture.widths.count - 1, "a deep-fusion model's agent runs at full width")
-        guard let q = quantization[QuantKey(widthIndex: widthIndex, bits: bits)] else {
-            preconditionFailure("no message quantization at \(bits) bits in \(model.file)")
-        }
         if let f { deep.run(f, threshold: threshold) }
         let m = deep.message
         let (c, h, w) = (m.channels, m.height, m.width)
         let cells = h * w
-        let qmax = Float((1 << bits) - 1)
         let masked = threshold > 0
         if masked { for i in 0..<mask.count { mask[i] = 0 } }
+        if codebook {
+            guard let book = codebooks[widthIndex], book.dim == c else {
+                preconditionFailure("no codebook for width \(widthIndex) in \(model.file)")
+            }
+            residual.withUnsafeMutableBufferPointer { r in
+                dense.withUnsafeMutableBufferPointer { d in
+                    withUnsafeTemporaryAllocation(of: UInt8.self, capacity: book.levels) { idx in
+                        for cell in 0..<cells {
+                            let on = !masked || deep.sent[cell] != 0
+                            if masked, on { CellMask.insert(cell, into: &mask) }
+                            if on {
+                                book.encode(m.pointer + cell * c, into: idx.baseAddress!, residual: r.baseAddress!)
+                            }
+                            for l in 0..<book.levels { d[l * cells + cell] = on ? idx[l] : 0 }
+                        }
+                    }
+                }
+            }
+            return (book.levels, h, w, masked)
+        }
+        guard let q = quantization[QuantKey(widthIndex: widthIndex, bits: bits)] else {
+            preconditionFailure("no message quantization at \(bits) bits in \(model.file)")
+        }
+        let qmax = Float((1 << bits) - 1)
         for cell in 0..<cells {
             if masked, deep.sent[cell] != 0 { CellMask.insert(cell, into: &mask) }
             let src = m.pointer + cell * c
@@ -143,6 +173,18 @@ public final class EdgeEncoder: @unchecked Sendable {
     /// evaluating the pipeline offline; cells outside the mask are 0. With a deep-fusion model,
     /// C + 1 channels: the last is 1 where the cell was sent (`DeepFusionDetector`'s input).
     public func dequantized(into t: FloatTensor, channels c: Int, height h: Int, width w: Int, masked: Bool) {
+        if codebook, let book = codebooks[widthIndex] {
+            t.reshape(height: h, width: w, channels: book.dim + 1)
+            let cells = h * w
+            for cell in 0..<cells {
+                let on = !masked || CellMask.contains(mask, cell)
+                let v = t.pointer + cell * (book.dim + 1)
+                for k in 0..<book.dim { v[k] = 0 }
+                if on { for l in 0..<book.levels { book.add(level: l, index: Int(dense[l * cells + cell]), to: v) } }
+                v[book.dim] = on ? 1 : 0
+            }
+            return
+        }
         let q = quantization[QuantKey(widthIndex: widthIndex, bits: bits)]!
         let stride = deep == nil ? c : c + 1
         t.reshape(height: h, width: w, channels: stride)
@@ -156,6 +198,13 @@ public final class EdgeEncoder: @unchecked Sendable {
         }
     }
 
+    /// How the last frame's values are to be read (the FeatureFrame's `quant_mode`) and their bit
+    /// depth: the model's scalar quantization at `bits`, or codebook indices.
+    public var frameQuantization: (quant: FrameQuantization, bits: UInt8) {
+        if codebook, let book = codebooks[widthIndex] { return (.codebook, UInt8(book.bits)) }
+        return (.model, UInt8(bits))
+    }
+
     /// Bit depths the model has parameters for at every width, as a Hello `bits_mask`.
     public var bitsMask: UInt8 {
         var m: UInt8 = 0
@@ -164,6 +213,8 @@ public final class EdgeEncoder: @unchecked Sendable {
         for b in 1...8 where widths.allSatisfy({ quantization[QuantKey(widthIndex: $0, bits: b)] != nil }) {
             m |= 1 << (b - 1)
         }
+        // Codebook frames carry indices of the codebook's bits.
+        for book in codebooks.values { m |= 1 << (book.bits - 1) }
         return m
     }
 

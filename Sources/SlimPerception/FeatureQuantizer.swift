@@ -81,3 +81,86 @@ public struct FeatureQuantization: Sendable {
     @inline(__always)
     public func dequantize(_ code: UInt8, channel c: Int) -> Float { (Float(code) - zeroPoint[c]) * scale[c] }
 }
+
+/// Residual codebooks for a width's transmitted vectors (`features.{width}.codebook`, F32
+/// [levels, size, dim]; training/train_codebook.py): a sent cell is `levels` indices of
+/// log2(size) bits, each the nearest codeword (squared L2, ties to the lowest index) to what the
+/// levels before it left; its vector is the sum of its levels' codewords (PROTOCOL.md §4.2,
+/// quant_mode 2). The agent encodes with it, the server decodes.
+public struct FeatureCodebook: Sendable {
+    public let levels: Int, size: Int, dim: Int
+    /// Bits per index: log2(size).
+    public let bits: Int
+    /// [levels][size][dim].
+    public let words: [Float]
+
+    public init(levels: Int, size: Int, dim: Int, words: [Float]) {
+        precondition(words.count == levels * size * dim && size.nonzeroBitCount == 1)
+        self.levels = levels
+        self.size = size
+        self.dim = dim
+        self.words = words
+        bits = size.trailingZeroBitCount
+    }
+
+    /// Every width's codebooks in the model file, checked (shape, a power-of-two size from 2 to
+    /// 256, 1 to 8 levels, finite values).
+    public static func all(in st: Safetensors) throws(ModelFileError) -> [Int: FeatureCodebook] {
+        var out: [Int: FeatureCodebook] = [:]
+        for name in st.tensors.keys where name.hasPrefix("features.") && name.hasSuffix(".codebook") {
+            let parts = name.split(separator: ".")
+            guard parts.count == 3, let wi = Int(parts[1]), let t = st.tensors[name] else { continue }
+            let s = t.shape
+            guard s.count == 3, (1...8).contains(s[0]), (2...256).contains(s[1]), s[1].nonzeroBitCount == 1,
+                (1...1024).contains(s[2])
+            else {
+                throw ModelFileError(
+                    kind: .tensor, file: st.file, subject: name,
+                    problem: "shape \(s): expected [levels 1...8, size a power of two in 2...256, dim 1...1024]")
+            }
+            let w = try st.floats(name, shape: s)
+            guard w.allSatisfy(\.isFinite) else {
+                throw ModelFileError(kind: .tensor, file: st.file, subject: name, problem: "values must be finite")
+            }
+            out[wi] = FeatureCodebook(levels: s[0], size: s[1], dim: s[2], words: w)
+        }
+        return out
+    }
+
+    /// The indices of the vector `x` (dim floats) into `q` (levels values), using `residual`
+    /// (dim floats of scratch).
+    public func encode(_ x: UnsafePointer<Float>, into q: UnsafeMutablePointer<UInt8>, residual: UnsafeMutablePointer<Float>) {
+        residual.update(from: x, count: dim)
+        words.withUnsafeBufferPointer { w in
+            for l in 0..<levels {
+                var best = 0
+                var bestD = Float.infinity
+                for i in 0..<size {
+                    let c = w.baseAddress! + (l * size + i) * dim
+                    var d: Float = 0
+                    for k in 0..<dim {
+                        let e = residual[k] - c[k]
+                        d += e * e
+                    }
+                    if d < bestD {
+                        bestD = d
+                        best = i
+                    }
+                }
+                q[l] = UInt8(best)
+                let c = w.baseAddress! + (l * size + best) * dim
+                for k in 0..<dim { residual[k] -= c[k] }
+            }
+        }
+    }
+
+    /// Adds level `level`'s codeword `index` to `x` (dim floats). `index` < size (the frame's bit
+    /// depth equals `bits`, checked before).
+    @inline(__always)
+    public func add(level: Int, index: Int, to x: UnsafeMutablePointer<Float>) {
+        words.withUnsafeBufferPointer { w in
+            let c = w.baseAddress! + (level * size + index) * dim
+            for k in 0..<dim { x[k] += c[k] }
+        }
+    }
+}

@@ -20,6 +20,8 @@ public final class CooperativeSession: @unchecked Sendable {
         public var widthIndex: Int? = nil
         public var bits = 8
         public var threshold: Float = 0
+        /// Codebook indices instead of scalar codes (a model with residual codebooks; `bits` does not apply).
+        public var codebook = false
         public var fusion: CooperativeDetector.Fusion = .attention
         public var agents: [String]? = nil
         public var maxFrames: Int? = nil
@@ -142,6 +144,7 @@ public final class CooperativeSession: @unchecked Sendable {
             e.widthIndex = config.widthIndex ?? (e.model.architecture.widths.count - 1)
             e.bits = config.bits
             e.threshold = config.threshold
+            e.codebook = config.codebook
             e.floatEncoder = config.floatEncoder
             edge[a] = e
             let identity = AgentIdentity(
@@ -207,8 +210,8 @@ public final class CooperativeSession: @unchecked Sendable {
                         let h = FeatureFrameHeader(
                             agentID: a, sequence: 0, captureTimeNs: captureNs, position: pose.position,
                             orientation: pose.orientation,
-                            modelID: e.modelID, widthIndex: UInt8(e.widthIndex), bits: UInt8(e.bits),
-                            channels: shape.channels, height: shape.height, width: shape.width, quant: .model,
+                            modelID: e.modelID, widthIndex: UInt8(e.widthIndex), bits: e.frameQuantization.bits,
+                            channels: shape.channels, height: shape.height, width: shape.width, quant: e.frameQuantization.quant,
                             masked: shape.masked, codec: config.lz4 ? .lz4 : .none)
                         submittedNs = SystemClock.monotonicNs()
                         n = e.dense.withUnsafeBufferPointer { d in

@@ -75,8 +75,8 @@ public final class EdgeAgent {
         let h = FeatureFrameHeader(
             agentID: agent.identity.agentID, sequence: 0, captureTimeNs: SystemClock.wallNs(),
             position: pose.position, orientation: pose.orientation, modelID: edge.modelID,
-            widthIndex: UInt8(edge.widthIndex), bits: UInt8(edge.bits), channels: shape.channels,
-            height: shape.height, width: shape.width, quant: .model, masked: shape.masked, codec: .lz4)
+            widthIndex: UInt8(edge.widthIndex), bits: edge.frameQuantization.bits, channels: shape.channels,
+            height: shape.height, width: shape.width, quant: edge.frameQuantization.quant, masked: shape.masked, codec: .lz4)
         let bytes = edge.dense.withUnsafeBufferPointer { d in
             edge.mask.withUnsafeBytes { m in links.submit(h, dense: d, mask: shape.masked ? m : nil) }
         }
@@ -120,17 +120,20 @@ public final class EdgeAgent {
                     c.sendsBoxes ? "adapting: boxes (no map fits the link)" : "adapting: maps again",
                     metadata: ["goodput_kbit_s": "\(Int((g.bytesPerSecond ?? 0) * 8 / 1000))"])
             }
-            if edge.widthIndex != cfg.widthIndex || edge.bits != cfg.bits || edge.threshold != cfg.threshold {
+            if edge.widthIndex != cfg.widthIndex || edge.bits != cfg.bits || edge.threshold != cfg.threshold
+                || edge.codebook != cfg.codebook
+            {
                 logger.info(
                     "adapting",
                     metadata: [
                         "width_index": "\(cfg.widthIndex)", "bits": "\(cfg.bits)",
-                        "threshold": "\(cfg.threshold)",
+                        "threshold": "\(cfg.threshold)", "payload": "\(cfg.codebook ? "codebook" : "scalar")",
                         "goodput_kbit_s": "\(Int((g.bytesPerSecond ?? 0) * 8 / 1000))",
                     ])
                 edge.widthIndex = cfg.widthIndex
                 edge.bits = cfg.bits
                 edge.threshold = cfg.threshold
+                edge.codebook = cfg.codebook
             }
         } else if let caps = agent.control, caps.epoch != appliedCapEpoch {
             // Fixed configuration, within the server's caps (worked out once per Control).

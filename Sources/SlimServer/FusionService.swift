@@ -107,6 +107,8 @@ public final class FusionService: @unchecked Sendable {
     public var threads: Int { detectors.count }
     private var detector: any FusionDetector { detectors[0] }
     private let quantization: [QuantKey: FeatureQuantization]
+    /// Residual codebooks per width index (codebook frames, quant_mode 2).
+    private let codebooks: [Int: FeatureCodebook]
     /// What ingest and tick share, behind one lock.
     private struct State {
         var slots: [String: Slot] = [:]
@@ -185,6 +187,7 @@ public final class FusionService: @unchecked Sendable {
         detectors = try (0..<max(1, threads)).map { _ throws(ModelFileError) in try makeFusionDetector(st) }
         for case let d as CooperativeDetector in detectors { d.useInt8 = options.int8Backbone && d.hasInt8 }
         quantization = try FeatureQuantization.all(in: st)
+        codebooks = try FeatureCodebook.all(in: st)
         let d = detectors[0]
         maxChannels = d.inputChannels
         mapChannels = d is DeepFusionDetector ? d.inputChannels - 1 : d.inputChannels
@@ -208,6 +211,19 @@ public final class FusionService: @unchecked Sendable {
             return WireError(
                 .modelMismatch,
                 "frame is \(h.height)×\(h.width) cells, the model fuses \(detector.height)×\(detector.width)")
+        }
+        if case .codebook = h.quant {
+            // C is the number of levels; each cell decodes to the codebook's dimension.
+            guard let book = codebooks[Int(h.widthIndex)] else {
+                return WireError(.modelMismatch, "the model has no codebook for width index \(h.widthIndex)")
+            }
+            guard h.channels == book.levels, Int(h.bits) == book.bits, book.dim <= mapChannels else {
+                return WireError(
+                    .modelMismatch,
+                    "a codebook frame of \(h.channels) levels of \(h.bits)-bit indices; the model's codebook has \(book.levels) of \(book.bits) bits"
+                )
+            }
+            return nil
         }
         guard h.channels <= mapChannels else {
             return WireError(.modelMismatch, "frame has \(h.channels) channels, the model's map at most \(mapChannels)")
@@ -236,15 +252,16 @@ public final class FusionService: @unchecked Sendable {
             state.withLock { $0.addStage("dequantize", dt) }
         }
         let h = f.header
-        guard h.height == detector.height, h.width == detector.width, h.channels <= mapChannels else { return false }
+        guard h.height == detector.height, h.width == detector.width, check(h) == nil else { return false }
         let duplicate = state.withLock { s in
             guard let slot = s.slots[agent], slot.sequence >= h.sequence else { return false }
             s.duplicates += 1
             return true
         }
         if duplicate { return false }
-        let params: (scale: [Float], zp: [Float])
+        var params: (scale: [Float], zp: [Float]) = ([], [])
         var empty: [Float]?
+        var book: FeatureCodebook?
         switch h.quant {
         case .inline(let s, let z): params = (s, z.map(Float.init))
         case .model:
@@ -253,6 +270,8 @@ public final class FusionService: @unchecked Sendable {
             else { return false }
             params = (q.scale, q.zeroPoint)
             empty = q.empty
+        case .codebook:
+            book = codebooks[Int(h.widthIndex)]  // checked above
         }
         // Take a buffer no tick is reading (under the lock), fill it without the lock.
         let buffer = state.withLock { s -> FloatTensor? in
@@ -261,7 +280,7 @@ public final class FusionService: @unchecked Sendable {
             return spare
         }
         let target = buffer ?? FloatTensor(height: detector.height, width: detector.width, channels: maxChannels)
-        let c = h.channels
+        let c = book?.dim ?? h.channels
         let cells = h.cells
         // Deep fusion: one more channel per cell, 1 where the frame sent it.
         let flag = mapChannels < maxChannels
@@ -270,7 +289,20 @@ public final class FusionService: @unchecked Sendable {
         let dst = target.pointer
         // Values are channel-major over the sent cells (k-th sent cell); unsent cells are 0.
         let k = f.sentCells
-        if let m = f.mask {
+        if let book {
+            // Codebook: the values are level-major indices; a sent cell is the sum of its codewords.
+            var n = 0
+            for cell in 0..<cells {
+                let on = f.mask.map { CellMask.contains($0, cell) } ?? true
+                let v = dst + cell * stride
+                for ch in 0..<c { v[ch] = 0 }
+                if on {
+                    for l in 0..<book.levels { book.add(level: l, index: Int(f.values[l * k + n]), to: v) }
+                    n += 1
+                }
+                if flag { v[c] = on ? 1 : 0 }
+            }
+        } else if let m = f.mask {
             // Cells left out take the model's empty-cell value (PROTOCOL.md §4.2), else 0.
             var n = 0
             for cell in 0..<cells {

@@ -4,6 +4,10 @@ public enum FrameQuantization: Sendable, Equatable {
     case inline(scales: [Float], zeroPoints: [UInt8])
     /// The model's static parameters for this width and bit depth.
     case model
+    /// Residual codebook indices (quant_mode 2): the frame's C "channels" are the levels of the
+    /// model's residual codebooks and each value is a codeword index of `bits` bits; a sent cell's
+    /// vector is the sum of its levels' codewords.
+    case codebook
 }
 
 public enum PayloadCodec: UInt8, Sendable {
@@ -88,6 +92,8 @@ public struct FeatureFrameHeader: Sendable, Equatable {
             zps.withUnsafeBytes { w.bytes($0) }
         case .model:
             w.u8(1)
+        case .codebook:
+            w.u8(2)
         }
         w.u8(masked ? 1 : 0)
         w.u8(codec.rawValue)
@@ -142,8 +148,10 @@ public struct FeatureFrameHeader: Sendable, Equatable {
             quant = .inline(scales: scales, zeroPoints: zps)
         case 1:
             quant = .model
+        case 2:
+            quant = .codebook
         default:
-            throw WireError(.fieldOutOfRange, "quant_mode \(mode) not in 0...1")
+            throw WireError(.fieldOutOfRange, "quant_mode \(mode) not in 0...2")
         }
         let maskMode = try r.u8("mask_mode")
         guard maskMode <= 1 else { throw WireError(.fieldOutOfRange, "mask_mode \(maskMode) not in 0...1") }

@@ -78,8 +78,10 @@ struct EndToEndTests {
 
 @Suite("Deep fusion end to end: messages over ZeroMQ, fused by the server")
 struct DeepFusionEndToEndTests {
-    @Test("2 bit at the cells each agent's head marks: under 1,398 bytes, and the Results are the offline fusion's")
-    func deepSessionMatchesOffline() async throws {
+    @Test(
+        "at the cells each agent's head marks, 2-bit codes or codebook indices: under 1,398 bytes, and the Results are the offline fusion's",
+        arguments: [false, true])
+    func deepSessionMatchesOffline(codebook: Bool) async throws {
         var logger = Logger(label: "test")
         logger.logLevel = .error
         var config = CooperativeSession.Config(recording: samplePath, model: deepModelPath)
@@ -87,6 +89,7 @@ struct DeepFusionEndToEndTests {
         config.maxFrames = 5
         config.bits = 2
         config.threshold = 0.2
+        config.codebook = codebook
         let session = CooperativeSession(config)
         try await session.run(logger: logger)
         #expect(session.rejected == 0)
@@ -104,11 +107,12 @@ struct DeepFusionEndToEndTests {
             var inputs: [CooperativeDetector.AgentInput] = []
             for (k, a) in config.agents!.enumerated() {
                 let e = encoders[k]
-                (e.bits, e.threshold) = (2, 0.2)
+                (e.bits, e.threshold, e.codebook) = (2, 0.2, codebook)
                 let af = f.agents[a]!
                 let pose = af.measuredPose ?? af.pose!
                 let shape = af.points.withUnsafeBufferPointer { e.encode($0, sensorHeight: Float(af.pose!.position.z)) }
-                #expect(shape.channels == 16 && shape.masked)
+                #expect(shape.channels == (codebook ? 3 : 16) && shape.masked)
+                #expect(e.frameQuantization.quant == (codebook ? .codebook : .model))
                 e.dequantized(
                     into: feats[k], channels: shape.channels, height: shape.height, width: shape.width, masked: true)
                 inputs.append(

@@ -162,3 +162,29 @@ final class LockedBox<T>: @unchecked Sendable {
         return value
     }
 }
+
+/// Codebook frames (PROTOCOL.md §4.2, quant_mode 2) are checked against the model before the Ack:
+/// a model without codebooks, or other levels or index bits than its codebook's, is a model mismatch.
+@Suite("Fusion service: codebook frames must fit the model's codebook")
+struct CodebookCheckTests {
+    static let deep = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
+        .appendingPathComponent("Models/slimsplit-deep.safetensors").path
+
+    static func header(levels: Int, bits: UInt8, widthIndex: UInt8 = 3) -> FeatureFrameHeader {
+        FeatureFrameHeader(
+            agentID: "a", sequence: 1, captureTimeNs: 1, modelID: "m", widthIndex: widthIndex, bits: bits,
+            channels: levels, height: 32, width: 32, quant: .codebook, masked: true, codec: .none)
+    }
+
+    @Test("the deep model takes 3 levels of 7-bit indices at full width, and nothing else")
+    func check() throws {
+        let fusion = try FusionService(modelFile: Self.deep)
+        #expect(fusion.check(Self.header(levels: 3, bits: 7)) == nil)
+        for h in [Self.header(levels: 4, bits: 7), Self.header(levels: 3, bits: 6), Self.header(levels: 3, bits: 7, widthIndex: 0)] {
+            #expect(fusion.check(h)?.reason == .modelMismatch, "\(h.channels) levels, \(h.bits) bits, width \(h.widthIndex)")
+        }
+        let maps = try FusionService(modelFile: FusionServiceTests.model)
+        #expect(maps.check(Self.header(levels: 3, bits: 7))?.reason == .modelMismatch)
+    }
+}

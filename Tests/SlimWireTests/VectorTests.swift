@@ -110,7 +110,8 @@ private func expectedMessage(_ v: ValidVector, received: Message) throws -> Mess
                 sequence: f.sequence!, captureTimeNs: f.captureTimeNs!, fusionTimeNs: f.fusionTimeNs!, detections: dets)
         )
     case "FeatureFrame":
-        let quant: FrameQuantization = f.quantMode == 0 ? .inline(scales: f.scales!, zeroPoints: f.zeroPoints!) : .model
+        let quant: FrameQuantization =
+            f.quantMode == 0 ? .inline(scales: f.scales!, zeroPoints: f.zeroPoints!) : f.quantMode == 2 ? .codebook : .model
         var header = FeatureFrameHeader(
             agentID: f.agentId!, sequence: f.sequence!, captureTimeNs: f.captureTimeNs!,
             position: SIMD3(f.position![0], f.position![1], f.position![2]),

@@ -43,6 +43,9 @@ struct EvalCommand: AsyncParsableCommand {
     @Option(help: "Bits per transmitted value.")
     var bits: Int = 8
 
+    @Option(help: "scalar (per-channel codes of --bits bits) or codebook (the model's residual codebooks).")
+    var payload: String = "scalar"
+
     @Option(
         help:
             "Sparsity threshold (0: send every cell): on the feature norm, or a deep-fusion model's heatmap probability.")
@@ -89,6 +92,8 @@ struct EvalCommand: AsyncParsableCommand {
         var config = CooperativeSession.Config(recording: recording[0], model: model)
         config.widthIndex = widthIndex
         config.bits = bits
+        guard ["scalar", "codebook"].contains(payload) else { throw ValidationError("--payload must be scalar or codebook") }
+        config.codebook = payload == "codebook"
         config.threshold = threshold
         config.firstFrame = firstFrame
         config.floatEncoder = floatEncoder
@@ -106,8 +111,10 @@ struct EvalCommand: AsyncParsableCommand {
             }
             if let best = table.filter({ $0.bytes <= Double(budgetBytes) }).max(by: { $0.ap50 < $1.ap50 }) {
                 (config.widthIndex, config.bits, config.threshold) = (best.widthIndex, best.bits, best.threshold)
+                config.codebook = best.codebook
                 chosen = [
                     "width_index": best.widthIndex, "bits": best.bits, "threshold": Double(best.threshold),
+                    "payload": best.codebook ? "codebook" : "scalar",
                     "table_bytes": best.bytes, "table_ap50": best.ap50,
                 ]
             } else if method == "intermediate" {
@@ -205,7 +212,7 @@ func evalReport(_ sessions: [CooperativeSession]) -> [String: Any] {
             let frames = all.map(\.frames).reduce(0, +)
             return frames > 0 ? Double(all.map(\.bytes).reduce(0, +)) / Double(frames) : 0
         }(),
-        "bits": s.config.bits,
+        "bits": s.config.bits, "message_payload": s.config.codebook ? "codebook" : "scalar",
         "width_index": s.config.widthIndex ?? -1, "threshold": s.config.threshold, "fusion": s.config.fusion.rawValue,
         "fused_ap": apDict(fused), "alone_ap": apDict(alone), "agents": agents,
         "fused_ap_by_agents_seeing": ["1": apDict(bySeen[0]), "2+": apDict(bySeen[1])],
