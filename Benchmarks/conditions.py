@@ -10,7 +10,7 @@ held-out test recordings, pooled, for each method under each condition:
               agents 100 ms late; the V2XSet "noisy" setting (0.2 m / 0.2 deg and 100 ms).
 With --deep, the methods are the deep-fusion model's (Models/slimsplit-deep.safetensors): late fusion of
 its agents' own detections (the fair baseline: the same single-agent detector), and its messages at
-8 bit every cell, 4 bit tau 0.1 and 2 bit tau 0.2 (the most accurate that fits 1,398 bytes).
+8 bit every cell, 4 bit tau 0.1, 2 bit tau 0.2, and codebook indices (3 x 7 bits a cell) at tau 0.2.
 Writes the JSON of every run, a markdown table and a plot (AP@0.5 per condition and method).
 
   Benchmarks/conditions.py [--bin .build/release/slimsplit] [--recordings DIR] [--out DIR] [--deep]
@@ -42,7 +42,8 @@ DEEP_METHODS = [
     ("late fusion (own boxes)", ["--model", DEEP, "--method", "late"]),
     ("deep, 8 bit, every cell", ["--model", DEEP, "--bits", "8"]),
     ("deep, 4 bit, tau 0.1", ["--model", DEEP, "--bits", "4", "--threshold", "0.1"]),
-    ("deep, 2 bit, tau 0.2 (budget 1,398 B)", ["--model", DEEP, "--budget-bytes", "1398"]),
+    ("deep, 2 bit, tau 0.2", ["--model", DEEP, "--bits", "2", "--threshold", "0.2"]),
+    ("deep, codebook 3 x 128, tau 0.2", ["--model", DEEP, "--payload", "codebook", "--threshold", "0.2"]),
 ]
 CONDITIONS = [
     ("clean", []),
@@ -74,6 +75,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/slimsplit-conditions"))
     ap.add_argument("--from-json", type=Path, help="only redo the table and plot of an earlier run's conditions.json")
     ap.add_argument("--deep", action="store_true", help="the deep-fusion model's methods")
+    ap.add_argument("--reuse", type=Path, help="an earlier run's conditions.json: its runs of the same method, "
+                                                "condition and arguments are taken instead of rerun")
     a = ap.parse_args()
     if a.deep or (a.from_json and json.loads(a.from_json.read_text()).get("deep")):
         METHODS[:] = DEEP_METHODS
@@ -88,8 +91,13 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     runs = []
     t0 = time.time()
+    earlier = {(r["method"], r["condition"]): r for r in json.loads(a.reuse.read_text())["runs"]} if a.reuse else {}
     for mi, (method, margs) in enumerate(METHODS):
         for ci, (cond, cargs) in enumerate(CONDITIONS):
+            old = earlier.get((method, cond))
+            if old is not None and old["args"] == margs + cargs:
+                runs.append(old)
+                continue
             cmd = [a.bin, "eval", "--json", *margs, *cargs]
             for r in recs:
                 cmd += ["--recording", r]

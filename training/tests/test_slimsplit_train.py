@@ -244,5 +244,37 @@ class DeepFusionTests(unittest.TestCase):
             np.testing.assert_allclose(out[3:5, r, c], p["size"][0, :, r, c].numpy())
 
 
+
+class CodebookTests(unittest.TestCase):
+    """slimsplit_train/codebook.py: residual codebooks, and the bit packing codebook frames use."""
+
+    def test_residual_levels_reduce_the_error_and_round_trip(self):
+        from slimsplit_train import codebook
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(3000, 16, generator=g) * torch.linspace(0.1, 2.0, 16)
+        books = codebook.fit(x, levels=3, size=32, iters=8)
+        self.assertEqual(tuple(books.shape), (3, 32, 16))
+        q = codebook.encode(x, books)
+        self.assertTrue(int(q.max()) < 32 and int(q.min()) >= 0)
+        errs = []
+        for levels in (1, 2, 3):
+            rec = codebook.decode(q[:, :levels], books[:levels])
+            errs.append(float(((rec - x) ** 2).sum() / (x ** 2).sum()))
+        self.assertLess(errs[1], errs[0])
+        self.assertLess(errs[2], errs[1])
+        m = x[:64].T.reshape(16, 8, 8)
+        np.testing.assert_allclose(codebook.quantize_map(m, books)[:, 0, 0].numpy(), rec[0].numpy(), atol=1e-6)
+        with self.assertRaises(ValueError):
+            codebook.index_bits(100)
+
+    def test_pack_bits_is_lsb_first_for_any_depth(self):
+        from evaluate import pack_bits
+        v = np.array([5, 127, 0, 64], np.uint8)
+        stream = "".join(format(int(x), "07b")[::-1] for x in v)            # LSB first per value
+        want = bytes(int(stream[i:i + 8].ljust(8, "0")[::-1], 2) for i in range(0, len(stream), 8))
+        self.assertEqual(pack_bits(v, 7), want)
+        self.assertEqual(pack_bits(np.array([1, 2, 3, 0]), 2), bytes([0b00111001]))
+
+
 if __name__ == "__main__":
     unittest.main()
