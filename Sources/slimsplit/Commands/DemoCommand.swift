@@ -32,6 +32,11 @@ struct DemoCommand: AsyncParsableCommand {
     @Option(help: "Bits per transmitted value (cooperative demo).")
     var bits: Int = 4
 
+    @Option(
+        help:
+            "Sparsity threshold (cooperative demo; 0: every cell): on the feature norm, or a deep-fusion model's heatmap probability (0.2).")
+    var threshold: Float = 0
+
     @Option(help: "Seconds to stream.")
     var seconds: Double = 3
 
@@ -160,6 +165,7 @@ struct DemoCommand: AsyncParsableCommand {
         }
         var config = CooperativeSession.Config(recording: recording, model: model)
         config.bits = bits
+        config.threshold = threshold
         config.realTime = true
         config.loops = loops ?? (livePort == nil ? 1 : 20)
         let session = CooperativeSession(config)
