@@ -107,7 +107,9 @@ def rate_table(paths: list[Path], wi: int) -> str:
             e["bits"] = int(m.group(1))
         else:
             e["bits"], e["payload"] = int(m.group(3)).bit_length() - 1, "codebook"
-        entries.append(e)
+        if not any((x["bits"], x["threshold"], x.get("payload")) == (e["bits"], e["threshold"], e.get("payload"))
+                   for x in entries):  # the first file's figure of a configuration evaluated twice
+            entries.append(e)
     if not entries:
         sys.exit(f"export_deep: no clean 'deep, N bit, ...' rows in {', '.join(map(str, paths))}")
     return json.dumps({"source": "training/evaluate_deep.py (" + ", ".join(p.name for p in paths) + ")",
