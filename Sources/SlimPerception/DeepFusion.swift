@@ -71,6 +71,22 @@ public struct DeepArchitecture: Sendable {
     }
 }
 
+/// out[cell] = 1 where a cell of its 3×3 neighbourhood inside the grid (row-major cells) is `on`, else 0.
+func dilate3x3(height h: Int, width w: Int, into out: UnsafeMutablePointer<UInt8>, _ on: (Int) -> Bool) {
+    for i in 0..<h {
+        for j in 0..<w {
+            var hit: UInt8 = 0
+            for ii in max(0, i - 1)...min(h - 1, i + 1) where hit == 0 {
+                for jj in max(0, j - 1)...min(w - 1, j + 1) where on(ii * w + jj) {
+                    hit = 1
+                    break
+                }
+            }
+            out[i * w + j] = hit
+        }
+    }
+}
+
 /// A float convolution read from `{name}.weight` / `{name}.bias`, shapes checked.
 func floatConv(
     _ st: Safetensors, _ name: String, in cin: Int, out cout: Int, kernel k: Int = 1, dilation: Int = 1,
@@ -247,17 +263,8 @@ public final class DeepAgentStage: @unchecked Sendable {
         }
         // σ(heatmap) > threshold, dilated by a 3×3 max (training: max_pool2d(s, 3, 1, 1)).
         let hm = o[0]
-        for i in 0..<h {
-            for j in 0..<w {
-                var on: UInt8 = 0
-                for ii in max(0, i - 1)...min(h - 1, i + 1) where on == 0 {
-                    for jj in max(0, j - 1)...min(w - 1, j + 1) where 1 / (1 + exp(-hm[ii, jj, 0])) > threshold {
-                        on = 1
-                        break
-                    }
-                }
-                sent[i * w + j] = on
-            }
+        sent.withUnsafeMutableBufferPointer { out in
+            dilate3x3(height: h, width: w, into: out.baseAddress!) { 1 / (1 + exp(-hm.storage[$0])) > threshold }
         }
     }
 
@@ -500,8 +507,9 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
             dst[bb + 2] = ((dst[bb + 2] + 1) * Float(h) / 2 - Float(i)) * has
         }
         let t1 = now()
-        fuse.geometry.propagateActivity(
-            fusedActive.baseAddress!, height: h, width: w, into: fuseActive.baseAddress!, scratch: rows.baseAddress!)
+        // fuse: an output differs from its background only if an active cell is in its 3×3 field
+        // (the fused map is 0 where inactive, as the padding is, so the grid's edge needs no rule).
+        dilate3x3(height: h, width: w, into: fuseActive.baseAddress!) { fusedActive[$0] != 0 }
         head.shared.geometry.propagateActivity(
             fuseActive.baseAddress!, height: h, width: w, into: headActive.baseAddress!, scratch: rows.baseAddress!)
         let bg = UnsafePointer(backgrounds.baseAddress!)
