@@ -54,6 +54,12 @@ public struct DeepArchitecture: Sendable {
         guard let g = d["grid"] as? [String: Any] else { throw fail(".grid", "missing or not an object") }
         height = try int("height", 1...1024, in: g, at: ".grid")
         width = try int("width", 1...1024, in: g, at: ".grid")
+        // Every per-cell buffer is cells × channels floats: bound it before anything is allocated.
+        let widest = max(inputChannels, backboneChannels, headChannels) + Self.geometryChannels + 1
+        guard height * width * widest <= 1 << 26 else {
+            throw fail(
+                ".grid", "\(height)×\(width) cells × \(widest) channels exceeds 2^26 values a buffer")
+        }
         halfExtent = try number("x_max", in: g, at: ".grid")
         cell = try number("cell", in: g, at: ".grid")
         guard let dec = d["decode"] as? [String: Any], dec["yaw_encoding"] as? String == "double_angle" else {

@@ -121,6 +121,11 @@ struct HostileDeepModelTests {
             g["width"] = 1_000_000_000
             d["grid"] = g
         },
+        Case(description: "a grid whose buffers would take gigabytes", subject: "grid") { d in
+            var g = d["grid"] as! [String: Any]
+            (g["width"], g["height"]) = (1024, 1024)
+            d["grid"] = g
+        },
         Case(description: "a yaw encoding it does not know", subject: "decode") { d in
             var g = d["decode"] as! [String: Any]
             g["yaw_encoding"] = "quaternion"

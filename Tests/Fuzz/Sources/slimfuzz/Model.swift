@@ -3,7 +3,7 @@ import SlimEngine
 import SlimPerception
 
 // The safetensors reader and the architecture validation behind it (edge encoder, server
-// detector, rate–accuracy table). Invariants: every tensor the reader accepts lies inside the
+// detector, deep-fusion stages, codebooks, rate–accuracy table). Invariants: every tensor the reader accepts lies inside the
 // file with exactly the bytes its dtype and shape need; an accepted file written again by
 // SlimSplit's writer reads back the same tensors and metadata; model loading ends in a model
 // or a ModelFileError.
@@ -33,6 +33,11 @@ func fuzzSafetensors(_ input: UnsafeRawBufferPointer) {
         invariant(model.float.count == model.architecture.widths.count, "a model without a layer set per width")
     }
     _ = try? CooperativeDetector(st, maxAgents: 2)
+    if let spec = try? DeepArchitecture(st) {
+        _ = try? DeepFusionDetector(st, spec: spec, maxAgents: 2)
+        _ = try? DeepAgentStage(st, spec: spec)
+    }
+    _ = try? FeatureCodebook.all(in: st)
 }
 
 // The rate–accuracy table (model metadata `rate_accuracy`, JSON) against a model that serves
