@@ -399,12 +399,10 @@ final class PoseConditionedConv {
         let v3 = SIMD16<Float>(repeating: t3)
         let v4 = SIMD16<Float>(repeating: t4)
         for i in 0..<dst.count {
-            var w: SIMD16<Float> = b0[i]
-            w.addProduct(v1, b1[i])
-            w.addProduct(v2, b2[i])
-            w.addProduct(v3, b3[i])
-            w.addProduct(v4, b4[i])
-            dst[i] = w
+            // Multiply and add, not addProduct: without an FMA target that is a libm fmaf call per lane.
+            let a: SIMD16<Float> = b0[i] + v1 * b1[i]
+            let b: SIMD16<Float> = v2 * b2[i] + v3 * b3[i]
+            dst[i] = a + b + v4 * b4[i]
         }
         conv.run(x, into: y, active: active, background: background)
     }
