@@ -69,3 +69,20 @@ public final class Tensor<Element: BitwiseCopyable & Numeric>: @unchecked Sendab
 
 public typealias FloatTensor = Tensor<Float>
 public typealias QTensor = Tensor<UInt8>
+
+/// Runs `layers` in order from `x`, each writing into whichever of `a` and `b` the layer before it
+/// did not (so no layer reads the buffer it writes, and nothing is allocated). Returns the last
+/// output (`x` itself when `layers` is empty); the other buffer is free for the next step.
+@inlinable
+public func runChain<Layer, T: AnyObject>(
+    _ layers: [Layer], from x: T, between a: T, _ b: T, _ run: (Layer, T, T) -> Void
+) -> T {
+    var x = x
+    var y = a
+    for layer in layers {
+        run(layer, x, y)
+        x = y
+        y = (y === a) ? b : a
+    }
+    return x
+}

@@ -199,6 +199,11 @@ public final class CooperativeDetector: @unchecked Sendable {
     /// The 2×3 `affine_grid` matrix that samples agent `j`'s grid at the ego grid's cells:
     /// p_j = R(yaw_e − yaw_j)·p_e + R(−yaw_j)(t_e − t_j), in units of the half extent.
     public func theta(ego: AgentInput, agent j: AgentInput) -> [Float] {
+        Self.theta(ego: ego, agent: j, halfExtent: halfExtent)
+    }
+
+    /// `theta(ego:agent:)` for a grid of half extent `halfExtent` metres (every fusion grid's warp).
+    public static func theta(ego: AgentInput, agent j: AgentInput, halfExtent: Float) -> [Float] {
         let d = ego.yaw - j.yaw
         let c = cos(d)
         let s = sin(d)
@@ -272,13 +277,7 @@ public final class CooperativeDetector: @unchecked Sendable {
             for i in 0..<fused.count {
                 qIn.storage[i] = UInt8(min(max((fused.storage[i] / qp.scale).rounded(.toNearestOrEven) + zp, 0), 255))
             }
-            var qx = qIn
-            var qy = qa
-            for conv in qConvs {
-                conv.run(qx, into: qy)
-                qx = qy
-                qy = (qy === qa) ? qb : qa
-            }
+            let qx = runChain(qConvs, from: qIn, between: qa, qb) { $0.run($1, into: $2) }
             let x = b
             x.reshape(height: qx.height, width: qx.width, channels: qx.channels)
             let s = last.output.scale
@@ -286,12 +285,8 @@ public final class CooperativeDetector: @unchecked Sendable {
             for i in 0..<qx.count { x.storage[i] = s * Float(Int32(qx.storage[i]) - z) }
             shared.run(x, into: y)
         } else {
-            var x = fused
-            for conv in backbone {
-                conv.run(x, into: y)
-                x = y
-                y = (y === a) ? b : a
-            }
+            let x = runChain(backbone, from: fused, between: a, b) { $0.run($1, into: $2) }
+            y = x === a ? b : a
             shared.run(x, into: y)
         }
         for (h, out) in zip(heads, outs) { h.run(y, into: out) }

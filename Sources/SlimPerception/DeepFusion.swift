@@ -229,27 +229,14 @@ public final class DeepAgentStage: @unchecked Sendable {
     /// Runs on the encoder's full-width float map `f` (H × W × input channels), float backbone.
     public func run(_ f: FloatTensor, threshold: Float) {
         precondition(f.channels == spec.inputChannels && f.height == spec.height && f.width == spec.width)
-        var x = f
-        var y = a
-        for conv in backbone {
-            conv.run(x, into: y)
-            x = y
-            y = (y === a) ? b : a
-        }
-        finish(x, threshold: threshold)
+        finish(runChain(backbone, from: f, between: a, b) { $0.run($1, into: $2) }, threshold: threshold)
     }
 
     /// Runs on the int8 encoder's full-width output codes (quantization `inputQuant`), int8
     /// backbone; requires `hasInt8`.
     public func run(quantized q: QTensor, threshold: Float) {
         precondition(hasInt8 && q.channels == spec.inputChannels && q.height == spec.height && q.width == spec.width)
-        var x = q
-        var y = qa
-        for conv in qBackbone {
-            conv.run(x, into: y)
-            x = y
-            y = (y === qa) ? qb : qa
-        }
+        let x = runChain(qBackbone, from: q, between: qa, qb) { $0.run($1, into: $2) }
         let out = qBackbone.last!.output
         a.reshape(height: x.height, width: x.width, channels: x.channels)
         for i in 0..<x.count { a.storage[i] = out.scale * Float(Int32(x.storage[i]) - out.zeroPoint) }
@@ -326,6 +313,8 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
     var message: [FloatTensor] = [], sentFlags: [[UInt8]] = [], decompressed: [FloatTensor] = [],
         peer: [FloatTensor] = []
     var prepared: [ObjectIdentifier: Int] = [:]
+    /// Each input's prepared slot in the current `forward` (kept to reuse its storage).
+    var slots: [Int] = []
     /// Per agent of an ego's fusion: rotated map + geometry + sent (B + 8 channels), warped, score.
     var stacked: [FloatTensor] = [], warped: [FloatTensor] = [], scores: [FloatTensor] = []
     let rotated: FloatTensor, fused: FloatTensor, y: FloatTensor
@@ -431,9 +420,7 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
 
     /// The 2×3 `affine_grid` matrix that samples agent `j`'s grid at the ego grid's cells.
     public func theta(ego: CooperativeDetector.AgentInput, agent j: CooperativeDetector.AgentInput) -> [Float] {
-        let d = ego.yaw - j.yaw
-        let t = Pose2D(j.position, yaw: j.yaw).toLocal(ego.position) / halfExtent
-        return [cos(d), -sin(d), t.x, sin(d), cos(d), t.y]
+        CooperativeDetector.theta(ego: ego, agent: j, halfExtent: halfExtent)
     }
 
     /// The fused head's raw outputs for `agents[ego]` (heatmap logits, offset, log size, yaw), each
@@ -443,7 +430,8 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
         let t0 = now()
         let (bb, g) = (spec.backboneChannels, DeepArchitecture.geometryChannels)
         let cs = bb + g + 1
-        let slots = agents.map { prepare($0.features) }
+        slots.removeAll(keepingCapacity: true)
+        for ag in agents { slots.append(prepare(ag.features)) }
         grow(to: agents.count)
         let (h, w) = (height, width)
         for (j, ag) in agents.enumerated() {
