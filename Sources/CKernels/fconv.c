@@ -38,27 +38,24 @@ typedef struct {
     int32_t xo[SLIM_FCONV_MAX_STEPS], wo[SLIM_FCONV_MAX_STEPS];
 } slim_fctx;
 
-#define DEFINE_FKERNEL(NAME, ATTR)                                                                         \
-    ATTR AI void NAME(const slim_fconv_args *a, const slim_fctx *c, const float *const xq[4], int blk, const int NB, \
-                      float *const dq[4]) {                                                                \
-        v16f acc[4][4];                                                                                    \
-        for (int p = 0; p < 4; p++)                                                                        \
+/// NPIX output pixels × NB blocks of 16 channels in registers; per step each weight vector is
+/// loaded once and serves NPIX pixels.
+#define DEFINE_FKERNEL(NAME, ATTR, NPIX)                                                                   \
+    ATTR AI void NAME(const slim_fconv_args *a, const slim_fctx *c, const float *const xq[NPIX], int blk, const int NB, \
+                      float *const dq[NPIX]) {                                                             \
+        v16f acc[NPIX][4];                                                                                 \
+        for (int p = 0; p < NPIX; p++)                                                                     \
             for (int b = 0; b < NB; b++) acc[p][b] = *(const v16f *)(a->bias + (size_t)(blk + b) * 16);    \
         const float *wb = a->wpack + (size_t)blk * 16;                                                     \
-        const float *x0 = xq[0], *x1 = xq[1], *x2 = xq[2], *x3 = xq[3];                                    \
         for (int k = 0; k < c->nk; k++) {                                                                  \
             const float *w = wb + c->wo[k];                                                                \
             const int xo = c->xo[k];                                                                       \
-            const float s0 = x0[xo], s1 = x1[xo], s2 = x2[xo], s3 = x3[xo];                                \
             for (int b = 0; b < NB; b++) {                                                                 \
                 const v16f wv = *(const v16f *)(w + b * 16);                                               \
-                acc[0][b] += s0 * wv;                                                                      \
-                acc[1][b] += s1 * wv;                                                                      \
-                acc[2][b] += s2 * wv;                                                                      \
-                acc[3][b] += s3 * wv;                                                                      \
+                for (int p = 0; p < NPIX; p++) acc[p][b] += xq[p][xo] * wv;                                \
             }                                                                                              \
         }                                                                                                  \
-        for (int p = 0; p < 4; p++)                                                                        \
+        for (int p = 0; p < NPIX; p++)                                                                     \
             for (int b = 0; b < NB; b++) fstore(a, &acc[p][b], (blk + b) * 16, dq[p]);                     \
     }
 
@@ -67,7 +64,7 @@ typedef struct {
 #define CD_YT float
 #define CD_XT float
 
-DEFINE_FKERNEL(fkernel_portable, )
+DEFINE_FKERNEL(fkernel_portable, , 4)
 #define CD_FN fdrive_portable
 #define CD_ATTR
 #define CD_KERNEL fkernel_portable
@@ -77,15 +74,19 @@ DEFINE_FKERNEL(fkernel_portable, )
 #if defined(__x86_64__)
 #define FAVX2 __attribute__((target("avx2,fma")))
 #define FAVX512 __attribute__((target("avx512f")))
-DEFINE_FKERNEL(fkernel_avx2, FAVX2)
+#ifndef FAVX2_NPIX
+#define FAVX2_NPIX 6
+#endif
+DEFINE_FKERNEL(fkernel_avx2, FAVX2, FAVX2_NPIX)
 #define CD_FN fdrive_avx2
 #define CD_ATTR FAVX2
 #define CD_KERNEL fkernel_avx2
 #define CD_NBMAX 1
+#define CD_NPIX FAVX2_NPIX
 #define CD_XT float
 #include "internal/conv_driver.h"
 
-DEFINE_FKERNEL(fkernel_avx512, FAVX512)
+DEFINE_FKERNEL(fkernel_avx512, FAVX512, 4)
 #define CD_FN fdrive_avx512
 #define CD_ATTR FAVX512
 #define CD_KERNEL fkernel_avx512

@@ -8,12 +8,13 @@
 //              requantized or stored; the kernel walks the taps × input channels through the
 //              context's flat offset tables (one loop, accumulators stay in registers)
 //   CD_NBMAX   blocks per call (the path's register budget)
+//   CD_NPIX    (optional, default 4) output pixels per tile: the kernel takes x[CD_NPIX], dst[CD_NPIX]
 //   CD_CTX     the type of the per-call context the kernel reads (bias, corrections)
 //   CD_KERNEL_EXCESS (optional) the kernel for pixels whose taps touch a pixel flagged in
 //              ctx->flags (avx2: a byte above 127), gathered into tiles of their own
 // The input is zero-padded by the caller, so every tap of every output pixel is inside it: one
 // kernel shape serves borders and interior alike. Inactive outputs get `background`; active ones
-// are gathered four at a time, wherever they are, into one register tile (each weight vector
+// are gathered CD_NPIX (four unless the path says) at a time, wherever they are, into one register tile (each weight vector
 // loaded once serves four pixels), so a sparse BEV grid runs at the dense tile's efficiency. A
 // layer's last tile repeats its last pixel (it writes the same values twice).
 #define CD_TILE(KERNEL, XQ, DQ)                                                                        \
@@ -29,14 +30,17 @@
         }                                                                                             \
     } while (0)
 
+#ifndef CD_NPIX
+#define CD_NPIX 4
+#endif
 CD_ATTR static void CD_FN(const CD_ARGS *a, const CD_CTX *ctx, const CD_XT *xs, int cpad, int padded_w, CD_YT *y) {
     const int nblk = (a->co + 15) / 16;
-    const CD_XT *xq[4];
-    CD_YT *dq[4];
+    const CD_XT *xq[CD_NPIX];
+    CD_YT *dq[CD_NPIX];
     int n = 0;
 #ifdef CD_KERNEL_EXCESS
-    const CD_XT *xe[4];
-    CD_YT *de[4];
+    const CD_XT *xe[CD_NPIX];
+    CD_YT *de[CD_NPIX];
     int ne = 0;
 #endif
     for (int oy = 0; oy < a->out_h; oy++) {
@@ -53,22 +57,22 @@ CD_ATTR static void CD_FN(const CD_ARGS *a, const CD_CTX *ctx, const CD_XT *xs, 
             if (flagged) {
                 xe[ne] = xs + pix * cpad;
                 de[ne] = dst;
-                if (++ne == 4) { CD_TILE(CD_KERNEL_EXCESS, xe, de); ne = 0; }
+                if (++ne == CD_NPIX) { CD_TILE(CD_KERNEL_EXCESS, xe, de); ne = 0; }
                 continue;
             }
 #endif
             xq[n] = xs + pix * cpad;
             dq[n] = dst;
-            if (++n == 4) { CD_TILE(CD_KERNEL, xq, dq); n = 0; }
+            if (++n == CD_NPIX) { CD_TILE(CD_KERNEL, xq, dq); n = 0; }
         }
     }
     if (n > 0) {
-        for (int k = n; k < 4; k++) { xq[k] = xq[n - 1]; dq[k] = dq[n - 1]; }
+        for (int k = n; k < CD_NPIX; k++) { xq[k] = xq[n - 1]; dq[k] = dq[n - 1]; }
         CD_TILE(CD_KERNEL, xq, dq);
     }
 #ifdef CD_KERNEL_EXCESS
     if (ne > 0) {
-        for (int k = ne; k < 4; k++) { xe[k] = xe[ne - 1]; de[k] = de[ne - 1]; }
+        for (int k = ne; k < CD_NPIX; k++) { xe[k] = xe[ne - 1]; de[k] = de[ne - 1]; }
         CD_TILE(CD_KERNEL_EXCESS, xe, de);
     }
 #endif
@@ -78,4 +82,5 @@ CD_ATTR static void CD_FN(const CD_ARGS *a, const CD_CTX *ctx, const CD_XT *xs, 
 #undef CD_KERNEL
 #undef CD_KERNEL_EXCESS
 #undef CD_NBMAX
+#undef CD_NPIX
 #undef CD_XT
