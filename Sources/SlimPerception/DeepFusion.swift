@@ -279,12 +279,14 @@ public final class DeepAgentStage: @unchecked Sendable {
 /// (`cell_relative`), `fuse` (3×3, ReLU), the head, decoding. Mirrors
 /// training/slimsplit_train/deep.py `DeepModel.server`.
 ///
-/// Within a pass (`beginPass`), an agent's decompress and peer head run once for all egos, keyed by
-/// the identity of its input tensor (a pass's inputs are not written while it runs). Per ego, the
-/// fuse convolution and the head compute only the cells whose receptive field holds a cell some
-/// agent sent (or reaches the grid's edge); elsewhere their output is what an empty fused map
-/// gives, computed once at init: exact, not an approximation. Buffers are planned for `maxAgents`
-/// (grown once if more come). Not thread-safe.
+/// Within a pass, an agent's decompress and peer head run once for all egos, keyed by the identity
+/// of its input tensor (a pass's inputs are not written while it runs): `preparePass` computes
+/// them for the inputs that `beginPass` named (detectors made together by `makeFusionDetectors`
+/// share them, each worker preparing its share), and `detect` computes any it was not given. Per
+/// ego, the fuse convolution and the head compute only the cells whose receptive field holds a
+/// cell some agent sent (or reaches the grid's edge); elsewhere their output is what an empty
+/// fused map gives, computed once at init: exact, not an approximation. Buffers are planned for
+/// `maxAgents` (grown once if more come). Not thread-safe, except as `FusionDetector` says.
 public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
     public let spec: DeepArchitecture
     public var height: Int { spec.height }
@@ -309,12 +311,10 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
     let fuse: FloatConv2d
     let head: DetectionHead
     let zeros: [Float]
-    /// Per agent of the pass (by slot): its message, sent flags, decompressed map, peer boxes (7 raw channels).
-    var message: [FloatTensor] = [], sentFlags: [[UInt8]] = [], decompressed: [FloatTensor] = [],
-        peer: [FloatTensor] = []
-    var prepared: [ObjectIdentifier: Int] = [:]
-    /// Each input's prepared slot in the current `forward` (kept to reuse its storage).
-    var slots: [Int] = []
+    /// The pass's prepared agents, shared with the detectors made together with this one.
+    let pass: DeepPass
+    /// Each input's prepared agent in the current `forward` (kept to reuse its storage).
+    var slots: [DeepPass.Agent] = []
     /// Per agent of an ego's fusion: rotated map + geometry + sent (B + 8 channels), warped, score.
     var stacked: [FloatTensor] = [], warped: [FloatTensor] = [], scores: [FloatTensor] = []
     let rotated: FloatTensor, fused: FloatTensor, y: FloatTensor
@@ -325,8 +325,15 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
     /// layer's (head channels) and its outputs' (7), one after another.
     let backgrounds: UnsafeMutableBufferPointer<Float>
 
-    public init(_ st: Safetensors, spec: DeepArchitecture, maxAgents: Int = 8) throws(ModelFileError) {
+    /// `pass`: the per-pass agent state to share with other detectors of the same model (a new one
+    /// when nil).
+    public convenience init(_ st: Safetensors, spec: DeepArchitecture, maxAgents: Int = 8) throws(ModelFileError) {
+        try self.init(st, spec: spec, maxAgents: maxAgents, pass: nil)
+    }
+
+    init(_ st: Safetensors, spec: DeepArchitecture, maxAgents: Int, pass shared: DeepPass?) throws(ModelFileError) {
         self.spec = spec
+        pass = shared ?? DeepPass(spec: spec, maxAgents: maxAgents)
         let (k, bb, g) = (spec.messageChannels, spec.backboneChannels, DeepArchitecture.geometryChannels)
         let (h, w) = (spec.height, spec.width)
         decompress = try floatConv(st, "deep.server.decompress", in: k, out: bb, relu: true)
@@ -364,14 +371,8 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
     }
 
     private func grow(to n: Int) {
-        let (k, bb, g) = (spec.messageChannels, spec.backboneChannels, DeepArchitecture.geometryChannels)
+        let (bb, g) = (spec.backboneChannels, DeepArchitecture.geometryChannels)
         let (h, w) = (spec.height, spec.width)
-        while message.count < n {
-            message.append(FloatTensor(height: h, width: w, channels: k))
-            sentFlags.append([UInt8](repeating: 0, count: h * w))
-            decompressed.append(FloatTensor(height: h, width: w, channels: bb))
-            peer.append(FloatTensor(height: h, width: w, channels: g))
-        }
         while stacked.count < n {
             stacked.append(FloatTensor(height: h, width: w, channels: bb + g + 1))
             warped.append(FloatTensor(height: h, width: w, channels: bb + g + 1))
@@ -379,43 +380,54 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
         }
     }
 
-    /// Forgets the agents prepared in the last pass (their input tensors may now hold new messages).
-    public func beginPass() { prepared.removeAll(keepingCapacity: true) }
+    /// Forgets the agents prepared in the last pass (their input tensors may now hold new messages)
+    /// and names this pass's: `preparePass` then prepares them. On one thread, before the pass;
+    /// detectors sharing their pass state need it called on one of them only.
+    public func beginPass(_ inputs: [FloatTensor]) { pass.begin(inputs) }
 
-    /// The slot of an agent's decompressed map and peer boxes, computing them on first use in a pass.
-    func prepare(_ input: FloatTensor) -> Int {
-        let id = ObjectIdentifier(input)
-        if let s = prepared[id] { return s }
-        let s = prepared.count
-        grow(to: s + 1)
-        prepared[id] = s
+    /// Prepares the named inputs `k` with `k % workers == worker`; workers may run concurrently
+    /// (each on its own detector), after `beginPass` and before any `detect` of the pass.
+    public func preparePass(worker: Int, workers: Int) {
+        for k in stride(from: worker, to: pass.named, by: max(1, workers)) { prepare(pass.agents[k]) }
+    }
+
+    /// The agent prepared for `input` in this pass, computing it if no `preparePass` did.
+    func prepared(_ input: FloatTensor) -> DeepPass.Agent {
+        let a = pass.agent(for: input)
+        if a.input !== input || !a.ready { prepare(a, input) }
+        return a
+    }
+
+    /// Decompress and peer head of an agent's input, at its sent cells.
+    func prepare(_ a: DeepPass.Agent, _ given: FloatTensor? = nil) {
+        guard let input = given ?? a.input else { return }
+        a.input = input
         let k = spec.messageChannels
         precondition(input.channels == k + 1 && input.height == height && input.width == width)
-        let m = message[s]
+        let m = a.message
         m.reshape(height: height, width: width, channels: k)
         for cell in 0..<(height * width) {
             let src = input.pointer + cell * (k + 1)
             (m.pointer + cell * k).update(from: src, count: k)
-            sentFlags[s][cell] = src[k] > 0.5 ? 1 : 0
+            a.sent[cell] = src[k] > 0.5 ? 1 : 0
         }
         zeros.withUnsafeBufferPointer { z in
-            sentFlags[s].withUnsafeBufferPointer { act in
-                decompress.run(m, into: decompressed[s], active: act.baseAddress!, background: z.baseAddress!)
-                let o = peerHead.run(decompressed[s], active: act.baseAddress!, background: z.baseAddress!)
-                let p = peer[s]
-                for cell in 0..<(height * width) {
-                    let d = p.pointer + cell * 7
-                    d[0] = o[0].storage[cell]
-                    d[1] = o[1].storage[2 * cell]
-                    d[2] = o[1].storage[2 * cell + 1]
-                    d[3] = o[2].storage[2 * cell]
-                    d[4] = o[2].storage[2 * cell + 1]
-                    d[5] = o[3].storage[2 * cell]
-                    d[6] = o[3].storage[2 * cell + 1]
-                }
+            let act = UnsafePointer(a.sent.baseAddress!)
+            decompress.run(m, into: a.decompressed, active: act, background: z.baseAddress!)
+            let o = peerHead.run(a.decompressed, active: act, background: z.baseAddress!)
+            let p = a.peer
+            for cell in 0..<(height * width) {
+                let d = p.pointer + cell * 7
+                d[0] = o[0].storage[cell]
+                d[1] = o[1].storage[2 * cell]
+                d[2] = o[1].storage[2 * cell + 1]
+                d[3] = o[2].storage[2 * cell]
+                d[4] = o[2].storage[2 * cell + 1]
+                d[5] = o[3].storage[2 * cell]
+                d[6] = o[3].storage[2 * cell + 1]
             }
         }
-        return s
+        a.ready = true
     }
 
     /// The 2×3 `affine_grid` matrix that samples agent `j`'s grid at the ego grid's cells.
@@ -431,7 +443,7 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
         let (bb, g) = (spec.backboneChannels, DeepArchitecture.geometryChannels)
         let cs = bb + g + 1
         slots.removeAll(keepingCapacity: true)
-        for ag in agents { slots.append(prepare(ag.features)) }
+        for ag in agents { slots.append(prepared(ag.features)) }
         grow(to: agents.count)
         let (h, w) = (height, width)
         for (j, ag) in agents.enumerated() {
@@ -439,22 +451,20 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
             let th = theta(ego: agents[ego], agent: ag)
             let (c, sn) = (th[0], th[3])
             zeros.withUnsafeBufferPointer { z in
-                sentFlags[s].withUnsafeBufferPointer { act in
-                    rotate.run(
-                        decompressed[s], cos: c, sin: sn, into: rotated, active: act.baseAddress!,
-                        background: z.baseAddress!)
-                }
+                rotate.run(
+                    s.decompressed, cos: c, sin: sn, into: rotated, active: UnsafePointer(s.sent.baseAddress!),
+                    background: z.baseAddress!)
             }
             // boxes_in_ego: centre and axis of the box each sent cell predicts, in the ego's frame.
             let (c2, s2) = (c * c - sn * sn, 2 * sn * c)
             let st = stacked[j]
             st.reshape(height: h, width: w, channels: cs)
-            let p = peer[s]
+            let p = s.peer
             for i in 0..<h {
                 for jj in 0..<w {
                     let cell = i * w + jj
                     let dst = st.pointer + cell * cs
-                    guard sentFlags[s][cell] != 0 else {
+                    guard s.sent[cell] != 0 else {
                         dst.update(repeating: 0, count: cs)
                         continue
                     }
@@ -575,7 +585,71 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
     }
 }
 
+/// The per-agent state of a deep-fusion pass that every ego reuses, shared by the detectors of one
+/// service. `begin` (one thread) names the pass's inputs and assigns each an `Agent`; workers then
+/// fill disjoint agents (`DeepFusionDetector.preparePass`) and read them all once every worker is
+/// done. Each agent is an object of its own, so a worker writes only memory no other thread touches.
+public final class DeepPass: @unchecked Sendable {
+    /// One agent's prepared input: its message, sent flags, decompressed map and peer boxes (7 raw
+    /// channels), for `input`.
+    final class Agent {
+        weak var input: FloatTensor?
+        var ready = false
+        let message: FloatTensor, decompressed: FloatTensor, peer: FloatTensor
+        let sent: UnsafeMutableBufferPointer<UInt8>
+
+        init(_ spec: DeepArchitecture) {
+            let (h, w) = (spec.height, spec.width)
+            message = FloatTensor(height: h, width: w, channels: spec.messageChannels)
+            decompressed = FloatTensor(height: h, width: w, channels: spec.backboneChannels)
+            peer = FloatTensor(height: h, width: w, channels: DeepArchitecture.geometryChannels)
+            sent = .allocate(capacity: h * w)
+            sent.initialize(repeating: 0)
+        }
+
+        deinit { sent.deallocate() }
+    }
+
+    let spec: DeepArchitecture
+    private(set) var agents: [Agent] = []
+    private var index: [ObjectIdentifier: Int] = [:]
+    /// Agents `begin` named (the first `named` of `agents`).
+    private(set) var named = 0
+
+    /// Agents planned for `maxAgents` (more are added on first use).
+    init(spec: DeepArchitecture, maxAgents: Int) {
+        self.spec = spec
+        agents = (0..<maxAgents).map { _ in Agent(spec) }
+    }
+
+    func begin(_ inputs: [FloatTensor]) {
+        index.removeAll(keepingCapacity: true)
+        named = 0
+        for a in agents { a.ready = false }
+        for input in inputs where index[ObjectIdentifier(input)] == nil { _ = assign(input) }
+        named = index.count
+    }
+
+    private func assign(_ input: FloatTensor) -> Agent {
+        let n = index.count
+        if agents.count == n { agents.append(Agent(spec)) }
+        index[ObjectIdentifier(input)] = n
+        agents[n].input = input
+        agents[n].ready = false
+        return agents[n]
+    }
+
+    /// The input's agent, assigned now if `begin` did not name it (single-threaded use).
+    func agent(for input: FloatTensor) -> Agent {
+        if let k = index[ObjectIdentifier(input)] { return agents[k] }
+        return assign(input)
+    }
+}
+
 /// What the fusion service runs per ego: today's map fusion (`CooperativeDetector`) or deep fusion.
+/// A pass: `beginPass(inputs)` on one thread (on one detector of a set made by
+/// `makeFusionDetectors`: they share it), `preparePass` on every worker's detector concurrently,
+/// then `detect` for each ego, each worker on its own detector.
 public protocol FusionDetector: AnyObject, Sendable {
     var height: Int { get }
     var width: Int { get }
@@ -586,18 +660,39 @@ public protocol FusionDetector: AnyObject, Sendable {
     var inputChannels: Int { get }
     var lastStageSeconds: (warpFuse: Double, head: Double, nms: Double) { get }
     var kernels: KernelPath { get set }
-    /// Called once before each pass of `detect` calls.
-    func beginPass()
+    /// Called once before each pass with every input tensor the pass fuses.
+    func beginPass(_ inputs: [FloatTensor])
+    /// The per-agent work every ego of the pass reuses, worker `worker` of `workers`' share.
+    func preparePass(worker: Int, workers: Int)
     func detect(ego: Int, agents: [CooperativeDetector.AgentInput], fusion: CooperativeDetector.Fusion) -> [BEVBox]
+}
+
+extension FusionDetector {
+    /// Forgets the last pass's inputs (before `detect` calls outside a service's pass).
+    public func beginPass() { beginPass([]) }
 }
 
 extension CooperativeDetector: FusionDetector {
     public var inputChannels: Int { channels }
-    public func beginPass() {}
+    public func beginPass(_ inputs: [FloatTensor]) {}
+    public func preparePass(worker: Int, workers: Int) {}
 }
 
 /// The server half of a model file: deep fusion when it has `architecture.deep`, else map fusion.
 public func makeFusionDetector(_ st: Safetensors, maxAgents: Int = 8) throws(ModelFileError) -> any FusionDetector {
-    if let spec = try DeepArchitecture(st) { return try DeepFusionDetector(st, spec: spec, maxAgents: maxAgents) }
-    return try CooperativeDetector(st, maxAgents: maxAgents)
+    try makeFusionDetectors(st, count: 1, maxAgents: maxAgents)[0]
+}
+
+/// `count` detectors of a model file for a service's worker threads (deep fusion: sharing their
+/// pass state, so each agent is prepared once per pass, not once per worker).
+public func makeFusionDetectors(_ st: Safetensors, count: Int, maxAgents: Int = 8) throws(ModelFileError)
+    -> [any FusionDetector]
+{
+    if let spec = try DeepArchitecture(st) {
+        let pass = DeepPass(spec: spec, maxAgents: maxAgents)
+        return try (0..<max(1, count)).map { _ throws(ModelFileError) in
+            try DeepFusionDetector(st, spec: spec, maxAgents: maxAgents, pass: pass)
+        }
+    }
+    return try (0..<max(1, count)).map { _ throws(ModelFileError) in try CooperativeDetector(st, maxAgents: maxAgents) }
 }

@@ -83,7 +83,7 @@ public final class CooperativeSession: @unchecked Sendable {
     /// Called after every fusion pass with its outputs (on the server's fusion task; keep it short).
     public var onFused: (@Sendable ([FusionService.Output], FeatureServer, FusionService) -> Void)?
     public private(set) var fuseMs: [Double] = []
-    /// Per stage of one agent's fusion (warp_fuse, head, nms, dequantize): p50 and p99, ms.
+    /// Per stage of one agent's fusion (warp_fuse, head, nms, dequantize; prepare: per pass, deep fusion): p50 and p99, ms.
     public private(set) var stageMs: [String: (p50: Double, p99: Double)] = [:]
     /// Threads the server fused on (``Config/fusionThreads`` resolved).
     public private(set) var fusionThreads = 0

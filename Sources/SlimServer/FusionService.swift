@@ -126,7 +126,7 @@ public final class FusionService: @unchecked Sendable {
         var lastFused: [String: UInt64] = [:]
         var durations = [Double](repeating: 0, count: 512)  // ring of per-agent fusion times (s)
         var durationCount = 0, durationSum = 0.0, resultCount = 0
-        /// Per stage (decode, warp_fuse, head, nms): recent durations in seconds.
+        /// Per stage (decode, warp_fuse, head, nms; prepare, per pass of a deep-fusion model): recent durations in seconds.
         var stageTimes: [String: [Double]] = [:]
 
         mutating func addStage(_ name: String, _ s: Double) {
@@ -184,7 +184,7 @@ public final class FusionService: @unchecked Sendable {
     public init(modelFile: String, options: Options = Options()) throws {
         let st = try Safetensors(contentsOf: modelFile)
         let threads = options.threads > 0 ? options.threads : ProcessInfo.processInfo.activeProcessorCount
-        detectors = try (0..<max(1, threads)).map { _ throws(ModelFileError) in try makeFusionDetector(st) }
+        detectors = try makeFusionDetectors(st, count: threads)
         for case let d as CooperativeDetector in detectors { d.useInt8 = options.int8Backbone && d.hasInt8 }
         quantization = try FeatureQuantization.all(in: st)
         codebooks = try FeatureCodebook.all(in: st)
@@ -413,8 +413,14 @@ public final class FusionService: @unchecked Sendable {
         let fusionMode = options.fusion
         let dets = detectors
         let jobsCopy = jobs
-        for d in dets { d.beginPass() }
         if workers > 0 {
+            // The per-agent work every ego reuses, once per agent, spread over the workers.
+            var seen = Set<ObjectIdentifier>()
+            dets[0].beginPass(jobs.flatMap { $0.inputs.map(\.features) }.filter { seen.insert(ObjectIdentifier($0)).inserted })
+            let tp = SystemClock.monotonicSeconds()
+            parallel(workers) { w in dets[w].preparePass(worker: w, workers: workers) }
+            let dt = SystemClock.monotonicSeconds() - tp
+            if dets[0] is DeepFusionDetector { state.withLock { $0.addStage("prepare", dt) } }
             parallel(workers) { w in
                 for k in stride(from: w, to: jobsCopy.count, by: workers) {
                     let j = jobsCopy[k]

@@ -88,7 +88,7 @@ public func prometheusText(server: FeatureServer, fusion: FusionService?) -> Str
         lines.append("slimsplit_fusion_seconds_count \(f.count)")
         metric(
             "stage_seconds", "summary",
-            "Server stages per agent-frame: dequantize, warp_fuse, head (backbone and heads), nms (decode and NMS).")
+            "Server stages per agent-frame: dequantize, warp_fuse, head (backbone and heads), nms (decode and NMS); prepare per pass (deep fusion: every agent's decompress and peer head).")
         for (stage, p50, p99) in f.stages {
             lines.append("slimsplit_stage_seconds{stage=\"\(stage)\",quantile=\"0.5\"} \(p50)")
             lines.append("slimsplit_stage_seconds{stage=\"\(stage)\",quantile=\"0.99\"} \(p99)")
