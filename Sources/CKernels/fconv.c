@@ -52,7 +52,7 @@ typedef struct {
             const int xo = c->xo[k];                                                                       \
             for (int b = 0; b < NB; b++) {                                                                 \
                 const v16f wv = *(const v16f *)(w + b * 16);                                               \
-                for (int p = 0; p < NPIX; p++) acc[p][b] += xq[p][xo] * wv;                                \
+                _Pragma("GCC unroll 8") for (int p = 0; p < NPIX; p++) acc[p][b] += xq[p][xo] * wv;        \
             }                                                                                              \
         }                                                                                                  \
         for (int p = 0; p < NPIX; p++)                                                                     \
