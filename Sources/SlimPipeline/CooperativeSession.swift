@@ -50,6 +50,13 @@ public final class CooperativeSession: @unchecked Sendable {
         /// one frame period of the recording (their previous frame is fused, with its pose).
         public var poseNoise: (metres: Float, degrees: Float)?
         public var othersLatencyMs: Double = 0
+        /// Each agent's single-agent AP (`AgentReport.singleAP`). With a map model that is a whole
+        /// server pass per agent-frame, run in the agents' loop: a benchmark of the pipeline's own
+        /// latency and capacity turns it off (a deep-fusion agent's own head costs nothing more).
+        public var singleAgentBaseline = true
+        /// Agents encode a frame concurrently (as independent agents do) where nothing is shared
+        /// between them (no single-agent baseline, no boxes rung); else one after another.
+        public var concurrentAgents = false
         public init(recording: String, model: String) {
             self.recording = recording
             self.model = model
@@ -90,6 +97,15 @@ public final class CooperativeSession: @unchecked Sendable {
     public private(set) var rejected = 0
 
     public init(_ config: Config) { self.config = config }
+
+    /// What one agent's capture gave: bytes submitted (nil: not sent), its own detections, the
+    /// time to encode and submit, to pack, its message's sequence and when it was submitted.
+    struct AgentStep: Sendable {
+        var bytes: Int?
+        var alone: [BEVBox]
+        var edgeMs: Double, wireMs: Double
+        var sequence: UInt64, submittedNs: UInt64
+    }
 
     public func run(logger: Logger, progress: (Int, Int) -> Void = { _, _ in }) async throws {
         let rec = try RecordingFrames(path: config.recording)
@@ -165,10 +181,12 @@ public final class CooperativeSession: @unchecked Sendable {
         // The single-agent baseline: the map model's server half with the agent alone, or a deep-fusion
         // agent's own head.
         let modelFile = try Safetensors(contentsOf: config.model)
-        let single = try DeepArchitecture(modelFile) == nil ? try CooperativeDetector(modelFile, maxAgents: 1) : nil
+        let single =
+            try config.singleAgentBaseline && DeepArchitecture(modelFile) == nil
+            ? try CooperativeDetector(modelFile, maxAgents: 1) : nil
         single?.useInt8 = !config.floatServer && single?.hasInt8 == true
         let own = config.lateFusion || !config.boxAgents.isEmpty ? try OwnDetector(modelFile: config.model) : nil
-        own?.detector?.useInt8 = single?.useInt8 ?? false
+        own?.detector?.useInt8 = !config.floatServer && own?.detector?.hasInt8 == true
         let feat = FloatTensor(height: 32, width: 32, channels: 256)
         defer {
             for f in feature.values { f.endpoint.close() }
@@ -182,8 +200,9 @@ public final class CooperativeSession: @unchecked Sendable {
                 if config.realTime {
                     try await pacer.wait(for: UInt64(loop) * (span + period) + (f.timeNs - frames[0].timeNs))
                 }
-                var sent: [String: (seq: UInt64, t0: UInt64)] = [:]
-                for a in agents {
+                // One agent's capture: encode and submit its message (or its boxes), and what it
+                // detects alone.
+                let step: @Sendable (String) -> AgentStep = { [config, edge, feature] a in
                     let af = f.agents[a]!
                     let e = edge[a]!
                     let fa = feature[a]!
@@ -230,15 +249,34 @@ public final class CooperativeSession: @unchecked Sendable {
                             alone = e.deep?.boxes() ?? []
                         }
                     }
-                    let pack = fa.stats.lastPackSeconds * 1e3
+                    return AgentStep(
+                        bytes: n, alone: alone, edgeMs: Double(submittedNs - t0) / 1e6,
+                        wireMs: fa.stats.lastPackSeconds * 1e3, sequence: fa.lastSequence, submittedNs: submittedNs)
+                }
+                // Independent agents capture at once: with nothing shared between them (no baseline
+                // detector, no boxes rung) they encode concurrently, as on their own boards; else in turn.
+                let steps = Locked<[String: AgentStep]>([:])
+                if config.concurrentAgents && single == nil && own == nil {
+                    DispatchQueue.concurrentPerform(iterations: agents.count) { k in
+                        let r = step(agents[k])
+                        steps.withLock { $0[agents[k]] = r }
+                    }
+                } else {
+                    for a in agents {
+                        let r = step(a)
+                        steps.withLock { $0[a] = r }
+                    }
+                }
+                var sent: [String: (seq: UInt64, t0: UInt64)] = [:]
+                for (a, r) in steps.value {
                     reports[a]!.frames += 1
-                    reports[a]!.bytes += n ?? 0
-                    reports[a]!.edgeMs.append(Double(submittedNs - t0) / 1e6)
-                    reports[a]!.wireMs.append(pack)
-                    sent[a] = (fa.lastSequence, submittedNs)
+                    reports[a]!.bytes += r.bytes ?? 0
+                    reports[a]!.edgeMs.append(r.edgeMs)
+                    reports[a]!.wireMs.append(r.wireMs)
+                    sent[a] = (r.sequence, r.submittedNs)
                     let gt = f.groundTruth(for: a)
                     reports[a]!.singleAP.add(
-                        detections: Self.filter(alone, own: gt.own), groundTruth: gt.boxes)
+                        detections: Self.filter(r.alone, own: gt.own), groundTruth: gt.boxes)
                 }
                 // Wait for every agent's Result for this frame.
                 // Lock-step: wait as long as the pass takes (a loaded machine, the portable
