@@ -281,8 +281,9 @@ public final class DeepAgentStage: @unchecked Sendable {
 ///
 /// Within a pass, an agent's decompress and peer head run once for all egos, keyed by the identity
 /// of its input tensor (a pass's inputs are not written while it runs): `preparePass` computes
-/// them for the inputs that `beginPass` named (detectors made together by `makeFusionDetectors`
-/// share them, each worker preparing its share), and `detect` computes any it was not given. Per
+/// them for the inputs that `beginPass` named, unless an earlier pass did from the same content
+/// (detectors made together by `makeFusionDetectors` share them, each worker preparing its share),
+/// and `detect` computes any it was not given. Per
 /// ego, the fuse convolution and the head compute only the cells whose receptive field holds a
 /// cell some agent sent (or reaches the grid's edge); elsewhere their output is what an empty
 /// fused map gives, computed once at init: exact, not an approximation. Buffers are planned for
@@ -380,15 +381,17 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
         }
     }
 
-    /// Forgets the agents prepared in the last pass (their input tensors may now hold new messages)
-    /// and names this pass's: `preparePass` then prepares them. On one thread, before the pass;
-    /// detectors sharing their pass state need it called on one of them only.
-    public func beginPass(_ inputs: [FloatTensor]) { pass.begin(inputs) }
+    /// Names this pass's inputs, each with its content version (nil: unknown): `preparePass` then
+    /// prepares those whose version is unknown or differs from what an earlier pass prepared (the
+    /// others keep their results). On one thread, before the pass; detectors sharing their pass
+    /// state need it called on one of them only.
+    public func beginPass(_ inputs: [(FloatTensor, UInt64?)]) { pass.begin(inputs) }
 
-    /// Prepares the named inputs `k` with `k % workers == worker`; workers may run concurrently
-    /// (each on its own detector), after `beginPass` and before any `detect` of the pass.
+    /// Prepares the named inputs `k` with `k % workers == worker` that need it; workers may run
+    /// concurrently (each on its own detector), after `beginPass` and before any `detect` of the pass.
     public func preparePass(worker: Int, workers: Int) {
-        for k in stride(from: worker, to: pass.named, by: max(1, workers)) { prepare(pass.agents[k]) }
+        let todo = pass.pending
+        for k in stride(from: worker, to: todo.count, by: max(1, workers)) { prepare(pass.agents[todo[k]]) }
     }
 
     /// The agent prepared for `input` in this pass, computing it if no `preparePass` did.
@@ -586,14 +589,18 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
 }
 
 /// The per-agent state of a deep-fusion pass that every ego reuses, shared by the detectors of one
-/// service. `begin` (one thread) names the pass's inputs and assigns each an `Agent`; workers then
-/// fill disjoint agents (`DeepFusionDetector.preparePass`) and read them all once every worker is
-/// done. Each agent is an object of its own, so a worker writes only memory no other thread touches.
+/// service. `begin` (one thread) names the pass's inputs and gives each an `Agent`: the one that
+/// holds it from the last pass if its content version is unchanged, else a free one to compute
+/// (`pending`); workers then fill disjoint pending agents (`DeepFusionDetector.preparePass`) and
+/// read them all once every worker is done. Each agent is an object of its own, so a worker writes
+/// only memory no other thread touches.
 public final class DeepPass: @unchecked Sendable {
     /// One agent's prepared input: its message, sent flags, decompressed map and peer boxes (7 raw
     /// channels), for `input`.
     final class Agent {
         weak var input: FloatTensor?
+        /// The content version of `input` it was prepared from (nil: unknown, never reused).
+        var version: UInt64?
         var ready = false
         let message: FloatTensor, decompressed: FloatTensor, peer: FloatTensor
         let sent: UnsafeMutableBufferPointer<UInt8>
@@ -612,37 +619,62 @@ public final class DeepPass: @unchecked Sendable {
 
     let spec: DeepArchitecture
     private(set) var agents: [Agent] = []
+    /// The pass's inputs' agents (by input identity), and which of them `preparePass` computes.
     private var index: [ObjectIdentifier: Int] = [:]
-    /// Agents `begin` named (the first `named` of `agents`).
-    private(set) var named = 0
+    private(set) var pending: [Int] = []
+    private var inUse: [Bool] = []
 
     /// Agents planned for `maxAgents` (more are added on first use).
     init(spec: DeepArchitecture, maxAgents: Int) {
         self.spec = spec
         agents = (0..<maxAgents).map { _ in Agent(spec) }
+        inUse = [Bool](repeating: false, count: maxAgents)
     }
 
-    func begin(_ inputs: [FloatTensor]) {
+    func begin(_ inputs: [(FloatTensor, UInt64?)]) {
+        let before = index
         index.removeAll(keepingCapacity: true)
-        named = 0
-        for a in agents { a.ready = false }
-        for input in inputs where index[ObjectIdentifier(input)] == nil { _ = assign(input) }
-        named = index.count
+        pending.removeAll(keepingCapacity: true)
+        for k in inUse.indices { inUse[k] = false }
+        // First the inputs an agent already holds, unchanged: they keep it.
+        for (t, v) in inputs {
+            let id = ObjectIdentifier(t)
+            guard let v, index[id] == nil, let k = before[id] else { continue }
+            let a = agents[k]
+            if a.ready, a.input === t, a.version == v {
+                index[id] = k
+                inUse[k] = true
+            }
+        }
+        for (t, v) in inputs where index[ObjectIdentifier(t)] == nil {
+            let k = assign(t)
+            agents[k].version = v
+            pending.append(k)
+        }
+        computed += pending.count
     }
 
-    private func assign(_ input: FloatTensor) -> Agent {
-        let n = index.count
-        if agents.count == n { agents.append(Agent(spec)) }
-        index[ObjectIdentifier(input)] = n
-        agents[n].input = input
-        agents[n].ready = false
-        return agents[n]
+    /// Inputs given to `preparePass` to compute, over all passes (the others were reused).
+    private(set) var computed = 0
+
+    /// A free agent for `input`, to be computed.
+    private func assign(_ input: FloatTensor) -> Int {
+        let k = inUse.firstIndex(of: false) ?? agents.count
+        if k == agents.count {
+            agents.append(Agent(spec))
+            inUse.append(false)
+        }
+        inUse[k] = true
+        index[ObjectIdentifier(input)] = k
+        agents[k].input = input
+        agents[k].version = nil
+        agents[k].ready = false
+        return k
     }
 
     /// The input's agent, assigned now if `begin` did not name it (single-threaded use).
     func agent(for input: FloatTensor) -> Agent {
-        if let k = index[ObjectIdentifier(input)] { return agents[k] }
-        return assign(input)
+        agents[index[ObjectIdentifier(input)] ?? assign(input)]
     }
 }
 
@@ -660,8 +692,9 @@ public protocol FusionDetector: AnyObject, Sendable {
     var inputChannels: Int { get }
     var lastStageSeconds: (warpFuse: Double, head: Double, nms: Double) { get }
     var kernels: KernelPath { get set }
-    /// Called once before each pass with every input tensor the pass fuses.
-    func beginPass(_ inputs: [FloatTensor])
+    /// Called once before each pass with every input tensor the pass fuses and its content
+    /// version (a number that changes whenever the tensor is written; nil: unknown).
+    func beginPass(_ inputs: [(FloatTensor, UInt64?)])
     /// The per-agent work every ego of the pass reuses, worker `worker` of `workers`' share.
     func preparePass(worker: Int, workers: Int)
     func detect(ego: Int, agents: [CooperativeDetector.AgentInput], fusion: CooperativeDetector.Fusion) -> [BEVBox]
@@ -674,7 +707,7 @@ extension FusionDetector {
 
 extension CooperativeDetector: FusionDetector {
     public var inputChannels: Int { channels }
-    public func beginPass(_ inputs: [FloatTensor]) {}
+    public func beginPass(_ inputs: [(FloatTensor, UInt64?)]) {}
     public func preparePass(worker: Int, workers: Int) {}
 }
 

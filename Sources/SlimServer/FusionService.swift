@@ -88,21 +88,22 @@ public final class FusionService: @unchecked Sendable {
     }
 
     /// Keeps the slot's current message as `previous` (before a new one replaces it).
-    private func keepPrevious(_ slot: inout Slot, pinned: [ObjectIdentifier: Int]) {
+    private func keepPrevious(_ slot: inout Slot, _ state: inout State) {
         guard options.othersOneFrameLate, slot.sequence > 0 else { return }
         var buffer = slot.previous?.features
-        if let b = buffer, pinned[ObjectIdentifier(b)] != nil { buffer = nil }  // a tick reads it
+        if let b = buffer, state.pinned[ObjectIdentifier(b)] != nil { buffer = nil }  // a tick reads it
         let copy = buffer ?? FloatTensor(height: detector.height, width: detector.width, channels: maxChannels)
         if slot.boxes == nil {
             copy.reshape(height: slot.features.height, width: slot.features.width, channels: slot.features.channels)
             copy.values.update(from: slot.features.values)
+            state.wrote(copy)
         }
         slot.previous = Previous(
             features: copy, boxes: slot.boxes, position: slot.position, yaw: slot.yaw, captureNs: slot.captureNs)
     }
 
     public let options: Options
-    private let detectors: [any FusionDetector]  // one per worker thread
+    let detectors: [any FusionDetector]  // one per worker thread
     /// Threads a tick fuses on (``Options/threads``).
     public var threads: Int { detectors.count }
     private var detector: any FusionDetector { detectors[0] }
@@ -114,6 +115,24 @@ public final class FusionService: @unchecked Sendable {
         var slots: [String: Slot] = [:]
         /// Maps a running tick reads (by identity, with a count): ingest never writes into them.
         var pinned: [ObjectIdentifier: Int] = [:]
+        /// Each map's content version (by identity): a new number whenever ingest writes into it,
+        /// so that a detector can keep what it computed from a map no frame has changed since.
+        var versions: [ObjectIdentifier: UInt64] = [:]
+        var lastVersion: UInt64 = 0  // versions start at 1; the empty map's is 0
+
+        mutating func wrote(_ t: FloatTensor) {
+            lastVersion += 1
+            versions[ObjectIdentifier(t)] = lastVersion
+            if versions.count > 64 + 4 * slots.count {  // forget maps no slot holds any more
+                var live = Set<ObjectIdentifier>([ObjectIdentifier(t)])
+                for slot in slots.values {
+                    for m in [slot.features, slot.spare, slot.previous?.features] {
+                        if let m { live.insert(ObjectIdentifier(m)) }
+                    }
+                }
+                versions = versions.filter { live.contains($0.key) || pinned[$0.key] != nil }
+            }
+        }
         /// Frames left out of a fusion because they were outside the window.
         var dropped = 0
         /// Frames not taken because their agent's slot already holds that sequence number or a
@@ -329,11 +348,12 @@ public final class FusionService: @unchecked Sendable {
         }
         state.withLock { s in
             var slot = s.slots[agent] ?? Slot(features: target)
-            keepPrevious(&slot, pinned: s.pinned)
+            keepPrevious(&slot, &s)
             if slot.features !== target {
                 slot.spare = slot.features  // ingest checks it is not pinned before reuse
                 slot.features = target
             }
+            s.wrote(target)
             slot.boxes = nil
             slot.take(
                 sequence: h.sequence, captureNs: h.captureTimeNs, position: h.position, orientation: h.orientation)
@@ -355,7 +375,7 @@ public final class FusionService: @unchecked Sendable {
             var slot =
                 s.slots[agent]
                 ?? Slot(features: FloatTensor(height: detector.height, width: detector.width, channels: maxChannels))
-            keepPrevious(&slot, pinned: s.pinned)
+            keepPrevious(&slot, &s)
             slot.boxes = boxes
             slot.take(
                 sequence: m.sequence, captureNs: m.captureTimeNs, position: m.position, orientation: m.orientation)
@@ -415,8 +435,12 @@ public final class FusionService: @unchecked Sendable {
         let jobsCopy = jobs
         if workers > 0 {
             // The per-agent work every ego reuses, once per agent, spread over the workers.
+            // What a detector computed from a map in an earlier pass stays valid while its version does.
             var seen = Set<ObjectIdentifier>()
-            dets[0].beginPass(jobs.flatMap { $0.inputs.map(\.features) }.filter { seen.insert(ObjectIdentifier($0)).inserted })
+            let maps = jobs.flatMap { $0.inputs.map(\.features) }.filter { seen.insert(ObjectIdentifier($0)).inserted }
+            let empty = emptyMap  // never written after init: version 0
+            let versions = state.withLock { s in maps.map { $0 === empty ? 0 : s.versions[ObjectIdentifier($0)] } }
+            dets[0].beginPass(Array(zip(maps, versions)))
             let tp = SystemClock.monotonicSeconds()
             parallel(workers) { w in dets[w].preparePass(worker: w, workers: workers) }
             let dt = SystemClock.monotonicSeconds() - tp

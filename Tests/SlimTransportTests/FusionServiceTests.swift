@@ -4,6 +4,7 @@ import SlimTransport
 import SlimWire
 import Testing
 
+@testable import SlimPerception
 @testable import SlimServer
 
 /// Fusion runs off the receive path: while a pass fuses, frames are still taken in (and so
@@ -186,5 +187,75 @@ struct CodebookCheckTests {
         }
         let maps = try FusionService(modelFile: FusionServiceTests.model)
         #expect(maps.check(Self.header(levels: 3, bits: 7))?.reason == .modelMismatch)
+    }
+}
+
+/// A deep-fusion pass prepares (decompress, peer head) only the maps that changed since the last
+/// pass: a frame of one agent recomputes that agent alone, and the Result is the one a service
+/// that never saw the earlier frames gives.
+@Suite("Fusion service: deep fusion reuses what it computed from an unchanged map")
+struct DeepPassReuseTests {
+    static let model = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
+        .appendingPathComponent("Models/slimsplit-deep.safetensors").path
+
+    /// A 16-channel 8-bit frame with half the cells sent, its values drawn from the sequence.
+    static func ingest(_ fusion: FusionService, agent: String, sequence: UInt64, x: Double) throws -> Bool {
+        let (c, h, w) = (16, 32, 32)
+        var header = FeatureFrameHeader(
+            agentID: agent, sequence: sequence, captureTimeNs: 1_000_000_000 + sequence * 100_000_000, modelID: "m",
+            widthIndex: 3, bits: 8, channels: c, height: h, width: w,
+            quant: .inline(scales: .init(repeating: 0.05, count: c), zeroPoints: .init(repeating: 20, count: c)),
+            masked: true, codec: .none)
+        header.position = SIMD3(x, 0, 0)
+        header.orientation = SIMD4(0, 0, 0, 1)
+        var mask = [UInt8](repeating: 0, count: h * w / 8)
+        for cell in 0..<(h * w) where (cell / w + cell % w + Int(sequence)) % 2 == 0 { mask[cell / 8] |= 1 << (cell % 8) }
+        let dense = (0..<(c * h * w)).map { UInt8(truncatingIfNeeded: ($0 &* 37 &+ Int(sequence) &* 11) % 97) }
+        var out = [UInt8](repeating: 0, count: FeatureFrameEncoder.maxEncodedLength(header))
+        let (length, _) = dense.withUnsafeBufferPointer { d in
+            mask.withUnsafeBytes { m in
+                out.withUnsafeMutableBytes { FeatureFrameEncoder().encode(header, dense: d, mask: m, into: $0) }
+            }
+        }
+        return try out.withUnsafeBytes { b in
+            let decoded = try FeatureFrameDecoder().decode(
+                try Envelope.open(UnsafeRawBufferPointer(rebasing: b[0..<length])), messageLength: length)
+            return fusion.ingest(agent: agent, decoded)
+        }
+    }
+
+    static func computed(_ fusion: FusionService) throws -> Int {
+        try #require(fusion.detectors[0] as? DeepFusionDetector).pass.computed
+    }
+
+    @Test func oneNewFrameOneAgentPrepared() throws {
+        var options = FusionService.Options()
+        options.threads = 2
+        let fusion = try FusionService(modelFile: Self.model, options: options)
+        for (a, x) in [("a", 0.0), ("b", 8.0), ("c", -6.0)] { #expect(try Self.ingest(fusion, agent: a, sequence: 1, x: x)) }
+        #expect(fusion.tick().count == 3)
+        #expect(try Self.computed(fusion) == 3)
+        // A new frame of a: a pass for a, which reads b's and c's maps unchanged.
+        // New frames of a, then a pass for a, which reads b's and c's maps unchanged. a's slot
+        // double-buffers: after frames 3 and 4 its map is the tensor the last pass read frame 2
+        // from, with new content.
+        for (n, frames) in [[UInt64(2)], [3, 4]].enumerated() {
+            for f in frames { #expect(try Self.ingest(fusion, agent: "a", sequence: f, x: Double(f))) }
+            let sequence = frames.last!
+            let out = fusion.tick()
+            #expect(out.map(\.agent) == ["a"])
+            #expect(try Self.computed(fusion) == 4 + n)
+
+            // A service that sees only the latest frames fuses a's the same.
+            let fresh = try FusionService(modelFile: Self.model, options: options)
+            #expect(try Self.ingest(fresh, agent: "a", sequence: sequence, x: Double(sequence)))
+            #expect(try Self.ingest(fresh, agent: "b", sequence: 1, x: 8))
+            #expect(try Self.ingest(fresh, agent: "c", sequence: 1, x: -6))
+            let want = try #require(fresh.tick(only: ["a"]).first)
+            let got = try #require(out.first)
+            #expect(!got.boxes.isEmpty)
+            #expect(got.boxes == want.boxes)
+        }
     }
 }
