@@ -15,21 +15,28 @@ struct FusionServiceTests {
         .deletingLastPathComponent()
         .appendingPathComponent("Models/slimsplit-bev.safetensors").path
 
-    /// A full-width 8-bit frame of `agent` (inline quantization), encoded and decoded as the server does.
-    static func ingest(_ fusion: FusionService, agent: String, sequence: UInt64, x: Double) throws -> Bool {
-        let (c, h, w) = (64, 32, 32)
-        let header = FeatureFrameHeader(
+    /// A full-width 8-bit frame of `agent` (inline quantization), encoded and decoded as the server
+    /// does: `channels` channels, with `halfSent` every other cell (a checkerboard moving with the
+    /// sequence) in its mask, else every cell.
+    static func ingest(
+        _ fusion: FusionService, agent: String, sequence: UInt64, x: Double, channels c: Int = 64, halfSent: Bool = false
+    ) throws -> Bool {
+        let (h, w) = (32, 32)
+        var header = FeatureFrameHeader(
             agentID: agent, sequence: sequence, captureTimeNs: 1_000_000_000 + sequence * 100_000_000, modelID: "m",
             widthIndex: 3, bits: 8, channels: c, height: h, width: w,
             quant: .inline(scales: .init(repeating: 0.02, count: c), zeroPoints: .init(repeating: 0, count: c)),
-            masked: false, codec: .none)
-        var hh = header
-        hh.position = SIMD3(x, 0, 0)
-        hh.orientation = SIMD4(0, 0, 0, 1)
+            masked: halfSent, codec: .none)
+        header.position = SIMD3(x, 0, 0)
+        header.orientation = SIMD4(0, 0, 0, 1)
+        var mask = [UInt8](repeating: 0, count: h * w / 8)
+        for cell in 0..<(h * w) where (cell / w + cell % w + Int(sequence)) % 2 == 0 { mask[cell / 8] |= 1 << (cell % 8) }
         let dense = (0..<(c * h * w)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ Int(sequence)) }
-        var out = [UInt8](repeating: 0, count: FeatureFrameEncoder.maxEncodedLength(hh))
+        var out = [UInt8](repeating: 0, count: FeatureFrameEncoder.maxEncodedLength(header))
         let (length, _) = dense.withUnsafeBufferPointer { d in
-            out.withUnsafeMutableBytes { FeatureFrameEncoder().encode(hh, dense: d, mask: nil, into: $0) }
+            mask.withUnsafeBytes { m in
+                out.withUnsafeMutableBytes { FeatureFrameEncoder().encode(header, dense: d, mask: halfSent ? m : nil, into: $0) }
+            }
         }
         return try out.withUnsafeBytes { b in
             let decoded = try FeatureFrameDecoder().decode(
@@ -199,30 +206,9 @@ struct DeepPassReuseTests {
         .deletingLastPathComponent()
         .appendingPathComponent("Models/slimsplit-deep.safetensors").path
 
-    /// A 16-channel 8-bit frame with half the cells sent, its values drawn from the sequence.
+    /// A deep-fusion frame: 16 channels, half the cells sent.
     static func ingest(_ fusion: FusionService, agent: String, sequence: UInt64, x: Double) throws -> Bool {
-        let (c, h, w) = (16, 32, 32)
-        var header = FeatureFrameHeader(
-            agentID: agent, sequence: sequence, captureTimeNs: 1_000_000_000 + sequence * 100_000_000, modelID: "m",
-            widthIndex: 3, bits: 8, channels: c, height: h, width: w,
-            quant: .inline(scales: .init(repeating: 0.05, count: c), zeroPoints: .init(repeating: 20, count: c)),
-            masked: true, codec: .none)
-        header.position = SIMD3(x, 0, 0)
-        header.orientation = SIMD4(0, 0, 0, 1)
-        var mask = [UInt8](repeating: 0, count: h * w / 8)
-        for cell in 0..<(h * w) where (cell / w + cell % w + Int(sequence)) % 2 == 0 { mask[cell / 8] |= 1 << (cell % 8) }
-        let dense = (0..<(c * h * w)).map { UInt8(truncatingIfNeeded: ($0 &* 37 &+ Int(sequence) &* 11) % 97) }
-        var out = [UInt8](repeating: 0, count: FeatureFrameEncoder.maxEncodedLength(header))
-        let (length, _) = dense.withUnsafeBufferPointer { d in
-            mask.withUnsafeBytes { m in
-                out.withUnsafeMutableBytes { FeatureFrameEncoder().encode(header, dense: d, mask: m, into: $0) }
-            }
-        }
-        return try out.withUnsafeBytes { b in
-            let decoded = try FeatureFrameDecoder().decode(
-                try Envelope.open(UnsafeRawBufferPointer(rebasing: b[0..<length])), messageLength: length)
-            return fusion.ingest(agent: agent, decoded)
-        }
+        try FusionServiceTests.ingest(fusion, agent: agent, sequence: sequence, x: x, channels: 16, halfSent: true)
     }
 
     static func computed(_ fusion: FusionService) throws -> Int {
