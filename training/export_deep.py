@@ -10,10 +10,12 @@ The file (docs/model-format.md, "Deep-fusion model files") holds
     (min/max calibration on validation BEVs); the agent runs it at full width;
   * ``deep.agent.*`` (float, no BN): the agent's backbone (``deep.agent.backbone.{k}``), its own
     head (``deep.agent.head.{shared,heatmap,offset,size,yaw}``) and ``deep.agent.compress`` (1x1, 96 -> K);
-    and the backbone in int8 (``deep.agent.backbone.{k}.int8.weight|weight_scale|bias|qparams``), which
-    reads the int8 encoder's output codes as they are (its input quantization,
-    ``deep.agent.int8.input.qparams``, is the encoder output's at full width) and is calibrated by min/max on validation BEVs; the agent dequantizes its output for the
-    float head and compression;
+    and the backbone and the head's shared 3x3 layer in int8 (``deep.agent.backbone.{k}.int8.*`` and
+    ``deep.agent.head.shared.int8.*``: weight, weight_scale, bias, qparams), which read the int8
+    encoder's output codes as they are (the input quantization, ``deep.agent.int8.input.qparams``, is
+    the encoder output's at full width), calibrated by min/max on validation BEVs; the agent
+    dequantizes the backbone's output for the compression and the shared layer's for the head's
+    float 1x1 outputs;
   * ``deep.server.*`` (float): ``decompress`` (1x1, K -> 96, ReLU), ``peer_head.*``, ``rotate``
     (pose-conditioned 1x1, [96, 5 * 96, 1, 1]), ``score`` (1x1, 96 + 7 -> 1), ``fuse`` (3x3, 96 + 7 -> 96,
     ReLU), ``head.*``;
@@ -28,8 +30,9 @@ The file (docs/model-format.md, "Deep-fusion model files") holds
 
 The fixture: two agents of a test frame (their float encoder maps and poses) with what PyTorch computes
 from them: each agent's message before quantization, its cells sent at tau = 0.2, its own head's
-outputs, and ego 0's fused head outputs from the other's float message at those cells; and the int8
-backbone's output codes (numpy QLinearConv reference) for the maps quantized as the int8 encoder's output.
+outputs, and ego 0's fused head outputs from the other's float message at those cells; and, for the
+maps quantized as the int8 encoder's output, the int8 backbone's and the own head's shared layer's
+output codes (numpy QLinearConv reference), the own head's outputs from those and its cells sent.
 """
 from __future__ import annotations
 
@@ -116,42 +119,51 @@ def rate_table(paths: list[Path], wi: int) -> str:
                        "entries": entries}, separators=(",", ":"))
 
 
+def agent_int8_layers(m: DeepModel) -> list[tuple[str, torch.nn.Conv2d]]:
+    """The agent's int8 layers in order: the backbone, then its own head's shared 3x3 convolution
+    (which reads the backbone's output codes; the head's 1x1 outputs and the compression stay float)."""
+    return [(f"deep.agent.backbone.{k}.int8", blk[0]) for k, blk in enumerate(m.backbone)] + \
+        [("deep.agent.head.shared.int8", m.local_head.shared[0])]
+
+
 @torch.no_grad()
-def backbone_int8(m: DeepModel, tensors: dict[str, np.ndarray], calib: list[torch.Tensor]) -> dict[str, np.ndarray]:
-    """The agent backbone's int8 tensors: input = the int8 encoder's output quantization at full width,
-    each layer's (ReLU) output from min/max over the calibration BEVs (float model)."""
+def agent_int8(m: DeepModel, tensors: dict[str, np.ndarray], calib: list[torch.Tensor]) -> dict[str, np.ndarray]:
+    """The agent's int8 tensors: input = the int8 encoder's output quantization at full width, each
+    layer's (ReLU) output from min/max over the calibration BEVs (float model)."""
     wi = len(m.arch["widths"]) - 1
-    hi = [0.0] * len(m.backbone)
+    layers = agent_int8_layers(m)
+    hi = [0.0] * len(layers)
     for x in calib:
         f = encoder_forward(m.encoder, x, wi, False)
         for k, blk in enumerate(m.backbone):
             f = blk(f)
             hi[k] = max(hi[k], float(f.max()))
+        hi[-1] = max(hi[-1], float(m.local_head.shared(f).max()))
     prev = tensors[f"{m.arch['output']}.int8.{wi}.qparams"]
     out = {"deep.agent.int8.input.qparams": prev.copy()}
-    for k, blk in enumerate(m.backbone):
-        q, sc, b = quantize_weights(np32(blk[0].weight), np32(blk[0].bias), float(prev[0]))
-        qp = qparams_from_range(0.0, hi[k])
-        name = f"deep.agent.backbone.{k}.int8"
+    for (name, conv), h in zip(layers, hi):
+        q, sc, b = quantize_weights(np32(conv.weight), np32(conv.bias), float(prev[0]))
+        qp = qparams_from_range(0.0, h)
         out.update({f"{name}.weight": q, f"{name}.weight_scale": sc, f"{name}.bias": b, f"{name}.qparams": qp})
         prev = qp
     return out
 
 
-def backbone_int8_ref(m: DeepModel, tensors: dict[str, np.ndarray], f: np.ndarray) -> np.ndarray:
-    """uint8 [1, B, H, W]: the int8 backbone (numpy QLinearConv) on one float encoder map quantized as
-    the int8 encoder's output."""
+def agent_int8_ref(m: DeepModel, tensors: dict[str, np.ndarray], f: np.ndarray) -> list[np.ndarray]:
+    """uint8 [1, C, H, W] per int8 layer (numpy QLinearConv): the int8 backbone and the head's shared
+    layer on one float encoder map quantized as the int8 encoder's output."""
     wi = len(m.arch["widths"]) - 1
     qp = tensors[f"{m.arch['output']}.int8.{wi}.qparams"]
     x = quantize_tensor(f[None], qp)
-    for k, blk in enumerate(m.backbone):
-        name = f"deep.agent.backbone.{k}.int8"
-        d = blk[0].dilation[0]
+    outs = []
+    for name, conv in agent_int8_layers(m):
+        d = conv.dilation[0]
         y_qp = tensors[f"{name}.qparams"]
         x = qlinearconv_ref(x, qp, tensors[f"{name}.weight"], tensors[f"{name}.weight_scale"], tensors[f"{name}.bias"],
                             y_qp, (1, 1), (d, d), (d, d), 1)
+        outs.append(x)
         qp = y_qp
-    return x
+    return outs
 
 
 def deep_arch(m: DeepModel) -> dict:
@@ -186,9 +198,17 @@ def fixture(m: DeepModel, ds: FrameSet, path: Path, tensors: dict[str, np.ndarra
     fused = m.server(c, sent, theta, torch.zeros(2, dtype=torch.long), 1)
     t = {"features": np32(f), "poses": poses.astype(np.float32), "theta": np32(theta), "message": np32(c),
          "sent": np32(sent)}
-    t["backbone_q"] = np.concatenate([backbone_int8_ref(m, tensors, t["features"][k]) for k in range(2)])
+    refs = [agent_int8_ref(m, tensors, t["features"][k]) for k in range(2)]
+    t["backbone_q"] = np.concatenate([r[-2] for r in refs])
+    t["head_q"] = np.concatenate([r[-1] for r in refs])
+    # The own head's outputs on the int8 path: its 1x1 layers on the dequantized shared codes.
+    hq = tensors["deep.agent.head.shared.int8.qparams"]
+    hidden = torch.from_numpy((t["head_q"].astype(np.float32) - hq[1]) * hq[0])
+    local_q = {n: getattr(m.local_head, n)(hidden) for n in HEADS}
+    t["sent_q"] = np32(m.selection(local_q, FIXTURE_TAU))
     for n in HEADS:
         t[f"local.{n}"] = np32(local[n])
+        t[f"local_q.{n}"] = np32(local_q[n])
         t[f"fused.{n}"] = np32(fused[n])
     save_file(t, str(path), metadata={"tau": str(FIXTURE_TAU), "frame": f"{fr['rec']}:{fr['frame']}"})
     print(f"wrote {path} ({path.stat().st_size} bytes); sent cells {int(sent.sum())} of {sent.numel()}")
@@ -221,7 +241,7 @@ def main() -> None:
     tensors.update(quantize_net(enc, calib))
     check_tensors(enc_arch, tensors)
     tensors.update(deep_tensors(m))
-    tensors.update(backbone_int8(m, tensors, calib))
+    tensors.update(agent_int8(m, tensors, calib))
     if a.codebook:
         from safetensors.numpy import load_file
         tensors[f"features.{len(m.arch['widths']) - 1}.codebook"] = load_file(a.codebook)["codebook"]

@@ -136,6 +136,12 @@ final class DetectionHead {
         -> [FloatTensor]
     {
         shared.run(x, into: hidden, active: active, background: background)
+        return runOutputs(active: active, background: background)
+    }
+
+    /// The 1×1 outputs on `hidden` as it is (the shared layer computed elsewhere, e.g. in int8).
+    @discardableResult
+    func runOutputs(active: UnsafePointer<UInt8>? = nil, background: UnsafePointer<Float>? = nil) -> [FloatTensor] {
         for (h, o) in zip(heads, outs) { h.run(hidden, into: o, active: active, background: background) }
         return outs
     }
@@ -169,7 +175,10 @@ public final class DeepAgentStage: @unchecked Sendable {
     let qBackbone: [QConv2d]
     /// The int8 backbone's input quantization (`deep.agent.int8.input.qparams`): the encoder output's.
     public let inputQuant: QuantParams?
-    let qa: QTensor, qb: QTensor
+    /// The own head's shared 3×3 layer in int8 (`deep.agent.head.shared.int8.*`), when the file has
+    /// it: it reads the int8 backbone's output codes; its output is dequantized for the float 1×1 outputs.
+    let qHead: QConv2d?
+    let qa: QTensor, qb: QTensor, qh: QTensor
     let head: DetectionHead
     let compress: FloatConv2d
     let a: FloatTensor, b: FloatTensor
@@ -180,7 +189,7 @@ public final class DeepAgentStage: @unchecked Sendable {
     public var kernels: KernelPath = .default {
         didSet {
             for c in backbone + head.convs + [compress] { c.kernels = kernels }
-            for c in qBackbone { c.kernels = kernels }
+            for c in qBackbone + (qHead.map { [$0] } ?? []) { c.kernels = kernels }
         }
     }
     public var hasInt8: Bool { !qBackbone.isEmpty }
@@ -216,8 +225,20 @@ public final class DeepAgentStage: @unchecked Sendable {
         }
         qBackbone = qc
         inputQuant = inQ
+        let hq = "deep.agent.head.shared.int8"
+        if let last = qc.last, st.tensors["\(hq).weight"] != nil {
+            qHead = QConv2d(
+                weight: try st.array("\(hq).weight", as: .i8, shape: [spec.headChannels, bb, 3, 3]),
+                weightScale: try st.floats("\(hq).weight_scale", shape: [spec.headChannels]),
+                bias: try st.array("\(hq).bias", as: .i32, shape: [spec.headChannels]), inChannels: bb,
+                outChannels: spec.headChannels, geometry: ConvGeometry(kernel: (3, 3), padding: (1, 1)),
+                input: last.output, output: try st.quantParams("\(hq).qparams"))
+        } else {
+            qHead = nil
+        }
         qa = QTensor(height: h, width: w, channels: bb)
         qb = QTensor(height: h, width: w, channels: bb)
+        qh = QTensor(height: h, width: w, channels: spec.headChannels)
         head = try DetectionHead(st, "deep.agent.head", in: bb, channels: spec.headChannels, height: h, width: w)
         compress = try floatConv(st, "deep.agent.compress", in: bb, out: spec.messageChannels)
         a = FloatTensor(height: h, width: w, channels: bb)
@@ -233,21 +254,32 @@ public final class DeepAgentStage: @unchecked Sendable {
     }
 
     /// Runs on the int8 encoder's full-width output codes (quantization `inputQuant`), int8
-    /// backbone; requires `hasInt8`.
+    /// backbone (and the own head's shared layer in int8 where the file has it); requires `hasInt8`.
     public func run(quantized q: QTensor, threshold: Float) {
         precondition(hasInt8 && q.channels == spec.inputChannels && q.height == spec.height && q.width == spec.width)
         let x = runChain(qBackbone, from: q, between: qa, qb) { $0.run($1, into: $2) }
-        let out = qBackbone.last!.output
-        a.reshape(height: x.height, width: x.width, channels: x.channels)
-        for i in 0..<x.count { a.storage[i] = out.scale * Float(Int32(x.storage[i]) - out.zeroPoint) }
-        finish(a, threshold: threshold)
+        dequantize(x, qBackbone.last!.output, into: a)
+        if let qHead {
+            qHead.run(x, into: qh)
+            dequantize(qh, qHead.output, into: head.hidden)
+        }
+        finish(a, threshold: threshold, hiddenReady: qHead != nil)
+    }
+
+    private func dequantize(_ x: QTensor, _ p: QuantParams, into y: FloatTensor) {
+        y.reshape(height: x.height, width: x.width, channels: x.channels)
+        for i in 0..<x.count { y.storage[i] = p.scale * Float(Int32(x.storage[i]) - p.zeroPoint) }
     }
 
     /// The int8 backbone's output codes of the last `run(quantized:)`.
     public var backboneCodes: QTensor { qBackbone.count % 2 == 1 ? qa : qb }
 
-    private func finish(_ x: FloatTensor, threshold: Float) {
-        let o = head.run(x)
+    /// The own head's shared layer's int8 output codes of the last `run(quantized:)` (nil without `qHead`).
+    public var headCodes: QTensor? { qHead == nil ? nil : qh }
+
+    /// Own head (its shared layer from `x`, unless `hiddenReady`), message, selection.
+    private func finish(_ x: FloatTensor, threshold: Float, hiddenReady: Bool = false) {
+        let o = hiddenReady ? head.runOutputs() : head.run(x)
         compress.run(x, into: message)
         let (h, w) = (spec.height, spec.width)
         guard threshold > 0 else {

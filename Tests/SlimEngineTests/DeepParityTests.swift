@@ -7,7 +7,8 @@ import Testing
 /// The deep-fusion model (Models/slimsplit-deep.safetensors) against PyTorch on two agents of a
 /// test frame (Tests/Fixtures/engine/deep_io.safetensors, written by training/export_deep.py
 /// --fixture): each agent's stage (backbone, own head, message, the cells it sends at τ = 0.2) from
-/// its float encoder map, and the server's fused head for agent 0 from both float messages.
+/// its float encoder map, the same on the int8 path (backbone and the head's shared layer in int8),
+/// and the server's fused head for agent 0 from both float messages.
 enum DeepParity {
     static let model = Fixtures.root.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Models/slimsplit-deep.safetensors").path
@@ -61,19 +62,28 @@ enum DeepParity {
             }
             inputs.append(.init(features: x, position: SIMD2(poses[3 * k], poses[3 * k + 1]), yaw: poses[3 * k + 2]))
         }
-        // The int8 backbone on the maps quantized as the int8 encoder's output: bit-exact with the
-        // numpy QLinearConv reference; its dequantized output stays close to float (message within 2 %).
+        // The int8 backbone and the own head's shared layer on the maps quantized as the int8
+        // encoder's output: bit-exact with the numpy QLinearConv reference; the head's float outputs
+        // from those codes and the cells sent as PyTorch's; the message (float, from the dequantized
+        // backbone) within 2 % of the float model's.
         let inQ = try #require(agent.inputQuant)
-        let codes = try io.array("backbone_q", as: .u8, UInt8.self)
         for k in 0..<2 {
             let f = try slice(io, "features", k)
             let q = QTensor(height: f.height, width: f.width, channels: f.channels)
             for i in 0..<f.count { q.storage[i] = inQ.quantize(f.storage[i]) }
             agent.run(quantized: q, threshold: tau)
-            let got = agent.backboneCodes.nchw()
-            let n = got.count
-            let want = codes[k * n..<(k + 1) * n]
-            #expect(got.elementsEqual(want), "agent \(k): \(zip(got, want).filter { $0 != $1 }.count) int8 codes differ")
+            for (name, got) in [("backbone_q", agent.backboneCodes.nchw()), ("head_q", try #require(agent.headCodes).nchw())] {
+                let codes = try io.array(name, as: .u8, UInt8.self)
+                let want = codes[k * got.count..<(k + 1) * got.count]
+                #expect(got.elementsEqual(want), "agent \(k) \(name): \(zip(got, want).filter { $0 != $1 }.count) codes differ")
+            }
+            for (name, t) in zip(["heatmap", "offset", "size", "yaw"], agent.headOutputs) {
+                let e = relativeError(t.nchw(), try slice(io, "local_q.\(name)", k).nchw())
+                #expect(e <= 1e-3, "agent \(k) own head \(name) (int8): \(e)")
+            }
+            let sent = try slice(io, "sent_q", k)
+            let differ = (0..<sent.count).filter { (sent.storage[$0] > 0.5) != (agent.sent[$0] != 0) }.count
+            #expect(differ == 0, "agent \(k) (int8): \(differ) cells selected differently")
             let err = relativeError(agent.message.nchw(), try slice(io, "message", k).nchw())
             #expect(err <= 0.02, "agent \(k) message from the int8 backbone: \(err)")
         }

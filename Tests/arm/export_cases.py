@@ -5,7 +5,7 @@ The harness is plain C so that it cross-builds for aarch64 and runs under qemu, 
 toolchain is; these files carry exactly what the Swift tests read (Tests/Fixtures/engine):
 ONNX Runtime's QLinearConv cases, PyTorch's float convolutions, the reference encoder at
 every width, int8 and float (batch norm folded as the engine folds it, in float32), and the
-deep-fusion agent's int8 backbone (Models/slimsplit-deep.safetensors on deep_io.safetensors).
+deep-fusion agent's int8 backbone and head layer (Models/slimsplit-deep.safetensors on deep_io.safetensors).
 
 File: b"SLIMCASE", int32 kind (1 int8 chain, 2 float chain), int32 layers, int32 in_h, in_w, c,
 then for int8 int32 x_zp and float32 x_scale; per layer int32 ci, co, kh, kw, sh, sw, ph, pw, dh,
@@ -148,20 +148,20 @@ def encoder_cases():
 
 
 def deep_backbone_cases():
-    """The deep agent's int8 backbone on both fixture agents' maps, quantized as the int8 encoder's
-    output (what DeepParity checks in Swift)."""
+    """The deep agent's int8 layers (backbone, then its own head's shared layer) on both fixture
+    agents' maps, quantized as the int8 encoder's output (what DeepParity checks in Swift)."""
     t, md = load(ROOT / "Models" / "slimsplit-deep.safetensors")
     io, _ = load(FIX / "deep_io.safetensors")
     dil = json.loads(md["architecture"])["deep"]["backbone_dilations"]
+    layers = [(f"deep.agent.backbone.{n}.int8", d) for n, d in enumerate(dil)] + [("deep.agent.head.shared.int8", 1)]
     iq = t["deep.agent.int8.input.qparams"]
-    feats, want = io["features"], io["backbone_q"]
+    feats, want = io["features"], io["head_q"]
     for k in range(feats.shape[0]):
         x = np.clip(np.rint(feats[k:k + 1].astype(np.float32) / np.float32(iq[0])) + np.float32(iq[1]), 0, 255)
-        q = Case(1, len(dil), x.shape[2], x.shape[3], x.shape[1])
+        q = Case(1, len(layers), x.shape[2], x.shape[3], x.shape[1])
         q.ints(int(iq[1]))
         q.array(iq[:1], np.float32)
-        for n, d in enumerate(dil):
-            name = f"deep.agent.backbone.{n}.int8"
+        for name, d in layers:
             w = t[f"{name}.weight"]
             q.ints(w.shape[1], w.shape[0], 3, 3, 1, 1, d, d, d, d, 1, int(t[f"{name}.qparams"][1]))
             q.array(w, np.int8)
@@ -170,7 +170,7 @@ def deep_backbone_cases():
             q.array(t[f"{name}.qparams"][:1], np.float32)
         q.array(nhwc(x.astype(np.uint8)), np.uint8)
         q.array(nhwc(want[k:k + 1]), np.uint8)
-        yield f"deep_backbone_int8_agent{k}", bytes(q.buf)
+        yield f"deep_agent_int8_agent{k}", bytes(q.buf)
 
 
 def main() -> int:
