@@ -24,6 +24,17 @@ enum DeepParity {
         return x
     }
 
+    /// Agent `k`'s own head outputs (fixture `head`.{heatmap, …}) within 1e-3, its cells sent (`sent`) identical.
+    static func checkOwnHead(_ agent: DeepAgentStage, _ io: Safetensors, _ k: Int, head: String, sent: String) throws {
+        for (name, t) in zip(["heatmap", "offset", "size", "yaw"], agent.headOutputs) {
+            let e = relativeError(t.nchw(), try slice(io, "\(head).\(name)", k).nchw())
+            #expect(e <= 1e-3, "agent \(k) own head \(head).\(name): \(e)")
+        }
+        let want = try slice(io, sent, k)
+        let differ = (0..<want.count).filter { (want.storage[$0] > 0.5) != (agent.sent[$0] != 0) }.count
+        #expect(differ == 0, "agent \(k) \(sent): \(differ) cells selected differently")
+    }
+
     static func check(_ path: KernelPath) throws {
         guard FileManager.default.fileExists(atPath: Self.model), FileManager.default.fileExists(atPath: Self.io) else {
             Issue.record("missing \(Self.model) or \(Self.io)")
@@ -45,13 +56,8 @@ enum DeepParity {
             let msg = try slice(io, "message", k)
             let err = relativeError(agent.message.nchw(), msg.nchw())
             #expect(err <= 1e-3, "agent \(k) message: \(err)")
-            for (name, t) in zip(["heatmap", "offset", "size", "yaw"], agent.headOutputs) {
-                let e = relativeError(t.nchw(), try slice(io, "local.\(name)", k).nchw())
-                #expect(e <= 1e-3, "agent \(k) own head \(name): \(e)")
-            }
+            try checkOwnHead(agent, io, k, head: "local", sent: "sent")
             let want = try slice(io, "sent", k)
-            let differ = (0..<want.count).filter { (want.storage[$0] > 0.5) != (agent.sent[$0] != 0) }.count
-            #expect(differ == 0, "agent \(k): \(differ) cells selected differently")
             sentTotal += agent.sent.reduce(0) { $0 + Int($1) }
             // The server's input: the (float) message with the sent flag as channel K.
             let kc = spec.messageChannels
@@ -77,13 +83,7 @@ enum DeepParity {
                 let want = codes[k * got.count..<(k + 1) * got.count]
                 #expect(got.elementsEqual(want), "agent \(k) \(name): \(zip(got, want).filter { $0 != $1 }.count) codes differ")
             }
-            for (name, t) in zip(["heatmap", "offset", "size", "yaw"], agent.headOutputs) {
-                let e = relativeError(t.nchw(), try slice(io, "local_q.\(name)", k).nchw())
-                #expect(e <= 1e-3, "agent \(k) own head \(name) (int8): \(e)")
-            }
-            let sent = try slice(io, "sent_q", k)
-            let differ = (0..<sent.count).filter { (sent.storage[$0] > 0.5) != (agent.sent[$0] != 0) }.count
-            #expect(differ == 0, "agent \(k) (int8): \(differ) cells selected differently")
+            try checkOwnHead(agent, io, k, head: "local_q", sent: "sent_q")
             let err = relativeError(agent.message.nchw(), try slice(io, "message", k).nchw())
             #expect(err <= 0.02, "agent \(k) message from the int8 backbone: \(err)")
         }
