@@ -315,11 +315,11 @@ public final class DeepAgentStage: @unchecked Sendable {
 /// of its input tensor (a pass's inputs are not written while it runs): `preparePass` computes
 /// them for the inputs that `beginPass` named, unless an earlier pass did from the same content
 /// (detectors made together by `makeFusionDetectors` share them, each worker preparing its share),
-/// and `detect` computes any it was not given. Per
-/// ego, the fuse convolution and the head compute only the cells whose receptive field holds a
-/// cell some agent sent (or reaches the grid's edge); elsewhere their output is what an empty
-/// fused map gives, computed once at init: exact, not an approximation. Buffers are planned for
-/// `maxAgents` (grown once if more come). Not thread-safe, except as `FusionDetector` says.
+/// and `detect` computes any it was not given. Per ego, the fuse convolution and the head compute
+/// only the cells whose receptive field holds a cell some agent sent (or reaches the grid's edge);
+/// elsewhere their output is what an empty fused map gives, computed once at init: exact, not an
+/// approximation. Buffers are planned for `maxAgents` (grown once if more come). Not thread-safe,
+/// except as `FusionDetector` says.
 public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
     public let spec: DeepArchitecture
     public var height: Int { spec.height }
