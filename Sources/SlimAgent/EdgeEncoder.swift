@@ -244,8 +244,7 @@ public final class EdgeEncoder: @unchecked Sendable {
             return encodeDeep(deep, nil)
         }
         if let deep, let f = deepInput, let q = encoder.outputQuant {
-            f.reshape(height: out.height, width: out.width, channels: out.channels)
-            for i in 0..<out.count { f.storage[i] = q.scale * Float(Int32(out.storage[i]) - q.zeroPoint) }
+            q.dequantize(out, into: f)
             return encodeDeep(deep, f)
         }
         let c = out.channels

@@ -258,17 +258,12 @@ public final class DeepAgentStage: @unchecked Sendable {
     public func run(quantized q: QTensor, threshold: Float) {
         precondition(hasInt8 && q.channels == spec.inputChannels && q.height == spec.height && q.width == spec.width)
         let x = runChain(qBackbone, from: q, between: qa, qb) { $0.run($1, into: $2) }
-        dequantize(x, qBackbone.last!.output, into: a)
+        qBackbone.last!.output.dequantize(x, into: a)
         if let qHead {
             qHead.run(x, into: qh)
-            dequantize(qh, qHead.output, into: head.hidden)
+            qHead.output.dequantize(qh, into: head.hidden)
         }
         finish(a, threshold: threshold, hiddenReady: qHead != nil)
-    }
-
-    private func dequantize(_ x: QTensor, _ p: QuantParams, into y: FloatTensor) {
-        y.reshape(height: x.height, width: x.width, channels: x.channels)
-        for i in 0..<x.count { y.storage[i] = p.scale * Float(Int32(x.storage[i]) - p.zeroPoint) }
     }
 
     /// The int8 backbone's output codes of the last `run(quantized:)`.

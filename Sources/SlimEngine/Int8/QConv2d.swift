@@ -15,6 +15,12 @@ public struct QuantParams: Sendable, Equatable {
         let v = (x / scale).rounded(.toNearestOrEven) + Float(zeroPoint)
         return UInt8(min(max(v, 0), 255))
     }
+
+    /// `codes` dequantized (scale · (q − zero point)) into `y`, reshaped to their shape.
+    public func dequantize(_ codes: QTensor, into y: FloatTensor) {
+        y.reshape(height: codes.height, width: codes.width, channels: codes.channels)
+        for i in 0..<codes.count { y.storage[i] = scale * Float(Int32(codes.storage[i]) - zeroPoint) }
+    }
 }
 
 /// An int8 convolution: uint8 activations (per tensor, asymmetric), int8 weights (per output
