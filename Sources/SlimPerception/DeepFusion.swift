@@ -621,7 +621,7 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
 /// (`pending`); workers then fill disjoint pending agents (`DeepFusionDetector.preparePass`) and
 /// read them all once every worker is done. Each agent is an object of its own, so a worker writes
 /// only memory no other thread touches.
-public final class DeepPass: @unchecked Sendable {
+final class DeepPass: @unchecked Sendable {
     /// One agent's prepared input: its message, sent flags, decompressed map and peer boxes (7 raw
     /// channels), for `input`.
     final class Agent {
@@ -647,7 +647,7 @@ public final class DeepPass: @unchecked Sendable {
     let spec: DeepArchitecture
     private(set) var agents: [Agent] = []
     /// The pass's inputs' agents (by input identity), and which of them `preparePass` computes.
-    private var index: [ObjectIdentifier: Int] = [:]
+    private var index: [ObjectIdentifier: Int] = [:], previous: [ObjectIdentifier: Int] = [:]
     private(set) var pending: [Int] = []
     private var inUse: [Bool] = []
 
@@ -659,14 +659,14 @@ public final class DeepPass: @unchecked Sendable {
     }
 
     func begin(_ inputs: [(FloatTensor, UInt64?)]) {
-        let before = index
+        swap(&index, &previous)  // the last pass's, without copying
         index.removeAll(keepingCapacity: true)
         pending.removeAll(keepingCapacity: true)
         for k in inUse.indices { inUse[k] = false }
         // First the inputs an agent already holds, unchanged: they keep it.
         for (t, v) in inputs {
             let id = ObjectIdentifier(t)
-            guard let v, index[id] == nil, let k = before[id] else { continue }
+            guard let v, index[id] == nil, let k = previous[id] else { continue }
             let a = agents[k]
             if a.ready, a.input === t, a.version == v {
                 index[id] = k

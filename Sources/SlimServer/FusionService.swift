@@ -433,7 +433,7 @@ public final class FusionService: @unchecked Sendable {
         let fusionMode = options.fusion
         let dets = detectors
         let jobsCopy = jobs
-        if workers > 0 {
+        if workers > 0, dets[0] is DeepFusionDetector {
             // The per-agent work every ego reuses, once per agent, spread over the workers.
             // What a detector computed from a map in an earlier pass stays valid while its version does.
             var seen = Set<ObjectIdentifier>()
@@ -444,7 +444,9 @@ public final class FusionService: @unchecked Sendable {
             let tp = SystemClock.monotonicSeconds()
             parallel(workers) { w in dets[w].preparePass(worker: w, workers: workers) }
             let dt = SystemClock.monotonicSeconds() - tp
-            if dets[0] is DeepFusionDetector { state.withLock { $0.addStage("prepare", dt) } }
+            state.withLock { $0.addStage("prepare", dt) }
+        }
+        if workers > 0 {
             parallel(workers) { w in
                 for k in stride(from: w, to: jobsCopy.count, by: workers) {
                     let j = jobsCopy[k]
