@@ -177,6 +177,116 @@ static int run_case(const char *file, int path, char *why, size_t whylen) {
     return ok;
 }
 
+// ---- The activity helpers (activity.c, vectorized) against plain reference loops ----
+
+static uint32_t lcg(uint32_t *st) { *st = *st * 1664525u + 1013904223u; return *st >> 8; }
+
+/// QuantizeLinear as ONNX Runtime computes it, one value at a time.
+static uint8_t ref_quantize(float x, float scale, int32_t zp) {
+    float v = x / scale;
+    const float lo = -(float)zp, hi = 255.0f - (float)zp;
+    v = v > lo ? v : lo;
+    v = v < hi ? v : hi;
+    return (uint8_t)((v + 12582912.0f) - 12582912.0f + (float)zp);
+}
+
+static void ref_dilate(const uint8_t *in, int in_h, int in_w, uint8_t *out, int out_h, int out_w, int kh, int kw, int sh,
+                       int sw, int ph, int pw, int dh, int dw) {
+    for (int oy = 0; oy < out_h; oy++)
+        for (int ox = 0; ox < out_w; ox++) {
+            uint8_t a = 0;
+            for (int ky = 0; ky < kh; ky++)
+                for (int kx = 0; kx < kw; kx++) {
+                    const int iy = oy * sh - ph + ky * dh, ix = ox * sw - pw + kx * dw;
+                    a |= (iy < 0 || iy >= in_h || ix < 0 || ix >= in_w) ? 1 : in[iy * in_w + ix];
+                }
+            out[oy * out_w + ox] = a;
+        }
+}
+
+/// Returns the number of mismatching checks (0: every one matches); prints one line.
+static int check_activity(void) {
+    uint32_t st = 7;
+    int checks = 0, bad = 0;
+    const float odd[] = {0.0f, -0.0f, NAN, INFINITY, -INFINITY, 1e30f, -1e30f, 1e-40f, 0.5f, 1.5f, 2.5f, -2.5f, 254.5f};
+    const int chans[] = {8, 4, 12, 6, 1, 64};
+    for (int t = 0; t < 24; t++) {
+        const int c = chans[t % 6], cells = 1 + (int)(lcg(&st) % 700);
+        const float scale = 0.01f + (float)(lcg(&st) % 1000) / 200.0f;
+        const int32_t zp = t % 3 == 0 ? 0 : (int32_t)(lcg(&st) % 256);
+        float *x = calloc((size_t)cells * c, sizeof(float));
+        for (int i = 0; i < cells; i++) {
+            if (lcg(&st) % 4) continue;  // most cells empty
+            const int negzero = lcg(&st) % 8 == 0;  // some all −0: empty too
+            for (int ch = 0; ch < c; ch++) {
+                if (negzero) { x[i * c + ch] = -0.0f; continue; }
+                const uint32_t r = lcg(&st) % 16;
+                x[i * c + ch] = r < 13 ? odd[r] : ((float)(lcg(&st) % 200000) - 100000.0f) / 997.0f;
+            }
+        }
+        uint8_t *q = malloc((size_t)cells * c), *act = malloc((size_t)cells), *act2 = malloc((size_t)cells);
+        slim_quantize_cells(x, cells, c, scale, zp, q, act);
+        slim_mark_active_f32(x, cells, c, act2);
+        for (int i = 0; i < cells; i++) {
+            int any = 0;
+            for (int ch = 0; ch < c; ch++) { uint32_t b; memcpy(&b, &x[i * c + ch], 4); any |= (b << 1) != 0; }
+            bad += act[i] != any || act2[i] != any;
+            for (int ch = 0; ch < c; ch++) bad += q[i * c + ch] != (any ? ref_quantize(x[i * c + ch], scale, zp) : (uint8_t)zp);
+            checks += 2 + c;
+        }
+        free(x); free(q); free(act); free(act2);
+    }
+    for (int t = 0; t < 200; t++) {
+        const int in_h = 1 + (int)(lcg(&st) % 40), in_w = 1 + (int)(lcg(&st) % 70);
+        const int k = lcg(&st) % 3 ? 3 : 1 + (int)(lcg(&st) % 5), s = 1 + (int)(lcg(&st) % 2), d = 1 + (int)(lcg(&st) % 2);
+        const int p = (int)(lcg(&st) % (unsigned)(k * d / 2 + 2));
+        const int out_h = out_size(in_h, k, s, p, d), out_w = out_size(in_w, k, s, p, d);
+        if (out_h < 1 || out_w < 1) continue;
+        uint8_t *in = malloc((size_t)in_h * in_w), *o = malloc((size_t)out_h * out_w), *r = malloc((size_t)out_h * out_w);
+        uint8_t *rows = malloc((size_t)in_h * out_w);
+        const unsigned density = 1 + lcg(&st) % 40;
+        for (int i = 0; i < in_h * in_w; i++) in[i] = lcg(&st) % 100 < density;
+        slim_dilate_activity(in, in_h, in_w, o, out_h, out_w, k, k, s, s, p, p, d, d, rows);
+        ref_dilate(in, in_h, in_w, r, out_h, out_w, k, k, s, s, p, p, d, d);
+        checks++;
+        bad += memcmp(o, r, (size_t)out_h * out_w) != 0;
+        free(in); free(o); free(r); free(rows);
+    }
+    printf("activity helpers (quantize, mark, dilate) %d of %d checks match\n", checks - bad, checks);
+    return bad;
+}
+
+/// Synthetic int8 layers whose inputs hold a byte above 127 at a few pixels only (so avx2 keeps its
+/// byte kernel and sends those pixels through its excess kernel), on `path` against the portable
+/// path (itself checked on the fixtures above). Returns the number of mismatching layers.
+static int check_sparse_high_bytes(int path) {
+    uint32_t st = 11;
+    const int cis[] = {8, 4, 12, 16, 24, 64, 8, 32};
+    int bad = 0, n = 0;
+    for (int t = 0; t < 16; t++) {
+        const int ci = cis[t % 8], co = 16 + 8 * (t % 3), h = 9 + t % 5, wd = 11 + t % 4, s = 1 + t % 2;
+        const layer_geom g = {ci, co, 3, 3, s, s, 1, 1, 1, 1, 1, t % 3 == 0 ? 5 : 0};
+        const int xzp = t % 4 == 1 ? 37 : 0, oh = out_size(h, 3, s, 1, 1), ow = out_size(wd, 3, s, 1, 1);
+        int8_t *w = malloc((size_t)co * ci * 9);
+        float *ws = malloc(sizeof(float) * (size_t)co);
+        int32_t *bias = malloc(sizeof(int32_t) * (size_t)co);
+        uint8_t *x = malloc((size_t)h * wd * ci), *y0 = malloc((size_t)oh * ow * co), *y1 = malloc((size_t)oh * ow * co);
+        for (int i = 0; i < co * ci * 9; i++) w[i] = (int8_t)((int)(lcg(&st) % 255) - 127);
+        for (int o = 0; o < co; o++) { ws[o] = 0.002f + (float)(lcg(&st) % 100) * 1e-5f; bias[o] = (int32_t)(lcg(&st) % 2001) - 1000; }
+        for (int px = 0; px < h * wd; px++) {
+            const int high = lcg(&st) % 32 == 0;  // about 3 % of pixels
+            for (int c = 0; c < ci; c++) x[px * ci + c] = (uint8_t)(high && c == (int)(lcg(&st) % (unsigned)ci) ? 128 + lcg(&st) % 128 : lcg(&st) % 128);
+        }
+        const int r0 = qlayer(SLIM_PATH_PORTABLE, &g, w, ws, bias, 0.02f, xzp, 0.05f, x, h, wd, y0);
+        const int r1 = qlayer(path, &g, w, ws, bias, 0.02f, xzp, 0.05f, x, h, wd, y1);
+        n++;
+        bad += r0 != SLIM_OK || r1 != SLIM_OK || memcmp(y0, y1, (size_t)oh * ow * co) != 0;
+        free(w); free(ws); free(bias); free(x); free(y0); free(y1);
+    }
+    printf("path %-9s %d of %d synthetic layers (a few bytes > 127) match portable\n", slim_path_name(path), n - bad, n);
+    return bad;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) { fprintf(stderr, "usage: parity CASE_DIR [path ...]\n"); return 2; }
     char list[4096];
@@ -210,9 +320,11 @@ int main(int argc, char **argv) {
             if (ok == 1) good++; else { bad++; printf("  FAIL %s on %s: %s\n", names[i], slim_path_name(p), why); }
         }
         printf("path %-9s %d of %d cases match (int8 bit-exact, float within 1e-4)\n", slim_path_name(p), good, ncases);
+        if (p != SLIM_PATH_PORTABLE) bad += check_sparse_high_bytes(p);
         passed += bad == 0;
         failed += bad != 0;
     }
+    if (check_activity()) failed++;
     printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
     return failed ? 1 : 0;
 }
