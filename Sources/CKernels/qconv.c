@@ -112,6 +112,8 @@ static void pad_bytes(const slim_qconv_args *a, const uint8_t *x, uint8_t *out, 
 }
 
 #if defined(__x86_64__)
+#include <emmintrin.h>
+
 /// flags[pixel] = 1 where a padded pixel holds a byte above 127 (rare after calibration): the
 /// avx2 kernel multiplies bytes with vpmaddubsw, exact only up to 127, and takes such pixels'
 /// outputs through its excess kernel.
@@ -119,26 +121,28 @@ static void pad_bytes(const slim_qconv_args *a, const uint8_t *x, uint8_t *out, 
 /// point is above 127, say), the whole layer runs on int16 pairs (vpmaddwd) instead, which
 /// computes the same integers without an excess kernel doubling the work.
 static size_t flag_high_bytes(const uint8_t *padded, size_t pixels, int cpad, uint8_t *flags) {
-    size_t flagged = 0;
-    if (cpad % 8 == 0) {
-        const int words = cpad / 8;
-        for (size_t px = 0; px < pixels; px++) {
-            uint64_t m = 0;
-            for (int k = 0; k < words; k++) {
-                uint64_t v;
-                memcpy(&v, padded + px * cpad + 8 * k, 8);
-                m |= v;
-            }
-            flags[px] = (m & 0x8080808080808080ull) != 0;
+    size_t flagged = 0, px = 0;
+    if (cpad == 8) {  // two pixels per vector: one movemask tests sixteen high bits
+        for (; px + 2 <= pixels; px += 2) {
+            const int m = _mm_movemask_epi8(_mm_loadu_si128((const __m128i *)(padded + px * 8)));
+            flags[px] = (m & 0xff) != 0;
+            flags[px + 1] = (m >> 8) != 0;
+            flagged += (size_t)flags[px] + flags[px + 1];
+        }
+    } else if (cpad % 8 == 0) {
+        for (; px < pixels; px++) {
+            const uint8_t *p = padded + px * cpad;
+            __m128i v = _mm_loadl_epi64((const __m128i *)(p + cpad - 8));
+            for (int k = 0; k + 16 <= cpad; k += 16) v = _mm_or_si128(v, _mm_loadu_si128((const __m128i *)(p + k)));
+            flags[px] = _mm_movemask_epi8(v) != 0;
             flagged += flags[px];
         }
-    } else {
-        for (size_t px = 0; px < pixels; px++) {
-            uint8_t m = 0;
-            for (int i = 0; i < cpad; i++) m |= padded[px * cpad + i];
-            flags[px] = m >> 7;
-            flagged += flags[px];
-        }
+    }
+    for (; px < pixels; px++) {
+        uint8_t m = 0;
+        for (int i = 0; i < cpad; i++) m |= padded[px * cpad + i];
+        flags[px] = m >> 7;
+        flagged += flags[px];
     }
     return flagged;
 }
