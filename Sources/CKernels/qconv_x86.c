@@ -77,11 +77,12 @@ AVX2 void store16(const slim_qconv_args *a, const slim_qctx *c, __m256i lo, __m2
     } while (0)
 #define MADDUBS_STEP(ACC0, ACC1, XPTR)                                                                  \
     do {                                                                                              \
-        const __m256i xb = _mm256_set1_epi32(load32(XPTR));                                            \
+        const int32_t xv = load32(XPTR);                                                              \
+        const __m256i xb = _mm256_set1_epi32(xv);                                                     \
         if (with_excess) {                                                                            \
             const __m256i lo = _mm256_min_epu8(xb, _mm256_set1_epi8(127));                             \
             MADDUBS(ACC0, ACC1, lo);                                                                  \
-            MADDUBS(ACC0, ACC1, _mm256_sub_epi8(xb, lo));                                             \
+            if (xv & (int32_t)0x80808080u) MADDUBS(ACC0, ACC1, _mm256_sub_epi8(xb, lo));               \
         } else {                                                                                      \
             MADDUBS(ACC0, ACC1, xb);                                                                  \
         }                                                                                             \
