@@ -212,8 +212,25 @@ AI void kernel_portable(const slim_qconv_args *a, const slim_qctx *c, const int1
         _mm_storeu_si128((__m128i *)&acc[h + 1][12], b3);
     }
     const int c0 = blk * 16, n = a->co - c0 < 16 ? a->co - c0 : 16;
-    for (int p = 0; p < 4; p++)
-        for (int o = 0; o < n; o++) dq[p][c0 + o] = slim_requant(acc[p][o], c->badj[c0 + o], a->mult[c0 + o], a->y_zp);
+    if (n < 16) {
+        for (int p = 0; p < 4; p++)
+            for (int o = 0; o < n; o++) dq[p][c0 + o] = slim_requant(acc[p][o], c->badj[c0 + o], a->mult[c0 + o], a->y_zp);
+        return;
+    }
+    // slim_requant on four lanes: the same float product, clamp and round half to even (MXCSR's
+    // default, as nearbyintf), saturated to bytes by the packs.
+    const __m128 lo = _mm_set1_ps(-512.0f), hi = _mm_set1_ps(512.0f);
+    const __m128i zp = _mm_set1_epi32(a->y_zp);
+    for (int p = 0; p < 4; p++) {
+        __m128i r[4];
+        for (int q = 0; q < 4; q++) {
+            const __m128i v = _mm_add_epi32(_mm_loadu_si128((const __m128i *)&acc[p][4 * q]),
+                                            _mm_loadu_si128((const __m128i *)(c->badj + c0 + 4 * q)));
+            const __m128 f = _mm_mul_ps(_mm_cvtepi32_ps(v), _mm_loadu_ps(a->mult + c0 + 4 * q));
+            r[q] = _mm_add_epi32(_mm_cvtps_epi32(_mm_min_ps(_mm_max_ps(f, lo), hi)), zp);
+        }
+        _mm_storeu_si128((__m128i *)(dq[p] + c0), _mm_packus_epi16(_mm_packs_epi32(r[0], r[1]), _mm_packs_epi32(r[2], r[3])));
+    }
 }
 #else
 AI void kernel_portable(const slim_qconv_args *a, const slim_qctx *c, const int16_t *const xq[4], int blk, const int NB,
