@@ -64,11 +64,19 @@ typedef struct {
 #define CD_YT float
 #define CD_XT float
 
-DEFINE_FKERNEL(fkernel_portable, , 4)
+// x86-64's baseline has 16 xmm registers: 2 pixels × 4 vectors of accumulators leave room for the
+// weights and the broadcast input (4 pixels spill); aarch64's 32 NEON registers hold 4 pixels.
+#if defined(__x86_64__)
+#define FPORT_NPIX 2
+#else
+#define FPORT_NPIX 4
+#endif
+DEFINE_FKERNEL(fkernel_portable, , FPORT_NPIX)
 #define CD_FN fdrive_portable
 #define CD_ATTR
 #define CD_KERNEL fkernel_portable
 #define CD_NBMAX 1
+#define CD_NPIX FPORT_NPIX
 #include "internal/conv_driver.h"
 
 #if defined(__x86_64__)
