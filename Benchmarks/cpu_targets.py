@@ -7,7 +7,9 @@ the end-to-end pipeline, each repeated, with the medians checked against the tar
     0.8x ONNX Runtime int8, float at most 1.0x ONNX Runtime fp32, each ratio within its own run;
   * end to end (`slimsplit-bench e2e`, 4 agents at 10 Hz, 10 s, agents and server on this machine):
     server capacity at least 400 agent-frames/s and capture-to-result p99 at most 50 ms, for the
-    shipped model (4 bit) and the deep-fusion model (2 bit, tau 0.2); 16 agents once each.
+    shipped model (4 bit) and the deep-fusion model (2 bit, tau 0.2); 16 agents once each; and,
+    without a target, the fusion threads' CPU time as agent-frames per core-second (for sizing a
+    server whose cores the agents do not share).
 
 Every path this CPU runs is timed for the encoder; the end-to-end runs use the fastest path, or
 each of --kernels. Needs a release build and onnxruntime + numpy (a small venv: see peers_ort.py):
@@ -105,6 +107,10 @@ def main() -> int:
                   f"({', '.join(f'{x:.0f}' for x in cap)}) | {'yes' if med(cap) >= 400 else 'no'} |")
             print(f"| {name} model, 4 agents: capture-to-result p99 ≤ 50 ms | {r_kernels} | {med(p99):.1f} "
                   f"({', '.join(f'{x:.1f}' for x in p99)}) | {'yes' if med(p99) <= 50 else 'no'} |")
+            core = [r["agent_frames_per_core_second"] for r in runs if "agent_frames_per_core_second" in r]
+            if core:
+                print(f"| {name} model, 4 agents: agent-frames per core-second of fusion CPU (no target) | "
+                      f"{r_kernels} | {med(core):.0f} ({', '.join(f'{x:.0f}' for x in core)}) | — |")
             for r in (r for r in doc["e2e"] if r["kernels"] == r_kernels and r["model_name"] == name
                       and r["agents"] == 16):
                 print(f"| {name} model, 16 agents: capacity / p99 (no target) | {r_kernels} | "

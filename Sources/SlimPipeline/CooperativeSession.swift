@@ -89,7 +89,10 @@ public final class CooperativeSession: @unchecked Sendable {
     public private(set) var reports: [String: AgentReport] = [:]
     /// Called after every fusion pass with its outputs (on the server's fusion task; keep it short).
     public var onFused: (@Sendable ([FusionService.Output], FeatureServer, FusionService) -> Void)?
+    /// Wall time of each fusion pass, ms.
     public private(set) var fuseMs: [Double] = []
+    /// CPU time of each fusion pass, summed over the fusion threads, ms (``FusionServer/passCPUTimes``).
+    public private(set) var fuseCPUMs: [Double] = []
     /// Per stage of one agent's fusion (warp_fuse, head, nms, dequantize; prepare: per pass, deep fusion): p50 and p99, ms.
     public private(set) var stageMs: [String: (p50: Double, p99: Double)] = [:]
     /// Threads the server fused on (``Config/fusionThreads`` resolved).
@@ -317,6 +320,7 @@ public final class CooperativeSession: @unchecked Sendable {
             }
         }
         fuseMs = fusionServer.passDurations.map { $0 * 1e3 }
+        fuseCPUMs = fusionServer.passCPUTimes.map { $0 * 1e3 }
         for (name, p50, p99) in fusion.metrics.stages { stageMs[name] = (p50 * 1e3, p99 * 1e3) }
         fusionThreads = fusion.threads
         rejected = server.rejections.values.reduce(0, +)

@@ -48,7 +48,7 @@ public final class FusionServer: Service, Sendable {
     private let observers = Locked<[Observer]>([])
     private let arrivals: AsyncStream<Void>
     private let arrived: AsyncStream<Void>.Continuation
-    private let passSeconds = Locked<[Double]>([])
+    private let passSeconds = Locked<[(wall: Double, cpu: Double)]>([])
     private let logger: Logger
     private let beforeShutdown = Locked<(@Sendable (FusionServer) async -> Void)?>(nil)
     private let worker: FusionThread
@@ -100,7 +100,11 @@ public final class FusionServer: Service, Sendable {
     deinit { worker.stop() }
 
     /// Durations of the recent fusion passes, seconds (the last 4096).
-    public var passDurations: [Double] { passSeconds.value }
+    public var passDurations: [Double] { passSeconds.value.map(\.wall) }
+
+    /// CPU time of the recent fusion passes, seconds, summed over the fusion threads (the last
+    /// 4096): what a pass costs when it has the cores to itself, whoever else runs on them.
+    public var passCPUTimes: [Double] { passSeconds.value.map(\.cpu) }
 
     /// Serves until a graceful shutdown, then drains (see the type's documentation).
     public func run() async {
@@ -152,14 +156,16 @@ public final class FusionServer: Service, Sendable {
     private func pass(_ fusion: FusionService, only: [String]?) async {
         let t0 = SystemClock.monotonicNs()
         let worker = self.worker
+        let cpu0 = worker.cpuNs
         let outs = await worker.run { fusion.tick(only: only, parallel: worker.parallel) }
         guard !outs.isEmpty else { return }
+        let cpu = Double(worker.cpuNs &- cpu0) / 1e9
         let now = SystemClock.wallNs()
         for o in outs { server.send(fusion.result(o, fusionTimeNs: now), toAgent: o.agent) }
         let dt = Double(SystemClock.monotonicNs() - t0) / 1e9
         passSeconds.withLock { p in
             if p.count >= 4096 { p.removeFirst(p.count - 4095) }
-            p.append(dt)
+            p.append((dt, cpu))
         }
         for o in observers.value { o(outs, self) }
     }
@@ -197,6 +203,24 @@ final class FusionThread: Sendable {
     private let ready = DispatchSemaphore(value: 0)
     /// Threads in the pool (at least 1).
     let count: Int
+    /// CPU time the pool's threads have spent in jobs, nanoseconds (each thread's own clock, so
+    /// time a job waited for a core, or for its helpers, is not counted).
+    private let cpu = Atomic<UInt64>(0)
+
+    /// CPU nanoseconds spent in this pool's jobs so far.
+    var cpuNs: UInt64 { cpu.load(ordering: .acquiring) }
+
+    /// Runs `f` on this thread and adds the CPU time it took to `cpuNs`, before anyone waiting
+    /// for `f` is released (callers release them after this returns).
+    private func counted<T>(_ f: () -> T) -> T {
+        var t = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t)
+        let t0 = UInt64(t.tv_sec) * 1_000_000_000 + UInt64(t.tv_nsec)
+        let r = f()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t)
+        cpu.add(UInt64(t.tv_sec) * 1_000_000_000 + UInt64(t.tv_nsec) &- t0, ordering: .releasing)
+        return r
+    }
 
     init(nice: Int32, threads: Int = 1) {
         count = max(1, threads)
@@ -261,7 +285,7 @@ final class FusionThread: Sendable {
             for _ in 0..<helpers {
                 done.enter()
                 q.jobs.append {
-                    work()
+                    self.counted(work)
                     done.leave()
                 }
             }
@@ -277,7 +301,7 @@ final class FusionThread: Sendable {
         await withCheckedContinuation { (c: CheckedContinuation<T, Never>) in
             let accepted = queue.withLock { q -> Bool in
                 guard !q.stopping else { return false }
-                q.jobs.append { c.resume(returning: body()) }
+                q.jobs.append { c.resume(returning: self.counted(body)) }
                 return true
             }
             if accepted { ready.signal() } else { c.resume(returning: body()) }

@@ -15,9 +15,10 @@ struct E2EBench: AsyncParsableCommand {
             session at the recorded rate: every agent featurizes, encodes (int8), quantizes, packs and sends; the
             server fuses for every agent in its own frame and answers. Latency: from the start of featurizing to the
             Result's arrival. Capacity: agent-frames the server fuses per second of fusion work (a tick fuses every
-            agent's frame), i.e. the rate at which its 10 Hz tick would overrun. The agents encode each frame
-            concurrently, as independent agents would, and share this machine's cores with each other and the
-            server; no single-agent baseline is computed (`slimsplit eval` does).
+            agent's frame), i.e. the rate at which its 10 Hz tick would overrun. Per core second: the same work in
+            CPU time of the fusion threads (server_cpu_ms), which the agents' load on shared cores does not stretch.
+            The agents encode each frame concurrently, as independent agents would, and share this machine's cores
+            with each other and the server; no single-agent baseline is computed (`slimsplit eval` does).
             """)
 
     @Option(help: "Agents (vehicles plus a roadside unit).")
@@ -82,6 +83,10 @@ struct E2EBench: AsyncParsableCommand {
         let perTick = session.fuseMs
         let n = Double(sim.agentIDs.count)
         let capacity = perTick.isEmpty ? 0 : n / (percentile(perTick, 0.5) / 1000)
+        // The same work in CPU time: what one core fuses per second when nothing else runs on it
+        // (the agents here share the cores with the server, and stretch its passes' wall time).
+        let cpuPerTick = session.fuseCPUMs
+        let perCore = cpuPerTick.isEmpty ? 0 : n / (percentile(cpuPerTick, 0.5) / 1000)
         let doc: [String: Any] = [
             "benchmark": "e2e", "agents": sim.agentIDs.count, "rate_hz": scene.rate, "frames": sim.frameCount,
             "bits": bits, "threshold": Double(threshold), "model": model,
@@ -93,6 +98,8 @@ struct E2EBench: AsyncParsableCommand {
             "capture_to_result_ms": ["p50": percentile(latency, 0.5), "p99": percentile(latency, 0.99)],
             "server_tick_ms": ["p50": percentile(perTick, 0.5), "p99": percentile(perTick, 0.99)],
             "capacity_agent_frames_per_s": capacity.rounded(),
+            "server_cpu_ms": ["p50": percentile(cpuPerTick, 0.5), "p99": percentile(cpuPerTick, 0.99)],
+            "agent_frames_per_core_second": perCore.rounded(),
             "server_stage_ms": session.stageMs.mapValues { ["p50": $0.p50, "p99": $0.p99] },
             "bytes_per_frame": session.reports.values.map { $0.frames > 0 ? $0.bytes / $0.frames : 0 }.reduce(0, +)
                 / max(session.reports.count, 1),

@@ -27,6 +27,12 @@ struct EndToEndTests {
         let session = CooperativeSession(config)
         try await session.run(logger: logger)
         #expect(session.rejected == 0)
+        // Every pass's CPU time is accounted (all fusion threads' own clocks): nonzero, and no
+        // more than its threads could spend in its wall time.
+        #expect(!session.fuseMs.isEmpty && session.fuseCPUMs.count == session.fuseMs.count)
+        for (wall, cpu) in zip(session.fuseMs, session.fuseCPUMs) {
+            #expect(cpu > 0 && cpu <= wall * Double(session.fusionThreads) + 1, "pass: wall \(wall) ms, CPU \(cpu) ms")
+        }
 
         // Offline: the same encoders, quantization and detector, no sockets.
         let rec = try RecordingFrames(path: samplePath)
