@@ -117,54 +117,49 @@ static void pad_bytes(const slim_qconv_args *a, const uint8_t *x, uint8_t *out, 
 /// flags[pixel] = 1 where a padded pixel holds a byte above 127 (rare after calibration): the
 /// avx2 kernel multiplies bytes with vpmaddubsw, exact only up to 127, and takes such pixels'
 /// outputs through its excess kernel, which adds the excess of a 4-byte unit only where that unit
-/// holds one (a well-predicted branch while such units are rare).
-/// Returns how many 4-byte units hold a byte above 127. Where more than 1/16 of them do (a layer
-/// whose zero point is above 127, say), the branch would mispredict and the excess double the work:
-/// the whole layer then runs on int16 pairs (vpmaddwd), which compute the same integers at about
-/// 1.5× the cost of clean bytes, whatever they hold.
-static inline size_t high_units(int m) {  // m: a movemask of 16 bytes; → units (4 bytes) with a high bit
-    m |= m >> 1;
-    m |= m >> 2;
-    return (size_t)__builtin_popcount((unsigned)m & 0x1111u);
-}
-
+/// holds one (a well-predicted branch while such units are rare). Returns the flagged pixels.
 static size_t flag_high_bytes(const uint8_t *padded, size_t pixels, int cpad, uint8_t *flags) {
-    size_t units = 0, px = 0;
-    if (cpad == 8) {  // two pixels per vector
+    size_t flagged = 0, px = 0;
+    if (cpad == 8) {  // two pixels per vector: one movemask tests sixteen high bits
         for (; px + 2 <= pixels; px += 2) {
             const int m = _mm_movemask_epi8(_mm_loadu_si128((const __m128i *)(padded + px * 8)));
             flags[px] = (m & 0xff) != 0;
             flags[px + 1] = (m >> 8) != 0;
-            units += high_units(m);
+            flagged += (size_t)flags[px] + flags[px + 1];
         }
     } else if (cpad % 8 == 0) {
         for (; px < pixels; px++) {
             const uint8_t *p = padded + px * cpad;
-            int k = 0, any = 0;
-            for (; k + 16 <= cpad; k += 16) {
-                const int m = _mm_movemask_epi8(_mm_loadu_si128((const __m128i *)(p + k)));
-                any |= m;
-                units += high_units(m);
-            }
-            if (k < cpad) {
-                const int m = _mm_movemask_epi8(_mm_loadl_epi64((const __m128i *)(p + k))) & 0xff;
-                any |= m;
-                units += high_units(m);
-            }
-            flags[px] = any != 0;
+            __m128i v = _mm_loadl_epi64((const __m128i *)(p + cpad - 8));
+            for (int k = 0; k + 16 <= cpad; k += 16) v = _mm_or_si128(v, _mm_loadu_si128((const __m128i *)(p + k)));
+            flags[px] = _mm_movemask_epi8(v) != 0;
+            flagged += flags[px];
         }
     }
-    for (; px < pixels; px++) {  // cpad is a multiple of 4 (padded_channels)
+    for (; px < pixels; px++) {
+        uint8_t m = 0;
+        for (int i = 0; i < cpad; i++) m |= padded[px * cpad + i];
+        flags[px] = m >> 7;
+        flagged += flags[px];
+    }
+    return flagged;
+}
+
+/// Whether more than 1/16 of the 4-byte units (cpad is a multiple of 4) hold a byte above 127:
+/// then the excess kernel's branch would mispredict and its work double, and the whole layer runs
+/// on int16 pairs (vpmaddwd) instead, which compute the same integers at about 1.5× the cost of
+/// clean bytes, whatever they hold (a layer whose zero point is near 128, say). Only flagged
+/// pixels hold such units, so few flagged pixels settle it without counting.
+static int mostly_high_units(const uint8_t *padded, size_t pixels, int cpad, const uint8_t *flags, size_t flagged) {
+    const size_t units = pixels * (size_t)(cpad / 4);
+    if (flagged * (size_t)(cpad / 4) <= units / 16) return 0;
+    size_t high = 0;
+    for (size_t px = 0; px < pixels; px++) {
+        if (!flags[px]) continue;
         const uint8_t *p = padded + px * cpad;
-        uint8_t any = 0;
-        for (int u = 0; u < cpad; u += 4) {
-            const uint8_t m = p[u] | p[u + 1] | p[u + 2] | p[u + 3];
-            units += m >> 7;
-            any |= m;
-        }
-        flags[px] = any >> 7;
+        for (int u = 0; u < cpad; u += 4) high += (p[u] | p[u + 1] | p[u + 2] | p[u + 3]) >> 7;
     }
-    return units;
+    return high > units / 16;
 }
 #endif
 
@@ -284,7 +279,8 @@ int slim_qconv(const slim_qconv_args *a, const uint8_t *x, uint8_t *y) {
         const int cpad4 = padded_channels(a->path, a->ci);
         avx2_flags = (uint8_t *)a->scratch + (size_t)hp * wp * cpad4 + 64;
         pad_bytes(a, x, a->scratch, cpad4, (uint8_t)a->x_zp, 0);
-        avx2_pairs = flag_high_bytes(a->scratch, (size_t)hp * wp, cpad4, avx2_flags) > (size_t)hp * wp * (cpad4 / 4) / 16;
+        const size_t flagged = flag_high_bytes(a->scratch, (size_t)hp * wp, cpad4, avx2_flags);
+        avx2_pairs = mostly_high_units(a->scratch, (size_t)hp * wp, cpad4, avx2_flags, flagged);
     }
 #endif
     const int pairs = uses_pairs(a->path) || avx2_pairs;
