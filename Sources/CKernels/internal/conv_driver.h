@@ -43,11 +43,25 @@ CD_ATTR static void CD_FN(const CD_ARGS *a, const CD_CTX *ctx, const CD_XT *xs, 
     CD_YT *de[CD_NPIX];
     int ne = 0;
 #endif
+    // A dense output (its channels contiguous): the background written everywhere first, in a few
+    // long copies that double the filled part, so that inactive pixels (most of a sparse grid's
+    // first layers) cost nothing below; else one copy per inactive pixel.
+    const int prefill = a->active && a->out_cs == a->co && a->out_c0 == 0;
+    if (prefill) {
+        const size_t total = (size_t)a->out_h * a->out_w * (size_t)a->co;
+        size_t done = (size_t)a->co;
+        memcpy(y, a->background, sizeof(CD_YT) * done);
+        while (done < total) {
+            const size_t n = done < total - done ? done : total - done;
+            memcpy(y + done, y, sizeof(CD_YT) * n);
+            done += n;
+        }
+    }
     for (int oy = 0; oy < a->out_h; oy++) {
         for (int ox = 0; ox < a->out_w; ox++) {
             CD_YT *dst = y + ((size_t)oy * a->out_w + ox) * a->out_cs + a->out_c0;
             if (a->active && !a->active[(size_t)oy * a->out_w + ox]) {
-                memcpy(dst, a->background, sizeof(CD_YT) * (size_t)a->co);
+                if (!prefill) memcpy(dst, a->background, sizeof(CD_YT) * (size_t)a->co);
                 continue;
             }
             const size_t pix = (size_t)oy * a->sh * padded_w + (size_t)ox * a->sw;
