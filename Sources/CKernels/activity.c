@@ -137,7 +137,7 @@ static void dilate_row(const uint8_t *src, int in_w, uint8_t *dst, int out_w, in
     if (hi < lo) hi = lo;
     memset(dst, 1, (size_t)lo);
     memset(dst + hi, 1, (size_t)(out_w - hi));
-    uint64_t any = 0;
+    uint8_t any = 0;
     for (int i = 0; i < in_w; i++) any |= src[i];
     if (!any) {  // an empty row (most of a sparse grid): nothing to OR
         memset(dst + lo, 0, (size_t)(hi - lo));

@@ -10,6 +10,9 @@
 //   sum saturates), exact; the zero point is corrected once per output channel, since every tap
 //   of the padded input is read (padding holds the zero point itself).
 #include "internal/qconv_internal.h"
+#if defined(__x86_64__)
+#include <emmintrin.h>  // SSE2: every x86-64 CPU (the avx2 flags and the portable kernel)
+#endif
 
 void slim_qconv_pack_sizes(int co, int ci, int taps, size_t *dot4_bytes, size_t *pairs_elems) {
     const size_t blocks = (size_t)(co + 15) / 16;
@@ -112,8 +115,6 @@ static void pad_bytes(const slim_qconv_args *a, const uint8_t *x, uint8_t *out, 
 }
 
 #if defined(__x86_64__)
-#include <emmintrin.h>
-
 /// flags[pixel] = 1 where a padded pixel holds a byte above 127 (rare after calibration): the
 /// avx2 kernel multiplies bytes with vpmaddubsw, exact only up to 127, and takes such pixels'
 /// outputs through its excess kernel, which adds the excess of a 4-byte unit only where that unit
@@ -170,8 +171,6 @@ static int mostly_high_units(const uint8_t *padded, size_t pixels, int cpad, con
 #define AI __attribute__((always_inline)) static inline
 
 #if defined(__x86_64__) && defined(__SSE2__)
-#include <emmintrin.h>
-
 AI void kernel_portable(const slim_qconv_args *a, const slim_qctx *c, const int16_t *const xq[4], int blk, const int NB,
                         uint8_t *const dq[4]) {
     (void)NB;

@@ -304,7 +304,7 @@ final class FusionThread: Sendable {
                 q.jobs.append { c.resume(returning: self.counted(body)) }
                 return true
             }
-            if accepted { ready.signal() } else { c.resume(returning: body()) }
+            if accepted { ready.signal() } else { c.resume(returning: counted(body)) }
         }
     }
 
