@@ -17,7 +17,9 @@ each of --kernels. Needs a release build and onnxruntime + numpy (a small venv: 
     swift build -c release
     python3 Benchmarks/cpu_targets.py [--repeats 3] [--kernels avx2,avx512] [--out cpu-targets.json]
 
-Prints a markdown table; --out writes every run's JSON as well. Timings on a shared VM move between
+Prints a markdown table; --out writes every run's JSON as well. On a machine with AVX-512 the AVX2-only
+targets are measured with both engines choosing their AVX2 kernels: `scripts/as-cpu avx2 python3
+Benchmarks/cpu_targets.py ...` (needs CPUID faulting; the JSON then records `cpuid_view`). Timings on a shared VM move between
 runs (docs/benchmarks.md): read the spread of the repeats, not one figure.
 """
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -40,6 +43,8 @@ MODELS = [("shipped", ["--model", "Models/slimsplit-bev.safetensors", "--bits", 
 def cpu() -> dict:
     """lscpu's model name and the flags that decide the kernel paths."""
     info = {"machine": platform.machine()}
+    if os.environ.get("AS_CPU_VIEW"):  # scripts/as-cpu: CPUID shows less than lscpu's flags
+        info["cpuid_view"] = os.environ["AS_CPU_VIEW"]
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
@@ -89,7 +94,8 @@ def main() -> int:
         return statistics.median(v) if v else float("nan")
 
     c = doc["cpu"]
-    print(f"\n{c.get('Model name', '?')} ({c.get('CPU(s)', '?')} CPUs; {', '.join(c.get('flags', []))})\n")
+    view = f"; seen through scripts/as-cpu {c['cpuid_view']}" if c.get("cpuid_view") else ""
+    print(f"\n{c.get('Model name', '?')} ({c.get('CPU(s)', '?')} CPUs; {', '.join(c.get('flags', []))}{view})\n")
     print("| target | kernels | median (runs) | met |\n|---|---|---|---|")
     kernels = sorted({p["kernels"] for e in doc["encoder"] for p in e["slimsplit"]})
     for key, what, limit in (("int8_vs_ort_int8", "encoder int8 / ONNX Runtime int8", 0.8),

@@ -221,10 +221,14 @@ func cpuDescription() -> [String: Any] {
         }
     }
     let wanted = ["avx2", "fma", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "asimd", "asimddp"]
-    return [
+    var d: [String: Any] = [
         "model": model, "logical_cpus": ProcessInfo.processInfo.activeProcessorCount,
         "isa": wanted.filter { flags.contains(Substring($0)) },
     ]
+    // Under scripts/as-cpu, /proc/cpuinfo still lists the real CPU's flags; CPUID (and so the
+    // kernel paths, ours and the peers') shows only the view's.
+    if let view = ProcessInfo.processInfo.environment["AS_CPU_VIEW"], !view.isEmpty { d["cpuid_view"] = view }
+    return d
 }
 
 func cpuName() -> String { cpuDescription()["model"] as? String ?? "unknown" }
