@@ -17,10 +17,10 @@ each of --kernels. Needs a release build and onnxruntime + numpy (a small venv: 
     swift build -c release
     python3 Benchmarks/cpu_targets.py [--repeats 3] [--kernels avx2,avx512] [--out cpu-targets.json]
 
-Prints a markdown table; --out writes every run's JSON as well. On a machine with AVX-512 the AVX2-only
-targets are measured with both engines choosing their AVX2 kernels: `scripts/as-cpu avx2 python3
-Benchmarks/cpu_targets.py ...` (needs CPUID faulting; the JSON then records `cpuid_view`). Timings on a shared VM move between
-runs (docs/benchmarks.md): read the spread of the repeats, not one figure.
+Prints a markdown table; --out writes every run's JSON as well. Timings on a shared VM move between
+runs (docs/benchmarks.md): read the spread of the repeats, not one figure. On a machine with
+AVX-512, `scripts/as-cpu avx2 python3 Benchmarks/cpu_targets.py ...` measures the AVX2-only targets
+with both engines on their AVX2 kernels (needs CPUID faulting; the JSON records `cpuid_view`).
 """
 
 from __future__ import annotations
