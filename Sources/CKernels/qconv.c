@@ -206,6 +206,10 @@ AI void kernel_portable(const slim_qconv_args *a, const slim_qctx *c, const int1
         _mm_storeu_si128((__m128i *)&acc[h + 1][12], b3);
     }
     const int c0 = blk * 16, n = a->co - c0 < 16 ? a->co - c0 : 16;
+    if (a->y_f32) {
+        for (int p = 0; p < 4; p++) slim_store_f32(a, c, acc[p], c0, dq[p]);
+        return;
+    }
     if (n < 16) {
         for (int p = 0; p < 4; p++)
             for (int o = 0; o < n; o++) dq[p][c0 + o] = slim_requant(acc[p][o], c->badj[c0 + o], a->mult[c0 + o], a->y_zp);
@@ -241,6 +245,10 @@ AI void kernel_portable(const slim_qconv_args *a, const slim_qctx *c, const int1
         }
     }
     const int c0 = blk * 16, n = a->co - c0 < 16 ? a->co - c0 : 16;
+    if (a->y_f32) {
+        for (int p = 0; p < 4; p++) slim_store_f32(a, c, acc[p], c0, dq[p]);
+        return;
+    }
     for (int p = 0; p < 4; p++)
         for (int o = 0; o < n; o++) dq[p][c0 + o] = slim_requant(acc[p][o], c->badj[c0 + o], a->mult[c0 + o], a->y_zp);
 }
@@ -266,7 +274,7 @@ int slim_qconv(const slim_qconv_args *a, const uint8_t *x, uint8_t *y) {
     const int taps = a->kh * a->kw;
     const int hp = a->in_h + 2 * a->ph, wp = a->in_w + 2 * a->pw;
     if (taps < 1 || taps > 64 || a->co < 1 || a->co > SLIM_QCONV_MAX_CO || a->ci < 1 || a->out_h < 1 || a->out_w < 1 ||
-        a->sh < 1 || a->sw < 1 || a->dh < 1 || a->dw < 1 ||
+        a->sh < 1 || a->sw < 1 || a->dh < 1 || a->dw < 1 || a->y_f32 < 0 || a->y_f32 > 2 ||
         (a->out_h - 1) * a->sh + (a->kh - 1) * a->dh >= hp || (a->out_w - 1) * a->sw + (a->kw - 1) * a->dw >= wp)
         return SLIM_ESHAPE;
     if (!a->scratch || a->scratch_bytes < slim_qconv_scratch_bytes(a)) return SLIM_ESCRATCH;

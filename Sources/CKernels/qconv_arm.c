@@ -13,6 +13,12 @@
 /// 16 channels in four int32x4 vectors → requantized bytes (vcvtnq: round half to even).
 AI void store16(const slim_qconv_args *a, const slim_qctx *c, const int32x4_t acc[4], int c0, uint8_t *dst) {
     const int n = a->co - c0 < 16 ? a->co - c0 : 16;
+    if (a->y_f32) {
+        int32_t t[16];
+        for (int k = 0; k < 4; k++) vst1q_s32(t + 4 * k, acc[k]);
+        slim_store_f32(a, c, t, c0, dst);
+        return;
+    }
     int32_t badj[16];
     float mult[16];
     memcpy(badj, c->badj + c0, sizeof(int32_t) * (size_t)n);

@@ -28,8 +28,23 @@ AVX2 __m256i requant8(__m256i acc, const int32_t *badj, const float *mult, int n
     return _mm256_cvtps_epi32(f);  // round half to even (MXCSR default), as ONNX Runtime
 }
 
+/// Float output (a->y_f32): float(acc + badj) · mult, ReLU where y_f32 is 2, as slim_store_f32.
+AVX2 void store8f(const slim_qconv_args *a, const slim_qctx *c, __m256i acc, int c0, int n, uint8_t *dst) {
+    if (n <= 0) return;
+    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(acc, _mm256_maskload_epi32(c->badj + c0, m))),
+                             _mm256_maskload_ps(a->mult + c0, m));
+    if (a->y_f32 == 2) f = _mm256_max_ps(f, _mm256_setzero_ps());  // −0 and NaN become +0, as the scalar
+    _mm256_maskstore_ps((float *)(void *)(dst + sizeof(float) * (size_t)c0), m, f);
+}
+
 AVX2 void store16(const slim_qconv_args *a, const slim_qctx *c, __m256i lo, __m256i hi, int c0, uint8_t *dst) {
     const int n = a->co - c0 < 16 ? a->co - c0 : 16;
+    if (a->y_f32) {
+        store8f(a, c, lo, c0, n, dst);
+        store8f(a, c, hi, c0 + 8, n - 8, dst);
+        return;
+    }
     const __m256i zp = _mm256_set1_epi32(a->y_zp);
     __m256i r0 = _mm256_add_epi32(requant8(lo, c->badj + c0, a->mult + c0, n), zp);
     __m256i r1 = _mm256_add_epi32(requant8(hi, c->badj + c0 + 8, a->mult + c0 + 8, n - 8), zp);
@@ -181,6 +196,11 @@ A512 void store512(const slim_qconv_args *a, const slim_qctx *c, __m512i acc, in
     const __mmask16 m = (__mmask16)((1u << n) - 1u);
     __m512i v = _mm512_add_epi32(acc, _mm512_maskz_loadu_epi32(m, c->badj + c0));
     __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_maskz_loadu_ps(m, a->mult + c0));
+    if (a->y_f32) {  // float output, as slim_store_f32 (max with +0 turns −0 and NaN into +0)
+        if (a->y_f32 == 2) f = _mm512_max_ps(f, _mm512_setzero_ps());
+        _mm512_mask_storeu_ps((float *)(void *)(dst + sizeof(float) * (size_t)c0), m, f);
+        return;
+    }
     f = _mm512_min_ps(_mm512_max_ps(f, _mm512_set1_ps(-512.0f)), _mm512_set1_ps(512.0f));
     __m512i r = _mm512_add_epi32(_mm512_cvtps_epi32(f), _mm512_set1_epi32(a->y_zp));
     r = _mm512_max_epi32(r, _mm512_setzero_si512());

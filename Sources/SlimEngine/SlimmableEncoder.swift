@@ -198,12 +198,7 @@ public final class SlimmableEncoder: @unchecked Sendable {
     /// quantized but filled with the zero point, and mark the input's activity on the way.
     public func runInt8(_ input: FloatTensor) -> QTensor {
         precondition(input.height == inputHeight && input.width == inputWidth)
-        let q = model.inputQuant![widthIndex]
-        let c = input.channels
-        qInput.reshape(height: inputHeight, width: inputWidth, channels: c)
-        slim_quantize_cells(
-            input.pointer, Int32(inputHeight * inputWidth), Int32(c), q.scale, q.zeroPoint, qInput.pointer,
-            inputActivity.baseAddress)
+        model.inputQuant![widthIndex].quantize(input, into: qInput, activity: inputActivity.baseAddress!)
         return runInt8Layers(qInput)
     }
 

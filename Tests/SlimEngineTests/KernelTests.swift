@@ -65,10 +65,27 @@ enum RandomQConv {
 
     /// The definition, one output at a time (QLinearConv with ONNX Runtime's requantization).
     static func reference(_ conv: QConv2d, _ x: QTensor) -> [UInt8] {
+        sums(conv, x).enumerated().map { (i, acc) in
+            let o = i % conv.outChannels
+            let v = (Float(acc) * conv.mult[o]).rounded(.toNearestOrEven) + Float(conv.output.zeroPoint)
+            return UInt8(min(max(v, 0), 255))
+        }
+    }
+
+    /// The float output's definition: float(Σ(x − x_zp)·w + bias) · x_scale·w_scale[c], ReLU'd.
+    static func referenceFloat(_ conv: QConv2d, _ x: QTensor, relu: Bool) -> [Float] {
+        sums(conv, x).enumerated().map { (i, acc) in
+            let f = Float(acc) * conv.floatMult[i % conv.outChannels]
+            return relu && !(f > 0) ? 0 : f
+        }
+    }
+
+    /// Σ(x − x_zp)·w + bias of every output (NHWC), exact.
+    static func sums(_ conv: QConv2d, _ x: QTensor) -> [Int32] {
         let g = conv.geometry
         let taps = g.kernel.h * g.kernel.w
         let (oh, ow) = g.outputSize(height: x.height, width: x.width)
-        var y = [UInt8](repeating: 0, count: oh * ow * conv.outChannels)
+        var y = [Int32](repeating: 0, count: oh * ow * conv.outChannels)
         for oy in 0..<oh {
             for ox in 0..<ow {
                 for o in 0..<conv.outChannels {
@@ -85,10 +102,7 @@ enum RandomQConv {
                             }
                         }
                     }
-                    let v =
-                        (Float(acc &+ conv.bias[o]) * conv.mult[o]).rounded(.toNearestOrEven)
-                        + Float(conv.output.zeroPoint)
-                    y[(oy * ow + ox) * conv.outChannels + o] = UInt8(min(max(v, 0), 255))
+                    y[(oy * ow + ox) * conv.outChannels + o] = acc &+ conv.bias[o]
                 }
             }
         }
@@ -124,6 +138,29 @@ enum RandomQConv {
             }
         }
         #expect(ok, "\(path) \(c) \(input): sparse run differs")
+        // Float output, with and without ReLU, dense and sparse: the same bits as the definition.
+        let yf = FloatTensor(height: oh, width: ow, channels: c.co)
+        let bgf = (0..<c.co).map { Float($0) - 0.5 }
+        for relu in [false, true] {
+            let wantF = referenceFloat(conv, x, relu: relu)
+            conv.run(x, intoFloat: yf, relu: relu)
+            let bad = zip(yf.values, wantF).filter { $0.bitPattern != $1.bitPattern }.count
+            #expect(bad == 0, "\(path) \(c) \(input) float relu=\(relu): \(bad) of \(wantF.count) differ")
+            #expect(relu || wantF.contains { $0 < 0 }, "\(c): no negative float output to check")
+            active.withUnsafeBufferPointer { a in
+                bgf.withUnsafeBufferPointer { b in
+                    conv.run(x, intoFloat: yf, relu: relu, active: a.baseAddress, background: b.baseAddress)
+                }
+            }
+            var okF = true
+            for cell in 0..<(oh * ow) {
+                for o in 0..<c.co {
+                    let w = active[cell] == 0 ? bgf[o] : wantF[cell * c.co + o]
+                    if yf.storage[cell * c.co + o].bitPattern != w.bitPattern { okF = false }
+                }
+            }
+            #expect(okF, "\(path) \(c) \(input) float relu=\(relu): sparse run differs")
+        }
     }
 }
 

@@ -31,9 +31,10 @@ typedef struct { int ci, co, kh, kw, sh, sw, ph, pw, dh, dw, groups, extra; } la
 
 static int out_size(int in, int k, int s, int p, int d) { return (in + 2 * p - d * (k - 1) - 1) / s + 1; }
 
-/// Runs one int8 layer: x (h×w×ci) → y (oh×ow×co). Returns SLIM_OK or the kernel's error.
-static int qlayer(int path, const layer_geom *g, const int8_t *w, const float *ws, const int32_t *bias, float xs, int xzp,
-                  float ys, const uint8_t *x, int h, int wd, uint8_t *y) {
+/// Runs one int8 layer: x (h×w×ci) → y (oh×ow×co), requantized bytes, or floats where `yf32`
+/// (SlimKernels.h's y_f32: 1 dequantized, 2 also ReLU; ys unused). Returns SLIM_OK or the kernel's error.
+static int qlayer_out(int path, const layer_geom *g, const int8_t *w, const float *ws, const int32_t *bias, float xs,
+                      int xzp, float ys, const uint8_t *x, int h, int wd, void *y, int yf32) {
     const int cig = g->ci / g->groups, cog = g->co / g->groups, taps = g->kh * g->kw;
     size_t d4, pe;
     slim_qconv_pack_sizes(cog, cig, taps, &d4, &pe);
@@ -41,7 +42,7 @@ static int qlayer(int path, const layer_geom *g, const int8_t *w, const float *w
     int16_t *pairs = malloc(pe * sizeof(int16_t));
     int32_t *wsum = malloc(sizeof(int32_t) * (size_t)cog);
     float *mult = malloc(sizeof(float) * (size_t)g->co);
-    for (int o = 0; o < g->co; o++) mult[o] = xs * ws[o] / ys;
+    for (int o = 0; o < g->co; o++) mult[o] = yf32 ? xs * ws[o] : xs * ws[o] / ys;
     slim_qconv_args a;
     memset(&a, 0, sizeof a);
     a.path = path;
@@ -49,7 +50,7 @@ static int qlayer(int path, const layer_geom *g, const int8_t *w, const float *w
     a.out_h = out_size(h, g->kh, g->sh, g->ph, g->dh); a.out_w = out_size(wd, g->kw, g->sw, g->pw, g->dw);
     a.out_cs = g->co; a.co = cog;
     a.kh = g->kh; a.kw = g->kw; a.sh = g->sh; a.sw = g->sw; a.ph = g->ph; a.pw = g->pw; a.dh = g->dh; a.dw = g->dw;
-    a.x_zp = xzp; a.y_zp = g->extra;
+    a.x_zp = xzp; a.y_zp = g->extra; a.y_f32 = yf32;
     a.scratch_bytes = slim_qconv_scratch_bytes(&a);
     a.scratch = malloc(a.scratch_bytes);
     int rc = SLIM_OK;
@@ -62,6 +63,11 @@ static int qlayer(int path, const layer_geom *g, const int8_t *w, const float *w
     }
     free(dot4); free(pairs); free(wsum); free(mult); free(a.scratch);
     return rc;
+}
+
+static int qlayer(int path, const layer_geom *g, const int8_t *w, const float *ws, const int32_t *bias, float xs, int xzp,
+                  float ys, const uint8_t *x, int h, int wd, uint8_t *y) {
+    return qlayer_out(path, g, w, ws, bias, xs, xzp, ys, x, h, wd, y, 0);
 }
 
 /// Runs one float layer on a zero-padded copy of x.
@@ -287,6 +293,52 @@ static int check_sparse_high_bytes(int path) {
     return bad;
 }
 
+/// Int8 layers with float output (y_f32 1 and 2) on `path`, bit for bit against the definition
+/// computed here: float(Σ(x − x_zp)·w + bias) · x_scale·w_scale[c], ReLU'd for 2. Inputs of every
+/// kind: bytes ≤ 127, a few above, and a zero point near 128 (avx2's three kernels). Returns the
+/// number of mismatching layers.
+static int check_float_output(int path) {
+    uint32_t st = 23;
+    int bad = 0, n = 0;
+    for (int t = 0; t < 12; t++) {
+        const int ci = 8 + 8 * (t % 4), co = 16 + 8 * (t % 3), h = 7 + t % 4, wd = 9 + t % 3, d = 1 + t % 2;
+        const layer_geom g = {ci, co, 3, 3, 1, 1, d, d, d, d, 1, 0};
+        const int xzp = t % 3 == 2 ? 128 : t % 3 == 1 ? 37 : 0, oh = out_size(h, 3, 1, d, d), ow = out_size(wd, 3, 1, d, d);
+        int8_t *w = malloc((size_t)co * ci * 9);
+        float *ws = malloc(sizeof(float) * (size_t)co), *y = malloc(sizeof(float) * (size_t)oh * ow * co);
+        int32_t *bias = malloc(sizeof(int32_t) * (size_t)co);
+        uint8_t *x = malloc((size_t)h * wd * ci);
+        for (int i = 0; i < co * ci * 9; i++) w[i] = (int8_t)((int)(lcg(&st) % 255) - 127);
+        for (int o = 0; o < co; o++) { ws[o] = 0.002f + (float)(lcg(&st) % 100) * 1e-5f; bias[o] = (int32_t)(lcg(&st) % 20001) - 10000; }
+        for (int i = 0; i < h * wd * ci; i++) x[i] = (uint8_t)(xzp == 128 ? lcg(&st) % 256 : lcg(&st) % 40 == 0 ? 128 + lcg(&st) % 128 : lcg(&st) % 128);
+        for (int mode = 1; mode <= 2; mode++) {
+            const int rc = qlayer_out(path, &g, w, ws, bias, 0.02f, xzp, 1.0f, x, h, wd, y, mode);
+            int diff = rc != SLIM_OK;
+            for (int oy = 0; oy < oh && !diff; oy++)
+                for (int ox = 0; ox < ow; ox++)
+                    for (int o = 0; o < co; o++) {
+                        int32_t acc = bias[o];
+                        for (int ky = 0; ky < 3; ky++)
+                            for (int kx = 0; kx < 3; kx++) {
+                                const int iy = oy - d + ky * d, ix = ox - d + kx * d;
+                                if (iy < 0 || iy >= h || ix < 0 || ix >= wd) continue;
+                                for (int i = 0; i < ci; i++)
+                                    acc += ((int32_t)x[(iy * wd + ix) * ci + i] - xzp) * w[((size_t)o * ci + i) * 9 + ky * 3 + kx];
+                            }
+                        float f = (float)acc * (0.02f * ws[o]);
+                        if (mode == 2 && !(f > 0.0f)) f = 0.0f;
+                        const float got = y[((size_t)oy * ow + ox) * co + o];
+                        diff += memcmp(&got, &f, 4) != 0;
+                    }
+            n++;
+            bad += diff != 0;
+        }
+        free(w); free(ws); free(y); free(bias); free(x);
+    }
+    printf("path %-9s %d of %d int8 layers with float output match the definition bit for bit\n", slim_path_name(path), n - bad, n);
+    return bad;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) { fprintf(stderr, "usage: parity CASE_DIR [path ...]\n"); return 2; }
     char list[4096];
@@ -321,6 +373,7 @@ int main(int argc, char **argv) {
         }
         printf("path %-9s %d of %d cases match (int8 bit-exact, float within 1e-4)\n", slim_path_name(p), good, ncases);
         if (p != SLIM_PATH_PORTABLE) bad += check_sparse_high_bytes(p);
+        bad += check_float_output(p);
         passed += bad == 0;
         failed += bad != 0;
     }

@@ -70,12 +70,20 @@ typedef struct {
     const uint8_t *background;           // [co]
     void *scratch;                       // the zero-padded input in the path's format
     size_t scratch_bytes;
+    // Float output instead of requantized bytes: 0 = bytes (above); 1 = `y` is float storage and
+    // each output is float(Σ(x−x_zp)·w + bias) · mult[c] (mult = x_scale · w_scale[c], y_zp unused);
+    // 2 = the same, then ReLU. The sum is the same exact int32 on every path, and the conversion
+    // and product round the same everywhere, so the floats are bit-identical across paths. Inactive
+    // outputs get `background_f32` ([co]). Out strides still count elements (floats here).
+    int32_t y_f32;
+    const float *background_f32;
 } slim_qconv_args;
 
 /// Bytes of scratch `slim_qconv` needs for these arguments (path, input size, padding, ci).
 size_t slim_qconv_scratch_bytes(const slim_qconv_args *a);
 
 /// Runs one group on `a->path`. Returns SLIM_OK, or a negative SLIM_E* and writes nothing.
+/// `y` is uint8_t storage, or float storage where `a->y_f32` is set (passed as bytes).
 int slim_qconv(const slim_qconv_args *a, const uint8_t *x, uint8_t *y);
 
 // ---------------------------------------------------------------------------------------------

@@ -12,6 +12,10 @@
 //   CD_CTX     the type of the per-call context the kernel reads (bias, corrections)
 //   CD_KERNEL_EXCESS (optional) the kernel for pixels whose taps touch a pixel flagged in
 //              ctx->flags (avx2: a byte above 127), gathered into tiles of their own
+//   CD_YSIZE(a), CD_BG(a) (optional, set once per file like CD_ARGS, CD_CTX and CD_YT) the bytes
+//              of one output element and the background, where they depend on the call (int8
+//              convolutions with float output); default sizeof(CD_YT) and a->background. The
+//              kernel gets each pixel's output as a CD_YT pointer to its first byte.
 // The input is zero-padded by the caller, so every tap of every output pixel is inside it: one
 // kernel shape serves borders and interior alike. Inactive outputs get `background`; active ones
 // are gathered CD_NPIX (four unless the path says) at a time, wherever they are, into one register tile (each weight vector
@@ -33,6 +37,12 @@
 #ifndef CD_NPIX
 #define CD_NPIX 4
 #endif
+#ifndef CD_YSIZE
+#define CD_YSIZE(a) sizeof(CD_YT)
+#endif
+#ifndef CD_BG
+#define CD_BG(a) ((const void *)(a)->background)
+#endif
 CD_ATTR static void CD_FN(const CD_ARGS *a, const CD_CTX *ctx, const CD_XT *xs, int cpad, int padded_w, CD_YT *y) {
     const int nblk = (a->co + 15) / 16;
     const CD_XT *xq[CD_NPIX];
@@ -46,22 +56,24 @@ CD_ATTR static void CD_FN(const CD_ARGS *a, const CD_CTX *ctx, const CD_XT *xs, 
     // A dense output (its channels contiguous): the background written everywhere first, in a few
     // long copies that double the filled part, so that inactive pixels (most of a sparse grid's
     // first layers) cost nothing below; else one copy per inactive pixel.
+    const size_t ysize = CD_YSIZE(a);
+    const void *bg = CD_BG(a);
     const int prefill = a->active && a->out_cs == a->co && a->out_c0 == 0;
     if (prefill) {
-        const size_t total = (size_t)a->out_h * a->out_w * (size_t)a->co;
-        size_t done = (size_t)a->co;
-        memcpy(y, a->background, sizeof(CD_YT) * done);
+        const size_t total = (size_t)a->out_h * a->out_w * (size_t)a->co * ysize;
+        size_t done = (size_t)a->co * ysize;
+        memcpy(y, bg, done);
         while (done < total) {
             const size_t n = done < total - done ? done : total - done;
-            memcpy(y + done, y, sizeof(CD_YT) * n);
+            memcpy((char *)y + done, y, n);
             done += n;
         }
     }
     for (int oy = 0; oy < a->out_h; oy++) {
         for (int ox = 0; ox < a->out_w; ox++) {
-            CD_YT *dst = y + ((size_t)oy * a->out_w + ox) * a->out_cs + a->out_c0;
+            CD_YT *dst = (CD_YT *)(void *)((char *)y + (((size_t)oy * a->out_w + ox) * a->out_cs + a->out_c0) * ysize);
             if (a->active && !a->active[(size_t)oy * a->out_w + ox]) {
-                if (!prefill) memcpy(dst, a->background, sizeof(CD_YT) * (size_t)a->co);
+                if (!prefill) memcpy(dst, bg, ysize * (size_t)a->co);
                 continue;
             }
             const size_t pix = (size_t)oy * a->sh * padded_w + (size_t)ox * a->sw;

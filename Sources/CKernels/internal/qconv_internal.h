@@ -38,6 +38,23 @@ static inline uint8_t slim_requant(int32_t acc, int32_t badj, float mult, int32_
     return (uint8_t)(r < 0 ? 0 : r > 255 ? 255 : r);
 }
 
+/// Float output (a->y_f32, see SlimKernels.h): 16 accumulators of one pixel from channel c0,
+/// float(acc + badj) · mult, ReLU where y_f32 is 2, into the float storage at `dst`. The x86
+/// paths do the same in vectors (the same conversion and product: the same bits).
+static inline void slim_store_f32(const slim_qconv_args *a, const slim_qctx *c, const int32_t acc[16], int c0, uint8_t *dst) {
+    const int n = a->co - c0 < 16 ? a->co - c0 : 16;
+    float v[16];
+    for (int o = 0; o < n; o++) {
+        const float f = (float)(acc[o] + c->badj[c0 + o]) * a->mult[c0 + o];
+        v[o] = a->y_f32 == 2 && !(f > 0.0f) ? 0.0f : f;
+    }
+    memcpy(dst + sizeof(float) * (size_t)c0, v, sizeof(float) * (size_t)n);
+}
+
+// The int8 drivers' output element and background (conv_driver.h): bytes, or floats.
+#define CD_YSIZE(a) ((a)->y_f32 ? sizeof(float) : (size_t)1)
+#define CD_BG(a) ((a)->y_f32 ? (const void *)(a)->background_f32 : (const void *)(a)->background)
+
 int slim_qconv_run_portable(const slim_qconv_args *a, const slim_qctx *c, const int16_t *xs, int cpad, int padded_w, uint8_t *y);
 #if defined(__x86_64__)
 int slim_qconv_run_avx2(const slim_qconv_args *a, const slim_qctx *c, const uint8_t *xs, int cpad, int padded_w, uint8_t *y);

@@ -16,6 +16,14 @@ public struct QuantParams: Sendable, Equatable {
         return UInt8(min(max(v, 0), 255))
     }
 
+    /// `x` quantized into `codes` (reshaped to its shape), each value as `quantize(_:)`, in vectors
+    /// (slim_quantize_cells); `activity` (one byte per cell) gets 1 where a cell holds a nonzero
+    /// value, 0 where it is empty (then written as the zero point).
+    public func quantize(_ x: FloatTensor, into codes: QTensor, activity: UnsafeMutablePointer<UInt8>) {
+        codes.reshape(height: x.height, width: x.width, channels: x.channels)
+        slim_quantize_cells(x.pointer, Int32(x.height * x.width), Int32(x.channels), scale, zeroPoint, codes.pointer, activity)
+    }
+
     /// `codes` dequantized (scale · (q − zero point)) into `y`, reshaped to their shape.
     public func dequantize(_ codes: QTensor, into y: FloatTensor) {
         y.reshape(height: codes.height, width: codes.width, channels: codes.channels)
@@ -47,6 +55,8 @@ public final class QConv2d: @unchecked Sendable {
     let weights: [Int8]  // [out][in/groups][kh][kw]
     let bias: [Int32]
     let mult: [Float]
+    /// x_scale · w_scale[c]: the float output's multipliers (`run(_:intoFloat:relu:)`).
+    let floatMult: [Float]
     let dot4: [Int8], pairs: [Int16], wsum: [Int32]  // per group, slim_qconv_pack's layouts
     let dot4Stride: Int, pairsStride: Int
     private var scratch: UnsafeMutableRawPointer?
@@ -73,6 +83,7 @@ public final class QConv2d: @unchecked Sendable {
         weights = weight
         self.bias = bias
         mult = (0..<outChannels).map { input.scale * weightScale[$0] / output.scale }
+        floatMult = (0..<outChannels).map { input.scale * weightScale[$0] }
         var d4 = 0
         var pe = 0
         slim_qconv_pack_sizes(Int32(outPerGroup), Int32(inPerGroup), Int32(taps), &d4, &pe)
@@ -108,12 +119,39 @@ public final class QConv2d: @unchecked Sendable {
     public func run(
         _ x: QTensor, into y: QTensor, active: UnsafePointer<UInt8>? = nil, background: UnsafePointer<UInt8>? = nil
     ) {
-        precondition(x.channels == inChannels)
         precondition(active == nil || background != nil, "an activity map needs a background")
-        let g = geometry
-        let (oh, ow) = g.outputSize(height: x.height, width: x.width)
+        let (oh, ow) = geometry.outputSize(height: x.height, width: x.width)
         y.reshape(height: oh, width: ow, channels: outChannels)
         var a = slim_qconv_args()
+        a.active = active
+        a.background = background
+        call(&a, x, UnsafeMutableRawPointer(y.pointer), mult)
+    }
+
+    /// The same sums dequantized instead of requantized: y = x_scale · w_scale[c] · (Σ(x − x_zp)·w +
+    /// bias), then ReLU where `relu`, in float (ONNX Runtime's ConvInteger followed by the scale; the
+    /// output's `QuantParams` are not used). No output quantization noise: what a layer needs whose
+    /// outputs differ in range by channel (a detection head's small yaw terms beside large scores).
+    /// Bit-identical on every kernel path. Outputs whose `active` flag is 0 are `background`.
+    public func run(
+        _ x: QTensor, intoFloat y: FloatTensor, relu: Bool, active: UnsafePointer<UInt8>? = nil,
+        background: UnsafePointer<Float>? = nil
+    ) {
+        precondition(active == nil || background != nil, "an activity map needs a background")
+        let (oh, ow) = geometry.outputSize(height: x.height, width: x.width)
+        y.reshape(height: oh, width: ow, channels: outChannels)
+        var a = slim_qconv_args()
+        a.y_f32 = relu ? 2 : 1
+        a.active = active
+        a.background_f32 = background
+        call(&a, x, UnsafeMutableRawPointer(y.pointer), floatMult)
+    }
+
+    private func call(_ a: inout slim_qconv_args, _ x: QTensor, _ y: UnsafeMutableRawPointer, _ mult: [Float]) {
+        precondition(x.channels == inChannels)
+        let g = geometry
+        let (oh, ow) = g.outputSize(height: x.height, width: x.width)
+        let out = y.assumingMemoryBound(to: UInt8.self)
         a.setShape(
             path: kernels, input: (x.height, x.width, inChannels), output: (oh, ow, outChannels),
             perGroup: (inPerGroup, outPerGroup), geometry: g)
@@ -121,7 +159,6 @@ public final class QConv2d: @unchecked Sendable {
         a.pw = Int32(g.padding.w)
         a.x_zp = input.zeroPoint
         a.y_zp = output.zeroPoint
-        a.active = active
         let need = slim_qconv_scratch_bytes(&a)
         if need > scratchBytes {
             scratch?.deallocate()
@@ -143,8 +180,11 @@ public final class QConv2d: @unchecked Sendable {
                                 a.wsum = s.baseAddress! + grp * outPerGroup
                                 a.bias = b.baseAddress! + grp * outPerGroup
                                 a.mult = m.baseAddress! + grp * outPerGroup
-                                a.background = background.map { $0 + grp * outPerGroup }
-                                let rc = slim_qconv(&a, x.pointer, y.pointer)
+                                if grp > 0 {  // the group's slice of the background
+                                    a.background = a.background.map { $0 + outPerGroup }
+                                    a.background_f32 = a.background_f32.map { $0 + outPerGroup }
+                                }
+                                let rc = slim_qconv(&a, x.pointer, out)
                                 precondition(rc == SLIM_OK, "slim_qconv on \(kernels) failed with \(rc)")
                             }
                         }
