@@ -47,14 +47,20 @@ public final class CooperativeDetector: @unchecked Sendable {
     // Optional int8 backbone + shared head (server.*.int8.*): the fused map is quantized once.
     let qInput: QuantParams?
     let qConvs: [QConv2d]
+    /// head.shared in int8 with float output (`server.head.shared.int8.*`), when the file has it.
+    let qShared: QConv2d?
     let qIn: QTensor, qa: QTensor, qb: QTensor
+    /// The fused map's cell activity from its quantization (unused: the backbone runs dense).
+    var qActive: [UInt8]
     /// Run the backbone in int8 when the model file has it (on by default).
     public var useInt8: Bool
+    /// With `useInt8`, run head.shared in int8 too (float output) when the file has it.
+    var int8Head = true
     /// The kernel path of every convolution (the process default unless set).
     public var kernels: KernelPath = .default {
         didSet {
             for c in [score, shared] + backbone + heads + (rotate.map { [$0.conv] } ?? []) { c.kernels = kernels }
-            for c in qConvs { c.kernels = kernels }
+            for c in qConvs + (qShared.map { [$0] } ?? []) { c.kernels = kernels }
         }
     }
     public var hasInt8: Bool { !qConvs.isEmpty }
@@ -168,30 +174,43 @@ public final class CooperativeDetector: @unchecked Sendable {
         // Int8 backbone, when calibrated (training/calibrate_server.py).
         var qc: [QConv2d] = []
         var qin: QuantParams?
+        var qsh: QConv2d?
         if st.tensors["server.int8.input.qparams"] != nil {
             qin = try st.quantParams("server.int8.input.qparams")
             var prev = qin!
-            // The backbone only: head.shared stays float, since the small sin/cos yaw outputs do
-            // not survive its quantization noise (measured: AP@0.5 halves).
-            for name in names where name.hasPrefix("backbone.") {
+            // The backbone requantized layer to layer; head.shared on the last one's codes, with
+            // float output: its small sin/cos yaw outputs do not survive a per-tensor output
+            // quantization (measured: AP@0.5 halves), but its int8 weights cost nothing measurable
+            // when the sums are dequantized per channel instead (docs/benchmarks.md).
+            for name in names where name.hasPrefix("backbone.") || name == "head.shared" {
                 guard let l = specs.first(where: { $0.name == name }) else { continue }
+                if name == "head.shared", st.tensors["server.head.shared.int8.weight"] == nil { continue }
                 let (cin, cout, k, p, d) = (l.inChannels, l.outChannels, l.kernel, l.padding, l.dilation)
                 let w: [Int8] = try st.array("server.\(name).int8.weight", as: .i8, shape: [cout, cin, k[0], k[1]])
                 let ws = try st.floats("server.\(name).int8.weight_scale", shape: [cout])
                 let b: [Int32] = try st.array("server.\(name).int8.bias", as: .i32, shape: [cout])
                 let out = try st.quantParams("server.\(name).int8.qparams")
-                qc.append(
-                    QConv2d(
-                        weight: w, weightScale: ws, bias: b, inChannels: cin, outChannels: cout,
-                        geometry: ConvGeometry(kernel: (k[0], k[1]), padding: (p[0], p[1]), dilation: (d[0], d[1])),
-                        input: prev, output: out))
-                prev = out
+                let conv = QConv2d(
+                    weight: w, weightScale: ws, bias: b, inChannels: cin, outChannels: cout,
+                    geometry: ConvGeometry(kernel: (k[0], k[1]), padding: (p[0], p[1]), dilation: (d[0], d[1])),
+                    input: prev, output: out)
+                if name == "head.shared" {
+                    guard l.activation == "relu", cin == backbone.last?.outChannels, cout == sh.outChannels else {
+                        throw fail("server.head.shared.int8", "does not match head.shared (\(cin) → \(cout), ReLU)")
+                    }
+                    qsh = conv
+                } else {
+                    qc.append(conv)
+                    prev = out
+                }
             }
         }
         qConvs = qc
+        qShared = qsh
         qInput = qin
         useInt8 = !qc.isEmpty
         qIn = QTensor(height: h, width: w, channels: channels)
+        qActive = [UInt8](repeating: 0, count: h * w)
         qa = QTensor(height: h, width: w, channels: widest)
         qb = QTensor(height: h, width: w, channels: widest)
     }
@@ -224,17 +243,20 @@ public final class CooperativeDetector: @unchecked Sendable {
         let t0 = now()
         for (j, ag) in agents.enumerated() {
             let f = ag.features
-            // Zero fill to the full channel count.
-            filled.reshape(height: f.height, width: f.width, channels: channels)
-            for cellIndex in 0..<(f.height * f.width) {
-                let src = f.pointer + cellIndex * f.channels
-                let dst = filled.pointer + cellIndex * channels
-                for c in 0..<channels { dst[c] = c < f.channels ? src[c] : 0 }
+            // Zero fill to the full channel count (a full map is read as it is).
+            var src = f
+            if f.channels != channels {
+                filled.reshape(height: f.height, width: f.width, channels: channels)
+                filled.fill(0)
+                for cellIndex in 0..<(f.height * f.width) {
+                    (filled.pointer + cellIndex * channels).update(
+                        from: f.pointer + cellIndex * f.channels, count: min(f.channels, channels))
+                }
+                src = filled
             }
             let th = theta(ego: agents[ego], agent: ag)
-            var src = filled
             if let rotate {
-                rotate.run(filled, cos: th[0], sin: th[3], into: rotated)
+                rotate.run(src, cos: th[0], sin: th[3], into: rotated)
                 src = rotated
             }
             PoseWarp.warp(src, theta: th, height: height, width: width, into: warped[j])
@@ -272,18 +294,15 @@ public final class CooperativeDetector: @unchecked Sendable {
         var y = a
         if useInt8, let qp = qInput, let last = qConvs.last {
             // Quantize the fused map (ONNX QuantizeLinear), int8 chain, dequantize for the heads.
-            qIn.reshape(height: height, width: width, channels: channels)
-            let zp = Float(qp.zeroPoint)
-            for i in 0..<fused.count {
-                qIn.storage[i] = UInt8(min(max((fused.storage[i] / qp.scale).rounded(.toNearestOrEven) + zp, 0), 255))
-            }
+            qActive.withUnsafeMutableBufferPointer { qp.quantize(fused, into: qIn, activity: $0.baseAddress!) }
             let qx = runChain(qConvs, from: qIn, between: qa, qb) { $0.run($1, into: $2) }
-            let x = b
-            x.reshape(height: qx.height, width: qx.width, channels: qx.channels)
-            let s = last.output.scale
-            let z = last.output.zeroPoint
-            for i in 0..<qx.count { x.storage[i] = s * Float(Int32(qx.storage[i]) - z) }
-            shared.run(x, into: y)
+            if int8Head, let qShared {
+                qShared.run(qx, intoFloat: y, relu: true)
+            } else {
+                let x = b
+                last.output.dequantize(qx, into: x)
+                shared.run(x, into: y)
+            }
         } else {
             let x = runChain(backbone, from: fused, between: a, b) { $0.run($1, into: $2) }
             y = x === a ? b : a

@@ -1,4 +1,4 @@
-import SlimPerception
+@testable import SlimPerception
 import Foundation
 import Testing
 
@@ -73,13 +73,22 @@ enum ModelParity {
         }
         #expect(checked == 12)
         encoder.widthIndex = wi
-        // The int8 backbone (what the server runs by default) stays close to float.
-        #expect(detector.hasInt8)
+        // The int8 backbone (what the server runs by default) stays close to float; head.shared in
+        // int8 with float output adds almost nothing to that, the small yaw terms included (a
+        // per-tensor requantized head.shared lost them). Measured: heatmap 0.0058 → 0.0060, offset
+        // 0.0080 → 0.0087, size 0.0072 → 0.0106, yaw 0.0848 → 0.0854 (the yaw error is the backbone's).
+        #expect(detector.hasInt8 && detector.qShared != nil)
         detector.useInt8 = true
-        let q = detector.forward(ego: 0, agents: inputs, fusion: .attention)
-        for (name, t) in zip(["heatmap", "offset", "size"], q) {
-            let err = relativeError(t.nchw(), try io.floats(name))
-            #expect(err <= 0.02, "int8 backbone, \(name): \(err)")
+        var errors: [[Float]] = []
+        for int8Head in [false, true] {
+            detector.int8Head = int8Head
+            let q = detector.forward(ego: 0, agents: inputs, fusion: .attention)
+            errors.append(
+                try zip(["heatmap", "offset", "size", "yaw"], q).map { relativeError($1.nchw(), try io.floats($0)) })
+        }
+        for (k, name) in ["heatmap", "offset", "size", "yaw"].enumerated() {
+            #expect(errors[0][k] <= (name == "yaw" ? 0.1 : 0.02), "int8 backbone, \(name): \(errors[0][k])")
+            #expect(errors[1][k] <= errors[0][k] + 0.005, "int8 head.shared, \(name): \(errors[1][k]) vs \(errors[0][k])")
         }
     }
 }

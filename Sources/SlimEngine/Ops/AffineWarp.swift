@@ -14,6 +14,11 @@ public enum PoseWarp {
         let ih = x.height
         let iw = x.width
         y.reshape(height: oh, width: ow, channels: c)
+        if theta == [1, 0, 0, 0, 1, 0], ih == oh, iw == ow {
+            // The identity (an ego's own map): every cell samples its own centre, a copy.
+            _ = y.values.update(fromContentsOf: x.values)
+            return
+        }
         y.fill(0)
         for i in 0..<oh {
             let yn = (2 * Float(i) + 1) / Float(oh) - 1
