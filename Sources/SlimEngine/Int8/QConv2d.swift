@@ -125,7 +125,7 @@ public final class QConv2d: @unchecked Sendable {
         var a = slim_qconv_args()
         a.active = active
         a.background = background
-        call(&a, x, UnsafeMutableRawPointer(y.pointer), mult)
+        call(&a, x, (oh, ow), UnsafeMutableRawPointer(y.pointer), mult)
     }
 
     /// The same sums dequantized instead of requantized: y = x_scale · w_scale[c] · (Σ(x − x_zp)·w +
@@ -144,13 +144,17 @@ public final class QConv2d: @unchecked Sendable {
         a.y_f32 = relu ? 2 : 1
         a.active = active
         a.background_f32 = background
-        call(&a, x, UnsafeMutableRawPointer(y.pointer), floatMult)
+        call(&a, x, (oh, ow), UnsafeMutableRawPointer(y.pointer), floatMult)
     }
 
-    private func call(_ a: inout slim_qconv_args, _ x: QTensor, _ y: UnsafeMutableRawPointer, _ mult: [Float]) {
+    /// Fills the shape, zero points and scratch of `a` and runs every group into `y` (bytes or
+    /// floats, as `a.y_f32` says), with `mult` as the per-channel multipliers.
+    private func call(
+        _ a: inout slim_qconv_args, _ x: QTensor, _ size: (Int, Int), _ y: UnsafeMutableRawPointer, _ mult: [Float]
+    ) {
         precondition(x.channels == inChannels)
         let g = geometry
-        let (oh, ow) = g.outputSize(height: x.height, width: x.width)
+        let (oh, ow) = size
         let out = y.assumingMemoryBound(to: UInt8.self)
         a.setShape(
             path: kernels, input: (x.height, x.width, inChannels), output: (oh, ow, outChannels),

@@ -14,7 +14,7 @@ public enum PoseWarp {
         let ih = x.height
         let iw = x.width
         y.reshape(height: oh, width: ow, channels: c)
-        if theta == [1, 0, 0, 0, 1, 0], ih == oh, iw == ow {
+        if theta[0] == 1, theta[1] == 0, theta[2] == 0, theta[3] == 0, theta[4] == 1, theta[5] == 0, ih == oh, iw == ow {
             // The identity (an ego's own map): every cell samples its own centre, a copy.
             _ = y.values.update(fromContentsOf: x.values)
             return
