@@ -155,6 +155,18 @@ public final class CooperativeSession: @unchecked Sendable {
 
         // Agents.
         let results = Locked<[String: [UInt64: (ResultMessage, UInt64)]]>([:])
+        // Lock-step waits on this, not by polling: a waiter woken thousands of times a second
+        // would preempt the fusion threads it waits for (measured: +12 % on a pass's wall time).
+        let (resultArrivals, resultArrived) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        // One wake a second, so that the wait's deadline is checked even if no Result comes.
+        let ticker = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(nanoseconds: 1_000_000_000)
+                resultArrived.yield()
+            }
+        }
+        defer { ticker.cancel() }
+        var nextArrival = resultArrivals.makeAsyncIterator()
         var edge: [String: EdgeEncoder] = [:]
         var feature: [String: FeatureAgent] = [:]
         var tasks: [Task<Void, Never>] = []
@@ -176,6 +188,7 @@ public final class CooperativeSession: @unchecked Sendable {
             ) { r in
                 let now = SystemClock.monotonicNs()
                 results.withLock { $0[a, default: [:]][r.sequence] = (r, now) }
+                resultArrived.yield()
             }
             feature[a] = fa
             tasks.append(Task { await fa.run() })
@@ -288,7 +301,7 @@ public final class CooperativeSession: @unchecked Sendable {
                 while SystemClock.monotonicNs() < deadline {
                     let got = results.value
                     if agents.allSatisfy({ got[$0]?[sent[$0]!.seq] != nil }) { break }
-                    try await Task.sleep(nanoseconds: 200_000)
+                    _ = await nextArrival.next()
                 }
                 let got = results.value
                 for a in agents {
