@@ -75,7 +75,7 @@ let package = Package(
         .target(
             name: "SlimServer",
             dependencies: [
-                "SlimCore", "SlimWire", "SlimTransport", "SlimEngine", "SlimPerception",
+                "CKernels", "SlimCore", "SlimWire", "SlimTransport", "SlimEngine", "SlimPerception",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],

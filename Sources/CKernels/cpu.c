@@ -1,8 +1,10 @@
 // Which kernel paths this CPU runs, decided once per process from CPUID (x86-64, through the
 // compiler's cpu-model runtime, which also checks that the OS saves the wider registers) or from
-// the kernel's HWCAP bits (aarch64).
+// the kernel's HWCAP bits (aarch64). Also the CPUs a process may run on, and pinning a thread to one.
+#define _GNU_SOURCE
 #include "SlimKernels.h"
 #include <pthread.h>
+#include <sched.h>
 
 static int supported[SLIM_PATH_COUNT];
 static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -51,4 +53,33 @@ int slim_path_best(void) {
 const char *slim_path_name(int path) {
     static const char *names[SLIM_PATH_COUNT] = {"portable", "avx2", "avx-vnni", "avx512", "neon", "neon-dot"};
     return path >= 0 && path < SLIM_PATH_COUNT ? names[path] : NULL;
+}
+
+int slim_allowed_cpus(int *cpus, int max) {
+#ifdef __linux__
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return 0;
+    int n = 0;
+    for (int c = 0; c < CPU_SETSIZE && n < max; c++)
+        if (CPU_ISSET(c, &set)) cpus[n++] = c;
+    return n;
+#else
+    (void)cpus;
+    (void)max;
+    return 0;
+#endif
+}
+
+int slim_pin_thread(int cpu) {
+#ifdef __linux__
+    if (cpu < 0 || cpu >= CPU_SETSIZE) return -1;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return pthread_setaffinity_np(pthread_self(), sizeof set, &set) == 0 ? 0 : -1;
+#else
+    (void)cpu;
+    return -1;
+#endif
 }

@@ -97,6 +97,8 @@ public final class CooperativeSession: @unchecked Sendable {
     public private(set) var stageMs: [String: (p50: Double, p99: Double)] = [:]
     /// Threads the server fused on (``Config/fusionThreads`` resolved).
     public private(set) var fusionThreads = 0
+    /// The CPUs the server's fusion threads were pinned to (empty: not pinned).
+    public private(set) var fusionCPUs: [Int] = []
     public private(set) var rejected = 0
 
     public init(_ config: Config) { self.config = config }
@@ -336,6 +338,7 @@ public final class CooperativeSession: @unchecked Sendable {
         fuseCPUMs = fusionServer.passCPUTimes.map { $0 * 1e3 }
         for (name, p50, p99) in fusion.metrics.stages { stageMs[name] = (p50 * 1e3, p99 * 1e3) }
         fusionThreads = fusion.threads
+        fusionCPUs = fusionServer.fusionCPUs
         rejected = server.rejections.values.reduce(0, +)
         for f in feature.values { f.endpoint.close() }
         fusionServer.shutdown()

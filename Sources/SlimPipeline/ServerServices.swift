@@ -92,6 +92,10 @@ public final class ServerServices: ServiceSet, Sendable {
         fusionServer = FusionServer(
             endpoint: router, options: options, fusion: fusion, trigger: .arrival(maxPassesPerSecond: cfg.tickHz),
             logger: logger, onFrame: onFrame, onJoin: onJoin)
+        if !fusionServer.fusionCPUs.isEmpty {
+            logger.info(
+                "fusion threads pinned", metadata: ["cpus": "\(fusionServer.fusionCPUs.map(String.init).joined(separator: ","))"])
+        }
         logger.info("listening", metadata: ["endpoint": "\(router.endpoint)"])
         recorder =
             cfg.recordPath != nil || cfg.jsonLines != nil || cfg.publish != nil

@@ -1,3 +1,4 @@
+import CKernels
 import Dispatch
 import Glibc
 import Logging
@@ -98,6 +99,9 @@ public final class FusionServer: Service, Sendable {
     }
 
     deinit { worker.stop() }
+
+    /// The CPUs the fusion threads are pinned to, one each (empty: not pinned; see `FusionThread`).
+    public var fusionCPUs: [Int] { worker.pinnedCPUs }
 
     /// Durations of the recent fusion passes, seconds (the last 4096).
     public var passDurations: [Double] { passSeconds.value.map(\.wall) }
@@ -222,16 +226,28 @@ final class FusionThread: Sendable {
         return r
     }
 
+    /// The CPUs the threads are pinned to, one each (empty: not pinned).
+    let pinnedCPUs: [Int]
+
+    /// Starts `threads` threads at `nice`. With two or more threads and at least as many CPUs
+    /// allowed to the process, each thread is pinned to its own CPU: a pass wakes its helpers
+    /// from one of them, and Linux places a woken thread on the waker's CPU when it can, where the
+    /// two then share one CPU in scheduler slices while another sits idle (measured on a 2-vCPU
+    /// EPYC VM: a 2-thread pass took 13–17 ms instead of 9.3 about half the time, its threads
+    /// alternating 4 ms slices on one CPU).
     init(nice: Int32, threads: Int = 1) {
         count = max(1, threads)
-        for _ in 0..<count {
-            let box = Unmanaged.passRetained(Context(queue: self, nice: nice))
+        let allowed = count > 1 ? Self.allowedCPUs() : []
+        pinnedCPUs = count <= allowed.count ? Array(allowed.prefix(count)) : []
+        for i in 0..<count {
+            let box = Unmanaged.passRetained(Context(queue: self, nice: nice, cpu: pinnedCPUs.isEmpty ? nil : pinnedCPUs[i]))
             var t = pthread_t()
             pthread_create(
                 &t, nil,
                 { arg in
                     let c = Unmanaged<Context>.fromOpaque(arg!).takeRetainedValue()
                     _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, c.nice)  // this thread only
+                    if let cpu = c.cpu { _ = slim_pin_thread(Int32(cpu)) }  // best effort
                     c.queue.loop()
                     return nil
                 }, box.toOpaque())
@@ -242,10 +258,19 @@ final class FusionThread: Sendable {
     private final class Context: Sendable {
         let queue: FusionThread
         let nice: Int32
-        init(queue: FusionThread, nice: Int32) {
+        let cpu: Int?
+        init(queue: FusionThread, nice: Int32, cpu: Int?) {
             self.queue = queue
             self.nice = nice
+            self.cpu = cpu
         }
+    }
+
+    /// The CPUs this process may run on (its affinity mask: a container's cpuset, `taskset`), ascending.
+    static func allowedCPUs() -> [Int] {
+        var cpus = [Int32](repeating: 0, count: 1024)
+        let n = Int(slim_allowed_cpus(&cpus, Int32(cpus.count)))
+        return cpus.prefix(n).map(Int.init)
     }
 
     private func loop() {

@@ -447,8 +447,16 @@ public final class FusionService: @unchecked Sendable {
             state.withLock { $0.addStage("prepare", dt) }
         }
         if workers > 0 {
+            // Egos are claimed one at a time: a worker that starts late or runs slower (a CPU
+            // shared with other work) takes fewer of them.
+            let next = Mutex(0)
             parallel(workers) { w in
-                for k in stride(from: w, to: jobsCopy.count, by: workers) {
+                while true {
+                    let k = next.withLock { n in
+                        defer { n += 1 }
+                        return n
+                    }
+                    guard k < jobsCopy.count else { return }
                     let j = jobsCopy[k]
                     let t0 = SystemClock.monotonicSeconds()
                     var boxes = j.egoIndex.map { dets[w].detect(ego: $0, agents: j.inputs, fusion: fusionMode) } ?? []

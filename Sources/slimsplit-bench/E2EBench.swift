@@ -103,7 +103,8 @@ struct E2EBench: AsyncParsableCommand {
             "server_stage_ms": session.stageMs.mapValues { ["p50": $0.p50, "p99": $0.p99] },
             "bytes_per_frame": session.reports.values.map { $0.frames > 0 ? $0.bytes / $0.frames : 0 }.reduce(0, +)
                 / max(session.reports.count, 1),
-            "kernels": path.name, "fusion_threads": session.fusionThreads, "cpu": cpuDescription(),
+            "kernels": path.name, "fusion_threads": session.fusionThreads,
+            "fusion_cpus": session.fusionCPUs, "cpu": cpuDescription(),
         ]
         print(
             String(

@@ -34,6 +34,11 @@ enum {
 int slim_path_supported(int path);
 /// The fastest path this CPU runs.
 int slim_path_best(void);
+/// The CPUs this process may run on (its affinity mask), ascending, at most `max` of them into
+/// `cpus`; returns how many (0 where unknown).
+int slim_allowed_cpus(int *cpus, int max);
+/// Restricts the calling thread to CPU `cpu`: 0, or -1 if refused (or not Linux).
+int slim_pin_thread(int cpu);
 /// The path's name as `SLIMSPLIT_KERNELS` spells it ("portable", "avx2", …); NULL if out of range.
 const char *slim_path_name(int path);
 
