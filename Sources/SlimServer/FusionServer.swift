@@ -9,7 +9,8 @@ import SlimWire
 
 /// The fusion server as a service: the receive loop validates, acknowledges and hands frames to
 /// fusion (``FeatureServer``); fusion (``FusionService``) runs on threads of its own (as many as
-/// the service has detectors, `fusion.threads`), below the receive path's scheduling priority,
+/// the service has detectors, `fusion.threads`; each pinned to its own CPU when there is one per
+/// CPU the process may run on), below the receive path's scheduling priority,
 /// and sends every agent with a new frame the fused detections in its own frame. The pass
 /// threads' nice value (`fusionNice`, 10) lets the socket threads and the receive loop preempt a
 /// pass: on Linux a woken thread of equal priority otherwise often waits a scheduler slice
@@ -229,16 +230,18 @@ final class FusionThread: Sendable {
     /// The CPUs the threads are pinned to, one each (empty: not pinned).
     let pinnedCPUs: [Int]
 
-    /// Starts `threads` threads at `nice`. With two or more threads and at least as many CPUs
-    /// allowed to the process, each thread is pinned to its own CPU: a pass wakes its helpers
+    /// Starts `threads` threads at `nice`. With two or more threads, one per CPU the process may
+    /// run on (its affinity mask), each thread is pinned to its own CPU: a pass wakes its helpers
     /// from one of them, and Linux places a woken thread on the waker's CPU when it can, where the
     /// two then share one CPU in scheduler slices while another sits idle (measured on a 2-vCPU
     /// EPYC VM: a 2-thread pass took 13–17 ms instead of 9.3 about half the time, its threads
-    /// alternating 4 ms slices on one CPU).
+    /// alternating 4 ms slices on one CPU). Fewer threads than CPUs are not pinned: the process
+    /// does not own the CPUs it would choose (other pods of a node under a CPU quota would all
+    /// pick the first ones).
     init(nice: Int32, threads: Int = 1) {
         count = max(1, threads)
         let allowed = count > 1 ? Self.allowedCPUs() : []
-        pinnedCPUs = count <= allowed.count ? Array(allowed.prefix(count)) : []
+        pinnedCPUs = count == allowed.count ? allowed : []
         for i in 0..<count {
             let box = Unmanaged.passRetained(Context(queue: self, nice: nice, cpu: pinnedCPUs.isEmpty ? nil : pinnedCPUs[i]))
             var t = pthread_t()

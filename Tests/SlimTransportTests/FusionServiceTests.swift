@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import SlimCore
 import SlimTransport
 import SlimWire
 import Testing
@@ -103,6 +104,35 @@ struct FusionServiceTests {
         #expect(one.count == 5)
         #expect(one.values.map(\.count).reduce(0, +) > 0, "the synthetic maps give detections to compare")
         #expect(one == three)
+    }
+
+    /// One fusion thread per CPU of the process's affinity mask: each thread runs on its own CPU
+    /// only (its own mask, read on the thread); one thread fewer or more: none is pinned.
+    @Test(.enabled(if: FusionThread.allowedCPUs().count >= 2, "needs 2 or more CPUs"))
+    func poolThreadsPinnedOnePerCPU() async throws {
+        let allowed = FusionThread.allowedCPUs()
+        let pool = FusionThread(nice: 10, threads: allowed.count)
+        defer { pool.stop() }
+        #expect(pool.pinnedCPUs == allowed)
+        let seen = Locked<[[Int]]>([])
+        await pool.run {
+            pool.parallel(4 * allowed.count) { _ in
+                let mine = FusionThread.allowedCPUs()
+                seen.withLock { $0.append(mine) }
+                usleep(2_000)  // long enough that the other threads claim iterations too
+            }
+        }
+        #expect(seen.value.count == 4 * allowed.count)
+        #expect(seen.value.allSatisfy { $0.count == 1 && allowed.contains($0[0]) })
+        #expect(Set(seen.value.map { $0[0] }).count >= 2, "the helpers ran, each on its own CPU")
+        let fewer = FusionThread(nice: 10, threads: allowed.count - 1)
+        defer { fewer.stop() }
+        #expect(fewer.pinnedCPUs.isEmpty)
+        let mask = await fewer.run { FusionThread.allowedCPUs() }
+        #expect(mask == allowed)
+        let more = FusionThread(nice: 10, threads: allowed.count + 1)
+        defer { more.stop() }
+        #expect(more.pinnedCPUs.isEmpty)
     }
 }
 
