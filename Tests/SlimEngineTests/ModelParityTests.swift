@@ -92,5 +92,22 @@ enum ModelParity {
             #expect(errors[1][k] <= bound, "int8 backbone and head.shared, \(name): \(errors[1][k])")
             #expect(errors[1][k] <= errors[0][k] + 0.005, "int8 head.shared, \(name): \(errors[1][k]) vs \(errors[0][k])")
         }
+        // The rotation runs only on the cells the warp reads: the outputs are those of rotating
+        // every cell, bit for bit, with the fixture's agents, one 40 m off (partly in the ego's
+        // grid, turned) and one 200 m off (left out), float and int8.
+        var more = inputs
+        more.append(.init(features: inputs[1].features, position: inputs[0].position + SIMD2(40, 8), yaw: 0.7))
+        more.append(.init(features: inputs[1].features, position: inputs[0].position + SIMD2(200, 0), yaw: 0))
+        for int8 in [false, true] {
+            detector.useInt8 = int8
+            var runs: [[[Float]]] = []
+            for readOnly in [false, true] {
+                detector.rotateReadCellsOnly = readOnly
+                runs.append(detector.forward(ego: 0, agents: more, fusion: .attention).map { Array($0.values) })
+            }
+            #expect(runs[0] == runs[1], "int8 \(int8): rotating only the cells read changed the outputs")
+            #expect(Array(detector.overlaps.prefix(4)) == [true, true, true, false])
+        }
+        detector.rotateReadCellsOnly = true
     }
 }
