@@ -46,7 +46,7 @@ public struct Pose2D<Scalar: PlaneScalar>: Sendable, Equatable {
 }
 
 /// The scalars a `Pose2D` computes in: `Float` and `Double`.
-public protocol PlaneScalar: BinaryFloatingPoint, SIMDScalar, Sendable where SIMD2Storage: Sendable {
+public protocol PlaneScalar: BinaryFloatingPoint, SIMDScalar, Codable, Sendable where SIMD2Storage: Sendable {
     static func cos(_ x: Self) -> Self
     static func sin(_ x: Self) -> Self
     static func atan2(_ y: Self, _ x: Self) -> Self

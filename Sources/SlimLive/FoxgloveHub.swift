@@ -140,7 +140,8 @@ final class FoxgloveSession: ChannelInboundHandler, @unchecked Sendable {
             context.writeAndFlush(wrapOutboundOut(pong), promise: nil)
         case .connectionClose:
             let close = WebSocketFrame(fin: true, opcode: .connectionClose, data: context.channel.allocator.buffer(capacity: 0))
-            context.writeAndFlush(wrapOutboundOut(close)).whenComplete { _ in context.close(promise: nil) }
+            let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            context.writeAndFlush(wrapOutboundOut(close)).whenComplete { _ in bound.value.close(promise: nil) }
         default:
             break
         }

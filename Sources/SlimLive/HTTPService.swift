@@ -62,7 +62,7 @@ public final class HTTPService: Sendable {
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.writeBufferWaterMark, value: WriteBufferWaterMark(low: 64 << 10, high: 512 << 10))
+            .childChannelOption(.writeBufferWaterMark, value: ChannelOptions.Types.WriteBufferWaterMark(low: 64 << 10, high: 512 << 10))
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture { try state.configure(channel) }
             }
@@ -159,8 +159,8 @@ public final class HTTPService: Sendable {
                         channel.eventLoop.makeCompletedFuture {
                             let sync = channel.pipeline.syncOperations
                             // A WebSocket client lives as long as it likes; its queue is bounded instead.
-                            _ = try? sync.removeHandler(name: "deadline")
-                            _ = try? sync.removeHandler(name: "request")
+                            _ = sync.removeHandler(name: "deadline")
+                            _ = sync.removeHandler(name: "request")
                             if let count = try? sync.handler(type: ConnectionCount.self) { count.websocket = true }
                             open.withLock {
                                 $0.http -= 1

@@ -39,8 +39,12 @@ public final class DetectionRecorder: Sendable {
             if j == "-" {
                 lines = FileHandle.standardOutput
             } else {
-                FileManager.default.createFile(atPath: j, contents: nil)
-                lines = FileHandle(forWritingAtPath: j)
+                guard FileManager.default.createFile(atPath: j, contents: nil),
+                    let handle = FileHandle(forWritingAtPath: j)
+                else {
+                    throw PipelineError("cannot create the JSON-lines file \(j) (does its directory exist and is it writable?)")
+                }
+                lines = handle
             }
         } else {
             lines = nil

@@ -95,7 +95,7 @@ public final class FusionService: @unchecked Sendable {
         let copy = buffer ?? FloatTensor(height: detector.height, width: detector.width, channels: maxChannels)
         if slot.boxes == nil {
             copy.reshape(height: slot.features.height, width: slot.features.width, channels: slot.features.channels)
-            copy.values.update(from: slot.features.values)
+            _ = copy.values.update(fromContentsOf: slot.features.values)
             state.wrote(copy)
         }
         slot.previous = Previous(
@@ -610,7 +610,7 @@ struct NoiseSource {
 
     /// A standard normal draw.
     mutating func gaussian() -> Float {
-        let u1 = (Double(next() >> 11) + 1) / 9_007_199_254_740_993  // (0, 1]
+        let u1 = (Double(next() >> 11) + 1) / 0x1p53  // (0, 1]
         let u2 = Double(next() >> 11) / 9_007_199_254_740_992
         return Float((-2 * log(u1)).squareRoot() * cos(2 * .pi * u2))
     }

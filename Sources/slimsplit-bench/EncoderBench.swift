@@ -89,7 +89,7 @@ struct EncoderBench: ParsableCommand {
                     // in an agent, where the featurizer has just written the grid, it is in cache.
                     var k = 0
                     let next = {
-                        hot.values.update(from: UnsafeBufferPointer(frames[k % frames.count].values))
+                        _ = hot.values.update(fromContentsOf: UnsafeBufferPointer(frames[k % frames.count].values))
                         k += 1
                     }
                     if !int8Only { entry["float"] = measure(next) { _ = encoder.runFloat(hot) } }

@@ -135,7 +135,7 @@ struct FleetSessionTests {
         let log: URL
         init(_ exe: String, _ args: [String], in dir: URL, log name: String) throws {
             log = dir.appendingPathComponent(name)
-            FileManager.default.createFile(atPath: log.path, contents: nil)
+            _ = FileManager.default.createFile(atPath: log.path, contents: nil)
             p.executableURL = URL(fileURLWithPath: exe)
             p.arguments = args
             p.currentDirectoryURL = dir

@@ -82,7 +82,7 @@ struct LiveInputTests {
     }
 
     private func start(_ bin: String, _ args: [String], log: URL) throws -> Process {
-        FileManager.default.createFile(atPath: log.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: bin)
         p.arguments = args

@@ -23,7 +23,7 @@ struct LiveTests {
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         let out = dir.appendingPathComponent("demo.txt")
-        FileManager.default.createFile(atPath: out.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: out.path, contents: nil)
         let demo = Process()
         demo.executableURL = URL(fileURLWithPath: ShutdownTests.binary!)
         demo.currentDirectoryURL = repoRoot

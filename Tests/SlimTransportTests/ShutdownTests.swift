@@ -34,8 +34,8 @@ struct ShutdownTests {
         // concurrency pool the other suites' sockets run on).
         let outFile = dir.appendingPathComponent("out.txt")
         let errFile = dir.appendingPathComponent("err.txt")
-        FileManager.default.createFile(atPath: outFile.path, contents: nil)
-        FileManager.default.createFile(atPath: errFile.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: outFile.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: errFile.path, contents: nil)
         p.standardOutput = try FileHandle(forWritingTo: outFile)
         p.standardError = try FileHandle(forWritingTo: errFile)
         try p.run()
@@ -67,7 +67,7 @@ struct AgentCheckTests {
         try "agent_id: car-1\nserver: tcp://127.0.0.1:9\ncurve:\n  enabled: false\n".write(
             to: config, atomically: true, encoding: .utf8)
         let out = dir.appendingPathComponent("out.txt")
-        FileManager.default.createFile(atPath: out.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: out.path, contents: nil)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: ShutdownTests.binary!)
         p.arguments = ["agent", "--config", config.path, "--check", "--log-level", "error"]
@@ -121,7 +121,7 @@ struct CrashSafeRecordingTests {
             p.executableURL = URL(fileURLWithPath: ShutdownTests.binary!)
             p.arguments = args
             let err = dir.appendingPathComponent("\(name).log")
-            FileManager.default.createFile(atPath: err.path, contents: nil)
+            _ = FileManager.default.createFile(atPath: err.path, contents: nil)
             p.standardError = try FileHandle(forWritingTo: err)
             p.standardOutput = FileHandle.nullDevice
             try p.run()
@@ -197,7 +197,7 @@ struct CrashSafeRecordingTests {
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         p.arguments = ["python3", "-c", script, recording]
         let out = dir.appendingPathComponent("official.txt")
-        FileManager.default.createFile(atPath: out.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: out.path, contents: nil)
         p.standardOutput = try FileHandle(forWritingTo: out)
         try p.run()
         #expect(await eventually(60) { !p.isRunning })

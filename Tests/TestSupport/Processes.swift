@@ -5,7 +5,7 @@ import Foundation
 /// polled. Returns nil when it cannot start or runs past `timeout` seconds (then it is killed).
 public func runProcess(_ args: [String], directory: URL? = nil, timeout: Double = 120) async -> (status: Int32, output: String)? {
     let out = FileManager.default.temporaryDirectory.appendingPathComponent("slimsplit-proc-\(getpid())-\(UUID().uuidString)")
-    FileManager.default.createFile(atPath: out.path, contents: nil)
+    _ = FileManager.default.createFile(atPath: out.path, contents: nil)
     defer { try? FileManager.default.removeItem(at: out) }
     guard let handle = try? FileHandle(forWritingTo: out) else { return nil }
     defer { try? handle.close() }
