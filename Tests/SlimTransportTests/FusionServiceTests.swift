@@ -114,17 +114,18 @@ struct FusionServiceTests {
         let pool = FusionThread(nice: 10, threads: allowed.count)
         defer { pool.stop() }
         #expect(pool.pinnedCPUs == allowed)
+        // One iteration per thread, each held until all have started (a barrier, 10 s at most),
+        // so that every thread of the pool runs exactly one of them.
         let seen = Locked<[[Int]]>([])
         await pool.run {
-            pool.parallel(4 * allowed.count) { _ in
-                let mine = FusionThread.allowedCPUs()
-                seen.withLock { $0.append(mine) }
-                usleep(2_000)  // long enough that the other threads claim iterations too
+            pool.parallel(allowed.count) { _ in
+                seen.withLock { $0.append(FusionThread.allowedCPUs()) }
+                for _ in 0..<10_000 where seen.value.count < allowed.count { usleep(1_000) }
             }
         }
-        #expect(seen.value.count == 4 * allowed.count)
+        #expect(seen.value.count == allowed.count)
         #expect(seen.value.allSatisfy { $0.count == 1 && allowed.contains($0[0]) })
-        #expect(Set(seen.value.map { $0[0] }).count >= 2, "the helpers ran, each on its own CPU")
+        #expect(Set(seen.value.map { $0[0] }) == Set(allowed), "each thread on its own CPU")
         let fewer = FusionThread(nice: 10, threads: allowed.count - 1)
         defer { fewer.stop() }
         #expect(fewer.pinnedCPUs.isEmpty)
