@@ -257,11 +257,10 @@ public final class CooperativeDetector: @unchecked Sendable {
         for (j, ag) in agents.enumerated() {
             let f = ag.features
             let th = theta(ego: agents[ego], agent: ag)
-            let identity = th[0] == 1 && th[1] == 0 && th[2] == 0 && th[3] == 0 && th[4] == 1 && th[5] == 0
             // The cells of this agent's map that the warp reads: the rotation runs only there (an
             // agent whose grid does not reach the ego's is left out), the same values bit for bit.
             var read = f.height * f.width
-            if !identity, rotate != nil, rotateReadCellsOnly {
+            if !PoseWarp.isIdentity(th), rotate != nil, rotateReadCellsOnly {
                 read = sources.withUnsafeMutableBufferPointer {
                     PoseWarp.markSources(
                         theta: th, height: height, width: width, inputHeight: f.height, inputWidth: f.width,

@@ -14,7 +14,7 @@ public enum PoseWarp {
         let ih = x.height
         let iw = x.width
         y.reshape(height: oh, width: ow, channels: c)
-        if theta[0] == 1, theta[1] == 0, theta[2] == 0, theta[3] == 0, theta[4] == 1, theta[5] == 0, ih == oh, iw == ow {
+        if isIdentity(theta), ih == oh, iw == ow {
             // The identity (an ego's own map): every cell samples its own centre, a copy.
             _ = y.values.update(fromContentsOf: x.values)
             return
@@ -39,6 +39,13 @@ public enum PoseWarp {
                 }
             }
         }
+    }
+
+    /// Whether `theta` is the identity [1, 0, 0, 0, 1, 0]: a same-size warp by it is a copy.
+    /// (Element by element: no array literal is allocated on the fusion path.)
+    public static func isIdentity(_ theta: [Float]) -> Bool {
+        theta.count == 6 && theta[0] == 1 && theta[1] == 0 && theta[2] == 0 && theta[3] == 0 && theta[4] == 1
+            && theta[5] == 0
     }
 
     /// Calls `body(cell, x0, y0, wx1, wy1)` for every output cell (row-major index) that has a
