@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from evaluate import APAccum, keep_scored, lz4_size, pack_bits  # noqa: E402
-from slimsplit_train.coop import (FrameSet, boxes_to_frame, decode, in_grid, rot, rotated_iou,  # noqa: E402
+from slimsplit_train.coop import (PEAK_RULES, FrameSet, boxes_to_frame, decode, in_grid, rot, rotated_iou,  # noqa: E402
                                   rotated_nms, theta_ego_from, wrap)
 from slimsplit_train.deep import load_weights  # noqa: E402
 
@@ -60,10 +60,15 @@ def main() -> None:
                     help="also: the fused detections merged (NMS) with the others' boxes read from their messages")
     ap.add_argument("--shipped", default=str(HERE.parent / "Models/slimsplit-bev.safetensors"),
                     help="also late fusion of this model file's single-agent detections ('' to skip)")
+    ap.add_argument("--peaks", choices=PEAK_RULES, default=None,
+                    help="how every head is decoded (coop.decode; default: the weights' own rule, as exported)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     t0 = time.time()
     model = load_weights(a.ckpt)
+    if a.peaks:
+        model.peaks = a.peaks
+    print(f"decode: {model.peaks}", flush=True)
     ds = FrameSet(Path(a.data) / "test/shards")
     frames = [k for k, f in enumerate(ds.frames) if f["frame"] % a.frame_stride == 0 and f["frame"] > 0]
     need = set()
@@ -80,7 +85,7 @@ def main() -> None:
             idx = need[k:k + 64]
             d, local = model.agent(ds.bev[idx].float())
             c = model.compress(d)
-            dd = decode(local)
+            dd = decode(local, peaks=model.peaks)
             for n, s in enumerate(idx):
                 comp[s] = c[n]
                 heat[s] = local["heatmap"][n]
@@ -242,7 +247,7 @@ def main() -> None:
                                 nb.append(msg_bytes(int(s), bits, tau))
                     out = model.server(torch.stack(ms), torch.stack(sents), torch.from_numpy(np.stack(th)).float(),
                                        torch.tensor(ow), len(chunk))
-                    res += decode(out)
+                    res += decode(out, peaks=model.peaks)
             kind = "float" if bits is None else f"codebook {books.shape[0]} x {books.shape[1]}" if bits == "vq" \
                 else f"{bits} bit"
             name = f"deep, {kind}, " + \
@@ -258,7 +263,7 @@ def main() -> None:
                         ms, sn = zip(*(message(q, bits, tau) for q in idx))
                         pb = model.peer_boxes(torch.stack(ms), torch.stack(sn))
                         pb["heatmap"] = pb["heatmap"].masked_fill(torch.stack(sn) < 0.5, -30.0)
-                        peer.update(zip(idx, decode(pb)))
+                        peer.update(zip(idx, decode(pb, peaks=model.peaks)))
                 record(name + " + boxes read from the messages", cond, late_fusion(cond, peer, base=res)[0],
                        int(round(np.mean(nb))))
     Path(a.json).write_text(json.dumps({"ckpt": a.ckpt, "frames": len(frames), "ego_frames": len(items),

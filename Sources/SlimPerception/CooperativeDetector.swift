@@ -460,14 +460,25 @@ final class PoseConditionedConv {
     }
 }
 
-/// CenterPoint decoding shared by every detector head: heatmap peaks (3×3 local maxima whose
-/// sigmoid exceeds `peakThreshold`, the `topK` best, ties by cell index), each a box at
+/// CenterPoint decoding shared by every detector head: candidate cells (`peaks`) whose sigmoid
+/// exceeds `peakThreshold`, the `topK` best (ties by cell index), each a box at
 /// ((column, row) + offset) · cell − halfExtent with size exp(clamp(log size, −3, 4)) and yaw
 /// `yawFactor` · atan2(sin, cos), then rotated NMS at `nmsIoU` (training/slimsplit_train/coop.py `decode`).
 public struct HeadDecoder: Sendable {
+    /// Which cells above the threshold become candidate boxes (a model file's `decode.peaks`).
+    public enum Peaks: String, Sendable {
+        /// Only the maximum of its 3×3 neighbourhood (CenterPoint): of two centres in neighbouring
+        /// cells, one box survives.
+        case localMax3x3 = "local_max_3x3"
+        /// Every cell: NMS, not the grid, separates neighbours (a cell beside a centre regresses a
+        /// box near that centre's, which NMS removes).
+        case aboveThreshold = "above_threshold"
+    }
+
     public var height: Int, width: Int
     public var cell: Float, halfExtent: Float, yawFactor: Float
     public var peakThreshold: Float, topK: Int, nmsIoU: Float
+    public var peaks: Peaks = .localMax3x3
 
     /// - Parameter o: heatmap logits (1 channel), offset (2), log size (2), yaw (2), each H × W.
     public func boxes(_ o: [FloatTensor]) -> [BEVBox] {
@@ -480,7 +491,7 @@ public struct HeadDecoder: Sendable {
             for j in 0..<width {
                 let v = hm[i, j, 0]
                 var peak = true
-                for di in -1...1 {
+                for di in -1...1 where peaks == .localMax3x3 {
                     for dj in -1...1 where (di != 0 || dj != 0) {
                         let ii = i + di
                         let jj = j + dj

@@ -14,6 +14,8 @@ public struct DeepArchitecture: Sendable {
     public let height: Int, width: Int
     public let halfExtent: Float, cell: Float
     public let peakThreshold: Float, topK: Int, nmsIoU: Float
+    /// `decode.peaks`; files written before it existed decode 3×3 local maxima.
+    public let peaks: HeadDecoder.Peaks
 
     /// nil when the file is not a deep-fusion model (no `architecture.deep`).
     public init?(_ st: Safetensors) throws(ModelFileError) {
@@ -68,12 +70,20 @@ public struct DeepArchitecture: Sendable {
         peakThreshold = try number("peak_threshold", in: dec, at: ".decode")
         topK = try int("top_k", 1...4096, in: dec, at: ".decode")
         nmsIoU = try number("nms_iou", in: dec, at: ".decode")
+        if let p = dec["peaks"] {
+            guard let name = p as? String, let rule = HeadDecoder.Peaks(rawValue: name) else {
+                throw fail(".decode.peaks", "\(p): expected \"local_max_3x3\" or \"above_threshold\"")
+            }
+            peaks = rule
+        } else {
+            peaks = .localMax3x3
+        }
     }
 
     var decoder: HeadDecoder {
         HeadDecoder(
             height: height, width: width, cell: cell, halfExtent: halfExtent, yawFactor: 0.5,
-            peakThreshold: peakThreshold, topK: topK, nmsIoU: nmsIoU)
+            peakThreshold: peakThreshold, topK: topK, nmsIoU: nmsIoU, peaks: peaks)
     }
 }
 

@@ -131,6 +131,11 @@ struct HostileDeepModelTests {
             g["yaw_encoding"] = "quaternion"
             d["decode"] = g
         },
+        Case(description: "a peak rule it does not know", subject: "decode.peaks") { d in
+            var g = d["decode"] as! [String: Any]
+            g["peaks"] = "local_max_5x5"
+            d["decode"] = g
+        },
         Case(description: "channels that do not match the tensors", subject: "deep.") { $0["head_channels"] = 32 },
         Case(description: "valid architecture, tensors missing", subject: "deep.", dropTensors: true) { _ in },
     ]

@@ -495,11 +495,25 @@ def kd_loss(out, teacher, tg):
     return hm + 0.5 * reg
 
 
+PEAK_RULES = ("local_max_3x3", "above_threshold")
+
+
 @torch.no_grad()
-def decode(out: dict[str, torch.Tensor], k: int = 60, thresh: float = 0.05, nms_iou: float = 0.1):
-    """Per frame: boxes [N, 5] (x, y, l, w, yaw) in metres in the ego frame and scores [N]."""
+def decode(out: dict[str, torch.Tensor], k: int = 60, thresh: float = 0.05, nms_iou: float = 0.1,
+           peaks: str = "local_max_3x3"):
+    """Per frame: boxes [N, 5] (x, y, l, w, yaw) in metres in the ego frame and scores [N].
+    Candidates: cells whose sigmoid exceeds ``thresh`` and, with "local_max_3x3", that are the
+    maximum of their 3 x 3 neighbourhood (CenterPoint: of two centres in neighbouring 2 m cells,
+    one box survives); with "above_threshold", every such cell, so that NMS, not the grid,
+    separates neighbours (a cell beside a centre regresses a box near that centre's, which NMS
+    removes): the top ``k``, then rotated NMS."""
+    if peaks not in PEAK_RULES:
+        raise ValueError(f"peaks {peaks!r}: one of {PEAK_RULES}")
     hm = torch.sigmoid(out["heatmap"])[:, 0]
-    peaks = (hm == F.max_pool2d(hm[:, None], 3, 1, 1)[:, 0]) & (hm > thresh)
+    if peaks == "above_threshold":
+        peaks = hm > thresh
+    else:
+        peaks = (hm == F.max_pool2d(hm[:, None], 3, 1, 1)[:, 0]) & (hm > thresh)
     res = []
     for n in range(hm.shape[0]):
         sc = torch.where(peaks[n], hm[n], torch.zeros_like(hm[n])).flatten()

@@ -61,10 +61,11 @@ class Head(nn.Module):
 
 class DeepModel(nn.Module):
     def __init__(self, arch: dict[str, Any], msg_channels: int = 16, backbone: int = 96, head: int = 64,
-                 geometry: bool = False):
+                 geometry: bool = False, peaks: str = "local_max_3x3"):
         super().__init__()
         self.arch = arch
         self.geometry = geometry
+        self.peaks = peaks   # how every head's outputs are decoded (coop.decode's rule)
         G = GEOMETRY_CHANNELS if geometry else 0
         self.encoder = SlimNet(arch)
         C = 64
@@ -215,7 +216,8 @@ def save_weights(model: DeepModel, path, metadata: dict[str, str]) -> None:
     from .st_write import save_file
     t = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     meta = dict(metadata)
-    meta["deep"] = json.dumps({"arch": model.arch, "msg_channels": model.K, "geometry": model.geometry},
+    meta["deep"] = json.dumps({"arch": model.arch, "msg_channels": model.K, "geometry": model.geometry,
+                               "peaks": model.peaks},
                               separators=(",", ":"))
     save_file(t, path, metadata=meta)
 
@@ -232,7 +234,7 @@ def load_weights(path) -> DeepModel:
         with safe_open(str(path), framework="numpy") as f:
             d = json.loads(f.metadata()["deep"])
             state = {k: torch.from_numpy(f.get_tensor(k)) for k in f.keys()}
-        model = DeepModel(d["arch"], d["msg_channels"], geometry=d["geometry"])
+        model = DeepModel(d["arch"], d["msg_channels"], geometry=d["geometry"], peaks=d.get("peaks", "local_max_3x3"))
         model.load_state_dict(state)
     return model.eval()
 
