@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE))
 
 from slimsplit_train.coop import (FrameSet, augment, boxes_to_frame, choose_agents, det_loss,  # noqa: E402
                                   in_grid, make_targets, theta_ego_from)
-from slimsplit_train.deep import DeepModel, init_from_shipped, save_weights  # noqa: E402
+from slimsplit_train.deep import DeepModel, init_from_shipped, load_weights, save_weights  # noqa: E402
 
 NOISE = ((0.2, 0.2), (0.4, 0.4))
 
@@ -105,6 +105,8 @@ def main() -> None:
     ap.add_argument("--p-late", type=float, default=0.3)
     ap.add_argument("--p-noise", type=float, default=0.5)
     ap.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt")
+    ap.add_argument("--from-weights", default="",
+                    help="fine-tune a trained deep model (save_weights file) instead of warm-starting from --init")
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
@@ -121,6 +123,8 @@ def main() -> None:
     shipped = load_model(a.init)
     model = DeepModel(shipped.arch, a.msg_channels, geometry=a.geometry)
     init_from_shipped(model, shipped.tensors, shipped.encoder)
+    if a.from_weights:
+        model.load_state_dict(load_weights(a.from_weights).state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=1e-4)
     warm = max(1, a.steps // 30)
     sched = torch.optim.lr_scheduler.LambdaLR(
