@@ -119,9 +119,9 @@ def main() -> None:
            "deep": a.deep}
     (a.out / "conditions.json").write_text(json.dumps(doc, indent=1))
     (a.out / "conditions.md").write_text(table(runs, single))
-    plot(runs, single, a.out / "conditions.png")
+    plotted = plot(runs, single, a.out / "conditions.png")
     print(table(runs, single))
-    print(f"wrote {a.out}/conditions.json, conditions.md, conditions.png")
+    print(f"wrote {a.out}/conditions.json, conditions.md" + (", conditions.png" if plotted else " (no plot)"))
 
 
 def table(runs, single) -> str:
@@ -143,14 +143,15 @@ def table(runs, single) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(runs, single, path: Path) -> None:
+def plot(runs, single, path: Path) -> bool:
+    """Writes the plot to ``path``; False (and says why) where matplotlib is missing."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib is not installed: no plot (pip install -r Benchmarks/requirements.txt)")
-        return
+        return False
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=False)
     for ax, key in zip(axes, ("0.5", "0.7")):
         width = 0.8 / len(METHODS)
@@ -168,6 +169,7 @@ def plot(runs, single, path: Path) -> None:
     fig.suptitle(f"Live late vs {kind} fusion on the held-out test recordings (slimsplit eval)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    return True
 
 
 if __name__ == "__main__":
