@@ -37,7 +37,9 @@ struct SessionTests {
 
     @Test("frames over IPC with Curve off")
     func ipcPlain() async throws {
-        let path = "ipc://\(NSTemporaryDirectory())slimsplit-test-\(getpid()).sock"
+        let file = "\(NSTemporaryDirectory())slimsplit-test-\(getpid()).sock"
+        defer { unlink(file) }
+        let path = "ipc://\(file)"
         let server = try TestServer(allowed: [:], curve: false, endpoint: path)
         let agent = try TestAgent(id: "a-1", server: server, keys: nil, curve: false)
         #expect(await agent.stream(5), "\(server.server.stats) \(server.router.counters) \(agent.agent.stats)")
@@ -91,6 +93,7 @@ struct SessionTests {
         let server = try TestServer(allowed: ["ref-1": keys])
         let dir = NSTemporaryDirectory() + "slimsplit-ref-\(getpid())"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
         try server.keys.write(name: "server", directory: dir)
         try keys.write(name: "ref-1", directory: dir)
         // Polled, not waited for: a blocked pool thread would starve the server under test.

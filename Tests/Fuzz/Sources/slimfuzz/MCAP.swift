@@ -106,4 +106,6 @@ func fuzzMCAP(_ input: UnsafeRawBufferPointer) {
                 + "\(i < back.count ? "\(back[i])" : "-") vs \(i < whole.messages.count ? "\(whole.messages[i])" : "-")"
         )
     }
+    // Kept only when a check above fails (the process stops there, the file stays for inspection).
+    unlink(scratch)
 }
