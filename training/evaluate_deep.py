@@ -61,7 +61,7 @@ def main() -> None:
     ap.add_argument("--shipped", default=str(HERE.parent / "Models/slimsplit-bev.safetensors"),
                     help="also late fusion of this model file's single-agent detections ('' to skip)")
     ap.add_argument("--peaks", choices=PEAK_RULES, default=None,
-                    help="how every head is decoded (coop.decode; default: the weights' own rule, as exported)")
+                    help="how every head is decoded (coop.decode; default: DeepModel.peaks, what export_deep writes)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     t0 = time.time()

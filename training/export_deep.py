@@ -228,7 +228,7 @@ def main() -> None:
                     help="residual codebooks (training/train_codebook.py; '' for none)")
     ap.add_argument("--calib", type=int, default=64, help="validation BEVs for the encoder's int8 calibration")
     ap.add_argument("--peaks", choices=PEAK_RULES, default=None,
-                    help="the file's decode.peaks (default: the weights' own rule)")
+                    help="the file's decode.peaks (default: DeepModel.peaks)")
     a = ap.parse_args()
     torch.set_num_threads(2)
     m = load_weights(a.ckpt)

@@ -491,11 +491,13 @@ public struct HeadDecoder: Sendable {
             for j in 0..<width {
                 let v = hm[i, j, 0]
                 var peak = true
-                for di in -1...1 where peaks == .localMax3x3 {
-                    for dj in -1...1 where (di != 0 || dj != 0) {
-                        let ii = i + di
-                        let jj = j + dj
-                        if ii >= 0, ii < height, jj >= 0, jj < width, hm[ii, jj, 0] > v { peak = false }
+                if peaks == .localMax3x3 {
+                    for di in -1...1 {
+                        for dj in -1...1 where (di != 0 || dj != 0) {
+                            let ii = i + di
+                            let jj = j + dj
+                            if ii >= 0, ii < height, jj >= 0, jj < width, hm[ii, jj, 0] > v { peak = false }
+                        }
                     }
                 }
                 let s = 1 / (1 + exp(-v))

@@ -61,11 +61,13 @@ class Head(nn.Module):
 
 class DeepModel(nn.Module):
     def __init__(self, arch: dict[str, Any], msg_channels: int = 16, backbone: int = 96, head: int = 64,
-                 geometry: bool = False, peaks: str = "local_max_3x3"):
+                 geometry: bool = False):
         super().__init__()
         self.arch = arch
         self.geometry = geometry
-        self.peaks = peaks   # how every head's outputs are decoded (coop.decode's rule)
+        # How every head's outputs are decoded (coop.decode's rule, the exported file's decode.peaks):
+        # every cell above the threshold, NMS separating neighbours (docs/evaluation.md, "Decoding").
+        self.peaks = "above_threshold"
         G = GEOMETRY_CHANNELS if geometry else 0
         self.encoder = SlimNet(arch)
         C = 64
@@ -216,8 +218,7 @@ def save_weights(model: DeepModel, path, metadata: dict[str, str]) -> None:
     from .st_write import save_file
     t = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     meta = dict(metadata)
-    meta["deep"] = json.dumps({"arch": model.arch, "msg_channels": model.K, "geometry": model.geometry,
-                               "peaks": model.peaks},
+    meta["deep"] = json.dumps({"arch": model.arch, "msg_channels": model.K, "geometry": model.geometry},
                               separators=(",", ":"))
     save_file(t, path, metadata=meta)
 
@@ -234,7 +235,7 @@ def load_weights(path) -> DeepModel:
         with safe_open(str(path), framework="numpy") as f:
             d = json.loads(f.metadata()["deep"])
             state = {k: torch.from_numpy(f.get_tensor(k)) for k in f.keys()}
-        model = DeepModel(d["arch"], d["msg_channels"], geometry=d["geometry"], peaks=d.get("peaks", "local_max_3x3"))
+        model = DeepModel(d["arch"], d["msg_channels"], geometry=d["geometry"])
         model.load_state_dict(state)
     return model.eval()
 
