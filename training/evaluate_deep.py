@@ -34,8 +34,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from evaluate import APAccum, keep_scored, lz4_size, pack_bits  # noqa: E402
-from slimsplit_train.coop import (PEAK_RULES, FrameSet, boxes_to_frame, decode, in_grid, rot, rotated_iou,  # noqa: E402
-                                  rotated_nms, theta_ego_from, wrap)
+from slimsplit_train.coop import (MERGE_RULES, PEAK_RULES, FrameSet, boxes_to_frame, decode, in_grid,  # noqa: E402
+                                  merge_boxes, rot, rotated_iou, rotated_nms, theta_ego_from, wrap)
 from slimsplit_train.deep import load_weights  # noqa: E402
 
 IOUS = (0.3, 0.5, 0.7)
@@ -56,19 +56,21 @@ def main() -> None:
     ap.add_argument("--codebook", default=str(HERE / "checkpoints/deep-codebook.safetensors"),
                     help="residual codebooks for the 'vq' configurations (training/train_codebook.py)")
     ap.add_argument("--conditions", default=",".join(CONDITIONS))
-    ap.add_argument("--union", action="store_true",
-                    help="also: the fused detections merged (NMS) with the others' boxes read from their messages")
     ap.add_argument("--shipped", default=str(HERE.parent / "Models/slimsplit-bev.safetensors"),
                     help="also late fusion of this model file's single-agent detections ('' to skip)")
     ap.add_argument("--peaks", choices=PEAK_RULES, default=None,
                     help="how every head is decoded (coop.decode; default: DeepModel.peaks, what export_deep writes)")
+    ap.add_argument("--merge", choices=MERGE_RULES, default=None,
+                    help="how detections are merged (coop.merge_boxes; default: DeepModel.merge)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     t0 = time.time()
     model = load_weights(a.ckpt)
     if a.peaks:
         model.peaks = a.peaks
-    print(f"decode: {model.peaks}", flush=True)
+    if a.merge:
+        model.merge = a.merge
+    print(f"decode: {model.peaks}, merge: {model.merge}", flush=True)
     ds = FrameSet(Path(a.data) / "test/shards")
     frames = [k for k, f in enumerate(ds.frames) if f["frame"] % a.frame_stride == 0 and f["frame"] > 0]
     need = set()
@@ -200,35 +202,57 @@ def main() -> None:
         record("single agent (shipped model)", "clean",
                [shipped_dets[int(ds.frames[fi]["samples"][e])] for fi, e in items], 0)
 
-    def late_fusion(cond, own, base=None):
-        """Every agent's own detections moved into the ego's frame by the condition's poses, rotated NMS.
-        With ``base`` (ego-frame detections per ego-frame) the others' boxes are merged into those
-        instead of the ego's own."""
+    def moved(b, p, pose0):
+        """Boxes of an agent at pose p, in the frame of pose0."""
+        b = b.copy()
+        wxy = b[:, :2] @ rot(p[2]).T + p[:2]
+        b[:, :2] = (wxy - pose0[:2]) @ rot(pose0[2])
+        b[:, 4] = wrap(b[:, 4] + p[2] - pose0[2])
+        return b
+
+    def late_fusion(cond, own, merge):
+        """Every agent's own detections moved into the ego's frame by the condition's poses, rotated
+        NMS, and with merge "weighted" averaged per object (coop.merge_boxes)."""
         res, nb = [], []
-        for it, (fi, e) in enumerate(items):
+        for fi, e in items:
             samples, poses = inputs(fi, e, cond)
-            bs, ss = ([base[it][0]], [base[it][1]]) if base is not None else ([], [])
+            bs, ss = [], []
             for n, (s, p) in enumerate(zip(samples, poses)):
-                if base is not None and n == 0:
-                    continue
                 b, sc = own[int(s)]
-                b = b.copy()
                 if n > 0:
                     nb.append(len(b) * 20)
-                    wxy = b[:, :2] @ rot(p[2]).T + p[:2]
-                    b[:, :2] = (wxy - poses[0][:2]) @ rot(poses[0][2])
-                    b[:, 4] = wrap(b[:, 4] + p[2] - poses[0][2])
+                    b = moved(b, p, poses[0])
                 bs.append(b)
                 ss.append(sc)
             b, sc = np.concatenate(bs), np.concatenate(ss)
             k = rotated_nms(b, sc, 0.1)
-            res.append((b[k], sc[k]))
+            res.append(merge_boxes(b[k], sc[k], b, sc) if merge == "weighted" else (b[k], sc[k]))
         return res, int(round(np.mean(nb))) if nb else 0
 
+    def fused_merge(cond, fused, peer):
+        """The fused head's detections merged with every agent's boxes read from its message, of the
+        agents whose data is current (the ego's, and the others' unless 100 ms late: older than
+        coop.MERGE_MAX_AGE_S)."""
+        late = CONDITIONS[cond][1]
+        res = []
+        for (fi, e), (fb, fs) in zip(items, fused):
+            samples, poses = inputs(fi, e, cond)
+            bs, ss = [fb], [fs]
+            for n, (s, p) in enumerate(zip(samples, poses)):
+                if n > 0 and late and ds.index.get((ds.frames[fi]["rec"], ds.frames[fi]["frame"] - 1)) is not None:
+                    continue
+                b, sc = peer[int(s)]
+                bs.append(moved(b, p, poses[0]) if n > 0 else b)
+                ss.append(sc)
+            res.append(merge_boxes(fb, fs, np.concatenate(bs), np.concatenate(ss)))
+        return res
+
+    peers = {}  # (bits, tau) -> every sample's boxes read from its message
     for cond in a.conditions.split(","):
-        record("late fusion (own boxes)", cond, *late_fusion(cond, dets))
+        record("late fusion (own boxes)", cond, *late_fusion(cond, dets, model.merge))
         if shipped_dets:
-            record("late fusion (shipped model's boxes)", cond, *late_fusion(cond, shipped_dets))
+            # the shipped model's file has no decode.merge: NMS, as the live server runs it
+            record("late fusion (shipped model's boxes)", cond, *late_fusion(cond, shipped_dets, "nms"))
         for bits, tau in configs:
             res, nb = [], []
             with torch.no_grad():
@@ -252,20 +276,19 @@ def main() -> None:
                 else f"{bits} bit"
             name = f"deep, {kind}, " + \
                    ("every cell" if tau is None else f"tau {tau}")
+            if model.merge == "weighted" and model.geometry:
+                # every agent's boxes as the server reads them from its message (no extra bytes)
+                if (bits, tau) not in peers:
+                    peer = peers[(bits, tau)] = {}
+                    with torch.no_grad():
+                        for k in range(0, len(need), 64):
+                            idx = need[k:k + 64]
+                            ms, sn = zip(*(message(q, bits, tau) for q in idx))
+                            pb = model.peer_boxes(torch.stack(ms), torch.stack(sn))
+                            pb["heatmap"] = pb["heatmap"].masked_fill(torch.stack(sn) < 0.5, -30.0)
+                            peer.update(zip(idx, decode(pb, peaks=model.peaks)))
+                res = fused_merge(cond, res, peers[(bits, tau)])
             record(name, cond, res, int(round(np.mean(nb))))
-            if a.union and model.geometry:
-                # the others' own boxes as the server reads them from their messages (no extra
-                # bytes) merged into the fused detections: late fusion as a floor
-                peer = {}
-                with torch.no_grad():
-                    for k in range(0, len(need), 64):
-                        idx = need[k:k + 64]
-                        ms, sn = zip(*(message(q, bits, tau) for q in idx))
-                        pb = model.peer_boxes(torch.stack(ms), torch.stack(sn))
-                        pb["heatmap"] = pb["heatmap"].masked_fill(torch.stack(sn) < 0.5, -30.0)
-                        peer.update(zip(idx, decode(pb, peaks=model.peaks)))
-                record(name + " + boxes read from the messages", cond, late_fusion(cond, peer, base=res)[0],
-                       int(round(np.mean(nb))))
     Path(a.json).write_text(json.dumps({"ckpt": a.ckpt, "frames": len(frames), "ego_frames": len(items),
                                         "recordings": ds.recordings, "results": results}, indent=1))
     write_table(results, Path(a.json).with_suffix(".md"))

@@ -49,7 +49,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from slimsplit_train.arch import FORMAT, FORMAT_VERSION, arch_json, validate_arch  # noqa: E402
-from slimsplit_train.coop import GRID, PEAK_RULES, FrameSet, encoder_forward, theta_ego_from  # noqa: E402
+from slimsplit_train.coop import GRID, MERGE_RULES, PEAK_RULES, FrameSet, encoder_forward, theta_ego_from  # noqa: E402
 from slimsplit_train.deep import GEOMETRY_CHANNELS, DeepModel, load_weights  # noqa: E402
 from slimsplit_train.model_io import check_tensors, float_tensors  # noqa: E402
 from slimsplit_train.quantize import (qlinearconv_ref, qparams_from_range, quantize_net,  # noqa: E402
@@ -96,8 +96,8 @@ def deep_tensors(m: DeepModel) -> dict[str, np.ndarray]:
 
 
 def rate_table(paths: list[Path], wi: int) -> str:
-    """``rate_accuracy`` from evaluate_deep.py's JSON: its clean rows "deep, {bits} bit, ..." (maps
-    without the merged boxes), as entries (full width, bits, threshold = tau or 0, bytes, ap50)."""
+    """``rate_accuracy`` from evaluate_deep.py's JSON: its clean rows "deep, {bits} bit, ..." (decoded
+    and merged as the model says), as entries (full width, bits, threshold = tau or 0, bytes, ap50)."""
     import re
     entries = []
     for r in (r for p in paths for r in json.loads(p.read_text())["results"]):
@@ -179,7 +179,7 @@ def deep_arch(m: DeepModel) -> dict:
         "bits": list(m.quant.bits),
         "grid": {"x_min": -GRID, "x_max": GRID, "y_min": -GRID, "y_max": GRID, "cell": 2.0, "height": 32, "width": 32},
         "decode": {"yaw_encoding": "double_angle", "peak_threshold": 0.05, "top_k": 60, "nms_iou": 0.1,
-                   "peaks": m.peaks},
+                   "peaks": m.peaks, "merge": m.merge},
     }
 
 
@@ -229,11 +229,15 @@ def main() -> None:
     ap.add_argument("--calib", type=int, default=64, help="validation BEVs for the encoder's int8 calibration")
     ap.add_argument("--peaks", choices=PEAK_RULES, default=None,
                     help="the file's decode.peaks (default: DeepModel.peaks)")
+    ap.add_argument("--merge", choices=MERGE_RULES, default=None,
+                    help="the file's decode.merge (default: DeepModel.merge)")
     a = ap.parse_args()
     torch.set_num_threads(2)
     m = load_weights(a.ckpt)
     if a.peaks:
         m.peaks = a.peaks
+    if a.merge:
+        m.merge = a.merge
     if not m.geometry:
         sys.exit("export_deep: the engine runs the geometry variant only (train_deep.py --geometry)")
     enc = m.encoder

@@ -18,10 +18,13 @@ public final class CooperativeDetector: @unchecked Sendable {
         public var features: FloatTensor
         public var position: SIMD2<Float>
         public var yaw: Float
-        public init(features: FloatTensor, position: SIMD2<Float>, yaw: Float) {
+        /// Seconds by which this agent's data was captured before the ego's (0: as current).
+        public var age: Float
+        public init(features: FloatTensor, position: SIMD2<Float>, yaw: Float, age: Float = 0) {
             self.features = features
             self.position = position
             self.yaw = yaw
+            self.age = age
         }
     }
 

@@ -16,6 +16,9 @@ public struct DeepArchitecture: Sendable {
     public let peakThreshold: Float, topK: Int, nmsIoU: Float
     /// `decode.peaks`; files written before it existed decode 3×3 local maxima.
     public let peaks: HeadDecoder.Peaks
+    /// `decode.merge`: how late fusion merges boxes and whether the fused head's boxes are merged
+    /// with the agents' own read from their messages; files written before it existed: NMS.
+    public let merge: BoxMerge
 
     /// nil when the file is not a deep-fusion model (no `architecture.deep`).
     public init?(_ st: Safetensors) throws(ModelFileError) {
@@ -77,6 +80,14 @@ public struct DeepArchitecture: Sendable {
             peaks = rule
         } else {
             peaks = .localMax3x3
+        }
+        if let m = dec["merge"] {
+            guard let name = m as? String, let rule = BoxMerge(rawValue: name) else {
+                throw fail(".decode.merge", "\(m): expected \"nms\" or \"weighted\"")
+            }
+            merge = rule
+        } else {
+            merge = .nms
         }
     }
 
@@ -332,6 +343,7 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
     public var halfExtent: Float { spec.halfExtent }
     public var cell: Float { spec.cell }
     public var nmsIoU: Float { spec.nmsIoU }
+    public var merge: BoxMerge { spec.merge }
     /// Channels of an agent's input: K message channels and the sent flag.
     public var inputChannels: Int { spec.messageChannels + 1 }
     public private(set) var lastStageSeconds: (warpFuse: Double, head: Double, nms: Double) = (0, 0, 0)
@@ -465,6 +477,11 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
                 d[4] = o[2].storage[2 * cell + 1]
                 d[5] = o[3].storage[2 * cell]
                 d[6] = o[3].storage[2 * cell + 1]
+            }
+            if spec.merge == .weighted {
+                // The agent's own boxes as read from its message, for merging: sent cells only.
+                for cell in 0..<(height * width) where a.sent[cell] == 0 { o[0].storage[cell] = -30 }
+                a.boxes = spec.decoder.boxes(o)
             }
         }
         a.ready = true
@@ -621,7 +638,18 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
         let o = forward(ego: ego, agents: agents)
         let t2 = now()
         defer { lastStageSeconds.nms = now() - t2 }
-        return spec.decoder.boxes(o)
+        let fused = spec.decoder.boxes(o)
+        guard spec.merge == .weighted else { return fused }
+        // With the boxes each current agent's message carries, in the ego's frame (late agents'
+        // boxes are where their objects were: the fused head has already weighed them).
+        var all = fused
+        let e = agents[ego]
+        for (j, ag) in agents.enumerated() where j == ego || ag.age <= BoxMerge.maxAgeSeconds {
+            for b in slots[j].boxes {
+                all.append(j == ego ? b : b.moved(from: ag.position, ag.yaw, to: e.position, e.yaw))
+            }
+        }
+        return RotatedIoU.weightedMean(fused, of: all, iou: BoxMerge.iou, nmsIoU: spec.nmsIoU)
     }
 }
 
@@ -641,6 +669,8 @@ final class DeepPass: @unchecked Sendable {
         var ready = false
         let message: FloatTensor, decompressed: FloatTensor, peer: FloatTensor
         let sent: UnsafeMutableBufferPointer<UInt8>
+        /// The agent's boxes read from its message (its frame; `decode.merge: weighted` only).
+        var boxes: [BEVBox] = []
 
         init(_ spec: DeepArchitecture) {
             let (h, w) = (spec.height, spec.width)
@@ -725,6 +755,8 @@ public protocol FusionDetector: AnyObject, Sendable {
     var halfExtent: Float { get }
     var cell: Float { get }
     var nmsIoU: Float { get }
+    /// How boxes from several sources become one list (late fusion; a deep model's fused head).
+    var merge: BoxMerge { get }
     /// Channels of an agent's input tensor.
     var inputChannels: Int { get }
     var lastStageSeconds: (warpFuse: Double, head: Double, nms: Double) { get }
@@ -744,6 +776,7 @@ extension FusionDetector {
 
 extension CooperativeDetector: FusionDetector {
     public var inputChannels: Int { channels }
+    public var merge: BoxMerge { .nms }
     public func beginPass(_ inputs: [(FloatTensor, UInt64?)]) {}
     public func preparePass(worker: Int, workers: Int) {}
 }

@@ -72,3 +72,56 @@ public enum RotatedIoU {
         return kept
     }
 }
+
+/// How a detector's boxes from several sources become one list (a model file's `decode.merge`;
+/// training/slimsplit_train/coop.py `merge_boxes` is the reference).
+public enum BoxMerge: String, Sendable {
+    /// Greedy NMS: of the boxes of one object, the highest-scoring one's geometry survives.
+    case nms
+    /// NMS, then every kept box becomes the score-weighted mean of the boxes overlapping it by at
+    /// least `iou` (itself included): several views of one object average their errors out.
+    case weighted
+
+    /// The overlap that makes two boxes views of one object, for `weighted`.
+    public static let iou: Float = 0.3
+    /// The fused head's boxes are merged only with boxes of agents whose data was captured at most
+    /// this long before the ego's (a car at 14 m/s moves 0.7 m in 50 ms): a late agent's boxes are
+    /// where its objects were.
+    public static let maxAgeSeconds: Float = 0.05
+
+    /// One list of `boxes` (one frame, one frame of reference, from any number of agents).
+    public func merge(_ boxes: [BEVBox], nmsIoU: Float) -> [BEVBox] {
+        let kept = RotatedIoU.nms(boxes, threshold: nmsIoU)
+        return self == .weighted ? RotatedIoU.weightedMean(kept, of: boxes, iou: Self.iou, nmsIoU: nmsIoU) : kept
+    }
+}
+
+extension RotatedIoU {
+    /// Each box of `kept` becomes the score-weighted mean of the boxes of `boxes` that overlap it by
+    /// at least `iou` (a kept box is expected among `boxes`; one with no overlap stays as it is):
+    /// centre, length and width averaged, the axis averaged as a double angle (sin 2ψ, cos 2ψ) and
+    /// turned to the kept box's heading (nearest multiple of π); score unchanged. Then NMS at
+    /// `nmsIoU`, since moved boxes may overlap.
+    public static func weightedMean(_ kept: [BEVBox], of boxes: [BEVBox], iou threshold: Float, nmsIoU: Float)
+        -> [BEVBox]
+    {
+        guard !kept.isEmpty, !boxes.isEmpty else { return kept }
+        let merged = kept.map { k -> BEVBox in
+            var (sw, x, y, l, w, s2, c2): (Float, Float, Float, Float, Float, Float, Float) = (0, 0, 0, 0, 0, 0, 0)
+            for b in boxes where iou(k, b) >= threshold {
+                sw += b.score
+                x += b.score * b.x
+                y += b.score * b.y
+                l += b.score * b.length
+                w += b.score * b.width
+                s2 += b.score * sin(2 * b.yaw)
+                c2 += b.score * cos(2 * b.yaw)
+            }
+            guard sw > 0 else { return k }
+            let axis = 0.5 * atan2(s2 / sw, c2 / sw)
+            let yaw = axis + Float.pi * ((k.yaw - axis) / Float.pi).rounded()
+            return BEVBox(x: x / sw, y: y / sw, length: l / sw, width: w / sw, yaw: yaw, score: k.score)
+        }
+        return nms(merged, threshold: nmsIoU)
+    }
+}

@@ -463,7 +463,8 @@ public final class FusionService: @unchecked Sendable {
                     var st: (Double, Double, Double) = j.egoIndex == nil ? (0, 0, 0) : dets[w].lastStageSeconds
                     if !j.late.isEmpty {
                         // Late fusion: every boxes agent's detections in the ego's frame, within
-                        // its grid, with what the maps gave; one NMS over them all.
+                        // its grid, with what the maps gave; merged as the model says (NMS, or
+                        // NMS and weighted means).
                         let t1 = SystemClock.monotonicSeconds()
                         let half = dets[w].halfExtent
                         for l in j.late {
@@ -472,7 +473,7 @@ public final class FusionService: @unchecked Sendable {
                                 if abs(m.x) <= half, abs(m.y) <= half { boxes.append(m) }
                             }
                         }
-                        boxes = RotatedIoU.nms(boxes, threshold: dets[w].nmsIoU)
+                        boxes = dets[w].merge.merge(boxes, nmsIoU: dets[w].nmsIoU)
                         st.2 += SystemClock.monotonicSeconds() - t1
                     }
                     let dt = SystemClock.monotonicSeconds() - t0
@@ -563,7 +564,8 @@ public final class FusionService: @unchecked Sendable {
                 if let b = s.boxes {
                     late.append((b, s.position, s.yaw))
                 } else {
-                    inputs.append(.init(features: s.features, position: s.position, yaw: s.yaw))
+                    let age = s.captureNs < e.captureNs ? Float(e.captureNs - s.captureNs) / 1e9 : 0
+                    inputs.append(.init(features: s.features, position: s.position, yaw: s.yaw, age: age))
                 }
             }
             var egoIndex = names.filter { view[$0]!.boxes == nil }.firstIndex(of: ego)

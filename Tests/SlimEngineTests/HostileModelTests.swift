@@ -136,6 +136,11 @@ struct HostileDeepModelTests {
             g["peaks"] = "local_max_5x5"
             d["decode"] = g
         },
+        Case(description: "a merge rule it does not know", subject: "decode.merge") { d in
+            var g = d["decode"] as! [String: Any]
+            g["merge"] = "average"
+            d["decode"] = g
+        },
         Case(description: "channels that do not match the tensors", subject: "deep.") { $0["head_channels"] = 32 },
         Case(description: "valid architecture, tensors missing", subject: "deep.", dropTensors: true) { _ in },
     ]

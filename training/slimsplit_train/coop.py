@@ -193,6 +193,37 @@ def rotated_nms(boxes: np.ndarray, scores: np.ndarray, thr: float = 0.1) -> np.n
     return np.array(keep, dtype=np.int64)
 
 
+MERGE_RULES = ("nms", "weighted")
+MERGE_IOU = 0.3
+"""Weighted merging: the boxes of one object are those overlapping a kept box by at least this IoU."""
+MERGE_MAX_AGE_S = 0.05
+"""The fused head's boxes are merged only with boxes captured at most this long before the ego's."""
+
+
+def merge_boxes(kept: np.ndarray, kept_scores: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
+                iou: float = MERGE_IOU, nms_iou: float = 0.1):
+    """Weighted box merging (``decode.merge: weighted``): every kept box (an NMS survivor) becomes
+    the score-weighted mean of ``boxes`` that overlap it by at least ``iou`` (the caller includes
+    the kept boxes themselves): centre, length and width averaged, the axis averaged as a double
+    angle and turned back to the kept box's heading; scores unchanged; then rotated NMS again
+    (moved boxes may now overlap). Several views of one object average out their errors; NMS keeps
+    one view's. Returns (boxes, scores)."""
+    if len(kept) == 0 or len(boxes) == 0:
+        return kept, kept_scores
+    ov = rotated_iou(kept, boxes)
+    out = kept.copy()
+    for i in range(len(kept)):
+        m = ov[i] >= iou
+        if not m.any():
+            continue
+        b, w = boxes[m], scores[m] / scores[m].sum()
+        out[i, :4] = (w[:, None] * b[:, :4]).sum(0)
+        axis = 0.5 * np.arctan2((w * np.sin(2 * b[:, 4])).sum(), (w * np.cos(2 * b[:, 4])).sum())
+        out[i, 4] = axis + np.pi * np.round((kept[i, 4] - axis) / np.pi)
+    k = rotated_nms(out, kept_scores, nms_iou)
+    return out[k], kept_scores[k]
+
+
 # ---------------------------------------------------------------------------------------------
 # encoder forward with trainable switchable BN
 

@@ -68,6 +68,10 @@ class DeepModel(nn.Module):
         # How every head's outputs are decoded (coop.decode's rule, the exported file's decode.peaks):
         # every cell above the threshold, NMS separating neighbours (docs/evaluation.md, "Decoding").
         self.peaks = "above_threshold"
+        # How detections are merged (coop.merge_boxes, the file's decode.merge): late fusion's
+        # boxes, and the fused head's with the agents' current boxes read from their messages, are
+        # averaged per object, not only suppressed (docs/evaluation.md, "Merging").
+        self.merge = "weighted"
         G = GEOMETRY_CHANNELS if geometry else 0
         self.encoder = SlimNet(arch)
         C = 64
