@@ -9,7 +9,8 @@ held-out test recordings, pooled, for each method under each condition:
   conditions  clean; pose noise 0.2 m / 0.2 deg and 0.4 m / 0.4 deg on the other agents; the other
               agents 100 ms late; the V2XSet "noisy" setting (0.2 m / 0.2 deg and 100 ms).
 With --deep, the methods are the deep-fusion model's (Models/slimsplit-deep.safetensors): late fusion of
-its agents' own detections (the fair baseline: the same single-agent detector), and its messages at
+its agents' own detections (the fair baseline: the same single-agent detector), merged as the model
+file says (weighted means) and by NMS alone (the literature's late fusion), and its messages at
 8 bit every cell, 4 bit tau 0.1, 2 bit tau 0.2, and codebook indices (3 x 7 bits a cell) at tau 0.2.
 Writes the JSON of every run, a markdown table and a plot (AP@0.5 per condition and method).
 
@@ -39,7 +40,8 @@ METHODS = [
 ]
 DEEP = "Models/slimsplit-deep.safetensors"
 DEEP_METHODS = [
-    ("late fusion (own boxes)", ["--model", DEEP, "--method", "late"]),
+    ("late fusion (own boxes, weighted merge)", ["--model", DEEP, "--method", "late"]),
+    ("late fusion (own boxes, NMS)", ["--model", DEEP, "--method", "late", "--merge", "nms"]),
     ("deep, 8 bit, every cell", ["--model", DEEP, "--bits", "8"]),
     ("deep, 4 bit, tau 0.1", ["--model", DEEP, "--bits", "4", "--threshold", "0.1"]),
     ("deep, 2 bit, tau 0.2", ["--model", DEEP, "--bits", "2", "--threshold", "0.2"]),
@@ -114,7 +116,8 @@ def main() -> None:
             r = runs[-1]
             print(f"{method:38s} {cond:34s} {r['bytes_per_agent_frame']:>7,} B  AP@.3/.5/.7 "
                   f"{r['ap']['0.3']:.1f} {r['ap']['0.5']:.1f} {r['ap']['0.7']:.1f}  ({time.time() - t0:.0f} s)", flush=True)
-    single = next(r["alone_ap"] for r in runs if r["method"] == METHODS[1][0] and r["condition"] == "clean")
+    # the single agent: the clean run of the first map method (its agents' own heads, alone)
+    single = next(r["alone_ap"] for r in runs if not r["method"].startswith("late") and r["condition"] == "clean")
     doc = {"recordings": recs, "runs": runs, "single_agent_ap": single, "wall_s": round(time.time() - t0),
            "deep": a.deep}
     (a.out / "conditions.json").write_text(json.dumps(doc, indent=1))

@@ -154,7 +154,7 @@ def main() -> None:
     record("single agent", "clean", [dets[int(ds.frames[fi]["samples"][e])] for fi, e in items], 0)
 
     configs = []
-    for c in a.configs.split(","):
+    for c in filter(None, a.configs.split(",")):
         b, t = c.split(":")
         configs.append((None if b == "none" else b if b == "vq" else int(b), None if t == "none" else float(t)))
     books = None
@@ -250,6 +250,9 @@ def main() -> None:
     peers = {}  # (bits, tau) -> every sample's boxes read from its message
     for cond in a.conditions.split(","):
         record("late fusion (own boxes)", cond, *late_fusion(cond, dets, model.merge))
+        if model.merge != "nms":
+            # the literature's late fusion (OpenCOOD, V2X-ViT): NMS alone
+            record("late fusion (own boxes, NMS)", cond, *late_fusion(cond, dets, "nms"))
         if shipped_dets:
             # the shipped model's file has no decode.merge: NMS, as the live server runs it
             record("late fusion (shipped model's boxes)", cond, *late_fusion(cond, shipped_dets, "nms"))

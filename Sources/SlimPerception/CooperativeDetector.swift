@@ -35,6 +35,8 @@ public final class CooperativeDetector: @unchecked Sendable {
     public private(set) var lastStageSeconds: (warpFuse: Double, head: Double, nms: Double) = (0, 0, 0)
     public var topK = 60
     public var nmsIoU: Float = 0.1
+    /// How late fusion merges boxes with this detector's (the map model's files: NMS).
+    public var merge: BoxMerge = .nms
 
     let score: FloatConv2d
     let rotate: PoseConditionedConv?

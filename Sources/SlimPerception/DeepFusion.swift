@@ -343,7 +343,8 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
     public var halfExtent: Float { spec.halfExtent }
     public var cell: Float { spec.cell }
     public var nmsIoU: Float { spec.nmsIoU }
-    public var merge: BoxMerge { spec.merge }
+    /// How boxes are merged: the file's `decode.merge` unless set.
+    public var merge: BoxMerge
     /// Channels of an agent's input: K message channels and the sent flag.
     public var inputChannels: Int { spec.messageChannels + 1 }
     public private(set) var lastStageSeconds: (warpFuse: Double, head: Double, nms: Double) = (0, 0, 0)
@@ -383,6 +384,7 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
 
     init(_ st: Safetensors, spec: DeepArchitecture, maxAgents: Int, pass shared: DeepPass?) throws(ModelFileError) {
         self.spec = spec
+        merge = spec.merge
         pass = shared ?? DeepPass(spec: spec, maxAgents: maxAgents)
         let (k, bb, g) = (spec.messageChannels, spec.backboneChannels, DeepArchitecture.geometryChannels)
         let (h, w) = (spec.height, spec.width)
@@ -478,7 +480,7 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
                 d[5] = o[3].storage[2 * cell]
                 d[6] = o[3].storage[2 * cell + 1]
             }
-            if spec.merge == .weighted {
+            if merge == .weighted {
                 // The agent's own boxes as read from its message, for merging: sent cells only.
                 for cell in 0..<(height * width) where a.sent[cell] == 0 { o[0].storage[cell] = -30 }
                 a.boxes = spec.decoder.boxes(o)
@@ -639,7 +641,7 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
         let t2 = now()
         defer { lastStageSeconds.nms = now() - t2 }
         let fused = spec.decoder.boxes(o)
-        guard spec.merge == .weighted else { return fused }
+        guard merge == .weighted else { return fused }
         // With the boxes each current agent's message carries, in the ego's frame (late agents'
         // boxes are where their objects were: the fused head has already weighed them).
         var all = fused
@@ -756,7 +758,7 @@ public protocol FusionDetector: AnyObject, Sendable {
     var cell: Float { get }
     var nmsIoU: Float { get }
     /// How boxes from several sources become one list (late fusion; a deep model's fused head).
-    var merge: BoxMerge { get }
+    var merge: BoxMerge { get set }
     /// Channels of an agent's input tensor.
     var inputChannels: Int { get }
     var lastStageSeconds: (warpFuse: Double, head: Double, nms: Double) { get }
@@ -776,7 +778,6 @@ extension FusionDetector {
 
 extension CooperativeDetector: FusionDetector {
     public var inputChannels: Int { channels }
-    public var merge: BoxMerge { .nms }
     public func beginPass(_ inputs: [(FloatTensor, UInt64?)]) {}
     public func preparePass(worker: Int, workers: Int) {}
 }

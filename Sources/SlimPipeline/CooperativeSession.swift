@@ -50,6 +50,8 @@ public final class CooperativeSession: @unchecked Sendable {
         /// one frame period of the recording (their previous frame is fused, with its pose).
         public var poseNoise: (metres: Float, degrees: Float)?
         public var othersLatencyMs: Double = 0
+        /// How the server merges boxes (nil: as the model file says).
+        public var merge: BoxMerge?
         /// Each agent's single-agent AP (`AgentReport.singleAP`). With a map model that is a whole
         /// server pass per agent-frame, run in the agents' loop: a benchmark of the pipeline's own
         /// latency and capacity turns it off (a deep-fusion agent's own head costs nothing more).
@@ -136,6 +138,7 @@ public final class CooperativeSession: @unchecked Sendable {
         fopts.fusion = config.fusion
         fopts.int8Backbone = !config.floatServer
         fopts.poseNoise = config.poseNoise
+        fopts.merge = config.merge
         if config.othersLatencyMs != 0 {
             let periodMs = frames.count > 1 ? Double(frames[1].timeNs - frames[0].timeNs) / 1e6 : 0
             guard abs(config.othersLatencyMs - periodMs) <= 1 else {

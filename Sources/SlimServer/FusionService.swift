@@ -38,6 +38,9 @@ public final class FusionService: @unchecked Sendable {
         /// Evaluation only (`slimsplit eval --latency-ms`): each agent's fusion takes the other
         /// agents' previous message (one frame old, with its pose), as if they arrived that late.
         public var othersOneFrameLate = false
+        /// How boxes are merged (late fusion; a deep model's fused boxes); nil: as the model file
+        /// says (`decode.merge`).
+        public var merge: BoxMerge?
         public init() {}
     }
 
@@ -205,6 +208,7 @@ public final class FusionService: @unchecked Sendable {
         let threads = options.threads > 0 ? options.threads : ProcessInfo.processInfo.activeProcessorCount
         detectors = try makeFusionDetectors(st, count: threads)
         for case let d as CooperativeDetector in detectors { d.useInt8 = options.int8Backbone && d.hasInt8 }
+        if let m = options.merge { for d in detectors { d.merge = m } }
         quantization = try FeatureQuantization.all(in: st)
         codebooks = try FeatureCodebook.all(in: st)
         let d = detectors[0]

@@ -68,11 +68,16 @@ struct LateFusionTests {
         }
     }
 
-    @Test("every agent on the boxes rung: each gets the NMS of everyone's boxes in its frame")
-    func allBoxes() async throws {
-        let session = try await Self.session(frames: 5) { $0.lateFusion = true }
+    @Test(
+        "every agent on the boxes rung: each gets everyone's boxes in its frame, merged by NMS or weighted means",
+        arguments: [BoxMerge.nms, .weighted])
+    func allBoxes(merge: BoxMerge) async throws {
+        let session = try await Self.session(frames: 5) {
+            $0.lateFusion = true
+            $0.merge = merge
+        }
         let expected = try Self.offline(frames: 5)
-        var compared = 0
+        var compared = 0, averaged = 0
         for (fi, per) in expected.enumerated() {
             for ego in Self.agents {
                 let e = per[ego]!
@@ -82,12 +87,16 @@ struct LateFusionTests {
                     merged += o.boxes.map { $0.moved(from: o.position, o.yaw, to: e.position, e.yaw) }
                         .filter { abs($0.x) <= 32 && abs($0.y) <= 32 }
                 }
-                Self.expectSame(
-                    session.reports[ego]!.detections[fi], RotatedIoU.nms(merged, threshold: 0.1), "\(ego) frame \(fi)")
+                let nms = RotatedIoU.nms(merged, threshold: 0.1)
+                let want = merge.merge(merged, nmsIoU: 0.1)
+                Self.expectSame(session.reports[ego]!.detections[fi], want, "\(ego) frame \(fi)")
                 compared += 1
+                averaged += zip(want, nms).filter { $0 != $1 }.count
             }
         }
         #expect(compared == 10)
+        // weighted means moved some boxes: the two rules were both exercised, not one twice
+        #expect(merge == .nms || averaged > 0, "no box of 10 ego-frames was a mean of several views")
         let sent = expected.flatMap { $0.values.map(\.boxes.count) }.reduce(0, +)
         #expect(sent >= 10, "the agents' own detectors found \(sent) boxes in 5 frames")
         for a in Self.agents {
