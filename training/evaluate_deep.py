@@ -35,7 +35,7 @@ sys.path.insert(0, str(HERE))
 
 from evaluate import APAccum, keep_scored, lz4_size, pack_bits  # noqa: E402
 from slimsplit_train.coop import (MERGE_RULES, PEAK_RULES, FrameSet, boxes_to_frame, decode, in_grid,  # noqa: E402
-                                  merge_boxes, rot, rotated_iou, rotated_nms, theta_ego_from, wrap)
+                                  merge_boxes, moved, rotated_iou, rotated_nms, theta_ego_from)
 from slimsplit_train.deep import load_weights  # noqa: E402
 
 IOUS = (0.3, 0.5, 0.7)
@@ -201,14 +201,6 @@ def main() -> None:
                     shipped_dets[s] = d
         record("single agent (shipped model)", "clean",
                [shipped_dets[int(ds.frames[fi]["samples"][e])] for fi, e in items], 0)
-
-    def moved(b, p, pose0):
-        """Boxes of an agent at pose p, in the frame of pose0."""
-        b = b.copy()
-        wxy = b[:, :2] @ rot(p[2]).T + p[:2]
-        b[:, :2] = (wxy - pose0[:2]) @ rot(pose0[2])
-        b[:, 4] = wrap(b[:, 4] + p[2] - pose0[2])
-        return b
 
     def late_fusion(cond, own, merge):
         """Every agent's own detections moved into the ego's frame by the condition's poses, rotated

@@ -30,7 +30,8 @@ The file (docs/model-format.md, "Deep-fusion model files") holds
 
 The fixture: two agents of a test frame (their float encoder maps and poses) with what PyTorch computes
 from them: each agent's message before quantization, its cells sent at tau = 0.2, its own head's
-outputs, and ego 0's fused head outputs from the other's float message at those cells; and, for the
+outputs, and ego 0's fused head outputs from the other's float message at those cells and its boxes (decoded and
+merged as the file says); and, for the
 maps quantized as the int8 encoder's output, the int8 backbone's and the own head's shared layer's
 output codes (numpy QLinearConv reference), the own head's outputs from those and its cells sent.
 """
@@ -49,7 +50,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from slimsplit_train.arch import FORMAT, FORMAT_VERSION, arch_json, validate_arch  # noqa: E402
-from slimsplit_train.coop import GRID, MERGE_RULES, PEAK_RULES, FrameSet, encoder_forward, theta_ego_from  # noqa: E402
+from slimsplit_train.coop import (GRID, MERGE_RULES, PEAK_RULES, FrameSet, decode, encoder_forward,  # noqa: E402
+                                  merge_boxes, moved, theta_ego_from)
 from slimsplit_train.deep import GEOMETRY_CHANNELS, DeepModel, load_weights  # noqa: E402
 from slimsplit_train.model_io import check_tensors, float_tensors  # noqa: E402
 from slimsplit_train.quantize import (qlinearconv_ref, qparams_from_range, quantize_net,  # noqa: E402
@@ -211,6 +213,16 @@ def fixture(m: DeepModel, ds: FrameSet, path: Path, tensors: dict[str, np.ndarra
         t[f"local.{n}"] = np32(local[n])
         t[f"local_q.{n}"] = np32(local_q[n])
         t[f"fused.{n}"] = np32(fused[n])
+    # Ego 0's boxes as the server gives them: the fused head decoded and merged as the file says
+    # (with both agents' boxes read from their messages), rows (x, y, l, w, yaw, score).
+    b, s = decode(fused, peaks=m.peaks)[0]
+    if m.merge == "weighted":
+        p = m.peer_boxes(c, sent)
+        p["heatmap"] = p["heatmap"].masked_fill(sent < 0.5, -30.0)
+        peer = decode(p, peaks=m.peaks)
+        cand = [b] + [moved(pb, poses[j], poses[0]) for j, (pb, _) in enumerate(peer)]
+        b, s = merge_boxes(b, s, np.concatenate(cand), np.concatenate([s] + [ps for _, ps in peer]))
+    t["fused.boxes"] = np.concatenate([b, s[:, None]], 1).astype(np.float32).reshape(-1, 6)
     save_file(t, str(path), metadata={"tau": str(FIXTURE_TAU), "frame": f"{fr['rec']}:{fr['frame']}"})
     print(f"wrote {path} ({path.stat().st_size} bytes); sent cells {int(sent.sum())} of {sent.numel()}")
 

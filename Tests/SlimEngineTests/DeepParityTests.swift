@@ -103,6 +103,19 @@ enum DeepParity {
         }
         // The same pass again (agents prepared once) gives the same outputs.
         #expect(server.forward(ego: 0, agents: inputs)[0].nchw() == first)
-        #expect(!server.detect(ego: 0, agents: inputs).isEmpty, "the fused head finds no box")
+        // Its boxes, decoded and merged as the file says (decode.merge: with both agents' boxes
+        // read from their messages), as PyTorch and coop.merge_boxes give them.
+        let boxes = server.detect(ego: 0, agents: inputs)
+        let want = try io.floats("fused.boxes")
+        try #require(want.count >= 6 * 3, "the fixture's fused head finds \(want.count / 6) boxes")
+        #expect(boxes.count == want.count / 6, "\(boxes.count) boxes against \(want.count / 6)")
+        for (k, b) in boxes.prefix(want.count / 6).enumerated() {
+            let w = want[(6 * k)..<(6 * k + 6)].map { $0 }
+            let dyaw = abs(remainder(b.yaw - w[4], .pi))
+            #expect(
+                abs(b.x - w[0]) < 0.02 && abs(b.y - w[1]) < 0.02 && abs(b.length - w[2]) < 0.02
+                    && abs(b.width - w[3]) < 0.02 && dyaw < 2e-3 && abs(b.score - w[5]) < 2e-3,
+                "box \(k): \(b) against \(w)")
+        }
     }
 }

@@ -200,6 +200,15 @@ MERGE_MAX_AGE_S = 0.05
 """The fused head's boxes are merged only with boxes captured at most this long before the ego's."""
 
 
+def moved(boxes: np.ndarray, pose: np.ndarray, pose0: np.ndarray) -> np.ndarray:
+    """Boxes (x, y, l, w, yaw) of the frame at ``pose`` (x, y, yaw in the world), in the frame at ``pose0``."""
+    b = boxes.copy()
+    wxy = b[:, :2] @ rot(pose[2]).T + pose[:2]
+    b[:, :2] = (wxy - pose0[:2]) @ rot(pose0[2])
+    b[:, 4] = wrap(b[:, 4] + pose[2] - pose0[2])
+    return b
+
+
 def merge_boxes(kept: np.ndarray, kept_scores: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
                 iou: float = MERGE_IOU, nms_iou: float = 0.1):
     """Weighted box merging (``decode.merge: weighted``): every kept box (an NMS survivor) becomes
