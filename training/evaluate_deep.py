@@ -279,9 +279,7 @@ def main() -> None:
                         for k in range(0, len(need), 64):
                             idx = need[k:k + 64]
                             ms, sn = zip(*(message(q, bits, tau) for q in idx))
-                            pb = model.peer_boxes(torch.stack(ms), torch.stack(sn))
-                            pb["heatmap"] = pb["heatmap"].masked_fill(torch.stack(sn) < 0.5, -30.0)
-                            peer.update(zip(idx, decode(pb, peaks=model.peaks)))
+                            peer.update(zip(idx, model.read_boxes(torch.stack(ms), torch.stack(sn))))
                 res = fused_merge(cond, res, peers[(bits, tau)])
             record(name, cond, res, int(round(np.mean(nb))))
     Path(a.json).write_text(json.dumps({"ckpt": a.ckpt, "frames": len(frames), "ego_frames": len(items),

@@ -217,9 +217,7 @@ def fixture(m: DeepModel, ds: FrameSet, path: Path, tensors: dict[str, np.ndarra
     # (with both agents' boxes read from their messages), rows (x, y, l, w, yaw, score).
     b, s = decode(fused, peaks=m.peaks)[0]
     if m.merge == "weighted":
-        p = m.peer_boxes(c, sent)
-        p["heatmap"] = p["heatmap"].masked_fill(sent < 0.5, -30.0)
-        peer = decode(p, peaks=m.peaks)
+        peer = m.read_boxes(c, sent)
         cand = [b] + [moved(pb, poses[j], poses[0]) for j, (pb, _) in enumerate(peer)]
         b, s = merge_boxes(b, s, np.concatenate(cand), np.concatenate([s] + [ps for _, ps in peer]))
     t["fused.boxes"] = np.concatenate([b, s[:, None]], 1).astype(np.float32).reshape(-1, 6)

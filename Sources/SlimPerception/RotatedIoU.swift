@@ -75,7 +75,7 @@ public enum RotatedIoU {
 
 /// How a detector's boxes from several sources become one list (a model file's `decode.merge`;
 /// training/slimsplit_train/coop.py `merge_boxes` is the reference).
-public enum BoxMerge: String, Sendable {
+public enum BoxMerge: String, Sendable, CaseIterable {
     /// Greedy NMS: of the boxes of one object, the highest-scoring one's geometry survives.
     case nms
     /// NMS, then every kept box becomes the score-weighted mean of the boxes overlapping it by at

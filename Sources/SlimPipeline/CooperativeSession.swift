@@ -101,6 +101,8 @@ public final class CooperativeSession: @unchecked Sendable {
     public private(set) var fusionThreads = 0
     /// The CPUs the server's fusion threads were pinned to (empty: not pinned).
     public private(set) var fusionCPUs: [Int] = []
+    /// How the server merged boxes (``Config/merge`` resolved).
+    public private(set) var merge: BoxMerge = .nms
     public private(set) var rejected = 0
 
     public init(_ config: Config) { self.config = config }
@@ -342,6 +344,7 @@ public final class CooperativeSession: @unchecked Sendable {
         for (name, p50, p99) in fusion.metrics.stages { stageMs[name] = (p50 * 1e3, p99 * 1e3) }
         fusionThreads = fusion.threads
         fusionCPUs = fusionServer.fusionCPUs
+        merge = fusion.merge
         rejected = server.rejections.values.reduce(0, +)
         for f in feature.values { f.endpoint.close() }
         fusionServer.shutdown()

@@ -109,6 +109,8 @@ public final class FusionService: @unchecked Sendable {
     let detectors: [any FusionDetector]  // one per worker thread
     /// Threads a tick fuses on (``Options/threads``).
     public var threads: Int { detectors.count }
+    /// How the detectors merge boxes (``Options/merge``, else the model file's).
+    public var merge: BoxMerge { detectors[0].merge }
     private var detector: any FusionDetector { detectors[0] }
     private let quantization: [QuantKey: FeatureQuantization]
     /// Residual codebooks per width index (codebook frames, quant_mode 2).

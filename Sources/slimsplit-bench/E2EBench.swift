@@ -51,17 +51,13 @@ struct E2EBench: AsyncParsableCommand {
     @Option(
         help: ArgumentHelp(
             "How the server merges boxes (default: the model file's decode.merge).", valueName: "nms|weighted"))
-    var merge: String?
+    var merge: BoxMerge?
 
     @Flag(help: "Print JSON only.")
     var json = false
 
     func run() async throws {
         let path = try KernelPath.configure(kernels)
-        let boxMerge = try merge.map { m in
-            guard let r = BoxMerge(rawValue: m) else { throw ValidationError("--merge must be nms or weighted") }
-            return r
-        }
         var scene = try SceneConfig.load(file: "Configs/scenes/sample.yaml")
         scene.agents = max(1, agents - 1)
         scene.roadsideUnit = agents > 1
@@ -80,7 +76,7 @@ struct E2EBench: AsyncParsableCommand {
         config.threshold = threshold
         config.realTime = true
         config.fusionThreads = fusionThreads
-        config.merge = boxMerge
+        config.merge = merge
         config.singleAgentBaseline = false  // an evaluation's work, not the pipeline's
         config.concurrentAgents = true  // independent agents capture at once
         let session = CooperativeSession(config)
@@ -114,7 +110,7 @@ struct E2EBench: AsyncParsableCommand {
             "server_stage_ms": session.stageMs.mapValues { ["p50": $0.p50, "p99": $0.p99] },
             "bytes_per_frame": session.reports.values.map { $0.frames > 0 ? $0.bytes / $0.frames : 0 }.reduce(0, +)
                 / max(session.reports.count, 1),
-            "kernels": path.name, "fusion_threads": session.fusionThreads, "merge": merge ?? "model file",
+            "kernels": path.name, "fusion_threads": session.fusionThreads, "merge": session.merge.rawValue,
             "fusion_cpus": session.fusionCPUs, "cpu": cpuDescription(),
         ]
         print(
@@ -123,3 +119,6 @@ struct E2EBench: AsyncParsableCommand {
                 as: UTF8.self))
     }
 }
+
+/// `--merge nms|weighted`.
+extension BoxMerge: ExpressibleByArgument {}

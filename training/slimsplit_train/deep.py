@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .arch import SlimNet
-from .coop import ROT_TERMS, FeatureQuant, encoder_forward, frame_slots, rot_terms
+from .coop import ROT_TERMS, FeatureQuant, decode, encoder_forward, frame_slots, rot_terms
 
 
 GEOMETRY_CHANNELS = 7
@@ -147,6 +147,14 @@ class DeepModel(nn.Module):
     def peer_boxes(self, m: torch.Tensor, sent: torch.Tensor) -> dict[str, torch.Tensor]:
         """The server's reading of each agent's own head outputs from its message, in its own grid."""
         return self.peer_head(self.decompress(m) * sent)
+
+    @torch.no_grad()
+    def read_boxes(self, m: torch.Tensor, sent: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each agent's boxes as the server reads them from its message (peer head, sent cells
+        only), decoded as the file says: what ``decode.merge: weighted`` merges the fused boxes with."""
+        p = self.peer_boxes(m, sent)
+        p["heatmap"] = p["heatmap"].masked_fill(sent < 0.5, -30.0)
+        return decode(p, peaks=self.peaks)
 
     @staticmethod
     def boxes_in_ego(p: dict[str, torch.Tensor], theta: torch.Tensor) -> torch.Tensor:

@@ -84,7 +84,7 @@ struct EvalCommand: AsyncParsableCommand {
         help: ArgumentHelp(
             "How the server merges boxes: nms (one view's box per object) or weighted (a score-weighted mean of the views); default: the model file's decode.merge.",
             valueName: "nms|weighted"))
-    var merge: String?
+    var merge: BoxMerge?
 
     @Flag(help: "Print JSON.")
     var json = false
@@ -129,10 +129,7 @@ struct EvalCommand: AsyncParsableCommand {
             }
         }
         config.othersLatencyMs = latencyMs
-        if let merge {
-            guard let m = BoxMerge(rawValue: merge) else { throw ValidationError("--merge must be nms or weighted") }
-            config.merge = m
-        }
+        config.merge = merge
         if let poseNoise {
             let parts = poseNoise.split(separator: ",").map { Float($0.trimmingCharacters(in: .whitespaces)) }
             guard parts.count == 2, let m = parts[0], let d = parts[1], m >= 0, d >= 0, m.isFinite, d.isFinite else {
@@ -158,8 +155,7 @@ struct EvalCommand: AsyncParsableCommand {
         }
         var doc = evalReport(sessions)
         doc["method"] = method == "intermediate" && config.lateFusion ? "late" : method
-        let fileMerge = (try? DeepArchitecture(Safetensors(contentsOf: model)))??.merge ?? .nms
-        doc["merge"] = (config.merge ?? fileMerge).rawValue
+        doc["merge"] = sessions[0].merge.rawValue
         if let chosen { doc["budget"] = ["bytes": budgetBytes!, "chosen": chosen] }
         if method == "single" {
             // Nothing shared: the agents' own detections, scored in the same run.
@@ -283,3 +279,6 @@ func evalTable(_ sessions: [CooperativeSession]) -> TextTable {
     }
     return t
 }
+
+/// `--merge nms|weighted`.
+extension BoxMerge: ExpressibleByArgument {}
