@@ -68,6 +68,33 @@ public struct SceneBox: Sendable, Equatable {
 
     public var trackID: Int? { if case .vehicle(_, let t) = kind { t } else { nil } }
     public var classID: Int? { if case .vehicle(let c, _) = kind { c } else { nil } }
+
+    /// The unit vector along the box's length.
+    var heading: SIMD2<Double> { SIMD2(cos(yaw), sin(yaw)) }
+
+    /// Whether the two boxes' footprints overlap when each is grown by `margin` on every side
+    /// (separating axes of two oriented rectangles).
+    func overlaps(_ o: SceneBox, margin: Double = 0) -> Bool {
+        let a = (heading, SIMD2(-heading.y, heading.x))
+        let b = (o.heading, SIMD2(-o.heading.y, o.heading.x))
+        let ha = SIMD2(size.x, size.y) / 2 + margin
+        let hb = SIMD2(o.size.x, o.size.y) / 2 + margin
+        let d = o.center - center
+        for axis in [a.0, a.1, b.0, b.1] {
+            let ra = ha.x * abs((a.0 * axis).sum()) + ha.y * abs((a.1 * axis).sum())
+            let rb = hb.x * abs((b.0 * axis).sum()) + hb.y * abs((b.1 * axis).sum())
+            if abs((d * axis).sum()) > ra + rb { return false }
+        }
+        return true
+    }
+
+    /// The box grown forward (along its heading) by `gap`: the road it is about to drive on.
+    func reaching(_ gap: Double) -> SceneBox {
+        SceneBox(center: center + gap / 2 * heading, size: size + SIMD3(gap, 0, 0), yaw: yaw, kind: kind)
+    }
+
+    /// Whether the centre of `o` lies ahead of this box (along its heading).
+    func hasInFront(_ o: SceneBox) -> Bool { ((o.center - center) * heading).sum() > 0 }
 }
 
 /// A lane-following path: a polyline with arc-length parametrization.
@@ -219,10 +246,13 @@ struct World {
             if config.kind == .intersection, abs(t) < W + 6 { t += t < 0 ? -(W + 6) : (W + 6) }
             let offset = side * (W + 1.3)
             let c = alongX ? SIMD2(t, offset) : SIMD2(offset, t)
-            staticBoxes.append(
-                SceneBox(
-                    center: c, size: SIMD3(4.5, 1.85, 1.5), yaw: alongX ? 0 : .pi / 2,
-                    kind: .vehicle(classID: 0, trackID: 1000 + k)))
+            let car = SceneBox(
+                center: c, size: SIMD3(4.5, 1.85, 1.5), yaw: alongX ? 0 : .pi / 2,
+                kind: .vehicle(classID: 0, trackID: 1000 + k))
+            // Two parked cars never share a space: a car that would is left out (after its draw,
+            // so the rest of the scene is the same).
+            guard !staticBoxes.contains(where: { $0.trackID != nil && car.overlaps($0, margin: 0.5) }) else { continue }
+            staticBoxes.append(car)
         }
     }
 
@@ -253,13 +283,72 @@ struct World {
                 s = centre - speed * config.duration / 2 + Double(i) * 6
                 cls = vehicleClasses[0]
             }
-            vehicles.append(Vehicle(path: p, s: s, speed: speed, size: cls.size, classID: cls.id, trackID: i + 1))
+            var v = Vehicle(path: p, s: s, speed: speed, size: cls.size, classID: cls.id, trackID: i + 1)
+            // No two vehicles start in one space (paths share lanes before the intersection and
+            // cross in it): one that would overlap a vehicle placed before it starts further back
+            // on its path. Connected vehicles come first and always find a space; other traffic
+            // is left out if 40 m back is not enough (after its draws: the rest of the scene is
+            // the same).
+            let placed = vehicles.map(box(of:))
+            func free(_ v: Vehicle) -> Bool { !placed.contains { box(of: v).overlaps($0, margin: World.startGap) } }
+            var back = 0
+            while !free(v), i < config.agents || back < 40 {
+                v.s -= 1
+                back += 1
+            }
+            guard free(v) else { continue }
+            vehicles.append(v)
         }
     }
 
+    /// The gap kept to the vehicle ahead (m, bumper to bumper), and between vehicles at the start.
+    static let followGap = 2.0
+    static let startGap = 1.0
+
+    /// Advances every vehicle along its path by up to `speed * dt`, as far as it can without
+    /// coming within `followGap` of a vehicle in front of it or touching any vehicle: traffic
+    /// queues behind a slower or stopped vehicle and waits for crossing traffic in the intersection
+    /// instead of driving through it. Vehicles move one after another, each against the others'
+    /// latest boxes, so no two boxes ever overlap (the ground truth is a scene that could exist).
+    /// Where two vehicles each have the other in front of them (crossing paths), the one that
+    /// came first in the scene goes first. Deterministic.
     mutating func step(_ dt: Double) {
         time += dt
-        for i in vehicles.indices { vehicles[i].s += vehicles[i].speed * dt }
+        var boxes = vehicles.map(box(of:))
+        for i in vehicles.indices {
+            let d = vehicles[i].speed * dt
+            var advance = d
+            if !clear(i, advance: d, boxes) {
+                // The largest advance that is clear, to 1/64 of a step.
+                var lo = 0.0
+                var hi = d
+                for _ in 0..<6 {
+                    let m = (lo + hi) / 2
+                    if clear(i, advance: m, boxes) { lo = m } else { hi = m }
+                }
+                advance = lo
+            }
+            vehicles[i].s += advance
+            boxes[i] = box(of: vehicles[i])
+        }
+    }
+
+    /// Whether vehicle `i`, advanced by `d`, touches no other vehicle (0.25 m apart at least) and
+    /// keeps `followGap` to every vehicle in front of it.
+    private func clear(_ i: Int, advance d: Double, _ boxes: [SceneBox]) -> Bool {
+        var v = vehicles[i]
+        v.s += d
+        let b = box(of: v)
+        let reach = b.reaching(World.followGap)
+        for j in boxes.indices where j != i {
+            let o = boxes[j]
+            if b.overlaps(o, margin: 0.125) { return false }
+            guard b.hasInFront(o), reach.overlaps(o) else { continue }
+            // Each in front of the other (crossing): the vehicle that came first in the scene goes.
+            if i < j, o.hasInFront(b), o.reaching(World.followGap).overlaps(b) { continue }
+            return false
+        }
+        return true
     }
 
     func box(of v: Vehicle) -> SceneBox {
