@@ -34,8 +34,8 @@ private func intersect(_ a: SceneBox, _ b: SceneBox) -> Bool {
 
 @Suite("Simulator traffic")
 struct TrafficTests {
-    /// The busiest held-out scene of the training set: three cars and a roadside unit, 28 vehicles
-    /// on 12 lane paths that share lanes and cross in the intersection.
+    /// The busiest held-out test scene: 30 vehicles (three of them connected) and a roadside unit,
+    /// on 16 lane paths that share lanes before the intersection and cross in it.
     func busy() throws -> SceneConfig {
         try SceneConfig.load(file: repo.appendingPathComponent("training/scenes/test-int-busy.yaml").path)
     }

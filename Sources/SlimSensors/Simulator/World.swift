@@ -289,8 +289,10 @@ struct World {
             // on its path. Connected vehicles come first and always find a space; other traffic
             // is left out if 40 m back is not enough (after its draws: the rest of the scene is
             // the same).
-            let placed = vehicles.map(box(of:))
-            func free(_ v: Vehicle) -> Bool { !placed.contains { box(of: v).overlaps($0, margin: World.startGap) } }
+            func free(_ v: Vehicle) -> Bool {
+                let b = box(of: v)
+                return !vehicles.contains { box(of: $0).overlaps(b, margin: World.startGap) }
+            }
             var back = 0
             while !free(v), i < config.agents || back < 40 {
                 v.s -= 1
