@@ -146,6 +146,22 @@ struct RecordingFailureTests {
 
 @Suite("Simulator, recordings, featurizer, dataset export")
 struct SimulatorTests {
+    /// The demo, the eval fixture and the end-to-end tests read the committed sample; when the
+    /// simulator changes, the sample must be remade with it (Configs/scenes/sample.yaml says how).
+    @Test("the committed sample is what `record --scene Configs/scenes/sample.yaml --seed 2` writes")
+    func sampleIsCurrent() throws {
+        var sim = Simulator(config: try sampleScene(duration: 3), seed: 2)
+        let path = NSTemporaryDirectory() + "slimsplit-sample-\(getpid()).mcap"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let w = try RecordingWriter(path: path)
+        for _ in 0..<sim.frameCount { try w.write(sim.next()) }
+        try w.finish()
+        let made = try Data(contentsOf: URL(fileURLWithPath: path))
+        let committed = try Data(contentsOf: repo.appendingPathComponent("Tests/Fixtures/sample.mcap"))
+        #expect(made.count == committed.count && made == committed,
+                "Tests/Fixtures/sample.mcap (\(committed.count) B) differs from a fresh recording (\(made.count) B): remake it")
+    }
+
     @Test("a recording reads back: every topic, points, poses, ground truth")
     func recordingRoundTrip() throws {
         var sim = Simulator(config: try sampleScene(), seed: 3)
