@@ -66,9 +66,7 @@ struct E2EBench: AsyncParsableCommand {
         let file = NSTemporaryDirectory() + "slimsplit-e2e-\(getpid()).mcap"
         defer { try? FileManager.default.removeItem(atPath: file) }
         var sim = Simulator(config: scene, seed: 21)
-        let w = try RecordingWriter(path: file)
-        for _ in 0..<sim.frameCount { try w.write(sim.next()) }
-        try w.finish()
+        try RecordingWriter.record(&sim, to: file)
         var logger = Logger(label: "bench")
         logger.logLevel = .error
         var config = CooperativeSession.Config(recording: file, model: model)

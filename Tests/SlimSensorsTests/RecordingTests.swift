@@ -153,9 +153,7 @@ struct SimulatorTests {
         var sim = Simulator(config: try sampleScene(duration: 3), seed: 2)
         let path = NSTemporaryDirectory() + "slimsplit-sample-\(getpid()).mcap"
         defer { try? FileManager.default.removeItem(atPath: path) }
-        let w = try RecordingWriter(path: path)
-        for _ in 0..<sim.frameCount { try w.write(sim.next()) }
-        try w.finish()
+        try RecordingWriter.record(&sim, to: path)
         let made = try Data(contentsOf: URL(fileURLWithPath: path))
         let committed = try Data(contentsOf: repo.appendingPathComponent("Tests/Fixtures/sample.mcap"))
         #expect(made.count == committed.count && made == committed,

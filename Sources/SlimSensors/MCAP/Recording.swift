@@ -89,6 +89,38 @@ public final class RecordingWriter {
     public func finish() throws(MCAPError) { try writer.finish() }
 }
 
+/// What `RecordingWriter.record` wrote and how long the simulation alone took.
+public struct RecordingStats: Sendable {
+    public var frames: Int
+    public var points: Int
+    /// Time spent in `Simulator.next()` (ray casting and traffic), not in encoding or writing.
+    public var simulationNs: UInt64
+}
+
+extension RecordingWriter {
+    /// Simulates the `frameCount` frames of a fresh `sim` into a new recording at `path` and finishes the
+    /// file: what `slimsplit record` writes (deterministic for a scene and seed). `progress` is
+    /// called after each frame with the number of frames written.
+    @discardableResult
+    public static func record(
+        _ sim: inout Simulator, to path: String, compression: MCAPCompression = .lz4, progress: (Int) -> Void = { _ in }
+    ) throws(MCAPError) -> RecordingStats {
+        let writer = try RecordingWriter(path: path, compression: compression)
+        var stats = RecordingStats(frames: 0, points: 0, simulationNs: 0)
+        for i in 0..<sim.frameCount {
+            let t0 = SystemClock.monotonicNs()
+            let frame = sim.next()
+            stats.simulationNs += SystemClock.monotonicNs() - t0
+            stats.points += frame.agents.reduce(0) { $0 + $1.points.count }
+            try writer.write(frame)
+            stats.frames = i + 1
+            progress(i + 1)
+        }
+        try writer.finish()
+        return stats
+    }
+}
+
 /// What `slimsplit replay --inspect` prints: per topic, its type, count, rate and time span.
 public struct RecordingSummary: Sendable {
     public struct Topic: Sendable {

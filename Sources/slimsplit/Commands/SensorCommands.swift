@@ -43,20 +43,12 @@ struct RecordCommand: ParsableCommand {
         var config = try SceneConfig.load(file: scene)
         if let duration { config.duration = duration }
         var sim = Simulator(config: config, seed: seed)
-        let writer = try RecordingWriter(path: out, compression: MCAPCompression(rawValue: compression) ?? .lz4)
         var bar = ProgressBar("record \(config.name)", total: sim.frameCount)
-        var simNs: UInt64 = 0
-        var points = 0
         let start = SystemClock.monotonicNs()
-        for i in 0..<sim.frameCount {
-            let t0 = SystemClock.monotonicNs()
-            let frame = sim.next()
-            simNs += SystemClock.monotonicNs() - t0
-            points += frame.agents.reduce(0) { $0 + $1.points.count }
-            try writer.write(frame)
-            bar.update(i + 1)
-        }
-        try writer.finish()
+        let stats = try RecordingWriter.record(
+            &sim, to: out, compression: MCAPCompression(rawValue: compression) ?? .lz4) { bar.update($0) }
+        let points = stats.points
+        let simNs = stats.simulationNs
         let wall = Double(SystemClock.monotonicNs() - start) / 1e9
         let simulated = Double(sim.frameCount) / config.rate
         let size = (try? FileManager.default.attributesOfItem(atPath: out)[.size] as? Int) ?? 0
