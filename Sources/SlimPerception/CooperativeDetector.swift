@@ -20,11 +20,19 @@ public final class CooperativeDetector: @unchecked Sendable {
         public var yaw: Float
         /// Seconds by which this agent's data was captured before the ego's (0: as current).
         public var age: Float
-        public init(features: FloatTensor, position: SIMD2<Float>, yaw: Float, age: Float = 0) {
+        /// The agent's objects (every box the server reads from its map) and how far each moves
+        /// between its capture and the ego's (zero: static or unknown; backwards for a message
+        /// newer than the ego's); nil: not estimated. Deep fusion moves the cells and boxes of the
+        /// moving ones there and merges the boxes as current ones; map fusion ignores it.
+        public var motion: [BoxMotion]?
+        public init(
+            features: FloatTensor, position: SIMD2<Float>, yaw: Float, age: Float = 0, motion: [BoxMotion]? = nil
+        ) {
             self.features = features
             self.position = position
             self.yaw = yaw
             self.age = age
+            self.motion = motion
         }
     }
 

@@ -368,6 +368,9 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
     var slots: [DeepPass.Agent] = []
     /// Per agent of an ego's fusion: rotated map + geometry + sent (B + 8 channels), warped, score.
     var stacked: [FloatTensor] = [], warped: [FloatTensor] = [], scores: [FloatTensor] = []
+    /// Per agent of an ego's fusion with `motion`: each cell's moving object (index + 1, 0: none)
+    /// where it was (`movedFrom`) and where it is now (`movedTo`), in the agent's grid.
+    var movedFrom: [[Int32]] = [], movedTo: [[Int32]] = []
     let rotated: FloatTensor, fused: FloatTensor, y: FloatTensor
     /// Activity per cell: of the fused map, of the fuse convolution's output, of the head's.
     let fusedActive: UnsafeMutableBufferPointer<UInt8>, fuseActive: UnsafeMutableBufferPointer<UInt8>,
@@ -427,6 +430,8 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
         let (h, w) = (spec.height, spec.width)
         while stacked.count < n {
             stacked.append(FloatTensor(height: h, width: w, channels: bb + g + 1))
+            movedFrom.append([Int32](repeating: 0, count: h * w))
+            movedTo.append([Int32](repeating: 0, count: h * w))
             warped.append(FloatTensor(height: h, width: w, channels: bb + g + 1))
             scores.append(FloatTensor(height: h, width: w, channels: 1))
         }
@@ -480,13 +485,49 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
                 d[5] = o[3].storage[2 * cell]
                 d[6] = o[3].storage[2 * cell + 1]
             }
-            if merge == .weighted {
-                // The agent's own boxes as read from its message, for merging: sent cells only.
-                for cell in 0..<(height * width) where a.sent[cell] == 0 { o[0].storage[cell] = -30 }
-                a.boxes = spec.decoder.boxes(o)
-            }
+            // The agent's own boxes as read from its message (sent cells only): for merging and
+            // for the motion of its objects.
+            for cell in 0..<(height * width) where a.sent[cell] == 0 { o[0].storage[cell] = -30 }
+            a.boxes = spec.decoder.boxes(o)
         }
         a.ready = true
+    }
+
+    /// The agent's own boxes as the server reads them from its message (its frame), after the
+    /// pass's `preparePass` (computed now if it did not prepare `input`).
+    public func ownBoxes(of input: FloatTensor) -> [BEVBox]? { prepared(input).boxes }
+
+    /// Marks, in agent `j`'s grid, the cells of each moving object where it was and where it is
+    /// now: cell centres within the box grown by one cell (the cells its message carries it in).
+    func markMotion(_ motion: [BoxMotion], agent j: Int) {
+        let (h, w) = (height, width)
+        for c in 0..<(h * w) {
+            movedFrom[j][c] = 0
+            movedTo[j][c] = 0
+        }
+        func mark(_ box: BEVBox, _ label: Int32, now: Bool) {
+            // The cells whose centres can lie within the grown box: its circumscribed square.
+            let r = ((box.length * box.length + box.width * box.width).squareRoot() / 2 + cell) / cell
+            let (ci, cj) = ((box.y + halfExtent) / cell - 0.5, (box.x + halfExtent) / cell - 0.5)
+            guard r.isFinite, ci.isFinite, cj.isFinite, abs(ci) < Float(4 * h), abs(cj) < Float(4 * w) else { return }
+            let i0 = max(0, Int((ci - r).rounded(.down))), i1 = min(h - 1, Int((ci + r).rounded(.up)))
+            let j0 = max(0, Int((cj - r).rounded(.down))), j1 = min(w - 1, Int((cj + r).rounded(.up)))
+            guard i0 <= i1, j0 <= j1 else { return }
+            for i in i0...i1 {
+                for jj in j0...j1 {
+                    let p = SIMD2((Float(jj) + 0.5) * cell - halfExtent, (Float(i) + 0.5) * cell - halfExtent)
+                    guard box.contains(p, margin: cell) else { continue }
+                    if now { movedTo[j][i * w + jj] = label } else { movedFrom[j][i * w + jj] = label }
+                }
+            }
+        }
+        for (k, m) in motion.enumerated() where m.shift != .zero {
+            var now = m.box
+            now.x += m.shift.x
+            now.y += m.shift.y
+            mark(m.box, Int32(k + 1), now: false)
+            mark(now, Int32(k + 1), now: true)
+        }
     }
 
     /// The 2×3 `affine_grid` matrix that samples agent `j`'s grid at the ego grid's cells.
@@ -519,6 +560,9 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
             let st = stacked[j]
             st.reshape(height: h, width: w, channels: cs)
             let p = s.peer
+            let motion = ag.motion ?? []
+            let moving = motion.contains { $0.shift != .zero }
+            if moving { markMotion(motion, agent: j) }
             for i in 0..<h {
                 for jj in 0..<w {
                     let cell = i * w + jj
@@ -529,8 +573,14 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
                     }
                     dst.update(from: rotated.pointer + cell * bb, count: bb)
                     let r = p.pointer + cell * 7
-                    let cx = (Float(jj) + r[1]) * 2 / Float(w) - 1
-                    let cy = (Float(i) + r[2]) * 2 / Float(h) - 1
+                    var cx = (Float(jj) + r[1]) * 2 / Float(w) - 1
+                    var cy = (Float(i) + r[2]) * 2 / Float(h) - 1
+                    if moving, movedFrom[j][cell] > 0 {
+                        // The box this cell predicts, where its object is now.
+                        let m = motion[Int(movedFrom[j][cell]) - 1].shift / halfExtent
+                        cx += m.x
+                        cy += m.y
+                    }
                     let dx = cx - th[2]
                     let dy = cy - th[5]
                     dst[bb] = 1 / (1 + exp(-r[0]))
@@ -543,7 +593,7 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
                     dst[bb + 7] = 1
                 }
             }
-            warpSent(st, theta: th, agent: j)
+            warpSent(st, theta: th, agent: j, motion: moving ? motion : [])
         }
         // Attention over the agents whose warped sent flag is > 0.5 at a cell; 0 where none.
         let fc = bb + g
@@ -586,8 +636,10 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
 
     /// `PoseWarp.warp` of agent `j`'s stacked map into `warped[j]`, computed only where the warped
     /// sent flag (the last channel) exceeds 0.5, with the attention score there; elsewhere the flag
-    /// is 0 and nothing else is written (an invalid cell is never read).
-    func warpSent(_ x: FloatTensor, theta: [Float], agent j: Int) {
+    /// is 0 and nothing else is written (an invalid cell is never read). With `motion` (marked by
+    /// `markMotion`), a point where a moving object is now samples where it was, and a point it
+    /// has left samples nothing.
+    func warpSent(_ x: FloatTensor, theta: [Float], agent j: Int, motion: [BoxMotion] = []) {
         let (h, w, c) = (height, width, x.channels)
         let y = warped[j]
         let sc = scores[j]
@@ -600,8 +652,23 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
                 let dst = y.pointer + cell * c
                 dst[c - 1] = 0
                 let xn = (2 * Float(jj) + 1) / Float(w) - 1
-                let fx = ((theta[0] * xn + theta[1] * yn + theta[2] + 1) * Float(w) - 1) / 2
-                let fy = ((theta[3] * xn + theta[4] * yn + theta[5] + 1) * Float(h) - 1) / 2
+                var sx = theta[0] * xn + theta[1] * yn + theta[2]
+                var sy = theta[3] * xn + theta[4] * yn + theta[5]
+                if !motion.isEmpty, sx.isFinite, sy.isFinite {
+                    let col = Int(((sx + 1) * Float(w) / 2).rounded(.down))
+                    let row = Int(((sy + 1) * Float(h) / 2).rounded(.down))
+                    if row >= 0, row < h, col >= 0, col < w {
+                        if movedTo[j][row * w + col] > 0 {
+                            let m = motion[Int(movedTo[j][row * w + col]) - 1].shift / halfExtent
+                            sx -= m.x
+                            sy -= m.y
+                        } else if movedFrom[j][row * w + col] > 0 {
+                            continue
+                        }
+                    }
+                }
+                let fx = ((sx + 1) * Float(w) - 1) / 2
+                let fy = ((sy + 1) * Float(h) - 1) / 2
                 guard fx.isFinite, fy.isFinite, fx > -1, fy > -1, fx < Float(w), fy < Float(h) else { continue }
                 let x0 = Int(fx.rounded(.down))
                 let y0 = Int(fy.rounded(.down))
@@ -642,13 +709,24 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
         defer { lastStageSeconds.nms = now() - t2 }
         let fused = spec.decoder.boxes(o)
         guard merge == .weighted else { return fused }
-        // With the boxes each current agent's message carries, in the ego's frame (late agents'
-        // boxes are where their objects were: the fused head has already weighed them).
+        // With the boxes each agent's message carries, in the ego's frame: moved to the ego's time
+        // where the server tracked their motion; else a late agent's are left out (they are where
+        // its objects were: the fused head has already weighed them).
         var all = fused
         let e = agents[ego]
-        for (j, ag) in agents.enumerated() where j == ego || ag.age <= BoxMerge.maxAgeSeconds {
-            for b in slots[j].boxes {
-                all.append(j == ego ? b : b.moved(from: ag.position, ag.yaw, to: e.position, e.yaw))
+        for (j, ag) in agents.enumerated() {
+            if j == ego {
+                all += slots[j].boxes
+            } else if let motion = ag.motion {
+                // The agent's boxes where its objects are at the ego's capture time.
+                all += motion.map { m in
+                    var b = m.box
+                    b.x += m.shift.x
+                    b.y += m.shift.y
+                    return b.moved(from: ag.position, ag.yaw, to: e.position, e.yaw)
+                }
+            } else if ag.age <= BoxMerge.maxAgeSeconds {
+                all += slots[j].boxes.map { $0.moved(from: ag.position, ag.yaw, to: e.position, e.yaw) }
             }
         }
         return RotatedIoU.weightedMean(fused, of: all, iou: BoxMerge.iou, nmsIoU: spec.nmsIoU)
@@ -671,7 +749,7 @@ final class DeepPass: @unchecked Sendable {
         var ready = false
         let message: FloatTensor, decompressed: FloatTensor, peer: FloatTensor
         let sent: UnsafeMutableBufferPointer<UInt8>
-        /// The agent's boxes read from its message (its frame; `decode.merge: weighted` only).
+        /// The agent's boxes read from its message (its frame).
         var boxes: [BEVBox] = []
 
         init(_ spec: DeepArchitecture) {
@@ -769,6 +847,9 @@ public protocol FusionDetector: AnyObject, Sendable {
     /// The per-agent work every ego of the pass reuses, worker `worker` of `workers`' share.
     func preparePass(worker: Int, workers: Int)
     func detect(ego: Int, agents: [CooperativeDetector.AgentInput], fusion: CooperativeDetector.Fusion) -> [BEVBox]
+    /// The agent's own detections (its frame) that the server reads from `input`, after
+    /// `preparePass`; nil for a model whose maps do not carry them (map fusion).
+    func ownBoxes(of input: FloatTensor) -> [BEVBox]?
 }
 
 extension FusionDetector {
@@ -780,6 +861,7 @@ extension CooperativeDetector: FusionDetector {
     public var inputChannels: Int { channels }
     public func beginPass(_ inputs: [(FloatTensor, UInt64?)]) {}
     public func preparePass(worker: Int, workers: Int) {}
+    public func ownBoxes(of input: FloatTensor) -> [BEVBox]? { nil }
 }
 
 /// The server half of a model file: deep fusion when it has `architecture.deep`, else map fusion.

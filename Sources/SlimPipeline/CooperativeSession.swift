@@ -50,6 +50,8 @@ public final class CooperativeSession: @unchecked Sendable {
         /// one frame period of the recording (their previous frame is fused, with its pose).
         public var poseNoise: (metres: Float, degrees: Float)?
         public var othersLatencyMs: Double = 0
+        /// The server moves late messages' objects to the ego's time (``FusionService/Options/motionCompensation``).
+        public var motionCompensation = true
         /// How the server merges boxes (nil: as the model file says).
         public var merge: BoxMerge?
         /// Each agent's single-agent AP (`AgentReport.singleAP`). With a map model that is a whole
@@ -141,6 +143,7 @@ public final class CooperativeSession: @unchecked Sendable {
         fopts.int8Backbone = !config.floatServer
         fopts.poseNoise = config.poseNoise
         fopts.merge = config.merge
+        fopts.motionCompensation = config.motionCompensation
         if config.othersLatencyMs != 0 {
             let periodMs = frames.count > 1 ? Double(frames[1].timeNs - frames[0].timeNs) / 1e6 : 0
             guard abs(config.othersLatencyMs - periodMs) <= 1 else {

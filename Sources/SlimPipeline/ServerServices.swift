@@ -59,13 +59,14 @@ public final class ServerServices: ServiceSet, Sendable {
             fo.fusion = cfg.fusionMode == "max" ? .max : .attention
             fo.useLateFrames = cfg.useLateFrames
             fo.threads = cfg.fusionThreads
+            fo.motionCompensation = cfg.motionCompensation
             let service = try FusionService(modelFile: model, options: fo)
             fusionService = service
             logger.info(
                 "fusion on",
                 metadata: [
                     "model": "\(model)", "max_passes_per_s": "\(cfg.tickHz)", "mode": "\(cfg.fusionMode)",
-                    "threads": "\(service.threads)",
+                    "threads": "\(service.threads)", "motion_compensation": "\(cfg.motionCompensation)",
                 ])
         }
         // A region server of a fleet: registered in etcd; tells agents when to move (Handover).

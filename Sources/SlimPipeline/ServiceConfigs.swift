@@ -26,6 +26,8 @@ public struct ServerConfig: Sendable {
     /// ZeroMQ PUB endpoint publishing one JSON message per Result (nil: off).
     public var publish: String?
     public var useLateFrames: Bool
+    /// Move a late agent's objects to the ego's time by their tracked speed (`fusion.motion_compensation`).
+    public var motionCompensation: Bool
     /// Uplink budget shared between the agents with Control caps, bit/s (0: no caps).
     public var uplinkBudgetBitsPerSecond: Double
     /// Seconds between budget reallocations.
@@ -100,6 +102,7 @@ public struct ServerConfig: Sendable {
         windowMs = try f.double("window_ms", default: 150, in: 1...10_000)
         fusionMode = try f.string("mode", default: "attention")
         fusionThreads = try f.int("threads", default: 0, in: 0...256)
+        motionCompensation = try f.bool("motion_compensation", default: true)
         guard ["attention", "max"].contains(fusionMode) else {
             throw ConfigError(file: f.file, key: f.keyPath("mode"), problem: "'\(fusionMode)' must be attention or max")
         }

@@ -41,6 +41,10 @@ public final class FusionService: @unchecked Sendable {
         /// How boxes are merged (late fusion; a deep model's fused boxes); nil: as the model file
         /// says (`decode.merge`).
         public var merge: BoxMerge?
+        /// Move what a late agent's message shows to the ego's capture time: each object by its
+        /// speed (``MotionTracker``, from the agent's consecutive messages) times the age. Applies
+        /// to the boxes rung and to deep-fusion maps (map fusion's maps carry no boxes to track).
+        public var motionCompensation = true
         public init() {}
     }
 
@@ -150,8 +154,11 @@ public final class FusionService: @unchecked Sendable {
         var lastFused: [String: UInt64] = [:]
         var durations = [Double](repeating: 0, count: 512)  // ring of per-agent fusion times (s)
         var durationCount = 0, durationSum = 0.0, resultCount = 0
-        /// Per stage (decode, warp_fuse, head, nms; prepare, per pass of a deep-fusion model): recent durations in seconds.
+        /// Per stage (decode, warp_fuse, head, nms; prepare, per pass of a deep-fusion model; motion,
+        /// per pass with motion compensation): recent durations in seconds.
         var stageTimes: [String: [Double]] = [:]
+        /// Each agent's objects from message to message (``Options/motionCompensation``).
+        var tracker = MotionTracker()
 
         mutating func addStage(_ name: String, _ s: Double) {
             var v = stageTimes[name] ?? []
@@ -399,6 +406,7 @@ public final class FusionService: @unchecked Sendable {
         state.withLock { s in
             s.slots[agent]?.sequence = 0
             s.lastFused[agent] = nil
+            s.tracker.forget(agent: agent)
         }
     }
 
@@ -431,14 +439,13 @@ public final class FusionService: @unchecked Sendable {
             DispatchQueue.concurrentPerform(iterations: $0, execute: $1)
         }
     ) -> [Output] {
-        let jobs = state.withLock { s in gather(only: only, &s) }
+        var jobs = state.withLock { s in gather(only: only, &s) }
         beforeFusing?()
         // Fuse in parallel, each worker with its own detector.
         let results = Locked<[Int: ([BEVBox], Double, (Double, Double, Double))]>([:])
         let workers = min(detectors.count, jobs.count)
         let fusionMode = options.fusion
         let dets = detectors
-        let jobsCopy = jobs
         if workers > 0, dets[0] is DeepFusionDetector {
             // The per-agent work every ego reuses, once per agent, spread over the workers.
             // What a detector computed from a map in an earlier pass stays valid while its version does.
@@ -452,6 +459,13 @@ public final class FusionService: @unchecked Sendable {
             let dt = SystemClock.monotonicSeconds() - tp
             state.withLock { $0.addStage("prepare", dt) }
         }
+        if options.motionCompensation, workers > 0 {
+            let tm = SystemClock.monotonicSeconds()
+            compensateMotion(&jobs, dets[0])
+            let dt = SystemClock.monotonicSeconds() - tm
+            state.withLock { $0.addStage("motion", dt) }
+        }
+        let jobsCopy = jobs
         if workers > 0 {
             // Egos are claimed one at a time: a worker that starts late or runs slower (a CPU
             // shared with other work) takes fewer of them.
@@ -524,9 +538,52 @@ public final class FusionService: @unchecked Sendable {
         /// The maps fused (the ego's first when it sent a map; an empty map at its pose when it
         /// sent boxes), and the ego's index among them (nil: no map to fuse).
         var inputs: [CooperativeDetector.AgentInput]
+        /// The message behind each input (nil for the empty map).
+        var sources: [Source?]
         var egoIndex: Int?
         /// Agents on the boxes rung: their detections and poses, merged by late fusion.
-        var late: [(boxes: [BEVBox], position: SIMD2<Float>, yaw: Float)]
+        var late: [(boxes: [BEVBox], position: SIMD2<Float>, yaw: Float, source: Source)]
+    }
+
+    /// Whose message an input is, when it was captured and the pose its agent sent (without the
+    /// evaluation's noise): what the motion tracker needs.
+    private struct Source {
+        var agent: String, captureNs: UInt64, position: SIMD2<Float>, yaw: Float
+    }
+
+    /// Each job's inputs moved to the ego's capture time (``Options/motionCompensation``): every
+    /// message's own boxes (a deep map's, as the detector reads them after its prepare; a boxes
+    /// agent's) go through the tracker once, which gives each object its shift over the time
+    /// between that message's capture and the ego's (signed: a message newer than the ego's frame
+    /// is moved back); a boxes agent's boxes are moved by it, a map carries it to the detector.
+    private func compensateMotion(_ jobs: inout [Job], _ detector: any FusionDetector) {
+        let own = jobs.map { j in j.inputs.indices.map { j.sources[$0] == nil ? nil : detector.ownBoxes(of: j.inputs[$0].features) } }
+        func offset(_ ego: UInt64, _ src: UInt64) -> Float {
+            ego >= src ? Float(ego - src) / 1e9 : -Float(src - ego) / 1e9
+        }
+        state.withLock { s in
+            for k in jobs.indices {
+                let egoNs = jobs[k].slot.captureNs
+                for n in jobs[k].inputs.indices {
+                    guard let src = jobs[k].sources[n], let boxes = own[k][n] else { continue }
+                    jobs[k].inputs[n].motion = s.tracker.motions(
+                        agent: src.agent, captureNs: src.captureNs, position: src.position, yaw: src.yaw, boxes: boxes,
+                        age: offset(egoNs, src.captureNs))
+                }
+                for n in jobs[k].late.indices {
+                    let l = jobs[k].late[n]
+                    jobs[k].late[n].boxes = s.tracker.motions(
+                        agent: l.source.agent, captureNs: l.source.captureNs, position: l.source.position,
+                        yaw: l.source.yaw, boxes: l.boxes, age: offset(egoNs, l.source.captureNs)
+                    ).map { m in
+                        var b = m.box
+                        b.x += m.shift.x
+                        b.y += m.shift.y
+                        return b
+                    }
+                }
+            }
+        }
     }
 
     /// Under the lock: what each fresh ego's fusion reads, with its maps pinned.
@@ -541,12 +598,14 @@ public final class FusionService: @unchecked Sendable {
                     features: FloatTensor, boxes: [BEVBox]?, position: SIMD2<Float>, yaw: Float, captureNs: UInt64
                 )] =
                     [:]
+            var sent: [String: Source] = [:]
             for (n, slot) in state.slots {
                 if n == ego || !options.othersOneFrameLate {
                     view[n] = (slot.features, slot.boxes, slot.position, slot.yaw, slot.captureNs)
                 } else if let p = slot.previous {
                     view[n] = (p.features, p.boxes, p.position, p.yaw, p.captureNs)
                 }
+                if let v = view[n] { sent[n] = Source(agent: n, captureNs: v.captureNs, position: v.position, yaw: v.yaw) }
                 if n != ego, let noise = options.poseNoise, var v = view[n] {
                     var rng = NoiseSource(ego, n, e.sequence)
                     v.position += SIMD2(rng.gaussian(), rng.gaussian()) * noise.metres
@@ -564,23 +623,27 @@ public final class FusionService: @unchecked Sendable {
                 return true
             }
             var inputs: [CooperativeDetector.AgentInput] = []
-            var late: [(boxes: [BEVBox], position: SIMD2<Float>, yaw: Float)] = []
+            var sources: [Source?] = []
+            var late: [(boxes: [BEVBox], position: SIMD2<Float>, yaw: Float, source: Source)] = []
             for n in names {
-                let s = view[n]!
+                guard let s = view[n], let source = sent[n] else { continue }
+                let age = s.captureNs < e.captureNs ? Float(e.captureNs - s.captureNs) / 1e9 : 0
                 if let b = s.boxes {
-                    late.append((b, s.position, s.yaw))
+                    late.append((b, s.position, s.yaw, source))
                 } else {
-                    let age = s.captureNs < e.captureNs ? Float(e.captureNs - s.captureNs) / 1e9 : 0
                     inputs.append(.init(features: s.features, position: s.position, yaw: s.yaw, age: age))
+                    sources.append(source)
                 }
             }
             var egoIndex = names.filter { view[$0]!.boxes == nil }.firstIndex(of: ego)
             if egoIndex == nil, !inputs.isEmpty {
                 inputs.insert(.init(features: emptyMap, position: e.position, yaw: e.yaw), at: 0)
+                sources.insert(nil, at: 0)
                 egoIndex = 0
             }
             for i in inputs { state.pinned[ObjectIdentifier(i.features), default: 0] += 1 }
-            jobs.append(Job(ego: ego, slot: e, names: names, inputs: inputs, egoIndex: egoIndex, late: late))
+            jobs.append(
+                Job(ego: ego, slot: e, names: names, inputs: inputs, sources: sources, egoIndex: egoIndex, late: late))
             state.slots[ego]!.fresh = false  // a frame that arrives during the pass marks it fresh again
         }
         return jobs

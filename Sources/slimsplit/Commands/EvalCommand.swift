@@ -80,6 +80,11 @@ struct EvalCommand: AsyncParsableCommand {
         help: "The other agents' latency in each agent's fusion: 0, or one frame of the recording (100 ms at 10 Hz).")
     var latencyMs: Double = 0
 
+    @Flag(
+        inversion: .prefixedNo,
+        help: "Move what a late agent's message shows to the ego's time: each object by its speed, estimated by the server from the agent's consecutive messages (boxes rung and deep maps).")
+    var motionCompensation = true
+
     @Option(
         help: ArgumentHelp(
             "How the server merges boxes: nms (one view's box per object) or weighted (a score-weighted mean of the views); default: the model file's decode.merge.",
@@ -129,6 +134,7 @@ struct EvalCommand: AsyncParsableCommand {
             }
         }
         config.othersLatencyMs = latencyMs
+        config.motionCompensation = motionCompensation
         config.merge = merge
         if let poseNoise {
             let parts = poseNoise.split(separator: ",").map { Float($0.trimmingCharacters(in: .whitespaces)) }
@@ -233,6 +239,7 @@ func evalReport(_ sessions: [CooperativeSession]) -> [String: Any] {
             "pose_noise_m": Double(s.config.poseNoise?.metres ?? 0),
             "pose_noise_deg": Double(s.config.poseNoise?.degrees ?? 0),
             "others_latency_ms": s.config.othersLatencyMs,
+            "motion_compensation": s.config.motionCompensation,
         ],
         "server_fusion_ms": [
             "p50": percentile(sessions.flatMap(\.fuseMs), 0.5), "p99": percentile(sessions.flatMap(\.fuseMs), 0.99),
