@@ -14,11 +14,12 @@ file says (weighted means) and by NMS alone (the literature's late fusion), and 
 8 bit every cell, 4 bit tau 0.1, 2 bit tau 0.2, and codebook indices (3 x 7 bits a cell) at tau 0.2.
 The server moves what a late agent sent to the ego's time by the speeds it tracks (motion
 compensation, on by default in `slimsplit server` and `eval`, for every method that carries boxes);
---no-motion-compensation runs every method without it.
+--no-motion-compensation runs every method without it; --pose-alignment runs every method with the
+server correcting other agents' positions from the objects both detect (`fusion.pose_alignment`).
 Writes the JSON of every run, a markdown table and a plot (AP@0.5 per condition and method).
 
   Benchmarks/conditions.py [--bin .build/release/slimsplit] [--recordings DIR] [--out DIR] [--deep]
-                           [--no-motion-compensation]
+                           [--no-motion-compensation] [--pose-alignment]
 
 --recordings DIR holds the test recordings; missing ones are recorded first with `slimsplit
 record` from training/scenes (the test split of training/gen_data.py, deterministic seeds).
@@ -83,6 +84,8 @@ def main() -> None:
     ap.add_argument("--deep", action="store_true", help="the deep-fusion model's methods")
     ap.add_argument("--no-motion-compensation", action="store_true",
                     help="the server fuses late messages where their objects were (slimsplit eval --no-motion-compensation)")
+    ap.add_argument("--pose-alignment", action="store_true",
+                    help="the server corrects other agents' positions from shared objects (slimsplit eval --pose-alignment)")
     ap.add_argument("--reuse", type=Path, help="an earlier run's conditions.json: its runs of the same method, "
                                                 "condition and arguments are taken instead of rerun")
     a = ap.parse_args()
@@ -103,10 +106,12 @@ def main() -> None:
     for mi, (method, margs) in enumerate(METHODS):
         for ci, (cond, cargs) in enumerate(CONDITIONS):
             old = earlier.get((method, cond))
-            if old is not None and old["args"] == margs + cargs and old.get("motion_compensation") == (not a.no_motion_compensation):
+            if old is not None and old["args"] == margs + cargs and old.get("motion_compensation") == (not a.no_motion_compensation) \
+                    and old.get("pose_alignment", False) == a.pose_alignment:
                 runs.append(old)
                 continue
-            cmd = [a.bin, "eval", "--json", *margs, *cargs] + (["--no-motion-compensation"] if a.no_motion_compensation else [])
+            cmd = [a.bin, "eval", "--json", *margs, *cargs] + (["--no-motion-compensation"] if a.no_motion_compensation else []) \
+                + (["--pose-alignment"] if a.pose_alignment else [])
             for r in recs:
                 cmd += ["--recording", r]
             p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -119,14 +124,15 @@ def main() -> None:
                          "ap": doc["fused_ap"], "alone_ap": doc["alone_ap"],
                          "ap_by_agents_seeing": doc["fused_ap_by_agents_seeing"], "ap_by_range_m": doc["fused_ap_by_range_m"],
                          "agent_frames": frames, "rejected": doc["rejected_messages"],
-                         "motion_compensation": doc["conditions"]["motion_compensation"]})
+                         "motion_compensation": doc["conditions"]["motion_compensation"],
+                         "pose_alignment": doc["conditions"].get("pose_alignment", False)})
             r = runs[-1]
             print(f"{method:38s} {cond:34s} {r['bytes_per_agent_frame']:>7,} B  AP@.3/.5/.7 "
                   f"{r['ap']['0.3']:.1f} {r['ap']['0.5']:.1f} {r['ap']['0.7']:.1f}  ({time.time() - t0:.0f} s)", flush=True)
     # the single agent: the clean run of the first map method (its agents' own heads, alone)
     single = next(r["alone_ap"] for r in runs if not r["method"].startswith("late") and r["condition"] == "clean")
     doc = {"recordings": recs, "runs": runs, "single_agent_ap": single, "wall_s": round(time.time() - t0),
-           "deep": a.deep, "motion_compensation": not a.no_motion_compensation}
+           "deep": a.deep, "motion_compensation": not a.no_motion_compensation, "pose_alignment": a.pose_alignment}
     (a.out / "conditions.json").write_text(json.dumps(doc, indent=1))
     (a.out / "conditions.md").write_text(table(runs, single))
     plotted = plot(runs, single, a.out / "conditions.png")

@@ -52,6 +52,8 @@ public final class CooperativeSession: @unchecked Sendable {
         public var othersLatencyMs: Double = 0
         /// The server moves late messages' objects to the ego's time (``FusionService/Options/motionCompensation``).
         public var motionCompensation = true
+        /// The server corrects other agents' placements from shared objects (``FusionService/Options/poseAlignment``).
+        public var poseAlignment = false
         /// How the server merges boxes (nil: as the model file says).
         public var merge: BoxMerge?
         /// Each agent's single-agent AP (`AgentReport.singleAP`). With a map model that is a whole
@@ -144,6 +146,7 @@ public final class CooperativeSession: @unchecked Sendable {
         fopts.poseNoise = config.poseNoise
         fopts.merge = config.merge
         fopts.motionCompensation = config.motionCompensation
+        fopts.poseAlignment = config.poseAlignment
         if config.othersLatencyMs != 0 {
             let periodMs = frames.count > 1 ? Double(frames[1].timeNs - frames[0].timeNs) / 1e6 : 0
             guard abs(config.othersLatencyMs - periodMs) <= 1 else {

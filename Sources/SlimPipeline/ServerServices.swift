@@ -60,6 +60,7 @@ public final class ServerServices: ServiceSet, Sendable {
             fo.useLateFrames = cfg.useLateFrames
             fo.threads = cfg.fusionThreads
             fo.motionCompensation = cfg.motionCompensation
+            fo.poseAlignment = cfg.poseAlignment
             let service = try FusionService(modelFile: model, options: fo)
             fusionService = service
             logger.info(
@@ -67,6 +68,7 @@ public final class ServerServices: ServiceSet, Sendable {
                 metadata: [
                     "model": "\(model)", "max_passes_per_s": "\(cfg.tickHz)", "mode": "\(cfg.fusionMode)",
                     "threads": "\(service.threads)", "motion_compensation": "\(cfg.motionCompensation)",
+                    "pose_alignment": "\(cfg.poseAlignment)",
                 ])
         }
         // A region server of a fleet: registered in etcd; tells agents when to move (Handover).

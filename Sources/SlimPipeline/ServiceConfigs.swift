@@ -28,6 +28,8 @@ public struct ServerConfig: Sendable {
     public var useLateFrames: Bool
     /// Move a late agent's objects to the ego's time by their tracked speed (`fusion.motion_compensation`).
     public var motionCompensation: Bool
+    /// Correct other agents' placements from the objects both detect (`fusion.pose_alignment`).
+    public var poseAlignment: Bool
     /// Uplink budget shared between the agents with Control caps, bit/s (0: no caps).
     public var uplinkBudgetBitsPerSecond: Double
     /// Seconds between budget reallocations.
@@ -103,6 +105,7 @@ public struct ServerConfig: Sendable {
         fusionMode = try f.string("mode", default: "attention")
         fusionThreads = try f.int("threads", default: 0, in: 0...256)
         motionCompensation = try f.bool("motion_compensation", default: true)
+        poseAlignment = try f.bool("pose_alignment", default: false)
         guard ["attention", "max"].contains(fusionMode) else {
             throw ConfigError(file: f.file, key: f.keyPath("mode"), problem: "'\(fusionMode)' must be attention or max")
         }

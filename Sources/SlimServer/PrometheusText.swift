@@ -82,6 +82,10 @@ public func prometheusText(server: FeatureServer, fusion: FusionService?) -> Str
         metric(
             "fusion_fused_twice_total", "counter", "Results for an agent frame that was already fused (should stay 0).")
         lines.append("slimsplit_fusion_fused_twice_total \(f.fusedTwice)")
+        metric(
+            "fusion_pose_alignments_total", "counter",
+            "Other agents' placements in an ego's fusion corrected from the objects both detect (fusion.pose_alignment).")
+        lines.append("slimsplit_fusion_pose_alignments_total \(f.poseAlignments)")
         metric("fusion_seconds", "summary", "Time to fuse and decode for one agent.")
         for (q, v) in f.quantiles { lines.append("slimsplit_fusion_seconds{quantile=\"\(q)\"} \(v)") }
         lines.append("slimsplit_fusion_seconds_sum \(f.sum)")

@@ -85,6 +85,11 @@ struct EvalCommand: AsyncParsableCommand {
         help: "Move what a late agent's message shows to the ego's time: each object by its speed, estimated by the server from the agent's consecutive messages (boxes rung and deep maps).")
     var motionCompensation = true
 
+    @Flag(
+        inversion: .prefixedNo,
+        help: "Correct where the server places each other agent from the objects both detect (its boxes fitted onto the ego's own; boxes rung and deep maps). Pays where positions are off by more than about 0.3 m.")
+    var poseAlignment = false
+
     @Option(
         help: ArgumentHelp(
             "How the server merges boxes: nms (one view's box per object) or weighted (a score-weighted mean of the views); default: the model file's decode.merge.",
@@ -135,6 +140,7 @@ struct EvalCommand: AsyncParsableCommand {
         }
         config.othersLatencyMs = latencyMs
         config.motionCompensation = motionCompensation
+        config.poseAlignment = poseAlignment
         config.merge = merge
         if let poseNoise {
             let parts = poseNoise.split(separator: ",").map { Float($0.trimmingCharacters(in: .whitespaces)) }
@@ -240,6 +246,7 @@ func evalReport(_ sessions: [CooperativeSession]) -> [String: Any] {
             "pose_noise_deg": Double(s.config.poseNoise?.degrees ?? 0),
             "others_latency_ms": s.config.othersLatencyMs,
             "motion_compensation": s.config.motionCompensation,
+            "pose_alignment": s.config.poseAlignment,
         ],
         "server_fusion_ms": [
             "p50": percentile(sessions.flatMap(\.fuseMs), 0.5), "p99": percentile(sessions.flatMap(\.fuseMs), 0.99),
