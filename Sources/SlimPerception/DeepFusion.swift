@@ -522,11 +522,8 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
             }
         }
         for (k, m) in motion.enumerated() where m.shift != .zero {
-            var now = m.box
-            now.x += m.shift.x
-            now.y += m.shift.y
             mark(m.box, Int32(k + 1), now: false)
-            mark(now, Int32(k + 1), now: true)
+            mark(m.now, Int32(k + 1), now: true)
         }
     }
 
@@ -719,12 +716,7 @@ public final class DeepFusionDetector: FusionDetector, @unchecked Sendable {
                 all += slots[j].boxes
             } else if let motion = ag.motion {
                 // The agent's boxes where its objects are at the ego's capture time.
-                all += motion.map { m in
-                    var b = m.box
-                    b.x += m.shift.x
-                    b.y += m.shift.y
-                    return b.moved(from: ag.position, ag.yaw, to: e.position, e.yaw)
-                }
+                all += motion.map { $0.now.moved(from: ag.position, ag.yaw, to: e.position, e.yaw) }
             } else if ag.age <= BoxMerge.maxAgeSeconds {
                 all += slots[j].boxes.map { $0.moved(from: ag.position, ag.yaw, to: e.position, e.yaw) }
             }

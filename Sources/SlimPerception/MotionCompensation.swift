@@ -11,6 +11,35 @@ public struct BoxMotion: Sendable, Equatable {
         self.box = box
         self.shift = shift
     }
+
+    /// The box where its object is at the ego's time.
+    public var now: BEVBox {
+        var b = box
+        b.x += shift.x
+        b.y += shift.y
+        return b
+    }
+}
+
+/// Pairs the items of two lists one to one, closest first: each `(i, j)` (i < `first`, j <
+/// `second`, i the outer loop) with a distance is a candidate (nil: may not pair), taken in order of
+/// distance unless its i or j is already paired. The tracker's and the pose alignment's matching.
+func closestPairs(_ first: Int, _ second: Int, distance: (Int, Int) -> Float?) -> [(i: Int, j: Int)] {
+    var candidates: [(d: Float, i: Int, j: Int)] = []
+    for i in 0..<first {
+        for j in 0..<second {
+            if let d = distance(i, j) { candidates.append((d, i, j)) }
+        }
+    }
+    candidates.sort { $0.d < $1.d }
+    var usedI = [Bool](repeating: false, count: first), usedJ = [Bool](repeating: false, count: second)
+    var pairs: [(i: Int, j: Int)] = []
+    for (_, i, j) in candidates where !usedI[i] && !usedJ[j] {
+        usedI[i] = true
+        usedJ[j] = true
+        pairs.append((i, j))
+    }
+    return pairs
 }
 
 /// Estimates how fast each object of an agent's message moves, from the agent's own detections in
@@ -67,21 +96,13 @@ public struct MotionTracker: Sendable {
                     $0.moved(from: before.position, before.yaw, to: position, yaw)
                 }
                 let reach = gate + maxSpeed * dt
-                var pairs: [(d: Float, i: Int, j: Int)] = []
-                for (i, b) in boxes.prefix(maxTracked).enumerated() {
-                    for (j, p) in earlier.prefix(maxTracked).enumerated() {
-                        let d = ((b.x - p.x) * (b.x - p.x) + (b.y - p.y) * (b.y - p.y)).squareRoot()
-                        // Headings within 30°, either way round (a detector's yaw may flip by π).
-                        guard d <= reach, abs(cos(b.yaw - p.yaw)) >= 0.866 else { continue }
-                        pairs.append((d, i, j))
-                    }
+                let pairs = closestPairs(min(boxes.count, maxTracked), earlier.count) { i, j in
+                    let (b, p) = (boxes[i], earlier[j])
+                    let d = ((b.x - p.x) * (b.x - p.x) + (b.y - p.y) * (b.y - p.y)).squareRoot()
+                    // Headings within 30°, either way round (a detector's yaw may flip by π).
+                    return d <= reach && abs(cos(b.yaw - p.yaw)) >= 0.866 ? d : nil
                 }
-                pairs.sort { $0.d < $1.d }
-                var usedI = [Bool](repeating: false, count: boxes.count)
-                var usedJ = [Bool](repeating: false, count: earlier.count)
-                for (_, i, j) in pairs where !usedI[i] && !usedJ[j] {
-                    usedI[i] = true
-                    usedJ[j] = true
+                for (i, j) in pairs {
                     let (b, p) = (boxes[i], earlier[j])
                     let h = SIMD2(cos(b.yaw), sin(b.yaw))
                     var v = ((b.x - p.x) * h.x + (b.y - p.y) * h.y) / dt

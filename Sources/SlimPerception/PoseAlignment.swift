@@ -53,25 +53,13 @@ public struct PoseAlignment: Sendable {
     private func fit(ours: [SIMD2<Float>], theirs: [SIMD2<Float>], moved: SIMD2<Float>, radius: Float)
         -> (shift: SIMD2<Float>, matches: Int)?
     {
-        var pairs: [(d: Float, i: Int, j: Int)] = []
-        for (j, p) in theirs.enumerated() {
-            let q = p + moved
-            for (i, o) in ours.enumerated() {
-                let d = ((o - q) * (o - q)).sum().squareRoot()
-                if d <= radius { pairs.append((d, i, j)) }
-            }
+        let pairs = closestPairs(theirs.count, ours.count) { j, i in
+            let q = theirs[j] + moved
+            let d = ((ours[i] - q) * (ours[i] - q)).sum().squareRoot()
+            return d <= radius ? d : nil
         }
-        pairs.sort { $0.d < $1.d }
-        var usedI = [Bool](repeating: false, count: ours.count), usedJ = [Bool](repeating: false, count: theirs.count)
-        var sum = SIMD2<Float>.zero
-        var n = 0
-        for (_, i, j) in pairs where !usedI[i] && !usedJ[j] {
-            usedI[i] = true
-            usedJ[j] = true
-            sum += ours[i] - theirs[j]
-            n += 1
-        }
-        guard n >= minMatches else { return nil }
-        return (sum / Float(n), n)
+        guard pairs.count >= minMatches else { return nil }
+        let sum = pairs.reduce(SIMD2<Float>.zero) { $0 + ours[$1.j] - theirs[$1.i] }
+        return (sum / Float(pairs.count), pairs.count)
     }
 }

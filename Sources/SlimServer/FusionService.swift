@@ -593,12 +593,7 @@ public final class FusionService: @unchecked Sendable {
                     jobs[k].late[n].boxes = s.tracker.motions(
                         agent: l.source.agent, captureNs: l.source.captureNs, position: l.source.position,
                         yaw: l.source.yaw, boxes: l.boxes, age: offset(egoNs, l.source.captureNs)
-                    ).map { m in
-                        var b = m.box
-                        b.x += m.shift.x
-                        b.y += m.shift.y
-                        return b
-                    }
+                    ).map(\.now)
                 }
             }
         }
@@ -615,9 +610,7 @@ public final class FusionService: @unchecked Sendable {
             let e = jobs[k].slot
             func boxes(_ n: Int) -> [BEVBox]? {
                 guard jobs[k].sources[n] != nil else { return nil }
-                if let m = jobs[k].inputs[n].motion {
-                    return m.map { var b = $0.box; b.x += $0.shift.x; b.y += $0.shift.y; return b }
-                }
+                if let m = jobs[k].inputs[n].motion { return m.map(\.now) }
                 return detector.ownBoxes(of: jobs[k].inputs[n].features)
             }
             // The ego's own boxes: from its map, or its Boxes message.
@@ -650,8 +643,7 @@ public final class FusionService: @unchecked Sendable {
 
     /// A world position moved by `shift`, given in the ego's frame.
     private static func shifted(_ p: SIMD2<Float>, by shift: SIMD2<Float>, ego e: Slot) -> SIMD2<Float> {
-        let (c, s) = (cos(e.yaw), sin(e.yaw))
-        return p + SIMD2(c * shift.x - s * shift.y, s * shift.x + c * shift.y)
+        p + Pose2D(.zero, yaw: e.yaw).toCommon(shift)
     }
 
     /// Under the lock: what each fresh ego's fusion reads, with its maps pinned.
