@@ -14,14 +14,14 @@ mkdir -p /etc/slimsplit/keys/agents
 cat >/etc/slimsplit/server.yaml <<'YAML'
 endpoint: tcp://127.0.0.1:5555
 curve: {secret_key: keys/server.key, allowed_keys: keys/agents}
-fusion: {model: /opt/slimsplit/Models/slimsplit-bev.safetensors, record: /var/lib/slimsplit/fused.mcap}
+fusion: {model: /opt/slimsplit/Models/slimsplit-deep.safetensors, record: /var/lib/slimsplit/fused.mcap}
 metrics: {port: 9464, host: 127.0.0.1}
 YAML
 cat >/etc/slimsplit/agent.yaml <<'YAML'
 agent_id: car-1
 server: tcp://127.0.0.1:5555
 curve: {server_key: keys/server.pub, secret_key: keys/agents/car-1.key}
-source: {recording: /opt/slimsplit/recordings/sample.mcap, agent: car_1, model: /opt/slimsplit/Models/slimsplit-bev.safetensors, bits: 4, adapt: true, loop: false}
+source: {recording: /opt/slimsplit/recordings/sample.mcap, agent: car_1, model: /opt/slimsplit/Models/slimsplit-deep.safetensors, payload: codebook, threshold: 0.2, adapt: true, loop: false}
 YAML
 echo "== install"
 SLIMSPLIT_BINARY=$binary deploy/systemd/install.sh server

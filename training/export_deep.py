@@ -265,6 +265,7 @@ def main() -> None:
         from safetensors.numpy import load_file
         tensors[f"features.{len(m.arch['widths']) - 1}.codebook"] = load_file(a.codebook)["codebook"]
     arch = dict(enc_arch)
+    arch["name"] = "slimsplit-deep"  # the model ID agents announce in Hello
     arch["deep"] = deep_arch(m)
     validate_arch(arch)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "architecture": arch_json(arch)}

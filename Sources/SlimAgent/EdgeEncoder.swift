@@ -169,6 +169,55 @@ public final class EdgeEncoder: @unchecked Sendable {
         return (c, h, w, masked)
     }
 
+    /// An operating point the model has no parameters for (`setOperatingPoint`).
+    public struct OperatingPointError: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    /// What to send when nobody chose, for a model: a deep-fusion model's cells at heatmap
+    /// probability 0.2 as residual-codebook indices (2-bit codes when it has no codebook or scalar
+    /// codes are asked for), a map model's full-width 4-bit map. `demo` and `bench e2e` fill what
+    /// no option names from it.
+    public static func recommendedOperatingPoint(modelFile path: String) throws -> (
+        bits: Int, threshold: Float, codebook: Bool
+    ) {
+        let st = try Safetensors(contentsOf: path)
+        guard let spec = try DeepArchitecture(st) else { return (4, 0, false) }
+        let full = try SlimmableModel(st).architecture.widths.count - 1
+        return try FeatureCodebook.all(in: st)[full]?.dim == spec.messageChannels ? (2, 0.2, true) : (2, 0.2, false)
+    }
+
+    /// Sets width, bit depth, threshold and payload together, after checking that the model has
+    /// what they need: a feature quantization at (width, bits) for scalar frames, a codebook at the
+    /// width for codebook frames (`bits` then does not apply), full width for a deep-fusion model,
+    /// a finite threshold ≥ 0. Nothing changes when it throws. Settings read from outside (a
+    /// config, a command line) go through here; the fields alone are for values known to be valid
+    /// (the model's own rate–accuracy rows).
+    public func setOperatingPoint(widthIndex wi: Int, bits b: Int, threshold t: Float, codebook cb: Bool)
+        throws(OperatingPointError)
+    {
+        let widths = model.architecture.widths
+        func fail(_ s: String) -> OperatingPointError { OperatingPointError(description: "\(model.file): \(s)") }
+        guard widths.indices.contains(wi) else {
+            throw fail("no width index \(wi) (it has \(widths.count) widths, 0…\(widths.count - 1))")
+        }
+        if deep != nil, wi != widths.count - 1 {
+            throw fail("a deep-fusion model's agent runs at full width (index \(widths.count - 1)), not \(wi)")
+        }
+        guard t.isFinite, t >= 0 else { throw fail("threshold \(t) is not a number ≥ 0") }
+        if cb {
+            guard codebooks[wi] != nil else {
+                throw fail("no residual codebook at width index \(wi): codebook frames need a deep-fusion model's")
+            }
+        } else if quantization[QuantKey(widthIndex: wi, bits: b)] == nil {
+            let have = quantization.keys.filter { $0.widthIndex == wi }.map(\.bits).sorted(by: >)
+            throw fail(
+                "no \(b)-bit feature quantization at width index \(wi) (it has \(have.map(String.init).joined(separator: ", ")) bits)"
+            )
+        }
+        (widthIndex, bits, threshold, codebook) = (wi, b, t, cb)
+    }
+
     /// The last frame's features as the server dequantizes them (H × W × C, NHWC), for
     /// evaluating the pipeline offline; cells outside the mask are 0. With a deep-fusion model,
     /// C + 1 channels: the last is 1 where the cell was sent (`DeepFusionDetector`'s input).

@@ -52,9 +52,13 @@ public final class AgentServices: ServiceSet, Sendable {
         var identity = AgentIdentity(agentID: cfg.agentID, modelID: "synthetic")
         if let src = cfg.source {
             let e = try EdgeEncoder(modelFile: src.model)
-            e.widthIndex = src.widthIndex ?? (e.model.architecture.widths.count - 1)
-            e.bits = src.bits
-            e.threshold = Float(src.threshold)
+            do {
+                try e.setOperatingPoint(
+                    widthIndex: src.widthIndex ?? (e.model.architecture.widths.count - 1), bits: src.bits,
+                    threshold: Float(src.threshold), codebook: src.codebook)
+            } catch {
+                throw PipelineError("source (width_index, bits, threshold, payload): \(error)")
+            }
             identity = AgentIdentity(
                 agentID: cfg.agentID, modelID: e.modelID,
                 widths: e.model.architecture.widths.map { UInt16(($0 * 1000).rounded()) }, bitsMask: e.bitsMask)

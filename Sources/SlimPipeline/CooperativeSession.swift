@@ -185,10 +185,9 @@ public final class CooperativeSession: @unchecked Sendable {
         var tasks: [Task<Void, Never>] = []
         for a in agents {
             let e = try EdgeEncoder(modelFile: config.model)
-            e.widthIndex = config.widthIndex ?? (e.model.architecture.widths.count - 1)
-            e.bits = config.bits
-            e.threshold = config.threshold
-            e.codebook = config.codebook
+            try e.setOperatingPoint(
+                widthIndex: config.widthIndex ?? (e.model.architecture.widths.count - 1), bits: config.bits,
+                threshold: config.threshold, codebook: config.codebook)
             e.floatEncoder = config.floatEncoder
             edge[a] = e
             let identity = AgentIdentity(
@@ -369,6 +368,28 @@ public final class CooperativeSession: @unchecked Sendable {
             }
             return true
         }
+    }
+}
+
+extension CooperativeSession.Config {
+    /// A session of `model` sending `bits`, `threshold` and `payload` (scalar | codebook); what is
+    /// nil comes from the model's recommended message (`EdgeEncoder.recommendedOperatingPoint`),
+    /// except that `bits` alone asks for scalar codes.
+    public init(recording: String, model: String, bits: Int?, threshold: Float?, payload: String?) throws {
+        self.init(recording: recording, model: model)
+        if let payload, !["scalar", "codebook"].contains(payload) {
+            throw PipelineError("--payload must be scalar or codebook, not '\(payload)'")
+        }
+        let r = try EdgeEncoder.recommendedOperatingPoint(modelFile: model)
+        self.bits = bits ?? r.bits
+        self.threshold = threshold ?? r.threshold
+        // --bits alone means scalar codes.
+        self.codebook = payload.map { $0 == "codebook" } ?? (bits == nil && r.codebook)
+    }
+
+    /// "codebook indices at threshold 0.2", "4-bit features, every cell", for a status line.
+    public var messageDescription: String {
+        (codebook ? "codebook indices" : "\(bits)-bit features") + (threshold > 0 ? " at threshold \(threshold)" : ", every cell")
     }
 }
 

@@ -190,6 +190,9 @@ public struct AgentConfig: Sendable {
         public var widthIndex: Int?
         public var bits: Int
         public var threshold: Double
+        /// `source.payload: codebook`: residual-codebook indices instead of scalar codes (a
+        /// deep-fusion model's; `bits` then does not apply).
+        public var codebook = false
         public var loop: Bool
         /// Adapt width and bits to the measured uplink (deadline in seconds), nil: fixed.
         public var adaptDeadline: Double?
@@ -323,6 +326,12 @@ public struct AgentConfig: Sendable {
             source!.deadline = deadline
             if try src.bool("adapt", default: false) { source!.adaptDeadline = deadline }
             source!.velodyne = velodyne
+            let payload = try src.string("payload", default: "scalar")
+            guard ["scalar", "codebook"].contains(payload) else {
+                throw ConfigError(
+                    file: src.file, key: src.keyPath("payload"), problem: "'\(payload)' must be scalar or codebook")
+            }
+            source!.codebook = payload == "codebook"
         } else {
             source = nil
         }

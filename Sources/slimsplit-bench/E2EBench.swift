@@ -29,15 +29,21 @@ struct E2EBench: AsyncParsableCommand {
     var seconds: Double = 3
 
     @Option(help: "Model file.")
-    var model: String = "Models/slimsplit-bev.safetensors"
+    var model: String = "Models/slimsplit-deep.safetensors"
 
-    @Option(help: "Bits per transmitted value.")
-    var bits: Int = 4
+    @Option(help: "Bits per transmitted value (default: the model's recommended message).")
+    var bits: Int?
 
     @Option(
         help:
-            "Sparsity threshold (0: every cell): on the feature norm, or a deep-fusion model's heatmap probability.")
-    var threshold: Float = 0
+            "Sparsity threshold (0: every cell): on the feature norm, or a deep-fusion model's heatmap probability (default: the model's recommended message).")
+    var threshold: Float?
+
+    @Option(
+        help: ArgumentHelp(
+            "scalar codes or a deep-fusion model's residual-codebook indices (default: the model's recommended message).",
+            valueName: "scalar|codebook"))
+    var payload: String?
 
     @Option(help: "Threads the server fuses on (0: one per core, as `slimsplit server` does).")
     var fusionThreads: Int = 0
@@ -69,9 +75,8 @@ struct E2EBench: AsyncParsableCommand {
         try RecordingWriter.record(&sim, to: file)
         var logger = Logger(label: "bench")
         logger.logLevel = .error
-        var config = CooperativeSession.Config(recording: file, model: model)
-        config.bits = bits
-        config.threshold = threshold
+        var config = try CooperativeSession.Config(
+            recording: file, model: model, bits: bits, threshold: threshold, payload: payload)
         config.realTime = true
         config.fusionThreads = fusionThreads
         config.merge = merge
@@ -94,7 +99,8 @@ struct E2EBench: AsyncParsableCommand {
         let perCore = cpuPerTick.isEmpty ? 0 : n / (percentile(cpuPerTick, 0.5) / 1000)
         let doc: [String: Any] = [
             "benchmark": "e2e", "agents": sim.agentIDs.count, "rate_hz": scene.rate, "frames": sim.frameCount,
-            "bits": bits, "threshold": Double(threshold), "model": model,
+            "bits": config.bits, "threshold": Double(config.threshold), "model": model,
+            "payload": config.codebook ? "codebook" : "scalar",
             "edge_ms": [
                 "p50": percentile(session.reports.values.flatMap(\.edgeMs), 0.5),
                 "p99": percentile(session.reports.values.flatMap(\.edgeMs), 0.99),

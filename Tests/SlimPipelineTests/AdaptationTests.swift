@@ -141,6 +141,32 @@ struct AdaptationTests {
         #expect(cfg.widthIndex == 0 && cfg.bits == 4)
     }
 
+    @Test("an operating point the model has no parameters for is refused, naming the model and the value")
+    func operatingPointChecked() throws {
+        let map = try EdgeEncoder(modelFile: modelPath)
+        let deep = try EdgeEncoder(modelFile: deepModelPath)
+        func problem(_ e: EdgeEncoder, _ wi: Int, _ bits: Int, _ t: Float, _ cb: Bool) -> String? {
+            do {
+                try e.setOperatingPoint(widthIndex: wi, bits: bits, threshold: t, codebook: cb)
+                return nil
+            } catch { return error.description }
+        }
+        #expect(problem(map, 3, 3, 0, false)?.contains("no 3-bit feature quantization at width index 3") == true)
+        #expect(problem(map, 3, 3, 0, false)?.contains("slimsplit-bev.safetensors") == true)
+        #expect(problem(map, 3, 8, 0, true)?.contains("no residual codebook") == true)
+        #expect(problem(map, 7, 8, 0, false)?.contains("no width index 7") == true)
+        #expect(problem(map, 3, 8, -1, false)?.contains("threshold") == true)
+        #expect(problem(deep, 1, 8, 0, false)?.contains("runs at full width") == true)
+        // Refused settings leave the encoder as it was; valid ones apply.
+        #expect(map.widthIndex == 3 && map.bits == 8 && !map.codebook)
+        #expect(problem(map, 1, 2, 0.5, false) == nil)
+        #expect(map.widthIndex == 1 && map.bits == 2 && map.threshold == 0.5)
+        #expect(problem(deep, 3, 2, 0.2, true) == nil && deep.codebook)
+        // What demo and bench e2e send when no option names it.
+        #expect(try EdgeEncoder.recommendedOperatingPoint(modelFile: deepModelPath) == (2, 0.2, true))
+        #expect(try EdgeEncoder.recommendedOperatingPoint(modelFile: modelPath) == (4, 0, false))
+    }
+
     @Test("the shipped model carries its rate-accuracy table; switching configuration allocates nothing")
     func shippedTableAndSwitching() throws {
         let edge = try EdgeEncoder(modelFile: modelPath)

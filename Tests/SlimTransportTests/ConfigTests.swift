@@ -25,6 +25,23 @@ struct ConfigTests {
         let agent = try AgentConfig.load(file: repoRoot.appendingPathComponent("Configs/agent.yaml").path)
         #expect(agent.agentID == "car-1")
         #expect(agent.synthetic.channels == 64)
+        // The shipped pair runs the deep-fusion model, agents sending codebook indices.
+        #expect(server.model?.hasSuffix("Models/slimsplit-deep.safetensors") == true)
+        #expect(agent.source?.model.hasSuffix("Models/slimsplit-deep.safetensors") == true)
+        #expect(agent.source?.codebook == true)
+    }
+
+    @Test func badPayloadIsNamed() {
+        do {
+            let root = try ConfigSection.parse(
+                "agent_id: car-1\nserver: tcp://x:1\ncurve: {enabled: false}\nsource: {recording: r.mcap, model: m.safetensors, payload: vq}\n",
+                file: "a.yaml")
+            _ = try AgentConfig(root)
+            Issue.record("accepted payload: vq")
+        } catch {
+            #expect(error.key == "source.payload")
+            #expect(error.problem.contains("scalar or codebook"))
+        }
     }
 
     @Test("docs/configuration.md documents every key the readers accept")
@@ -48,7 +65,7 @@ struct ConfigTests {
     @Test("docker/ configs are valid")
     func dockerConfigsLoad() throws {
         let server = try ServerConfig.load(file: repoRoot.appendingPathComponent("docker/server.yaml").path)
-        #expect(server.model == "/opt/slimsplit/Models/slimsplit-bev.safetensors")
+        #expect(server.model == "/opt/slimsplit/Models/slimsplit-deep.safetensors")
         for a in ["car-1", "car-2", "rsu-1"] {
             let c = try AgentConfig.load(file: repoRoot.appendingPathComponent("docker/agent-\(a).yaml").path)
             #expect(c.agentID == a)
@@ -65,7 +82,7 @@ struct ConfigTests {
             let fleet = try #require(c.fleet)
             #expect(fleet.region == region && map.region(named: region) != nil)
             #expect(fleet.advertise.contains("slimsplit-\(region)."))
-            #expect(c.curve != nil && c.model == "/opt/slimsplit/Models/slimsplit-bev.safetensors")
+            #expect(c.curve != nil && c.model == "/opt/slimsplit/Models/slimsplit-deep.safetensors")
         }
     }
 

@@ -14,9 +14,11 @@ struct DemoCommand: AsyncParsableCommand {
         abstract:
             "Cooperative perception on the committed sample: a fusion server and three agents on loopback, Curve on.",
         discussion: """
-            Each agent replays its LiDAR from Tests/Fixtures/sample.mcap at the recorded rate, runs the int8 encoder of
-            Models/slimsplit-bev.safetensors, quantizes and sends its features; the server fuses and returns
-            detections. Prints a live per-agent table and, at the end, fused AP against each agent alone.
+            Each agent replays its LiDAR from Tests/Fixtures/sample.mcap at the recorded rate, runs the agent half of
+            Models/slimsplit-deep.safetensors (int8 encoder, backbone and own head) and sends the cells its head marks
+            as residual-codebook indices (about 0.5 kB a frame); the server fuses and returns detections. Prints a live
+            per-agent table and, at the end, fused AP against each agent alone. Without --bits, --threshold and
+            --payload, the model's recommended message (a map model's: full-width 4-bit maps).
             --transport runs the transport-only session instead (synthetic features, the Python reference agent).
             """)
 
@@ -27,15 +29,21 @@ struct DemoCommand: AsyncParsableCommand {
     var recording: String = "Tests/Fixtures/sample.mcap"
 
     @Option(help: "Model file for the cooperative demo.")
-    var model: String = "Models/slimsplit-bev.safetensors"
+    var model: String = "Models/slimsplit-deep.safetensors"
 
-    @Option(help: "Bits per transmitted value (cooperative demo).")
-    var bits: Int = 4
+    @Option(help: "Bits per transmitted value (cooperative demo; default: the model's recommended message).")
+    var bits: Int?
 
     @Option(
         help:
-            "Sparsity threshold (cooperative demo; 0: every cell): on the feature norm, or a deep-fusion model's heatmap probability (0.2).")
-    var threshold: Float = 0
+            "Sparsity threshold (cooperative demo; 0: every cell): on the feature norm, or a deep-fusion model's heatmap probability (default: the model's recommended message).")
+    var threshold: Float?
+
+    @Option(
+        help: ArgumentHelp(
+            "scalar codes or a deep-fusion model's residual-codebook indices (cooperative demo; default: the model's recommended message).",
+            valueName: "scalar|codebook"))
+    var payload: String?
 
     @Option(help: "Seconds to stream.")
     var seconds: Double = 3
@@ -163,9 +171,8 @@ struct DemoCommand: AsyncParsableCommand {
         for f in [recording, model] where !FileManager.default.fileExists(atPath: f) {
             throw ValidationError("\(f) not found (run from the repository root)")
         }
-        var config = CooperativeSession.Config(recording: recording, model: model)
-        config.bits = bits
-        config.threshold = threshold
+        var config = try CooperativeSession.Config(
+            recording: recording, model: model, bits: bits, threshold: threshold, payload: payload)
         config.realTime = true
         config.loops = loops ?? (livePort == nil ? 1 : 20)
         let session = CooperativeSession(config)
@@ -189,7 +196,7 @@ struct DemoCommand: AsyncParsableCommand {
                 "live view: dashboard http://127.0.0.1:\(view.http.port)/  Foxglove ws://127.0.0.1:\(view.http.port)/")
         }
         defer { live?.close() }
-        print("server and agents on 127.0.0.1, Curve on; \(recording) at its recorded rate, \(bits)-bit features")
+        print("server and agents on 127.0.0.1, Curve on; \(recording) at its recorded rate, \(config.messageDescription)")
         try await session.run(logger: logger) { done, total in
             if done % 10 == 0 || done == total {
                 print("\n[frame \(done)/\(total)]")

@@ -25,7 +25,7 @@ struct EvalCommand: AsyncParsableCommand {
     var recording: [String] = ["Tests/Fixtures/sample.mcap"]
 
     @Option(help: "Model file.")
-    var model: String = "Models/slimsplit-bev.safetensors"
+    var model: String = "Models/slimsplit-deep.safetensors"
 
     @Option(help: "intermediate | late | single.")
     var method: String = "intermediate"
