@@ -5,9 +5,12 @@ the end-to-end pipeline, each repeated, with the medians checked against the tar
   * encoder (`Benchmarks/peers_ort.py`: the committed ONNX encoders in ONNX Runtime, one thread,
     then `slimsplit-bench encoder --kernels all` on the sample's simulator frames): int8 at most
     0.8x ONNX Runtime int8, float at most 1.0x ONNX Runtime fp32, each ratio within its own run;
+    and, without a target, the shipped deep-fusion model's whole agent in int8 (encoder, backbone,
+    own head, compression) against the same graph in ONNX Runtime;
   * end to end (`slimsplit-bench e2e`, 4 agents at 10 Hz, 10 s, agents and server on this machine):
     server capacity at least 400 agent-frames/s and capture-to-result p99 at most 50 ms, for the
-    shipped model (4 bit) and the deep-fusion model (2 bit, tau 0.2); 16 agents once each; and,
+    shipped deep-fusion model (its recommended message: codebook indices, tau 0.2) and the map
+    model slimsplit-bev (4 bit); 16 agents once each; and,
     without a target, the fusion threads' CPU time as agent-frames per core-second (for sizing a
     server whose cores the agents do not share).
 
@@ -36,8 +39,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / ".build/release/slimsplit-bench"
-MODELS = [("shipped", ["--model", "Models/slimsplit-bev.safetensors", "--bits", "4"]),
-          ("deep", ["--model", "Models/slimsplit-deep.safetensors", "--bits", "2", "--threshold", "0.2"])]
+MODELS = [("slimsplit-deep (shipped)", ["--model", "Models/slimsplit-deep.safetensors"]),
+          ("slimsplit-bev", ["--model", "Models/slimsplit-bev.safetensors", "--bits", "4"])]
 
 
 def cpu() -> dict:
@@ -104,22 +107,27 @@ def main() -> int:
             v = [p[key] for e in doc["encoder"] for p in e["slimsplit"] if p["kernels"] == kn]
             print(f"| {what} ≤ {limit} | {kn} | {med(v):.2f} ({', '.join(f'{x:.2f}' for x in v)}) | "
                   f"{'yes' if med(v) <= limit else 'no'} |")
+    for kn in kernels:
+        v = [p["deep_agent_int8_vs_ort"] for e in doc["encoder"] for p in e["slimsplit"] if p["kernels"] == kn]
+        ms = [p["deep_agent_int8_p50_ms"] for e in doc["encoder"] for p in e["slimsplit"] if p["kernels"] == kn]
+        print(f"| deep-fusion agent int8 / ONNX Runtime int8 (no target; dense) | {kn} | {med(v):.2f} "
+              f"({', '.join(f'{x:.2f}' for x in v)}; {med(ms):.2f} ms) | — |")
     for r_kernels in sorted({r["kernels"] for r in doc["e2e"]}):
         for name, _ in MODELS:
             runs = [r for r in doc["e2e"] if r["kernels"] == r_kernels and r["model_name"] == name and r["agents"] == 4]
             cap = [r["capacity_agent_frames_per_s"] for r in runs]
             p99 = [r["capture_to_result_ms"]["p99"] for r in runs]
-            print(f"| {name} model, 4 agents: capacity ≥ 400 agent-frames/s | {r_kernels} | {med(cap):.0f} "
+            print(f"| {name}, 4 agents: capacity ≥ 400 agent-frames/s | {r_kernels} | {med(cap):.0f} "
                   f"({', '.join(f'{x:.0f}' for x in cap)}) | {'yes' if med(cap) >= 400 else 'no'} |")
-            print(f"| {name} model, 4 agents: capture-to-result p99 ≤ 50 ms | {r_kernels} | {med(p99):.1f} "
+            print(f"| {name}, 4 agents: capture-to-result p99 ≤ 50 ms | {r_kernels} | {med(p99):.1f} "
                   f"({', '.join(f'{x:.1f}' for x in p99)}) | {'yes' if med(p99) <= 50 else 'no'} |")
             core = [r["agent_frames_per_core_second"] for r in runs if "agent_frames_per_core_second" in r]
             if core:
-                print(f"| {name} model, 4 agents: agent-frames per core-second of fusion CPU (no target) | "
+                print(f"| {name}, 4 agents: agent-frames per core-second of fusion CPU (no target) | "
                       f"{r_kernels} | {med(core):.0f} ({', '.join(f'{x:.0f}' for x in core)}) | — |")
             for r in (r for r in doc["e2e"] if r["kernels"] == r_kernels and r["model_name"] == name
                       and r["agents"] == 16):
-                print(f"| {name} model, 16 agents: capacity / p99 (no target) | {r_kernels} | "
+                print(f"| {name}, 16 agents: capacity / p99 (no target) | {r_kernels} | "
                       f"{r['capacity_agent_frames_per_s']:.0f} / {r['capture_to_result_ms']['p99']:.1f} ms | — |")
     return 0
 

@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""Full-width encoder against ONNX Runtime, without PyTorch: the light form of peers.py.
+"""Full-width encoder and the deep-fusion agent against ONNX Runtime, without PyTorch: the light form of peers.py.
 
-Times the shipped model's committed ONNX encoders (Models/slimsplit-bev-encoder-int8.onnx, the
-QLinearConv chain of exactly the file's int8 tensors, and Models/slimsplit-bev-encoder.onnx, the
-BN-folded float graph) in ONNX Runtime, one thread, on a BEV-like 1 x 8 x 128 x 128 input (~15 % of
-cells occupied; a dense engine's time does not depend on it), then runs
-`slimsplit-bench encoder --json --kernels all` (simulator frames of the committed sample) in the
-same run, and prints one JSON document: every path's full-width p50 and its ratio to the peers
-(below 1: SlimSplit is faster). Needs only `onnxruntime` and `numpy` (small wheels):
+Times in ONNX Runtime, one thread, on a BEV-like 1 x 8 x 128 x 128 input (~15 % of cells occupied; a
+dense engine's time does not depend on it): the map model's committed ONNX encoders
+(Models/slimsplit-bev-encoder-int8.onnx, the QLinearConv chain of exactly the file's int8 tensors,
+and Models/slimsplit-bev-encoder.onnx, the BN-folded float graph), and the shipped deep-fusion
+model's whole agent in int8 (Models/slimsplit-deep-agent-int8.onnx, training/export_deep_onnx.py:
+encoder, backbone and own head's shared layer as QLinearConv, the head's 1x1 outputs and the message
+compression in float). Then it runs `slimsplit-bench encoder --json --kernels all` on both model
+files (simulator frames of the committed sample) in the same run, and prints one JSON document:
+every path's full-width p50 and its ratio to the peers (below 1: SlimSplit is faster). Needs only
+`onnxruntime` and `numpy` (small wheels):
 
     python3 -m venv /tmp/ort && /tmp/ort/bin/pip install onnxruntime numpy
     swift build -c release --product slimsplit-bench
@@ -61,20 +64,30 @@ def main() -> int:
     peers = {
         "ort_int8": ort_p50(ROOT / "Models/slimsplit-bev-encoder-int8.onnx", x, args.runs),
         "ort_fp32": ort_p50(ROOT / "Models/slimsplit-bev-encoder.onnx", x, args.runs),
+        "ort_deep_agent_int8": ort_p50(ROOT / "Models/slimsplit-deep-agent-int8.onnx", x, args.runs),
     }
-    print("timing slimsplit-bench encoder --kernels all ...", file=sys.stderr)
-    out = subprocess.run(
-        [args.bench, "encoder", "--json", "--kernels", "all", "--input", "sim", "--runs", str(args.runs)],
-        cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    bench = json.loads(out[out.index("{"):])
+
+    def bench(*extra: str) -> dict:
+        out = subprocess.run(
+            [args.bench, "encoder", "--json", "--kernels", "all", "--input", "sim", "--runs", str(args.runs), *extra],
+            cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        return json.loads(out[out.index("{"):])
+
+    print("timing slimsplit-bench encoder --kernels all (both models) ...", file=sys.stderr)
+    enc = bench()
+    agent = {(r["kernels"], r["input"]): max(r["results"], key=lambda e: e["width"])["agent_int8"]["p50_ms"]
+             for r in bench("--model", "Models/slimsplit-deep.safetensors", "--int8-only")["runs_by_kernel"]}
     paths = []
-    for run in bench["runs_by_kernel"]:
+    for run in enc["runs_by_kernel"]:
         full = max(run["results"], key=lambda r: r["width"])
         i8, f32 = full["int8"]["p50_ms"], full["float"]["p50_ms"]
+        a = agent[(run["kernels"], run["input"])]
         paths.append({"kernels": run["kernels"], "input": run["input"], "width": full["width"],
-                      "int8_p50_ms": i8, "float_p50_ms": f32,
+                      "int8_p50_ms": i8, "float_p50_ms": f32, "deep_agent_int8_p50_ms": a,
                       "int8_vs_ort_int8": round(i8 / peers["ort_int8"], 3),
-                      "float_vs_ort_fp32": round(f32 / peers["ort_fp32"], 3)})
+                      "float_vs_ort_fp32": round(f32 / peers["ort_fp32"], 3),
+                      "deep_agent_int8_vs_ort": round(a / peers["ort_deep_agent_int8"], 3)})
+    bench = enc
     print(json.dumps({"benchmark": "encoder_vs_onnxruntime", "cpu": bench["cpu"], "runs": args.runs,
                       "onnxruntime": ort.__version__, "threads": 1, "peers_p50_ms": peers,
                       "kernels_supported": bench["kernels_supported"], "slimsplit": paths}, indent=1))

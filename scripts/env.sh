@@ -27,7 +27,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 if [ ! -x .venv/bin/python3 ]; then python3 -m venv .venv; fi
-if ! .venv/bin/python3 -c 'import zmq, lz4, mcap, mcap_ros2, safetensors, numpy, zstandard, websockets' 2>/dev/null; then
+if ! .venv/bin/python3 -c 'import zmq, lz4, mcap, mcap_ros2, safetensors, numpy, zstandard, websockets, onnxruntime' 2>/dev/null; then
     echo "installing Python packages into .venv: $(cat Protocol/reference/requirements.txt Tests/interop/requirements.txt | sort -u | tr '\n' ' ')"
     .venv/bin/python3 -m pip install -q --disable-pip-version-check -r Protocol/reference/requirements.txt -r Tests/interop/requirements.txt
 fi

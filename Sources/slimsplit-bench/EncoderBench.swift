@@ -2,6 +2,7 @@ import ArgumentParser
 import CAllocCounter
 import Foundation
 import SlimEngine
+import SlimPerception
 import SlimPipeline
 import SlimSensors
 import SlimCore
@@ -73,6 +74,14 @@ struct EncoderBench: ParsableCommand {
         if input != "sim" { inputs.append(("random", [randomInput(channels: c, height: h, width: w)])) }
         let encoder = SlimmableEncoder(model: m, inputHeight: h, inputWidth: w)
         encoder.sparse = !dense
+        // A deep-fusion model's agent runs more than the encoder: its int8 backbone, its own head
+        // and the message's compression, timed as one ("agent_int8", full width), as an agent runs
+        // them and as Models/slimsplit-deep-agent-int8.onnx has them for ONNX Runtime.
+        let st = try Safetensors(contentsOf: model)
+        let deep = try DeepArchitecture(st).map { spec throws in try DeepAgentStage(st, spec: spec) }
+        if let deep, !(deep.hasInt8 && deep.inputQuant == encoder.outputQuant) {
+            throw ValidationError("\(model): the deep-fusion agent's int8 backbone does not read the encoder's codes")
+        }
         let hot = FloatTensor(height: h, width: w, channels: c)
         var runsDoc: [[String: Any]] = []
         for path in paths {
@@ -94,13 +103,20 @@ struct EncoderBench: ParsableCommand {
                     }
                     if !int8Only { entry["float"] = measure(next) { _ = encoder.runFloat(hot) } }
                     if m.int8 != nil { entry["int8"] = measure(next) { _ = encoder.runInt8(hot) } }
+                    if let deep, wi == m.architecture.widths.count - 1 {
+                        deep.kernels = path
+                        entry["agent_int8"] = measure(next) {
+                            deep.run(quantized: encoder.runInt8(hot), threshold: 0)
+                        }
+                    }
                     results.append(entry)
                     if !json {
                         let f = (entry["float"] as? [String: Any])?["p50_ms"].map { "\($0)" } ?? "-"
                         let q = (entry["int8"] as? [String: Any])?["p50_ms"].map { "\($0)" } ?? "-"
+                        let agent = (entry["agent_int8"] as? [String: Any])?["p50_ms"].map { ", agent int8 p50 \($0) ms" } ?? ""
                         FileHandle.standardError.write(
                             Data(
-                                "\(path) \(kind) width \(m.architecture.widths[wi]): float p50 \(f) ms, int8 p50 \(q) ms\n"
+                                "\(path) \(kind) width \(m.architecture.widths[wi]): float p50 \(f) ms, int8 p50 \(q) ms\(agent)\n"
                                     .utf8))
                     }
                 }

@@ -118,4 +118,44 @@ enum DeepParity {
                 "box \(k): \(b) against \(w)")
         }
     }
+
+    static let agentORT = Fixtures.root.appendingPathComponent("deep_agent_ort.safetensors").path
+
+    /// The agent's whole int8 network from a BEV grid, against ONNX Runtime on
+    /// Models/slimsplit-deep-agent-int8.onnx (Tests/Fixtures/engine/deep_agent_ort.safetensors,
+    /// training/export_deep_onnx.py; Tests/interop checks the fixture against ONNX Runtime again):
+    /// the int8 encoder (sparse, as agents run it) and backbone, the own head's shared layer,
+    /// codes bit-exact; the head's float outputs within 1e-4.
+    static func checkAgainstORT(_ path: KernelPath) throws {
+        let st = try Safetensors(contentsOf: Self.model)
+        let io = try Safetensors(contentsOf: Self.agentORT)
+        let model = try SlimmableModel(st)
+        let spec = try #require(try DeepArchitecture(st))
+        let agent = try DeepAgentStage(st, spec: spec)
+        agent.kernels = path
+        let (c, h, w) = (model.architecture.input.channels, model.architecture.input.height, model.architecture.input.width)
+        let encoder = SlimmableEncoder(model: model, inputHeight: h, inputWidth: w)
+        encoder.kernels = path
+        // A float grid that quantizes to exactly the fixture's input codes.
+        let q = try io.array("input_q", as: .u8, UInt8.self)
+        let qp = try io.floats("input_qparams")
+        let grid = [Float](q.map { (Float($0) - qp[1]) * qp[0] })
+        let x = FloatTensor(height: h, width: w, channels: c)
+        grid.withUnsafeBufferPointer { x.load(nchw: $0) }
+        agent.run(quantized: encoder.runInt8(x), threshold: 0.2)
+        for (name, got) in [("backbone_q", agent.backboneCodes.nchw()), ("head_q", try #require(agent.headCodes).nchw())] {
+            let want = try io.array(name, as: .u8, UInt8.self)
+            let differ = zip(got, want).filter { $0 != $1 }.count
+            #expect(
+                got.count == want.count && differ == 0,
+                "\(path) \(name): \(differ) of \(want.count) codes differ from ONNX Runtime's")
+        }
+        for (name, t) in zip(["heatmap", "offset", "size", "yaw"], agent.headOutputs) {
+            let e = relativeError(t.nchw(), try io.floats("head.\(name)"))
+            #expect(e <= 1e-4, "\(path) own head \(name): \(e) from ONNX Runtime's")
+        }
+        // Not vacuous: the grid has points, and the head marks cells.
+        #expect(grid.contains { $0 != 0 } && agent.sent.contains(1) && agent.sent.contains(0))
+    }
+
 }

@@ -5,7 +5,7 @@ import Testing
 
 /// Every kernel path this CPU runs against the same fixtures: random int8 convolutions against
 /// the plain definition (exact), ONNX Runtime's QLinearConv fixtures (exact), PyTorch's float
-/// convolutions (1e-4), the reference encoder at every width, the shipped model and the deep-fusion model. A path the
+/// convolutions (1e-4), the reference encoder at every width, `slimsplit-bev`, and the deep-fusion model (against PyTorch, and its whole agent against ONNX Runtime). A path the
 /// CPU lacks is reported as skipped, with the reason; the ARM paths also run under qemu
 /// (scripts/arm-parity).
 @Suite("Kernel paths: every path the CPU runs passes the parity fixtures", .serialized)
@@ -17,6 +17,7 @@ struct KernelPathTests {
         try EncoderParity.check(path)
         try ModelParity.check(path)
         try DeepParity.check(path)
+        try DeepParity.checkAgainstORT(path)
     }
 
     @Test("portable") func portable() throws { try Self.check(.portable) }
