@@ -77,15 +77,14 @@ def build(arch: dict, t: dict[str, np.ndarray], with_encoder: bool = True) -> on
         x_info = helper.make_tensor_value_info(x, TensorProto.UINT8, [1, deep["input_channels"], gh, gw])
     qp = t["deep.agent.int8.input.qparams"]
     outs = []
-    backbone = None
+    codes = []  # (output name, qparams) of each int8 layer
     for name, d in agent_layers(deep):
         y_qp = t[f"{name}.qparams"]
         nodes.append(_qconv_node(f"{name}_", x, qp, t[f"{name}.weight"], t[f"{name}.weight_scale"], t[f"{name}.bias"],
                                  y_qp, f"{name}_q", (1, 1), (d, d), (d, d), 1, inits))
-        if name.endswith("backbone.%d.int8" % (len(deep["backbone_dilations"]) - 1)):
-            backbone = (f"{name}_q", y_qp)
         x, qp = f"{name}_q", y_qp
-    head_q = x
+        codes.append((x, qp))
+    backbone, head_q = codes[-2], x  # the backbone's last layer; the head's shared layer
     for src, (codes, p) in (("backbone", backbone), ("hidden", (head_q, qp))):
         inits += [_scalar(f"{src}_scale", p[0], np.float32), _scalar(f"{src}_zp", int(p[1]), np.uint8)]
         nodes.append(helper.make_node("DequantizeLinear", [codes, f"{src}_scale", f"{src}_zp"], [src]))
@@ -160,7 +159,7 @@ def write_agent_fixture(arch: dict, t: dict[str, np.ndarray], m: onnx.ModelProto
           "backbone_q": got[f"deep.agent.backbone.{last}.int8_q"], "head_q": got["deep.agent.head.shared.int8_q"]}
     fx.update({f"head.{n}": got[n] for n in HEADS})
     save_file({n: np.ascontiguousarray(v) for n, v in fx.items()}, str(out),
-              metadata={"source": f"{shard.name} sample {k}", "onnx": Path(ROOT / "Models/slimsplit-deep-agent-int8.onnx").name})
+              metadata={"source": f"{shard.name} sample {k}", "onnx": "slimsplit-deep-agent-int8.onnx"})
     occupied = float((np.abs(bev[k]).sum(0) > 0).mean())
     print(f"wrote {out} ({out.stat().st_size} bytes; {shard.name} sample {k}, {occupied:.1%} of cells occupied)")
 

@@ -4,6 +4,14 @@ import SlimPerception
 import SlimSensors
 import SlimWire
 
+/// What an agent's feature frames carry: per-channel codes of `bits` bits, or residual-codebook
+/// indices (PROTOCOL.md §4.2, `quant_mode` 2). The names are those of `source.payload` and `--payload`.
+public enum MessagePayload: String, CaseIterable, Sendable {
+    case scalar, codebook
+    /// "scalar or codebook", for error messages.
+    public static var names: String { allCases.map(\.rawValue).joined(separator: " or ") }
+}
+
 /// The agent's per-frame pipeline up to the wire: points → BEV grid → int8 encoder at the
 /// current width → per-channel quantization to the current bit depth → optional cell mask.
 ///
@@ -183,8 +191,8 @@ public final class EdgeEncoder: @unchecked Sendable {
     ) {
         let st = try Safetensors(contentsOf: path)
         guard let spec = try DeepArchitecture(st) else { return (4, 0, false) }
-        let full = try SlimmableModel(st).architecture.widths.count - 1
-        return try FeatureCodebook.all(in: st)[full]?.dim == spec.messageChannels ? (2, 0.2, true) : (2, 0.2, false)
+        // A deep-fusion model's codebook is its message's (full width only).
+        return (2, 0.2, try FeatureCodebook.all(in: st).values.contains { $0.dim == spec.messageChannels })
     }
 
     /// Sets width, bit depth, threshold and payload together, after checking that the model has

@@ -375,16 +375,13 @@ extension CooperativeSession.Config {
     /// A session of `model` sending `bits`, `threshold` and `payload` (scalar | codebook); what is
     /// nil comes from the model's recommended message (`EdgeEncoder.recommendedOperatingPoint`),
     /// except that `bits` alone asks for scalar codes.
-    public init(recording: String, model: String, bits: Int?, threshold: Float?, payload: String?) throws {
+    public init(recording: String, model: String, bits: Int?, threshold: Float?, payload: MessagePayload?) throws {
         self.init(recording: recording, model: model)
-        if let payload, !["scalar", "codebook"].contains(payload) {
-            throw PipelineError("--payload must be scalar or codebook, not '\(payload)'")
-        }
         let r = try EdgeEncoder.recommendedOperatingPoint(modelFile: model)
         self.bits = bits ?? r.bits
         self.threshold = threshold ?? r.threshold
         // --bits alone means scalar codes.
-        self.codebook = payload.map { $0 == "codebook" } ?? (bits == nil && r.codebook)
+        self.codebook = payload.map { $0 == .codebook } ?? (bits == nil && r.codebook)
     }
 
     /// "codebook indices at threshold 0.2", "4-bit features, every cell", for a status line.

@@ -1,3 +1,4 @@
+import SlimAgent
 import SlimConfig
 import SlimSensors
 import SlimTransport
@@ -326,12 +327,12 @@ public struct AgentConfig: Sendable {
             source!.deadline = deadline
             if try src.bool("adapt", default: false) { source!.adaptDeadline = deadline }
             source!.velodyne = velodyne
-            let payload = try src.string("payload", default: "scalar")
-            guard ["scalar", "codebook"].contains(payload) else {
+            let payload = try src.string("payload", default: MessagePayload.scalar.rawValue)
+            guard let kind = MessagePayload(rawValue: payload) else {
                 throw ConfigError(
-                    file: src.file, key: src.keyPath("payload"), problem: "'\(payload)' must be scalar or codebook")
+                    file: src.file, key: src.keyPath("payload"), problem: "'\(payload)' must be \(MessagePayload.names)")
             }
-            source!.codebook = payload == "codebook"
+            source!.codebook = kind == .codebook
         } else {
             source = nil
         }

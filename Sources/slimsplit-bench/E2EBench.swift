@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import SlimAgent
 import SlimEngine
 import SlimPerception
 import SlimPipeline
@@ -43,7 +44,7 @@ struct E2EBench: AsyncParsableCommand {
         help: ArgumentHelp(
             "scalar codes or a deep-fusion model's residual-codebook indices (default: the model's recommended message).",
             valueName: "scalar|codebook"))
-    var payload: String?
+    var payload: MessagePayload?
 
     @Option(help: "Threads the server fuses on (0: one per core, as `slimsplit server` does).")
     var fusionThreads: Int = 0
@@ -126,3 +127,4 @@ struct E2EBench: AsyncParsableCommand {
 
 /// `--merge nms|weighted`.
 extension BoxMerge: ExpressibleByArgument {}
+extension MessagePayload: ExpressibleByArgument {}

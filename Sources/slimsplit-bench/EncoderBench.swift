@@ -65,7 +65,8 @@ struct EncoderBench: ParsableCommand {
         case "best": paths = [try KernelPath.configure(nil)]
         default: paths = [try KernelPath.configure(kernels)]
         }
-        let m = try SlimmableModel(contentsOf: model)
+        let st = try Safetensors(contentsOf: model)
+        let m = try SlimmableModel(st)
         let c = m.architecture.input.channels
         let h = m.architecture.input.height
         let w = m.architecture.input.width
@@ -77,7 +78,6 @@ struct EncoderBench: ParsableCommand {
         // A deep-fusion model's agent runs more than the encoder: its int8 backbone, its own head
         // and the message's compression, timed as one ("agent_int8", full width), as an agent runs
         // them and as Models/slimsplit-deep-agent-int8.onnx has them for ONNX Runtime.
-        let st = try Safetensors(contentsOf: model)
         let deep = try DeepArchitecture(st).map { spec throws in try DeepAgentStage(st, spec: spec) }
         if let deep, !(deep.hasInt8 && deep.inputQuant == encoder.outputQuant) {
             throw ValidationError("\(model): the deep-fusion agent's int8 backbone does not read the encoder's codes")

@@ -43,7 +43,7 @@ struct DemoCommand: AsyncParsableCommand {
         help: ArgumentHelp(
             "scalar codes or a deep-fusion model's residual-codebook indices (cooperative demo; default: the model's recommended message).",
             valueName: "scalar|codebook"))
-    var payload: String?
+    var payload: MessagePayload?
 
     @Option(help: "Seconds to stream.")
     var seconds: Double = 3

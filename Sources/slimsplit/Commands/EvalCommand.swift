@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import SlimAgent
 import SlimEngine
 import SlimPerception
 import SlimPipeline
@@ -44,7 +45,7 @@ struct EvalCommand: AsyncParsableCommand {
     var bits: Int = 8
 
     @Option(help: "scalar (per-channel codes of --bits bits) or codebook (the model's residual codebooks).")
-    var payload: String = "scalar"
+    var payload: MessagePayload = .scalar
 
     @Option(
         help:
@@ -105,12 +106,9 @@ struct EvalCommand: AsyncParsableCommand {
         var lo = log
         if lo.logLevel == "info" { lo.logLevel = "warning" }
         let logger = try lo.bootstrap(label: "slimsplit.eval")
-        var config = CooperativeSession.Config(recording: recording[0], model: model)
+        var config = try CooperativeSession.Config(
+            recording: recording[0], model: model, bits: bits, threshold: threshold, payload: payload)
         config.widthIndex = widthIndex
-        config.bits = bits
-        guard ["scalar", "codebook"].contains(payload) else { throw ValidationError("--payload must be scalar or codebook") }
-        config.codebook = payload == "codebook"
-        config.threshold = threshold
         config.firstFrame = firstFrame
         config.floatEncoder = floatEncoder
         config.floatServer = floatServer
@@ -296,3 +294,4 @@ func evalTable(_ sessions: [CooperativeSession]) -> TextTable {
 
 /// `--merge nms|weighted`.
 extension BoxMerge: ExpressibleByArgument {}
+extension MessagePayload: ExpressibleByArgument {}
